@@ -1,0 +1,501 @@
+//! Model manifests: the `*.toml` next to each `.onnx` that says what the model expects and how to
+//! read its output. The agent trusts nothing about a model file until it matches its manifest
+//! (sha256, input name and shape), so a swapped or truncated file is refused with a clear error.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
+use tract_onnx::pb::type_proto::Value as TypeValue;
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::Framework;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model manifest {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("model manifest {path}: `{field}` {problem}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        problem: String,
+    },
+    #[error(
+        "model file {path} has sha256 {found}, but its manifest {manifest} expects {expected}"
+    )]
+    Sha256Mismatch {
+        path: PathBuf,
+        manifest: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error("model file {path} is not a readable ONNX model: {message}")]
+    NotOnnx { path: PathBuf, message: String },
+    #[error("model file {path}: {problem} (manifest {manifest} says input {expected})")]
+    InputMismatch {
+        path: PathBuf,
+        manifest: PathBuf,
+        expected: String,
+        problem: String,
+    },
+    #[error("labels file {path}: {problem}")]
+    Labels { path: PathBuf, problem: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Classify,
+    Detect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    Nchw,
+    Nhwc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColourOrder {
+    Rgb,
+    Bgr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    /// Scale each axis to the input size, ignoring the aspect ratio.
+    Stretch,
+    /// Keep the aspect ratio and pad the rest with `pad_value`.
+    Letterbox,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub name: String,
+    /// Batch, channels, height, width in the model's layout.
+    pub shape: Vec<usize>,
+    pub layout: Layout,
+    pub colour_order: ColourOrder,
+    pub resize: ResizeMode,
+    /// `(pixel - mean) / std` per channel, in the model's colour order, pixels 0..=255.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    #[serde(default = "default_pad_value")]
+    pub pad_value: u8,
+}
+
+fn default_pad_value() -> u8 {
+    114
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DecoderSpec {
+    /// Classifier logits → softmax → top k.
+    Softmax {
+        #[serde(default = "default_top_k")]
+        top_k: usize,
+        #[serde(default)]
+        score_threshold: f32,
+    },
+    /// NanoDet: per stride, sigmoid class scores [1, N, C] and side distributions [1, N, 4 * bins].
+    Nanodet {
+        bins: usize,
+        score_threshold: f32,
+        nms_iou: f32,
+        #[serde(default = "default_max_detections")]
+        max_detections: usize,
+    },
+}
+
+fn default_top_k() -> usize {
+    5
+}
+fn default_max_detections() -> usize {
+    100
+}
+
+/// A model manifest as written in `models/*.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    /// The `.onnx` file, relative to the manifest.
+    pub file: PathBuf,
+    pub sha256: String,
+    pub task: Task,
+    /// One label per line, line k = class k; relative to the manifest.
+    pub labels: PathBuf,
+    pub licence: String,
+    pub provenance: String,
+    pub input: InputSpec,
+    pub decoder: DecoderSpec,
+    /// Where this manifest was read from; paths above are resolved against its folder.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// A model whose file matched its manifest: the bytes, ready for a backend, and its labels.
+#[derive(Clone)]
+pub struct VerifiedModel {
+    pub manifest: Manifest,
+    pub onnx_path: PathBuf,
+    pub bytes: std::sync::Arc<Vec<u8>>,
+    pub labels: Vec<String>,
+}
+
+impl std::fmt::Debug for VerifiedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedModel")
+            .field("name", &self.manifest.name)
+            .field("onnx_path", &self.onnx_path)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut manifest: Manifest = toml::from_str(&text).map_err(|e| ManifestError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        manifest.path = path.to_owned();
+        manifest.check_fields()?;
+        Ok(manifest)
+    }
+
+    fn folder(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    pub fn onnx_path(&self) -> PathBuf {
+        self.folder().join(&self.file)
+    }
+
+    pub fn labels_path(&self) -> PathBuf {
+        self.folder().join(&self.labels)
+    }
+
+    fn check_fields(&self) -> Result<(), ManifestError> {
+        let invalid = |field, problem: String| ManifestError::Invalid {
+            path: self.path.clone(),
+            field,
+            problem,
+        };
+        if self.sha256.len() != 64 || !self.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(invalid(
+                "sha256",
+                format!("is {:?}; expected 64 hex digits", self.sha256),
+            ));
+        }
+        if self.input.shape.len() != 4 || self.input.shape.iter().any(|&d| d == 0) {
+            return Err(invalid(
+                "input.shape",
+                format!(
+                    "is {:?}; expected four positive dimensions",
+                    self.input.shape
+                ),
+            ));
+        }
+        if self.input.shape[0] != 1 {
+            return Err(invalid(
+                "input.shape",
+                format!(
+                    "has batch {}; the agent runs one frame at a time (batch 1)",
+                    self.input.shape[0]
+                ),
+            ));
+        }
+        if self.input_channels() != 3 {
+            return Err(invalid(
+                "input.shape",
+                format!(
+                    "is {:?}; expected 3 colour channels for layout {:?}",
+                    self.input.shape, self.input.layout
+                ),
+            ));
+        }
+        if self.input.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
+            return Err(invalid(
+                "input.std",
+                format!("is {:?}; expected non-zero values", self.input.std),
+            ));
+        }
+        match (&self.task, &self.decoder) {
+            (Task::Classify, DecoderSpec::Softmax { top_k, .. }) if *top_k > 0 => Ok(()),
+            (Task::Detect, DecoderSpec::Nanodet { bins, nms_iou, .. })
+                if *bins > 1 && (0.0..=1.0).contains(nms_iou) =>
+            {
+                Ok(())
+            }
+            (task, decoder) => Err(invalid(
+                "decoder",
+                format!("{decoder:?} does not fit task {task:?} (classify takes softmax with top_k > 0, detect takes nanodet with bins > 1)"),
+            )),
+        }
+    }
+
+    /// (height, width) the model takes.
+    pub fn input_size(&self) -> (usize, usize) {
+        let s = &self.input.shape;
+        match self.input.layout {
+            Layout::Nchw => (s[2], s[3]),
+            Layout::Nhwc => (s[1], s[2]),
+        }
+    }
+
+    fn input_channels(&self) -> usize {
+        match self.input.layout {
+            Layout::Nchw => self.input.shape[1],
+            Layout::Nhwc => self.input.shape[3],
+        }
+    }
+
+    /// Reads the model file and its labels, and refuses them unless they match this manifest.
+    pub fn verify(&self) -> Result<VerifiedModel, ManifestError> {
+        let onnx_path = self.onnx_path();
+        let bytes = std::fs::read(&onnx_path).map_err(|source| ManifestError::Read {
+            path: onnx_path.clone(),
+            source,
+        })?;
+        let found = hex::encode(Sha256::digest(&bytes));
+        if !found.eq_ignore_ascii_case(&self.sha256) {
+            return Err(ManifestError::Sha256Mismatch {
+                path: onnx_path,
+                manifest: self.path.clone(),
+                expected: self.sha256.to_lowercase(),
+                found,
+            });
+        }
+        let proto = tract_onnx::onnx()
+            .proto_model_for_read(&mut bytes.as_slice())
+            .map_err(|e| ManifestError::NotOnnx {
+                path: onnx_path.clone(),
+                message: format!("{e:#}"),
+            })?;
+        self.check_input_against(&proto, &onnx_path)?;
+        let labels = read_labels(&self.labels_path())?;
+        Ok(VerifiedModel {
+            manifest: self.clone(),
+            onnx_path,
+            bytes: std::sync::Arc::new(bytes),
+            labels,
+        })
+    }
+
+    /// The ONNX graph's first real input (initialisers are not inputs) must have the manifest's name
+    /// and shape; a symbolic dimension (e.g. "batch") accepts any manifest value.
+    fn check_input_against(
+        &self,
+        proto: &ModelProto,
+        onnx_path: &Path,
+    ) -> Result<(), ManifestError> {
+        let expected = format!("{:?} {:?}", self.input.name, self.input.shape);
+        let mismatch = |problem: String| ManifestError::InputMismatch {
+            path: onnx_path.to_owned(),
+            manifest: self.path.clone(),
+            expected: expected.clone(),
+            problem,
+        };
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| mismatch("the file has no graph".into()))?;
+        let initialisers: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let inputs: Vec<_> = graph
+            .input
+            .iter()
+            .filter(|i| !initialisers.contains(i.name.as_str()))
+            .collect();
+        let input = inputs
+            .first()
+            .ok_or_else(|| mismatch("the graph has no input".into()))?;
+        if input.name != self.input.name {
+            return Err(mismatch(format!(
+                "the graph's input is named {:?}",
+                input.name
+            )));
+        }
+        let dims = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(TypeValue::TensorType(tensor)) => tensor
+                .shape
+                .as_ref()
+                .map(|s| s.dim.clone())
+                .unwrap_or_default(),
+            None => return Err(mismatch("the graph's input has no tensor type".into())),
+        };
+        let described: Vec<String> = dims
+            .iter()
+            .map(|d| match &d.value {
+                Some(DimValue::DimValue(v)) => v.to_string(),
+                Some(DimValue::DimParam(p)) => p.clone(),
+                None => "?".into(),
+            })
+            .collect();
+        let fits = dims.len() == self.input.shape.len()
+            && dims
+                .iter()
+                .zip(&self.input.shape)
+                .all(|(d, &want)| match &d.value {
+                    Some(DimValue::DimValue(v)) => *v == want as i64,
+                    _ => true,
+                });
+        if !fits {
+            return Err(mismatch(format!(
+                "the graph's input has shape [{}]",
+                described.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+pub fn read_labels(path: &Path) -> Result<Vec<String>, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let labels: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    if labels.iter().all(|l| l.is_empty()) {
+        return Err(ManifestError::Labels {
+            path: path.to_owned(),
+            problem: "holds no labels".into(),
+        });
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn models_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+    }
+
+    /// A copy of a shipped manifest and its files in a scratch folder, so a test can break one part.
+    fn scratch_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = Manifest::load(&models_dir().join(format!("{name}.toml"))).unwrap();
+        for file in [manifest.file.clone(), manifest.labels.clone()] {
+            std::fs::copy(models_dir().join(&file), dir.path().join(&file)).unwrap();
+        }
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::copy(models_dir().join(format!("{name}.toml")), &path).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn shipped_models_match_their_manifests() {
+        for name in ["nanodet", "efficientnet_lite0"] {
+            let manifest = Manifest::load(&models_dir().join(format!("{name}.toml"))).unwrap();
+            let model = manifest.verify().unwrap();
+            assert!(!model.labels.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_changed_model_file_is_refused_naming_file_and_hashes() {
+        let (dir, manifest_path) = scratch_copy("nanodet");
+        let onnx = dir.path().join("nanodet.onnx");
+        let mut bytes = std::fs::read(&onnx).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&onnx, bytes).unwrap();
+        let err = Manifest::load(&manifest_path)
+            .unwrap()
+            .verify()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, ManifestError::Sha256Mismatch { .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains("nanodet.onnx") && text.contains("2947bae1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_manifest_whose_input_shape_differs_from_the_model_is_refused() {
+        let (_dir, manifest_path) = scratch_copy("nanodet");
+        let text = std::fs::read_to_string(&manifest_path).unwrap();
+        std::fs::write(
+            &manifest_path,
+            text.replace("[1, 3, 416, 416]", "[1, 3, 320, 320]"),
+        )
+        .unwrap();
+        let err = Manifest::load(&manifest_path)
+            .unwrap()
+            .verify()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ManifestError::InputMismatch { .. }), "{text}");
+        assert!(
+            text.contains("416") && text.contains("320") && text.contains("nanodet.onnx"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_symbolic_batch_dimension_accepts_batch_one() {
+        let manifest = Manifest::load(&models_dir().join("efficientnet_lite0.toml")).unwrap();
+        assert!(manifest.verify().is_ok());
+    }
+
+    #[test]
+    fn a_file_that_is_not_onnx_is_refused() {
+        let (dir, manifest_path) = scratch_copy("nanodet");
+        let garbage = b"this is a JPEG, honestly".to_vec();
+        std::fs::write(dir.path().join("nanodet.onnx"), &garbage).unwrap();
+        let text = std::fs::read_to_string(&manifest_path).unwrap();
+        let sha = hex::encode(Sha256::digest(&garbage));
+        std::fs::write(
+            &manifest_path,
+            text.replace(
+                "2947bae13602996b196ce1d92f3ea337ad028a4b944d6ce30af7b5ea9e454b16",
+                &sha,
+            ),
+        )
+        .unwrap();
+        let err = Manifest::load(&manifest_path)
+            .unwrap()
+            .verify()
+            .unwrap_err();
+        assert!(matches!(err, ManifestError::NotOnnx { .. }), "{err}");
+        assert!(
+            err.to_string().contains("not a readable ONNX model"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_decoder_that_does_not_fit_the_task_is_refused() {
+        let (_dir, manifest_path) = scratch_copy("nanodet");
+        let text = std::fs::read_to_string(&manifest_path).unwrap();
+        std::fs::write(
+            &manifest_path,
+            text.replace("task = \"detect\"", "task = \"classify\""),
+        )
+        .unwrap();
+        let err = Manifest::load(&manifest_path).unwrap_err();
+        assert!(err.to_string().contains("`decoder`"), "{err}");
+    }
+}

@@ -1,0 +1,288 @@
+//! Frame → input tensor, as the manifest says: resize (stretch or letterbox) with bilinear
+//! sampling (half-pixel centres, like OpenCV's INTER_LINEAR), colour order, (pixel − mean) / std and
+//! NCHW or NHWC, in one pass over the output pixels into a buffer that is reused frame after frame.
+
+use image::RgbImage;
+
+use super::manifest::{ColourOrder, InputSpec, Layout, ResizeMode};
+
+/// How model-input coordinates map back to frame pixels: `frame = (model − pad) / scale`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameTransform {
+    pub scale_x: f32,
+    pub scale_y: f32,
+    pub pad_x: f32,
+    pub pad_y: f32,
+    pub frame_width: u32,
+    pub frame_height: u32,
+}
+
+impl FrameTransform {
+    /// Maps a box from model-input pixels to frame pixels, clipped to the frame.
+    pub fn to_frame(&self, b: crate::infer::BoundingBox) -> crate::infer::BoundingBox {
+        let (w, h) = (self.frame_width as f32, self.frame_height as f32);
+        crate::infer::BoundingBox {
+            x1: ((b.x1 - self.pad_x) / self.scale_x).clamp(0.0, w),
+            y1: ((b.y1 - self.pad_y) / self.scale_y).clamp(0.0, h),
+            x2: ((b.x2 - self.pad_x) / self.scale_x).clamp(0.0, w),
+            y2: ((b.y2 - self.pad_y) / self.scale_y).clamp(0.0, h),
+        }
+    }
+}
+
+/// Per output column (or row): the two source pixels to blend and the weight of the second.
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    low: u32,
+    high: u32,
+    weight: f32,
+}
+
+fn taps(source_len: u32, content_len: u32) -> Vec<Tap> {
+    let ratio = source_len as f32 / content_len as f32;
+    let last = source_len.saturating_sub(1);
+    (0..content_len)
+        .map(|i| {
+            let centre = ((i as f32 + 0.5) * ratio - 0.5).max(0.0);
+            let low = (centre.floor() as u32).min(last);
+            let high = (low + 1).min(last);
+            Tap {
+                low,
+                high,
+                weight: centre - low as f32,
+            }
+        })
+        .collect()
+}
+
+pub struct Preprocessor {
+    spec: InputSpec,
+    height: usize,
+    width: usize,
+    buffer: Vec<f32>,
+    /// Sampling tables for the last frame size; frames from one camera rarely change size.
+    cached: Option<(u32, u32, Vec<Tap>, Vec<Tap>, FrameTransform)>,
+}
+
+impl Preprocessor {
+    pub fn new(spec: InputSpec, (height, width): (usize, usize)) -> Self {
+        Self {
+            spec,
+            height,
+            width,
+            buffer: vec![0.0; 3 * height * width],
+            cached: None,
+        }
+    }
+
+    pub fn input_shape(&self) -> &[usize] {
+        &self.spec.shape
+    }
+
+    /// Fills the reused input buffer from `frame`; returns it with the transform back to the frame.
+    pub fn run(&mut self, frame: &RgbImage) -> (&[f32], FrameTransform) {
+        let (fw, fh) = frame.dimensions();
+        if !matches!(&self.cached, Some((w, h, ..)) if *w == fw && *h == fh) {
+            self.cached = Some(self.plan(fw, fh));
+        }
+        let Some((_, _, column_taps, row_taps, transform)) = &self.cached else {
+            unreachable!("sampling plan was just built")
+        };
+        let transform = *transform;
+        let (out_h, out_w) = (self.height, self.width);
+        let plane = out_h * out_w;
+        // Normalisation folded into one multiply-add per channel: (p − mean) / std = p·a + b.
+        let order: [usize; 3] = match self.spec.colour_order {
+            ColourOrder::Rgb => [0, 1, 2],
+            ColourOrder::Bgr => [2, 1, 0],
+        };
+        let a: [f32; 3] = std::array::from_fn(|c| 1.0 / self.spec.std[c]);
+        let b: [f32; 3] = std::array::from_fn(|c| -self.spec.mean[c] / self.spec.std[c]);
+        let pad = self.spec.pad_value as f32;
+        let pad_value: [f32; 3] = std::array::from_fn(|c| pad * a[c] + b[c]);
+        let (pad_x, pad_y) = (transform.pad_x as usize, transform.pad_y as usize);
+        let (content_w, content_h) = (column_taps.len(), row_taps.len());
+        let pixels = frame.as_raw();
+        let stride = fw as usize * 3;
+        let layout = self.spec.layout;
+        let buffer = &mut self.buffer;
+
+        for y in 0..out_h {
+            let row = y
+                .checked_sub(pad_y)
+                .filter(|&r| r < content_h)
+                .map(|r| row_taps[r]);
+            for x in 0..out_w {
+                let column = x
+                    .checked_sub(pad_x)
+                    .filter(|&c| c < content_w)
+                    .map(|c| column_taps[c]);
+                let value: [f32; 3] = match (row, column) {
+                    (Some(ry), Some(cx)) => {
+                        let at = |yy: u32, xx: u32, ch: usize| {
+                            pixels[yy as usize * stride + xx as usize * 3 + ch] as f32
+                        };
+                        std::array::from_fn(|c| {
+                            let ch = order[c];
+                            let top = at(ry.low, cx.low, ch)
+                                + (at(ry.low, cx.high, ch) - at(ry.low, cx.low, ch)) * cx.weight;
+                            let bottom = at(ry.high, cx.low, ch)
+                                + (at(ry.high, cx.high, ch) - at(ry.high, cx.low, ch)) * cx.weight;
+                            let p = top + (bottom - top) * ry.weight;
+                            p * a[c] + b[c]
+                        })
+                    }
+                    _ => pad_value,
+                };
+                match layout {
+                    Layout::Nchw => {
+                        let i = y * out_w + x;
+                        buffer[i] = value[0];
+                        buffer[plane + i] = value[1];
+                        buffer[2 * plane + i] = value[2];
+                    }
+                    Layout::Nhwc => {
+                        let i = (y * out_w + x) * 3;
+                        buffer[i..i + 3].copy_from_slice(&value);
+                    }
+                }
+            }
+        }
+        (&self.buffer, transform)
+    }
+
+    fn plan(&self, fw: u32, fh: u32) -> (u32, u32, Vec<Tap>, Vec<Tap>, FrameTransform) {
+        let (out_w, out_h) = (self.width as u32, self.height as u32);
+        let (content_w, content_h, pad_x, pad_y) = match self.spec.resize {
+            ResizeMode::Stretch => (out_w, out_h, 0, 0),
+            ResizeMode::Letterbox => {
+                let scale = (out_w as f32 / fw as f32).min(out_h as f32 / fh as f32);
+                let cw = ((fw as f32 * scale).round() as u32).clamp(1, out_w);
+                let ch = ((fh as f32 * scale).round() as u32).clamp(1, out_h);
+                (cw, ch, (out_w - cw) / 2, (out_h - ch) / 2)
+            }
+        };
+        let transform = FrameTransform {
+            scale_x: content_w as f32 / fw as f32,
+            scale_y: content_h as f32 / fh as f32,
+            pad_x: pad_x as f32,
+            pad_y: pad_y as f32,
+            frame_width: fw,
+            frame_height: fh,
+        };
+        (fw, fh, taps(fw, content_w), taps(fh, content_h), transform)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::BoundingBox;
+
+    fn spec(resize: ResizeMode, layout: Layout, colour_order: ColourOrder) -> InputSpec {
+        InputSpec {
+            name: "input".into(),
+            shape: vec![1, 3, 4, 4],
+            layout,
+            colour_order,
+            resize,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            pad_value: 0,
+        }
+    }
+
+    #[test]
+    fn same_size_stretch_copies_pixels_into_planes_in_model_colour_order() {
+        let frame = RgbImage::from_fn(4, 4, |x, y| image::Rgb([x as u8, y as u8, 200]));
+        let mut pre = Preprocessor::new(
+            spec(ResizeMode::Stretch, Layout::Nchw, ColourOrder::Bgr),
+            (4, 4),
+        );
+        let (tensor, transform) = pre.run(&frame);
+        assert_eq!(&tensor[0..4], &[200.0; 4]); // blue plane first for BGR
+        assert_eq!(&tensor[16..20], &[0.0; 4]); // green = row index, row 0
+        assert_eq!(&tensor[32..36], &[0.0, 1.0, 2.0, 3.0]); // red = column index
+        assert_eq!(transform.scale_x, 1.0);
+    }
+
+    #[test]
+    fn nhwc_interleaves_channels() {
+        let frame = RgbImage::from_pixel(4, 4, image::Rgb([10, 20, 30]));
+        let mut pre = Preprocessor::new(
+            spec(ResizeMode::Stretch, Layout::Nhwc, ColourOrder::Rgb),
+            (4, 4),
+        );
+        let (tensor, _) = pre.run(&frame);
+        assert_eq!(&tensor[0..6], &[10.0, 20.0, 30.0, 10.0, 20.0, 30.0]);
+    }
+
+    #[test]
+    fn letterbox_pads_and_maps_boxes_back_to_the_frame() {
+        // 8×4 frame into 4×4: scale 0.5, content 4×2, one padded row above and below.
+        let frame = RgbImage::from_pixel(8, 4, image::Rgb([255, 255, 255]));
+        let mut pre = Preprocessor::new(
+            spec(ResizeMode::Letterbox, Layout::Nchw, ColourOrder::Rgb),
+            (4, 4),
+        );
+        let (tensor, transform) = pre.run(&frame);
+        assert_eq!(&tensor[0..4], &[0.0; 4], "top padding row");
+        assert_eq!(&tensor[4..8], &[255.0; 4], "content row");
+        assert_eq!(&tensor[12..16], &[0.0; 4], "bottom padding row");
+        assert_eq!((transform.pad_x, transform.pad_y), (0.0, 1.0));
+        let back = transform.to_frame(BoundingBox {
+            x1: 1.0,
+            y1: 1.0,
+            x2: 3.0,
+            y2: 3.0,
+        });
+        assert_eq!(
+            back,
+            BoundingBox {
+                x1: 2.0,
+                y1: 0.0,
+                x2: 6.0,
+                y2: 4.0
+            }
+        );
+    }
+
+    #[test]
+    fn stretch_maps_boxes_back_per_axis() {
+        let frame = RgbImage::new(768, 576);
+        let mut pre = Preprocessor::new(
+            InputSpec {
+                shape: vec![1, 3, 416, 416],
+                ..spec(ResizeMode::Stretch, Layout::Nchw, ColourOrder::Rgb)
+            },
+            (416, 416),
+        );
+        let (_, transform) = pre.run(&frame);
+        let back = transform.to_frame(BoundingBox {
+            x1: 208.0,
+            y1: 208.0,
+            x2: 416.0,
+            y2: 500.0,
+        });
+        assert!((back.x1 - 384.0).abs() < 1e-3 && (back.y1 - 288.0).abs() < 1e-3);
+        assert_eq!((back.x2, back.y2), (768.0, 576.0), "clipped to the frame");
+    }
+
+    #[test]
+    fn downscaling_blends_neighbouring_pixels() {
+        // Columns alternate 0 and 100; halving samples between them.
+        let frame = RgbImage::from_fn(8, 8, |x, _| {
+            image::Rgb([if x % 2 == 0 { 0 } else { 100 }; 3])
+        });
+        let mut pre = Preprocessor::new(
+            spec(ResizeMode::Stretch, Layout::Nchw, ColourOrder::Rgb),
+            (4, 4),
+        );
+        let (tensor, _) = pre.run(&frame);
+        assert!(
+            tensor[..4].iter().all(|&v| (v - 50.0).abs() < 1e-4),
+            "{:?}",
+            &tensor[..4]
+        );
+    }
+}

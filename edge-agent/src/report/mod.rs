@@ -1,0 +1,114 @@
+//! The report stage: judged frames in; events into the durable outbox (then MQTT), the latest
+//! annotated frame and recent events onto the status board (then the web page).
+
+pub mod board;
+pub mod mqtt;
+pub mod outbox;
+pub mod web;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::judge::{draw, Judgement};
+use board::StatusBoard;
+use outbox::{Outbox, QueuedMessage};
+
+/// Quality of the page's live frame: small and fast; evidence JPEGs are kept at higher quality.
+const LIVE_FRAME_JPEG_QUALITY: u8 = 75;
+
+/// Writes each judgement's events to the outbox (one durable commit per frame), then tells the
+/// publisher and updates the board. Ends when the judge stage closes its channel.
+pub async fn run_reporter(
+    mut judgements: mpsc::Receiver<Judgement>,
+    outbox: Arc<Outbox>,
+    board: Arc<StatusBoard>,
+    publisher_wake: Arc<Notify>,
+) {
+    while let Some(judgement) = judgements.recv().await {
+        let Judgement {
+            frame,
+            results,
+            events,
+        } = judgement;
+        let messages: Vec<QueuedMessage> = events
+            .iter()
+            .filter_map(|event| match serde_json::to_vec(event) {
+                Ok(payload) => Some(QueuedMessage {
+                    topic_suffix: "events".into(),
+                    payload,
+                }),
+                Err(e) => {
+                    tracing::error!(event_id = %event.event_id, "cannot encode event: {e}");
+                    None
+                }
+            })
+            .collect();
+        let outbox_for_write = outbox.clone();
+        let boxes: Vec<_> = events
+            .iter()
+            .map(|e| crate::infer::BoundingBox {
+                x1: e.bbox.x1 as f32,
+                y1: e.bbox.y1 as f32,
+                x2: e.bbox.x2 as f32,
+                y2: e.bbox.y2 as f32,
+            })
+            .collect();
+        let image = frame.image.clone();
+        let results_for_drawing = results.clone();
+        // Disk commit and JPEG encoding are blocking work: keep them off the async workers.
+        let done = tokio::task::spawn_blocking(move || {
+            let queued = if messages.is_empty() {
+                Ok(())
+            } else {
+                outbox_for_write.enqueue(&messages).map(|_| ())
+            };
+            let depth = outbox_for_write.depth();
+            let annotated = draw::annotate(&image, &results_for_drawing, &boxes);
+            let jpeg = draw::encode_jpeg(&annotated, LIVE_FRAME_JPEG_QUALITY);
+            (queued, depth, jpeg)
+        })
+        .await;
+        let (queued, depth, jpeg) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!("report task failed: {e}");
+                continue;
+            }
+        };
+        match queued {
+            Ok(()) => {
+                for event in &events {
+                    tracing::info!(
+                        camera = %event.camera,
+                        event_id = %event.event_id,
+                        "event {:?} {} {:.2} box ({}, {}) – ({}, {})",
+                        event.kind, event.label, event.score, event.bbox.x1, event.bbox.y1, event.bbox.x2, event.bbox.y2
+                    );
+                }
+                board.record_events(&events);
+                if !events.is_empty() {
+                    publisher_wake.notify_one();
+                }
+            }
+            Err(e) => tracing::error!(
+                "{e}; {} events of camera {} not queued",
+                events.len(),
+                frame.camera
+            ),
+        }
+        if let Ok(depth) = depth {
+            board.set_outbox_depth(depth);
+        }
+        let jpeg = jpeg
+            .map_err(|e| tracing::warn!("cannot encode the live frame: {e}"))
+            .ok();
+        board.record_frame(
+            &frame.camera,
+            frame.captured_at,
+            frame.image.dimensions(),
+            results,
+            jpeg,
+        );
+    }
+}

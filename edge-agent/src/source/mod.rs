@@ -1,0 +1,288 @@
+//! The source stage: one long-lived task per camera that produces [`Frame`]s. Each camera hands its
+//! newest frame to inference through a `watch` slot, so when inference is slower than capture the
+//! older frame is replaced (newest frame wins) and never queued; the gap is counted as dropped.
+
+pub mod replay;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use image::RgbImage;
+use tokio::sync::{watch, Notify};
+
+use crate::config::{CameraConfig, SourceConfig};
+use crate::shutdown::Shutdown;
+
+/// One captured picture: the message from source to infer.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub camera: Arc<str>,
+    /// Counts up per camera from 1; a gap seen by inference is a dropped frame.
+    pub sequence: u64,
+    pub captured_at: DateTime<Utc>,
+    pub image: Arc<RgbImage>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("camera {camera}: {message}")]
+    Open { camera: String, message: String },
+    #[error("camera {camera}: cannot decode {what}: {message}")]
+    Decode {
+        camera: String,
+        what: String,
+        message: String,
+    },
+    #[error("camera {camera}: the source has ended")]
+    Ended { camera: String },
+}
+
+/// A camera's health, shared between its task, inference and the status page.
+#[derive(Debug, Default)]
+pub struct CameraHealth {
+    pub frames_captured: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub frames_inferred: AtomicU64,
+    pub errors: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl CameraHealth {
+    pub fn record_error(&self, error: &SourceError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error.to_string());
+        }
+    }
+
+    pub fn clear_error(&self) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = None;
+        }
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
+    }
+}
+
+/// What inference holds for one camera: its id, newest-frame slot and health.
+pub struct CameraFeed {
+    pub id: Arc<str>,
+    pub frames: watch::Receiver<Option<Frame>>,
+    pub health: Arc<CameraHealth>,
+    /// Sequence of the last frame inference took, to count the ones it never saw.
+    pub last_taken: u64,
+}
+
+impl CameraFeed {
+    /// The newest frame if it has not been taken yet; frames replaced before being taken count as
+    /// dropped.
+    pub fn take_new(&mut self) -> Option<Frame> {
+        if !self.frames.has_changed().unwrap_or(false) {
+            return None;
+        }
+        let frame = self.frames.borrow_and_update().clone()?;
+        let missed = frame.sequence.saturating_sub(self.last_taken + 1);
+        if missed > 0 {
+            self.health
+                .frames_dropped
+                .fetch_add(missed, Ordering::Relaxed);
+        }
+        self.last_taken = frame.sequence;
+        Some(frame)
+    }
+}
+
+/// Starts one task per camera; returns the feeds inference reads and a `Notify` that fires on
+/// every new frame of any camera.
+pub fn start_cameras(
+    cameras: &[CameraConfig],
+    shutdown: &Shutdown,
+) -> (Vec<CameraFeed>, Arc<Notify>) {
+    let new_frame = Arc::new(Notify::new());
+    let feeds = cameras
+        .iter()
+        .map(|camera| {
+            let (sender, receiver) = watch::channel(None);
+            let health = Arc::new(CameraHealth::default());
+            let id: Arc<str> = Arc::from(camera.id.as_str());
+            let task = CameraTask {
+                camera: camera.clone(),
+                id: id.clone(),
+                sender,
+                health: health.clone(),
+                new_frame: new_frame.clone(),
+            };
+            tokio::spawn(task.run(shutdown.clone()));
+            CameraFeed {
+                id,
+                frames: receiver,
+                health,
+                last_taken: 0,
+            }
+        })
+        .collect();
+    (feeds, new_frame)
+}
+
+struct CameraTask {
+    camera: CameraConfig,
+    id: Arc<str>,
+    sender: watch::Sender<Option<Frame>>,
+    health: Arc<CameraHealth>,
+    new_frame: Arc<Notify>,
+}
+
+impl CameraTask {
+    /// Open, read until error, back off, reopen; until shutdown.
+    async fn run(self, mut shutdown: Shutdown) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut sequence = 0u64;
+        loop {
+            let opened = match &self.camera.source {
+                SourceConfig::Replay { path, fps, looping } => {
+                    replay::ReplaySource::open(&self.camera.id, path, *fps, *looping)
+                }
+            };
+            let mut source = match opened {
+                Ok(source) => source,
+                Err(error) => {
+                    tracing::error!(camera = %self.id, "{error}; retrying");
+                    self.health.record_error(&error);
+                    if shutdown.sleep(backoff.next_delay()).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    next = source.next_image() => next,
+                    _ = shutdown.wait() => return,
+                };
+                match next {
+                    Ok(image) => {
+                        backoff.reset();
+                        self.health.clear_error();
+                        sequence += 1;
+                        self.health.frames_captured.fetch_add(1, Ordering::Relaxed);
+                        let frame = Frame {
+                            camera: self.id.clone(),
+                            sequence,
+                            captured_at: Utc::now(),
+                            image: Arc::new(image),
+                        };
+                        self.sender.send_replace(Some(frame));
+                        self.new_frame.notify_one();
+                    }
+                    Err(SourceError::Ended { .. }) => {
+                        tracing::info!(camera = %self.id, "source ended; no more frames");
+                        shutdown.wait().await;
+                        return;
+                    }
+                    Err(error @ SourceError::Decode { .. }) => {
+                        // One bad picture is not a broken camera: count it and go on.
+                        tracing::warn!(camera = %self.id, "{error}");
+                        self.health.record_error(&error);
+                    }
+                    Err(error) => {
+                        tracing::error!(camera = %self.id, "{error}; reopening");
+                        self.health.record_error(&error);
+                        if shutdown.sleep(backoff.next_delay()).await {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Capped exponential backoff with jitter, so a fleet of boxes does not reconnect in step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    cap: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, cap: Duration) -> Self {
+        Self {
+            first,
+            cap,
+            current: first,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(self.cap);
+        // Up to +25 % jitter from the clock's low bits; no RNG crate needed for this.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.first;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+        let delays: Vec<Duration> = (0..5).map(|_| backoff.next_delay()).collect();
+        let floors = [1, 2, 4, 5, 5];
+        for (delay, floor) in delays.iter().zip(floors) {
+            let floor = Duration::from_secs(floor);
+            assert!(
+                *delay >= floor && *delay <= floor.mul_f64(1.25),
+                "{delay:?} vs {floor:?}"
+            );
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() < Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn frames_replaced_before_inference_takes_them_count_as_dropped() {
+        let (sender, receiver) = watch::channel(None);
+        let health = Arc::new(CameraHealth::default());
+        let mut feed = CameraFeed {
+            id: "gate".into(),
+            frames: receiver,
+            health: health.clone(),
+            last_taken: 0,
+        };
+        let frame = |sequence| Frame {
+            camera: "gate".into(),
+            sequence,
+            captured_at: Utc::now(),
+            image: Arc::new(RgbImage::new(1, 1)),
+        };
+        assert!(feed.take_new().is_none());
+        sender.send_replace(Some(frame(1)));
+        assert_eq!(feed.take_new().map(|f| f.sequence), Some(1));
+        assert!(feed.take_new().is_none(), "a frame is taken once");
+        for sequence in 2..=5 {
+            sender.send_replace(Some(frame(sequence)));
+        }
+        assert_eq!(
+            feed.take_new().map(|f| f.sequence),
+            Some(5),
+            "newest frame wins"
+        );
+        assert_eq!(health.frames_dropped.load(Ordering::Relaxed), 3);
+    }
+}
