@@ -16,11 +16,7 @@ fn truck_in_dog_jpg_reaches_the_broker_and_the_page() {
     let dir = tempfile::tempdir().unwrap();
     let frames = dir.path().join("frames");
     std::fs::create_dir(&frames).unwrap();
-    std::fs::copy(
-        repo_root().join("models/samples/dog.jpg"),
-        frames.join("dog.jpg"),
-    )
-    .unwrap();
+    std::fs::copy(repo_root().join("models/samples/dog.jpg"), frames.join("dog.jpg")).unwrap();
     let web_port = free_port();
     let config = dir.path().join("agent.toml");
     std::fs::write(
@@ -52,34 +48,17 @@ score_threshold = 0.3
     let subscriber = Subscriber::connect(broker.port, "edge/e2e-box/#");
     let agent = Agent::start(&config, &dir.path().join("agent.log"));
 
-    let truck = subscriber.wait_for("/events", Duration::from_secs(30), |event| {
-        event["label"] == "truck"
-    });
-    let truck = truck.unwrap_or_else(|| {
-        panic!(
-            "no truck event within 30 s; agent log:\n{}",
-            agent.log_text()
-        )
-    });
+    let truck = subscriber.wait_for("/events", Duration::from_secs(30), |event| event["label"] == "truck");
+    let truck = truck.unwrap_or_else(|| panic!("no truck event within 30 s; agent log:\n{}", agent.log_text()));
     let b = &truck["box"];
-    let found = [
-        b["x1"].as_f64().unwrap(),
-        b["y1"].as_f64().unwrap(),
-        b["x2"].as_f64().unwrap(),
-        b["y2"].as_f64().unwrap(),
-    ];
-    assert!(
-        iou(found, TRUCK) >= 0.5,
-        "truck box {found:?} does not overlap {TRUCK:?}"
-    );
+    let found =
+        [b["x1"].as_f64().unwrap(), b["y1"].as_f64().unwrap(), b["x2"].as_f64().unwrap(), b["y2"].as_f64().unwrap()];
+    assert!(iou(found, TRUCK) >= 0.5, "truck box {found:?} does not overlap {TRUCK:?}");
     assert_eq!(truck["camera"], "yard");
     assert_eq!(truck["device"], "e2e-box");
     assert_eq!(truck["schema_version"], 1);
     assert_eq!(truck["model"]["name"], "nanodet");
-    assert_eq!(
-        truck["model"]["sha256"],
-        "2947bae13602996b196ce1d92f3ea337ad028a4b944d6ce30af7b5ea9e454b16"
-    );
+    assert_eq!(truck["model"]["sha256"], "2947bae13602996b196ce1d92f3ea337ad028a4b944d6ce30af7b5ea9e454b16");
     let score = truck["score"].as_f64().unwrap();
     assert!((0.3..0.5).contains(&score), "score {score}");
     let event_id = truck["event_id"].as_str().unwrap().to_string();
@@ -87,9 +66,7 @@ score_threshold = 0.3
 
     // The retained status says online.
     let status = Subscriber::connect(broker.port, "edge/e2e-box/status");
-    let online = status.wait_for("/status", Duration::from_secs(10), |s| {
-        s["state"] == "online"
-    });
+    let online = status.wait_for("/status", Duration::from_secs(10), |s| s["state"] == "online");
     assert!(online.is_some(), "no retained online status");
 
     let (code, body) = http_get(&format!("http://127.0.0.1:{web_port}/healthz")).unwrap();
@@ -113,15 +90,8 @@ fn a_bad_config_is_refused_naming_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "device_id = \"x\"\n[mqtt]\nurl = 5\n").unwrap();
-    let output = std::process::Command::new(agent_binary())
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = std::process::Command::new(agent_binary()).args(["run", "--config"]).arg(&config).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("bad.toml") && stderr.contains("line 3") && stderr.contains("url"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("bad.toml") && stderr.contains("line 3") && stderr.contains("url"), "{stderr}");
 }

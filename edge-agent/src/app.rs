@@ -24,26 +24,20 @@ const STAGE_QUEUE: usize = 2;
 /// Runs the agent until `trigger` fires; returns after the stages have stopped.
 pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()> {
     let shutdown = trigger.handle();
-    std::fs::create_dir_all(&config.state_dir).with_context(|| {
-        format!(
-            "cannot create state folder {} (config `state_dir`)",
-            config.state_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state folder {} (config `state_dir`)", config.state_dir.display()))?;
     let outbox_path = config.state_dir.join("outbox.redb");
     let outbox = Arc::new(Outbox::open(&outbox_path)?);
 
     let model_configs = config.models.clone();
     let backend = config.inference.backend;
-    let models: Vec<Model> =
-        tokio::task::spawn_blocking(move || infer::load_models(&model_configs, backend))
-            .await
-            .context("model loading task failed")??;
+    let models: Vec<Model> = tokio::task::spawn_blocking(move || infer::load_models(&model_configs, backend))
+        .await
+        .context("model loading task failed")??;
 
     let mqtt_settings = match &config.mqtt.url {
         Some(url) => {
-            let (host, port) =
-                parse_mqtt_url(url).map_err(|problem| anyhow::anyhow!("`mqtt.url` {problem}"))?;
+            let (host, port) = parse_mqtt_url(url).map_err(|problem| anyhow::anyhow!("`mqtt.url` {problem}"))?;
             Some(MqttSettings {
                 host,
                 port,
@@ -55,10 +49,7 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
         }
         None => None,
     };
-    let board = Arc::new(StatusBoard::new(
-        config.device_id.clone(),
-        mqtt_settings.as_ref().map(|s| s.broker()),
-    ));
+    let board = Arc::new(StatusBoard::new(config.device_id.clone(), mqtt_settings.as_ref().map(|s| s.broker())));
     board.set_models(models.iter().map(Model::info).collect());
     board.set_outbox_depth(outbox.depth()?);
     for model in &models {
@@ -79,35 +70,17 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
     let (judged_tx, judged_rx) = mpsc::channel::<Judgement>(STAGE_QUEUE);
     let publisher_wake = Arc::new(Notify::new());
 
-    let infer_task = tokio::spawn(run_inference(
-        models,
-        feeds,
-        new_frame,
-        inferred_tx,
-        shutdown.clone(),
-    ));
+    let infer_task = tokio::spawn(run_inference(models, feeds, new_frame, inferred_tx, shutdown.clone()));
     let judge = Judge::new(config.device_id.clone(), config.rules.object.clone());
     let judge_task = tokio::spawn(run_judge(judge, inferred_rx, judged_tx));
-    let report_task = tokio::spawn(report::run_reporter(
-        judged_rx,
-        outbox.clone(),
-        board.clone(),
-        publisher_wake.clone(),
-    ));
+    let report_task =
+        tokio::spawn(report::run_reporter(judged_rx, outbox.clone(), board.clone(), publisher_wake.clone()));
     let publisher_task = mqtt_settings.map(|settings| {
-        let publisher = Publisher {
-            settings,
-            outbox: outbox.clone(),
-            board: board.clone(),
-            wake: publisher_wake,
-        };
+        let publisher = Publisher { settings, outbox: outbox.clone(), board: board.clone(), wake: publisher_wake };
         tokio::spawn(publisher.run(shutdown.clone()))
     });
     if config.mqtt.url.is_none() {
-        tracing::info!(
-            "no `mqtt.url` configured: events are kept in the outbox at {}",
-            outbox_path.display()
-        );
+        tracing::info!("no `mqtt.url` configured: events are kept in the outbox at {}", outbox_path.display());
     }
 
     // Stages end in flow order: inference stops on shutdown, then judge and report drain.
@@ -163,21 +136,14 @@ async fn run_inference(
         for (model, error) in failures {
             tracing::error!(model = %model.name, camera = %feeds[index].id, "{error}");
         }
-        feeds[index]
-            .health
-            .frames_inferred
-            .fetch_add(1, Ordering::Relaxed);
+        feeds[index].health.frames_inferred.fetch_add(1, Ordering::Relaxed);
         if output.send(inferred).await.is_err() {
             return;
         }
     }
 }
 
-async fn run_judge(
-    mut judge: Judge,
-    mut input: mpsc::Receiver<InferredFrame>,
-    output: mpsc::Sender<Judgement>,
-) {
+async fn run_judge(mut judge: Judge, mut input: mpsc::Receiver<InferredFrame>, output: mpsc::Sender<Judgement>) {
     while let Some(inferred) = input.recv().await {
         let judgement = judge.judge(inferred);
         if output.send(judgement).await.is_err() {

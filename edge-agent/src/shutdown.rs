@@ -28,9 +28,7 @@ impl ShutdownTrigger {
     }
 
     pub fn handle(&self) -> Shutdown {
-        Shutdown {
-            receiver: self.sender.subscribe(),
-        }
+        Shutdown { receiver: self.sender.subscribe() }
     }
 }
 

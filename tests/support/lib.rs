@@ -33,10 +33,7 @@ pub fn agent_binary() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("the test knows its own path");
     // target/<profile>/deps/<test> → target/<profile>/edge-agent
-    let candidate = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|p| p.join("edge-agent"));
+    let candidate = exe.parent().and_then(Path::parent).map(|p| p.join("edge-agent"));
     match candidate {
         Some(path) if path.is_file() => path,
         _ => panic!(
@@ -48,10 +45,7 @@ pub fn agent_binary() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 fn find_program(name: &str, extra_dirs: &[&str]) -> Option<PathBuf> {
@@ -86,10 +80,7 @@ impl Mosquitto {
     /// Starts a broker on a free port; `None` when mosquitto is missing outside CI.
     pub fn start() -> Option<Self> {
         let Some(program) = find_program("mosquitto", &["/usr/sbin", "/usr/local/sbin"]) else {
-            missing_real_part(
-                "mosquitto",
-                "install it with `apt-get install mosquitto` (scripts/test.sh does)",
-            );
+            missing_real_part("mosquitto", "install it with `apt-get install mosquitto` (scripts/test.sh does)");
             return None;
         };
         let dir = tempfile::tempdir().expect("temp dir");
@@ -100,13 +91,7 @@ impl Mosquitto {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"),
         )
         .expect("write mosquitto.conf");
-        let mut broker = Self {
-            program,
-            config,
-            port,
-            child: None,
-            _dir: dir,
-        };
+        let mut broker = Self { program, config, port, child: None, _dir: dir };
         broker.restart();
         Some(broker)
     }
@@ -133,11 +118,7 @@ impl Mosquitto {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program.display()));
         self.child = Some(child);
-        assert!(
-            wait_for_port(self.port, Duration::from_secs(10)),
-            "mosquitto did not listen on port {}",
-            self.port
-        );
+        assert!(wait_for_port(self.port, Duration::from_secs(10)), "mosquitto did not listen on port {}", self.port);
     }
 }
 
@@ -165,10 +146,7 @@ impl Agent {
             .stderr(log_file)
             .spawn()
             .expect("start edge-agent");
-        Self {
-            child,
-            log: log.to_owned(),
-        }
+        Self { child, log: log.to_owned() }
     }
 
     pub fn log_text(&self) -> String {
@@ -185,11 +163,7 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "---- edge-agent log ({}) ----\n{}",
-                self.log.display(),
-                self.log_text()
-            );
+            eprintln!("---- edge-agent log ({}) ----\n{}", self.log.display(), self.log_text());
         }
     }
 }
@@ -215,19 +189,14 @@ impl Subscriber {
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
         let (client, mut connection) = rumqttc::Client::new(options, 100);
-        client
-            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
-            .expect("subscribe");
+        client.subscribe(filter, rumqttc::QoS::AtLeastOnce).expect("subscribe");
         let (sender, messages) = mpsc::channel();
         std::thread::spawn(move || {
             for notification in connection.iter() {
                 match notification {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        let received = Received {
-                            topic: p.topic.clone(),
-                            payload: p.payload.to_vec(),
-                            retain: p.retain,
-                        };
+                        let received =
+                            Received { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain };
                         if sender.send(received).is_err() {
                             return;
                         }
@@ -278,15 +247,9 @@ pub fn http_get(url: &str) -> Result<(u16, String), String> {
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into();
-    let mut response = agent
-        .get(url)
-        .call()
-        .map_err(|e| format!("GET {url}: {e}"))?;
+    let mut response = agent.get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
     let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| format!("GET {url}: {e}"))?;
+    let body = response.body_mut().read_to_string().map_err(|e| format!("GET {url}: {e}"))?;
     Ok((status, body))
 }
 
@@ -307,12 +270,7 @@ pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
 /// Reads a line-oriented log until `needle` shows up; for tests that wait on the agent's own words.
 pub fn log_contains(path: &Path, needle: &str) -> bool {
     std::fs::File::open(path)
-        .map(|f| {
-            BufReader::new(f)
-                .lines()
-                .map_while(Result::ok)
-                .any(|l| l.contains(needle))
-        })
+        .map(|f| BufReader::new(f).lines().map_while(Result::ok).any(|l| l.contains(needle)))
         .unwrap_or(false)
 }
 

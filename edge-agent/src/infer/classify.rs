@@ -8,9 +8,7 @@ pub fn top_k(
     k: usize,
     score_threshold: f32,
 ) -> Result<Vec<Classification>, InferError> {
-    let logits = outputs.first().ok_or_else(|| InferError::Output {
-        message: "classifier gave no output".into(),
-    })?;
+    let logits = outputs.first().ok_or_else(|| InferError::Output { message: "classifier gave no output".into() })?;
     if logits.data.len() != labels.len() {
         return Err(InferError::Output {
             message: format!(
@@ -29,11 +27,7 @@ pub fn top_k(
         .into_iter()
         .take(k)
         .filter(|&(_, p)| p >= score_threshold)
-        .map(|(class_id, score)| Classification {
-            class_id,
-            label: labels[class_id].clone(),
-            score,
-        })
+        .map(|(class_id, score)| Classification { class_id, label: labels[class_id].clone(), score })
         .collect())
 }
 
@@ -65,25 +59,14 @@ mod tests {
     #[test]
     fn top_k_ranks_labels() {
         let labels: Vec<String> = ["cat", "dog", "cup"].map(String::from).to_vec();
-        let outputs = vec![Output {
-            name: "logits".into(),
-            shape: vec![1, 3],
-            data: vec![0.0, 5.0, 1.0],
-        }];
+        let outputs = vec![Output { name: "logits".into(), shape: vec![1, 3], data: vec![0.0, 5.0, 1.0] }];
         let top = top_k(&outputs, &labels, 2, 0.0).unwrap();
-        assert_eq!(
-            top.iter().map(|c| c.label.as_str()).collect::<Vec<_>>(),
-            ["dog", "cup"]
-        );
+        assert_eq!(top.iter().map(|c| c.label.as_str()).collect::<Vec<_>>(), ["dog", "cup"]);
     }
 
     #[test]
     fn label_count_mismatch_is_an_error() {
-        let outputs = vec![Output {
-            name: "logits".into(),
-            shape: vec![1, 2],
-            data: vec![0.0, 1.0],
-        }];
+        let outputs = vec![Output { name: "logits".into(), shape: vec![1, 2], data: vec![0.0, 1.0] }];
         let err = top_k(&outputs, &["a".to_string()], 1, 0.0).unwrap_err();
         assert!(err.to_string().contains("1 labels"), "{err}");
     }

@@ -20,20 +20,17 @@ pub fn decode_nanodet(
     let mut strides_found = 0;
     for scores in outputs.iter().filter(|o| o.last_dim() == num_classes) {
         let anchors = scores.rows();
-        let boxes = outputs
-            .iter()
-            .find(|o| o.last_dim() == 4 * bins && o.rows() == anchors)
-            .ok_or_else(|| InferError::Output {
+        let boxes = outputs.iter().find(|o| o.last_dim() == 4 * bins && o.rows() == anchors).ok_or_else(|| {
+            InferError::Output {
                 message: format!(
                     "NanoDet output {:?} (shape {:?}) has no matching box output of shape [1, {anchors}, {}]",
                     scores.name,
                     scores.shape,
                     4 * bins
                 ),
-            })?;
-        let grid_w = (anchors as f64 * input_w as f64 / input_h as f64)
-            .sqrt()
-            .round() as usize;
+            }
+        })?;
+        let grid_w = (anchors as f64 * input_w as f64 / input_h as f64).sqrt().round() as usize;
         let grid_h = anchors / grid_w.max(1);
         if grid_w == 0 || grid_w * grid_h != anchors {
             return Err(InferError::Output {
@@ -47,18 +44,13 @@ pub fn decode_nanodet(
         strides_found += 1;
         for cell in 0..anchors {
             let row_scores = &scores.data[cell * num_classes..(cell + 1) * num_classes];
-            let (class, &score) = row_scores
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .unwrap_or((0, &0.0));
+            let (class, &score) = row_scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap_or((0, &0.0));
             if score < score_threshold {
                 continue;
             }
             let sides = &boxes.data[cell * 4 * bins..(cell + 1) * 4 * bins];
-            let distance: [f32; 4] = std::array::from_fn(|side| {
-                expected_bin(&sides[side * bins..(side + 1) * bins]) * stride
-            });
+            let distance: [f32; 4] =
+                std::array::from_fn(|side| expected_bin(&sides[side * bins..(side + 1) * bins]) * stride);
             let cx = (cell % grid_w) as f32 * stride;
             let cy = (cell / grid_w) as f32 * stride;
             detections.push(Detection {
@@ -75,10 +67,7 @@ pub fn decode_nanodet(
         }
     }
     if strides_found == 0 {
-        let shapes: Vec<_> = outputs
-            .iter()
-            .map(|o| format!("{} {:?}", o.name, o.shape))
-            .collect();
+        let shapes: Vec<_> = outputs.iter().map(|o| format!("{} {:?}", o.name, o.shape)).collect();
         return Err(InferError::Output {
             message: format!(
                 "no NanoDet score output with {num_classes} classes (the labels file's count) among {}",
@@ -127,9 +116,8 @@ pub fn non_maximum_suppression(
         if kept.len() == max_detections {
             break;
         }
-        let suppressed = kept.iter().any(|k| {
-            k.class_id == candidate.class_id && iou(&k.bbox, &candidate.bbox) > iou_threshold
-        });
+        let suppressed =
+            kept.iter().any(|k| k.class_id == candidate.class_id && iou(&k.bbox, &candidate.bbox) > iou_threshold);
         if !suppressed {
             kept.push(candidate);
         }
@@ -142,36 +130,16 @@ mod tests {
     use super::*;
 
     fn det(class_id: usize, score: f32, x1: f32, y1: f32, x2: f32, y2: f32) -> Detection {
-        Detection {
-            class_id,
-            label: format!("c{class_id}"),
-            score,
-            bbox: BoundingBox { x1, y1, x2, y2 },
-        }
+        Detection { class_id, label: format!("c{class_id}"), score, bbox: BoundingBox { x1, y1, x2, y2 } }
     }
 
     #[test]
     fn iou_of_known_boxes() {
-        let a = BoundingBox {
-            x1: 0.0,
-            y1: 0.0,
-            x2: 10.0,
-            y2: 10.0,
-        };
-        let b = BoundingBox {
-            x1: 5.0,
-            y1: 0.0,
-            x2: 15.0,
-            y2: 10.0,
-        };
+        let a = BoundingBox { x1: 0.0, y1: 0.0, x2: 10.0, y2: 10.0 };
+        let b = BoundingBox { x1: 5.0, y1: 0.0, x2: 15.0, y2: 10.0 };
         assert!((iou(&a, &b) - 50.0 / 150.0).abs() < 1e-6);
         assert_eq!(iou(&a, &a), 1.0);
-        let far = BoundingBox {
-            x1: 20.0,
-            y1: 20.0,
-            x2: 30.0,
-            y2: 30.0,
-        };
+        let far = BoundingBox { x1: 20.0, y1: 20.0, x2: 30.0, y2: 30.0 };
         assert_eq!(iou(&a, &far), 0.0);
     }
 
@@ -193,25 +161,16 @@ mod tests {
     #[test]
     fn nms_is_class_aware() {
         let kept = non_maximum_suppression(
-            vec![
-                det(0, 0.9, 0.0, 0.0, 10.0, 10.0),
-                det(1, 0.8, 0.0, 0.0, 10.0, 10.0),
-            ],
+            vec![det(0, 0.9, 0.0, 0.0, 10.0, 10.0), det(1, 0.8, 0.0, 0.0, 10.0, 10.0)],
             0.5,
             100,
         );
-        assert_eq!(
-            kept.len(),
-            2,
-            "a truck and a car in the same place are both kept"
-        );
+        assert_eq!(kept.len(), 2, "a truck and a car in the same place are both kept");
     }
 
     #[test]
     fn nms_caps_the_count() {
-        let many = (0..10)
-            .map(|i| det(0, 0.5, i as f32 * 100.0, 0.0, i as f32 * 100.0 + 10.0, 10.0))
-            .collect();
+        let many = (0..10).map(|i| det(0, 0.5, i as f32 * 100.0, 0.0, i as f32 * 100.0 + 10.0, 10.0)).collect();
         assert_eq!(non_maximum_suppression(many, 0.5, 3).len(), 3);
     }
 
@@ -228,38 +187,20 @@ mod tests {
             bins.copy_from_slice(&[-100.0, 100.0, -100.0]);
         }
         let outputs = vec![
-            Output {
-                name: "scores".into(),
-                shape: vec![1, 4, 2],
-                data: scores,
-            },
-            Output {
-                name: "boxes".into(),
-                shape: vec![1, 4, 12],
-                data: boxes,
-            },
+            Output { name: "scores".into(), shape: vec![1, 4, 2], data: scores },
+            Output { name: "boxes".into(), shape: vec![1, 4, 12], data: boxes },
         ];
         let found = decode_nanodet(&outputs, (64, 64), 3, &labels, 0.5).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].label, "b");
         let b = found[0].bbox;
-        assert!(
-            (b.x1 - 0.0).abs() < 1e-3 && (b.y1 - 0.0).abs() < 1e-3,
-            "{b:?}"
-        );
-        assert!(
-            (b.x2 - 64.0).abs() < 1e-3 && (b.y2 - 64.0).abs() < 1e-3,
-            "{b:?}"
-        );
+        assert!((b.x1 - 0.0).abs() < 1e-3 && (b.y1 - 0.0).abs() < 1e-3, "{b:?}");
+        assert!((b.x2 - 64.0).abs() < 1e-3 && (b.y2 - 64.0).abs() < 1e-3, "{b:?}");
     }
 
     #[test]
     fn nanodet_with_the_wrong_label_count_says_so() {
-        let outputs = vec![Output {
-            name: "scores".into(),
-            shape: vec![1, 4, 80],
-            data: vec![0.0; 320],
-        }];
+        let outputs = vec![Output { name: "scores".into(), shape: vec![1, 4, 80], data: vec![0.0; 320] }];
         let err = decode_nanodet(&outputs, (64, 64), 11, &["x".to_string()], 0.3).unwrap_err();
         assert!(err.to_string().contains("1 classes"), "{err}");
     }

@@ -14,36 +14,17 @@ use tract_onnx::prelude::Framework;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("model manifest {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("model manifest {path}: `{field}` {problem}")]
-    Invalid {
-        path: PathBuf,
-        field: &'static str,
-        problem: String,
-    },
-    #[error(
-        "model file {path} has sha256 {found}, but its manifest {manifest} expects {expected}"
-    )]
-    Sha256Mismatch {
-        path: PathBuf,
-        manifest: PathBuf,
-        expected: String,
-        found: String,
-    },
+    Invalid { path: PathBuf, field: &'static str, problem: String },
+    #[error("model file {path} has sha256 {found}, but its manifest {manifest} expects {expected}")]
+    Sha256Mismatch { path: PathBuf, manifest: PathBuf, expected: String, found: String },
     #[error("model file {path} is not a readable ONNX model: {message}")]
     NotOnnx { path: PathBuf, message: String },
     #[error("model file {path}: {problem} (manifest {manifest} says input {expected})")]
-    InputMismatch {
-        path: PathBuf,
-        manifest: PathBuf,
-        expected: String,
-        problem: String,
-    },
+    InputMismatch { path: PathBuf, manifest: PathBuf, expected: String, problem: String },
     #[error("labels file {path}: {problem}")]
     Labels { path: PathBuf, problem: String },
 }
@@ -166,14 +147,10 @@ impl std::fmt::Debug for VerifiedModel {
 
 impl Manifest {
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut manifest: Manifest = toml::from_str(&text).map_err(|e| ManifestError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        let mut manifest: Manifest = toml::from_str(&text)
+            .map_err(|e| ManifestError::Parse { path: path.to_owned(), message: e.to_string() })?;
         manifest.path = path.to_owned();
         manifest.check_fields()?;
         Ok(manifest)
@@ -192,49 +169,30 @@ impl Manifest {
     }
 
     fn check_fields(&self) -> Result<(), ManifestError> {
-        let invalid = |field, problem: String| ManifestError::Invalid {
-            path: self.path.clone(),
-            field,
-            problem,
-        };
+        let invalid = |field, problem: String| ManifestError::Invalid { path: self.path.clone(), field, problem };
         if self.sha256.len() != 64 || !self.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(invalid(
-                "sha256",
-                format!("is {:?}; expected 64 hex digits", self.sha256),
-            ));
+            return Err(invalid("sha256", format!("is {:?}; expected 64 hex digits", self.sha256)));
         }
         if self.input.shape.len() != 4 || self.input.shape.iter().any(|&d| d == 0) {
             return Err(invalid(
                 "input.shape",
-                format!(
-                    "is {:?}; expected four positive dimensions",
-                    self.input.shape
-                ),
+                format!("is {:?}; expected four positive dimensions", self.input.shape),
             ));
         }
         if self.input.shape[0] != 1 {
             return Err(invalid(
                 "input.shape",
-                format!(
-                    "has batch {}; the agent runs one frame at a time (batch 1)",
-                    self.input.shape[0]
-                ),
+                format!("has batch {}; the agent runs one frame at a time (batch 1)", self.input.shape[0]),
             ));
         }
         if self.input_channels() != 3 {
             return Err(invalid(
                 "input.shape",
-                format!(
-                    "is {:?}; expected 3 colour channels for layout {:?}",
-                    self.input.shape, self.input.layout
-                ),
+                format!("is {:?}; expected 3 colour channels for layout {:?}", self.input.shape, self.input.layout),
             ));
         }
         if self.input.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
-            return Err(invalid(
-                "input.std",
-                format!("is {:?}; expected non-zero values", self.input.std),
-            ));
+            return Err(invalid("input.std", format!("is {:?}; expected non-zero values", self.input.std)));
         }
         match (&self.task, &self.decoder) {
             (Task::Classify, DecoderSpec::Softmax { top_k, .. }) if *top_k > 0 => Ok(()),
@@ -269,10 +227,8 @@ impl Manifest {
     /// Reads the model file and its labels, and refuses them unless they match this manifest.
     pub fn verify(&self) -> Result<VerifiedModel, ManifestError> {
         let onnx_path = self.onnx_path();
-        let bytes = std::fs::read(&onnx_path).map_err(|source| ManifestError::Read {
-            path: onnx_path.clone(),
-            source,
-        })?;
+        let bytes =
+            std::fs::read(&onnx_path).map_err(|source| ManifestError::Read { path: onnx_path.clone(), source })?;
         let found = hex::encode(Sha256::digest(&bytes));
         if !found.eq_ignore_ascii_case(&self.sha256) {
             return Err(ManifestError::Sha256Mismatch {
@@ -284,27 +240,15 @@ impl Manifest {
         }
         let proto = tract_onnx::onnx()
             .proto_model_for_read(&mut bytes.as_slice())
-            .map_err(|e| ManifestError::NotOnnx {
-                path: onnx_path.clone(),
-                message: format!("{e:#}"),
-            })?;
+            .map_err(|e| ManifestError::NotOnnx { path: onnx_path.clone(), message: format!("{e:#}") })?;
         self.check_input_against(&proto, &onnx_path)?;
         let labels = read_labels(&self.labels_path())?;
-        Ok(VerifiedModel {
-            manifest: self.clone(),
-            onnx_path,
-            bytes: std::sync::Arc::new(bytes),
-            labels,
-        })
+        Ok(VerifiedModel { manifest: self.clone(), onnx_path, bytes: std::sync::Arc::new(bytes), labels })
     }
 
     /// The ONNX graph's first real input (initialisers are not inputs) must have the manifest's name
     /// and shape; a symbolic dimension (e.g. "batch") accepts any manifest value.
-    fn check_input_against(
-        &self,
-        proto: &ModelProto,
-        onnx_path: &Path,
-    ) -> Result<(), ManifestError> {
+    fn check_input_against(&self, proto: &ModelProto, onnx_path: &Path) -> Result<(), ManifestError> {
         let expected = format!("{:?} {:?}", self.input.name, self.input.shape);
         let mismatch = |problem: String| ManifestError::InputMismatch {
             path: onnx_path.to_owned(),
@@ -312,32 +256,15 @@ impl Manifest {
             expected: expected.clone(),
             problem,
         };
-        let graph = proto
-            .graph
-            .as_ref()
-            .ok_or_else(|| mismatch("the file has no graph".into()))?;
-        let initialisers: std::collections::HashSet<&str> =
-            graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        let inputs: Vec<_> = graph
-            .input
-            .iter()
-            .filter(|i| !initialisers.contains(i.name.as_str()))
-            .collect();
-        let input = inputs
-            .first()
-            .ok_or_else(|| mismatch("the graph has no input".into()))?;
+        let graph = proto.graph.as_ref().ok_or_else(|| mismatch("the file has no graph".into()))?;
+        let initialisers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let inputs: Vec<_> = graph.input.iter().filter(|i| !initialisers.contains(i.name.as_str())).collect();
+        let input = inputs.first().ok_or_else(|| mismatch("the graph has no input".into()))?;
         if input.name != self.input.name {
-            return Err(mismatch(format!(
-                "the graph's input is named {:?}",
-                input.name
-            )));
+            return Err(mismatch(format!("the graph's input is named {:?}", input.name)));
         }
         let dims = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-            Some(TypeValue::TensorType(tensor)) => tensor
-                .shape
-                .as_ref()
-                .map(|s| s.dim.clone())
-                .unwrap_or_default(),
+            Some(TypeValue::TensorType(tensor)) => tensor.shape.as_ref().map(|s| s.dim.clone()).unwrap_or_default(),
             None => return Err(mismatch("the graph's input has no tensor type".into())),
         };
         let described: Vec<String> = dims
@@ -349,34 +276,22 @@ impl Manifest {
             })
             .collect();
         let fits = dims.len() == self.input.shape.len()
-            && dims
-                .iter()
-                .zip(&self.input.shape)
-                .all(|(d, &want)| match &d.value {
-                    Some(DimValue::DimValue(v)) => *v == want as i64,
-                    _ => true,
-                });
+            && dims.iter().zip(&self.input.shape).all(|(d, &want)| match &d.value {
+                Some(DimValue::DimValue(v)) => *v == want as i64,
+                _ => true,
+            });
         if !fits {
-            return Err(mismatch(format!(
-                "the graph's input has shape [{}]",
-                described.join(", ")
-            )));
+            return Err(mismatch(format!("the graph's input has shape [{}]", described.join(", "))));
         }
         Ok(())
     }
 }
 
 pub fn read_labels(path: &Path) -> Result<Vec<String>, ManifestError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
     let labels: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
     if labels.iter().all(|l| l.is_empty()) {
-        return Err(ManifestError::Labels {
-            path: path.to_owned(),
-            problem: "holds no labels".into(),
-        });
+        return Err(ManifestError::Labels { path: path.to_owned(), problem: "holds no labels".into() });
     }
     Ok(labels)
 }
@@ -418,40 +333,21 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&onnx, bytes).unwrap();
-        let err = Manifest::load(&manifest_path)
-            .unwrap()
-            .verify()
-            .unwrap_err();
+        let err = Manifest::load(&manifest_path).unwrap().verify().unwrap_err();
         let text = err.to_string();
-        assert!(
-            matches!(err, ManifestError::Sha256Mismatch { .. }),
-            "{text}"
-        );
-        assert!(
-            text.contains("nanodet.onnx") && text.contains("2947bae1"),
-            "{text}"
-        );
+        assert!(matches!(err, ManifestError::Sha256Mismatch { .. }), "{text}");
+        assert!(text.contains("nanodet.onnx") && text.contains("2947bae1"), "{text}");
     }
 
     #[test]
     fn a_manifest_whose_input_shape_differs_from_the_model_is_refused() {
         let (_dir, manifest_path) = scratch_copy("nanodet");
         let text = std::fs::read_to_string(&manifest_path).unwrap();
-        std::fs::write(
-            &manifest_path,
-            text.replace("[1, 3, 416, 416]", "[1, 3, 320, 320]"),
-        )
-        .unwrap();
-        let err = Manifest::load(&manifest_path)
-            .unwrap()
-            .verify()
-            .unwrap_err();
+        std::fs::write(&manifest_path, text.replace("[1, 3, 416, 416]", "[1, 3, 320, 320]")).unwrap();
+        let err = Manifest::load(&manifest_path).unwrap().verify().unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, ManifestError::InputMismatch { .. }), "{text}");
-        assert!(
-            text.contains("416") && text.contains("320") && text.contains("nanodet.onnx"),
-            "{text}"
-        );
+        assert!(text.contains("416") && text.contains("320") && text.contains("nanodet.onnx"), "{text}");
     }
 
     #[test]
@@ -469,32 +365,19 @@ mod tests {
         let sha = hex::encode(Sha256::digest(&garbage));
         std::fs::write(
             &manifest_path,
-            text.replace(
-                "2947bae13602996b196ce1d92f3ea337ad028a4b944d6ce30af7b5ea9e454b16",
-                &sha,
-            ),
+            text.replace("2947bae13602996b196ce1d92f3ea337ad028a4b944d6ce30af7b5ea9e454b16", &sha),
         )
         .unwrap();
-        let err = Manifest::load(&manifest_path)
-            .unwrap()
-            .verify()
-            .unwrap_err();
+        let err = Manifest::load(&manifest_path).unwrap().verify().unwrap_err();
         assert!(matches!(err, ManifestError::NotOnnx { .. }), "{err}");
-        assert!(
-            err.to_string().contains("not a readable ONNX model"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("not a readable ONNX model"), "{err}");
     }
 
     #[test]
     fn a_decoder_that_does_not_fit_the_task_is_refused() {
         let (_dir, manifest_path) = scratch_copy("nanodet");
         let text = std::fs::read_to_string(&manifest_path).unwrap();
-        std::fs::write(
-            &manifest_path,
-            text.replace("task = \"detect\"", "task = \"classify\""),
-        )
-        .unwrap();
+        std::fs::write(&manifest_path, text.replace("task = \"detect\"", "task = \"classify\"")).unwrap();
         let err = Manifest::load(&manifest_path).unwrap_err();
         assert!(err.to_string().contains("`decoder`"), "{err}");
     }

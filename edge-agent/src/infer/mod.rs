@@ -3,6 +3,7 @@
 //! raw outputs into [`Detection`]s (boxes in frame pixels) or [`Classification`]s.
 
 pub mod classify;
+pub mod config;
 pub mod detect;
 pub mod manifest;
 pub mod preprocess;
@@ -24,16 +25,9 @@ pub enum InferError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("{backend} cannot load model {path}: {message}")]
-    Load {
-        path: PathBuf,
-        backend: &'static str,
-        message: String,
-    },
+    Load { path: PathBuf, backend: &'static str, message: String },
     #[error("{backend} inference failed: {message}")]
-    Run {
-        backend: &'static str,
-        message: String,
-    },
+    Run { backend: &'static str, message: String },
     #[error("unexpected model output: {message}")]
     Output { message: String },
 }
@@ -101,10 +95,7 @@ pub trait Backend: Send {
     fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<Vec<Output>, InferError>;
 }
 
-pub fn load_backend(
-    kind: BackendKind,
-    model: &VerifiedModel,
-) -> Result<Box<dyn Backend>, InferError> {
+pub fn load_backend(kind: BackendKind, model: &VerifiedModel) -> Result<Box<dyn Backend>, InferError> {
     match kind {
         BackendKind::Tract => Ok(Box::new(tract::TractBackend::load(model)?)),
     }
@@ -169,33 +160,19 @@ impl Model {
         let manifest = Manifest::load(&config.manifest)?;
         let verified = manifest.verify()?;
         let backend = load_backend(backend, &verified)?;
-        Ok(Self::with_backend(
-            verified,
-            backend,
-            config.score_threshold,
-        ))
+        Ok(Self::with_backend(verified, backend, config.score_threshold))
     }
 
-    pub fn with_backend(
-        verified: VerifiedModel,
-        backend: Box<dyn Backend>,
-        threshold: Option<f32>,
-    ) -> Self {
+    pub fn with_backend(verified: VerifiedModel, backend: Box<dyn Backend>, threshold: Option<f32>) -> Self {
         let manifest = verified.manifest;
         let preprocessor = Preprocessor::new(manifest.input.clone(), manifest.input_size());
         let manifest_threshold = match manifest.decoder {
-            DecoderSpec::Softmax {
-                score_threshold, ..
+            DecoderSpec::Softmax { score_threshold, .. } | DecoderSpec::Nanodet { score_threshold, .. } => {
+                score_threshold
             }
-            | DecoderSpec::Nanodet {
-                score_threshold, ..
-            } => score_threshold,
         };
         Self {
-            id: ModelId {
-                name: manifest.name.clone(),
-                sha256: manifest.sha256.to_lowercase(),
-            },
+            id: ModelId { name: manifest.name.clone(), sha256: manifest.sha256.to_lowercase() },
             labels: verified.labels,
             backend,
             preprocessor,
@@ -225,15 +202,10 @@ impl Model {
         let (tensor, transform) = self.preprocessor.run(image);
         let outputs = self.backend.run(tensor, &shape)?;
         let findings = match &self.manifest.decoder {
-            DecoderSpec::Softmax { top_k, .. } => Findings::Classify {
-                classes: classify::top_k(&outputs, &self.labels, *top_k, self.score_threshold)?,
-            },
-            DecoderSpec::Nanodet {
-                bins,
-                nms_iou,
-                max_detections,
-                ..
-            } => {
+            DecoderSpec::Softmax { top_k, .. } => {
+                Findings::Classify { classes: classify::top_k(&outputs, &self.labels, *top_k, self.score_threshold)? }
+            }
+            DecoderSpec::Nanodet { bins, nms_iou, max_detections, .. } => {
                 let raw = detect::decode_nanodet(
                     &outputs,
                     self.manifest.input_size(),
@@ -241,35 +213,24 @@ impl Model {
                     &self.labels,
                     self.score_threshold,
                 )?;
-                let mut detections =
-                    detect::non_maximum_suppression(raw, *nms_iou, *max_detections);
+                let mut detections = detect::non_maximum_suppression(raw, *nms_iou, *max_detections);
                 for d in &mut detections {
                     d.bbox = transform.to_frame(d.bbox);
                 }
                 Findings::Detect { detections }
             }
         };
-        Ok(ModelResult {
-            model: self.id.clone(),
-            findings,
-            latency: started.elapsed(),
-        })
+        Ok(ModelResult { model: self.id.clone(), findings, latency: started.elapsed() })
     }
 }
 
 /// Loads every configured model; the first failure names the model file and what is wrong.
-pub fn load_models(
-    configs: &[ModelConfig],
-    backend: BackendKind,
-) -> Result<Vec<Model>, InferError> {
+pub fn load_models(configs: &[ModelConfig], backend: BackendKind) -> Result<Vec<Model>, InferError> {
     configs.iter().map(|c| Model::load(c, backend)).collect()
 }
 
 /// Runs every model on a frame: the infer stage's unit of work.
-pub fn infer_frame(
-    models: &mut [Model],
-    frame: Frame,
-) -> (InferredFrame, Vec<(ModelId, InferError)>) {
+pub fn infer_frame(models: &mut [Model], frame: Frame) -> (InferredFrame, Vec<(ModelId, InferError)>) {
     let mut results = Vec::with_capacity(models.len());
     let mut failures = Vec::new();
     let image: Arc<image::RgbImage> = frame.image.clone();
@@ -289,44 +250,21 @@ mod tests {
 
     fn model(name: &str) -> Model {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/{name}.toml"));
-        Model::load(
-            &ModelConfig {
-                manifest,
-                score_threshold: None,
-            },
-            BackendKind::Tract,
-        )
-        .unwrap()
+        Model::load(&ModelConfig { manifest, score_threshold: None }, BackendKind::Tract).unwrap()
     }
 
     fn sample(name: &str) -> image::RgbImage {
-        image::open(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../models/samples")
-                .join(name),
-        )
-        .unwrap()
-        .to_rgb8()
+        image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/samples").join(name)).unwrap().to_rgb8()
     }
 
     #[test]
     fn nanodet_on_tract_finds_the_truck_in_dog_jpg() {
         let mut detector = model("nanodet");
         let result = detector.infer(&sample("dog.jpg")).unwrap();
-        let Findings::Detect { detections } = result.findings else {
-            panic!("detector gave classes")
-        };
-        let truck = detections
-            .iter()
-            .find(|d| d.label == "truck")
-            .expect("a truck");
+        let Findings::Detect { detections } = result.findings else { panic!("detector gave classes") };
+        let truck = detections.iter().find(|d| d.label == "truck").expect("a truck");
         // ONNX Runtime on the same model: truck 0.37, box x 457–685, y 79–159.
-        let reference = BoundingBox {
-            x1: 457.0,
-            y1: 79.0,
-            x2: 685.0,
-            y2: 159.0,
-        };
+        let reference = BoundingBox { x1: 457.0, y1: 79.0, x2: 685.0, y2: 159.0 };
         assert!(detect::iou(&truck.bbox, &reference) >= 0.8, "{truck:?}");
         assert!((truck.score - 0.37).abs() < 0.05, "{truck:?}");
         assert!(detections.iter().any(|d| d.label == "bicycle"));
@@ -337,9 +275,7 @@ mod tests {
     fn efficientnet_on_tract_sees_an_espresso_in_coffee_png() {
         let mut classifier = model("efficientnet_lite0");
         let result = classifier.infer(&sample("coffee.png")).unwrap();
-        let Findings::Classify { classes } = result.findings else {
-            panic!("classifier gave boxes")
-        };
+        let Findings::Classify { classes } = result.findings else { panic!("classifier gave boxes") };
         assert_eq!(classes[0].label, "espresso", "{classes:?}");
         assert!(classes[0].score > 0.8, "{classes:?}");
     }

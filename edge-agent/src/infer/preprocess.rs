@@ -46,11 +46,7 @@ fn taps(source_len: u32, content_len: u32) -> Vec<Tap> {
             let centre = ((i as f32 + 0.5) * ratio - 0.5).max(0.0);
             let low = (centre.floor() as u32).min(last);
             let high = (low + 1).min(last);
-            Tap {
-                low,
-                high,
-                weight: centre - low as f32,
-            }
+            Tap { low, high, weight: centre - low as f32 }
         })
         .collect()
 }
@@ -66,13 +62,7 @@ pub struct Preprocessor {
 
 impl Preprocessor {
     pub fn new(spec: InputSpec, (height, width): (usize, usize)) -> Self {
-        Self {
-            spec,
-            height,
-            width,
-            buffer: vec![0.0; 3 * height * width],
-            cached: None,
-        }
+        Self { spec, height, width, buffer: vec![0.0; 3 * height * width], cached: None }
     }
 
     pub fn input_shape(&self) -> &[usize] {
@@ -108,24 +98,17 @@ impl Preprocessor {
         let buffer = &mut self.buffer;
 
         for y in 0..out_h {
-            let row = y
-                .checked_sub(pad_y)
-                .filter(|&r| r < content_h)
-                .map(|r| row_taps[r]);
+            let row = y.checked_sub(pad_y).filter(|&r| r < content_h).map(|r| row_taps[r]);
             for x in 0..out_w {
-                let column = x
-                    .checked_sub(pad_x)
-                    .filter(|&c| c < content_w)
-                    .map(|c| column_taps[c]);
+                let column = x.checked_sub(pad_x).filter(|&c| c < content_w).map(|c| column_taps[c]);
                 let value: [f32; 3] = match (row, column) {
                     (Some(ry), Some(cx)) => {
-                        let at = |yy: u32, xx: u32, ch: usize| {
-                            pixels[yy as usize * stride + xx as usize * 3 + ch] as f32
-                        };
+                        let at =
+                            |yy: u32, xx: u32, ch: usize| pixels[yy as usize * stride + xx as usize * 3 + ch] as f32;
                         std::array::from_fn(|c| {
                             let ch = order[c];
-                            let top = at(ry.low, cx.low, ch)
-                                + (at(ry.low, cx.high, ch) - at(ry.low, cx.low, ch)) * cx.weight;
+                            let top =
+                                at(ry.low, cx.low, ch) + (at(ry.low, cx.high, ch) - at(ry.low, cx.low, ch)) * cx.weight;
                             let bottom = at(ry.high, cx.low, ch)
                                 + (at(ry.high, cx.high, ch) - at(ry.high, cx.low, ch)) * cx.weight;
                             let p = top + (bottom - top) * ry.weight;
@@ -195,10 +178,7 @@ mod tests {
     #[test]
     fn same_size_stretch_copies_pixels_into_planes_in_model_colour_order() {
         let frame = RgbImage::from_fn(4, 4, |x, y| image::Rgb([x as u8, y as u8, 200]));
-        let mut pre = Preprocessor::new(
-            spec(ResizeMode::Stretch, Layout::Nchw, ColourOrder::Bgr),
-            (4, 4),
-        );
+        let mut pre = Preprocessor::new(spec(ResizeMode::Stretch, Layout::Nchw, ColourOrder::Bgr), (4, 4));
         let (tensor, transform) = pre.run(&frame);
         assert_eq!(&tensor[0..4], &[200.0; 4]); // blue plane first for BGR
         assert_eq!(&tensor[16..20], &[0.0; 4]); // green = row index, row 0
@@ -209,10 +189,7 @@ mod tests {
     #[test]
     fn nhwc_interleaves_channels() {
         let frame = RgbImage::from_pixel(4, 4, image::Rgb([10, 20, 30]));
-        let mut pre = Preprocessor::new(
-            spec(ResizeMode::Stretch, Layout::Nhwc, ColourOrder::Rgb),
-            (4, 4),
-        );
+        let mut pre = Preprocessor::new(spec(ResizeMode::Stretch, Layout::Nhwc, ColourOrder::Rgb), (4, 4));
         let (tensor, _) = pre.run(&frame);
         assert_eq!(&tensor[0..6], &[10.0, 20.0, 30.0, 10.0, 20.0, 30.0]);
     }
@@ -221,49 +198,25 @@ mod tests {
     fn letterbox_pads_and_maps_boxes_back_to_the_frame() {
         // 8×4 frame into 4×4: scale 0.5, content 4×2, one padded row above and below.
         let frame = RgbImage::from_pixel(8, 4, image::Rgb([255, 255, 255]));
-        let mut pre = Preprocessor::new(
-            spec(ResizeMode::Letterbox, Layout::Nchw, ColourOrder::Rgb),
-            (4, 4),
-        );
+        let mut pre = Preprocessor::new(spec(ResizeMode::Letterbox, Layout::Nchw, ColourOrder::Rgb), (4, 4));
         let (tensor, transform) = pre.run(&frame);
         assert_eq!(&tensor[0..4], &[0.0; 4], "top padding row");
         assert_eq!(&tensor[4..8], &[255.0; 4], "content row");
         assert_eq!(&tensor[12..16], &[0.0; 4], "bottom padding row");
         assert_eq!((transform.pad_x, transform.pad_y), (0.0, 1.0));
-        let back = transform.to_frame(BoundingBox {
-            x1: 1.0,
-            y1: 1.0,
-            x2: 3.0,
-            y2: 3.0,
-        });
-        assert_eq!(
-            back,
-            BoundingBox {
-                x1: 2.0,
-                y1: 0.0,
-                x2: 6.0,
-                y2: 4.0
-            }
-        );
+        let back = transform.to_frame(BoundingBox { x1: 1.0, y1: 1.0, x2: 3.0, y2: 3.0 });
+        assert_eq!(back, BoundingBox { x1: 2.0, y1: 0.0, x2: 6.0, y2: 4.0 });
     }
 
     #[test]
     fn stretch_maps_boxes_back_per_axis() {
         let frame = RgbImage::new(768, 576);
         let mut pre = Preprocessor::new(
-            InputSpec {
-                shape: vec![1, 3, 416, 416],
-                ..spec(ResizeMode::Stretch, Layout::Nchw, ColourOrder::Rgb)
-            },
+            InputSpec { shape: vec![1, 3, 416, 416], ..spec(ResizeMode::Stretch, Layout::Nchw, ColourOrder::Rgb) },
             (416, 416),
         );
         let (_, transform) = pre.run(&frame);
-        let back = transform.to_frame(BoundingBox {
-            x1: 208.0,
-            y1: 208.0,
-            x2: 416.0,
-            y2: 500.0,
-        });
+        let back = transform.to_frame(BoundingBox { x1: 208.0, y1: 208.0, x2: 416.0, y2: 500.0 });
         assert!((back.x1 - 384.0).abs() < 1e-3 && (back.y1 - 288.0).abs() < 1e-3);
         assert_eq!((back.x2, back.y2), (768.0, 576.0), "clipped to the frame");
     }
@@ -271,18 +224,9 @@ mod tests {
     #[test]
     fn downscaling_blends_neighbouring_pixels() {
         // Columns alternate 0 and 100; halving samples between them.
-        let frame = RgbImage::from_fn(8, 8, |x, _| {
-            image::Rgb([if x % 2 == 0 { 0 } else { 100 }; 3])
-        });
-        let mut pre = Preprocessor::new(
-            spec(ResizeMode::Stretch, Layout::Nchw, ColourOrder::Rgb),
-            (4, 4),
-        );
+        let frame = RgbImage::from_fn(8, 8, |x, _| image::Rgb([if x % 2 == 0 { 0 } else { 100 }; 3]));
+        let mut pre = Preprocessor::new(spec(ResizeMode::Stretch, Layout::Nchw, ColourOrder::Rgb), (4, 4));
         let (tensor, _) = pre.run(&frame);
-        assert!(
-            tensor[..4].iter().all(|&v| (v - 50.0).abs() < 1e-4),
-            "{:?}",
-            &tensor[..4]
-        );
+        assert!(tensor[..4].iter().all(|&v| (v - 50.0).abs() < 1e-4), "{:?}", &tensor[..4]);
     }
 }

@@ -23,13 +23,9 @@ impl TractBackend {
             message: format!("{e:#}"),
         };
         let onnx = tract_onnx::onnx();
-        let proto = onnx
-            .proto_model_for_read(&mut model.bytes.as_slice())
-            .map_err(context)?;
+        let proto = onnx.proto_model_for_read(&mut model.bytes.as_slice()).map_err(context)?;
         let graph = onnx.model_for_proto_model(&proto).map_err(context)?;
-        let graph = graph
-            .with_input_fact(0, f32::fact(manifest.input.shape.clone()).into())
-            .map_err(context)?;
+        let graph = graph.with_input_fact(0, f32::fact(manifest.input.shape.clone()).into()).map_err(context)?;
         let typed = graph.into_optimized().map_err(context)?;
         let output_names = typed
             .output_outlets()
@@ -39,11 +35,7 @@ impl TractBackend {
             .collect();
         let plan = typed.into_runnable().map_err(context)?;
         let state = plan.spawn().map_err(context)?;
-        Ok(Self {
-            plan,
-            state,
-            output_names,
-        })
+        Ok(Self { plan, state, output_names })
     }
 }
 
@@ -57,28 +49,16 @@ impl Backend for TractBackend {
     }
 
     fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<Vec<Output>, InferError> {
-        let run_error = |e: TractError| InferError::Run {
-            backend: "tract",
-            message: format!("{e:#}"),
-        };
+        let run_error = |e: TractError| InferError::Run { backend: "tract", message: format!("{e:#}") };
         let tensor = Tensor::from_shape::<f32>(shape, input).map_err(run_error)?;
-        let results = self
-            .state
-            .run(tvec!(tensor.into_tvalue()))
-            .map_err(run_error)?;
+        let results = self.state.run(tvec!(tensor.into_tvalue())).map_err(run_error)?;
         results
             .iter()
             .enumerate()
             .map(|(i, value)| {
-                let data = value
-                    .try_as_plain_ram()
-                    .and_then(|v| v.as_slice::<f32>().map(|s| s.to_vec()));
+                let data = value.try_as_plain_ram().and_then(|v| v.as_slice::<f32>().map(|s| s.to_vec()));
                 Ok(Output {
-                    name: self
-                        .output_names
-                        .get(i)
-                        .cloned()
-                        .unwrap_or_else(|| format!("output{i}")),
+                    name: self.output_names.get(i).cloned().unwrap_or_else(|| format!("output{i}")),
                     shape: value.shape().to_vec(),
                     data: data.map_err(run_error)?,
                 })

@@ -8,11 +8,7 @@ const EVENT_COLOUR: Rgb<u8> = Rgb([255, 48, 48]);
 const DETECTION_COLOUR: Rgb<u8> = Rgb([255, 200, 0]);
 
 /// Boxes of every detection (yellow) and of those that became events (red, thicker).
-pub fn annotate(
-    frame: &RgbImage,
-    results: &[ModelResult],
-    event_boxes: &[BoundingBox],
-) -> RgbImage {
+pub fn annotate(frame: &RgbImage, results: &[ModelResult], event_boxes: &[BoundingBox]) -> RgbImage {
     let mut canvas = frame.clone();
     let thickness = (frame.width().max(frame.height()) / 300).max(2);
     for result in results {
@@ -68,42 +64,18 @@ mod tests {
     #[test]
     fn rectangle_outlines_the_box_and_leaves_the_inside() {
         let mut image = RgbImage::new(20, 20);
-        draw_rectangle(
-            &mut image,
-            BoundingBox {
-                x1: 2.0,
-                y1: 3.0,
-                x2: 10.0,
-                y2: 12.0,
-            },
-            EVENT_COLOUR,
-            1,
-        );
+        draw_rectangle(&mut image, BoundingBox { x1: 2.0, y1: 3.0, x2: 10.0, y2: 12.0 }, EVENT_COLOUR, 1);
         assert_eq!(*image.get_pixel(2, 3), EVENT_COLOUR);
         assert_eq!(*image.get_pixel(10, 12), EVENT_COLOUR);
         assert_eq!(*image.get_pixel(6, 3), EVENT_COLOUR);
         assert_eq!(*image.get_pixel(6, 7), Rgb([0, 0, 0]), "inside untouched");
-        assert_eq!(
-            *image.get_pixel(15, 15),
-            Rgb([0, 0, 0]),
-            "outside untouched"
-        );
+        assert_eq!(*image.get_pixel(15, 15), Rgb([0, 0, 0]), "outside untouched");
     }
 
     #[test]
     fn boxes_past_the_edge_are_clipped_not_a_panic() {
         let mut image = RgbImage::new(10, 10);
-        draw_rectangle(
-            &mut image,
-            BoundingBox {
-                x1: -5.0,
-                y1: -5.0,
-                x2: 50.0,
-                y2: 50.0,
-            },
-            EVENT_COLOUR,
-            3,
-        );
+        draw_rectangle(&mut image, BoundingBox { x1: -5.0, y1: -5.0, x2: 50.0, y2: 50.0 }, EVENT_COLOUR, 3);
         assert_eq!(*image.get_pixel(0, 0), EVENT_COLOUR);
         assert_eq!(*image.get_pixel(9, 9), EVENT_COLOUR);
     }

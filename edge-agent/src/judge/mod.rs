@@ -2,6 +2,7 @@
 //! It is pure logic on typed messages (no sockets, no files), so every rule is testable on real
 //! model output without a camera or a broker.
 
+pub mod config;
 pub mod draw;
 
 use chrono::{DateTime, Utc};
@@ -54,12 +55,7 @@ pub struct EventBox {
 
 impl From<BoundingBox> for EventBox {
     fn from(b: BoundingBox) -> Self {
-        Self {
-            x1: b.x1.round() as i32,
-            y1: b.y1.round() as i32,
-            x2: b.x2.round() as i32,
-            y2: b.y2.round() as i32,
-        }
+        Self { x1: b.x1.round() as i32, y1: b.y1.round() as i32, x2: b.x2.round() as i32, y2: b.y2.round() as i32 }
     }
 }
 
@@ -78,10 +74,7 @@ pub struct Judge {
 
 impl Judge {
     pub fn new(device: String, object_rule: ObjectRuleConfig) -> Self {
-        Self {
-            device,
-            object_rule,
-        }
+        Self { device, object_rule }
     }
 
     pub fn judge(&mut self, inferred: InferredFrame) -> Judgement {
@@ -93,11 +86,7 @@ impl Judge {
                 };
                 for detection in detections {
                     if detection.score < self.object_rule.min_score
-                        || !self
-                            .object_rule
-                            .labels
-                            .iter()
-                            .any(|l| l == &detection.label)
+                        || !self.object_rule.labels.iter().any(|l| l == &detection.label)
                     {
                         continue;
                     }
@@ -118,11 +107,7 @@ impl Judge {
                 }
             }
         }
-        Judgement {
-            frame: inferred.frame,
-            results: inferred.results,
-            events,
-        }
+        Judgement { frame: inferred.frame, results: inferred.results, events }
     }
 }
 
@@ -142,10 +127,7 @@ mod tests {
                 image: Arc::new(image::RgbImage::new(768, 576)),
             },
             results: vec![ModelResult {
-                model: ModelId {
-                    name: "nanodet".into(),
-                    sha256: "ab".repeat(32),
-                },
+                model: ModelId { name: "nanodet".into(), sha256: "ab".repeat(32) },
                 findings: Findings::Detect { detections },
                 latency: Duration::from_millis(1),
             }],
@@ -157,12 +139,7 @@ mod tests {
             class_id: 7,
             label: label.into(),
             score,
-            bbox: BoundingBox {
-                x1: 457.2,
-                y1: 79.6,
-                x2: 685.0,
-                y2: 159.0,
-            },
+            bbox: BoundingBox { x1: 457.2, y1: 79.6, x2: 685.0, y2: 159.0 },
         }
     }
 
@@ -172,56 +149,26 @@ mod tests {
         let judgement = judge.judge(inferred(vec![detection("truck", 0.37)]));
         assert_eq!(judgement.events.len(), 1);
         let event = &judgement.events[0];
-        assert_eq!(
-            (
-                event.label.as_str(),
-                event.camera.as_str(),
-                event.device.as_str()
-            ),
-            ("truck", "gate", "box-1")
-        );
-        assert_eq!(
-            event.bbox,
-            EventBox {
-                x1: 457,
-                y1: 80,
-                x2: 685,
-                y2: 159
-            }
-        );
+        assert_eq!((event.label.as_str(), event.camera.as_str(), event.device.as_str()), ("truck", "gate", "box-1"));
+        assert_eq!(event.bbox, EventBox { x1: 457, y1: 80, x2: 685, y2: 159 });
         assert_eq!(event.event_id.get_version_num(), 7);
     }
 
     #[test]
     fn people_and_weak_detections_are_not_events() {
         let mut judge = Judge::new("box-1".into(), ObjectRuleConfig::default());
-        let judgement = judge.judge(inferred(vec![
-            detection("person", 0.9),
-            detection("truck", 0.29),
-        ]));
+        let judgement = judge.judge(inferred(vec![detection("person", 0.9), detection("truck", 0.29)]));
         assert!(judgement.events.is_empty(), "{:?}", judgement.events);
     }
 
     #[test]
     fn event_json_has_the_documented_fields() {
         let mut judge = Judge::new("box-1".into(), ObjectRuleConfig::default());
-        let event = judge
-            .judge(inferred(vec![detection("truck", 0.37)]))
-            .events
-            .remove(0);
+        let event = judge.judge(inferred(vec![detection("truck", 0.37)])).events.remove(0);
         let json = serde_json::to_value(&event).unwrap();
-        for field in [
-            "schema_version",
-            "event_id",
-            "device",
-            "camera",
-            "time",
-            "kind",
-            "label",
-            "score",
-            "box",
-            "model",
-        ] {
+        for field in
+            ["schema_version", "event_id", "device", "camera", "time", "kind", "label", "score", "box", "model"]
+        {
             assert!(json.get(field).is_some(), "missing {field} in {json}");
         }
         assert_eq!(json["box"]["x2"], 685);

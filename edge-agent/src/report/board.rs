@@ -106,9 +106,7 @@ impl StatusBoard {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn device_id(&self) -> &str {
@@ -116,13 +114,7 @@ impl StatusBoard {
     }
 
     pub fn add_camera(&self, id: &str, health: Arc<CameraHealth>) {
-        self.lock().cameras.insert(
-            id.to_string(),
-            CameraView {
-                health,
-                ..Default::default()
-            },
-        );
+        self.lock().cameras.insert(id.to_string(), CameraView { health, ..Default::default() });
     }
 
     pub fn set_models(&self, models: Vec<ModelInfo>) {
@@ -141,10 +133,7 @@ impl StatusBoard {
         if let Some(view) = inner.cameras.get_mut(camera) {
             view.last_frame_at = Some(at);
             view.size = size;
-            view.inference_ms = results
-                .iter()
-                .map(|r| r.latency.as_secs_f64() * 1000.0)
-                .sum();
+            view.inference_ms = results.iter().map(|r| r.latency.as_secs_f64() * 1000.0).sum();
             view.latest_results = results;
             if let Some(jpeg) = jpeg {
                 view.latest_jpeg = Some(Arc::new(jpeg));
@@ -180,10 +169,7 @@ impl StatusBoard {
     }
 
     pub fn latest_jpeg(&self, camera: &str) -> Option<Arc<Vec<u8>>> {
-        self.lock()
-            .cameras
-            .get(camera)
-            .and_then(|c| c.latest_jpeg.clone())
+        self.lock().cameras.get(camera).and_then(|c| c.latest_jpeg.clone())
     }
 
     pub fn camera_ids(&self) -> Vec<String> {
@@ -218,11 +204,7 @@ impl StatusBoard {
             outbox_depth: inner.outbox_depth,
             events_total: inner.events_total,
             recent_events: inner.recent_events.iter().cloned().collect(),
-            latest_results: inner
-                .cameras
-                .iter()
-                .map(|(id, v)| (id.clone(), v.latest_results.clone()))
-                .collect(),
+            latest_results: inner.cameras.iter().map(|(id, v)| (id.clone(), v.latest_results.clone())).collect(),
         }
     }
 }

@@ -26,18 +26,11 @@ pub async fn run_reporter(
     publisher_wake: Arc<Notify>,
 ) {
     while let Some(judgement) = judgements.recv().await {
-        let Judgement {
-            frame,
-            results,
-            events,
-        } = judgement;
+        let Judgement { frame, results, events } = judgement;
         let messages: Vec<QueuedMessage> = events
             .iter()
             .filter_map(|event| match serde_json::to_vec(event) {
-                Ok(payload) => Some(QueuedMessage {
-                    topic_suffix: "events".into(),
-                    payload,
-                }),
+                Ok(payload) => Some(QueuedMessage { topic_suffix: "events".into(), payload }),
                 Err(e) => {
                     tracing::error!(event_id = %event.event_id, "cannot encode event: {e}");
                     None
@@ -58,11 +51,7 @@ pub async fn run_reporter(
         let results_for_drawing = results.clone();
         // Disk commit and JPEG encoding are blocking work: keep them off the async workers.
         let done = tokio::task::spawn_blocking(move || {
-            let queued = if messages.is_empty() {
-                Ok(())
-            } else {
-                outbox_for_write.enqueue(&messages).map(|_| ())
-            };
+            let queued = if messages.is_empty() { Ok(()) } else { outbox_for_write.enqueue(&messages).map(|_| ()) };
             let depth = outbox_for_write.depth();
             let annotated = draw::annotate(&image, &results_for_drawing, &boxes);
             let jpeg = draw::encode_jpeg(&annotated, LIVE_FRAME_JPEG_QUALITY);
@@ -91,24 +80,12 @@ pub async fn run_reporter(
                     publisher_wake.notify_one();
                 }
             }
-            Err(e) => tracing::error!(
-                "{e}; {} events of camera {} not queued",
-                events.len(),
-                frame.camera
-            ),
+            Err(e) => tracing::error!("{e}; {} events of camera {} not queued", events.len(), frame.camera),
         }
         if let Ok(depth) = depth {
             board.set_outbox_depth(depth);
         }
-        let jpeg = jpeg
-            .map_err(|e| tracing::warn!("cannot encode the live frame: {e}"))
-            .ok();
-        board.record_frame(
-            &frame.camera,
-            frame.captured_at,
-            frame.image.dimensions(),
-            results,
-            jpeg,
-        );
+        let jpeg = jpeg.map_err(|e| tracing::warn!("cannot encode the live frame: {e}")).ok();
+        board.record_frame(&frame.camera, frame.captured_at, frame.image.dimensions(), results, jpeg);
     }
 }

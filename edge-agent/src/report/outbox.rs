@@ -10,9 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 /// Counters that must survive an empty queue, e.g. the next id (ids never go back, so a reader's
@@ -53,10 +51,7 @@ impl QueuedMessage {
         }
         let topic_len = u16::from_le_bytes([rest[0], rest[1]]) as usize;
         let topic = rest.get(2..2 + topic_len)?;
-        Some(Self {
-            topic_suffix: String::from_utf8(topic.to_vec()).ok()?,
-            payload: rest[2 + topic_len..].to_vec(),
-        })
+        Some(Self { topic_suffix: String::from_utf8(topic.to_vec()).ok()?, payload: rest[2 + topic_len..].to_vec() })
     }
 }
 
@@ -67,19 +62,12 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn open(path: &Path) -> Result<Self, OutboxError> {
-        let error = |message: String| OutboxError::Store {
-            path: path.to_owned(),
-            message,
-        };
+        let error = |message: String| OutboxError::Store { path: path.to_owned(), message };
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| error(format!("cannot create folder: {e}")))?;
+            std::fs::create_dir_all(parent).map_err(|e| error(format!("cannot create folder: {e}")))?;
         }
         let db = Database::create(path).map_err(|e| error(e.to_string()))?;
-        let outbox = Self {
-            db,
-            path: path.to_owned(),
-        };
+        let outbox = Self { db, path: path.to_owned() };
         // Create the table up front so readers never see "no such table".
         let txn = outbox.db.begin_write().map_err(|e| outbox.error(e))?;
         txn.open_table(MESSAGES).map_err(|e| outbox.error(e))?;
@@ -89,30 +77,20 @@ impl Outbox {
     }
 
     fn error(&self, e: impl std::fmt::Display) -> OutboxError {
-        OutboxError::Store {
-            path: self.path.clone(),
-            message: e.to_string(),
-        }
+        OutboxError::Store { path: self.path.clone(), message: e.to_string() }
     }
 
     /// Appends messages in one durable commit; returns their ids in order.
     pub fn enqueue(&self, messages: &[QueuedMessage]) -> Result<Vec<u64>, OutboxError> {
         let mut txn = self.db.begin_write().map_err(|e| self.error(e))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| self.error(e))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| self.error(e))?;
         let mut ids = Vec::with_capacity(messages.len());
         {
             let mut meta = txn.open_table(META).map_err(|e| self.error(e))?;
-            let mut next = meta
-                .get(NEXT_ID)
-                .map_err(|e| self.error(e))?
-                .map(|v| v.value())
-                .unwrap_or(1);
+            let mut next = meta.get(NEXT_ID).map_err(|e| self.error(e))?.map(|v| v.value()).unwrap_or(1);
             let mut table = txn.open_table(MESSAGES).map_err(|e| self.error(e))?;
             for message in messages {
-                table
-                    .insert(next, message.encode().as_slice())
-                    .map_err(|e| self.error(e))?;
+                table.insert(next, message.encode().as_slice()).map_err(|e| self.error(e))?;
                 ids.push(next);
                 next += 1;
             }
@@ -124,18 +102,11 @@ impl Outbox {
 
     /// Up to `limit` messages with ids above `after`, oldest first. A record that cannot be decoded
     /// is logged and skipped (it stays on disk for inspection until acknowledged away).
-    pub fn read_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, QueuedMessage)>, OutboxError> {
+    pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, QueuedMessage)>, OutboxError> {
         let txn = self.db.begin_read().map_err(|e| self.error(e))?;
         let table = txn.open_table(MESSAGES).map_err(|e| self.error(e))?;
         let mut found = Vec::with_capacity(limit.min(1024));
-        for entry in table
-            .range(after.saturating_add(1)..)
-            .map_err(|e| self.error(e))?
-        {
+        for entry in table.range(after.saturating_add(1)..).map_err(|e| self.error(e))? {
             if found.len() == limit {
                 break;
             }
@@ -158,8 +129,7 @@ impl Outbox {
             return Ok(());
         }
         let mut txn = self.db.begin_write().map_err(|e| self.error(e))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| self.error(e))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| self.error(e))?;
         {
             let mut table = txn.open_table(MESSAGES).map_err(|e| self.error(e))?;
             for id in ids {
@@ -182,26 +152,18 @@ mod tests {
     use super::*;
 
     fn message(n: usize) -> QueuedMessage {
-        QueuedMessage {
-            topic_suffix: "events".into(),
-            payload: format!("{{\"n\":{n}}}").into_bytes(),
-        }
+        QueuedMessage { topic_suffix: "events".into(), payload: format!("{{\"n\":{n}}}").into_bytes() }
     }
 
     #[test]
     fn messages_come_back_oldest_first_until_removed() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(&dir.path().join("outbox.redb")).unwrap();
-        let ids = outbox
-            .enqueue(&[message(1), message(2), message(3)])
-            .unwrap();
+        let ids = outbox.enqueue(&[message(1), message(2), message(3)]).unwrap();
         assert_eq!(ids, vec![1, 2, 3]);
         assert_eq!(outbox.depth().unwrap(), 3);
         let first_two = outbox.read_after(0, 2).unwrap();
-        assert_eq!(
-            first_two.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-            vec![1, 2]
-        );
+        assert_eq!(first_two.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(first_two[1].1, message(2));
         outbox.remove(&[1, 2]).unwrap();
         let rest = outbox.read_after(0, 10).unwrap();
@@ -219,11 +181,7 @@ mod tests {
         }
         let outbox = Outbox::open(&path).unwrap();
         assert_eq!(outbox.read_after(0, 10).unwrap(), vec![(2, message(2))]);
-        assert_eq!(
-            outbox.enqueue(&[message(3)]).unwrap(),
-            vec![3],
-            "ids keep growing"
-        );
+        assert_eq!(outbox.enqueue(&[message(3)]).unwrap(), vec![3], "ids keep growing");
     }
 
     #[test]
@@ -239,17 +197,10 @@ mod tests {
 
     #[test]
     fn binary_payloads_and_topics_round_trip() {
-        let jpeg = QueuedMessage {
-            topic_suffix: "snapshots/0192".into(),
-            payload: vec![0xff, 0xd8, 0, 1, 2],
-        };
+        let jpeg = QueuedMessage { topic_suffix: "snapshots/0192".into(), payload: vec![0xff, 0xd8, 0, 1, 2] };
         assert_eq!(QueuedMessage::decode(&jpeg.encode()), Some(jpeg));
         assert_eq!(QueuedMessage::decode(&[9, 0, 0]), None, "unknown format");
-        assert_eq!(
-            QueuedMessage::decode(&[RECORD_FORMAT, 50, 0, b'a']),
-            None,
-            "torn topic"
-        );
+        assert_eq!(QueuedMessage::decode(&[RECORD_FORMAT, 50, 0, b'a']), None, "torn topic");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! newest frame to inference through a `watch` slot, so when inference is slower than capture the
 //! older frame is replaced (newest frame wins) and never queued; the gap is counted as dropped.
 
+pub mod config;
 pub mod replay;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,11 +31,7 @@ pub enum SourceError {
     #[error("camera {camera}: {message}")]
     Open { camera: String, message: String },
     #[error("camera {camera}: cannot decode {what}: {message}")]
-    Decode {
-        camera: String,
-        what: String,
-        message: String,
-    },
+    Decode { camera: String, what: String, message: String },
     #[error("camera {camera}: the source has ended")]
     Ended { camera: String },
 }
@@ -87,9 +84,7 @@ impl CameraFeed {
         let frame = self.frames.borrow_and_update().clone()?;
         let missed = frame.sequence.saturating_sub(self.last_taken + 1);
         if missed > 0 {
-            self.health
-                .frames_dropped
-                .fetch_add(missed, Ordering::Relaxed);
+            self.health.frames_dropped.fetch_add(missed, Ordering::Relaxed);
         }
         self.last_taken = frame.sequence;
         Some(frame)
@@ -98,10 +93,7 @@ impl CameraFeed {
 
 /// Starts one task per camera; returns the feeds inference reads and a `Notify` that fires on
 /// every new frame of any camera.
-pub fn start_cameras(
-    cameras: &[CameraConfig],
-    shutdown: &Shutdown,
-) -> (Vec<CameraFeed>, Arc<Notify>) {
+pub fn start_cameras(cameras: &[CameraConfig], shutdown: &Shutdown) -> (Vec<CameraFeed>, Arc<Notify>) {
     let new_frame = Arc::new(Notify::new());
     let feeds = cameras
         .iter()
@@ -117,12 +109,7 @@ pub fn start_cameras(
                 new_frame: new_frame.clone(),
             };
             tokio::spawn(task.run(shutdown.clone()));
-            CameraFeed {
-                id,
-                frames: receiver,
-                health,
-                last_taken: 0,
-            }
+            CameraFeed { id, frames: receiver, health, last_taken: 0 }
         })
         .collect();
     (feeds, new_frame)
@@ -212,21 +199,15 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(first: Duration, cap: Duration) -> Self {
-        Self {
-            first,
-            cap,
-            current: first,
-        }
+        Self { first, cap, current: first }
     }
 
     pub fn next_delay(&mut self) -> Duration {
         let base = self.current;
         self.current = (self.current * 2).min(self.cap);
         // Up to +25 % jitter from the clock's low bits; no RNG crate needed for this.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
     }
 
@@ -246,10 +227,7 @@ mod tests {
         let floors = [1, 2, 4, 5, 5];
         for (delay, floor) in delays.iter().zip(floors) {
             let floor = Duration::from_secs(floor);
-            assert!(
-                *delay >= floor && *delay <= floor.mul_f64(1.25),
-                "{delay:?} vs {floor:?}"
-            );
+            assert!(*delay >= floor && *delay <= floor.mul_f64(1.25), "{delay:?} vs {floor:?}");
         }
         backoff.reset();
         assert!(backoff.next_delay() < Duration::from_millis(1250));
@@ -259,12 +237,7 @@ mod tests {
     fn frames_replaced_before_inference_takes_them_count_as_dropped() {
         let (sender, receiver) = watch::channel(None);
         let health = Arc::new(CameraHealth::default());
-        let mut feed = CameraFeed {
-            id: "gate".into(),
-            frames: receiver,
-            health: health.clone(),
-            last_taken: 0,
-        };
+        let mut feed = CameraFeed { id: "gate".into(), frames: receiver, health: health.clone(), last_taken: 0 };
         let frame = |sequence| Frame {
             camera: "gate".into(),
             sequence,
@@ -278,11 +251,7 @@ mod tests {
         for sequence in 2..=5 {
             sender.send_replace(Some(frame(sequence)));
         }
-        assert_eq!(
-            feed.take_new().map(|f| f.sequence),
-            Some(5),
-            "newest frame wins"
-        );
+        assert_eq!(feed.take_new().map(|f| f.sequence), Some(5), "newest frame wins");
         assert_eq!(health.frames_dropped.load(Ordering::Relaxed), 3);
     }
 }

@@ -21,16 +21,9 @@ const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
 
 impl ReplaySource {
     pub fn open(camera: &str, folder: &Path, fps: f64, looping: bool) -> Result<Self, SourceError> {
-        let open_error = |message: String| SourceError::Open {
-            camera: camera.to_string(),
-            message,
-        };
-        let entries = std::fs::read_dir(folder).map_err(|e| {
-            open_error(format!(
-                "cannot read replay folder {}: {e}",
-                folder.display()
-            ))
-        })?;
+        let open_error = |message: String| SourceError::Open { camera: camera.to_string(), message };
+        let entries = std::fs::read_dir(folder)
+            .map_err(|e| open_error(format!("cannot read replay folder {}: {e}", folder.display())))?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| {
@@ -49,21 +42,13 @@ impl ReplaySource {
         let mut ticker = interval(Duration::from_secs_f64(1.0 / fps));
         // A slow decode must not be followed by a burst of catch-up frames.
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Ok(Self {
-            camera: camera.to_string(),
-            files,
-            next: 0,
-            looping,
-            ticker,
-        })
+        Ok(Self { camera: camera.to_string(), files, next: 0, looping, ticker })
     }
 
     pub async fn next_image(&mut self) -> Result<RgbImage, SourceError> {
         if self.next >= self.files.len() {
             if !self.looping {
-                return Err(SourceError::Ended {
-                    camera: self.camera.clone(),
-                });
+                return Err(SourceError::Ended { camera: self.camera.clone() });
             }
             self.next = 0;
         }
@@ -72,29 +57,21 @@ impl ReplaySource {
         self.next += 1;
         let camera = self.camera.clone();
         // Decoding a large JPEG takes milliseconds of CPU: keep it off the async workers.
-        tokio::task::spawn_blocking(move || decode_picture(&camera, &path))
-            .await
-            .map_err(|e| SourceError::Open {
-                camera: self.camera.clone(),
-                message: format!("decoder task failed: {e}"),
-            })?
+        tokio::task::spawn_blocking(move || decode_picture(&camera, &path)).await.map_err(|e| SourceError::Open {
+            camera: self.camera.clone(),
+            message: format!("decoder task failed: {e}"),
+        })?
     }
 }
 
 pub fn decode_picture(camera: &str, path: &Path) -> Result<RgbImage, SourceError> {
-    let decode_error = |message: String| SourceError::Decode {
-        camera: camera.to_string(),
-        what: path.display().to_string(),
-        message,
-    };
+    let decode_error =
+        |message: String| SourceError::Decode { camera: camera.to_string(), what: path.display().to_string(), message };
     let reader = image::ImageReader::open(path)
         .map_err(|e| decode_error(e.to_string()))?
         .with_guessed_format()
         .map_err(|e| decode_error(e.to_string()))?;
-    Ok(reader
-        .decode()
-        .map_err(|e| decode_error(e.to_string()))?
-        .to_rgb8())
+    Ok(reader.decode().map_err(|e| decode_error(e.to_string()))?.to_rgb8())
 }
 
 #[cfg(test)]
@@ -127,23 +104,15 @@ mod tests {
         std::fs::copy(samples().join("dog.jpg"), dir.path().join("dog.jpg")).unwrap();
         let mut source = ReplaySource::open("gate", dir.path(), 100.0, false).unwrap();
         assert!(source.next_image().await.is_ok());
-        assert!(matches!(
-            source.next_image().await,
-            Err(SourceError::Ended { .. })
-        ));
+        assert!(matches!(source.next_image().await, Err(SourceError::Ended { .. })));
     }
 
     #[test]
     fn an_empty_folder_is_refused_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let err = ReplaySource::open("gate", dir.path(), 2.0, true)
-            .err()
-            .unwrap();
+        let err = ReplaySource::open("gate", dir.path(), 2.0, true).err().unwrap();
         let text = err.to_string();
-        assert!(
-            text.contains("gate") && text.contains(&dir.path().display().to_string()),
-            "{text}"
-        );
+        assert!(text.contains("gate") && text.contains(&dir.path().display().to_string()), "{text}");
     }
 
     #[tokio::test]

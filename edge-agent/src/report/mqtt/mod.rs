@@ -7,6 +7,8 @@
 //! rumqttc event loop: after a drop, whatever was unacknowledged is simply read again from the
 //! outbox, oldest first, so the outbox is the only source of truth.
 
+pub mod config;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,11 +87,7 @@ impl InflightTracker {
     }
 
     pub fn outbox_in_flight(&self) -> usize {
-        self.awaiting_pkid
-            .iter()
-            .chain(self.by_pkid.values())
-            .filter(|t| matches!(t, PublishTag::Outbox(_)))
-            .count()
+        self.awaiting_pkid.iter().chain(self.by_pkid.values()).filter(|t| matches!(t, PublishTag::Outbox(_))).count()
     }
 }
 
@@ -114,12 +112,7 @@ impl Publisher {
         options.set_clean_session(false);
         options.set_inflight(100);
         options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-        options.set_last_will(LastWill::new(
-            s.topic("status"),
-            self.status_payload("offline"),
-            QoS::AtLeastOnce,
-            true,
-        ));
+        options.set_last_will(LastWill::new(s.topic("status"), self.status_payload("offline"), QoS::AtLeastOnce, true));
         options
     }
 
@@ -248,9 +241,7 @@ impl Publisher {
         }
         let ids = std::mem::take(acked);
         let outbox = self.outbox.clone();
-        let removed =
-            tokio::task::spawn_blocking(move || outbox.remove(&ids).and_then(|_| outbox.depth()))
-                .await;
+        let removed = tokio::task::spawn_blocking(move || outbox.remove(&ids).and_then(|_| outbox.depth())).await;
         match removed {
             Ok(Ok(depth)) => self.board.set_outbox_depth(depth),
             Ok(Err(e)) => tracing::error!("{e}; acknowledged messages will be sent again"),
@@ -260,12 +251,8 @@ impl Publisher {
 
     /// Retained `stopped` status, then a clean DISCONNECT (which suppresses the last will).
     async fn say_stopped(&self, client: &AsyncClient, eventloop: &mut rumqttc::EventLoop) {
-        let sent = client.try_publish(
-            self.settings.topic("status"),
-            QoS::AtLeastOnce,
-            true,
-            self.status_payload("stopped"),
-        );
+        let sent =
+            client.try_publish(self.settings.topic("status"), QoS::AtLeastOnce, true, self.status_payload("stopped"));
         if sent.is_err() {
             return;
         }
@@ -299,11 +286,7 @@ mod tests {
         tracker.sent(1);
         tracker.sent(2);
         tracker.sent(3);
-        assert_eq!(
-            tracker.acknowledged(3),
-            Some(PublishTag::Outbox(8)),
-            "acks may come out of order"
-        );
+        assert_eq!(tracker.acknowledged(3), Some(PublishTag::Outbox(8)), "acks may come out of order");
         assert_eq!(tracker.acknowledged(1), Some(PublishTag::Status));
         assert_eq!(tracker.acknowledged(2), Some(PublishTag::Outbox(7)));
         assert_eq!(tracker.acknowledged(2), None, "an ack is used once");

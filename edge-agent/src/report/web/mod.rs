@@ -1,6 +1,8 @@
 //! The local web page and JSON API, served by axum from the status board: `/` (cameras, latest
 //! annotated frames, last events), `/healthz`, `/api/status`, `/api/cameras/{id}/frame.jpg`.
 
+pub mod config;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -24,19 +26,14 @@ pub fn router(board: Arc<StatusBoard>) -> Router {
 
 /// Binds first (so a taken port is an error at start, naming the address), then serves until
 /// shutdown.
-pub async fn serve(
-    listen: &str,
-    board: Arc<StatusBoard>,
-    mut shutdown: Shutdown,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        anyhow::anyhow!("web page: cannot listen on {listen} (config `web.listen`): {e}")
-    })?;
+pub async fn serve(listen: &str, board: Arc<StatusBoard>, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("web page: cannot listen on {listen} (config `web.listen`): {e}"))?;
     tracing::info!("web page on http://{}", listener.local_addr()?);
     tokio::spawn(async move {
-        let served = axum::serve(listener, router(board))
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await;
+        let served =
+            axum::serve(listener, router(board)).with_graceful_shutdown(async move { shutdown.wait().await }).await;
         if let Err(e) = served {
             tracing::error!("web page stopped: {e}");
         }
@@ -52,24 +49,15 @@ async fn status(State(board): State<Arc<StatusBoard>>) -> Response {
     Json(board.snapshot()).into_response()
 }
 
-async fn latest_frame(
-    State(board): State<Arc<StatusBoard>>,
-    Path(camera): Path<String>,
-) -> Response {
+async fn latest_frame(State(board): State<Arc<StatusBoard>>, Path(camera): Path<String>) -> Response {
     match board.latest_jpeg(&camera) {
-        Some(jpeg) => (
-            [
-                (header::CONTENT_TYPE, "image/jpeg"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            jpeg.as_ref().clone(),
-        )
-            .into_response(),
-        None if board.camera_ids().contains(&camera) => (
-            StatusCode::NOT_FOUND,
-            format!("camera {camera:?} has no frame yet\n"),
-        )
-            .into_response(),
+        Some(jpeg) => {
+            ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg.as_ref().clone())
+                .into_response()
+        }
+        None if board.camera_ids().contains(&camera) => {
+            (StatusCode::NOT_FOUND, format!("camera {camera:?} has no frame yet\n")).into_response()
+        }
         None => (StatusCode::NOT_FOUND, format!("no camera {camera:?}\n")).into_response(),
     }
 }
@@ -100,10 +88,7 @@ fn render_index(status: &super::board::Status) -> String {
     let mqtt = if !status.mqtt.configured {
         "not configured (events stay in the local outbox)".to_string()
     } else if status.mqtt.connected {
-        format!(
-            "connected to {}",
-            escape(status.mqtt.broker.as_deref().unwrap_or(""))
-        )
+        format!("connected to {}", escape(status.mqtt.broker.as_deref().unwrap_or("")))
     } else {
         format!(
             "disconnected from {} ({})",
@@ -147,11 +132,8 @@ img {{ max-width: 100%; height: auto; border: 1px solid #ccc; }}
             inferred = camera.frames_inferred,
             dropped = camera.frames_dropped,
             ms = camera.inference_ms,
-            error = camera
-                .last_error
-                .as_deref()
-                .map(|e| format!(" · <strong>{}</strong>", escape(e)))
-                .unwrap_or_default(),
+            error =
+                camera.last_error.as_deref().map(|e| format!(" · <strong>{}</strong>", escape(e))).unwrap_or_default(),
         );
     }
     page.push_str("<h2>Models</h2><table><tr><th>name</th><th>task</th><th>backend</th><th>sha256</th></tr>\n");

@@ -1,0 +1,16 @@
+//! One file per subcommand: thin shells over the library.
+
+pub mod infer;
+pub mod run;
+
+use std::path::Path;
+
+use edge_agent::config::Config;
+
+/// The config file if given, else the embedded defaults.
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Ok(Config::load(path)?),
+        None => Ok(Config::embedded_defaults()),
+    }
+}

@@ -1,0 +1,36 @@
+//! `edge-agent run`: the agent itself, until SIGTERM or Ctrl-C.
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
+    let config = super::load_config(config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let (trigger, _) = edge_agent::shutdown::channel();
+        let trigger = Arc::new(trigger);
+        let signal_trigger = trigger.clone();
+        tokio::spawn(async move {
+            wait_for_stop_signal().await;
+            tracing::info!("stop signal received; shutting down");
+            signal_trigger.trigger();
+        });
+        tracing::info!(device = %config.device_id, state_dir = %config.state_dir.display(), "edge-agent {} starting", env!("CARGO_PKG_VERSION"));
+        edge_agent::app::run(config, &trigger).await
+    })
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
