@@ -1,7 +1,6 @@
 //! `edge-agent run`: wires the stages together. Frames flow one way through typed channels:
 //! source (watch per camera, newest wins) → infer → judge → report (outbox → MQTT, board → web).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +14,8 @@ use crate::report::board::StatusBoard;
 use crate::report::mqtt::{MqttSettings, Publisher};
 use crate::report::outbox::Outbox;
 use crate::report::{self, web};
-use crate::shutdown::{Shutdown, ShutdownTrigger};
-use crate::source::{self, CameraFeed};
+use crate::shutdown::ShutdownTrigger;
+use crate::source;
 
 /// Frames that may wait between two stages; small, so a slow stage drops frames at the source.
 const STAGE_QUEUE: usize = 2;
@@ -70,9 +69,10 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
     let (judged_tx, judged_rx) = mpsc::channel::<Judgement>(STAGE_QUEUE);
     let publisher_wake = Arc::new(Notify::new());
 
-    let infer_task = tokio::spawn(run_inference(models, feeds, new_frame, inferred_tx, shutdown.clone()));
+    let infer_task =
+        tokio::spawn(infer::worker::run_inference(models, feeds, new_frame, inferred_tx, shutdown.clone()));
     let judge = Judge::new(config.device_id.clone(), config.rules.object.clone());
-    let judge_task = tokio::spawn(run_judge(judge, inferred_rx, judged_tx));
+    let judge_task = tokio::spawn(crate::judge::run_judge(judge, inferred_rx, judged_tx));
     let report_task =
         tokio::spawn(report::run_reporter(judged_rx, outbox.clone(), board.clone(), publisher_wake.clone()));
     let publisher_task = mqtt_settings.map(|settings| {
@@ -92,62 +92,4 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
     }
     tracing::info!(outbox_depth = outbox.depth().unwrap_or(0), "stopped");
     Ok(())
-}
-
-/// Takes the newest frame of each camera in turn (round robin, so one busy camera cannot starve
-/// another), runs every model on it off the async workers, and passes it on.
-async fn run_inference(
-    mut models: Vec<Model>,
-    mut feeds: Vec<CameraFeed>,
-    new_frame: Arc<Notify>,
-    output: mpsc::Sender<InferredFrame>,
-    mut shutdown: Shutdown,
-) {
-    let mut next_camera = 0;
-    loop {
-        if shutdown.is_triggered() {
-            return;
-        }
-        let count = feeds.len();
-        let taken = (0..count).find_map(|step| {
-            let index = (next_camera + step) % count;
-            feeds[index].take_new().map(|frame| (index, frame))
-        });
-        let Some((index, frame)) = taken else {
-            tokio::select! {
-                _ = new_frame.notified() => continue,
-                _ = shutdown.wait() => return,
-            }
-        };
-        next_camera = (index + 1) % count;
-        let worked = tokio::task::spawn_blocking(move || {
-            let outcome = infer::infer_frame(&mut models, frame);
-            (models, outcome)
-        })
-        .await;
-        let (returned_models, (inferred, failures)) = match worked {
-            Ok(done) => done,
-            Err(e) => {
-                tracing::error!("inference task failed: {e}; stopping inference");
-                return;
-            }
-        };
-        models = returned_models;
-        for (model, error) in failures {
-            tracing::error!(model = %model.name, camera = %feeds[index].id, "{error}");
-        }
-        feeds[index].health.frames_inferred.fetch_add(1, Ordering::Relaxed);
-        if output.send(inferred).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn run_judge(mut judge: Judge, mut input: mpsc::Receiver<InferredFrame>, output: mpsc::Sender<Judgement>) {
-    while let Some(inferred) = input.recv().await {
-        let judgement = judge.judge(inferred);
-        if output.send(judgement).await.is_err() {
-            return;
-        }
-    }
 }

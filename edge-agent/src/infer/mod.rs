@@ -8,6 +8,7 @@ pub mod detect;
 pub mod manifest;
 pub mod preprocess;
 pub mod tract;
+pub mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;

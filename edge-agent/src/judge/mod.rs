@@ -111,6 +111,20 @@ impl Judge {
     }
 }
 
+/// The judge stage's loop: judges each inferred frame and passes the judgement to report.
+pub async fn run_judge(
+    mut judge: Judge,
+    mut input: tokio::sync::mpsc::Receiver<InferredFrame>,
+    output: tokio::sync::mpsc::Sender<Judgement>,
+) {
+    while let Some(inferred) = input.recv().await {
+        let judgement = judge.judge(inferred);
+        if output.send(judgement).await.is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
