@@ -10,12 +10,14 @@ use tokio::sync::{mpsc, Notify};
 use crate::config::{parse_mqtt_url, Config};
 use crate::infer::{self, InferredFrame, Model};
 use crate::judge::{Judge, Judgement};
+use crate::liveness::{self, Liveness};
 use crate::report::board::StatusBoard;
 use crate::report::mqtt::{MqttSettings, Publisher};
 use crate::report::outbox::Outbox;
 use crate::report::{self, web};
-use crate::shutdown::ShutdownTrigger;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::source;
+use crate::source::CameraHealth;
 
 /// Frames that may wait between two stages; small, so a slow stage drops frames at the source.
 const STAGE_QUEUE: usize = 2;
@@ -60,7 +62,8 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
         web::serve(&config.web.listen, board.clone(), shutdown.clone()).await?;
     }
 
-    let (feeds, new_frame) = source::start_cameras(&config.cameras, &shutdown);
+    let liveness = Arc::new(Liveness::default());
+    let (feeds, new_frame) = source::start_cameras(&config.cameras, &liveness, &shutdown);
     for feed in &feeds {
         board.add_camera(&feed.id, feed.health.clone());
     }
@@ -69,12 +72,24 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
     let (judged_tx, judged_rx) = mpsc::channel::<Judgement>(STAGE_QUEUE);
     let publisher_wake = Arc::new(Notify::new());
 
-    let infer_task =
-        tokio::spawn(infer::worker::run_inference(models, feeds, new_frame, inferred_tx, shutdown.clone()));
+    let camera_health: Vec<_> = feeds.iter().map(|f| f.health.clone()).collect();
+    let infer_task = tokio::spawn(infer::worker::run_inference(
+        models,
+        feeds,
+        new_frame,
+        inferred_tx,
+        liveness.register("inference"),
+        shutdown.clone(),
+    ));
     let judge = Judge::new(config.device_id.clone(), config.rules.object.clone());
-    let judge_task = tokio::spawn(crate::judge::run_judge(judge, inferred_rx, judged_tx));
-    let report_task =
-        tokio::spawn(report::run_reporter(judged_rx, outbox.clone(), board.clone(), publisher_wake.clone()));
+    let judge_task = tokio::spawn(crate::judge::run_judge(judge, inferred_rx, judged_tx, liveness.register("judge")));
+    let report_task = tokio::spawn(report::run_reporter(
+        judged_rx,
+        outbox.clone(),
+        board.clone(),
+        publisher_wake.clone(),
+        liveness.register("report"),
+    ));
     let publisher_task = mqtt_settings.map(|settings| {
         let publisher = Publisher { settings, outbox: outbox.clone(), board: board.clone(), wake: publisher_wake };
         tokio::spawn(publisher.run(shutdown.clone()))
@@ -82,6 +97,16 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
     if config.mqtt.url.is_none() {
         tracing::info!("no `mqtt.url` configured: events are kept in the outbox at {}", outbox_path.display());
     }
+
+    wait_for_first_camera_attempts(&camera_health, &mut shutdown.clone()).await;
+    liveness::notify_ready(&format!("{} cameras, {} models", camera_health.len(), board.snapshot().models.len()));
+    tokio::spawn(liveness::run_watchdog(
+        liveness.clone(),
+        Duration::from_secs_f64(config.service.watchdog_stall_secs),
+        shutdown.clone(),
+    ));
+    shutdown.clone().wait().await;
+    liveness::notify_stopping();
 
     // Stages end in flow order: inference stops on shutdown, then judge and report drain.
     let _ = infer_task.await;
@@ -92,4 +117,19 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
     }
     tracing::info!(outbox_depth = outbox.depth().unwrap_or(0), "stopped");
     Ok(())
+}
+
+/// "Sources are up" for systemd: every camera has delivered a frame or said why it cannot, or
+/// enough time has passed that waiting longer would only delay the web page and MQTT status.
+async fn wait_for_first_camera_attempts(cameras: &[Arc<CameraHealth>], shutdown: &mut Shutdown) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        let all_tried = cameras.iter().all(|c| {
+            c.frames_captured.load(std::sync::atomic::Ordering::Relaxed) > 0
+                || c.errors.load(std::sync::atomic::Ordering::Relaxed) > 0
+        });
+        if all_tried || shutdown.sleep(Duration::from_millis(50)).await {
+            return;
+        }
+    }
 }

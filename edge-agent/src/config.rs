@@ -67,6 +67,27 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     #[serde(default)]
     pub rules: RulesConfig,
+    #[serde(default)]
+    pub service: ServiceConfig,
+}
+
+/// How the agent runs as a service: `[service]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// A loop silent this long counts as hung: the systemd watchdog pings stop, systemd restarts us.
+    #[serde(default = "default_watchdog_stall_secs")]
+    pub watchdog_stall_secs: f64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self { watchdog_stall_secs: default_watchdog_stall_secs() }
+    }
+}
+
+fn default_watchdog_stall_secs() -> f64 {
+    60.0
 }
 
 fn default_cameras() -> Vec<CameraConfig> {
@@ -204,7 +225,12 @@ impl Config {
         for (i, model) in self.models.iter().enumerate() {
             model.validate(&format!("models[{i}]"))?;
         }
-        self.rules.validate()
+        self.rules.validate()?;
+        let stall = self.service.watchdog_stall_secs;
+        if !(stall >= 1.0 && stall <= 3600.0) {
+            return Err(Invalid::new("service.watchdog_stall_secs", format!("is {stall}; expected 1 to 3600 seconds")));
+        }
+        Ok(())
     }
 
     pub fn mqtt_client_id(&self) -> String {

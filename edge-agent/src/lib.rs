@@ -12,6 +12,7 @@ pub mod app;
 pub mod config;
 pub mod infer;
 pub mod judge;
+pub mod liveness;
 pub mod report;
 pub mod shutdown;
 pub mod source;

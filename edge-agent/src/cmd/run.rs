@@ -6,7 +6,7 @@ use std::sync::Arc;
 pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     let config = super::load_config(config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let (trigger, _) = edge_agent::shutdown::channel();
         let trigger = Arc::new(trigger);
         let signal_trigger = trigger.clone();
@@ -17,7 +17,10 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         });
         tracing::info!(device = %config.device_id, state_dir = %config.state_dir.display(), "edge-agent {} starting", env!("CARGO_PKG_VERSION"));
         edge_agent::app::run(config, &trigger).await
-    })
+    });
+    // A camera read stuck in the kernel must not keep a stopping agent alive past systemd's timeout.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    outcome
 }
 
 async fn wait_for_stop_signal() {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 
 use super::{infer_frame, InferredFrame, Model};
+use crate::liveness::Heartbeat;
 use crate::shutdown::Shutdown;
 use crate::source::CameraFeed;
 
@@ -17,6 +18,7 @@ pub async fn run_inference(
     mut feeds: Vec<CameraFeed>,
     new_frame: Arc<Notify>,
     output: mpsc::Sender<InferredFrame>,
+    heartbeat: Arc<Heartbeat>,
     mut shutdown: Shutdown,
 ) {
     let mut next_camera = 0;
@@ -30,11 +32,14 @@ pub async fn run_inference(
             feeds[index].take_new().map(|frame| (index, frame))
         });
         let Some((index, frame)) = taken else {
+            // Waiting for a camera is idle, not hung; a hung camera has its own heartbeat.
+            heartbeat.pause();
             tokio::select! {
                 _ = new_frame.notified() => continue,
                 _ = shutdown.wait() => return,
             }
         };
+        heartbeat.beat();
         next_camera = (index + 1) % count;
         let worked = tokio::task::spawn_blocking(move || {
             let outcome = infer_frame(&mut models, frame);

@@ -116,13 +116,18 @@ pub async fn run_judge(
     mut judge: Judge,
     mut input: tokio::sync::mpsc::Receiver<InferredFrame>,
     output: tokio::sync::mpsc::Sender<Judgement>,
+    heartbeat: std::sync::Arc<crate::liveness::Heartbeat>,
 ) {
+    heartbeat.pause();
     while let Some(inferred) = input.recv().await {
+        heartbeat.beat();
         let judgement = judge.judge(inferred);
         if output.send(judgement).await.is_err() {
             return;
         }
+        heartbeat.pause();
     }
+    heartbeat.retire();
 }
 
 #[cfg(test)]

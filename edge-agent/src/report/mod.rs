@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 
 use crate::judge::{draw, Judgement};
+use crate::liveness::Heartbeat;
 use board::StatusBoard;
 use outbox::{Outbox, QueuedMessage};
 
@@ -24,8 +25,11 @@ pub async fn run_reporter(
     outbox: Arc<Outbox>,
     board: Arc<StatusBoard>,
     publisher_wake: Arc<Notify>,
+    heartbeat: Arc<Heartbeat>,
 ) {
+    heartbeat.pause();
     while let Some(judgement) = judgements.recv().await {
+        heartbeat.beat();
         let Judgement { frame, results, events } = judgement;
         let messages: Vec<QueuedMessage> = events
             .iter()
@@ -87,5 +91,7 @@ pub async fn run_reporter(
         }
         let jpeg = jpeg.map_err(|e| tracing::warn!("cannot encode the live frame: {e}")).ok();
         board.record_frame(&frame.camera, frame.captured_at, frame.image.dimensions(), results, jpeg);
+        heartbeat.pause();
     }
+    heartbeat.retire();
 }

@@ -14,6 +14,7 @@ use image::RgbImage;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{CameraConfig, SourceConfig};
+use crate::liveness::{Heartbeat, Liveness};
 use crate::shutdown::Shutdown;
 
 /// One captured picture: the message from source to infer.
@@ -93,7 +94,11 @@ impl CameraFeed {
 
 /// Starts one task per camera; returns the feeds inference reads and a `Notify` that fires on
 /// every new frame of any camera.
-pub fn start_cameras(cameras: &[CameraConfig], shutdown: &Shutdown) -> (Vec<CameraFeed>, Arc<Notify>) {
+pub fn start_cameras(
+    cameras: &[CameraConfig],
+    liveness: &Liveness,
+    shutdown: &Shutdown,
+) -> (Vec<CameraFeed>, Arc<Notify>) {
     let new_frame = Arc::new(Notify::new());
     let feeds = cameras
         .iter()
@@ -107,6 +112,7 @@ pub fn start_cameras(cameras: &[CameraConfig], shutdown: &Shutdown) -> (Vec<Came
                 sender,
                 health: health.clone(),
                 new_frame: new_frame.clone(),
+                heartbeat: liveness.register(format!("camera {}", camera.id)),
             };
             tokio::spawn(task.run(shutdown.clone()));
             CameraFeed { id, frames: receiver, health, last_taken: 0 }
@@ -121,9 +127,18 @@ struct CameraTask {
     sender: watch::Sender<Option<Frame>>,
     health: Arc<CameraHealth>,
     new_frame: Arc<Notify>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 impl CameraTask {
+    /// Waits out a backoff delay; a camera waiting to retry is not a hung camera.
+    async fn back_off(&self, shutdown: &mut Shutdown, delay: Duration) -> bool {
+        self.heartbeat.pause();
+        let stopped = shutdown.sleep(delay).await;
+        self.heartbeat.beat();
+        stopped
+    }
+
     /// Open, read until error, back off, reopen; until shutdown.
     async fn run(self, mut shutdown: Shutdown) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -139,7 +154,7 @@ impl CameraTask {
                 Err(error) => {
                     tracing::error!(camera = %self.id, "{error}; retrying");
                     self.health.record_error(&error);
-                    if shutdown.sleep(backoff.next_delay()).await {
+                    if self.back_off(&mut shutdown, backoff.next_delay()).await {
                         return;
                     }
                     continue;
@@ -150,6 +165,7 @@ impl CameraTask {
                     next = source.next_image() => next,
                     _ = shutdown.wait() => return,
                 };
+                self.heartbeat.beat();
                 match next {
                     Ok(image) => {
                         backoff.reset();
@@ -167,6 +183,7 @@ impl CameraTask {
                     }
                     Err(SourceError::Ended { .. }) => {
                         tracing::info!(camera = %self.id, "source ended; no more frames");
+                        self.heartbeat.retire();
                         shutdown.wait().await;
                         return;
                     }
@@ -178,7 +195,7 @@ impl CameraTask {
                     Err(error) => {
                         tracing::error!(camera = %self.id, "{error}; reopening");
                         self.health.record_error(&error);
-                        if shutdown.sleep(backoff.next_delay()).await {
+                        if self.back_off(&mut shutdown, backoff.next_delay()).await {
                             return;
                         }
                         break;
