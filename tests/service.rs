@@ -144,3 +144,28 @@ fn sigterm_stops_the_agent_cleanly_with_a_stopped_status() {
     let stopped = subscriber.wait_for("/status", Duration::from_secs(10), |s| s["state"] == "stopped");
     assert!(stopped.is_some(), "no retained `stopped` status\n{}", agent.log_text());
 }
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let Some(analyze) =
+        ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].into_iter().find(|p| Path::new(p).exists())
+    else {
+        missing_real_part("systemd-analyze", "install Debian's `systemd` package");
+        return;
+    };
+    let unit = std::fs::read_to_string(repo_root().join("systemd/edge-agent.service")).unwrap();
+    for required in
+        ["Type=notify", "WatchdogSec=", "Restart=on-failure", "SupplementaryGroups=video", "StateDirectory="]
+    {
+        assert!(unit.contains(required), "the unit lacks {required}");
+    }
+    // verify wants ExecStart's program to exist: point it at the binary under test.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("edge-agent.service");
+    std::fs::write(&local, unit.replace("/usr/bin/edge-agent", &agent_binary().display().to_string())).unwrap();
+    let output = std::process::Command::new(analyze).arg("verify").arg(&local).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "systemd-analyze verify failed:\n{stderr}");
+    let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains("edge-agent.service")).collect();
+    assert!(complaints.is_empty(), "systemd-analyze has complaints about the unit:\n{stderr}");
+}
