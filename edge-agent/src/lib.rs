@@ -9,6 +9,7 @@
 //! [`app`] wires them together for `edge-agent run`; [`config`] is what the user writes.
 
 pub mod app;
+pub mod calibrate;
 pub mod config;
 pub mod infer;
 pub mod judge;

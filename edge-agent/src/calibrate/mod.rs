@@ -1,0 +1,6 @@
+//! Fitting a box to its site: per-class thresholds from labelled pictures, and the ground-plane
+//! homography that turns pixels into metres. Site files live in `calibration/<site>.toml`.
+
+pub mod homography;
+pub mod site;
+pub mod thresholds;
