@@ -756,3 +756,88 @@ pub fn parse_utc_offset(text: &str) -> Result<chrono::FixedOffset, String> {
     }
     chrono::FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60)).ok_or_else(bad)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    const CAMERA: &str = "[[cameras]]\nid = \"gate\"\nsource = { kind = \"replay\", path = \"frames\" }\n";
+
+    fn check(extra: &str) -> Result<Config, String> {
+        let path = Path::new("site.toml");
+        let config = Config::from_toml_str(&format!("{CAMERA}{extra}"), path).map_err(|e| e.to_string())?;
+        config.validate(path).map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    fn zone(role: &str, category: Option<&str>, polygon: &str) -> String {
+        let category = category.map(|c| format!("category = \"{c}\"\n")).unwrap_or_default();
+        format!("[[scenes.gate.zones]]\nid = \"z1\"\nrole = \"{role}\"\n{category}polygon = {polygon}\n")
+    }
+
+    const SQUARE: &str = "[[0.1, 0.1], [0.5, 0.1], [0.5, 0.5], [0.1, 0.5]]";
+
+    #[test]
+    fn an_empty_file_still_runs_the_demo_with_four_categories() {
+        let config = Config::from_toml_str("", Path::new("empty.toml")).unwrap();
+        let names: Vec<&str> = config.taxonomy.category_names().collect();
+        assert_eq!(names, ["recyclable", "hazardous", "kitchen", "residual"]);
+        assert_eq!(config.taxonomy.categories[2].zh, "厨余垃圾");
+        assert!(config.rules.object.enabled && config.evidence.enabled && config.privacy.blur_people);
+        assert!(config.scenes.is_empty());
+    }
+
+    #[test]
+    fn a_complete_station_config_is_accepted() {
+        let config = check(&format!(
+            "{}{}[scenes.gate]\nblur_people = false\nground_homography = [[0.01, 0, 0], [0, 0.01, 0], [0, 0, 1]]\n\
+             [rules.truck_exit]\nleaving_direction = \"down\"\n[stats]\nutc_offset = \"+08:00\"\n",
+            zone("bin", Some("kitchen"), SQUARE),
+            "[[scenes.gate.zones]]\nid = \"road\"\nrole = \"road\"\npolygon = [[0, 0.6], [1, 0.6], [1, 1], [0, 1]]\n"
+        ))
+        .unwrap();
+        let scene = &config.scenes["gate"];
+        assert_eq!(scene.zones.len(), 2);
+        assert_eq!(scene.blur_people, Some(false));
+        assert!(scene.ground_homography.is_some());
+    }
+
+    #[test]
+    fn zone_mistakes_are_refused_naming_the_key() {
+        let cases = [
+            (zone("bin", None, SQUARE), "scenes.gate.zones[0].category", "needs the category"),
+            (zone("bin", Some("glass"), SQUARE), "scenes.gate.zones[0].category", "recyclable"),
+            (zone("road", Some("kitchen"), SQUARE), "scenes.gate.zones[0].category", "only for zones"),
+            (
+                zone("road", None, "[[0.1, 0.1], [1.5, 0.1], [0.5, 0.5]]"),
+                "scenes.gate.zones[0].polygon",
+                "outside the frame",
+            ),
+            (zone("road", None, "[[0.1, 0.1], [0.2, 0.2]]"), "scenes.gate.zones[0].polygon", "at least 3"),
+            (
+                zone("road", None, "[[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]]"),
+                "scenes.gate.zones[0].polygon",
+                "non-degenerate",
+            ),
+            (zone("dump", None, SQUARE), "role", "unknown variant"),
+            (format!("{}{}", zone("road", None, SQUARE), zone("ignore", None, SQUARE)), "zones[1].id", "used twice"),
+            ("[scenes.east]\nblur_people = false\n".to_string(), "scenes.east", "no configured camera"),
+            (
+                "[scenes.gate]\nground_homography = [[1, 2, 3], [2, 4, 6], [0, 0, 1]]\n".to_string(),
+                "scenes.gate.ground_homography",
+                "singular",
+            ),
+            ("[rules.object]\nzones = [\"nowhere\"]\n".to_string(), "rules.object.zones[0]", "no scene defines"),
+            ("[rules.litter]\naction = { command = [] }\n".to_string(), "rules.litter.action.command", "is empty"),
+            ("[rules.overflow]\nmin_coverage = 1.5\n".to_string(), "rules.overflow.min_coverage", "from 0 to 1"),
+            ("[taxonomy]\ncategories = []\n".to_string(), "taxonomy.categories", "at least one"),
+            ("[stats]\nutc_offset = \"CST\"\n".to_string(), "stats.utc_offset", "+08:00"),
+            ("[background]\nlong_term_secs = 1\n".to_string(), "background.long_term_secs", "short_term_secs"),
+        ];
+        for (extra, key, expected) in cases {
+            let err = check(&extra).expect_err(&extra);
+            assert!(err.contains("site.toml") && err.contains(key) && err.contains(expected), "{extra}\n→ {err}");
+        }
+    }
+}

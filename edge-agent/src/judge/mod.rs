@@ -642,3 +642,198 @@ pub async fn run_judge(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::fixtures::{cup_on_pavement, detector_result, inferred, paste, sample};
+    use std::path::Path;
+
+    fn config(state_dir: &Path, extra: &str) -> Config {
+        let mut text = format!("device_id = \"box-1\"\nstate_dir = {:?}\n", state_dir.display().to_string());
+        for camera in ["demo", "station", "yard", "other"] {
+            text.push_str(&format!(
+                "[[cameras]]\nid = \"{camera}\"\nsource = {{ kind = \"replay\", path = \"frames\" }}\n"
+            ));
+        }
+        text.push_str(extra);
+        let config = Config::from_toml_str(&text, Path::new("test.toml")).unwrap();
+        config.validate(Path::new("test.toml")).unwrap();
+        config
+    }
+
+    fn names() -> Vec<String> {
+        vec!["nanodet".into(), "efficientnet_lite0".into()]
+    }
+
+    /// Sum of differences between horizontal neighbours inside a box: how much detail it shows.
+    fn detail(image: &RgbImage, b: [u32; 4]) -> u64 {
+        let mut sum = 0u64;
+        for y in b[1]..b[3] {
+            for x in b[0]..b[2] - 1 {
+                let (p, q) = (image.get_pixel(x, y), image.get_pixel(x + 1, y));
+                sum += p.0.iter().zip(q.0.iter()).map(|(a, b)| u64::from(a.abs_diff(*b))).sum::<u64>();
+            }
+        }
+        sum
+    }
+
+    #[test]
+    fn the_embedded_defaults_report_the_truck_in_dog_jpg_with_evidence_in_a_good_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut judge = Judge::open(&config(dir.path(), ""), &names()).unwrap();
+        let dog = Arc::new(sample("dog.jpg"));
+        let results = vec![detector_result(&dog)];
+        let mut events = Vec::new();
+        let mut snapshots = Vec::new();
+        for i in 0..6 {
+            let judgement = judge.judge(inferred("demo", &dog, &results, i as f64 * 0.5));
+            events.extend(judgement.events);
+            snapshots.extend(judgement.snapshots);
+        }
+        let truck = events.iter().find(|e| e.label == "truck").expect("a truck event");
+        assert_eq!((truck.kind, truck.state, truck.revision), (EventKind::Object, LifecycleState::Start, 0));
+        assert_eq!(truck.schema_version, 2);
+        assert_eq!(
+            (truck.device.as_str(), truck.station_id.as_str(), truck.camera.as_str()),
+            ("box-1", "box-1", "demo")
+        );
+        assert_eq!(truck.model.as_ref().map(|m| m.name.as_str()), Some("nanodet"));
+        assert!(truck.track_id.is_some());
+        assert_eq!(truck.duration_secs, 1.0);
+        let evidence = truck.evidence.as_ref().expect("evidence kept");
+        assert_eq!(evidence.files.len(), 2, "frame and crop");
+        let snapshot = snapshots.iter().find(|s| s.event_id == truck.event_id).expect("a snapshot");
+        assert_eq!(truck.snapshot_sha256.as_deref(), Some(chain::sha256_hex(&snapshot.jpeg).as_str()));
+        assert_eq!(evidence.files[0].sha256, chain::sha256_hex(&snapshot.jpeg), "the snapshot is the evidence frame");
+        let picture = image::load_from_memory(&snapshot.jpeg).unwrap().to_rgb8();
+        assert_eq!(picture.dimensions(), (768, 576));
+        let report = chain::verify(judge.evidence_dir().unwrap(), None).unwrap();
+        assert_eq!(report.first_broken_link, None, "{report:?}");
+        assert_eq!(report.events as usize, events.len());
+        // The record in the chain is the event as sent.
+        let chain_text = std::fs::read_to_string(judge.evidence_dir().unwrap().join(chain::CHAIN_FILE)).unwrap();
+        assert!(chain_text.contains(&truck.event_id.to_string()));
+        assert!(dir.path().join(signing::KEY_FILE).is_file());
+    }
+
+    #[test]
+    fn a_station_camera_reports_a_wrong_bin_with_private_pictures_stats_and_an_action() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("prompts.log");
+        let extra = format!(
+            r#"
+[site]
+station_id = "station-7"
+grid_cell = "grid-3"
+
+[stats]
+publish_interval_secs = 0
+utc_offset = "+08:00"
+
+[rules.wrong_bin]
+action = {{ command = ["sh", "-c", "echo {{kind}} {{zone}} >> {marker}"], min_interval_secs = 60 }}
+
+[[scenes.station.zones]]
+id = "bin-recyclable"
+role = "bin"
+category = "recyclable"
+polygon = [[0.0, 0.6], [0.4, 0.6], [0.4, 1.0], [0.0, 1.0]]
+
+[[scenes.station.zones]]
+id = "neighbour-window"
+role = "privacy"
+polygon = [[0.0, 0.0], [0.2, 0.0], [0.2, 0.15], [0.0, 0.15]]
+"#,
+            marker = marker.display()
+        );
+        let mut judge = Judge::open(&config(dir.path(), &extra), &names()).unwrap();
+        // The girl of person.jpg standing on the pavement at the right of the cup.
+        let girl = image::imageops::crop_imm(&sample("person.jpg"), 165, 85, 112, 290).to_image();
+        let frame = Arc::new(paste(&cup_on_pavement(), &girl, 620, 270));
+        let results = vec![detector_result(&frame)];
+        let person = results[0].findings.clone();
+        let Findings::Detect { detections } = person else { unreachable!() };
+        let girl_box = detections.iter().find(|d| d.label == "person").expect("the detector sees the girl").bbox;
+        let girl_box = [
+            girl_box.x1.max(0.0) as u32 + 5,
+            girl_box.y1 as u32 + 5,
+            girl_box.x2.min(767.0) as u32 - 5,
+            girl_box.y2.min(575.0) as u32 - 5,
+        ];
+
+        let mut judgements = Vec::new();
+        for i in 0..8 {
+            judgements.push(judge.judge(inferred("station", &frame, &results, i as f64 * 0.5)));
+        }
+        let events: Vec<&Event> = judgements.iter().flat_map(|j| &j.events).collect();
+        let wrong = events.iter().find(|e| e.kind == EventKind::WrongBin).expect("a wrong_bin event");
+        assert_eq!(wrong.label, "cup");
+        assert_eq!(wrong.category.as_deref(), Some("residual"));
+        assert_eq!(wrong.bin_category.as_deref(), Some("recyclable"));
+        assert_eq!(wrong.zone.as_deref(), Some("bin-recyclable"));
+        assert_eq!(wrong.station_id, "station-7");
+        assert_eq!(wrong.grid_cell.as_deref(), Some("grid-3"));
+        assert_eq!(wrong.classifier.as_ref().map(|m| m.name.as_str()), Some("efficientnet_lite0"));
+
+        // Privacy: the live frame and the evidence picture show the girl blurred and the window black.
+        let live = &judgements[0].frame.image;
+        assert!(detail(live, girl_box) * 3 < detail(&frame, girl_box), "live frame blurs the girl");
+        assert_eq!(*live.get_pixel(120, 70), image::Rgb([0, 0, 0]));
+        let judgement = judgements.iter().find(|j| j.events.iter().any(|e| e.event_id == wrong.event_id)).unwrap();
+        let snapshot = judgement.snapshots.iter().find(|s| s.event_id == wrong.event_id).unwrap();
+        let picture = image::load_from_memory(&snapshot.jpeg).unwrap().to_rgb8();
+        // Boxes drawn across her and JPEG noise add some detail back; still far less than the photo.
+        assert!(
+            detail(&picture, girl_box) * 2 < detail(&frame, girl_box),
+            "evidence blurs the girl: {} vs {} in {girl_box:?}",
+            detail(&picture, girl_box),
+            detail(&frame, girl_box)
+        );
+        let corner = picture.get_pixel(120, 70).0;
+        assert!(corner.iter().all(|&c| c < 16), "privacy zone black in evidence: {corner:?}");
+        let crop_file = &wrong.evidence.as_ref().unwrap().files[1];
+        assert!(crop_file.file.ends_with("-crop.jpg"));
+        let crop = image::open(judge.evidence_dir().unwrap().join(&crop_file.file)).unwrap();
+        assert!(crop.width() > 100 && crop.width() < 200, "the cup's crop: {}", crop.width());
+
+        // Statistics: today has one wrong_bin of category residual, published right away.
+        let published: Vec<&DailyStats> = judgements.iter().flat_map(|j| &j.stats_to_publish).collect();
+        let last = published.last().expect("stats published");
+        assert_eq!(last.counts[&EventKind::WrongBin].by_category["residual"], 1);
+        assert_eq!(last.station_id, "station-7");
+        assert_eq!(last.utc_offset, "+08:00");
+
+        // The on-site action ran once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(&marker).unwrap_or_default().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "wrong_bin bin-recyclable");
+        assert_eq!(chain::verify(judge.evidence_dir().unwrap(), None).unwrap().first_broken_link, None);
+    }
+
+    #[test]
+    fn where_the_law_allows_it_a_camera_can_show_people_unblurred() {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = "[scenes.yard]\nblur_people = false\n[evidence]\nenabled = false\n";
+        let mut judge = Judge::open(&config(dir.path(), extra), &names()).unwrap();
+        let picture = Arc::new(sample("person.jpg"));
+        let results = vec![detector_result(&picture)];
+        let judgement = judge.judge(inferred("yard", &picture, &results, 0.0));
+        assert_eq!(judgement.frame.image.as_ref(), picture.as_ref(), "nothing blurred");
+        let blurred = judge.judge(inferred("other", &picture, &results, 0.0));
+        assert_ne!(blurred.frame.image.as_ref(), picture.as_ref(), "other cameras keep the default");
+        assert!(judge.evidence_dir().is_none());
+    }
+
+    #[test]
+    fn a_debris_model_that_is_not_configured_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Judge::open(&config(dir.path(), "[rules.road_debris]\nmodel = \"muck_v2\"\n"), &names())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("rules.road_debris.model") && err.contains("nanodet"), "{err}");
+    }
+}
