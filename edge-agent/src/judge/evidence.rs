@@ -316,6 +316,18 @@ mod tests {
     }
 
     #[test]
+    fn retention_runs_without_new_evidence_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = EvidenceConfig { max_age_days: 1, ..EvidenceConfig::default() };
+        let mut store = store(dir.path(), settings, Arc::new(AtomicU64::new(u64::MAX)));
+        keep(&mut store, 0.0, "old", 100);
+        assert!(store.enforce_retention(at(3600.0), 0).unwrap().is_empty());
+        assert_eq!(store.enforce_retention(at(2.0 * 86_400.0), 0).unwrap().len(), 1);
+        assert_eq!(store.total_bytes(), 0);
+        assert_eq!(verify(store.dir(), None).unwrap().first_broken_link, None);
+    }
+
+    #[test]
     fn a_full_disk_deletes_old_evidence_and_then_writes_none() {
         let dir = tempfile::tempdir().unwrap();
         let free = Arc::new(AtomicU64::new(u64::MAX));

@@ -251,7 +251,11 @@ pub struct Judge {
     stats: StatsBook,
     stats_file: Option<PathBuf>,
     actions: actions::ActionLimiter,
+    last_retention: Option<DateTime<Utc>>,
 }
+
+/// Retention also runs this often when no event brings new evidence, so old pictures still go.
+const RETENTION_INTERVAL_SECS: f64 = 600.0;
 
 /// Where today's statistics are kept across restarts.
 const STATS_FILE: &str = "stats-today.json";
@@ -345,6 +349,7 @@ impl Judge {
             stats,
             stats_file: Some(stats_file),
             actions: actions::ActionLimiter::default(),
+            last_retention: None,
         })
     }
 
@@ -446,6 +451,7 @@ impl Judge {
             self.save_stats();
         }
         stats_to_publish.extend(self.stats.due(now));
+        self.retention_if_due(now);
         Judgement {
             frame: Frame { image: Arc::new(private), ..frame },
             results,
@@ -577,6 +583,17 @@ impl Judge {
             // The event still goes out; only its evidence is missing.
             tracing::error!(event_id = %event.event_id, "cannot keep evidence: {e}");
             event.evidence = None;
+        }
+    }
+
+    fn retention_if_due(&mut self, now: DateTime<Utc>) {
+        let Some(store) = self.evidence.as_mut() else { return };
+        if self.last_retention.is_some_and(|last| seconds_between(last, now) < RETENTION_INTERVAL_SECS) {
+            return;
+        }
+        self.last_retention = Some(now);
+        if let Err(e) = store.enforce_retention(now, 0) {
+            tracing::error!("evidence retention failed: {e}");
         }
     }
 
