@@ -56,7 +56,7 @@ score_threshold = 0.3
     assert!(iou(found, TRUCK) >= 0.5, "truck box {found:?} does not overlap {TRUCK:?}");
     assert_eq!(truck["camera"], "yard");
     assert_eq!(truck["device"], "e2e-box");
-    assert_eq!(truck["schema_version"], 1);
+    assert_eq!(truck["schema_version"], 2);
     assert_eq!(truck["model"]["name"], "nanodet");
     assert_eq!(truck["model"]["sha256"], "2947bae13602996b196ce1d92f3ea337ad028a4b944d6ce30af7b5ea9e454b16");
     let score = truck["score"].as_f64().unwrap();

@@ -35,6 +35,11 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
     let models: Vec<Model> = tokio::task::spawn_blocking(move || infer::load_models(&model_configs, backend))
         .await
         .context("model loading task failed")??;
+    let model_names: Vec<String> = models.iter().map(|m| m.id().name.clone()).collect();
+    let judge_config = config.clone();
+    let judge = tokio::task::spawn_blocking(move || Judge::open(&judge_config, &model_names))
+        .await
+        .context("judge setup task failed")??;
 
     let mqtt_settings = match &config.mqtt.url {
         Some(url) => {
@@ -81,7 +86,6 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
         liveness.register("inference"),
         shutdown.clone(),
     ));
-    let judge = Judge::new(config.device_id.clone(), config.rules.object.clone());
     let judge_task = tokio::spawn(crate::judge::run_judge(judge, inferred_rx, judged_tx, liveness.register("judge")));
     let report_task = tokio::spawn(report::run_reporter(
         judged_rx,

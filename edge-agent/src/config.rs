@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use crate::infer::config::{BackendKind, InferenceConfig, ModelConfig};
+pub use crate::judge::config::{
+    BackgroundConfig, EvidenceConfig, JudgeSections, PrivacyConfig, SceneConfig, SiteConfig, StatsConfig,
+    TaxonomyConfig, TrackingConfig,
+};
 pub use crate::judge::config::{ObjectRuleConfig, RulesConfig};
 pub use crate::report::mqtt::config::{parse_mqtt_url, MqttConfig};
 pub use crate::report::web::config::WebConfig;
@@ -67,6 +71,24 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     #[serde(default)]
     pub rules: RulesConfig,
+    /// The judge stage's sections (`judge::config`): where the box stands, categories, per-camera
+    /// zones, tracking, background model, evidence, privacy and daily statistics.
+    #[serde(default)]
+    pub site: SiteConfig,
+    #[serde(default)]
+    pub taxonomy: TaxonomyConfig,
+    #[serde(default)]
+    pub scenes: std::collections::BTreeMap<String, SceneConfig>,
+    #[serde(default)]
+    pub tracking: TrackingConfig,
+    #[serde(default)]
+    pub background: BackgroundConfig,
+    #[serde(default)]
+    pub evidence: EvidenceConfig,
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+    #[serde(default)]
+    pub stats: StatsConfig,
     #[serde(default)]
     pub service: ServiceConfig,
 }
@@ -190,6 +212,8 @@ impl Config {
             model.resolve_paths(base);
         }
         absolutise(&mut self.state_dir, base);
+        self.taxonomy.resolve_paths(base);
+        self.rules.resolve_paths(base);
     }
 
     /// Checks what the types cannot: ranges, uniqueness and URL shapes.
@@ -225,12 +249,26 @@ impl Config {
         for (i, model) in self.models.iter().enumerate() {
             model.validate(&format!("models[{i}]"))?;
         }
-        self.rules.validate()?;
         let stall = self.service.watchdog_stall_secs;
         if !(stall >= 1.0 && stall <= 3600.0) {
             return Err(Invalid::new("service.watchdog_stall_secs", format!("is {stall}; expected 1 to 3600 seconds")));
         }
-        Ok(())
+        self.judge_sections().validate(&ids)
+    }
+
+    /// The sections the judge stage reads.
+    pub fn judge_sections(&self) -> JudgeSections<'_> {
+        JudgeSections {
+            site: &self.site,
+            taxonomy: &self.taxonomy,
+            scenes: &self.scenes,
+            tracking: &self.tracking,
+            background: &self.background,
+            rules: &self.rules,
+            evidence: &self.evidence,
+            privacy: &self.privacy,
+            stats: &self.stats,
+        }
     }
 
     pub fn mqtt_client_id(&self) -> String {

@@ -28,6 +28,8 @@ enum Command {
     },
     /// Run the models on image files and print what they find.
     Infer(cmd::infer::InferArgs),
+    /// Check the evidence chain and its pictures; report the first broken link (exit 1).
+    Verify(cmd::verify::VerifyArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +44,7 @@ fn main() -> std::process::ExitCode {
     let outcome = match cli.command.unwrap_or(Command::Run { config: None }) {
         Command::Run { config } => cmd::run::run(config.as_deref()),
         Command::Infer(args) => cmd::infer::infer(args),
+        Command::Verify(args) => cmd::verify::verify(args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod infer;
 pub mod run;
+pub mod verify;
 
 use std::path::Path;
 

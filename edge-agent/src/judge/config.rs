@@ -1,56 +1,843 @@
-//! What the user writes about rules: `[rules.*]`.
+//! What the user writes about judging: `[site]`, `[taxonomy]`, `[scenes.<camera>]` (zones, privacy
+//! switch, ground calibration), `[tracking]`, `[background]`, `[rules.*]`, `[evidence]`, `[privacy]`
+//! and `[stats]`. Every key has a default, so an empty file still runs the demo (the plain `object`
+//! rule, no zones).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::Invalid;
+use crate::config::{absolutise, is_valid_topic_level, Invalid};
 
+/// Where the box stands, copied into every event and the daily statistics.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RulesConfig {
-    #[serde(default)]
-    pub object: ObjectRuleConfig,
+#[serde(default, deny_unknown_fields)]
+pub struct SiteConfig {
+    /// The garbage station or construction site this box watches; default: `device_id`.
+    pub station_id: Option<String>,
+    /// The city's grid cell (网格) the station belongs to.
+    pub grid_cell: Option<String>,
 }
 
-/// The plain rule: any detection of these labels at or above `min_score` is an event.
+/// One garbage category of the city, with its display names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryConfig {
+    pub name: String,
+    pub zh: String,
+    pub en: String,
+}
+
+/// The city's categories and how model labels map onto them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaxonomyConfig {
+    /// Default: recyclable, hazardous, kitchen, residual (`unknown` always exists besides them).
+    pub categories: Vec<CategoryConfig>,
+    /// Files mapping a model's labels to categories; a model whose labels already are category
+    /// names needs none. Default: the mappings shipped in `models/`.
+    pub mappings: Vec<PathBuf>,
+    /// Classify each item's crop with this model (manifest) to find its category.
+    pub classifier: PathBuf,
+    /// Set false to take the category from the detector's label alone.
+    pub classify_crops: bool,
+    /// Below this classifier score the crop's category is `unknown`.
+    pub classifier_min_score: f32,
+}
+
+impl Default for TaxonomyConfig {
+    fn default() -> Self {
+        let data = crate::config::data_dir();
+        Self {
+            categories: default_categories(),
+            mappings: vec![
+                data.join("models/efficientnet_lite0.taxonomy.toml"),
+                data.join("models/nanodet.taxonomy.toml"),
+            ],
+            classifier: data.join("models/efficientnet_lite0.toml"),
+            classify_crops: true,
+            classifier_min_score: 0.15,
+        }
+    }
+}
+
+pub fn default_categories() -> Vec<CategoryConfig> {
+    [
+        ("recyclable", "可回收物", "Recyclable"),
+        ("hazardous", "有害垃圾", "Hazardous"),
+        ("kitchen", "厨余垃圾", "Kitchen (wet)"),
+        ("residual", "其他垃圾", "Residual (dry)"),
+    ]
+    .map(|(name, zh, en)| CategoryConfig { name: name.into(), zh: zh.into(), en: en.into() })
+    .to_vec()
+}
+
+/// The name of the category of anything the taxonomy cannot place.
+pub const UNKNOWN_CATEGORY: &str = "unknown";
+
+/// What one camera sees: its zones, whether people are blurred, and its ground calibration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SceneConfig {
+    pub zones: Vec<ZoneConfig>,
+    /// Overrides `privacy.blur_people` for this camera (turn off only where the law allows it).
+    pub blur_people: Option<bool>,
+    /// 3×3 homography from frame pixels to metres on the ground plane (row major); with it,
+    /// debris areas are also reported in m².
+    pub ground_homography: Option<[[f64; 3]; 3]>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    pub id: String,
+    pub role: ZoneRole,
+    /// The bin's category; only for `role = "bin"`.
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Corners in normalised frame coordinates (0..1, x to the right, y down); closed implicitly.
+    pub polygon: Vec<[f64; 2]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZoneRole {
+    /// A bin of one category: items in it are checked (`wrong_bin`), coverage is `overflow`.
+    Bin,
+    /// Where people drop garbage; anything left outside the bins is `litter`.
+    DropArea,
+    /// Watched for `road_debris`.
+    Road,
+    /// Trucks in it are leaving the site (`truck_exit`).
+    SiteExit,
+    /// Nothing in it is judged.
+    Ignore,
+    /// Blacked out in every stored or sent image.
+    Privacy,
+}
+
+/// How detections are followed from frame to frame.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackingConfig {
+    /// A detection continues a track when their boxes overlap at least this much (IoU).
+    pub match_iou: f32,
+    /// A track not seen for this long is lost, and its event ends.
+    pub max_lost_secs: f64,
+    /// A lost track that reappears in (nearly) the same place within this time is the same object,
+    /// so a parked truck does not trigger again.
+    pub stationary_memory_secs: f64,
+    /// How much a reappearing box must overlap the lost one to count as the same place.
+    pub stationary_iou: f32,
+    /// Scores of this many recent sightings give the median compared with a rule's `min_score`.
+    pub score_window: usize,
+    /// An active event sends an `update` (better snapshot, zone change) at most this often.
+    pub update_interval_secs: f64,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        Self {
+            match_iou: 0.3,
+            max_lost_secs: 5.0,
+            stationary_memory_secs: 600.0,
+            stationary_iou: 0.6,
+            score_window: 5,
+            update_interval_secs: 10.0,
+        }
+    }
+}
+
+/// The long/short-term background model that finds static foreground (overflow, debris, litter).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackgroundConfig {
+    /// Width of the grid the model works on (the frame is scaled down to it).
+    pub grid_width: u32,
+    /// Time constant of the short-term background: how fast something new counts as still.
+    pub short_term_secs: f64,
+    /// Time constant of the long-term background: how slowly the empty scene is learnt.
+    pub long_term_secs: f64,
+    /// Colour difference (0-255, per channel) that counts as changed.
+    pub threshold: f32,
+    /// Detections of these labels are not static foreground (parked vehicles, people standing).
+    pub exclude_labels: Vec<String>,
+}
+
+impl Default for BackgroundConfig {
+    fn default() -> Self {
+        Self {
+            grid_width: 192,
+            short_term_secs: 2.0,
+            long_term_secs: 600.0,
+            threshold: 30.0,
+            exclude_labels: ["person", "truck", "car", "bus", "motorbike", "motorcycle", "bicycle", "train"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+/// An on-site action (宣教), e.g. a voice prompt with `aplay`, run when an event of a rule starts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionConfig {
+    /// Program and arguments; `{kind}`, `{camera}`, `{zone}`, `{label}`, `{category}` and
+    /// `{event_id}` are replaced.
+    pub command: Vec<String>,
+    /// At most one run per camera in this time.
+    #[serde(default = "default_action_interval")]
+    pub min_interval_secs: f64,
+}
+
+fn default_action_interval() -> f64 {
+    60.0
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RulesConfig {
+    pub object: ObjectRuleConfig,
+    pub wrong_bin: WrongBinRuleConfig,
+    pub litter: LitterRuleConfig,
+    pub overflow: OverflowRuleConfig,
+    pub road_debris: RoadDebrisRuleConfig,
+    pub truck_exit: TruckExitRuleConfig,
+}
+
+/// The plain rule: a tracked detection of these labels, in these zones, above `min_score` for
+/// `min_duration_secs`, is an event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ObjectRuleConfig {
-    #[serde(default = "default_true")]
     pub enabled: bool,
     /// Labels to report; people are left out on purpose (privacy by default).
-    #[serde(default = "default_object_labels")]
     pub labels: Vec<String>,
-    #[serde(default = "default_object_min_score")]
     pub min_score: f32,
+    /// Zone ids the object must be in; empty: anywhere in the frame.
+    pub zones: Vec<String>,
+    pub min_duration_secs: f64,
+    pub action: Option<ActionConfig>,
 }
 
 impl Default for ObjectRuleConfig {
     fn default() -> Self {
-        Self { enabled: true, labels: default_object_labels(), min_score: default_object_min_score() }
+        Self {
+            enabled: true,
+            labels: ["truck", "car", "bus", "motorcycle", "bicycle", "bottle", "cup"].map(String::from).to_vec(),
+            min_score: 0.3,
+            zones: Vec::new(),
+            min_duration_secs: 1.0,
+            action: None,
+        }
     }
 }
 
-fn default_true() -> bool {
-    true
+/// Detector labels that are garbage items (COCO names).
+fn default_item_labels() -> Vec<String> {
+    [
+        "bottle",
+        "wine glass",
+        "cup",
+        "fork",
+        "knife",
+        "spoon",
+        "bowl",
+        "banana",
+        "apple",
+        "sandwich",
+        "orange",
+        "broccoli",
+        "carrot",
+        "hot dog",
+        "pizza",
+        "donut",
+        "cake",
+        "cell phone",
+        "remote",
+        "book",
+        "scissors",
+        "toothbrush",
+        "handbag",
+        "backpack",
+        "suitcase",
+        "umbrella",
+        "vase",
+        "teddy bear",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
-fn default_object_labels() -> Vec<String> {
-    ["truck", "car", "bus", "motorcycle", "bicycle", "bottle", "cup"].map(String::from).to_vec()
+/// An item inside a bin zone whose category differs from the bin's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WrongBinRuleConfig {
+    pub enabled: bool,
+    pub item_labels: Vec<String>,
+    pub min_score: f32,
+    pub min_duration_secs: f64,
+    /// Share of the item's box that must lie inside the bin zone.
+    pub min_inside: f32,
+    pub action: Option<ActionConfig>,
 }
 
-fn default_object_min_score() -> f32 {
-    0.3
+impl Default for WrongBinRuleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            item_labels: default_item_labels(),
+            min_score: 0.3,
+            min_duration_secs: 2.0,
+            min_inside: 0.5,
+            action: None,
+        }
+    }
+}
+
+/// Garbage left in a drop area outside the bins for longer than `after_secs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LitterRuleConfig {
+    pub enabled: bool,
+    pub item_labels: Vec<String>,
+    pub min_score: f32,
+    pub after_secs: f64,
+    /// The area counts as clear after this long without garbage; the event then ends.
+    pub clear_secs: f64,
+    /// Also count static foreground (bags, boxes the detector has no label for) as garbage.
+    pub static_foreground: bool,
+    /// Smallest static blob that counts, in frame pixels.
+    pub min_area_px: f64,
+    pub action: Option<ActionConfig>,
+}
+
+impl Default for LitterRuleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            item_labels: default_item_labels(),
+            min_score: 0.3,
+            after_secs: 60.0,
+            clear_secs: 10.0,
+            static_foreground: true,
+            min_area_px: 600.0,
+            action: None,
+        }
+    }
+}
+
+/// A bin zone covered by static foreground above `min_coverage` for `after_secs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OverflowRuleConfig {
+    pub enabled: bool,
+    pub min_coverage: f32,
+    pub after_secs: f64,
+    pub clear_secs: f64,
+    pub action: Option<ActionConfig>,
+}
+
+impl Default for OverflowRuleConfig {
+    fn default() -> Self {
+        Self { enabled: true, min_coverage: 0.5, after_secs: 60.0, clear_secs: 10.0, action: None }
+    }
+}
+
+/// Something new and static on a road zone for `after_secs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoadDebrisRuleConfig {
+    pub enabled: bool,
+    /// Name of a configured detector trained on debris; without it the background model is used.
+    pub model: Option<String>,
+    /// Labels of that model that are debris; empty: all of them.
+    pub labels: Vec<String>,
+    pub min_score: f32,
+    pub after_secs: f64,
+    pub clear_secs: f64,
+    /// Smallest static blob that counts, in frame pixels.
+    pub min_area_px: f64,
+    pub action: Option<ActionConfig>,
+}
+
+impl Default for RoadDebrisRuleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model: None,
+            labels: Vec::new(),
+            min_score: 0.3,
+            after_secs: 30.0,
+            clear_secs: 10.0,
+            min_area_px: 600.0,
+            action: None,
+        }
+    }
+}
+
+/// A truck leaving through a site-exit zone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TruckExitRuleConfig {
+    pub enabled: bool,
+    pub labels: Vec<String>,
+    pub min_score: f32,
+    pub min_duration_secs: f64,
+    /// Way out of the frame, when the exit has one: `up`, `down`, `left` or `right`. A truck must
+    /// have moved that way (by `min_travel` of the frame) before it counts as leaving.
+    pub leaving_direction: Option<Direction>,
+    pub min_travel: f32,
+    /// Optional second-stage classifier on the truck's crop that tells whether the load is covered.
+    pub cover_classifier: Option<CoverClassifierConfig>,
+    pub action: Option<ActionConfig>,
+}
+
+impl Default for TruckExitRuleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            labels: vec!["truck".into()],
+            min_score: 0.3,
+            min_duration_secs: 1.0,
+            leaving_direction: None,
+            min_travel: 0.05,
+            cover_classifier: None,
+            action: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Up,
+    Down,
+    Left,
+    Right,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoverClassifierConfig {
+    /// Manifest of the classifier.
+    pub manifest: PathBuf,
+    /// Its labels that mean an uncovered load.
+    pub uncovered_labels: Vec<String>,
+    /// Its labels that mean a covered load; any other top label leaves `uncovered` null.
+    pub covered_labels: Vec<String>,
+    #[serde(default = "default_cover_min_score")]
+    pub min_score: f32,
+}
+
+fn default_cover_min_score() -> f32 {
+    0.5
+}
+
+/// Evidence pictures under `state_dir/evidence`, and how much disk they may take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvidenceConfig {
+    pub enabled: bool,
+    /// Evidence pictures together stay below this size; the oldest go first.
+    pub max_disk_mb: u64,
+    /// Evidence older than this is deleted.
+    pub max_age_days: u32,
+    /// Evidence is deleted (oldest first), and none written, while the disk has less free space.
+    pub min_free_mb: u64,
+    pub jpeg_quality: u8,
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        Self { enabled: true, max_disk_mb: 2048, max_age_days: 30, min_free_mb: 512, jpeg_quality: 90 }
+    }
+}
+
+/// Privacy by default: people blurred and privacy zones blacked out in every stored or sent image.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    pub blur_people: bool,
+    /// Detector labels that are people.
+    pub person_labels: Vec<String>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self { blur_people: true, person_labels: vec!["person".into()] }
+    }
+}
+
+/// Daily statistics per station, published as the MQTT `stats` message.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsConfig {
+    /// Statistics are published at most this often (and when the day ends).
+    pub publish_interval_secs: f64,
+    /// Where days begin, e.g. "+08:00"; default: the box's local time zone.
+    pub utc_offset: Option<String>,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        Self { publish_interval_secs: 300.0, utc_offset: None }
+    }
+}
+
+/// Everything the judge stage reads from the configuration file, borrowed from [`crate::config::Config`].
+pub struct JudgeSections<'a> {
+    pub site: &'a SiteConfig,
+    pub taxonomy: &'a TaxonomyConfig,
+    pub scenes: &'a BTreeMap<String, SceneConfig>,
+    pub tracking: &'a TrackingConfig,
+    pub background: &'a BackgroundConfig,
+    pub rules: &'a RulesConfig,
+    pub evidence: &'a EvidenceConfig,
+    pub privacy: &'a PrivacyConfig,
+    pub stats: &'a StatsConfig,
+}
+
+fn check_unit(key: &str, value: f32) -> Result<(), Invalid> {
+    if !(0.0..=1.0).contains(&value) {
+        return Err(Invalid::new(key, format!("is {value}; expected a value from 0 to 1")));
+    }
+    Ok(())
+}
+
+fn check_secs(key: &str, value: f64) -> Result<(), Invalid> {
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(Invalid::new(key, format!("is {value}; expected seconds, 0 or more")));
+    }
+    Ok(())
+}
+
+fn check_action(key: &str, action: &Option<ActionConfig>) -> Result<(), Invalid> {
+    if let Some(action) = action {
+        if action.command.first().is_none_or(|program| program.trim().is_empty()) {
+            return Err(Invalid::new(
+                format!("{key}.command"),
+                "is empty; expected a program and its arguments, e.g. [\"aplay\", \"/opt/prompts/sort.wav\"]",
+            ));
+        }
+        check_secs(&format!("{key}.min_interval_secs"), action.min_interval_secs)?;
+    }
+    Ok(())
+}
+
+impl TaxonomyConfig {
+    pub fn resolve_paths(&mut self, base: &Path) {
+        for mapping in &mut self.mappings {
+            absolutise(mapping, base);
+        }
+        absolutise(&mut self.classifier, base);
+    }
+
+    pub fn category_names(&self) -> impl Iterator<Item = &str> {
+        self.categories.iter().map(|c| c.name.as_str())
+    }
+
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.categories.is_empty() {
+            return Err(Invalid::new("taxonomy.categories", "is empty; expected at least one category"));
+        }
+        let mut names = HashSet::new();
+        for (i, category) in self.categories.iter().enumerate() {
+            let key = format!("taxonomy.categories[{i}].name");
+            if !is_valid_topic_level(&category.name) || category.name.contains(char::is_whitespace) {
+                return Err(Invalid::new(key, format!("is {:?}; expected a short name without spaces", category.name)));
+            }
+            if category.name == UNKNOWN_CATEGORY {
+                return Err(Invalid::new(key, "is \"unknown\", which always exists; choose another name"));
+            }
+            if !names.insert(category.name.as_str()) {
+                return Err(Invalid::new(key, format!("{:?} is used twice", category.name)));
+            }
+        }
+        check_unit("taxonomy.classifier_min_score", self.classifier_min_score)
+    }
 }
 
 impl RulesConfig {
+    pub fn resolve_paths(&mut self, base: &Path) {
+        if let Some(cover) = &mut self.truck_exit.cover_classifier {
+            absolutise(&mut cover.manifest, base);
+        }
+    }
+
     pub fn validate(&self) -> Result<(), Invalid> {
-        let min_score = self.object.min_score;
-        if !(0.0..=1.0).contains(&min_score) {
-            return Err(Invalid::new(
-                "rules.object.min_score",
-                format!("is {min_score}; expected a value from 0 to 1"),
-            ));
+        let r = self;
+        check_unit("rules.object.min_score", r.object.min_score)?;
+        check_secs("rules.object.min_duration_secs", r.object.min_duration_secs)?;
+        check_action("rules.object.action", &r.object.action)?;
+        check_unit("rules.wrong_bin.min_score", r.wrong_bin.min_score)?;
+        check_unit("rules.wrong_bin.min_inside", r.wrong_bin.min_inside)?;
+        check_secs("rules.wrong_bin.min_duration_secs", r.wrong_bin.min_duration_secs)?;
+        check_action("rules.wrong_bin.action", &r.wrong_bin.action)?;
+        check_unit("rules.litter.min_score", r.litter.min_score)?;
+        check_secs("rules.litter.after_secs", r.litter.after_secs)?;
+        check_secs("rules.litter.clear_secs", r.litter.clear_secs)?;
+        check_secs("rules.litter.min_area_px", r.litter.min_area_px)?;
+        check_action("rules.litter.action", &r.litter.action)?;
+        check_unit("rules.overflow.min_coverage", r.overflow.min_coverage)?;
+        check_secs("rules.overflow.after_secs", r.overflow.after_secs)?;
+        check_secs("rules.overflow.clear_secs", r.overflow.clear_secs)?;
+        check_action("rules.overflow.action", &r.overflow.action)?;
+        check_unit("rules.road_debris.min_score", r.road_debris.min_score)?;
+        check_secs("rules.road_debris.after_secs", r.road_debris.after_secs)?;
+        check_secs("rules.road_debris.clear_secs", r.road_debris.clear_secs)?;
+        check_secs("rules.road_debris.min_area_px", r.road_debris.min_area_px)?;
+        check_action("rules.road_debris.action", &r.road_debris.action)?;
+        check_unit("rules.truck_exit.min_score", r.truck_exit.min_score)?;
+        check_unit("rules.truck_exit.min_travel", r.truck_exit.min_travel)?;
+        check_secs("rules.truck_exit.min_duration_secs", r.truck_exit.min_duration_secs)?;
+        check_action("rules.truck_exit.action", &r.truck_exit.action)?;
+        if r.truck_exit.labels.is_empty() {
+            return Err(Invalid::new("rules.truck_exit.labels", "is empty; expected the detector's truck labels"));
+        }
+        if let Some(cover) = &r.truck_exit.cover_classifier {
+            check_unit("rules.truck_exit.cover_classifier.min_score", cover.min_score)?;
+            if cover.uncovered_labels.is_empty() {
+                return Err(Invalid::new(
+                    "rules.truck_exit.cover_classifier.uncovered_labels",
+                    "is empty; expected the classifier's labels for an uncovered load",
+                ));
+            }
         }
         Ok(())
+    }
+}
+
+impl SceneConfig {
+    /// `key` is where the scene sits in the file, e.g. `scenes.gate`.
+    pub fn validate(&self, key: &str, categories: &HashSet<&str>) -> Result<(), Invalid> {
+        let mut ids = HashSet::new();
+        for (i, zone) in self.zones.iter().enumerate() {
+            let zone_key = format!("{key}.zones[{i}]");
+            if !is_valid_topic_level(&zone.id) {
+                return Err(Invalid::new(
+                    format!("{zone_key}.id"),
+                    format!("is {:?}; expected a non-empty name without '/', '+', '#'", zone.id),
+                ));
+            }
+            if !ids.insert(zone.id.as_str()) {
+                return Err(Invalid::new(
+                    format!("{zone_key}.id"),
+                    format!("{:?} is used twice; zone ids must be unique per camera", zone.id),
+                ));
+            }
+            match (zone.role, &zone.category) {
+                (ZoneRole::Bin, None) => {
+                    return Err(Invalid::new(
+                        format!("{zone_key}.category"),
+                        "is missing; a bin zone needs the category of its bin",
+                    ))
+                }
+                (ZoneRole::Bin, Some(category)) if !categories.contains(category.as_str()) => {
+                    let mut known: Vec<&str> = categories.iter().copied().collect();
+                    known.sort_unstable();
+                    return Err(Invalid::new(
+                        format!("{zone_key}.category"),
+                        format!("is {category:?}; expected one of the taxonomy's categories: {}", known.join(", ")),
+                    ));
+                }
+                (ZoneRole::Bin, Some(_)) | (_, None) => {}
+                (_, Some(_)) => {
+                    return Err(Invalid::new(format!("{zone_key}.category"), "is only for zones with role = \"bin\""))
+                }
+            }
+            super::zones::Polygon::new(&zone.polygon)
+                .map_err(|problem| Invalid::new(format!("{zone_key}.polygon"), problem))?;
+        }
+        if let Some(h) = &self.ground_homography {
+            super::zones::Homography::new(*h)
+                .map_err(|problem| Invalid::new(format!("{key}.ground_homography"), problem))?;
+        }
+        Ok(())
+    }
+}
+
+impl JudgeSections<'_> {
+    /// Checks what the types cannot; `cameras` are the configured camera ids.
+    pub fn validate(&self, cameras: &HashSet<&str>) -> Result<(), Invalid> {
+        if let Some(station) = &self.site.station_id {
+            if !is_valid_topic_level(station) {
+                return Err(Invalid::new(
+                    "site.station_id",
+                    format!("is {station:?}; expected a non-empty name without '/', '+', '#'"),
+                ));
+            }
+        }
+        self.taxonomy.validate()?;
+        let categories: HashSet<&str> = self.taxonomy.category_names().collect();
+        for (camera, scene) in self.scenes {
+            let key = format!("scenes.{camera}");
+            if !cameras.contains(camera.as_str()) {
+                let mut known: Vec<&str> = cameras.iter().copied().collect();
+                known.sort_unstable();
+                return Err(Invalid::new(
+                    key,
+                    format!("names no configured camera; expected one of: {}", known.join(", ")),
+                ));
+            }
+            scene.validate(&key, &categories)?;
+        }
+        let t = self.tracking;
+        check_unit("tracking.match_iou", t.match_iou)?;
+        check_unit("tracking.stationary_iou", t.stationary_iou)?;
+        check_secs("tracking.max_lost_secs", t.max_lost_secs)?;
+        check_secs("tracking.stationary_memory_secs", t.stationary_memory_secs)?;
+        check_secs("tracking.update_interval_secs", t.update_interval_secs)?;
+        if t.score_window == 0 {
+            return Err(Invalid::new("tracking.score_window", "is 0; expected 1 or more sightings"));
+        }
+        let b = self.background;
+        if !(16..=1024).contains(&b.grid_width) {
+            return Err(Invalid::new("background.grid_width", format!("is {}; expected 16 to 1024", b.grid_width)));
+        }
+        for (key, secs) in
+            [("background.short_term_secs", b.short_term_secs), ("background.long_term_secs", b.long_term_secs)]
+        {
+            if !(secs.is_finite() && secs > 0.0) {
+                return Err(Invalid::new(key, format!("is {secs}; expected seconds above 0")));
+            }
+        }
+        if b.long_term_secs <= b.short_term_secs {
+            return Err(Invalid::new(
+                "background.long_term_secs",
+                format!(
+                    "is {}; expected more than background.short_term_secs ({})",
+                    b.long_term_secs, b.short_term_secs
+                ),
+            ));
+        }
+        if !(b.threshold > 0.0 && b.threshold < 255.0) {
+            return Err(Invalid::new("background.threshold", format!("is {}; expected 1 to 254", b.threshold)));
+        }
+        self.rules.validate()?;
+        let known_zone = |id: &str| self.scenes.values().any(|s| s.zones.iter().any(|z| z.id == id));
+        for (i, zone_id) in self.rules.object.zones.iter().enumerate() {
+            if !known_zone(zone_id) {
+                return Err(Invalid::new(
+                    format!("rules.object.zones[{i}]"),
+                    format!("is {zone_id:?}, which no scene defines; expected the id of a zone in [scenes.*]"),
+                ));
+            }
+        }
+        let e = self.evidence;
+        if !(1..=100).contains(&e.jpeg_quality) {
+            return Err(Invalid::new("evidence.jpeg_quality", format!("is {}; expected 1 to 100", e.jpeg_quality)));
+        }
+        if e.max_disk_mb == 0 {
+            return Err(Invalid::new("evidence.max_disk_mb", "is 0; set evidence.enabled = false to keep no evidence"));
+        }
+        check_secs("stats.publish_interval_secs", self.stats.publish_interval_secs)?;
+        if let Some(offset) = &self.stats.utc_offset {
+            parse_utc_offset(offset).map_err(|problem| Invalid::new("stats.utc_offset", problem))?;
+        }
+        Ok(())
+    }
+}
+
+/// "+08:00" → the offset; the error says what was expected.
+pub fn parse_utc_offset(text: &str) -> Result<chrono::FixedOffset, String> {
+    let bad = || format!("is {text:?}; expected an offset like \"+08:00\" or \"-05:30\"");
+    let (sign, rest) = match text.as_bytes().first() {
+        Some(b'+') => (1, &text[1..]),
+        Some(b'-') => (-1, &text[1..]),
+        _ => return Err(bad()),
+    };
+    let (hours, minutes) = rest.split_once(':').ok_or_else(bad)?;
+    let hours: i32 = hours.parse().map_err(|_| bad())?;
+    let minutes: i32 = minutes.parse().map_err(|_| bad())?;
+    if hours > 14 || minutes > 59 {
+        return Err(bad());
+    }
+    chrono::FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60)).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    const CAMERA: &str = "[[cameras]]\nid = \"gate\"\nsource = { kind = \"replay\", path = \"frames\" }\n";
+
+    fn check(extra: &str) -> Result<Config, String> {
+        let path = Path::new("site.toml");
+        let config = Config::from_toml_str(&format!("{CAMERA}{extra}"), path).map_err(|e| e.to_string())?;
+        config.validate(path).map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    fn zone(role: &str, category: Option<&str>, polygon: &str) -> String {
+        let category = category.map(|c| format!("category = \"{c}\"\n")).unwrap_or_default();
+        format!("[[scenes.gate.zones]]\nid = \"z1\"\nrole = \"{role}\"\n{category}polygon = {polygon}\n")
+    }
+
+    const SQUARE: &str = "[[0.1, 0.1], [0.5, 0.1], [0.5, 0.5], [0.1, 0.5]]";
+
+    #[test]
+    fn an_empty_file_still_runs_the_demo_with_four_categories() {
+        let config = Config::from_toml_str("", Path::new("empty.toml")).unwrap();
+        let names: Vec<&str> = config.taxonomy.category_names().collect();
+        assert_eq!(names, ["recyclable", "hazardous", "kitchen", "residual"]);
+        assert_eq!(config.taxonomy.categories[2].zh, "厨余垃圾");
+        assert!(config.rules.object.enabled && config.evidence.enabled && config.privacy.blur_people);
+        assert!(config.scenes.is_empty());
+    }
+
+    #[test]
+    fn a_complete_station_config_is_accepted() {
+        let config = check(&format!(
+            "{}{}[scenes.gate]\nblur_people = false\nground_homography = [[0.01, 0, 0], [0, 0.01, 0], [0, 0, 1]]\n\
+             [rules.truck_exit]\nleaving_direction = \"down\"\n[stats]\nutc_offset = \"+08:00\"\n",
+            zone("bin", Some("kitchen"), SQUARE),
+            "[[scenes.gate.zones]]\nid = \"road\"\nrole = \"road\"\npolygon = [[0, 0.6], [1, 0.6], [1, 1], [0, 1]]\n"
+        ))
+        .unwrap();
+        let scene = &config.scenes["gate"];
+        assert_eq!(scene.zones.len(), 2);
+        assert_eq!(scene.blur_people, Some(false));
+        assert!(scene.ground_homography.is_some());
+    }
+
+    #[test]
+    fn zone_mistakes_are_refused_naming_the_key() {
+        let cases = [
+            (zone("bin", None, SQUARE), "scenes.gate.zones[0].category", "needs the category"),
+            (zone("bin", Some("glass"), SQUARE), "scenes.gate.zones[0].category", "recyclable"),
+            (zone("road", Some("kitchen"), SQUARE), "scenes.gate.zones[0].category", "only for zones"),
+            (
+                zone("road", None, "[[0.1, 0.1], [1.5, 0.1], [0.5, 0.5]]"),
+                "scenes.gate.zones[0].polygon",
+                "outside the frame",
+            ),
+            (zone("road", None, "[[0.1, 0.1], [0.2, 0.2]]"), "scenes.gate.zones[0].polygon", "at least 3"),
+            (
+                zone("road", None, "[[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]]"),
+                "scenes.gate.zones[0].polygon",
+                "non-degenerate",
+            ),
+            (zone("dump", None, SQUARE), "role", "unknown variant"),
+            (format!("{}{}", zone("road", None, SQUARE), zone("ignore", None, SQUARE)), "zones[1].id", "used twice"),
+            ("[scenes.east]\nblur_people = false\n".to_string(), "scenes.east", "no configured camera"),
+            (
+                "[scenes.gate]\nground_homography = [[1, 2, 3], [2, 4, 6], [0, 0, 1]]\n".to_string(),
+                "scenes.gate.ground_homography",
+                "singular",
+            ),
+            ("[rules.object]\nzones = [\"nowhere\"]\n".to_string(), "rules.object.zones[0]", "no scene defines"),
+            ("[rules.litter]\naction = { command = [] }\n".to_string(), "rules.litter.action.command", "is empty"),
+            ("[rules.overflow]\nmin_coverage = 1.5\n".to_string(), "rules.overflow.min_coverage", "from 0 to 1"),
+            ("[taxonomy]\ncategories = []\n".to_string(), "taxonomy.categories", "at least one"),
+            ("[stats]\nutc_offset = \"CST\"\n".to_string(), "stats.utc_offset", "+08:00"),
+            ("[background]\nlong_term_secs = 1\n".to_string(), "background.long_term_secs", "short_term_secs"),
+        ];
+        for (extra, key, expected) in cases {
+            let err = check(&extra).expect_err(&extra);
+            assert!(err.contains("site.toml") && err.contains(key) && err.contains(expected), "{extra}\n→ {err}");
+        }
     }
 }

@@ -1,11 +1,19 @@
-//! Draws what the models found onto a copy of the frame, and encodes it as JPEG for the page.
+//! Draws what the models found onto a copy of the frame (boxes, labels, zones), and encodes it as
+//! JPEG for the page and the evidence. Text uses DejaVu Sans Bold, embedded (Bitstream Vera licence,
+//! `assets/fonts/LICENSE-DejaVu.txt`), so labels look the same on every box.
 
+use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 use image::{Rgb, RgbImage};
 
 use crate::infer::{BoundingBox, Findings, ModelResult};
+use crate::judge::config::ZoneRole;
+use crate::judge::zones::Zone;
 
-const EVENT_COLOUR: Rgb<u8> = Rgb([255, 48, 48]);
-const DETECTION_COLOUR: Rgb<u8> = Rgb([255, 200, 0]);
+static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-Bold.ttf");
+const TEXT_COLOUR: Rgb<u8> = Rgb([255, 255, 255]);
+
+pub const EVENT_COLOUR: Rgb<u8> = Rgb([255, 48, 48]);
+pub const DETECTION_COLOUR: Rgb<u8> = Rgb([255, 200, 0]);
 
 /// Boxes of every detection (yellow) and of those that became events (red, thicker).
 pub fn annotate(frame: &RgbImage, results: &[ModelResult], event_boxes: &[BoundingBox]) -> RgbImage {
@@ -50,6 +58,121 @@ pub fn draw_rectangle(image: &mut RgbImage, b: BoundingBox, colour: Rgb<u8>, thi
     }
 }
 
+/// Colour a zone is outlined in, by role.
+pub fn zone_colour(role: ZoneRole) -> Rgb<u8> {
+    match role {
+        ZoneRole::Bin => Rgb([0, 200, 255]),
+        ZoneRole::DropArea => Rgb([0, 220, 120]),
+        ZoneRole::Road => Rgb([200, 120, 255]),
+        ZoneRole::SiteExit => Rgb([255, 140, 0]),
+        ZoneRole::Ignore => Rgb([150, 150, 150]),
+        ZoneRole::Privacy => Rgb([60, 60, 60]),
+    }
+}
+
+/// Zone outlines with their ids; privacy zones are already black, so they are only outlined.
+pub fn draw_zones(image: &mut RgbImage, zones: &[Zone]) {
+    let (w, h) = image.dimensions();
+    let thickness = (w.max(h) / 400).max(1);
+    let text_size = text_size_for(image);
+    for zone in zones {
+        let corners = zone.pixel_corners(w, h);
+        let colour = zone_colour(zone.role);
+        for i in 0..corners.len() {
+            draw_line(image, corners[i], corners[(i + 1) % corners.len()], colour, thickness);
+        }
+        if let Some(&(x, y)) = corners.iter().min_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1))) {
+            let caption = match &zone.category {
+                Some(category) => format!("{} ({category})", zone.id),
+                None => zone.id.clone(),
+            };
+            draw_label(image, x + 2.0, y + 2.0, &caption, text_size * 0.8, colour);
+        }
+    }
+}
+
+/// Label text height that reads well on a frame of this size.
+pub fn text_size_for(image: &RgbImage) -> f32 {
+    (image.height() as f32 / 28.0).clamp(12.0, 40.0)
+}
+
+/// A straight line `thickness` pixels wide, clipped to the image.
+pub fn draw_line(image: &mut RgbImage, from: (f32, f32), to: (f32, f32), colour: Rgb<u8>, thickness: u32) {
+    let (w, h) = (image.width() as i64, image.height() as i64);
+    let steps = (to.0 - from.0).abs().max((to.1 - from.1).abs()).ceil().max(1.0) as i64;
+    let half = (thickness as i64 - 1) / 2;
+    for s in 0..=steps {
+        let t = s as f32 / steps as f32;
+        let x = (from.0 + (to.0 - from.0) * t).round() as i64;
+        let y = (from.1 + (to.1 - from.1) * t).round() as i64;
+        for dx in -half..=(thickness as i64 - 1 - half) {
+            for dy in -half..=(thickness as i64 - 1 - half) {
+                let (px, py) = (x + dx, y + dy);
+                if px >= 0 && py >= 0 && px < w && py < h {
+                    image.put_pixel(px as u32, py as u32, colour);
+                }
+            }
+        }
+    }
+}
+
+/// Width in pixels `text` takes at `size`.
+pub fn text_width(text: &str, size: f32) -> f32 {
+    let Ok(font) = FontRef::try_from_slice(FONT_BYTES) else { return 0.0 };
+    let scaled = font.as_scaled(PxScale::from(size));
+    text.chars().map(|c| scaled.h_advance(scaled.glyph_id(c))).sum()
+}
+
+/// White text on a filled box of `background`, top left at (x, y), kept inside the image.
+pub fn draw_label(image: &mut RgbImage, x: f32, y: f32, text: &str, size: f32, background: Rgb<u8>) {
+    let Ok(font) = FontRef::try_from_slice(FONT_BYTES) else { return };
+    let scaled = font.as_scaled(PxScale::from(size));
+    let pad = (size / 6.0).ceil();
+    let width = text_width(text, size) + 2.0 * pad;
+    let height = scaled.height() + 2.0 * pad;
+    let (iw, ih) = (image.width() as f32, image.height() as f32);
+    let x = x.min(iw - width).max(0.0);
+    let y = y.min(ih - height).max(0.0);
+    for py in y as u32..((y + height) as u32).min(image.height()) {
+        for px in x as u32..((x + width) as u32).min(image.width()) {
+            image.put_pixel(px, py, background);
+        }
+    }
+    let mut caret = ab_glyph::point(x + pad, y + pad + scaled.ascent());
+    let mut previous = None;
+    for c in text.chars() {
+        let id = scaled.glyph_id(c);
+        if let Some(previous) = previous {
+            caret.x += scaled.kern(previous, id);
+        }
+        previous = Some(id);
+        let glyph = id.with_scale_and_position(scaled.scale(), caret);
+        caret.x += scaled.h_advance(id);
+        let Some(outlined) = font.outline_glyph(glyph) else { continue };
+        let bounds = outlined.px_bounds();
+        outlined.draw(|gx, gy, coverage| {
+            let px = bounds.min.x as i64 + i64::from(gx);
+            let py = bounds.min.y as i64 + i64::from(gy);
+            if px < 0 || py < 0 || px >= image.width() as i64 || py >= image.height() as i64 {
+                return;
+            }
+            let pixel = image.get_pixel_mut(px as u32, py as u32);
+            for (channel, &ink) in pixel.0.iter_mut().zip(TEXT_COLOUR.0.iter()) {
+                *channel = (f32::from(*channel) * (1.0 - coverage) + f32::from(ink) * coverage).round() as u8;
+            }
+        });
+    }
+}
+
+/// A box with its caption above it (or inside, at the top edge of the frame).
+pub fn draw_labelled_box(image: &mut RgbImage, b: BoundingBox, caption: &str, colour: Rgb<u8>, thickness: u32) {
+    draw_rectangle(image, b, colour, thickness);
+    let size = text_size_for(image);
+    let label_height = size * 1.5;
+    let y = if b.y1 >= label_height { b.y1 - label_height } else { b.y1 + thickness as f32 };
+    draw_label(image, b.x1, y, caption, size, colour);
+}
+
 pub fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, image::ImageError> {
     let mut bytes = Vec::with_capacity(image.len() / 8);
     let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality);
@@ -78,6 +201,34 @@ mod tests {
         draw_rectangle(&mut image, BoundingBox { x1: -5.0, y1: -5.0, x2: 50.0, y2: 50.0 }, EVENT_COLOUR, 3);
         assert_eq!(*image.get_pixel(0, 0), EVENT_COLOUR);
         assert_eq!(*image.get_pixel(9, 9), EVENT_COLOUR);
+    }
+
+    #[test]
+    fn labels_put_white_ink_on_their_background() {
+        let mut image = RgbImage::from_pixel(200, 60, Rgb([0, 0, 0]));
+        draw_label(&mut image, 5.0, 5.0, "truck 0.37", 20.0, EVENT_COLOUR);
+        let inked = image.pixels().filter(|p| p.0[1] > 200 && p.0[2] > 200).count();
+        let boxed = image.pixels().filter(|p| **p == EVENT_COLOUR).count();
+        assert!(inked > 50, "text drawn: {inked} white pixels");
+        assert!(boxed > 500, "background drawn: {boxed}");
+        assert!(text_width("truck", 20.0) > text_width("a", 20.0));
+        // Near the right edge the label moves inside instead of being cut off.
+        draw_label(&mut image, 190.0, 50.0, "wide label", 20.0, DETECTION_COLOUR);
+        assert_eq!(*image.get_pixel(199, 59), DETECTION_COLOUR);
+    }
+
+    #[test]
+    fn zones_are_outlined_in_their_role_colour() {
+        let mut image = RgbImage::new(100, 100);
+        let zone = Zone {
+            id: "b".into(),
+            role: ZoneRole::Bin,
+            category: Some("residual".into()),
+            polygon: crate::judge::zones::Polygon::new(&[[0.5, 0.5], [0.9, 0.5], [0.9, 0.9], [0.5, 0.9]]).unwrap(),
+        };
+        draw_zones(&mut image, &[zone]);
+        assert_eq!(*image.get_pixel(90, 70), zone_colour(ZoneRole::Bin));
+        assert_eq!(*image.get_pixel(20, 20), Rgb([0, 0, 0]));
     }
 
     #[test]

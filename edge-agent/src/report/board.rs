@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::infer::{ModelInfo, ModelResult};
+use crate::judge::stats::DailyStats;
 use crate::judge::Event;
 use crate::source::CameraHealth;
 
@@ -53,6 +54,8 @@ pub struct Status {
     pub events_total: u64,
     pub recent_events: Vec<Event>,
     pub latest_results: BTreeMap<String, Vec<ModelResult>>,
+    /// Today's statistics of the station (judge::stats), once there are any.
+    pub daily_stats: Option<DailyStats>,
 }
 
 #[derive(Default)]
@@ -72,6 +75,7 @@ struct Inner {
     outbox_depth: u64,
     events_total: u64,
     recent_events: VecDeque<Event>,
+    daily_stats: Option<DailyStats>,
 }
 
 pub struct StatusBoard {
@@ -100,6 +104,7 @@ impl StatusBoard {
                 outbox_depth: 0,
                 events_total: 0,
                 recent_events: VecDeque::with_capacity(RECENT_EVENTS),
+                daily_stats: None,
             }),
         }
     }
@@ -150,6 +155,10 @@ impl StatusBoard {
             inner.recent_events.push_front(event.clone());
             inner.events_total += 1;
         }
+    }
+
+    pub fn set_daily_stats(&self, stats: DailyStats) {
+        self.lock().daily_stats = Some(stats);
     }
 
     pub fn set_outbox_depth(&self, depth: u64) {
@@ -205,6 +214,7 @@ impl StatusBoard {
             events_total: inner.events_total,
             recent_events: inner.recent_events.iter().cloned().collect(),
             latest_results: inner.cameras.iter().map(|(id, v)| (id.clone(), v.latest_results.clone())).collect(),
+            daily_stats: inner.daily_stats.clone(),
         }
     }
 }

@@ -30,8 +30,8 @@ pub async fn run_reporter(
     heartbeat.pause();
     while let Some(judgement) = judgements.recv().await {
         heartbeat.beat();
-        let Judgement { frame, results, events } = judgement;
-        let messages: Vec<QueuedMessage> = events
+        let Judgement { frame, results, events, snapshots, zones, stats_today, stats_to_publish } = judgement;
+        let mut messages: Vec<QueuedMessage> = events
             .iter()
             .filter_map(|event| match serde_json::to_vec(event) {
                 Ok(payload) => Some(QueuedMessage { topic_suffix: "events".into(), payload }),
@@ -41,6 +41,22 @@ pub async fn run_reporter(
                 }
             })
             .collect();
+        // The evidence picture of each event message, and the station's daily statistics.
+        messages.extend(snapshots.iter().map(|snapshot| QueuedMessage {
+            topic_suffix: format!("snapshots/{}", snapshot.event_id),
+            payload: snapshot.jpeg.as_ref().clone(),
+        }));
+        messages.extend(stats_to_publish.iter().filter_map(|stats| match serde_json::to_vec(stats) {
+            Ok(payload) => Some(QueuedMessage { topic_suffix: "stats".into(), payload }),
+            Err(e) => {
+                tracing::error!("cannot encode statistics: {e}");
+                None
+            }
+        }));
+        if let Some(today) = stats_today.or_else(|| stats_to_publish.last().cloned()) {
+            board.set_daily_stats(today);
+        }
+        let messages_empty = messages.is_empty();
         let outbox_for_write = outbox.clone();
         let boxes: Vec<_> = events
             .iter()
@@ -57,7 +73,9 @@ pub async fn run_reporter(
         let done = tokio::task::spawn_blocking(move || {
             let queued = if messages.is_empty() { Ok(()) } else { outbox_for_write.enqueue(&messages).map(|_| ()) };
             let depth = outbox_for_write.depth();
-            let annotated = draw::annotate(&image, &results_for_drawing, &boxes);
+            // `image` has privacy applied by the judge (people blurred, privacy zones black).
+            let mut annotated = draw::annotate(&image, &results_for_drawing, &boxes);
+            draw::draw_zones(&mut annotated, &zones);
             let jpeg = draw::encode_jpeg(&annotated, LIVE_FRAME_JPEG_QUALITY);
             (queued, depth, jpeg)
         })
@@ -75,12 +93,12 @@ pub async fn run_reporter(
                     tracing::info!(
                         camera = %event.camera,
                         event_id = %event.event_id,
-                        "event {:?} {} {:.2} box ({}, {}) – ({}, {})",
-                        event.kind, event.label, event.score, event.bbox.x1, event.bbox.y1, event.bbox.x2, event.bbox.y2
+                        "event {} {:?} {} {:.2} box ({}, {}) – ({}, {})",
+                        event.kind.as_str(), event.state, event.label, event.score, event.bbox.x1, event.bbox.y1, event.bbox.x2, event.bbox.y2
                     );
                 }
                 board.record_events(&events);
-                if !events.is_empty() {
+                if !messages_empty {
                     publisher_wake.notify_one();
                 }
             }

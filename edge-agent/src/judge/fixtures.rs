@@ -1,0 +1,135 @@
+//! Real pictures and real model output for the judge's tests (compiled for tests only): the sample
+//! photos in `models/samples`, composites made from them (a cup pasted into a bin zone), the real
+//! detector and classifier, and simulated frame times so a minute of camera time takes no time.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use chrono::{DateTime, TimeZone, Utc};
+use image::RgbImage;
+
+use crate::config::{BackendKind, ModelConfig};
+use crate::infer::{BoundingBox, Detection, Findings, InferredFrame, Model, ModelResult};
+use crate::judge::config::ZoneRole;
+use crate::judge::lifecycle::LifecycleState;
+use crate::judge::zones::{Polygon, Zone};
+use crate::judge::{Event, EventBox, EventKind, EVENT_SCHEMA_VERSION};
+use crate::source::Frame;
+
+pub fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+pub fn sample(name: &str) -> RgbImage {
+    let path = models_dir().join("samples").join(name);
+    image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8()
+}
+
+/// coffee.png (the cup on its saucer, on a table) scaled to 300×200 and put down on the pavement
+/// at the lower left of dog.jpg; the detector finds the cup at about x 77–198, y 379–493.
+pub fn cup_on_pavement() -> RgbImage {
+    let coffee = image::imageops::resize(&sample("coffee.png"), 300, 200, image::imageops::FilterType::Triangle);
+    paste(&sample("dog.jpg"), &coffee, 2, 374)
+}
+
+/// A dark brown patch, 120×60 px, from the table corner of coffee.png: wet muck, a dropped load.
+pub fn muck() -> RgbImage {
+    image::imageops::crop_imm(&sample("coffee.png"), 10, 10, 120, 60).to_image()
+}
+
+/// The truck of dog.jpg (x 457–686, y 80–161).
+pub fn dog_jpg_truck() -> RgbImage {
+    image::imageops::crop_imm(&sample("dog.jpg"), 452, 74, 240, 94).to_image()
+}
+
+/// `base` with `patch` pasted at (x, y).
+pub fn paste(base: &RgbImage, patch: &RgbImage, x: u32, y: u32) -> RgbImage {
+    let mut out = base.clone();
+    image::imageops::replace(&mut out, patch, i64::from(x), i64::from(y));
+    out
+}
+
+/// A fixed instant plus `secs`: frame times for tests.
+pub fn at(secs: f64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(1_700_000_000_000 + (secs * 1000.0).round() as i64)
+        .single()
+        .unwrap_or_else(|| unreachable!("a fixed valid timestamp"))
+}
+
+pub fn load_model(name: &str) -> Model {
+    let manifest = models_dir().join(format!("{name}.toml"));
+    Model::load(&ModelConfig { manifest, score_threshold: None }, BackendKind::Tract).unwrap()
+}
+
+/// The real detector, loaded once per test binary.
+fn detector() -> &'static Mutex<Model> {
+    static DETECTOR: OnceLock<Mutex<Model>> = OnceLock::new();
+    DETECTOR.get_or_init(|| Mutex::new(load_model("nanodet")))
+}
+
+pub fn detector_result(image: &RgbImage) -> ModelResult {
+    let mut detector = detector().lock().unwrap_or_else(|p| p.into_inner());
+    detector.infer(image).unwrap()
+}
+
+pub fn detect(image: &RgbImage) -> Vec<Detection> {
+    match detector_result(image).findings {
+        Findings::Detect { detections } => detections,
+        Findings::Classify { .. } => unreachable!("nanodet is a detector"),
+    }
+}
+
+/// One camera frame at `secs` with the real detector's results on `image` (computed by the caller
+/// once per picture and reused: the detector is deterministic).
+pub fn inferred(camera: &str, image: &Arc<RgbImage>, results: &[ModelResult], secs: f64) -> InferredFrame {
+    InferredFrame {
+        frame: Frame { camera: camera.into(), sequence: 1, captured_at: at(secs), image: image.clone() },
+        results: results.to_vec(),
+    }
+}
+
+/// A rectangular zone from normalised corners.
+pub fn zone(id: &str, role: ZoneRole, category: Option<&str>, [x1, y1, x2, y2]: [f64; 4]) -> Zone {
+    Zone {
+        id: id.into(),
+        role,
+        category: category.map(String::from),
+        polygon: Polygon::new(&[[x1, y1], [x2, y1], [x2, y2], [x1, y2]]).unwrap(),
+    }
+}
+
+pub fn test_event(kind: EventKind, state: LifecycleState, time: DateTime<Utc>) -> Event {
+    Event {
+        schema_version: EVENT_SCHEMA_VERSION,
+        event_id: uuid::Uuid::now_v7(),
+        revision: 0,
+        state,
+        reason: None,
+        device: "box-1".into(),
+        station_id: "station-7".into(),
+        grid_cell: None,
+        camera: "gate".into(),
+        zone: None,
+        time,
+        start_time: time,
+        end_time: None,
+        duration_secs: 0.0,
+        kind,
+        label: "cup".into(),
+        category: None,
+        bin_category: None,
+        score: 0.5,
+        bbox: EventBox::from(BoundingBox { x1: 1.0, y1: 2.0, x2: 30.0, y2: 40.0 }),
+        frame_width: 768,
+        frame_height: 576,
+        track_id: None,
+        model: None,
+        classifier: None,
+        area_px: None,
+        area_m2: None,
+        coverage: None,
+        uncovered: None,
+        snapshot_sha256: None,
+        evidence: None,
+    }
+}

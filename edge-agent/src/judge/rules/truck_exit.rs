@@ -1,0 +1,254 @@
+//! `truck_exit`: a truck leaving through a site-exit zone (its wheels, the bottom middle of its box,
+//! inside the zone), with `uncovered: true|false|null` from an optional second-stage classifier on
+//! the truck's crop (null when none is configured or it is not sure). With `leaving_direction`, the
+//! truck must also have moved that way by `min_travel` of the frame, so a truck coming in through
+//! the exit, or parked in it, is not leaving.
+
+use std::collections::HashMap;
+
+use super::{track_key, Finding, Found, FrameView, SecondStage, TrackedRule};
+use crate::infer::ModelId;
+use crate::judge::config::{CoverClassifierConfig, Direction, TrackingConfig, TruckExitRuleConfig, ZoneRole};
+use crate::judge::lifecycle::{Sighting, Transition};
+use crate::judge::tracker::{Candidate, Track, TrackIds};
+
+/// The second-stage classifier that tells a covered load from an uncovered one.
+pub struct CoverClassifier {
+    pub stage: SecondStage,
+    pub config: CoverClassifierConfig,
+}
+
+impl CoverClassifier {
+    /// true: uncovered, false: covered, None: not sure or another label.
+    pub fn uncovered(&mut self, view: &FrameView, truck: &Found) -> Option<bool> {
+        let top = self.stage.top(view.image, &truck.detection.bbox)?;
+        if top.score < self.config.min_score {
+            return None;
+        }
+        if self.config.uncovered_labels.contains(&top.label) {
+            Some(true)
+        } else if self.config.covered_labels.contains(&top.label) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// Classify a truck's load again when its detection is this much surer than at the last try.
+const RECLASSIFY_GAIN: f32 = 0.1;
+
+struct CoverState {
+    uncovered: Option<bool>,
+    classifier: Option<ModelId>,
+    detection_score: f32,
+}
+
+pub struct TruckExitRule {
+    config: TruckExitRuleConfig,
+    tracked: TrackedRule,
+    covers: HashMap<u64, CoverState>,
+}
+
+impl TruckExitRule {
+    pub fn new(config: &TruckExitRuleConfig, tracking: &TrackingConfig) -> Self {
+        Self {
+            config: config.clone(),
+            tracked: TrackedRule::new(tracking, config.min_score, config.min_duration_secs, tracking.max_lost_secs),
+            covers: HashMap::new(),
+        }
+    }
+
+    pub fn judge(
+        &mut self,
+        view: &FrameView,
+        ids: &mut TrackIds,
+        mut cover: Option<&mut CoverClassifier>,
+    ) -> Vec<Transition<Finding>> {
+        if !self.config.enabled || !view.scene.has_role(ZoneRole::SiteExit) {
+            return Vec::new();
+        }
+        let (width, height) = (view.width(), view.height());
+        let found: Vec<&Found> =
+            view.found.iter().filter(|f| self.config.labels.contains(&f.detection.label)).collect();
+        let candidates: Vec<Candidate> = found
+            .iter()
+            .map(|f| Candidate { label: f.detection.label.clone(), bbox: f.detection.bbox, score: f.detection.score })
+            .collect();
+        let mut sightings = Vec::new();
+        for (i, track_id) in self.tracked.track(view.time, &candidates, ids) {
+            let f = found[i];
+            let b = f.detection.bbox;
+            let wheels = ((b.x1 + b.x2) / 2.0, b.y2);
+            let Some(exit) = view
+                .scene
+                .zones_with_role(ZoneRole::SiteExit)
+                .find(|z| z.contains_pixel(wheels.0, wheels.1, width, height))
+            else {
+                continue;
+            };
+            if let (Some(direction), Some(track)) =
+                (self.config.leaving_direction, self.tracked.tracker.track(track_id))
+            {
+                if travel(track, direction, width, height) < self.config.min_travel {
+                    continue;
+                }
+            }
+            let known = self.covers.get(&track_id);
+            let classify =
+                cover.is_some() && known.is_none_or(|k| f.detection.score >= k.detection_score + RECLASSIFY_GAIN);
+            if classify {
+                if let Some(cover) = cover.as_deref_mut() {
+                    let uncovered = cover.uncovered(view, f);
+                    let classifier = Some(cover.stage.id().clone());
+                    self.covers
+                        .insert(track_id, CoverState { uncovered, classifier, detection_score: f.detection.score });
+                }
+            }
+            let (uncovered, classifier) =
+                self.covers.get(&track_id).map(|c| (c.uncovered, c.classifier.clone())).unwrap_or((None, None));
+            sightings.push(Sighting {
+                key: track_key(track_id),
+                score: f.detection.score,
+                zone: Some(exit.id.clone()),
+                details: Finding {
+                    track_id: Some(track_id),
+                    model: Some(f.model.clone()),
+                    classifier,
+                    uncovered,
+                    ..Finding::new(&f.detection.label, b)
+                },
+            });
+        }
+        let live: std::collections::HashSet<u64> = self.tracked.tracker.tracks().iter().map(|t| t.id).collect();
+        self.covers.retain(|id, _| live.contains(id));
+        self.tracked.observe(view.time, sightings)
+    }
+}
+
+/// How far the track's centre moved in `direction` since it was first seen, as a share of the frame.
+fn travel(track: &Track, direction: Direction, width: u32, height: u32) -> f32 {
+    let (x0, y0) = super::centre(&track.first_bbox);
+    let (x1, y1) = super::centre(&track.bbox);
+    match direction {
+        Direction::Right => (x1 - x0) / width as f32,
+        Direction::Left => (x0 - x1) / width as f32,
+        Direction::Down => (y1 - y0) / height as f32,
+        Direction::Up => (y0 - y1) / height as f32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::ModelResult;
+    use crate::judge::fixtures::{at, detector_result, dog_jpg_truck, models_dir, paste, sample, zone};
+    use crate::judge::lifecycle::LifecycleState;
+    use crate::judge::rules::detections_of;
+    use crate::judge::zones::Scene;
+
+    fn exit_scene() -> Scene {
+        // Around the truck of dog.jpg: x 0.55–1, y 0.1–0.4.
+        Scene { zones: vec![zone("gate-out", ZoneRole::SiteExit, None, [0.55, 0.1, 1.0, 0.4])], ..Scene::default() }
+    }
+
+    fn play(
+        rule: &mut TruckExitRule,
+        frames: &[(f64, &image::RgbImage, &[ModelResult])],
+        mut cover: Option<&mut CoverClassifier>,
+    ) -> Vec<Transition<Finding>> {
+        let scene = exit_scene();
+        let mut ids = TrackIds::default();
+        let mut all = Vec::new();
+        for (t, image, results) in frames {
+            let found = detections_of(results, &scene, image.width(), image.height(), None);
+            let view =
+                FrameView { camera: "gate", time: at(*t), image, found: &found, scene: &scene, foreground: None };
+            all.extend(rule.judge(&view, &mut ids, cover.as_deref_mut()));
+        }
+        all
+    }
+
+    #[test]
+    fn a_truck_in_the_exit_is_an_event_with_uncovered_null_without_a_classifier() {
+        let (dog, other) = (sample("dog.jpg"), sample("person.jpg"));
+        let (dog_results, other_results) = (vec![detector_result(&dog)], vec![detector_result(&other)]);
+        let mut frames: Vec<(f64, &image::RgbImage, &[ModelResult])> =
+            (0..20).map(|i| (i as f64 * 0.5, &dog, dog_results.as_slice())).collect();
+        frames.extend((20..40).map(|i| (i as f64 * 0.5, &other, other_results.as_slice())));
+        let mut rule = TruckExitRule::new(&TruckExitRuleConfig::default(), &TrackingConfig::default());
+        let all = play(&mut rule, &frames, None);
+        let states: Vec<_> = all.iter().map(|t| t.state).collect();
+        assert_eq!(states, vec![LifecycleState::Start, LifecycleState::End], "{all:?}");
+        assert_eq!(all[0].details.label, "truck");
+        assert_eq!(all[0].zone.as_deref(), Some("gate-out"));
+        assert_eq!(all[0].details.uncovered, None);
+        assert_eq!(all[0].details.classifier, None);
+    }
+
+    /// The real classifier on the real truck crop; its top label is mapped to covered or uncovered
+    /// by configuration, both ways.
+    #[test]
+    fn the_cover_classifier_decides_uncovered_true_or_false() {
+        let dog = sample("dog.jpg");
+        let results = vec![detector_result(&dog)];
+        let manifest = models_dir().join("efficientnet_lite0.toml");
+        let mut stage = SecondStage::load(&manifest, Default::default()).unwrap();
+        let truck = crate::infer::BoundingBox { x1: 457.0, y1: 80.0, x2: 686.0, y2: 161.0 };
+        let top = stage.top(&dog, &truck).unwrap();
+        for (uncovered_labels, covered_labels, expected) in [
+            (vec![top.label.clone()], vec![], Some(true)),
+            (vec!["tarp".to_string()], vec![top.label.clone()], Some(false)),
+        ] {
+            let config =
+                CoverClassifierConfig { manifest: manifest.clone(), uncovered_labels, covered_labels, min_score: 0.0 };
+            let mut cover =
+                CoverClassifier { stage: SecondStage::load(&manifest, Default::default()).unwrap(), config };
+            let mut rule = TruckExitRule::new(&TruckExitRuleConfig::default(), &TrackingConfig::default());
+            let frames: Vec<(f64, &image::RgbImage, &[ModelResult])> =
+                (0..6).map(|i| (i as f64 * 0.5, &dog, results.as_slice())).collect();
+            let all = play(&mut rule, &frames, Some(&mut cover));
+            assert_eq!(all.len(), 1, "{all:?}");
+            assert_eq!(all[0].details.uncovered, expected, "top label {:?}", top.label);
+            assert_eq!(all[0].details.classifier.as_ref().map(|m| m.name.as_str()), Some("efficientnet_lite0"));
+        }
+    }
+
+    #[test]
+    fn with_a_leaving_direction_only_a_truck_moving_out_counts() {
+        // The truck of dog.jpg driven to the right across person.jpg's field, then parked.
+        let field = sample("person.jpg");
+        let positions = [60u32, 120, 180, 240, 300, 360, 400];
+        let pictures: Vec<image::RgbImage> =
+            positions.iter().map(|&x| paste(&field, &dog_jpg_truck(), x, 300)).collect();
+        let results: Vec<Vec<ModelResult>> = pictures.iter().map(|p| vec![detector_result(p)]).collect();
+        let scene_zone = [0.0, 0.5, 1.0, 1.0];
+        let scene = Scene { zones: vec![zone("gate-out", ZoneRole::SiteExit, None, scene_zone)], ..Scene::default() };
+        for (direction, expect_event) in [(Direction::Right, true), (Direction::Left, false)] {
+            // nanodet calls the pasted truck a car in this scene.
+            let config = TruckExitRuleConfig {
+                labels: vec!["car".into()],
+                leaving_direction: Some(direction),
+                ..TruckExitRuleConfig::default()
+            };
+            let mut rule = TruckExitRule::new(&config, &TrackingConfig::default());
+            let mut ids = TrackIds::default();
+            let mut all = Vec::new();
+            for i in 0..14 {
+                let k = i.min(positions.len() - 1);
+                let found = detections_of(&results[k], &scene, 640, 424, None);
+                assert!(found.iter().any(|f| f.detection.label == "car"), "frame {k} has the truck: {found:?}");
+                let view = FrameView {
+                    camera: "gate",
+                    time: at(i as f64 * 0.5),
+                    image: &pictures[k],
+                    found: &found,
+                    scene: &scene,
+                    foreground: None,
+                };
+                all.extend(rule.judge(&view, &mut ids, None));
+            }
+            assert_eq!(all.len(), usize::from(expect_event), "{direction:?}: {all:?}");
+        }
+    }
+}
