@@ -69,6 +69,9 @@ pub struct Config {
     pub rules: RulesConfig,
     #[serde(default)]
     pub service: ServiceConfig,
+    /// The file this configuration was read from (none for the embedded defaults).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// How the agent runs as a service: `[service]`.
@@ -167,6 +170,7 @@ impl Config {
         let mut config = Self::from_toml_str(&text, path)?;
         config.resolve_relative_paths(path.parent().unwrap_or(Path::new(".")));
         config.validate(path)?;
+        config.source = Some(path.to_owned());
         Ok(config)
     }
 
@@ -190,6 +194,7 @@ impl Config {
             model.resolve_paths(base);
         }
         absolutise(&mut self.state_dir, base);
+        self.web.resolve_paths(base);
     }
 
     /// Checks what the types cannot: ranges, uniqueness and URL shapes.
