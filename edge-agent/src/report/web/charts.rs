@@ -6,12 +6,13 @@ use maud::{html, Markup};
 
 pub const PALETTE: [&str; 8] = ["#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#64748b"];
 
-const WIDTH: f64 = 640.0;
-const HEIGHT: f64 = 240.0;
-const LEFT: f64 = 44.0;
-const RIGHT: f64 = 8.0;
+// A small canvas, so text stays readable when a phone scales the chart down.
+const WIDTH: f64 = 480.0;
+const HEIGHT: f64 = 220.0;
+const LEFT: f64 = 40.0;
+const RIGHT: f64 = 6.0;
 const TOP: f64 = 10.0;
-const BOTTOM: f64 = 28.0;
+const BOTTOM: f64 = 26.0;
 
 pub struct Series {
     pub name: String,
@@ -60,7 +61,7 @@ pub fn bar_chart(title: &str, labels: &[String], series: &[Series], layout: Layo
     let plot_height = HEIGHT - TOP - BOTTOM;
     let slot_width = plot_width / slots as f64;
     let y = |value: f64| TOP + plot_height * (1.0 - value / top_value);
-    let label_every = slots.div_ceil(10);
+    let label_every = slots.div_ceil(7);
     let ticks: Vec<f64> = (0..=((top_value / step).round() as usize)).map(|i| i as f64 * step).collect();
     let mut bars = Vec::new();
     for (i, label) in labels.iter().enumerate() {
@@ -89,7 +90,7 @@ pub fn bar_chart(title: &str, labels: &[String], series: &[Series], layout: Layo
             svg viewBox={"0 0 " (WIDTH) " " (HEIGHT)} role="img" aria-label=(title) preserveAspectRatio="xMidYMid meet" {
                 @for tick in &ticks {
                     line x1=(LEFT) x2=(WIDTH - RIGHT) y1=(y(*tick)) y2=(y(*tick)) stroke="#e5e7eb" stroke-width="1" {}
-                    text x=(LEFT - 6.0) y=(y(*tick) + 4.0) text-anchor="end" font-size="11" fill="#6b7280" { (format_tick(*tick)) }
+                    text x=(LEFT - 6.0) y=(y(*tick) + 4.0) text-anchor="end" font-size="13" fill="#6b7280" { (format_tick(*tick)) }
                 }
                 @for (x, top, width, height, colour, label, name, value) in &bars {
                     rect.bar x=(format!("{x:.1}")) y=(format!("{top:.1}")) width=(format!("{width:.1}")) height=(format!("{:.1}", height.max(0.5))) fill=(colour) {
@@ -98,7 +99,7 @@ pub fn bar_chart(title: &str, labels: &[String], series: &[Series], layout: Layo
                 }
                 @for (i, label) in labels.iter().enumerate() {
                     @if i % label_every == 0 {
-                        text x=(format!("{:.1}", LEFT + slot_width * (i as f64 + 0.5))) y=(HEIGHT - 10.0) text-anchor="middle" font-size="11" fill="#374151" { (label) }
+                        text x=(format!("{:.1}", LEFT + slot_width * (i as f64 + 0.5))) y=(HEIGHT - 7.0) text-anchor="middle" font-size="13" fill="#374151" { (label) }
                     }
                 }
                 line x1=(LEFT) x2=(WIDTH - RIGHT) y1=(y(0.0)) y2=(y(0.0)) stroke="#9ca3af" stroke-width="1" {}

@@ -129,15 +129,17 @@ pub fn router(state: Arc<WebState>, loopback: bool) -> Router {
     router.with_state(state)
 }
 
-/// Binds first (so a taken port is an error at start, naming the address), then serves until
-/// shutdown, over HTTPS when `web.https` is set.
+/// Prepares everything (certificate included), then binds, so a listening port means a page that
+/// answers; a taken port is an error at start, naming the address. Serves until shutdown, over
+/// HTTPS when `web.https` is set.
 pub async fn serve(config: &Config, board: Arc<StatusBoard>, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let web = &config.web;
+    let state = Arc::new(WebState::new(config, board, shutdown.clone())?);
+    let tls = if web.https { Some(tls::server_config(web, &config.state_dir, &config.device_id)?) } else { None };
     let listener = tokio::net::TcpListener::bind(&web.listen)
         .await
         .map_err(|e| anyhow::anyhow!("web page: cannot listen on {} (config `web.listen`): {e}", web.listen))?;
     let local = listener.local_addr()?;
-    let state = Arc::new(WebState::new(config, board, shutdown.clone())?);
     if state.auth.is_open() {
         tracing::warn!(
             "no `web.users` configured: the web page is open without login, to this machine only ({local}); \
@@ -146,8 +148,7 @@ pub async fn serve(config: &Config, board: Arc<StatusBoard>, mut shutdown: Shutd
     }
     let app = router(state, local.ip().is_loopback()).into_make_service_with_connect_info::<ClientAddr>();
     let stopped = async move { shutdown.wait().await };
-    if web.https {
-        let tls = tls::server_config(web, &config.state_dir, &config.device_id)?;
+    if let Some(tls) = tls {
         let listener = tls::TlsListener::new(listener, tls).context("web page HTTPS listener")?;
         tracing::info!("web page on https://{local}");
         tokio::spawn(async move {

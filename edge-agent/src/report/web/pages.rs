@@ -456,7 +456,16 @@ pub async fn event_detail(
         div.detail {
             figure.evidence {
                 @if image.is_some() {
-                    a href=(view.evidence_url()) { img #evidence-image src=(view.evidence_url()) width=(event.frame_width) height=(event.frame_height) alt={(t(T::Evidence)) ": " (view.label())}; }
+                    a.evidence-frame href=(view.evidence_url()) {
+                        img #evidence-image src=(view.evidence_url()) width=(event.frame_width) height=(event.frame_height) alt={(t(T::Evidence)) ": " (view.label())};
+                        // The kept frame shows every event of that frame: ring this one.
+                        @if view.evidence_file().is_none() && event.frame_width > 0 && event.frame_height > 0 {
+                            svg.overlay #event-box viewBox={"0 0 " (event.frame_width) " " (event.frame_height)} preserveAspectRatio="none" aria-hidden="true" {
+                                rect x=(event.bbox.x1 - 6) y=(event.bbox.y1 - 6) width=((event.bbox.x2 - event.bbox.x1 + 12).max(1)) height=((event.bbox.y2 - event.bbox.y1 + 12).max(1))
+                                    rx="6" fill="none" stroke="#22d3ee" stroke-width=((event.frame_width / 160).max(3)) stroke-dasharray="14 8" {}
+                            }
+                        }
+                    }
                     figcaption { a href=(view.evidence_url()) { (t(T::OpenImage)) } }
                 } @else {
                     p.note { (t(T::LiveViewInstead)) }
