@@ -13,8 +13,9 @@ use web_support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A fresh browser profile per session, so no cookie or cache survives between tests.
-async fn open_browser(driver: &ChromeDriver, chromium: &Path, profile: &Path, phone: bool) -> Client {
+/// A fresh browser profile per session, so no cookie or cache survives between tests. `languages`
+/// is what the browser asks for (Accept-Language), e.g. "en-US,en".
+async fn open_browser(driver: &ChromeDriver, chromium: &Path, profile: &Path, phone: bool, languages: &str) -> Client {
     let mut options = json!({
         "binary": chromium,
         "args": [
@@ -24,10 +25,10 @@ async fn open_browser(driver: &ChromeDriver, chromium: &Path, profile: &Path, ph
             "--disable-background-networking",
             format!("--user-data-dir={}", profile.display()),
             "--window-size=1280,1000",
-            "--lang=en-US",
+            format!("--lang={}", languages.split(',').next().unwrap_or("en-US")),
             "--hide-scrollbars",
         ],
-        "prefs": { "intl.accept_languages": "en-US,en" },
+        "prefs": { "intl.accept_languages": languages },
     });
     if phone {
         options["mobileEmulation"] = json!({
@@ -105,7 +106,7 @@ async fn a_supervisor_logs_in_and_follows_live_events_to_their_evidence() {
     let web = WebAgent::start("");
     let shots = screenshot_dir("supervisor");
     let profile = tempfile::tempdir().unwrap();
-    let browser = open_browser(&driver, &chromium, profile.path(), false).await;
+    let browser = open_browser(&driver, &chromium, profile.path(), false, "en-US,en").await;
     let base = web.base.clone();
 
     log_in(&browser, &base, ADMIN.0, ADMIN.1).await;
@@ -207,7 +208,7 @@ async fn a_supervisor_logs_in_and_follows_live_events_to_their_evidence() {
 
     // The same pages on a phone.
     let phone_profile = tempfile::tempdir().unwrap();
-    let phone = open_browser(&driver, &chromium, phone_profile.path(), true).await;
+    let phone = open_browser(&driver, &chromium, phone_profile.path(), true, "en-US,en").await;
     log_in(&phone, &base, ADMIN.0, ADMIN.1).await;
     wait_until(&phone, "document.getElementById('device-id')", "the overview on a phone").await;
     assert_eq!(phone.execute("return window.innerWidth;", vec![]).await.unwrap(), json!(390));
@@ -242,8 +243,11 @@ async fn a_viewer_sees_everything_but_cannot_change_anything() {
     };
     let web = WebAgent::start("");
     let profile = tempfile::tempdir().unwrap();
-    let browser = open_browser(&driver, &chromium, profile.path(), false).await;
+    // A browser that prefers Chinese gets the Chinese page without touching the switch.
+    let browser = open_browser(&driver, &chromium, profile.path(), false, "zh-CN,zh,en").await;
     let base = web.base.clone();
+    browser.goto(&format!("{base}/login")).await.unwrap();
+    assert_eq!(text(&browser, "#log-in").await, "登录");
     log_in(&browser, &base, VIEWER.0, VIEWER.1).await;
     wait_until(&browser, "document.getElementById('device-id')", "the overview").await;
     assert!(text(&browser, ".user").await.contains("viewer"));
@@ -257,7 +261,9 @@ async fn a_viewer_sees_everything_but_cannot_change_anything() {
     browser.goto(event.as_str().unwrap()).await.unwrap();
     wait_until(&browser, "document.getElementById('acknowledgement')", "the detail page").await;
     assert!(browser.find(Locator::Css("#acknowledge")).await.is_err(), "no acknowledge button for a viewer");
-    assert!(text(&browser, "#acknowledgement").await.contains("not acknowledged"));
+    assert!(text(&browser, "#acknowledgement").await.contains("未确认"), "not acknowledged, in Chinese");
+    wait_until(&browser, "document.getElementById('evidence-image').naturalWidth > 0", "the evidence picture").await;
+    screenshot(&browser, &screenshot_dir("viewer"), "desktop-event-detail-zh").await;
 
     // Even with the page's own CSRF token, the server refuses a viewer's state change and the config.
     let statuses = browser
@@ -292,7 +298,7 @@ async fn a_wrong_password_is_refused_and_repeated_failures_lock_the_login() {
     let web = WebAgent::start("login_attempts = 3\nlogin_lockout_secs = 600");
     let shots = screenshot_dir("login");
     let profile = tempfile::tempdir().unwrap();
-    let browser = open_browser(&driver, &chromium, profile.path(), false).await;
+    let browser = open_browser(&driver, &chromium, profile.path(), false, "en-US,en").await;
     let base = web.base.clone();
 
     browser.goto(&format!("{base}/login")).await.unwrap();
