@@ -71,12 +71,15 @@ score_threshold = 0.3
 
     let (code, body) = http_get(&format!("http://127.0.0.1:{web_port}/healthz")).unwrap();
     assert_eq!(code, 200, "{body}");
+    // No users configured on loopback: the page is open to this machine without a login.
     let page = eventually(Duration::from_secs(10), || {
-        let (code, page) = http_get(&format!("http://127.0.0.1:{web_port}/")).ok()?;
+        let (code, page) = http_get(&format!("http://127.0.0.1:{web_port}/events/{event_id}")).ok()?;
         (code == 200 && page.contains(&event_id)).then_some(page)
     });
     let page = page.unwrap_or_else(|| panic!("the page never showed event {event_id}"));
     assert!(page.contains("yard") && page.contains("truck"));
+    let (code, overview) = http_get(&format!("http://127.0.0.1:{web_port}/")).unwrap();
+    assert!(code == 200 && overview.contains("e2e-box") && overview.contains("nanodet"), "{overview}");
     let (code, status_json) = http_get(&format!("http://127.0.0.1:{web_port}/api/status")).unwrap();
     assert_eq!(code, 200);
     let status_json: serde_json::Value = serde_json::from_str(&status_json).unwrap();

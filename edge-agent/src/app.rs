@@ -64,7 +64,7 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
     }
 
     if config.web.enabled {
-        web::serve(&config.web.listen, board.clone(), shutdown.clone()).await?;
+        web::serve(&config, board.clone(), shutdown.clone()).await?;
     }
 
     let liveness = Arc::new(Liveness::default());

@@ -91,6 +91,9 @@ pub struct Config {
     pub stats: StatsConfig,
     #[serde(default)]
     pub service: ServiceConfig,
+    /// The file this configuration was read from (none for the embedded defaults).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// How the agent runs as a service: `[service]`.
@@ -189,6 +192,7 @@ impl Config {
         let mut config = Self::from_toml_str(&text, path)?;
         config.resolve_relative_paths(path.parent().unwrap_or(Path::new(".")));
         config.validate(path)?;
+        config.source = Some(path.to_owned());
         Ok(config)
     }
 
@@ -214,6 +218,7 @@ impl Config {
         absolutise(&mut self.state_dir, base);
         self.taxonomy.resolve_paths(base);
         self.rules.resolve_paths(base);
+        self.web.resolve_paths(base);
     }
 
     /// Checks what the types cannot: ranges, uniqueness and URL shapes.

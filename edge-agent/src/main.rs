@@ -30,6 +30,8 @@ enum Command {
     Infer(cmd::infer::InferArgs),
     /// Check the evidence chain and its pictures; report the first broken link (exit 1).
     Verify(cmd::verify::VerifyArgs),
+    /// Print an argon2 hash of a password for `[web] users` (reads it without echo, or from a pipe).
+    Passwd(cmd::passwd::PasswdArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Run { config } => cmd::run::run(config.as_deref()),
         Command::Infer(args) => cmd::infer::infer(args),
         Command::Verify(args) => cmd::verify::verify(args),
+        Command::Passwd(args) => cmd::passwd::passwd(args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -208,7 +208,7 @@ pub fn curve_svg(class: &ClassCalibration, target: f64) -> String {
     let x = |recall: f64| m + recall * (w - 2.0 * m);
     let y = |precision: f64| h - m - precision * (h - 2.0 * m);
     let points: Vec<String> = class.curve.iter().map(|p| format!("{:.1},{:.1}", x(p.recall), y(p.precision))).collect();
-    let label = crate::report::web::escape(&class.label);
+    let label = escape_xml(&class.label);
     format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">
 <title>precision-recall of {label}</title>
@@ -234,6 +234,11 @@ pub fn curve_svg(class: &ClassCalibration, target: f64) -> String {
         px = x(class.recall),
         py = y(class.precision),
     )
+}
+
+/// Escapes text for SVG/XML content and attributes.
+fn escape_xml(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
 #[cfg(test)]

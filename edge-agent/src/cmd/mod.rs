@@ -1,6 +1,7 @@
 //! One file per subcommand: thin shells over the library.
 
 pub mod infer;
+pub mod passwd;
 pub mod run;
 pub mod verify;
 

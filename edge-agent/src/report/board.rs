@@ -5,10 +5,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio::sync::broadcast;
+use uuid::Uuid;
 
 use crate::infer::{ModelInfo, ModelResult};
 use crate::judge::stats::DailyStats;
@@ -17,6 +19,14 @@ use crate::source::CameraHealth;
 
 /// Events kept for the page; the outbox keeps them all for the platform.
 pub const RECENT_EVENTS: usize = 20;
+/// Events the web page can list, filter and count (in memory; newest first).
+pub const EVENT_HISTORY: usize = 2000;
+/// Events whose annotated frame is kept in memory as their picture (a frame is ~50-100 KB).
+pub const EVENT_FRAMES_KEPT: usize = 200;
+/// Window over which a camera's frame rate is measured.
+const FPS_WINDOW: Duration = Duration::from_secs(10);
+/// Upper bounds (seconds) of the inference-time histogram buckets, as Prometheus expects them.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CameraStatus {
@@ -30,6 +40,8 @@ pub struct CameraStatus {
     pub frame_width: u32,
     pub frame_height: u32,
     pub inference_ms: f64,
+    /// Frames judged per second over the last few seconds.
+    pub fps: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +68,53 @@ pub struct Status {
     pub latest_results: BTreeMap<String, Vec<ModelResult>>,
     /// Today's statistics of the station (judge::stats), once there are any.
     pub daily_stats: Option<DailyStats>,
+    /// Inference time per model name.
+    pub model_latency: BTreeMap<String, LatencyHistogram>,
+    /// Events since start, per kind.
+    pub events_by_kind: BTreeMap<String, u64>,
+}
+
+/// Inference times of one model: Prometheus-style cumulative buckets, sum, count, and the last one.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LatencyHistogram {
+    /// `bucket_counts[i]` counts runs that took at most `LATENCY_BUCKETS[i]` seconds.
+    pub bucket_counts: [u64; LATENCY_BUCKETS.len()],
+    pub sum_seconds: f64,
+    pub count: u64,
+    pub last_ms: f64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&mut self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(self.bucket_counts.iter_mut()) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum_seconds += seconds;
+        self.count += 1;
+        self.last_ms = seconds * 1000.0;
+    }
+
+    pub fn mean_ms(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum_seconds * 1000.0 / self.count as f64)
+    }
+}
+
+/// An event as the web page keeps it: the event, the annotated frame it was seen in (while kept),
+/// and who acknowledged it on the page.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub event: Event,
+    pub frame_jpeg: Option<Arc<Vec<u8>>>,
+    pub acknowledged: Option<Acknowledgement>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Acknowledgement {
+    pub by: String,
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Default)]
@@ -66,6 +125,24 @@ struct CameraView {
     inference_ms: f64,
     latest_jpeg: Option<Arc<Vec<u8>>>,
     latest_results: Vec<ModelResult>,
+    recent_frame_times: VecDeque<Instant>,
+}
+
+impl CameraView {
+    fn fps(&self) -> f64 {
+        let (Some(first), Some(last)) = (self.recent_frame_times.front(), self.recent_frame_times.back()) else {
+            return 0.0;
+        };
+        // A camera that stopped delivering has no rate, whatever its last burst was.
+        if last.elapsed() > FPS_WINDOW {
+            return 0.0;
+        }
+        let span = last.duration_since(*first).as_secs_f64();
+        if span <= 0.0 {
+            return 0.0;
+        }
+        (self.recent_frame_times.len() - 1) as f64 / span
+    }
 }
 
 struct Inner {
@@ -76,6 +153,9 @@ struct Inner {
     events_total: u64,
     recent_events: VecDeque<Event>,
     daily_stats: Option<DailyStats>,
+    event_history: VecDeque<EventRecord>,
+    model_latency: BTreeMap<String, LatencyHistogram>,
+    events_by_kind: BTreeMap<String, u64>,
 }
 
 pub struct StatusBoard {
@@ -83,6 +163,8 @@ pub struct StatusBoard {
     started_at: DateTime<Utc>,
     started: Instant,
     inner: Mutex<Inner>,
+    /// New events for live pages (Server-Sent Events); nobody listening is fine.
+    new_events: broadcast::Sender<Event>,
 }
 
 impl StatusBoard {
@@ -105,7 +187,11 @@ impl StatusBoard {
                 events_total: 0,
                 recent_events: VecDeque::with_capacity(RECENT_EVENTS),
                 daily_stats: None,
+                event_history: VecDeque::new(),
+                model_latency: BTreeMap::new(),
+                events_by_kind: BTreeMap::new(),
             }),
+            new_events: broadcast::channel(256).0,
         }
     }
 
@@ -135,13 +221,29 @@ impl StatusBoard {
         jpeg: Option<Vec<u8>>,
     ) {
         let mut inner = self.lock();
+        for result in &results {
+            inner.model_latency.entry(result.model.name.clone()).or_default().observe(result.latency);
+        }
+        let jpeg = jpeg.map(Arc::new);
+        if let Some(jpeg) = &jpeg {
+            // The events of this frame were recorded just before it: the frame is their picture.
+            let of_this_frame = |r: &&mut EventRecord| r.event.camera == camera && r.event.time == at;
+            for record in inner.event_history.iter_mut().take_while(of_this_frame) {
+                record.frame_jpeg.get_or_insert_with(|| jpeg.clone());
+            }
+        }
         if let Some(view) = inner.cameras.get_mut(camera) {
             view.last_frame_at = Some(at);
             view.size = size;
             view.inference_ms = results.iter().map(|r| r.latency.as_secs_f64() * 1000.0).sum();
             view.latest_results = results;
+            let now = Instant::now();
+            view.recent_frame_times.push_back(now);
+            while view.recent_frame_times.front().is_some_and(|t| now.duration_since(*t) > FPS_WINDOW) {
+                view.recent_frame_times.pop_front();
+            }
             if let Some(jpeg) = jpeg {
-                view.latest_jpeg = Some(Arc::new(jpeg));
+                view.latest_jpeg = Some(jpeg);
             }
         }
     }
@@ -154,11 +256,41 @@ impl StatusBoard {
             }
             inner.recent_events.push_front(event.clone());
             inner.events_total += 1;
+            *inner.events_by_kind.entry(event_kind_name(event)).or_default() += 1;
+            if inner.event_history.len() == EVENT_HISTORY {
+                inner.event_history.pop_back();
+            }
+            inner.event_history.push_front(EventRecord { event: event.clone(), frame_jpeg: None, acknowledged: None });
+            if let Some(old) = inner.event_history.get_mut(EVENT_FRAMES_KEPT) {
+                old.frame_jpeg = None;
+            }
+            let _ = self.new_events.send(event.clone());
         }
     }
 
     pub fn set_daily_stats(&self, stats: DailyStats) {
         self.lock().daily_stats = Some(stats);
+    }
+
+    /// Live feed of new events, for Server-Sent Events.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
+        self.new_events.subscribe()
+    }
+
+    /// The events the page knows, newest first.
+    pub fn event_history(&self) -> Vec<EventRecord> {
+        self.lock().event_history.iter().cloned().collect()
+    }
+
+    pub fn event_record(&self, event_id: Uuid) -> Option<EventRecord> {
+        self.lock().event_history.iter().find(|r| r.event.event_id == event_id).cloned()
+    }
+
+    /// Marks an event as seen and handled on the page; `None` when the page no longer knows it.
+    pub fn acknowledge_event(&self, event_id: Uuid, by: &str) -> Option<Acknowledgement> {
+        let mut inner = self.lock();
+        let record = inner.event_history.iter_mut().find(|r| r.event.event_id == event_id)?;
+        Some(record.acknowledged.get_or_insert_with(|| Acknowledgement { by: by.to_string(), at: Utc::now() }).clone())
     }
 
     pub fn set_outbox_depth(&self, depth: u64) {
@@ -206,6 +338,7 @@ impl StatusBoard {
                     frame_width: view.size.0,
                     frame_height: view.size.1,
                     inference_ms: view.inference_ms,
+                    fps: view.fps(),
                 })
                 .collect(),
             models: inner.models.clone(),
@@ -215,6 +348,16 @@ impl StatusBoard {
             recent_events: inner.recent_events.iter().cloned().collect(),
             latest_results: inner.cameras.iter().map(|(id, v)| (id.clone(), v.latest_results.clone())).collect(),
             daily_stats: inner.daily_stats.clone(),
+            model_latency: inner.model_latency.clone(),
+            events_by_kind: inner.events_by_kind.clone(),
         }
+    }
+}
+
+/// The event kind as it is spelled in the event JSON (`object`, ...).
+pub fn event_kind_name(event: &Event) -> String {
+    match serde_json::to_value(&event.kind) {
+        Ok(serde_json::Value::String(kind)) => kind,
+        _ => format!("{:?}", &event.kind).to_lowercase(),
     }
 }

@@ -1,43 +1,169 @@
-//! The local web page and JSON API, served by axum from the status board: `/` (cameras, latest
-//! annotated frames, last events), `/healthz`, `/api/status`, `/api/cameras/{id}/frame.jpg`.
+//! The local web page and JSON API for supervisors and installers, served by axum from the status
+//! board: pages (`pages`), JSON under `/api/v1` (`api`, documented in `assets/openapi.json`),
+//! live events (`sse`), Prometheus `/metrics` (`metrics`), login and sessions (`auth`), optional
+//! HTTPS (`tls`). Everything it sends is embedded in the binary (`assets`).
 
+pub mod api;
+pub mod assets;
+pub mod auth;
+pub mod charts;
 pub mod config;
+pub mod events;
+pub mod i18n;
+pub mod metrics;
+pub mod pages;
+pub mod sse;
+pub mod stats;
+pub mod system;
+pub mod tls;
 
-use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use anyhow::Context;
+use axum::extract::{Path, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::Value;
 
 use super::board::StatusBoard;
+use crate::config::Config;
 use crate::shutdown::Shutdown;
+use auth::{Auth, ClientAddr};
 
-pub fn router(board: Arc<StatusBoard>) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/healthz", get(healthz))
-        .route("/api/status", get(status))
-        .route("/api/cameras/{camera}/frame.jpg", get(latest_frame))
-        .with_state(board)
+/// What every handler can reach.
+pub struct WebState {
+    pub board: Arc<StatusBoard>,
+    pub auth: Auth,
+    pub state_dir: PathBuf,
+    pub metrics_token: Option<String>,
+    pub metrics_public: bool,
+    /// The configuration file as written, secrets redacted, for admins.
+    pub config_view: Value,
+    pub shutdown: Shutdown,
 }
 
-/// Binds first (so a taken port is an error at start, naming the address), then serves until
-/// shutdown.
-pub async fn serve(listen: &str, board: Arc<StatusBoard>, mut shutdown: Shutdown) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("web page: cannot listen on {listen} (config `web.listen`): {e}"))?;
-    tracing::info!("web page on http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        let served =
-            axum::serve(listener, router(board)).with_graceful_shutdown(async move { shutdown.wait().await }).await;
-        if let Err(e) = served {
-            tracing::error!("web page stopped: {e}");
+impl WebState {
+    pub fn new(config: &Config, board: Arc<StatusBoard>, shutdown: Shutdown) -> anyhow::Result<Self> {
+        Ok(Self {
+            board,
+            auth: Auth::new(&config.web)?,
+            state_dir: config.state_dir.clone(),
+            metrics_token: config.web.metrics_token.clone(),
+            metrics_public: config.web.metrics_public,
+            config_view: config_view(config.source.as_deref()),
+            shutdown,
+        })
+    }
+}
+
+/// Keys whose values never leave the box through the page: passwords, hashes, tokens, keys.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "credential"].iter().any(|word| key.contains(word)) || key.ends_with("key")
+}
+
+pub const REDACTED: &str = "*** redacted ***";
+
+pub fn redact(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                if is_secret_key(key) && !value.is_null() {
+                    *value = Value::String(REDACTED.into());
+                } else {
+                    redact(value);
+                }
+            }
         }
-    });
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// `{ "source": file, "config": {...} }` from the file the agent was started with.
+fn config_view(source: Option<&std::path::Path>) -> Value {
+    let Some(path) = source else {
+        return serde_json::json!({ "source": "embedded defaults", "config": {} });
+    };
+    let parsed = std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| toml::from_str::<toml::Value>(&text).map_err(|e| e.to_string()))
+        .and_then(|toml| serde_json::to_value(toml).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(mut config) => {
+            redact(&mut config);
+            serde_json::json!({ "source": path.display().to_string(), "config": config })
+        }
+        Err(e) => serde_json::json!({ "source": path.display().to_string(), "config": {}, "error": e }),
+    }
+}
+
+pub fn router(state: Arc<WebState>, loopback: bool) -> Router {
+    // Installer tools (zones, privacy zones, thresholds, model test) will join these routes,
+    // admin-only, once zones and the validated `set` path exist.
+    let needs_login = Router::new()
+        .route("/", get(pages::overview))
+        .route("/cameras", get(pages::cameras))
+        .route("/events", get(pages::events_list))
+        .route("/events/{event_id}", get(pages::event_detail))
+        .route("/events/{event_id}/acknowledge", post(pages::acknowledge_from_page))
+        .route("/stats", get(pages::statistics))
+        .route("/logout", post(auth::logout))
+        .route("/api/status", get(|| async { Redirect::permanent("/api/v1/status") }))
+        .route("/api/cameras/{camera}/frame.jpg", get(legacy_frame))
+        .merge(api::router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_login));
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/login", get(auth::login_form).post(auth::login))
+        .route("/assets/{name}", get(assets::asset))
+        .route("/metrics", get(metrics::metrics))
+        .merge(needs_login)
+        .layer(middleware::from_fn(i18n::remember_language))
+        .layer(middleware::from_fn(security_headers));
+    let router = if loopback { router.layer(middleware::from_fn(loopback_hosts_only)) } else { router };
+    router.with_state(state)
+}
+
+/// Prepares everything (certificate included), then binds, so a listening port means a page that
+/// answers; a taken port is an error at start, naming the address. Serves until shutdown, over
+/// HTTPS when `web.https` is set.
+pub async fn serve(config: &Config, board: Arc<StatusBoard>, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    let web = &config.web;
+    let state = Arc::new(WebState::new(config, board, shutdown.clone())?);
+    let tls = if web.https { Some(tls::server_config(web, &config.state_dir, &config.device_id)?) } else { None };
+    let listener = tokio::net::TcpListener::bind(&web.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("web page: cannot listen on {} (config `web.listen`): {e}", web.listen))?;
+    let local = listener.local_addr()?;
+    if state.auth.is_open() {
+        tracing::warn!(
+            "no `web.users` configured: the web page is open without login, to this machine only ({local}); \
+             add users (`edge-agent passwd` makes a password hash) before serving the network"
+        );
+    }
+    let app = router(state, local.ip().is_loopback()).into_make_service_with_connect_info::<ClientAddr>();
+    let stopped = async move { shutdown.wait().await };
+    if let Some(tls) = tls {
+        let listener = tls::TlsListener::new(listener, tls).context("web page HTTPS listener")?;
+        tracing::info!("web page on https://{local}");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                tracing::error!("web page stopped: {e}");
+            }
+        });
+    } else {
+        tracing::info!("web page on http://{local}");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                tracing::error!("web page stopped: {e}");
+            }
+        });
+    }
     Ok(())
 }
 
@@ -45,131 +171,56 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn status(State(board): State<Arc<StatusBoard>>) -> Response {
-    Json(board.snapshot()).into_response()
+/// The walking skeleton's frame address, kept working for existing bookmarks and scripts.
+async fn legacy_frame(Path(camera): Path<String>) -> Redirect {
+    Redirect::permanent(&format!("/api/v1/cameras/{}/frame.jpg", events::url_encode(&camera)))
 }
 
-async fn latest_frame(State(board): State<Arc<StatusBoard>>, Path(camera): Path<String>) -> Response {
-    match board.latest_jpeg(&camera) {
-        Some(jpeg) => {
-            ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg.as_ref().clone())
-                .into_response()
-        }
-        None if board.camera_ids().contains(&camera) => {
-            (StatusCode::NOT_FOUND, format!("camera {camera:?} has no frame yet\n")).into_response()
-        }
-        None => (StatusCode::NOT_FOUND, format!("no camera {camera:?}\n")).into_response(),
+/// No scripts or styles from elsewhere, no framing, no sniffing; pages are not cached.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    let fixed = [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; \
+             object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "same-origin"),
+    ];
+    for (name, value) in fixed {
+        headers.insert(name, HeaderValue::from_static(value));
     }
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    response
 }
 
-async fn index(State(board): State<Arc<StatusBoard>>) -> Html<String> {
-    Html(render_index(&board.snapshot()))
-}
-
-/// Escapes text for HTML element content and quoted attributes.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
+/// The host part of a Host header (`127.0.0.1:8080` → `127.0.0.1`, `[::1]:8080` → `::1`).
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default();
     }
-    out
+    host.rsplit_once(':').map(|(name, _)| name).unwrap_or(host)
 }
 
-fn render_index(status: &super::board::Status) -> String {
-    let mut page = String::new();
-    let device = escape(&status.device_id);
-    let mqtt = if !status.mqtt.configured {
-        "not configured (events stay in the local outbox)".to_string()
-    } else if status.mqtt.connected {
-        format!("connected to {}", escape(status.mqtt.broker.as_deref().unwrap_or("")))
-    } else {
-        format!(
-            "disconnected from {} ({})",
-            escape(status.mqtt.broker.as_deref().unwrap_or("")),
-            escape(status.mqtt.last_error.as_deref().unwrap_or("connecting"))
-        )
+/// On a loopback address, answer only to loopback names: a web site that points its own DNS name
+/// at 127.0.0.1 (DNS rebinding) must not get to read the page from a browser on this machine.
+async fn loopback_hosts_only(request: Request, next: Next) -> Response {
+    let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).map(host_name);
+    let allowed = match host {
+        None => true,
+        Some(name) => {
+            name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
     };
-    let _ = write!(
-        page,
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="refresh" content="3">
-<title>edge-agent {device}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1rem; color: #222; }}
-table {{ border-collapse: collapse; }} td, th {{ border-bottom: 1px solid #ddd; padding: .25rem .5rem; text-align: left; }}
-img {{ max-width: 100%; height: auto; border: 1px solid #ccc; }}
-.camera {{ display: inline-block; vertical-align: top; margin: 0 1rem 1rem 0; max-width: 640px; }}
-</style></head><body>
-<h1>edge-agent <small>{device}</small></h1>
-<p>Version {version} · up {uptime} s · MQTT: {mqtt} · outbox: {depth} waiting · events: {total}</p>
-<h2>Cameras</h2>
-"#,
-        version = escape(status.version),
-        uptime = status.uptime_seconds,
-        depth = status.outbox_depth,
-        total = status.events_total,
-    );
-    for camera in &status.cameras {
-        let id = escape(&camera.id);
-        let _ = write!(
-            page,
-            r#"<div class="camera" id="camera-{id}"><h3>{id}</h3>
-<img src="/api/cameras/{id}/frame.jpg" alt="latest frame of camera {id}" width="{w}" height="{h}">
-<p>{captured} frames captured, {inferred} inferred, {dropped} dropped · inference {ms:.0} ms{error}</p></div>
-"#,
-            w = camera.frame_width.max(1),
-            h = camera.frame_height.max(1),
-            captured = camera.frames_captured,
-            inferred = camera.frames_inferred,
-            dropped = camera.frames_dropped,
-            ms = camera.inference_ms,
-            error =
-                camera.last_error.as_deref().map(|e| format!(" · <strong>{}</strong>", escape(e))).unwrap_or_default(),
-        );
+    if allowed {
+        next.run(request).await
+    } else {
+        (StatusCode::MISDIRECTED_REQUEST, "this page listens on loopback and answers to localhost / 127.0.0.1 only\n")
+            .into_response()
     }
-    page.push_str("<h2>Models</h2><table><tr><th>name</th><th>task</th><th>backend</th><th>sha256</th></tr>\n");
-    for model in &status.models {
-        let _ = writeln!(
-            page,
-            "<tr><td>{}</td><td>{:?}</td><td>{} ({})</td><td><code>{}</code></td></tr>",
-            escape(&model.name),
-            model.task,
-            model.backend,
-            escape(&model.execution_provider),
-            escape(&model.sha256[..model.sha256.len().min(16)])
-        );
-    }
-    page.push_str("</table>\n<h2>Last events</h2>\n<table id=\"events\"><tr><th>time</th><th>camera</th><th>kind</th><th>label</th><th>score</th><th>box</th><th>event id</th></tr>\n");
-    for event in &status.recent_events {
-        let _ = writeln!(
-            page,
-            "<tr class=\"event\"><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td><td>{:.2}</td><td>{},{} – {},{}</td><td><code>{}</code></td></tr>",
-            event.time.format("%Y-%m-%d %H:%M:%S"),
-            escape(&event.camera),
-            event.kind,
-            escape(&event.label),
-            event.score,
-            event.bbox.x1,
-            event.bbox.y1,
-            event.bbox.x2,
-            event.bbox.y2,
-            event.event_id
-        );
-    }
-    if status.recent_events.is_empty() {
-        page.push_str("<tr><td colspan=\"7\">No events yet.</td></tr>\n");
-    }
-    page.push_str("</table>\n</body></html>\n");
-    page
 }
 
 #[cfg(test)]
@@ -177,21 +228,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escape_neutralises_markup() {
-        assert_eq!(
-            escape("<script>\"x\" & 'y'</script>"),
-            "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;"
-        );
+    fn secrets_are_redacted_wherever_they_are() {
+        let mut config = serde_json::json!({
+            "device_id": "box",
+            "mqtt": { "url": "mqtts://b", "password": "p", "client_key": "/etc/k.pem" },
+            "web": { "users": [{ "name": "li", "password_hash": "$argon2id$...", "role": "admin" }], "metrics_token": "t" }
+        });
+        redact(&mut config);
+        let text = config.to_string();
+        for secret in ["\"p\"", "$argon2id$", "/etc/k.pem", "\"t\""] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert_eq!(config["web"]["users"][0]["name"], "li");
+        assert_eq!(config["mqtt"]["url"], "mqtts://b");
     }
 
     #[test]
-    fn the_page_lists_cameras_and_says_when_there_is_no_broker() {
-        let board = StatusBoard::new("box<1>".into(), None);
-        board.add_camera("gate", Default::default());
-        let page = render_index(&board.snapshot());
-        assert!(page.contains("box&lt;1&gt;"));
-        assert!(page.contains("/api/cameras/gate/frame.jpg"));
-        assert!(page.contains("not configured"));
-        assert!(page.contains("No events yet."));
+    fn host_names_lose_their_port() {
+        assert_eq!(host_name("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(host_name("[::1]:8080"), "::1");
+        assert_eq!(host_name("localhost"), "localhost");
+        assert_eq!(host_name("evil.example:8080"), "evil.example");
     }
 }

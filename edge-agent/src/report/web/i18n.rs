@@ -1,0 +1,350 @@
+//! The page's two languages, 中文 and English: chosen by a switch (`?lang=zh`, remembered in a
+//! cookie), else by the browser's Accept-Language. Every label the pages show is a [`T`], so a
+//! label without a translation does not compile.
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+
+pub const LANG_COOKIE: &str = "lang";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Zh,
+}
+
+impl Lang {
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Zh => "zh-CN",
+        }
+    }
+
+    fn from_param(value: &str) -> Option<Self> {
+        match value {
+            "en" => Some(Lang::En),
+            "zh" | "zh-CN" => Some(Lang::Zh),
+            _ => None,
+        }
+    }
+
+    /// The switch in the query, else the remembered choice, else the browser's first language.
+    pub fn from_request(query: Option<&str>, headers: &HeaderMap) -> Self {
+        if let Some(lang) = query.and_then(lang_param).and_then(Self::from_param) {
+            return lang;
+        }
+        if let Some(lang) = super::auth::cookie(headers, LANG_COOKIE).and_then(Self::from_param) {
+            return lang;
+        }
+        let accept = headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        Self::from_accept_language(accept)
+    }
+
+    /// The most preferred of English and Chinese in an Accept-Language header; English by default.
+    pub fn from_accept_language(accept: &str) -> Self {
+        let mut best: Option<(f32, Lang)> = None;
+        for item in accept.split(',') {
+            let mut parts = item.trim().split(';');
+            let tag = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let quality =
+                parts.find_map(|p| p.trim().strip_prefix("q=")).and_then(|q| q.parse::<f32>().ok()).unwrap_or(1.0);
+            let lang = if tag == "zh" || tag.starts_with("zh-") {
+                Lang::Zh
+            } else if tag == "en" || tag.starts_with("en-") {
+                Lang::En
+            } else {
+                continue;
+            };
+            if best.is_none_or(|(q, _)| quality > q) {
+                best = Some((quality, lang));
+            }
+        }
+        best.map(|(_, lang)| lang).unwrap_or(Lang::En)
+    }
+}
+
+fn lang_param(query: &str) -> Option<&str> {
+    query.split('&').find_map(|pair| pair.strip_prefix("lang="))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Lang {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Lang::from_request(parts.uri.query(), &parts.headers))
+    }
+}
+
+/// Remembers a language chosen with the switch (`?lang=en|zh`) in a cookie.
+pub async fn remember_language(request: Request, next: Next) -> Response {
+    let chosen = request.uri().query().and_then(lang_param).and_then(Lang::from_param);
+    let mut response = next.run(request).await;
+    if let Some(lang) = chosen {
+        let cookie = format!(
+            "{LANG_COOKIE}={}; Path=/; Max-Age=31536000; SameSite=Strict",
+            if lang == Lang::Zh { "zh" } else { "en" }
+        );
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+/// Every label of the pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum T {
+    AppName,
+    Overview,
+    Cameras,
+    Events,
+    Statistics,
+    LogIn,
+    LogOut,
+    UserName,
+    Password,
+    WrongPassword,
+    TooManyAttempts,
+    LoginExpired,
+    OpenAccessNote,
+    Device,
+    DeviceId,
+    Station,
+    NotConfigured,
+    Version,
+    Uptime,
+    Mqtt,
+    MqttConnected,
+    MqttDisconnected,
+    MqttNotConfigured,
+    Outbox,
+    Waiting,
+    DiskFree,
+    CpuTemperature,
+    NotAvailable,
+    EventsSinceStart,
+    Models,
+    Name,
+    Task,
+    Backend,
+    ExecutionProvider,
+    Latency,
+    LatencyLastMean,
+    Camera,
+    Fps,
+    FramesCaptured,
+    FramesDropped,
+    InferenceTime,
+    Errors,
+    NoFrameYet,
+    LatestEvents,
+    AllEvents,
+    NoEvents,
+    Kind,
+    Category,
+    Label,
+    Score,
+    Time,
+    From,
+    Until,
+    All,
+    Filter,
+    Reset,
+    Newer,
+    Older,
+    LiveUpdates,
+    EventsShown,
+    Box,
+    Model,
+    EventId,
+    Zone,
+    Track,
+    Evidence,
+    EvidenceHash,
+    HashMatches,
+    HashMismatch,
+    HashOfKeptFrame,
+    Signature,
+    Signed,
+    NotSigned,
+    Lifecycle,
+    State,
+    Started,
+    Ended,
+    TimeToClear,
+    StillOpen,
+    NoPictureKept,
+    LiveViewInstead,
+    Acknowledge,
+    AcknowledgedBy,
+    NotAcknowledged,
+    Back,
+    NotFound,
+    Forbidden,
+    DailyByKind,
+    DailyByCategory,
+    DailyTimeToClear,
+    Mean,
+    Max,
+    Count,
+    Date,
+    Days,
+    NoClearedEvents,
+    StatsNote,
+    Uncategorised,
+    OpenImage,
+    Seconds,
+    Language,
+}
+
+impl T {
+    pub fn in_lang(self, lang: Lang) -> &'static str {
+        let (en, zh) = self.both();
+        match lang {
+            Lang::En => en,
+            Lang::Zh => zh,
+        }
+    }
+
+    fn both(self) -> (&'static str, &'static str) {
+        match self {
+            T::AppName => ("Edge box", "边缘盒子"),
+            T::Overview => ("Overview", "概览"),
+            T::Cameras => ("Cameras", "摄像头"),
+            T::Events => ("Events", "事件"),
+            T::Statistics => ("Statistics", "统计"),
+            T::LogIn => ("Log in", "登录"),
+            T::LogOut => ("Log out", "退出"),
+            T::UserName => ("User name", "用户名"),
+            T::Password => ("Password", "密码"),
+            T::WrongPassword => ("Wrong user name or password.", "用户名或密码错误。"),
+            T::TooManyAttempts => ("Too many failed logins. Try again in", "登录失败次数过多，请稍后再试，剩余"),
+            T::LoginExpired => ("The login form expired; please try again.", "登录表单已过期，请重试。"),
+            T::OpenAccessNote => (
+                "No users are configured: this page is open to this machine only (loopback).",
+                "未配置用户：本页面仅对本机开放（回环地址）。",
+            ),
+            T::Device => ("Device", "设备"),
+            T::DeviceId => ("Device id", "设备编号"),
+            T::Station => ("Station / site", "站点 / 工地"),
+            T::NotConfigured => ("not configured", "未配置"),
+            T::Version => ("Version", "版本"),
+            T::Uptime => ("Uptime", "运行时间"),
+            T::Mqtt => ("MQTT", "MQTT"),
+            T::MqttConnected => ("connected to", "已连接"),
+            T::MqttDisconnected => ("disconnected from", "未连接"),
+            T::MqttNotConfigured => ("not configured (events stay in the outbox)", "未配置（事件保存在发件箱）"),
+            T::Outbox => ("Outbox", "发件箱"),
+            T::Waiting => ("waiting", "待发送"),
+            T::DiskFree => ("Disk free", "磁盘可用"),
+            T::CpuTemperature => ("CPU temperature", "CPU 温度"),
+            T::NotAvailable => ("not available", "不可用"),
+            T::EventsSinceStart => ("Events since start", "启动以来事件"),
+            T::Models => ("Models", "模型"),
+            T::Name => ("Name", "名称"),
+            T::Task => ("Task", "任务"),
+            T::Backend => ("Backend", "后端"),
+            T::ExecutionProvider => ("Execution provider", "执行设备"),
+            T::Latency => ("Latency", "延迟"),
+            T::LatencyLastMean => ("last / mean", "最近 / 平均"),
+            T::Camera => ("Camera", "摄像头"),
+            T::Fps => ("fps", "帧/秒"),
+            T::FramesCaptured => ("frames", "帧数"),
+            T::FramesDropped => ("dropped", "丢帧"),
+            T::InferenceTime => ("inference", "推理"),
+            T::Errors => ("errors", "错误"),
+            T::NoFrameYet => ("no frame yet", "尚无画面"),
+            T::LatestEvents => ("Latest events", "最新事件"),
+            T::AllEvents => ("All events", "全部事件"),
+            T::NoEvents => ("No events yet.", "暂无事件。"),
+            T::Kind => ("Kind", "类型"),
+            T::Category => ("Category", "分类"),
+            T::Label => ("Label", "标签"),
+            T::Score => ("Score", "置信度"),
+            T::Time => ("Time", "时间"),
+            T::From => ("From", "从"),
+            T::Until => ("Until", "到"),
+            T::All => ("all", "全部"),
+            T::Filter => ("Filter", "筛选"),
+            T::Reset => ("Reset", "重置"),
+            T::Newer => ("← Newer", "← 较新"),
+            T::Older => ("Older →", "较早 →"),
+            T::LiveUpdates => ("live", "实时"),
+            T::EventsShown => ("events", "条事件"),
+            T::Box => ("Box", "框"),
+            T::Model => ("Model", "模型"),
+            T::EventId => ("Event id", "事件编号"),
+            T::Zone => ("Zone", "区域"),
+            T::Track => ("Track", "跟踪编号"),
+            T::Evidence => ("Evidence", "证据"),
+            T::EvidenceHash => ("Evidence sha256", "证据 sha256"),
+            T::HashMatches => ("matches the image", "与图片一致"),
+            T::HashMismatch => ("DOES NOT match the image", "与图片不一致"),
+            T::HashOfKeptFrame => {
+                ("of the kept frame (the event carries no evidence hash)", "（保存帧的哈希；事件未携带证据哈希）")
+            }
+            T::Signature => ("Signature", "签名"),
+            T::Signed => ("signed (check the chain with `edge-agent verify`)", "已签名（用 `edge-agent verify` 校验）"),
+            T::NotSigned => ("not signed", "未签名"),
+            T::Lifecycle => ("Lifecycle", "生命周期"),
+            T::State => ("State", "状态"),
+            T::Started => ("Started", "开始"),
+            T::Ended => ("Ended", "结束"),
+            T::TimeToClear => ("Time to clear", "整改时长"),
+            T::StillOpen => ("not cleared yet", "尚未整改"),
+            T::NoPictureKept => ("no picture kept", "未保存图片"),
+            T::LiveViewInstead => (
+                "The event's own frame is no longer kept; this is the camera's live view.",
+                "事件画面已不再保存；下图为摄像头实时画面。",
+            ),
+            T::Acknowledge => ("Acknowledge", "确认处理"),
+            T::AcknowledgedBy => ("Acknowledged by", "已确认："),
+            T::NotAcknowledged => ("not acknowledged", "未确认"),
+            T::Back => ("Back", "返回"),
+            T::NotFound => ("Not found", "未找到"),
+            T::Forbidden => ("Only an admin may do this.", "仅管理员可执行此操作。"),
+            T::DailyByKind => ("Events per day, by kind", "每日事件数（按类型）"),
+            T::DailyByCategory => ("Events per day, by category", "每日事件数（按分类）"),
+            T::DailyTimeToClear => ("Time to clear per day (minutes)", "每日整改时长（分钟）"),
+            T::Mean => ("mean", "平均"),
+            T::Max => ("max", "最长"),
+            T::Count => ("count", "数量"),
+            T::Date => ("Date", "日期"),
+            T::Days => ("days", "天"),
+            T::NoClearedEvents => ("No event has been cleared in these days.", "这些天内没有已整改的事件。"),
+            T::StatsNote => {
+                ("Counted from the events this box has seen since it started.", "根据本设备启动以来看到的事件统计。")
+            }
+            T::Uncategorised => ("uncategorised", "未分类"),
+            T::OpenImage => ("Open the image", "打开图片"),
+            T::Seconds => ("s", "秒"),
+            T::Language => ("Language", "语言"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chinese_browser_gets_chinese() {
+        assert_eq!(Lang::from_accept_language("zh-CN,zh;q=0.9,en;q=0.8"), Lang::Zh);
+        assert_eq!(Lang::from_accept_language("en-US,en;q=0.9,zh-CN;q=0.5"), Lang::En);
+        assert_eq!(Lang::from_accept_language("fr-FR, zh-TW;q=0.7"), Lang::Zh);
+        assert_eq!(Lang::from_accept_language(""), Lang::En);
+    }
+
+    #[test]
+    fn the_switch_beats_the_cookie_and_the_browser() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("en"));
+        headers.insert(header::COOKIE, HeaderValue::from_static("lang=zh"));
+        assert_eq!(Lang::from_request(None, &headers), Lang::Zh);
+        assert_eq!(Lang::from_request(Some("kind=object&lang=en"), &headers), Lang::En);
+    }
+}

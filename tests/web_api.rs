@@ -1,0 +1,247 @@
+//! The web page's HTTP surface against the real binary: who may see what, the JSON API against its
+//! OpenAPI document, Prometheus metrics, CSRF, and HTTPS with the self-signed certificate.
+
+mod web_support;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_agent_tests::*;
+use web_support::*;
+
+#[test]
+fn everything_but_healthz_needs_a_login() {
+    let web = WebAgent::start("");
+    let base = &web.base;
+    let health = anonymous_get(&format!("{base}/healthz"), &[]);
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    for page in ["/", "/cameras", "/events", "/stats", "/events/01890a5d-ac96-774b-bcce-b302099a8057"] {
+        let reply = anonymous_get(&format!("{base}{page}"), &[]);
+        assert_eq!(reply.status, 303, "{page} without login");
+        assert!(
+            reply.location.as_deref().is_some_and(|l| l.starts_with("/login?next=")),
+            "{page}: {:?}",
+            reply.location
+        );
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(include_str!("../edge-agent/src/report/web/assets/openapi.json")).unwrap();
+    for path in doc["paths"].as_object().unwrap().keys() {
+        let path = path.replace("{camera}", "yard").replace("{event_id}", "01890a5d-ac96-774b-bcce-b302099a8057");
+        let reply = anonymous_get(&format!("{base}{path}"), &[]);
+        assert_eq!(reply.status, 401, "{path} without login: {}", reply.body);
+    }
+    let metrics = anonymous_get(&format!("{base}/metrics"), &[]);
+    assert_eq!(metrics.status, 401, "metrics without the token");
+}
+
+#[test]
+fn every_documented_api_path_answers_as_documented() {
+    let web = WebAgent::start("");
+    let admin = HttpSession::login(&web.base, ADMIN.0, ADMIN.1).unwrap_or_else(|r| panic!("login: {}", r.body));
+    let event_id = first_event_id(&admin);
+    let served = admin.get("/api/v1/openapi.json");
+    assert_eq!(served.status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&served.body).expect("the served document is JSON");
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let url = path.replace("{camera}", "yard").replace("{event_id}", &event_id);
+            let reply = match method.as_str() {
+                "get" if path.ends_with("/stream") => admin.get_head_only(&url),
+                "get" => admin.get(&url),
+                "post" => admin.post(&url, Some(&admin.csrf)),
+                other => panic!("{other} {path}: a method this test does not know"),
+            };
+            let documented = &operation["responses"][reply.status.to_string()];
+            assert!(
+                documented.is_object(),
+                "{method} {url} answered {} which is not documented: {}",
+                reply.status,
+                reply.body
+            );
+            assert!((200..300).contains(&reply.status), "{method} {url}: {} {}", reply.status, reply.body);
+            let types: Vec<&String> = documented["content"].as_object().map(|c| c.keys().collect()).unwrap_or_default();
+            assert!(
+                types.iter().any(|t| reply.content_type.starts_with(t.as_str())),
+                "{method} {url}: content type {} is not one of {types:?}",
+                reply.content_type
+            );
+            if reply.content_type.starts_with("application/json") {
+                serde_json::from_str::<serde_json::Value>(&reply.body)
+                    .unwrap_or_else(|e| panic!("{method} {url}: not JSON ({e}): {}", reply.body));
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 12, "every route of the API was called");
+
+    // The answers say what the box is doing, not just that it answers.
+    let status: serde_json::Value = serde_json::from_str(&admin.get("/api/v1/status").body).unwrap();
+    assert_eq!(status["device_id"], "web-box");
+    assert_eq!(status["cameras"][0]["id"], "yard");
+    assert!(status["disk"]["free_bytes"].as_u64().is_some_and(|b| b > 0), "{status}");
+    let event: serde_json::Value =
+        serde_json::from_str(&admin.get(&format!("/api/v1/events/{event_id}")).body).unwrap();
+    assert_eq!(event["event"]["camera"], "yard");
+    assert_eq!(event["acknowledged"]["by"], ADMIN.0, "acknowledged by the POST above: {event}");
+    let evidence = admin.get(&format!("/api/v1/events/{event_id}/evidence.jpg"));
+    assert_eq!(evidence.content_type, "image/jpeg");
+    let stats: serde_json::Value = serde_json::from_str(&admin.get("/api/v1/stats?days=3").body).unwrap();
+    let today = stats["days"].as_array().unwrap().last().unwrap().clone();
+    assert!(today["by_kind"]["object"].as_u64().is_some_and(|n| n >= 1), "{stats}");
+    let zones: serde_json::Value = serde_json::from_str(&admin.get("/api/v1/zones").body).unwrap();
+    assert_eq!(zones["cameras"]["yard"], serde_json::json!([]));
+}
+
+#[test]
+fn bad_ids_and_paths_are_refused_without_touching_the_disk() {
+    let web = WebAgent::start("");
+    let admin = HttpSession::login(&web.base, ADMIN.0, ADMIN.1).unwrap_or_else(|r| panic!("login: {}", r.body));
+    for (path, status) in [
+        ("/api/v1/events/..%2F..%2Fagent.toml/evidence.jpg", 400),
+        ("/api/v1/events/not-a-uuid", 400),
+        ("/api/v1/events/01890a5d-ac96-774b-bcce-b302099a8057", 404),
+        ("/api/v1/cameras/..%2F..%2Fetc/frame.jpg", 404),
+        ("/api/v1/events?before=../../etc", 400),
+        ("/api/v1/events?since=yesterday", 400),
+        ("/api/v1/stats?days=0", 400),
+        ("/assets/..%2F..%2F..%2Fagent.toml", 404),
+    ] {
+        let reply = admin.get(path);
+        assert_eq!(reply.status, status, "{path}: {}", reply.body);
+        assert!(!reply.body.contains("metrics_token"), "{path} leaked the config");
+    }
+}
+
+#[test]
+fn state_changes_need_the_sessions_csrf_token_and_an_admin() {
+    let web = WebAgent::start("");
+    let admin = HttpSession::login(&web.base, ADMIN.0, ADMIN.1).unwrap_or_else(|r| panic!("login: {}", r.body));
+    let viewer = HttpSession::login(&web.base, VIEWER.0, VIEWER.1).unwrap_or_else(|r| panic!("login: {}", r.body));
+    let event_id = first_event_id(&admin);
+    let acknowledge = format!("/api/v1/events/{event_id}/acknowledge");
+    assert_eq!(admin.post(&acknowledge, None).status, 403, "no token");
+    assert_eq!(admin.post(&acknowledge, Some(&viewer.csrf)).status, 403, "another session's token");
+    assert_eq!(viewer.post(&acknowledge, Some(&viewer.csrf)).status, 403, "a viewer may not");
+    assert_eq!(viewer.get("/api/v1/config").status, 403, "a viewer may not see the config");
+    let still_open: serde_json::Value =
+        serde_json::from_str(&admin.get(&format!("/api/v1/events/{event_id}")).body).unwrap();
+    assert!(still_open["acknowledged"].is_null(), "nothing changed: {still_open}");
+    let done = admin.post(&acknowledge, Some(&admin.csrf));
+    assert_eq!(done.status, 200, "{}", done.body);
+
+    let config: serde_json::Value = serde_json::from_str(&admin.get("/api/v1/config").body).unwrap();
+    let text = config.to_string();
+    assert!(text.contains(ADMIN.0) && text.contains("web-box"), "{text}");
+    assert!(!text.contains("$argon2id$") && !text.contains(METRICS_TOKEN), "secrets leaked: {text}");
+}
+
+#[test]
+fn metrics_open_to_the_bearer_token_which_opens_nothing_else() {
+    let web = WebAgent::start("");
+    let admin = HttpSession::login(&web.base, ADMIN.0, ADMIN.1).unwrap_or_else(|r| panic!("login: {}", r.body));
+    first_event_id(&admin);
+    let bearer = format!("Bearer {METRICS_TOKEN}");
+    let wrong = anonymous_get(&format!("{}/metrics", web.base), &[("Authorization", "Bearer wrong-token-0000000000")]);
+    assert_eq!(wrong.status, 401);
+    let metrics = anonymous_get(&format!("{}/metrics", web.base), &[("Authorization", &bearer)]);
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.content_type.starts_with("text/plain; version=0.0.4"), "{}", metrics.content_type);
+    for needle in [
+        "edge_agent_frames_captured_total{camera=\"yard\"}",
+        "edge_agent_frames_dropped_total{camera=\"yard\"}",
+        "edge_agent_camera_fps{camera=\"yard\"}",
+        "edge_agent_inference_seconds_bucket{model=\"nanodet\",le=\"+Inf\"}",
+        "edge_agent_inference_seconds_count{model=\"nanodet\"}",
+        "edge_agent_events_total{kind=\"object\"}",
+        "edge_agent_outbox_depth ",
+        "edge_agent_mqtt_connected 0",
+        "edge_agent_disk_free_bytes ",
+    ] {
+        assert!(metrics.body.contains(needle), "{needle} missing from:\n{}", metrics.body);
+    }
+    let count: f64 = metrics
+        .body
+        .lines()
+        .find(|l| l.starts_with("edge_agent_inference_seconds_count{model=\"nanodet\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(count >= 1.0, "the detector ran at least once");
+    for path in ["/api/v1/status", "/", "/api/v1/config"] {
+        let reply = anonymous_get(&format!("{}{path}", web.base), &[("Authorization", &bearer)]);
+        assert!(matches!(reply.status, 401 | 303), "{path} with the metrics token: {}", reply.status);
+    }
+}
+
+#[test]
+fn a_web_site_pointing_its_name_at_loopback_gets_nothing() {
+    let web = WebAgent::start("");
+    let reply = anonymous_get(&format!("{}/login", web.base), &[("Host", &format!("attacker.example:{}", web.port))]);
+    assert_eq!(reply.status, 421, "{}", reply.body);
+}
+
+#[test]
+fn the_demo_without_users_is_open_on_loopback_only() {
+    let web = WebAgent::start_with("", false);
+    let status = anonymous_get(&format!("{}/api/v1/status", web.base), &[]);
+    assert_eq!(status.status, 200, "{}", status.body);
+    let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    assert_eq!(status["open_access"], true);
+    assert!(log_contains(&web.agent.log, "no `web.users` configured"), "{}", web.agent.log_text());
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lan.toml");
+    std::fs::write(&config, "[web]\nlisten = \"0.0.0.0:18080\"\n").unwrap();
+    let output = std::process::Command::new(agent_binary()).args(["run", "--config"]).arg(&config).output().unwrap();
+    assert!(!output.status.success(), "serving the LAN without users must be refused");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("web.users") && stderr.contains("edge-agent passwd"), "{stderr}");
+}
+
+/// Trusts exactly the agent's self-signed certificate, checks it names 127.0.0.1, then GETs.
+fn https_get(port: u16, certificate_pem: &std::path::Path, path: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(certificate_pem).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server = ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+    let socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    write!(tls, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = tls.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn https_serves_a_self_signed_certificate_made_once_and_kept() {
+    let web = WebAgent::start("https = true");
+    let certificate = web.state_dir().join("web-tls/cert.pem");
+    let answer = https_get(web.port, &certificate, "/healthz");
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"), "{answer}");
+    let login = https_get(web.port, &certificate, "/login");
+    assert!(login.to_ascii_lowercase().contains("set-cookie: edge_login="), "{login}");
+    assert!(login.contains("; Secure"), "cookies are Secure over HTTPS: {login}");
+    let first = std::fs::read(&certificate).unwrap();
+
+    // The same certificate after a restart.
+    let WebAgent { agent, dir, port, .. } = web;
+    drop(agent);
+    let config = dir.path().join("agent.toml");
+    let again = Agent::start(&config, &dir.path().join("agent-2.log"));
+    assert!(wait_for_port(port, Duration::from_secs(60)), "{}", again.log_text());
+    assert_eq!(std::fs::read(&certificate).unwrap(), first);
+    let answer = https_get(port, &certificate, "/healthz");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
