@@ -439,7 +439,7 @@ mod tests {
     #[test]
     fn lifecycle_fields_show_when_present() {
         let mut view = EventView::new(record("gate", "cup", 0));
-        assert_eq!(view.state(), None);
+        assert_eq!(view.state(), Some("start"));
         assert_eq!(view.time_to_clear_secs(), None);
         view.json["state"] = "end".into();
         view.json["duration_secs"] = 95.0.into();
