@@ -182,7 +182,13 @@ async fn a_supervisor_logs_in_and_follows_live_events_to_their_evidence() {
         .unwrap();
     assert_eq!(actual_hash.as_str(), Some(shown_hash.as_str()), "the page shows the hash of the picture it serves");
     assert!(text(&browser, "#signature").await.contains("not signed"));
-    assert!(text(&browser, "#time-to-clear").await.contains("not cleared"));
+    // The truck leaves the replayed scene every loop, so its event may already have ended: then the
+    // page gives the time it took to clear, else it says it is not cleared yet.
+    let time_to_clear = text(&browser, "#time-to-clear").await;
+    assert!(
+        time_to_clear.contains("not cleared") || time_to_clear.chars().any(|c| c.is_ascii_digit()),
+        "time to clear: {time_to_clear:?}"
+    );
     screenshot(&browser, &shots, "desktop-event-detail").await;
     browser.find(Locator::Css("#acknowledge")).await.expect("an admin may acknowledge").click().await.unwrap();
     wait_until(

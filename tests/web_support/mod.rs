@@ -49,7 +49,11 @@ impl WebAgent {
         let dir = tempfile::tempdir().expect("temp dir");
         let frames = dir.path().join("frames");
         std::fs::create_dir(&frames).expect("frames folder");
-        std::fs::copy(repo_root().join("models/samples/dog.jpg"), frames.join("dog.jpg")).expect("copy dog.jpg");
+        std::fs::copy(repo_root().join("models/samples/dog.jpg"), frames.join("a-dog.jpg")).expect("copy dog.jpg");
+        // A frame without reportable objects in between: the truck leaves and comes back, so the
+        // tracker starts a new event every loop and the page has live events to show.
+        std::fs::copy(repo_root().join("models/samples/person.jpg"), frames.join("b-person.jpg"))
+            .expect("copy person.jpg");
         let port = free_port();
         let users = if with_users {
             format!(
@@ -82,6 +86,13 @@ source = {{ kind = "replay", path = "frames", fps = 1.0 }}
 [[models]]
 manifest = "{models}/nanodet.toml"
 score_threshold = 0.3
+
+[tracking]
+max_lost_secs = 0.5
+stationary_memory_secs = 0.0
+
+[rules.object]
+min_duration_secs = 0.0
 "#,
                 models = repo_root().join("models").display(),
             ),

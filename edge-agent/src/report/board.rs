@@ -286,6 +286,15 @@ impl StatusBoard {
         self.lock().event_history.iter().find(|r| r.event.event_id == event_id).cloned()
     }
 
+    /// One revision of an event (start, an update, end), newest kept one when `revision` is `None`.
+    pub fn event_revision(&self, event_id: Uuid, revision: Option<u32>) -> Option<EventRecord> {
+        self.lock()
+            .event_history
+            .iter()
+            .find(|r| r.event.event_id == event_id && revision.is_none_or(|rev| r.event.revision == rev))
+            .cloned()
+    }
+
     /// Marks an event as seen and handled on the page; `None` when the page no longer knows it.
     pub fn acknowledge_event(&self, event_id: Uuid, by: &str) -> Option<Acknowledgement> {
         let mut inner = self.lock();

@@ -146,10 +146,26 @@ async fn event(State(state): State<Arc<WebState>>, Path(event_id): Path<String>)
     }
 }
 
-async fn evidence(State(state): State<Arc<WebState>>, Path(event_id): Path<String>) -> Response {
+#[derive(serde::Deserialize)]
+struct RevisionQuery {
+    revision: Option<u32>,
+}
+
+async fn evidence(
+    State(state): State<Arc<WebState>>,
+    Path(event_id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<RevisionQuery>,
+) -> Response {
     let view = match find(&state, &event_id) {
         Ok(view) => view,
         Err(response) => return response,
+    };
+    let view = match query.revision {
+        Some(revision) => match state.board.event_revision(view.record.event.event_id, Some(revision)) {
+            Some(record) => EventView::new(record),
+            None => return error(StatusCode::NOT_FOUND, format!("event {event_id} has no kept revision {revision}")),
+        },
+        None => view,
     };
     match events::evidence_image(&state.state_dir, &view).await {
         Some(jpeg) => (

@@ -101,12 +101,22 @@ impl EventView {
         self.json.get("duration_secs").and_then(Value::as_f64).filter(|d| d.is_finite() && *d >= 0.0)
     }
 
+    /// The judge's evidence record of the full frame (`evidence.files`, the crop is the other one);
+    /// a flat `evidence.{file, sha256}` is read too.
+    fn evidence_frame(&self) -> Option<&Value> {
+        let evidence = self.json.get("evidence")?;
+        let Some(files) = evidence.get("files").and_then(Value::as_array) else { return Some(evidence) };
+        // The full frame is the file whose hash the event gives as `snapshot_sha256`.
+        let snapshot = self.json.get("snapshot_sha256").and_then(Value::as_str);
+        files.iter().find(|f| f.get("sha256").and_then(Value::as_str) == snapshot).or(files.first())
+    }
+
     pub fn evidence_sha256(&self) -> Option<&str> {
-        self.json.get("evidence").and_then(|e| e.get("sha256")).and_then(Value::as_str)
+        self.evidence_frame().and_then(|e| e.get("sha256")).and_then(Value::as_str)
     }
 
     pub fn evidence_file(&self) -> Option<&str> {
-        self.json.get("evidence").and_then(|e| e.get("file")).and_then(Value::as_str)
+        self.evidence_frame().and_then(|e| e.get("file")).and_then(Value::as_str)
     }
 
     pub fn record_hash(&self) -> Option<&str> {
@@ -127,7 +137,8 @@ impl EventView {
     }
 
     pub fn evidence_url(&self) -> String {
-        format!("/api/v1/events/{}/evidence.jpg", self.id())
+        // The revision pins the picture: a later update of the event may bring a better one.
+        format!("/api/v1/events/{}/evidence.jpg?revision={}", self.id(), self.record.event.revision)
     }
 
     /// The API's shape: the event as the platform gets it, plus what the page knows about it.

@@ -459,7 +459,7 @@ pub async fn event_detail(
                     a.evidence-frame href=(view.evidence_url()) {
                         img #evidence-image src=(view.evidence_url()) width=(event.frame_width) height=(event.frame_height) alt={(t(T::Evidence)) ": " (view.label())};
                         // The kept frame shows every event of that frame: ring this one.
-                        @if view.evidence_file().is_none() && event.frame_width > 0 && event.frame_height > 0 {
+                        @if event.frame_width > 0 && event.frame_height > 0 {
                             svg.overlay #event-box viewBox={"0 0 " (event.frame_width) " " (event.frame_height)} preserveAspectRatio="none" aria-hidden="true" {
                                 rect x=(event.bbox.x1 - 6) y=(event.bbox.y1 - 6) width=((event.bbox.x2 - event.bbox.x1 + 12).max(1)) height=((event.bbox.y2 - event.bbox.y1 + 12).max(1))
                                     rx="6" fill="none" stroke="#22d3ee" stroke-width=((event.frame_width / 160).max(3)) stroke-dasharray="14 8" {}
@@ -496,11 +496,11 @@ pub async fn event_detail(
                         div { dt { (t(T::EvidenceHash)) } dd {
                             @match (view.evidence_sha256(), &image_hash) {
                                 (Some(claimed), Some(actual)) => {
-                                    code.hash { (claimed) } br;
+                                    code.hash #evidence-hash { (claimed) } br;
                                     @if claimed.eq_ignore_ascii_case(actual) { span.ok { "✓ " (t(T::HashMatches)) } }
                                     @else { span.bad { "✗ " (t(T::HashMismatch)) } }
                                 }
-                                (Some(claimed), None) => { code.hash { (claimed) } }
+                                (Some(claimed), None) => { code.hash #evidence-hash { (claimed) } }
                                 (None, Some(actual)) => { code.hash #evidence-hash { (actual) } br; span.muted { (t(T::HashOfKeptFrame)) } }
                                 (None, None) => { (t(T::NotAvailable)) }
                             }
@@ -577,7 +577,8 @@ pub async fn statistics(
     let page = Page { lang, session: &session, state: &state, uri: &uri, nav: Nav::Statistics };
     let t = |text: T| text.in_lang(lang);
     let days_wanted = query.days.unwrap_or(14).clamp(1, 366);
-    let views = events::latest_per_event(state.board.event_history());
+    // Every kept revision: a lifecycle counts at its start, its time to clear comes with its end.
+    let views: Vec<events::EventView> = state.board.event_history().into_iter().map(events::EventView::new).collect();
     let days = stats::daily(&views, days_wanted, Local::now().date_naive());
     let labels: Vec<String> = days.iter().map(|d| d.date.format("%m-%d").to_string()).collect();
     let series_of = |names: Vec<String>, pick: &dyn Fn(&stats::DayStats, &str) -> u64| -> Vec<Series> {
