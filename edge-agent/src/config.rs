@@ -11,7 +11,9 @@ use serde::Deserialize;
 
 pub use crate::infer::config::{BackendKind, InferenceConfig, ModelConfig};
 pub use crate::judge::config::{ObjectRuleConfig, RulesConfig};
+pub use crate::report::commands::config::ModelUpdateConfig;
 pub use crate::report::mqtt::config::{parse_mqtt_url, MqttConfig};
+pub use crate::report::outbox::config::OutboxConfig;
 pub use crate::report::web::config::WebConfig;
 pub use crate::source::config::{CameraConfig, SourceConfig};
 
@@ -67,6 +69,10 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     #[serde(default)]
     pub rules: RulesConfig,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub model_update: ModelUpdateConfig,
 }
 
 fn default_cameras() -> Vec<CameraConfig> {
@@ -169,6 +175,8 @@ impl Config {
             model.resolve_paths(base);
         }
         absolutise(&mut self.state_dir, base);
+        self.mqtt.resolve_paths(base);
+        self.model_update.resolve_paths(base);
     }
 
     /// Checks what the types cannot: ranges, uniqueness and URL shapes.
@@ -204,7 +212,9 @@ impl Config {
         for (i, model) in self.models.iter().enumerate() {
             model.validate(&format!("models[{i}]"))?;
         }
-        self.rules.validate()
+        self.rules.validate()?;
+        self.outbox.validate()?;
+        self.model_update.validate()
     }
 
     pub fn mqtt_client_id(&self) -> String {

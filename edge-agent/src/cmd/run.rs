@@ -16,7 +16,7 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
             signal_trigger.trigger();
         });
         tracing::info!(device = %config.device_id, state_dir = %config.state_dir.display(), "edge-agent {} starting", env!("CARGO_PKG_VERSION"));
-        edge_agent::app::run(config, &trigger).await
+        edge_agent::app::run(config, config_path.map(Path::to_path_buf), &trigger).await
     })
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
 
+use super::control::WorkerControls;
 use super::{infer_frame, InferredFrame, Model};
 use crate::shutdown::Shutdown;
 use crate::source::CameraFeed;
@@ -18,12 +19,15 @@ pub async fn run_inference(
     new_frame: Arc<Notify>,
     output: mpsc::Sender<InferredFrame>,
     mut shutdown: Shutdown,
+    mut controls: WorkerControls,
 ) {
     let mut next_camera = 0;
     loop {
         if shutdown.is_triggered() {
             return;
         }
+        // Model switches and thresholds take effect between two frames, never inside one.
+        controls.apply_pending(&mut models);
         let count = feeds.len();
         let taken = (0..count).find_map(|step| {
             let index = (next_camera + step) % count;
@@ -32,6 +36,10 @@ pub async fn run_inference(
         let Some((index, frame)) = taken else {
             tokio::select! {
                 _ = new_frame.notified() => continue,
+                Some(request) = controls.requests.recv() => {
+                    super::control::apply(request, &mut models);
+                    continue;
+                }
                 _ = shutdown.wait() => return,
             }
         };
@@ -49,7 +57,11 @@ pub async fn run_inference(
             }
         };
         models = returned_models;
+        for result in &inferred.results {
+            controls.runs.record(&result.model.name, true);
+        }
         for (model, error) in failures {
+            controls.runs.record(&model.name, false);
             tracing::error!(model = %model.name, camera = %feeds[index].id, "{error}");
         }
         feeds[index].health.frames_inferred.fetch_add(1, Ordering::Relaxed);

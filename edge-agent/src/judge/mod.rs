@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod draw;
+pub mod live;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -11,6 +11,9 @@ use crate::config::{absolutise, is_valid_topic_level, Invalid};
 pub struct CameraConfig {
     pub id: String,
     pub source: SourceConfig,
+    /// A disabled camera is not opened; the `set` command switches it at run time.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +46,7 @@ pub fn default_cameras(data_dir: &Path) -> Vec<CameraConfig> {
             fps: default_replay_fps(),
             looping: true,
         },
+        enabled: true,
     }]
 }
 

@@ -44,6 +44,9 @@ pub struct CameraHealth {
     pub frames_inferred: AtomicU64,
     pub errors: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Set by `cameras[].enabled = false` or the `set` command: the task closes its source and
+    /// waits until the camera is enabled again.
+    pub disabled: std::sync::atomic::AtomicBool,
 }
 
 impl CameraHealth {
@@ -100,6 +103,7 @@ pub fn start_cameras(cameras: &[CameraConfig], shutdown: &Shutdown) -> (Vec<Came
         .map(|camera| {
             let (sender, receiver) = watch::channel(None);
             let health = Arc::new(CameraHealth::default());
+            health.disabled.store(!camera.enabled, Ordering::Relaxed);
             let id: Arc<str> = Arc::from(camera.id.as_str());
             let task = CameraTask {
                 camera: camera.clone(),
@@ -129,6 +133,9 @@ impl CameraTask {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut sequence = 0u64;
         loop {
+            if self.wait_while_disabled(&mut shutdown).await {
+                return;
+            }
             let opened = match &self.camera.source {
                 SourceConfig::Replay { path, fps, looping } => {
                     replay::ReplaySource::open(&self.camera.id, path, *fps, *looping)
@@ -146,6 +153,10 @@ impl CameraTask {
                 }
             };
             loop {
+                if self.health.disabled.load(Ordering::Relaxed) {
+                    tracing::info!(camera = %self.id, "camera disabled; source closed");
+                    break;
+                }
                 let next = tokio::select! {
                     next = source.next_image() => next,
                     _ = shutdown.wait() => return,
@@ -186,6 +197,22 @@ impl CameraTask {
                 }
             }
         }
+    }
+}
+
+impl CameraTask {
+    /// Waits while the camera is disabled; returns true if shutdown came first.
+    async fn wait_while_disabled(&self, shutdown: &mut Shutdown) -> bool {
+        if !self.health.disabled.load(Ordering::Relaxed) {
+            return false;
+        }
+        while self.health.disabled.load(Ordering::Relaxed) {
+            if shutdown.sleep(Duration::from_millis(250)).await {
+                return true;
+            }
+        }
+        tracing::info!(camera = %self.id, "camera enabled; opening source");
+        false
     }
 }
 

@@ -110,12 +110,13 @@ img {{ max-width: 100%; height: auto; border: 1px solid #ccc; }}
 .camera {{ display: inline-block; vertical-align: top; margin: 0 1rem 1rem 0; max-width: 640px; }}
 </style></head><body>
 <h1>edge-agent <small>{device}</small></h1>
-<p>Version {version} · up {uptime} s · MQTT: {mqtt} · outbox: {depth} waiting · events: {total}</p>
+<p>Version {version} · up {uptime} s · MQTT: {mqtt} · outbox: {depth} waiting{quota} · events: {total}</p>
 <h2>Cameras</h2>
 "#,
         version = escape(status.version),
         uptime = status.uptime_seconds,
         depth = status.outbox_depth,
+        quota = outbox_quota_note(&status.outbox),
         total = status.events_total,
     );
     for camera in &status.cameras {
@@ -170,6 +171,21 @@ img {{ max-width: 100%; height: auto; border: 1px solid #ccc; }}
     }
     page.push_str("</table>\n</body></html>\n");
     page
+}
+
+/// Says on the page when the outbox quota pruned evidence pictures.
+fn outbox_quota_note(outbox: &crate::report::outbox::OutboxStats) -> String {
+    let mut note = format!(", {:.1} of {} MiB", outbox.bytes as f64 / 1048576.0, outbox.quota_bytes / 1048576);
+    if outbox.evidence_pruned_total > 0 {
+        let state = if outbox.quota_reached { "quota reached" } else { "quota was reached" };
+        let _ = write!(
+            note,
+            " · <strong id=\"outbox-quota\">{state}: {} evidence pictures pruned, oldest first (last {}); events kept</strong>",
+            outbox.evidence_pruned_total,
+            outbox.last_pruned_at.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_else(|| "before restart".into())
+        );
+    }
+    note
 }
 
 #[cfg(test)]
