@@ -19,6 +19,16 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian starts a system-wide mosquitto on 1883 after install; the tests start their own on free ports.
 
+# Python jsonschema (in a venv beside the build) validates real MQTT messages against docs/schemas.
+SCHEMA_VENV="$CARGO_TARGET_DIR/schema-venv"
+if ! "$SCHEMA_VENV/bin/python" -c "import jsonschema, yaml, rfc3339_validator" 2>/dev/null; then
+  echo "== creating $SCHEMA_VENV (jsonschema, pyyaml)"
+  rm -rf "$SCHEMA_VENV"
+  python3 -m venv "$SCHEMA_VENV"
+  "$SCHEMA_VENV/bin/pip" install -q "jsonschema==4.26.0" "pyyaml==6.0.3" "rfc3339-validator==0.1.4"
+fi
+export EDGE_AGENT_SCHEMA_PYTHON="$SCHEMA_VENV/bin/python"
+
 echo "== building (target dir $CARGO_TARGET_DIR)"
 cargo build --workspace --bins --tests --locked
 

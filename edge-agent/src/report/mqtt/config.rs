@@ -43,6 +43,9 @@ pub struct MqttConfig {
     /// Seconds between two `telemetry` messages; 0 turns telemetry off.
     #[serde(default = "default_telemetry_interval_secs")]
     pub telemetry_interval_secs: u64,
+    /// Longest wait between two connection attempts; waits double from 1 s up to this, plus jitter.
+    #[serde(default = "default_reconnect_max_secs")]
+    pub reconnect_max_secs: u64,
 }
 
 impl Default for MqttConfig {
@@ -59,6 +62,7 @@ impl Default for MqttConfig {
             password: None,
             password_file: None,
             telemetry_interval_secs: default_telemetry_interval_secs(),
+            reconnect_max_secs: default_reconnect_max_secs(),
         }
     }
 }
@@ -72,6 +76,10 @@ fn default_keep_alive_secs() -> u64 {
 }
 
 fn default_telemetry_interval_secs() -> u64 {
+    60
+}
+
+fn default_reconnect_max_secs() -> u64 {
     60
 }
 
@@ -146,6 +154,12 @@ impl MqttConfig {
         }
         if (self.password.is_some() || self.password_file.is_some()) && self.username.is_none() {
             return Err(Invalid::new("mqtt.username", "is missing; a password needs a user name"));
+        }
+        if !(1..=3600).contains(&self.reconnect_max_secs) {
+            return Err(Invalid::new(
+                "mqtt.reconnect_max_secs",
+                format!("is {}; expected 1 to 3600 seconds", self.reconnect_max_secs),
+            ));
         }
         if let Some(client_id) = &self.client_id {
             if client_id.is_empty() || client_id.len() > 128 {

@@ -63,6 +63,8 @@ pub struct MqttSettings {
     pub credentials: Option<(String, Secret)>,
     /// None: no telemetry.
     pub telemetry_interval: Option<Duration>,
+    /// Cap of the reconnect backoff.
+    pub reconnect_max: Duration,
 }
 
 impl MqttSettings {
@@ -114,6 +116,7 @@ impl MqttSettings {
             credentials,
             telemetry_interval: (mqtt.telemetry_interval_secs > 0)
                 .then(|| Duration::from_secs(mqtt.telemetry_interval_secs)),
+            reconnect_max: Duration::from_secs(mqtt.reconnect_max_secs),
         }))
     }
 
@@ -293,7 +296,8 @@ impl Publisher {
 
     /// Connects, publishes, reconnects with capped backoff and jitter; until shutdown.
     pub async fn run(mut self, mut shutdown: Shutdown) {
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let first = Duration::from_secs(1).min(self.settings.reconnect_max);
+        let mut backoff = Backoff::new(first, self.settings.reconnect_max);
         let mut failures_in_a_row = 0u32;
         loop {
             match self.connection(&mut shutdown, &mut backoff).await {
@@ -533,6 +537,7 @@ mod tests {
             tls: None,
             credentials: Some(("box".into(), Secret::new("s3cret-pass"))),
             telemetry_interval: None,
+            reconnect_max: Duration::from_secs(60),
         }
     }
 
