@@ -124,7 +124,7 @@ fn broker_down_for_a_minute_loses_nothing() {
     eprintln!("broker back after {:.0?}; {queued_during_outage} events queued so far", outage_started.elapsed());
 
     assert!(wait_for_all_sources_ended(&agent, 2, Duration::from_secs(120)), "the cameras did not finish");
-    let queued = queued_events(&agent.log_text());
+    let queued = settled_queued_events(&agent);
     let missing = arrivals.wait_for_all(&subscriber, &queued, Duration::from_secs(120));
     assert!(
         missing.is_empty(),
@@ -146,6 +146,22 @@ fn broker_down_for_a_minute_loses_nothing() {
         arrivals.duplicates
     );
     assert_eq!(agent.terminate(Duration::from_secs(10)), Some(0));
+}
+
+/// The queued events once the pipeline has drained: the count has not moved for two seconds
+/// (frames still in inference when the source ended are judged and queued after its log line).
+fn settled_queued_events(agent: &Agent) -> Vec<(String, String)> {
+    let mut last = queued_events(&agent.log_text());
+    let mut still_since = Instant::now();
+    while still_since.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = queued_events(&agent.log_text());
+        if now.len() != last.len() {
+            still_since = Instant::now();
+        }
+        last = now;
+    }
+    last
 }
 
 fn wait_for_all_sources_ended(agent: &Agent, cameras: usize, timeout: Duration) -> bool {
@@ -219,7 +235,7 @@ fn a_full_disk_quota_prunes_oldest_evidence_and_keeps_every_event() {
     assert!(outbox["bytes"].as_u64().unwrap() <= 1024 * 1024, "{outbox}");
     let (_, page) = http_get(&format!("http://127.0.0.1:{web_port}/")).unwrap();
     assert!(page.contains("quota reached") && page.contains("evidence pictures pruned"), "the page does not say so");
-    let queued = queued_events(&agent.log_text());
+    let queued = settled_queued_events(&agent);
     assert!(queued.len() >= 6, "too few events: {}", queued.len());
 
     broker.restart();
@@ -246,8 +262,11 @@ fn a_full_disk_quota_prunes_oldest_evidence_and_keeps_every_event() {
 /// A subscriber to `edge/{device}/#` whose session a persistent broker keeps across a graceful
 /// restart, so nothing the agent publishes while the subscriber reconnects is missed.
 fn durable_subscriber(broker: &Mosquitto, device: &str) -> Subscriber {
-    let subscriber =
-        Subscriber::connect_persistent(broker.port, &format!("edge/{device}/#"), &format!("fault-test-{device}"));
+    let subscriber = Subscriber::connect_persistent_as_tester(
+        broker.port,
+        &format!("edge/{device}/#"),
+        &format!("fault-test-{device}"),
+    );
     // The subscription is active once a probe on the same filter comes back.
     let probe = eventually(Duration::from_secs(10), || {
         subscriber.publish(&format!("edge/{device}/probe"), b"{}".to_vec());
@@ -300,10 +319,16 @@ fn a_wrong_password_is_a_clear_error_retried_until_fixed_and_nothing_is_lost() {
     broker.set_users(&[("box".to_string(), wrong.to_string())]);
     broker.stop_gracefully();
     broker.restart();
-    let queued = queued_events(&agent.log_text());
+    let queued = settled_queued_events(&agent);
     let mut arrivals = Arrivals::default();
     let missing = arrivals.wait_for_all(&subscriber, &queued, Duration::from_secs(90));
-    assert!(missing.is_empty(), "{} of {} events lost", missing.len(), queued.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} events lost; broker log:\n{}",
+        missing.len(),
+        queued.len(),
+        broker.log_text()
+    );
     assert!(!queued.is_empty());
 }
 
@@ -345,7 +370,7 @@ fn a_wrong_ca_is_a_clear_error_retried_until_fixed_and_nothing_is_lost() {
     broker.set_tls(&site_pki.broker_tls(true));
     broker.stop_gracefully();
     broker.restart();
-    let queued = queued_events(&agent.log_text());
+    let queued = settled_queued_events(&agent);
     let mut arrivals = Arrivals::default();
     let missing = arrivals.wait_for_all(&subscriber, &queued, Duration::from_secs(90));
     assert!(missing.is_empty(), "{} of {} events lost", missing.len(), queued.len());
@@ -369,7 +394,7 @@ fn a_broker_unreachable_at_start_is_retried_and_nothing_is_lost() {
     assert!(wait_for_log(&agent, "cannot reach broker mqtt://127.0.0.1", Duration::from_secs(20)), "no clear error");
     assert!(wait_for_all_sources_ended(&agent, 1, Duration::from_secs(30)));
     assert!(agent.is_running());
-    let queued = queued_events(&agent.log_text());
+    let queued = settled_queued_events(&agent);
     assert_eq!(
         agent_status(web_port).unwrap()["outbox_depth"].as_u64().unwrap() as usize,
         queued.len() * 2,

@@ -196,7 +196,16 @@ impl Subscriber {
         Self::connect_with(port, filter, Some(client_id))
     }
 
+    /// A persistent subscriber that logs in as [`TEST_USER`] (brokers with passwords).
+    pub fn connect_persistent_as_tester(port: u16, filter: &str, client_id: &str) -> Self {
+        Self::connect_full(port, filter, Some(client_id), Some(TEST_USER))
+    }
+
     fn connect_with(port: u16, filter: &str, persistent_id: Option<&str>) -> Self {
+        Self::connect_full(port, filter, persistent_id, None)
+    }
+
+    fn connect_full(port: u16, filter: &str, persistent_id: Option<&str>, login: Option<(&str, &str)>) -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let client_id = match persistent_id {
             Some(id) => id.to_string(),
@@ -210,6 +219,9 @@ impl Subscriber {
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(64 * 1024 * 1024, 64 * 1024 * 1024);
         options.set_clean_session(persistent_id.is_none());
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         let (client, mut connection) = rumqttc::Client::new(options, 1000);
         let resubscriber = client.clone();
         let filter = filter.to_string();
@@ -360,34 +372,38 @@ impl Mosquitto {
             return None;
         };
         let dir = tempfile::tempdir().expect("temp dir");
+        // Started as root, mosquitto drops to its own user before it writes its log and sessions.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod broker folder");
         let port = free_port();
-        let separate = !options.users.is_empty() || options.tls.is_some();
-        let agent_port = if separate { free_port() } else { port };
-        let mut text = String::from("per_listener_settings true\nmax_queued_messages 100000\nlog_dest stderr\n");
+        let agent_port = if options.tls.is_some() { free_port() } else { port };
+        // One security setting for the whole broker (no per_listener_settings): a session
+        // restored from persistence then keeps receiving before its client reconnects.
+        let mut text = format!(
+            "max_queued_messages 100000\nlog_dest file {}\nlog_type all\n",
+            dir.path().join("mosquitto.log").display()
+        );
         if options.persistence {
             text.push_str(&format!("persistence true\npersistence_location {}/\n", dir.path().display()));
         } else {
             text.push_str("persistence false\n");
         }
-        text.push_str(&format!("listener {port} 127.0.0.1\nallow_anonymous true\n"));
-        if separate {
-            text.push_str(&format!("listener {agent_port} 127.0.0.1\n"));
-            if options.users.is_empty() {
-                text.push_str("allow_anonymous true\n");
-            } else {
-                let passwords = dir.path().join("passwords");
-                write_password_file(&passwords, &options.users);
-                text.push_str(&format!("allow_anonymous false\npassword_file {}\n", passwords.display()));
-            }
-            if let Some(tls) = &options.tls {
-                text.push_str(&format!(
-                    "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
-                    tls.ca_file.display(),
-                    tls.cert_file.display(),
-                    tls.key_file.display(),
-                    tls.require_client_certificate
-                ));
-            }
+        if options.users.is_empty() {
+            text.push_str("allow_anonymous true\n");
+        } else {
+            let passwords = dir.path().join("passwords");
+            write_password_file(&passwords, &options.users);
+            text.push_str(&format!("allow_anonymous false\npassword_file {}\n", passwords.display()));
+        }
+        text.push_str(&format!("listener {port} 127.0.0.1\n"));
+        if let Some(tls) = &options.tls {
+            text.push_str(&format!(
+                "listener {agent_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                tls.ca_file.display(),
+                tls.cert_file.display(),
+                tls.key_file.display(),
+                tls.require_client_certificate
+            ));
         }
         let config = dir.path().join("mosquitto.conf");
         std::fs::write(&config, text).expect("write mosquitto.conf");
@@ -433,15 +449,30 @@ impl Mosquitto {
             signal(child.id(), libc::SIGTERM);
             let _ = child.wait();
         }
+        let persistent = std::fs::read_to_string(&self.config).unwrap_or_default().contains("persistence true");
+        if persistent {
+            let saved = self._dir.path().join("mosquitto.db");
+            assert!(saved.is_file(), "mosquitto did not save its sessions to {}", saved.display());
+        }
     }
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// The broker's own log (brokers from [`Mosquitto::start_with`] only).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
 }
+
+/// The test's own subscriber on brokers with passwords.
+pub const TEST_USER: (&str, &str) = ("e2e-tester", "e2e-tester-pass");
 
 fn write_password_file(path: &Path, users: &[(String, String)]) {
     let _ = std::fs::remove_file(path);
+    let mut users = users.to_vec();
+    users.push((TEST_USER.0.to_string(), TEST_USER.1.to_string()));
     let program =
         find_program("mosquitto_passwd", &["/usr/bin", "/usr/sbin"]).expect("mosquitto_passwd (package mosquitto)");
     for (i, (user, password)) in users.iter().enumerate() {
