@@ -407,3 +407,28 @@ fn a_broker_unreachable_at_start_is_retried_and_nothing_is_lost() {
     assert!(missing.is_empty(), "{} of {} events lost", missing.len(), queued.len());
     arrivals.assert_camera_order(&queued);
 }
+
+#[test]
+fn a_corrupted_outbox_file_is_set_aside_and_reporting_goes_on() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("state")).unwrap();
+    // What a dying SD card can leave behind: not a database any more.
+    std::fs::write(dir.path().join("state/outbox.redb"), vec![0x5a; 64 * 1024]).unwrap();
+    let frames = frames_folder(dir.path(), "gate", "dog.jpg", 4);
+    let cameras = [camera("gate", &frames, 4.0)];
+    let (config, _) = write_config(dir.path(), "damaged-box", &format!("url = \"{}\"", broker.url()), &cameras, "");
+    let subscriber = Subscriber::connect(broker.port, "edge/damaged-box/#");
+    let mut agent = Agent::start(&config, &dir.path().join("agent.log"));
+
+    assert!(wait_for_log(&agent, "outbox file is corrupted beyond repair", Duration::from_secs(20)), "no clear error");
+    assert!(subscriber.wait_for("/events", Duration::from_secs(30), |_| true).is_some(), "no event after the repair");
+    assert!(agent.is_running());
+    let kept = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("outbox.redb.damaged-"));
+    assert!(kept, "the damaged file was not kept for inspection");
+}

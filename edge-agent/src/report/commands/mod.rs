@@ -194,9 +194,7 @@ impl CommandHandler {
     /// Handles one command that is not `model`, and acks it.
     pub fn handle(&self, command: &IncomingCommand) {
         let outcome = match command.name.as_str() {
-            "reload" => parse_request::<ReloadRequest>(&command.payload)
-                .map(|(id, _)| (id, self.reload()))
-                .map_err(|(id, e)| (id, e)),
+            "reload" => parse_request::<ReloadRequest>(&command.payload).map(|(id, _)| (id, self.reload())),
             "snapshot" => parse_request::<SnapshotRequest>(&command.payload)
                 .map(|(id, request)| (id, self.snapshot(request.camera.as_deref()))),
             "set" => parse_request::<SetRequest>(&command.payload).map(|(id, request)| (id, self.set(request.values))),

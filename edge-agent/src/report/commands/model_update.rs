@@ -220,32 +220,43 @@ impl CommandHandler {
                 "probation_seconds": probation.as_secs(),
             })),
         );
-        let failed = watch_probation(&self.model_runs, &request.name, probation, &mut shutdown).await;
-        match failed {
-            None if shutdown.is_triggered() => {}
-            None => {
+        match self.probation(switched, &request.name, probation, &mut shutdown).await {
+            Probation::Interrupted => {}
+            Probation::Confirmed => {
                 tracing::info!(model = %request.name, sha256 = %request.sha256, "new model passed its probation");
                 let result =
                     json!({ "stage": "confirmed", "name": request.name, "sha256": request.sha256.to_lowercase() });
                 self.ack("model", Some(correlation_id), Ok(result));
             }
-            Some(counts) => {
-                let why = format!(
-                    "the new model failed {} of {} runs during its probation; the previous model (sha256 {}) is back",
-                    counts.failed,
-                    counts.ok + counts.failed,
-                    switched.previous_info.sha256
-                );
-                tracing::error!(model = %request.name, "{why}");
-                let rolled_back = self.roll_back(switched).await;
-                let message = match rolled_back {
-                    Ok(()) => why,
-                    Err(e) => format!("{why}; but the roll-back failed: {}", e.message),
-                };
+            Probation::RolledBack(message) => {
                 self.ack("model", Some(correlation_id), Err(CommandError::new("rolled_back", message)));
             }
         }
         self.model_update_busy.store(false, Ordering::SeqCst);
+    }
+
+    /// Watches the switched-in model for `duration`; rolls back to the previous one if it fails.
+    async fn probation(
+        &self,
+        switched: Switched,
+        name: &str,
+        duration: Duration,
+        shutdown: &mut Shutdown,
+    ) -> Probation {
+        let Some(counts) = watch_probation(&self.model_runs, name, duration, shutdown).await else {
+            return if shutdown.is_triggered() { Probation::Interrupted } else { Probation::Confirmed };
+        };
+        let why = format!(
+            "the new model failed {} of {} runs during its probation; the previous model (sha256 {}) is back",
+            counts.failed,
+            counts.ok + counts.failed,
+            switched.previous_info.sha256
+        );
+        tracing::error!(model = %name, "{why}");
+        match self.roll_back(switched).await {
+            Ok(()) => Probation::RolledBack(why),
+            Err(e) => Probation::RolledBack(format!("{why}; but the roll-back failed: {}", e.message)),
+        }
     }
 
     /// Everything up to and including the switch; an error here has changed nothing.
@@ -388,6 +399,15 @@ impl CommandHandler {
             .map_err(|e| CommandError::new(e.code(), e.to_string()))?;
         Ok(())
     }
+}
+
+/// How a new model's first minutes ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Probation {
+    Confirmed,
+    /// With the reason, for the ack.
+    RolledBack(String),
+    Interrupted,
 }
 
 /// What a roll-back needs.
@@ -600,6 +620,117 @@ mod tests {
         let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/samples");
         let err = self_test(&mut model, &samples).unwrap_err();
         assert!(err.contains("coffee.png"), "{err}");
+    }
+
+    /// The double for a new model that loads and passes its self-test but fails once running;
+    /// beside the real detector above and the real worker, camera and config below.
+    struct FailingBackend;
+    impl crate::infer::Backend for FailingBackend {
+        fn name(&self) -> &'static str {
+            "failing"
+        }
+        fn execution_provider(&self) -> String {
+            "cpu".into()
+        }
+        fn run(
+            &mut self,
+            _input: &[f32],
+            _shape: &[usize],
+        ) -> Result<Vec<crate::infer::Output>, crate::infer::InferError> {
+            Err(crate::infer::InferError::Run {
+                backend: "failing",
+                message: "out of memory on the accelerator".into(),
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_model_failing_in_its_first_minutes_is_rolled_back_to_the_previous_one() {
+        use crate::config::{BackendKind, Config};
+        use crate::infer::control::WorkerControls;
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/samples");
+        std::fs::write(
+            &path,
+            format!(
+                "[[models]]\nmanifest = \"{}\"\n\n[[cameras]]\nid = \"yard\"\nsource = {{ kind = \"replay\", path = \"{}\", fps = 10.0 }}\n",
+                nanodet_manifest().display(),
+                samples.display()
+            ),
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        // The real pipeline front: a replay camera and the inference worker with the real detector.
+        let (feeds, new_frame) = crate::source::start_cameras(&config.cameras, &shutdown);
+        let models = crate::infer::load_models(&config.models, BackendKind::Tract).unwrap();
+        let board = Arc::new(crate::report::board::StatusBoard::new("box".into(), None));
+        board.set_models(models.iter().map(Model::info).collect());
+        let (worker, model_runs, controls) = WorkerControls::channel();
+        let (inferred_tx, mut inferred_rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(crate::infer::worker::run_inference(
+            models,
+            feeds,
+            new_frame,
+            inferred_tx,
+            shutdown.clone(),
+            controls,
+        ));
+        tokio::spawn(async move { while inferred_rx.recv().await.is_some() {} });
+        let handler = CommandHandler {
+            device_id: "box".into(),
+            topic_prefix: "edge".into(),
+            state_dir: dir.path().join("state"),
+            backend: BackendKind::Tract,
+            store: Arc::new(crate::report::config_store::ConfigStore::new(Some(path.clone()), config.clone())),
+            board: board.clone(),
+            outbox: Arc::new(crate::report::outbox::Outbox::open(&dir.path().join("state/outbox.redb")).unwrap()),
+            publisher_wake: Default::default(),
+            status_changed: Default::default(),
+            cameras: Default::default(),
+            worker,
+            model_runs: model_runs.clone(),
+            judge_settings: tokio::sync::watch::channel(Arc::new(config.clone())).0,
+            model_update_busy: Default::default(),
+        };
+        let previous_info = board.snapshot().models[0].clone();
+
+        // Switch in the new model as `model` does: worker first, then the config file.
+        let verified = crate::infer::manifest::Manifest::load(&nanodet_manifest()).unwrap().verify().unwrap();
+        let failing = Model::with_backend(verified, Box::new(FailingBackend), None);
+        let old_model = handler.swap_in(failing).await.unwrap();
+        let new_manifest = dir.path().join("nanodet-new.toml");
+        std::fs::copy(nanodet_manifest(), &new_manifest).unwrap();
+        handler.store.set_model_manifest(0, &new_manifest).unwrap();
+        let switched = Switched {
+            index: 0,
+            old_model,
+            previous_info: previous_info.clone(),
+            previous_manifest: nanodet_manifest(),
+            new_manifest,
+            self_test: json!({}),
+        };
+        let outcome = handler.probation(switched, "nanodet", Duration::from_secs(30), &mut shutdown.clone()).await;
+        let Probation::RolledBack(why) = outcome else { panic!("not rolled back: {outcome:?}") };
+        assert!(why.contains("failed") && why.contains(&previous_info.sha256), "{why}");
+
+        // The previous model runs again, and the config file points at it again.
+        let ok_after_rollback = model_runs.get("nanodet").ok;
+        let mut recovered = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if model_runs.get("nanodet").ok > ok_after_rollback {
+                recovered = true;
+                break;
+            }
+        }
+        assert!(recovered, "the previous model does not run after the roll-back");
+        assert_eq!(handler.store.current().models[0].manifest, nanodet_manifest());
+        assert!(std::fs::read_to_string(&path).unwrap().contains(&nanodet_manifest().display().to_string()));
+        assert_eq!(board.snapshot().models[0].backend, "tract");
+        trigger.trigger();
     }
 
     #[test]
