@@ -429,8 +429,8 @@ impl Outbox {
     }
 
     /// Writes a raw record as if a write had gone wrong; for tests of the damage path only.
-    #[doc(hidden)]
-    pub fn insert_raw_for_test(&self, bytes: &[u8]) -> Result<u64, OutboxError> {
+    #[cfg(test)]
+    fn insert_raw_for_test(&self, bytes: &[u8]) -> Result<u64, OutboxError> {
         let txn = self.db.begin_write().map_err(|e| self.error(e))?;
         let id;
         {
