@@ -240,7 +240,7 @@ fn ack_time(ack: &Value) -> chrono::DateTime<chrono::Utc> {
 
 #[test]
 fn commands_change_the_running_agent_and_its_config_file() {
-    let Some(broker) = Mosquitto::start() else {
+    let Some(mut broker) = Mosquitto::start() else {
         return;
     };
     let site = site(&broker);
@@ -301,15 +301,19 @@ fn commands_change_the_running_agent_and_its_config_file() {
         "sha256": variant_sha,
         "signature": site.signer.sign_hex(&site.variant),
     });
-    let ack = command(&subscriber, "model", request.to_string().as_bytes());
+    // The status is republished at the switch, possibly before the ack leaves the outbox.
+    let (ack, seen) = command_seeing(&subscriber, "model", request.to_string().as_bytes());
     assert_eq!(ack["ok"], true, "{ack}");
     assert_eq!(ack["result"]["stage"], "switched");
     assert_eq!(ack["result"]["self_test"]["pictures"], 3, "{ack}");
     let previous = ack["result"]["previous_sha256"].as_str().unwrap().to_string();
     assert_ne!(previous, variant_sha);
-    let announced =
-        subscriber.wait_for("/status", Duration::from_secs(10), |s| s["models"][0]["sha256"] == variant_sha);
-    assert!(announced.is_some(), "the status does not announce the new model");
+    let announces = |s: &Value| s["state"] == "online" && s["models"][0]["sha256"] == variant_sha;
+    let announced_early = seen.iter().any(|m| {
+        m.topic.ends_with("/status") && serde_json::from_slice::<Value>(&m.payload).is_ok_and(|s| announces(&s))
+    });
+    let announced = announced_early || subscriber.wait_for("/status", Duration::from_secs(10), announces).is_some();
+    assert!(announced, "the status does not announce the new model");
     let used = subscriber.wait_for("/events", Duration::from_secs(20), |e| e["model"]["sha256"] == variant_sha);
     assert!(used.is_some(), "events do not come from the new model");
     let confirmed = subscriber.wait_for("/cmd/model/ack", Duration::from_secs(20), |a| a["correlation_id"] == "m1");
@@ -320,5 +324,14 @@ fn commands_change_the_running_agent_and_its_config_file() {
     assert!(text.contains(&manifest.display().to_string()), "the config does not point at the new model:\n{text}");
     assert!(repo_root().join("models/nanodet.onnx").is_file(), "the old model is kept");
     assert_eq!(status(&site)["models"][0]["sha256"], variant_sha);
+
+    // A broker that restarts empty (no persistence): the agent says `online` again and
+    // subscribes to its commands again.
+    broker.stop();
+    broker.restart();
+    let online = subscriber.wait_for("/status", Duration::from_secs(30), |s| s["state"] == "online");
+    assert!(online.is_some(), "no online status after the broker came back");
+    let ack = command(&subscriber, "snapshot", br#"{"correlation_id": "after-restart"}"#);
+    assert_eq!(ack["ok"], true, "{ack}");
     drop(agent);
 }

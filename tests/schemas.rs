@@ -49,6 +49,9 @@ fn published_messages_match_the_json_schemas() {
     let mut lines = Vec::new();
     let take = |messages: Vec<Received>, lines: &mut Vec<String>| {
         for message in messages {
+            // QoS 1 for everything from the outbox (events, evidence, acks) and the status.
+            let expected_qos = if message.topic.ends_with("/telemetry") { 0 } else { 1 };
+            assert_eq!(message.qos, expected_qos, "{} arrived with QoS {}", message.topic, message.qos);
             // Commands are recorded as sent (below): the malformed ones are meant to fail.
             if message.topic.contains("/cmd/") && !message.topic.ends_with("/ack") {
                 continue;

@@ -177,6 +177,8 @@ pub struct Received {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// QoS of the delivery: the publisher's, as the test subscribes at QoS 1.
+    pub qos: u8,
 }
 
 /// A real MQTT client subscribed to a filter; messages arrive on a channel.
@@ -234,8 +236,12 @@ impl Subscriber {
                         let _ = resubscriber.try_subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce);
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        let received =
-                            Received { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain };
+                        let received = Received {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                            qos: p.qos as u8,
+                        };
                         if sender.send(received).is_err() {
                             return;
                         }
