@@ -201,6 +201,19 @@ mod tests {
     }
 
     #[test]
+    fn the_page_says_when_the_outbox_quota_pruned_evidence() {
+        let board = StatusBoard::new("box".into(), None);
+        let mut outbox = crate::report::outbox::OutboxStats { quota_bytes: 1024 * 1024, ..Default::default() };
+        board.set_outbox_stats(outbox.clone());
+        assert!(!render_index(&board.snapshot()).contains("pruned"));
+        outbox.evidence_pruned_total = 12;
+        outbox.quota_reached = true;
+        board.set_outbox_stats(outbox);
+        let page = render_index(&board.snapshot());
+        assert!(page.contains("quota reached: 12 evidence pictures pruned, oldest first"), "{page}");
+    }
+
+    #[test]
     fn the_page_lists_cameras_and_says_when_there_is_no_broker() {
         let board = StatusBoard::new("box<1>".into(), None);
         board.add_camera("gate", Default::default());
