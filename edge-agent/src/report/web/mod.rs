@@ -124,13 +124,14 @@ img {{ max-width: 100%; height: auto; border: 1px solid #ccc; }}
             page,
             r#"<div class="camera" id="camera-{id}"><h3>{id}</h3>
 <img src="/api/cameras/{id}/frame.jpg" alt="latest frame of camera {id}" width="{w}" height="{h}">
-<p>{captured} frames captured, {inferred} inferred, {dropped} dropped · inference {ms:.0} ms{error}</p></div>
+<p>{captured} frames captured, {inferred} inferred, {dropped} dropped, {still} still (motion gate) · inference {ms:.0} ms{error}</p></div>
 "#,
             w = camera.frame_width.max(1),
             h = camera.frame_height.max(1),
             captured = camera.frames_captured,
             inferred = camera.frames_inferred,
             dropped = camera.frames_dropped,
+            still = camera.frames_still,
             ms = camera.inference_ms,
             error =
                 camera.last_error.as_deref().map(|e| format!(" · <strong>{}</strong>", escape(e))).unwrap_or_default(),
