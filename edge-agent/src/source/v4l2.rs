@@ -456,4 +456,17 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("bin-cam") && text.contains("/dev/video7"), "{text}");
     }
+
+    #[tokio::test]
+    async fn opening_a_missing_camera_by_index_goes_through_v4l2_and_names_the_device() {
+        let settings =
+            V4l2Settings { device: V4l2Device::Index(7), request: request(PixelFormat::Yuyv, Some((640, 480)), None) };
+        let err = V4l2Source::open("bin-cam", &settings).await.err().unwrap();
+        let text = err.to_string();
+        assert!(text.contains("bin-cam") && text.contains("/dev/video7"), "{text}");
+        if cfg!(feature = "v4l2") {
+            // nokhwa's own open of /dev/video7 failed, and said why.
+            assert!(text.contains("No such file or directory"), "{text}");
+        }
+    }
 }
