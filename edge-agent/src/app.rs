@@ -29,8 +29,8 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
     let outbox = Arc::new(Outbox::open(&outbox_path)?);
 
     let model_configs = config.models.clone();
-    let backend = config.inference.backend;
-    let models: Vec<Model> = tokio::task::spawn_blocking(move || infer::load_models(&model_configs, backend))
+    let inference = config.inference.clone();
+    let models: Vec<Model> = tokio::task::spawn_blocking(move || infer::load_models(&model_configs, &inference))
         .await
         .context("model loading task failed")??;
 

@@ -169,6 +169,7 @@ impl Config {
             model.resolve_paths(base);
         }
         absolutise(&mut self.state_dir, base);
+        self.inference.resolve_paths(base);
     }
 
     /// Checks what the types cannot: ranges, uniqueness and URL shapes.
@@ -185,6 +186,7 @@ impl Config {
         }
         self.web.validate()?;
         self.mqtt.validate()?;
+        self.inference.validate()?;
         if self.cameras.is_empty() {
             return Err(Invalid::new("cameras", "is empty; expected at least one camera"));
         }

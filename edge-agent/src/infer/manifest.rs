@@ -97,6 +97,34 @@ pub enum DecoderSpec {
         #[serde(default = "default_max_detections")]
         max_detections: usize,
     },
+    /// Ultralytics YOLOv5 export: one output [1, N, 5 + C] of rows (cx, cy, w, h, objectness,
+    /// C class scores), sigmoid applied, boxes in model-input pixels; score = objectness × class.
+    Yolov5 {
+        score_threshold: f32,
+        nms_iou: f32,
+        #[serde(default = "default_max_detections")]
+        max_detections: usize,
+    },
+    /// Ultralytics YOLOv8 / YOLO11 export: one output [1, 4 + C, N] (transposed: one row per
+    /// value), (cx, cy, w, h) in model-input pixels then C class scores, no objectness.
+    #[serde(alias = "yolo11")]
+    Yolov8 {
+        score_threshold: f32,
+        nms_iou: f32,
+        #[serde(default = "default_max_detections")]
+        max_detections: usize,
+    },
+}
+
+impl DecoderSpec {
+    pub fn score_threshold(&self) -> f32 {
+        match self {
+            DecoderSpec::Softmax { score_threshold, .. }
+            | DecoderSpec::Nanodet { score_threshold, .. }
+            | DecoderSpec::Yolov5 { score_threshold, .. }
+            | DecoderSpec::Yolov8 { score_threshold, .. } => *score_threshold,
+        }
+    }
 }
 
 fn default_top_k() -> usize {
@@ -201,9 +229,17 @@ impl Manifest {
             {
                 Ok(())
             }
+            (Task::Detect, DecoderSpec::Yolov5 { nms_iou, .. } | DecoderSpec::Yolov8 { nms_iou, .. })
+                if (0.0..=1.0).contains(nms_iou) =>
+            {
+                Ok(())
+            }
             (task, decoder) => Err(invalid(
                 "decoder",
-                format!("{decoder:?} does not fit task {task:?} (classify takes softmax with top_k > 0, detect takes nanodet with bins > 1)"),
+                format!(
+                    "{decoder:?} does not fit task {task:?} (classify takes softmax with top_k > 0; detect takes \
+                     nanodet with bins > 1, yolov5 or yolov8, each with nms_iou from 0 to 1)"
+                ),
             )),
         }
     }

@@ -6,6 +6,8 @@ pub mod classify;
 pub mod config;
 pub mod detect;
 pub mod manifest;
+#[cfg(feature = "ort")]
+pub mod ort;
 pub mod preprocess;
 pub mod tract;
 pub mod worker;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{BackendKind, ModelConfig};
+use crate::config::{BackendKind, InferenceConfig, ModelConfig};
 use crate::source::Frame;
 use manifest::{DecoderSpec, Manifest, ManifestError, Task, VerifiedModel};
 use preprocess::Preprocessor;
@@ -31,6 +33,29 @@ pub enum InferError {
     Run { backend: &'static str, message: String },
     #[error("unexpected model output: {message}")]
     Output { message: String },
+    #[error(
+        "ONNX Runtime library {path} (from {origin}) {problem}; edge-agent needs ONNX Runtime {needed} or newer \
+         (scripts/fetch-onnxruntime.sh fetches one)"
+    )]
+    RuntimeLibrary { path: PathBuf, origin: &'static str, problem: String, needed: String },
+    #[error("backend \"ort\" was asked for, but this edge-agent was built without the cargo feature `ort`")]
+    OrtNotBuilt,
+    #[error(
+        "none of the execution providers {wanted:?} (`inference.execution_providers`) works with ONNX Runtime \
+         {version}; it offers {available:?}. Add \"cpu\" to the list to allow running on the CPU"
+    )]
+    NoExecutionProvider { wanted: Vec<String>, version: String, available: Vec<String> },
+}
+
+impl InferError {
+    /// The backend itself cannot start here (as opposed to a bad model or frame): the case
+    /// `inference.fallback` is for.
+    pub fn is_backend_unavailable(&self) -> bool {
+        matches!(
+            self,
+            InferError::RuntimeLibrary { .. } | InferError::OrtNotBuilt | InferError::NoExecutionProvider { .. }
+        )
+    }
 }
 
 /// A box in pixels, (x1, y1) top left, (x2, y2) bottom right.
@@ -93,12 +118,56 @@ pub trait Backend: Send {
     fn name(&self) -> &'static str;
     /// The execution provider actually in use, e.g. "cpu" or "cuda".
     fn execution_provider(&self) -> String;
-    fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<Vec<Output>, InferError>;
+    /// Runs the graph on one input tensor and writes every output into `outputs`, reusing the
+    /// buffers already there so a steady stream of frames does not allocate.
+    fn run(&mut self, input: &[f32], shape: &[usize], outputs: &mut Vec<Output>) -> Result<(), InferError>;
 }
 
-pub fn load_backend(kind: BackendKind, model: &VerifiedModel) -> Result<Box<dyn Backend>, InferError> {
+/// Copies one backend output into slot `index` of `outputs`, reusing that slot's buffers.
+pub(crate) fn store_output(outputs: &mut Vec<Output>, index: usize, name: &str, shape: &[usize], data: &[f32]) {
+    if outputs.len() <= index {
+        outputs.resize_with(index + 1, || Output { name: String::new(), shape: Vec::new(), data: Vec::new() });
+    }
+    let slot = &mut outputs[index];
+    if slot.name != name {
+        slot.name = name.to_string();
+    }
+    slot.shape.clear();
+    slot.shape.extend_from_slice(shape);
+    slot.data.clear();
+    slot.data.extend_from_slice(data);
+}
+
+/// Loads `model` into the configured backend; when that backend cannot start here and
+/// `inference.fallback` names another, says why and loads it there instead.
+pub fn load_backend(inference: &InferenceConfig, model: &VerifiedModel) -> Result<Box<dyn Backend>, InferError> {
+    match load_backend_kind(inference.backend, inference, model) {
+        Err(e) if e.is_backend_unavailable() => match inference.fallback {
+            Some(fallback) => {
+                tracing::warn!(
+                    model = %model.manifest.name,
+                    "{e}; using backend {:?} instead (`inference.fallback`)",
+                    fallback.name()
+                );
+                load_backend_kind(fallback, inference, model)
+            }
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
+fn load_backend_kind(
+    kind: BackendKind,
+    inference: &InferenceConfig,
+    model: &VerifiedModel,
+) -> Result<Box<dyn Backend>, InferError> {
     match kind {
-        BackendKind::Tract => Ok(Box::new(tract::TractBackend::load(model)?)),
+        BackendKind::Tract => Ok(Box::new(tract::TractBackend::load(model, inference.intra_op_threads)?)),
+        #[cfg(feature = "ort")]
+        BackendKind::Ort => Ok(Box::new(ort::OrtBackend::load(model, inference)?)),
+        #[cfg(not(feature = "ort"))]
+        BackendKind::Ort => Err(InferError::OrtNotBuilt),
     }
 }
 
@@ -146,44 +215,61 @@ pub struct ModelInfo {
     pub execution_provider: String,
 }
 
+/// Where one inference spent its time: pre-processing, the backend, decoding. For `bench`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    pub pre: Duration,
+    pub run: Duration,
+    pub post: Duration,
+}
+
 pub struct Model {
     id: ModelId,
     manifest: Manifest,
     labels: Vec<String>,
     backend: Box<dyn Backend>,
     preprocessor: Preprocessor,
+    /// The backend's outputs, kept between frames so their buffers are reused.
+    outputs: Vec<Output>,
     score_threshold: f32,
+    last_stage_times: StageTimes,
 }
 
 impl Model {
     /// Reads the manifest, verifies the model file against it and loads it into the backend.
     pub fn load(config: &ModelConfig, backend: BackendKind) -> Result<Self, InferError> {
+        Self::load_with(config, &InferenceConfig { backend, ..InferenceConfig::default() })
+    }
+
+    /// As [`Model::load`], with the whole `[inference]` section (threads, library, fallback).
+    pub fn load_with(config: &ModelConfig, inference: &InferenceConfig) -> Result<Self, InferError> {
         let manifest = Manifest::load(&config.manifest)?;
         let verified = manifest.verify()?;
-        let backend = load_backend(backend, &verified)?;
+        let backend = load_backend(inference, &verified)?;
         Ok(Self::with_backend(verified, backend, config.score_threshold))
     }
 
     pub fn with_backend(verified: VerifiedModel, backend: Box<dyn Backend>, threshold: Option<f32>) -> Self {
         let manifest = verified.manifest;
         let preprocessor = Preprocessor::new(manifest.input.clone(), manifest.input_size());
-        let manifest_threshold = match manifest.decoder {
-            DecoderSpec::Softmax { score_threshold, .. } | DecoderSpec::Nanodet { score_threshold, .. } => {
-                score_threshold
-            }
-        };
         Self {
             id: ModelId { name: manifest.name.clone(), sha256: manifest.sha256.to_lowercase() },
             labels: verified.labels,
             backend,
             preprocessor,
-            score_threshold: threshold.unwrap_or(manifest_threshold),
+            outputs: Vec::new(),
+            score_threshold: threshold.unwrap_or(manifest.decoder.score_threshold()),
             manifest,
+            last_stage_times: StageTimes::default(),
         }
     }
 
     pub fn id(&self) -> &ModelId {
         &self.id
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
     }
 
     pub fn info(&self) -> ModelInfo {
@@ -196,38 +282,55 @@ impl Model {
         }
     }
 
+    /// How the last [`Model::infer`] split its time.
+    pub fn last_stage_times(&self) -> StageTimes {
+        self.last_stage_times
+    }
+
     /// Pre-process, run, decode; boxes come back in the frame's pixels.
     pub fn infer(&mut self, image: &image::RgbImage) -> Result<ModelResult, InferError> {
         let started = Instant::now();
-        let shape = self.manifest.input.shape.clone();
         let (tensor, transform) = self.preprocessor.run(image);
-        let outputs = self.backend.run(tensor, &shape)?;
-        let findings = match &self.manifest.decoder {
+        let pre_done = Instant::now();
+        self.backend.run(tensor, &self.manifest.input.shape, &mut self.outputs)?;
+        let run_done = Instant::now();
+        let findings = self.decode(transform)?;
+        let finished = Instant::now();
+        self.last_stage_times =
+            StageTimes { pre: pre_done - started, run: run_done - pre_done, post: finished - run_done };
+        Ok(ModelResult { model: self.id.clone(), findings, latency: finished - started })
+    }
+
+    fn decode(&self, transform: preprocess::FrameTransform) -> Result<Findings, InferError> {
+        let outputs = &self.outputs;
+        let labels = &self.labels;
+        let threshold = self.score_threshold;
+        let (raw, nms_iou, max_detections) = match &self.manifest.decoder {
             DecoderSpec::Softmax { top_k, .. } => {
-                Findings::Classify { classes: classify::top_k(&outputs, &self.labels, *top_k, self.score_threshold)? }
+                return Ok(Findings::Classify { classes: classify::top_k(outputs, labels, *top_k, threshold)? });
             }
             DecoderSpec::Nanodet { bins, nms_iou, max_detections, .. } => {
-                let raw = detect::decode_nanodet(
-                    &outputs,
-                    self.manifest.input_size(),
-                    *bins,
-                    &self.labels,
-                    self.score_threshold,
-                )?;
-                let mut detections = detect::non_maximum_suppression(raw, *nms_iou, *max_detections);
-                for d in &mut detections {
-                    d.bbox = transform.to_frame(d.bbox);
-                }
-                Findings::Detect { detections }
+                let raw = detect::decode_nanodet(outputs, self.manifest.input_size(), *bins, labels, threshold)?;
+                (raw, *nms_iou, *max_detections)
+            }
+            DecoderSpec::Yolov5 { nms_iou, max_detections, .. } => {
+                (detect::decode_yolov5(outputs, labels, threshold)?, *nms_iou, *max_detections)
+            }
+            DecoderSpec::Yolov8 { nms_iou, max_detections, .. } => {
+                (detect::decode_yolov8(outputs, labels, threshold)?, *nms_iou, *max_detections)
             }
         };
-        Ok(ModelResult { model: self.id.clone(), findings, latency: started.elapsed() })
+        let mut detections = detect::non_maximum_suppression(raw, nms_iou, max_detections);
+        for d in &mut detections {
+            d.bbox = transform.to_frame(d.bbox);
+        }
+        Ok(Findings::Detect { detections })
     }
 }
 
 /// Loads every configured model; the first failure names the model file and what is wrong.
-pub fn load_models(configs: &[ModelConfig], backend: BackendKind) -> Result<Vec<Model>, InferError> {
-    configs.iter().map(|c| Model::load(c, backend)).collect()
+pub fn load_models(configs: &[ModelConfig], inference: &InferenceConfig) -> Result<Vec<Model>, InferError> {
+    configs.iter().map(|c| Model::load_with(c, inference)).collect()
 }
 
 /// Runs every model on a frame: the infer stage's unit of work.

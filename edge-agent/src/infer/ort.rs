@@ -1,0 +1,179 @@
+//! The ONNX Runtime backend (cargo feature `ort`). The C library is loaded at run time from
+//! `inference.ort_library`, else `$ORT_DYLIB_PATH`; a missing or too old library is an error that
+//! names the path, the version found and the version needed. One library per process.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ort::environment::Environment;
+use ort::ep::{self, ExecutionProvider};
+use ort::session::builder::SessionBuilder;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use super::config::{ExecutionProviderKind, InferenceConfig};
+use super::manifest::VerifiedModel;
+use super::{store_output, Backend, InferError, Output};
+
+/// The oldest ONNX Runtime whose C API this build uses (ort's `api-31` feature).
+pub fn needed_version() -> String {
+    format!("1.{}", ort::MINOR_VERSION)
+}
+
+/// The loaded library and the environment every session of this process shares (ONNX Runtime
+/// allows one environment per process).
+struct Runtime {
+    environment: Environment,
+    library: PathBuf,
+    version: String,
+}
+
+static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
+/// Loads the library named by the config (once per process) and starts the environment.
+fn runtime(inference: &InferenceConfig) -> Result<Arc<Runtime>, InferError> {
+    let (path, origin) = inference.ort_library_path();
+    let library_error =
+        |problem: String| InferError::RuntimeLibrary { path: path.clone(), origin, problem, needed: needed_version() };
+    let mut slot = RUNTIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(runtime) = slot.as_ref() {
+        if same_file(&runtime.library, &path) {
+            return Ok(runtime.clone());
+        }
+        return Err(library_error(format!(
+            "cannot be loaded: this process already runs ONNX Runtime {} from {}",
+            runtime.version,
+            runtime.library.display()
+        )));
+    }
+    // A bare file name is left to the loader's search path; anything else must exist.
+    if path.components().count() > 1 && !path.exists() {
+        return Err(library_error("does not exist".into()));
+    }
+    let builder = ort::init_from(&path).map_err(|e| {
+        library_error(match e {
+            ort::LoadDynamicError::BadVersion { version_str, .. } => format!("is version {version_str}, too old"),
+            ort::LoadDynamicError::Dlopen { error, .. } => format!("cannot be loaded: {error}"),
+            ort::LoadDynamicError::MissingApi { .. } => {
+                "is not an ONNX Runtime library (it does not export OrtGetApiBase)".into()
+            }
+            ort::LoadDynamicError::InvalidVersionString => "reports a malformed version string".into(),
+        })
+    })?;
+    let environment = builder
+        .with_name("edge-agent")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| library_error(format!("loaded, but its environment did not start: {e}")))?;
+    let runtime = Arc::new(Runtime { environment, library: path.clone(), version: library_version() });
+    tracing::info!(library = %path.display(), version = %runtime.version, "ONNX Runtime loaded");
+    *slot = Some(runtime.clone());
+    Ok(runtime)
+}
+
+/// "1.32.0" from the build-info string ("ORT Build Info: git-branch=rel-1.32.0, ..."), if it says.
+fn library_version() -> String {
+    let info = ort::info();
+    info.split([',', ' '])
+        .find_map(|part| part.strip_prefix("git-branch=rel-"))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!(">= {} ({})", needed_version(), info.trim()))
+}
+
+pub struct OrtBackend {
+    session: Session,
+    execution_provider: &'static str,
+    /// Output shapes as usize, kept to avoid a per-frame allocation.
+    shape_scratch: Vec<usize>,
+}
+
+impl OrtBackend {
+    pub fn load(model: &VerifiedModel, inference: &InferenceConfig) -> Result<Self, InferError> {
+        let runtime = runtime(inference)?;
+        let load_error = |message: String| InferError::Load { path: model.onnx_path.clone(), backend: "ort", message };
+        let mut builder = Session::builder(&runtime.environment).map_err(|e| load_error(e.to_string()))?;
+        if inference.intra_op_threads > 0 {
+            builder = builder.with_intra_threads(inference.intra_op_threads).map_err(|e| load_error(e.to_string()))?;
+        }
+        let (mut builder, execution_provider) = register_execution_providers(builder, inference, &runtime)?;
+        let session = builder.commit_from_memory(&model.bytes).map_err(|e| load_error(e.to_string()))?;
+        Ok(Self { session, execution_provider, shape_scratch: Vec::with_capacity(4) })
+    }
+}
+
+/// Registers every configured provider this library has, in the configured order (ONNX Runtime
+/// gives each node to the first that takes it); "cpu" ends the list. Returns the first one
+/// registered: the provider that runs the model.
+fn register_execution_providers(
+    mut builder: SessionBuilder,
+    inference: &InferenceConfig,
+    runtime: &Runtime,
+) -> Result<(SessionBuilder, &'static str), InferError> {
+    let mut used: Option<&'static str> = None;
+    let mut available = Vec::new();
+    for &kind in &inference.execution_providers {
+        let (is_available, dispatch) = match kind {
+            ExecutionProviderKind::Cpu => {
+                available.push("cpu".to_string());
+                used = used.or(Some("cpu"));
+                break;
+            }
+            ExecutionProviderKind::Cuda => (ep::CUDA::is_available(), ep::CUDA::default().build()),
+            ExecutionProviderKind::Tensorrt => (ep::TensorRT::is_available(), ep::TensorRT::default().build()),
+        };
+        if !is_available.unwrap_or(false) {
+            tracing::info!(provider = kind.name(), version = %runtime.version, "execution provider is not in this ONNX Runtime build");
+            continue;
+        }
+        available.push(kind.name().to_string());
+        match builder.with_execution_providers([dispatch.error_on_failure()]) {
+            Ok(registered) => {
+                builder = registered;
+                used = used.or(Some(kind.name()));
+            }
+            Err(e) => {
+                tracing::warn!(provider = kind.name(), "execution provider did not start: {e}");
+                builder = e.recover();
+            }
+        }
+    }
+    match used {
+        Some(provider) => Ok((builder, provider)),
+        None => Err(InferError::NoExecutionProvider {
+            wanted: inference.execution_providers.iter().map(|k| k.name().to_string()).collect(),
+            version: format!("{} ({})", runtime.version, runtime.library.display()),
+            available: if available.is_empty() { vec!["cpu".into()] } else { available },
+        }),
+    }
+}
+
+impl Backend for OrtBackend {
+    fn name(&self) -> &'static str {
+        "ort"
+    }
+
+    fn execution_provider(&self) -> String {
+        self.execution_provider.to_string()
+    }
+
+    fn run(&mut self, input: &[f32], shape: &[usize], outputs: &mut Vec<Output>) -> Result<(), InferError> {
+        let run_error = |e: ort::Error| InferError::Run { backend: "ort", message: e.to_string() };
+        // A view of the pre-processed buffer: no copy of the input.
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(run_error)?;
+        let results = self.session.run(ort::inputs![tensor]).map_err(run_error)?;
+        outputs.truncate(results.len());
+        for (i, (name, value)) in results.iter().enumerate() {
+            let (dims, data) = value.try_extract_tensor::<f32>().map_err(|e| InferError::Output {
+                message: format!("ONNX Runtime output {name:?} is not a float32 tensor: {e}"),
+            })?;
+            self.shape_scratch.clear();
+            self.shape_scratch.extend(dims.iter().map(|&d| d.max(0) as usize));
+            store_output(outputs, i, name, &self.shape_scratch, data);
+        }
+        Ok(())
+    }
+}
