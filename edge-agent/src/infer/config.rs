@@ -58,7 +58,7 @@ impl InferenceConfig {
             Some(path) if !path.is_empty() => (PathBuf::from(path), "$ORT_DYLIB_PATH"),
             _ => (
                 PathBuf::from("libonnxruntime.so"),
-                "the system library path (no `inference.ort_library`, no $ORT_DYLIB_PATH)",
+                "the system library path; neither `inference.ort_library` nor $ORT_DYLIB_PATH is set",
             ),
         }
     }

@@ -57,7 +57,11 @@ fn runtime(inference: &InferenceConfig) -> Result<Arc<Runtime>, InferError> {
     let builder = ort::init_from(&path).map_err(|e| {
         library_error(match e {
             ort::LoadDynamicError::BadVersion { version_str, .. } => format!("is version {version_str}, too old"),
-            ort::LoadDynamicError::Dlopen { error, .. } => format!("cannot be loaded: {error}"),
+            ort::LoadDynamicError::Dlopen { error, .. } => match std::error::Error::source(&error) {
+                // libloading keeps dlerror()'s words (e.g. "No such file") in the source.
+                Some(reason) => format!("cannot be loaded: {reason}"),
+                None => format!("cannot be loaded: {error}"),
+            },
             ort::LoadDynamicError::MissingApi { .. } => {
                 "is not an ONNX Runtime library (it does not export OrtGetApiBase)".into()
             }
@@ -69,19 +73,26 @@ fn runtime(inference: &InferenceConfig) -> Result<Arc<Runtime>, InferError> {
         .with_telemetry(false)
         .build()
         .map_err(|e| library_error(format!("loaded, but its environment did not start: {e}")))?;
-    let runtime = Arc::new(Runtime { environment, library: path.clone(), version: library_version() });
+    let runtime = Arc::new(Runtime { environment, library: path.clone(), version: library_version(&path) });
     tracing::info!(library = %path.display(), version = %runtime.version, "ONNX Runtime loaded");
     *slot = Some(runtime.clone());
     Ok(runtime)
 }
 
-/// "1.32.0" from the build-info string ("ORT Build Info: git-branch=rel-1.32.0, ..."), if it says.
-fn library_version() -> String {
-    let info = ort::info();
-    info.split([',', ' '])
-        .find_map(|part| part.strip_prefix("git-branch=rel-"))
-        .map(str::to_string)
-        .unwrap_or_else(|| format!(">= {} ({})", needed_version(), info.trim()))
+/// The version the library reports about itself, e.g. "1.32.0".
+fn library_version(path: &Path) -> String {
+    // SAFETY: ort has just loaded this file and checked it exports OrtGetApiBase; that function
+    // takes no arguments and returns a static table whose GetVersionString returns a static string.
+    let version = unsafe {
+        libloading::Library::new(path).ok().and_then(|library| {
+            let get_base =
+                library.get::<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase>(b"OrtGetApiBase").ok()?;
+            let base = get_base();
+            let text = if base.is_null() { std::ptr::null() } else { ((*base).GetVersionString)() };
+            (!text.is_null()).then(|| std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned())
+        })
+    };
+    version.unwrap_or_else(|| format!(">= {} (it does not say which)", needed_version()))
 }
 
 pub struct OrtBackend {
