@@ -19,6 +19,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian starts a system-wide mosquitto on 1883 after install; the tests start their own on free ports.
 
+# ONNX Runtime for the ort backend's tests: the C library from the PyPI wheel, cached. An older
+# release too, for the test that a too-old library is refused naming both versions. A failed fetch
+# leaves the variable unset: the ort tests then fail in CI and are skipped on a developer's machine.
+echo "== fetching ONNX Runtime (scripts/fetch-onnxruntime.sh)"
+if [ -z "${ORT_DYLIB_PATH:-}" ]; then
+  ORT_DYLIB_PATH="$(bash scripts/fetch-onnxruntime.sh 1.32.0)" && export ORT_DYLIB_PATH || unset ORT_DYLIB_PATH
+fi
+if [ -z "${EDGE_AGENT_TEST_OLD_ORT:-}" ]; then
+  EDGE_AGENT_TEST_OLD_ORT="$(bash scripts/fetch-onnxruntime.sh 1.20.1)" && export EDGE_AGENT_TEST_OLD_ORT \
+    || unset EDGE_AGENT_TEST_OLD_ORT
+fi
+
 echo "== building (target dir $CARGO_TARGET_DIR)"
 cargo build --workspace --bins --tests --locked
 
