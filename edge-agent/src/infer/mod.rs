@@ -375,6 +375,121 @@ mod tests {
         assert!(detections.iter().any(|d| d.label == "dog"));
     }
 
+    /// The ONNX Runtime library to test with: required in CI, skipped with a message elsewhere.
+    #[cfg(feature = "ort")]
+    fn ort_inference() -> Option<InferenceConfig> {
+        match std::env::var_os("ORT_DYLIB_PATH").map(std::path::PathBuf::from) {
+            Some(path) if path.is_file() => Some(InferenceConfig {
+                backend: BackendKind::Ort,
+                ort_library: Some(path),
+                ..InferenceConfig::default()
+            }),
+            _ if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+                panic!("ONNX Runtime is required in CI; set ORT_DYLIB_PATH (scripts/fetch-onnxruntime.sh prints it)")
+            }
+            _ => {
+                eprintln!(
+                    "SKIPPED: ORT_DYLIB_PATH not set; run `export ORT_DYLIB_PATH=$(scripts/fetch-onnxruntime.sh)`"
+                );
+                None
+            }
+        }
+    }
+
+    #[cfg(feature = "ort")]
+    #[test]
+    fn nanodet_on_ort_finds_the_same_truck_as_tract() {
+        let Some(inference) = ort_inference() else { return };
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/nanodet.toml");
+        let mut on_ort = Model::load_with(&ModelConfig { manifest, score_threshold: None }, &inference).unwrap();
+        assert_eq!((on_ort.info().backend, on_ort.info().execution_provider.as_str()), ("ort", "cpu"));
+        let dog = sample("dog.jpg");
+        let Findings::Detect { detections: from_ort } = on_ort.infer(&dog).unwrap().findings else { panic!() };
+        let Findings::Detect { detections: from_tract } = model("nanodet").infer(&dog).unwrap().findings else {
+            panic!()
+        };
+        assert_eq!(from_ort.len(), from_tract.len(), "{from_ort:?}\n{from_tract:?}");
+        for (a, b) in from_ort.iter().zip(&from_tract) {
+            assert_eq!(a.label, b.label);
+            assert!((a.score - b.score).abs() < 1e-3 && detect::iou(&a.bbox, &b.bbox) > 0.98, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[cfg(feature = "ort")]
+    #[test]
+    fn a_second_ort_library_in_one_process_is_refused_naming_the_first() {
+        let Some(inference) = ort_inference() else { return };
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/efficientnet_lite0.toml");
+        let config = ModelConfig { manifest, score_threshold: None };
+        Model::load_with(&config, &inference).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("libonnxruntime.so.1.99.0");
+        std::fs::write(&other, b"not loaded: the process already has a library").unwrap();
+        let second = InferenceConfig { ort_library: Some(other.clone()), ..inference.clone() };
+        let err = Model::load_with(&config, &second).err().expect("refused");
+        let text = err.to_string();
+        assert!(err.is_backend_unavailable(), "{text}");
+        assert!(text.contains("already runs ONNX Runtime") && text.contains("1.99.0"), "{text}");
+        let fallback = InferenceConfig { fallback: Some(BackendKind::Tract), ..second };
+        assert_eq!(Model::load_with(&config, &fallback).unwrap().info().backend, "tract");
+    }
+
+    /// Hands back fixed outputs: for testing decoding and box mapping without a YOLO model file
+    /// (none is reachable here); the backends themselves are tested on the real models above.
+    struct CannedOutputs(Vec<Output>);
+
+    impl Backend for CannedOutputs {
+        fn name(&self) -> &'static str {
+            "canned"
+        }
+        fn execution_provider(&self) -> String {
+            "cpu".into()
+        }
+        fn run(&mut self, _: &[f32], _: &[usize], outputs: &mut Vec<Output>) -> Result<(), InferError> {
+            outputs.clone_from(&self.0);
+            Ok(())
+        }
+    }
+
+    fn yolo_model(decoder: &str, output: Output) -> Model {
+        let text = format!(
+            "name = \"yolo\"\nfile = \"yolo.onnx\"\nsha256 = \"{}\"\ntask = \"detect\"\nlabels = \"labels.txt\"\n\
+             licence = \"AGPL-3.0\"\nprovenance = \"hand-built outputs\"\n\
+             [input]\nname = \"images\"\nshape = [1, 3, 640, 640]\nlayout = \"nchw\"\ncolour_order = \"rgb\"\n\
+             resize = \"letterbox\"\nmean = [0.0, 0.0, 0.0]\nstd = [255.0, 255.0, 255.0]\n\
+             [decoder]\nkind = \"{decoder}\"\nscore_threshold = 0.25\nnms_iou = 0.45\n",
+            "0".repeat(64)
+        );
+        let manifest: Manifest = toml::from_str(&text).unwrap();
+        let labels = vec!["person".to_string(), "truck".to_string(), "bottle".to_string()];
+        let verified = VerifiedModel { manifest, onnx_path: "yolo.onnx".into(), bytes: Arc::new(Vec::new()), labels };
+        Model::with_backend(verified, Box::new(CannedOutputs(vec![output])), None)
+    }
+
+    /// A 1280×960 frame letterboxed into 640×640: scale 0.5, 80 rows of padding above and below.
+    /// A truck at model (100, 180)–(300, 280) is at frame (200, 200)–(600, 400).
+    #[test]
+    fn yolo_boxes_come_back_through_the_letterbox_in_frame_pixels() {
+        let frame = image::RgbImage::new(1280, 960);
+        let truck_v5 = [200.0, 230.0, 200.0, 100.0, 0.9, 0.05, 0.95, 0.0];
+        let v5 = Output { name: "output0".into(), shape: vec![1, 1, 8], data: truck_v5.to_vec() };
+        // YOLOv8: one row per value (cx, cy, w, h, 3 classes), one anchor.
+        let v8 = Output {
+            name: "output0".into(),
+            shape: vec![1, 7, 1],
+            data: vec![200.0, 230.0, 200.0, 100.0, 0.0, 0.9, 0.1],
+        };
+        for (decoder, output) in [("yolov5", v5), ("yolov8", v8.clone()), ("yolo11", v8)] {
+            let mut model = yolo_model(decoder, output);
+            let Findings::Detect { detections } = model.infer(&frame).unwrap().findings else { panic!() };
+            assert_eq!(detections.len(), 1, "{decoder}: {detections:?}");
+            assert_eq!(detections[0].label, "truck");
+            let b = detections[0].bbox;
+            let expected = BoundingBox { x1: 200.0, y1: 200.0, x2: 600.0, y2: 400.0 };
+            assert!(detect::iou(&b, &expected) > 0.999, "{decoder}: {b:?}");
+        }
+    }
+
     #[test]
     fn efficientnet_on_tract_sees_an_espresso_in_coffee_png() {
         let mut classifier = model("efficientnet_lite0");
