@@ -28,6 +28,8 @@ enum Command {
     },
     /// Run the models on image files and print what they find.
     Infer(cmd::infer::InferArgs),
+    /// Measure each model on each backend: inference latency, frames/s, pre/post-processing share.
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +44,7 @@ fn main() -> std::process::ExitCode {
     let outcome = match cli.command.unwrap_or(Command::Run { config: None }) {
         Command::Run { config } => cmd::run::run(config.as_deref()),
         Command::Infer(args) => cmd::infer::infer(args),
+        Command::Bench(args) => cmd::bench::bench(args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

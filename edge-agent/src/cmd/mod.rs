@@ -1,5 +1,6 @@
 //! One file per subcommand: thin shells over the library.
 
+pub mod bench;
 pub mod infer;
 pub mod run;
 
