@@ -6,14 +6,15 @@
 #   default models loaded, on each backend.
 # Writes bench/RESULTS.md and the benchmark section of README.md (bench/report.py).
 #
-#   bash bench/compare.sh                      # threads = nproc, 20 s per measurement
-#   BENCH_THREADS=2 BENCH_SECONDS=30 bash bench/compare.sh
+#   bash bench/compare.sh          # threads = nproc, 3 rounds of 8 s per measurement (about 8 minutes)
+#   BENCH_THREADS=2 BENCH_SECONDS=20 BENCH_ROUNDS=5 bash bench/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-agent/target}"
 threads="${BENCH_THREADS:-$(nproc)}"
-seconds="${BENCH_SECONDS:-20}"
+seconds="${BENCH_SECONDS:-8}"
+rounds="${BENCH_ROUNDS:-3}"
 rss_seconds="${BENCH_RSS_SECONDS:-20}"
 work="$(mktemp -d)"
 agent_pid=""
@@ -44,12 +45,19 @@ cargo build --release --locked -p edge-agent
 agent="$CARGO_TARGET_DIR/release/edge-agent"
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-echo "== edge-agent bench: ort and tract, $threads threads, $seconds s each"
-"$agent" bench --json --threads "$threads" --seconds "$seconds" --backend ort --backend tract >"$work/agent.json"
-
-echo "== Python: bare session.run and the OpenCV + ONNX Runtime pipeline"
-"$venv/bin/python" bench/python_baseline.py --models models --images models/samples \
-  --threads "$threads" --seconds "$seconds" >"$work/python.json"
+# Rounds alternate the contenders, so a burst of other work on the machine hits them alike.
+agent_runs=()
+python_runs=()
+for round in $(seq 1 "$rounds"); do
+  echo "== round $round of $rounds: edge-agent bench (ort, tract), $threads threads, $seconds s each"
+  "$agent" bench --json --threads "$threads" --seconds "$seconds" --backend ort --backend tract \
+    >"$work/agent-$round.json"
+  agent_runs+=(--agent "$work/agent-$round.json")
+  echo "== round $round of $rounds: Python session.run and OpenCV + ONNX Runtime pipeline"
+  "$venv/bin/python" bench/python_baseline.py --models models --images models/samples \
+    --threads "$threads" --seconds "$seconds" >"$work/python-$round.json"
+  python_runs+=(--python "$work/python-$round.json")
+done
 
 # Peak RSS (VmHWM) of `edge-agent run` with both default models, after it has inferred frames for a
 # while: the demo replay camera at 5 frames/s, no broker, the web page on a free port.
@@ -87,7 +95,7 @@ read -r rss_ort frames_ort < <(peak_rss_kib ort)
 read -r rss_tract frames_tract < <(peak_rss_kib tract)
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-python3 bench/report.py --agent "$work/agent.json" --python "$work/python.json" \
+python3 bench/report.py "${agent_runs[@]}" "${python_runs[@]}" \
   --rss ort "$rss_ort" "$frames_ort" --rss tract "$rss_tract" "$frames_tract" \
   --threads "$threads" --seconds "$seconds" --load "$load_before" "$load_after" \
   --results bench/RESULTS.md --readme README.md

@@ -5,7 +5,9 @@
    (INTER_LINEAR), colour order, normalise, NCHW, session.run, decode (softmax + top k, or NanoDet
    decoding in numpy), cv2.dnn.NMSBoxesBatched (class-aware), boxes back to frame pixels.
 
-Same pictures, same models (read from the manifests), same thread count as the agent's run.
+Same pictures, same models (read from the manifests), same thread count as the agent's run. Each is
+measured twice: with ONNX Runtime's defaults (intra-op threads spin between operators) and with spinning
+off, which is how the agent runs ONNX Runtime.
 """
 
 import argparse
@@ -135,34 +137,37 @@ def main():
         manifest = load_manifest(manifest_path)
         if args.only and manifest["name"] not in args.only:
             continue
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(
-            str(manifest["folder"] / manifest["file"]), options, providers=["CPUExecutionProvider"]
-        )
         input_name = manifest["input"]["name"]
         tensors = [
             preprocess(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), manifest["input"]) for b in pictures
         ]
-        run_only = measure(args.seconds, lambda i: session.run(None, {input_name: tensors[i % len(tensors)]}))
+        record = {"model": manifest["name"], "threads": args.threads}
+        # ONNX Runtime's defaults (threads spin between operators), and with spinning off as the agent runs it.
+        for variant, spinning in (("", "1"), ("_no_spin", "0")):
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = args.threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+            session = onnxruntime.InferenceSession(
+                str(manifest["folder"] / manifest["file"]), options, providers=["CPUExecutionProvider"]
+            )
+            run_only = measure(args.seconds, lambda i: session.run(None, {input_name: tensors[i % len(tensors)]}))
 
-        def full_frame(i):
-            bgr = cv2.imdecode(np.frombuffer(pictures[i % len(pictures)], np.uint8), cv2.IMREAD_COLOR)
-            outputs = session.run(None, {input_name: preprocess(bgr, manifest["input"])})
-            if manifest["task"] == "classify":
-                return decode_classifier(outputs, manifest)
-            return decode_nanodet(outputs, manifest, bgr.shape[1], bgr.shape[0])
+            def full_frame(i):
+                bgr = cv2.imdecode(np.frombuffer(pictures[i % len(pictures)], np.uint8), cv2.IMREAD_COLOR)
+                outputs = session.run(None, {input_name: preprocess(bgr, manifest["input"])})
+                if manifest["task"] == "classify":
+                    return decode_classifier(outputs, manifest)
+                return decode_nanodet(outputs, manifest, bgr.shape[1], bgr.shape[0])
 
-        pipeline = measure(args.seconds, full_frame)
-        results.append(
-            {
-                "model": manifest["name"],
-                "threads": args.threads,
-                "session_run": stats(run_only),
-                "pipeline": {**stats(pipeline), "frames_per_second": len(pipeline) / (sum(pipeline) / 1000.0)},
+            pipeline = measure(args.seconds, full_frame)
+            record["session_run" + variant] = stats(run_only)
+            record["pipeline" + variant] = {
+                **stats(pipeline),
+                "frames_per_second": len(pipeline) / (sum(pipeline) / 1000.0),
             }
-        )
+            del session
+        results.append(record)
     print(
         json.dumps(
             {"onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__, "numpy": np.__version__, "results": results},

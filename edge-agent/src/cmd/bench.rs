@@ -160,7 +160,7 @@ fn measure(
         index += 1;
         let frame_started = Instant::now();
         let image =
-            image::load_from_memory(bytes).with_context(|| format!("cannot decode {}", path.display()))?.to_rgb8();
+            image::load_from_memory(bytes).with_context(|| format!("cannot decode {}", path.display()))?.into_rgb8();
         let decoded_at = Instant::now();
         model.infer(&image)?;
         let done = Instant::now();

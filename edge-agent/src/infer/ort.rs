@@ -1,11 +1,12 @@
 //! The ONNX Runtime backend (cargo feature `ort`). The C library is loaded at run time from
 //! `inference.ort_library`, else `$ORT_DYLIB_PATH`; a missing or too old library is an error that
-//! names the path, the version found and the version needed. One library per process.
+//! names the path, the version found and the version needed. One library, one environment and one
+//! thread pool (`inference.intra_op_threads`, set by the first model loaded) per process.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ort::environment::Environment;
+use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::ep::{self, ExecutionProvider};
 use ort::session::builder::SessionBuilder;
 use ort::session::Session;
@@ -68,11 +69,23 @@ fn runtime(inference: &InferenceConfig) -> Result<Arc<Runtime>, InferError> {
             ort::LoadDynamicError::InvalidVersionString => "reports a malformed version string".into(),
         })
     })?;
+    let start_error = |e: ort::Error| library_error(format!("loaded, but its environment did not start: {e}"));
+    // One pool of `intra_op_threads` for all models: they run one after another on a frame, so
+    // per-model pools would only add threads.
+    let threads = GlobalThreadPoolOptions::default()
+        .with_intra_threads(inference.intra_op_threads)
+        .and_then(|options| options.with_inter_threads(1))
+        // No busy-waiting between operators: on a box that also decodes frames (and on this 2-core
+        // test machine) spinning threads steal the cores the next operator and the camera need;
+        // bench/RESULTS.md has the figures (spinning made inference ~1.6× slower there).
+        .and_then(|options| options.with_spin_control(false))
+        .map_err(start_error)?;
     let environment = builder
         .with_name("edge-agent")
         .with_telemetry(false)
+        .with_global_thread_pool(threads)
         .build()
-        .map_err(|e| library_error(format!("loaded, but its environment did not start: {e}")))?;
+        .map_err(start_error)?;
     let runtime = Arc::new(Runtime { environment, library: path.clone(), version: library_version(&path) });
     tracing::info!(library = %path.display(), version = %runtime.version, "ONNX Runtime loaded");
     *slot = Some(runtime.clone());
@@ -106,10 +119,8 @@ impl OrtBackend {
     pub fn load(model: &VerifiedModel, inference: &InferenceConfig) -> Result<Self, InferError> {
         let runtime = runtime(inference)?;
         let load_error = |message: String| InferError::Load { path: model.onnx_path.clone(), backend: "ort", message };
-        let mut builder = Session::builder(&runtime.environment).map_err(|e| load_error(e.to_string()))?;
-        if inference.intra_op_threads > 0 {
-            builder = builder.with_intra_threads(inference.intra_op_threads).map_err(|e| load_error(e.to_string()))?;
-        }
+        // Threads come from the environment's pool, shared by every model (see `runtime`).
+        let builder = Session::builder(&runtime.environment).map_err(|e| load_error(e.to_string()))?;
         let (mut builder, execution_provider) = register_execution_providers(builder, inference, &runtime)?;
         let session = builder.commit_from_memory(&model.bytes).map_err(|e| load_error(e.to_string()))?;
         Ok(Self { session, execution_provider, shape_scratch: Vec::with_capacity(4) })
