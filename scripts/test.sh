@@ -18,6 +18,14 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 # Chinese labels in the browser tests' screenshots need a CJK font.
 { command -v fc-list >/dev/null && [ -n "$(fc-list :lang=zh family)" ]; } || missing+=(fonts-wqy-microhei)
+# Build: OpenH264's bundled C++ source (RTSP/MP4 cameras); bindgen for V4L2 (feature edge-agent/v4l2).
+command -v c++ >/dev/null || missing+=(g++)
+for package in libclang-dev libv4l-dev \
+  gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+  gstreamer1.0-plugins-ugly gstreamer1.0-tools; do
+  # The RTSP tests run a real GStreamer RTSP server (tests/support/rtsp_server.py).
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   as_root apt-get update -qq
@@ -26,7 +34,8 @@ fi
 # Debian starts a system-wide mosquitto on 1883 after install; the tests start their own on free ports.
 
 echo "== building (target dir $CARGO_TARGET_DIR)"
-cargo build --workspace --bins --tests --locked
+# V4L2 (USB cameras) is a non-default feature so a plain `cargo run` needs no libclang; test it here.
+cargo build --workspace --bins --tests --locked --features edge-agent/v4l2
 
 echo "== testing"
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --features edge-agent/v4l2 "$@"

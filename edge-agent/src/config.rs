@@ -17,6 +17,7 @@ pub use crate::judge::config::{
 pub use crate::judge::config::{ObjectRuleConfig, RulesConfig};
 pub use crate::report::mqtt::config::{parse_mqtt_url, MqttConfig};
 pub use crate::report::web::config::WebConfig;
+use crate::source::config::redact_userinfo;
 pub use crate::source::config::{CameraConfig, SourceConfig};
 
 /// What went wrong while reading the configuration. Every variant names the file or the key.
@@ -203,7 +204,9 @@ impl Config {
                 Some(span) => line_and_column(text, span.start),
                 None => (0, 0, String::new()),
             };
-            ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().to_string(), line_text }
+            // The quoted line may hold an RTSP URL with a password.
+            let (message, line_text) = (redact_userinfo(e.message()), redact_userinfo(&line_text));
+            ConfigError::Parse { path: path.to_owned(), line, column, message, line_text }
         })
     }
 
@@ -375,8 +378,20 @@ mod tests {
         .unwrap();
         let config = Config::load(&path).unwrap();
         assert_eq!(config.state_dir, dir.path().join("state"));
-        let SourceConfig::Replay { path: frames, .. } = &config.cameras[0].source;
+        let SourceConfig::Replay { path: frames, .. } = &config.cameras[0].source else {
+            panic!("a replay camera: {:?}", config.cameras[0].source)
+        };
         assert_eq!(frames, &dir.path().join("frames"));
+    }
+
+    #[test]
+    fn a_config_line_quoted_in_an_error_hides_rtsp_passwords() {
+        let err = parse(
+            "[[cameras]]\nid = \"gate\"\nsource = { kind = \"rtsp\", url = \"rtsp://u:s3cret@h/x\", fps = \"x\" }\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("line 3") && text.contains("rtsp://u:***@h/x") && !text.contains("s3cret"), "{text}");
     }
 
     #[test]

@@ -63,3 +63,62 @@ pub async fn run_inference(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+
+    use chrono::Utc;
+    use image::RgbImage;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::config::{BackendKind, ModelConfig};
+    use crate::source::{CameraHealth, Frame};
+
+    /// Two cameras that always have a new frame waiting (both faster than the model): inference
+    /// must alternate between them rather than serve one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_busy_cameras_take_turns_on_a_slow_model() {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/efficientnet_lite0.toml");
+        let models =
+            crate::infer::load_models(&[ModelConfig { manifest, score_threshold: None }], BackendKind::Tract).unwrap();
+        let new_frame = Arc::new(Notify::new());
+        let running = Arc::new(AtomicBool::new(true));
+        let mut feeds = Vec::new();
+        for id in ["busy", "busier"] {
+            let (sender, receiver) = watch::channel(None);
+            let health = Arc::new(CameraHealth::default());
+            feeds.push(CameraFeed { id: id.into(), frames: receiver, health, last_taken: 0 });
+            let (running, new_frame) = (running.clone(), new_frame.clone());
+            let image = Arc::new(RgbImage::new(320, 240));
+            // "busier" sends five times as often as "busy"; both outpace the model.
+            let pause = if id == "busy" { 10 } else { 2 };
+            std::thread::spawn(move || {
+                let mut sequence = 0;
+                while running.load(Ordering::Relaxed) {
+                    sequence += 1;
+                    let frame = Frame { camera: id.into(), sequence, captured_at: Utc::now(), image: image.clone() };
+                    sender.send_replace(Some(frame));
+                    new_frame.notify_one();
+                    std::thread::sleep(std::time::Duration::from_millis(pause));
+                }
+            });
+        }
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let (output, mut inferred) = mpsc::channel(2);
+        let heartbeat = crate::liveness::Liveness::default().register("inference");
+        let worker = tokio::spawn(run_inference(models, feeds, new_frame, output, heartbeat, shutdown));
+        let mut order = Vec::new();
+        while order.len() < 12 {
+            let Some(frame) = inferred.recv().await else { break };
+            order.push(frame.frame.camera.to_string());
+        }
+        trigger.trigger();
+        running.store(false, Ordering::Relaxed);
+        let _ = worker.await;
+        assert_eq!(order.len(), 12);
+        assert!(order.windows(2).all(|pair| pair[0] != pair[1]), "cameras must alternate: {order:?}");
+    }
+}

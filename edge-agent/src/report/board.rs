@@ -34,6 +34,8 @@ pub struct CameraStatus {
     pub frames_captured: u64,
     pub frames_inferred: u64,
     pub frames_dropped: u64,
+    /// Kept from inference by the camera's motion gate: nothing had changed.
+    pub frames_still: u64,
     pub errors: u64,
     pub last_error: Option<String>,
     pub last_frame_at: Option<DateTime<Utc>>,
@@ -341,6 +343,7 @@ impl StatusBoard {
                     frames_captured: view.health.frames_captured.load(Ordering::Relaxed),
                     frames_inferred: view.health.frames_inferred.load(Ordering::Relaxed),
                     frames_dropped: view.health.frames_dropped.load(Ordering::Relaxed),
+                    frames_still: view.health.frames_still.load(Ordering::Relaxed),
                     errors: view.health.errors.load(Ordering::Relaxed),
                     last_error: view.health.last_error(),
                     last_frame_at: view.last_frame_at,

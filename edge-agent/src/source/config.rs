@@ -1,6 +1,10 @@
-//! What the user writes about cameras: `[[cameras]]` with an id and a source.
+//! What the user writes about cameras: `[[cameras]]` with an id, a source (replay, file, rtsp or
+//! v4l2) and optional motion gating. Credentials in RTSP URLs are kept apart from the URL so that
+//! every Debug, log line and page shows the URL with the password replaced by `***`.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -11,6 +15,9 @@ use crate::config::{absolutise, is_valid_topic_level, Invalid};
 pub struct CameraConfig {
     pub id: String,
     pub source: SourceConfig,
+    /// Skip inference on frames that have not changed (off unless given).
+    #[serde(default)]
+    pub motion: Option<MotionConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +31,228 @@ pub enum SourceConfig {
         #[serde(default = "default_true")]
         looping: bool,
     },
+    /// An H.264 MP4 file, or a folder of pictures, played at the file's rate (2 pictures/s for a
+    /// folder) unless `fps` is given.
+    File {
+        path: PathBuf,
+        #[serde(default)]
+        fps: Option<f64>,
+        #[serde(default = "default_true")]
+        looping: bool,
+    },
+    /// An IP camera: RTSP over TCP (interleaved), H.264 video.
+    Rtsp {
+        url: RtspUrl,
+        /// Most pictures per second handed to inference; default: every decoded frame.
+        #[serde(default)]
+        fps: Option<f64>,
+        /// No picture for this long → reconnect; also the cap of the reconnect backoff.
+        #[serde(default = "default_stall_timeout_secs")]
+        stall_timeout_secs: f64,
+    },
+    /// A USB camera through Video4Linux2 (needs an agent built with the `v4l2` feature).
+    V4l2 {
+        /// `/dev/video0`, a `/dev/v4l/by-id/...` link (stable across replugging), or an index.
+        device: V4l2Device,
+        #[serde(default)]
+        width: Option<u32>,
+        #[serde(default)]
+        height: Option<u32>,
+        #[serde(default)]
+        pixel_format: PixelFormat,
+        #[serde(default)]
+        fps: Option<u32>,
+    },
+}
+
+/// Frigate-style motion gating: a frame goes to inference only when its downscaled grey picture
+/// differs enough from the last frame that did.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MotionConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Grey-level change (1–255) for a pixel of the downscaled frame to count as changed.
+    #[serde(default = "default_pixel_threshold")]
+    pub pixel_threshold: u8,
+    /// Share of the downscaled frame (0–1) that must change for the frame to go to inference.
+    #[serde(default = "default_min_changed_area")]
+    pub min_changed_area: f64,
+    /// Infer at least this often even when nothing moves, so results and the page stay current.
+    #[serde(default = "default_max_still_secs")]
+    pub max_still_secs: f64,
+}
+
+impl Default for MotionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            pixel_threshold: default_pixel_threshold(),
+            min_changed_area: default_min_changed_area(),
+            max_still_secs: default_max_still_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelFormat {
+    /// Compressed by the camera: least USB bandwidth, so the default.
+    #[default]
+    Mjpeg,
+    /// Uncompressed 4:2:2.
+    Yuyv,
+}
+
+impl fmt::Display for PixelFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PixelFormat::Mjpeg => "MJPEG",
+            PixelFormat::Yuyv => "YUYV",
+        })
+    }
+}
+
+/// Which V4L2 device: a path (possibly a by-id link) or the N of `/dev/videoN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum V4l2Device {
+    Path(PathBuf),
+    Index(u32),
+}
+
+impl fmt::Display for V4l2Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            V4l2Device::Path(path) => write!(f, "{}", path.display()),
+            V4l2Device::Index(index) => write!(f, "/dev/video{index}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for V4l2Device {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DeviceVisitor;
+        impl serde::de::Visitor<'_> for DeviceVisitor {
+            type Value = V4l2Device;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a device path like \"/dev/video0\" or an index like 0")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<V4l2Device, E> {
+                if value.is_empty() {
+                    return Err(E::invalid_value(serde::de::Unexpected::Str(value), &self));
+                }
+                Ok(V4l2Device::Path(PathBuf::from(value)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<V4l2Device, E> {
+                u32::try_from(value)
+                    .map(V4l2Device::Index)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(value), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<V4l2Device, E> {
+                u32::try_from(value)
+                    .map(V4l2Device::Index)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(value), &self))
+            }
+        }
+        deserializer.deserialize_any(DeviceVisitor)
+    }
+}
+
+/// An RTSP URL with its credentials kept apart: `Display` and `Debug` never show the password.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RtspUrl {
+    /// Without user name and password.
+    bare: url::Url,
+    username: String,
+    password: String,
+}
+
+impl RtspUrl {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut url = url::Url::parse(text).map_err(|e| {
+            format!("{:?} is not a URL ({e}); expected rtsp://[user:password@]host[:port]/path", redact_userinfo(text))
+        })?;
+        if url.scheme() != "rtsp" {
+            return Err(format!(
+                "{:?} has scheme {:?}; expected rtsp://[user:password@]host[:port]/path",
+                redact_userinfo(text),
+                url.scheme()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{:?} names no host; expected rtsp://host[:port]/path", redact_userinfo(text)));
+        }
+        let decode =
+            |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+        let username = decode(url.username()).unwrap_or_default();
+        let password = url.password().and_then(decode).unwrap_or_default();
+        // Setting empty credentials cannot fail on an rtsp:// URL with a host.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        Ok(Self { bare: url, username, password })
+    }
+
+    /// The URL to connect to, without credentials.
+    pub fn bare(&self) -> &url::Url {
+        &self.bare
+    }
+
+    /// User name and password, if the URL had them.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        (!self.username.is_empty() || !self.password.is_empty()).then_some((&self.username, &self.password))
+    }
+}
+
+impl TryFrom<String> for RtspUrl {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text)
+    }
+}
+
+impl fmt::Display for RtspUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bare = self.bare.as_str();
+        match (self.credentials(), bare.split_once("://")) {
+            (Some((user, _)), Some((scheme, rest))) => write!(f, "{scheme}://{user}:***@{rest}"),
+            _ => f.write_str(bare),
+        }
+    }
+}
+
+impl fmt::Debug for RtspUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RtspUrl({self})")
+    }
+}
+
+/// Replaces the password of every `scheme://user:password@` in `text` with `***`, for text that may
+/// quote a config line or a URL.
+pub fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_end = tail.find(['/', '"', '\'', ' ', '?', '#']).unwrap_or(tail.len());
+        let authority = &tail[..authority_end];
+        match authority.rfind('@') {
+            Some(at_sign) => {
+                let userinfo = &authority[..at_sign];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                out.push_str(user);
+                if userinfo.contains(':') {
+                    out.push_str(":***");
+                }
+                out.push_str(&authority[at_sign..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[authority_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn default_true() -> bool {
@@ -32,6 +261,22 @@ fn default_true() -> bool {
 
 fn default_replay_fps() -> f64 {
     2.0
+}
+
+fn default_stall_timeout_secs() -> f64 {
+    10.0
+}
+
+fn default_pixel_threshold() -> u8 {
+    25
+}
+
+fn default_min_changed_area() -> f64 {
+    0.005
+}
+
+fn default_max_still_secs() -> f64 {
+    60.0
 }
 
 /// The demo camera: a replay of the sample images shipped with the models.
@@ -43,13 +288,38 @@ pub fn default_cameras(data_dir: &Path) -> Vec<CameraConfig> {
             fps: default_replay_fps(),
             looping: true,
         },
+        motion: None,
     }]
+}
+
+impl SourceConfig {
+    /// Longest wait between two reopen attempts: short for an RTSP camera (it should be back within
+    /// its stall timeout) and a USB camera (replugging), long for a missing file.
+    pub fn reopen_backoff_cap(&self) -> Duration {
+        match self {
+            SourceConfig::Rtsp { stall_timeout_secs, .. } => Duration::from_secs_f64(*stall_timeout_secs),
+            SourceConfig::V4l2 { .. } => Duration::from_secs(5),
+            SourceConfig::Replay { .. } | SourceConfig::File { .. } => Duration::from_secs(30),
+        }
+    }
+}
+
+fn check_fps(key: &str, fps: f64) -> Result<(), Invalid> {
+    if fps > 0.0 && fps <= 120.0 {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            format!("{key}.source.fps"),
+            format!("is {fps}; expected a rate above 0 and at most 120 frames/s"),
+        ))
+    }
 }
 
 impl CameraConfig {
     pub fn resolve_paths(&mut self, base: &Path) {
         match &mut self.source {
-            SourceConfig::Replay { path, .. } => absolutise(path, base),
+            SourceConfig::Replay { path, .. } | SourceConfig::File { path, .. } => absolutise(path, base),
+            SourceConfig::Rtsp { .. } | SourceConfig::V4l2 { .. } => {}
         }
     }
 
@@ -62,15 +332,167 @@ impl CameraConfig {
             ));
         }
         match &self.source {
-            SourceConfig::Replay { fps, .. } => {
-                if !(*fps > 0.0 && *fps <= 120.0) {
+            SourceConfig::Replay { fps, .. } => check_fps(key, *fps)?,
+            SourceConfig::File { fps, .. } | SourceConfig::Rtsp { fps, .. } => {
+                if let Some(fps) = fps {
+                    check_fps(key, *fps)?;
+                }
+            }
+            SourceConfig::V4l2 { width, height, fps, .. } => {
+                if width.is_some() != height.is_some() {
                     return Err(Invalid::new(
-                        format!("{key}.source.fps"),
-                        format!("is {fps}; expected a rate above 0 and at most 120 frames/s"),
+                        format!("{key}.source.{}", if width.is_some() { "height" } else { "width" }),
+                        "is missing; give both width and height, or neither for the camera's default",
                     ));
+                }
+                if let Some(size) = width.iter().chain(height.iter()).find(|&&s| s == 0 || s > 8192) {
+                    return Err(Invalid::new(
+                        format!("{key}.source.{}", if width == &Some(*size) { "width" } else { "height" }),
+                        format!("is {size}; expected 1 to 8192 pixels"),
+                    ));
+                }
+                if let Some(fps) = fps {
+                    check_fps(key, f64::from(*fps))?;
                 }
             }
         }
+        if let SourceConfig::Rtsp { stall_timeout_secs, .. } = &self.source {
+            if !(*stall_timeout_secs >= 1.0 && *stall_timeout_secs <= 600.0) {
+                return Err(Invalid::new(
+                    format!("{key}.source.stall_timeout_secs"),
+                    format!("is {stall_timeout_secs}; expected 1 to 600 seconds"),
+                ));
+            }
+        }
+        if let Some(motion) = &self.motion {
+            motion.validate(&format!("{key}.motion"))?;
+        }
         Ok(())
+    }
+}
+
+impl MotionConfig {
+    fn validate(&self, key: &str) -> Result<(), Invalid> {
+        if self.pixel_threshold == 0 {
+            return Err(Invalid::new(format!("{key}.pixel_threshold"), "is 0; expected 1 to 255 grey levels"));
+        }
+        if !(self.min_changed_area > 0.0 && self.min_changed_area <= 1.0) {
+            return Err(Invalid::new(
+                format!("{key}.min_changed_area"),
+                format!("is {}; expected a share of the frame above 0 and at most 1", self.min_changed_area),
+            ));
+        }
+        if !(self.max_still_secs > 0.0 && self.max_still_secs <= 86_400.0) {
+            return Err(Invalid::new(
+                format!("{key}.max_still_secs"),
+                format!("is {}; expected above 0 and at most 86400 seconds", self.max_still_secs),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let config = Config::from_toml_str(text, Path::new("site.toml")).map_err(|e| e.to_string())?;
+        config.validate(Path::new("site.toml")).map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    fn camera(source: &str) -> String {
+        format!("[[cameras]]\nid = \"gate\"\nsource = {source}\n")
+    }
+
+    #[test]
+    fn every_source_kind_parses_with_its_defaults() {
+        let config = parse(&format!(
+            "{}{}{}{}",
+            camera(r#"{ kind = "file", path = "clip.mp4" }"#).replace("gate", "a"),
+            camera(r#"{ kind = "rtsp", url = "rtsp://10.0.0.9:554/stream1" }"#).replace("gate", "b"),
+            camera(r#"{ kind = "v4l2", device = "/dev/video0" }"#).replace("gate", "c"),
+            camera(r#"{ kind = "v4l2", device = 2, width = 1280, height = 720, pixel_format = "yuyv", fps = 15 }"#)
+                .replace("gate", "d"),
+        ))
+        .unwrap();
+        assert!(matches!(&config.cameras[0].source, SourceConfig::File { fps: None, looping: true, .. }));
+        let SourceConfig::Rtsp { url, fps, stall_timeout_secs } = &config.cameras[1].source else { panic!() };
+        assert_eq!((url.to_string().as_str(), *fps, *stall_timeout_secs), ("rtsp://10.0.0.9:554/stream1", None, 10.0));
+        assert!(matches!(
+            &config.cameras[2].source,
+            SourceConfig::V4l2 { device: V4l2Device::Path(_), pixel_format: PixelFormat::Mjpeg, width: None, .. }
+        ));
+        assert!(matches!(
+            &config.cameras[3].source,
+            SourceConfig::V4l2 { device: V4l2Device::Index(2), pixel_format: PixelFormat::Yuyv, fps: Some(15), .. }
+        ));
+        assert!(config.cameras.iter().all(|c| c.motion.is_none()), "motion gating is off unless asked for");
+    }
+
+    #[test]
+    fn rtsp_credentials_never_show_in_debug_display_or_errors() {
+        let url = RtspUrl::parse("rtsp://admin:s3cr%40t@10.0.0.9:554/Streaming/101?transport=tcp").unwrap();
+        assert_eq!(url.credentials(), Some(("admin", "s3cr@t")));
+        assert_eq!(url.bare().as_str(), "rtsp://10.0.0.9:554/Streaming/101?transport=tcp");
+        assert_eq!(url.to_string(), "rtsp://admin:***@10.0.0.9:554/Streaming/101?transport=tcp");
+        let config =
+            parse(&camera(r#"{ kind = "rtsp", url = "rtsp://admin:s3cret@10.0.0.9/live", fps = 5.0 }"#)).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret") && debug.contains("admin:***@10.0.0.9"), "{debug}");
+        let err = parse(&camera(r#"{ kind = "rtsp", url = "http://admin:s3cret@10.0.0.9/live" }"#)).unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(err.contains("url") && err.contains("rtsp://"), "{err}");
+    }
+
+    #[test]
+    fn redaction_covers_urls_inside_any_text() {
+        assert_eq!(
+            redact_userinfo(r#"source = { url = "rtsp://u:p@h:1/x", other = "rtsp://h/y" }"#),
+            r#"source = { url = "rtsp://u:***@h:1/x", other = "rtsp://h/y" }"#
+        );
+        assert_eq!(redact_userinfo("rtsp://only-user@h/x"), "rtsp://only-user@h/x");
+    }
+
+    #[test]
+    fn bad_source_values_name_the_key() {
+        let cases = [
+            (r#"{ kind = "file", path = "x.mp4", fps = 0.0 }"#, "cameras[0].source.fps"),
+            (
+                r#"{ kind = "rtsp", url = "rtsp://h/x", stall_timeout_secs = 0.1 }"#,
+                "cameras[0].source.stall_timeout_secs",
+            ),
+            (r#"{ kind = "v4l2", device = 0, width = 640 }"#, "cameras[0].source.height"),
+            (r#"{ kind = "v4l2", device = 0, width = 0, height = 480 }"#, "cameras[0].source.width"),
+        ];
+        for (source, key) in cases {
+            let err = parse(&camera(source)).unwrap_err();
+            assert!(err.contains(key), "{source}: {err}");
+        }
+        let err = parse(&camera(r#"{ kind = "v4l2", device = 0, pixel_format = "h264" }"#)).unwrap_err();
+        assert!(err.contains("pixel_format") || err.contains("mjpeg"), "{err}");
+        let err = parse(&camera(r#"{ kind = "v4l2", device = -1 }"#)).unwrap_err();
+        assert!(err.contains("/dev/video0"), "{err}");
+        let err = parse(&camera(r#"{ kind = "usb", device = 0 }"#)).unwrap_err();
+        assert!(err.contains("usb") && err.contains("rtsp"), "{err}");
+    }
+
+    #[test]
+    fn motion_gating_is_configured_per_camera_and_checked() {
+        let config = parse(&format!(
+            "{}motion = {{ pixel_threshold = 30 }}\n",
+            camera(r#"{ kind = "replay", path = "frames" }"#)
+        ))
+        .unwrap();
+        let motion = config.cameras[0].motion.clone().unwrap();
+        assert_eq!(motion, MotionConfig { pixel_threshold: 30, ..MotionConfig::default() });
+        let err = parse(&format!(
+            "{}motion = {{ min_changed_area = 2.0 }}\n",
+            camera(r#"{ kind = "replay", path = "frames" }"#)
+        ))
+        .unwrap_err();
+        assert!(err.contains("cameras[0].motion.min_changed_area"), "{err}");
     }
 }

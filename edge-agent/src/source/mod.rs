@@ -3,11 +3,16 @@
 //! older frame is replaced (newest frame wins) and never queued; the gap is counted as dropped.
 
 pub mod config;
+pub mod file;
+pub mod h264;
+pub mod motion;
 pub mod replay;
+pub mod rtsp;
+pub mod v4l2;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use image::RgbImage;
@@ -16,6 +21,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::{CameraConfig, SourceConfig};
 use crate::liveness::{Heartbeat, Liveness};
 use crate::shutdown::Shutdown;
+use motion::MotionGate;
 
 /// One captured picture: the message from source to infer.
 #[derive(Debug, Clone)]
@@ -35,6 +41,12 @@ pub enum SourceError {
     Decode { camera: String, what: String, message: String },
     #[error("camera {camera}: the source has ended")]
     Ended { camera: String },
+    /// Was open, then failed: connection closed, device unplugged.
+    #[error("camera {camera}: lost: {message}")]
+    Lost { camera: String, message: String },
+    /// Open but silent for too long (stall watchdog).
+    #[error("camera {camera}: stalled: {message}")]
+    Stalled { camera: String, message: String },
 }
 
 /// A camera's health, shared between its task, inference and the status page.
@@ -43,6 +55,8 @@ pub struct CameraHealth {
     pub frames_captured: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub frames_inferred: AtomicU64,
+    /// Frames the motion gate kept from inference because nothing had changed.
+    pub frames_still: AtomicU64,
     pub errors: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
@@ -130,6 +144,50 @@ struct CameraTask {
     heartbeat: Arc<Heartbeat>,
 }
 
+/// An open source of any kind.
+enum OpenSource {
+    Replay(replay::ReplaySource),
+    File(file::VideoFileSource),
+    Rtsp(Box<rtsp::RtspSource>),
+    V4l2(v4l2::V4l2Source),
+}
+
+impl OpenSource {
+    async fn open(camera: &CameraConfig) -> Result<Self, SourceError> {
+        let id = camera.id.as_str();
+        Ok(match &camera.source {
+            SourceConfig::Replay { path, fps, looping } => {
+                Self::Replay(replay::ReplaySource::open(id, path, *fps, *looping)?)
+            }
+            SourceConfig::File { path, fps, looping } if path.is_dir() => {
+                Self::Replay(replay::ReplaySource::open(id, path, fps.unwrap_or(2.0), *looping)?)
+            }
+            SourceConfig::File { path, fps, looping } => {
+                Self::File(file::VideoFileSource::open(id, path, *fps, *looping).await?)
+            }
+            SourceConfig::Rtsp { url, fps, stall_timeout_secs } => Self::Rtsp(Box::new(
+                rtsp::RtspSource::open(id, url, *fps, Duration::from_secs_f64(*stall_timeout_secs)).await?,
+            )),
+            SourceConfig::V4l2 { device, width, height, pixel_format, fps } => {
+                let settings = v4l2::V4l2Settings {
+                    device: device.clone(),
+                    request: v4l2::FormatRequest { pixel_format: *pixel_format, size: width.zip(*height), fps: *fps },
+                };
+                Self::V4l2(v4l2::V4l2Source::open(id, &settings).await?)
+            }
+        })
+    }
+
+    async fn next_image(&mut self) -> Result<RgbImage, SourceError> {
+        match self {
+            Self::Replay(source) => source.next_image().await,
+            Self::File(source) => source.next_image().await,
+            Self::Rtsp(source) => source.next_image().await,
+            Self::V4l2(source) => source.next_image().await,
+        }
+    }
+}
+
 impl CameraTask {
     /// Waits out a backoff delay; a camera waiting to retry is not a hung camera.
     async fn back_off(&self, shutdown: &mut Shutdown, delay: Duration) -> bool {
@@ -141,13 +199,14 @@ impl CameraTask {
 
     /// Open, read until error, back off, reopen; until shutdown.
     async fn run(self, mut shutdown: Shutdown) {
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let cap = self.camera.source.reopen_backoff_cap();
+        let mut backoff = Backoff::new(Duration::from_millis(500).min(cap), cap);
         let mut sequence = 0u64;
+        let mut gate = self.camera.motion.clone().map(MotionGate::new);
         loop {
-            let opened = match &self.camera.source {
-                SourceConfig::Replay { path, fps, looping } => {
-                    replay::ReplaySource::open(&self.camera.id, path, *fps, *looping)
-                }
+            let opened = tokio::select! {
+                opened = OpenSource::open(&self.camera) => opened,
+                _ = shutdown.wait() => return,
             };
             let mut source = match opened {
                 Ok(source) => source,
@@ -160,6 +219,7 @@ impl CameraTask {
                     continue;
                 }
             };
+            tracing::info!(camera = %self.id, "source open");
             loop {
                 let next = tokio::select! {
                     next = source.next_image() => next,
@@ -170,8 +230,29 @@ impl CameraTask {
                     Ok(image) => {
                         backoff.reset();
                         self.health.clear_error();
-                        sequence += 1;
                         self.health.frames_captured.fetch_add(1, Ordering::Relaxed);
+                        let (image, admitted) = match gate.take() {
+                            None => (image, true),
+                            Some(mut motion_gate) => {
+                                // A pass over every pixel: keep it off the async workers.
+                                let judged = tokio::task::spawn_blocking(move || {
+                                    let admitted = motion_gate.admit(&image, Instant::now());
+                                    (motion_gate, image, admitted)
+                                })
+                                .await;
+                                let Ok((motion_gate, image, admitted)) = judged else {
+                                    tracing::error!(camera = %self.id, "motion check failed; gating off");
+                                    continue;
+                                };
+                                gate = Some(motion_gate);
+                                (image, admitted)
+                            }
+                        };
+                        if !admitted {
+                            self.health.frames_still.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        sequence += 1;
                         let frame = Frame {
                             camera: self.id.clone(),
                             sequence,
@@ -195,6 +276,7 @@ impl CameraTask {
                     Err(error) => {
                         tracing::error!(camera = %self.id, "{error}; reopening");
                         self.health.record_error(&error);
+                        drop(source);
                         if self.back_off(&mut shutdown, backoff.next_delay()).await {
                             return;
                         }

@@ -1,0 +1,77 @@
+#!/usr/bin/python3
+"""A real RTSP server for the end-to-end tests: Debian's GStreamer RTSP server on loopback.
+
+    rtsp_server.py --port PORT --image dog.jpg [--fps 5] [--user U --password P]
+        serves an endless H.264 stream (x264, baseline, a keyframe every 10 frames) of one picture;
+    rtsp_server.py --port PORT --file clip.mp4
+        serves the H.264 track of an MP4 file once (used for damaged streams).
+
+The stream is at rtsp://127.0.0.1:PORT/cam. Runs until killed; prints "ready" once listening.
+Needs Debian's python3-gi, gir1.2-gst-rtsp-server-1.0 and gstreamer1.0-plugins-{good,bad,ugly}.
+"""
+
+import argparse
+import sys
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+
+def launch_line(args):
+    if args.file:
+        return (
+            f'( filesrc location="{args.file}" ! qtdemux ! h264parse config-interval=-1 '
+            "! rtph264pay name=pay0 pt=96 )"
+        )
+    decoder = "pngdec" if args.image.lower().endswith(".png") else "jpegdec"
+    caps = "image/png" if decoder == "pngdec" else "image/jpeg"
+    return (
+        f'( multifilesrc location="{args.image}" loop=true caps="{caps},framerate={args.fps}/1" '
+        f"! {decoder} ! videoconvert ! video/x-raw,format=I420 "
+        "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 "
+        "! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1 )"
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image")
+    source.add_argument("--file")
+    parser.add_argument("--fps", type=int, default=5)
+    parser.add_argument("--user")
+    parser.add_argument("--password")
+    args = parser.parse_args()
+
+    Gst.init(None)
+    server = GstRtspServer.RTSPServer()
+    server.set_address("127.0.0.1")
+    server.set_service(str(args.port))
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_launch(launch_line(args))
+    factory.set_shared(True)
+    if args.user:
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", args.user)
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password or ""), token)
+        server.set_auth(auth)
+        permissions = GstRtspServer.RTSPPermissions()
+        permissions.add_role_from_structure(
+            Gst.Structure.new_from_string(f"{args.user},media.factory.access=true,media.factory.construct=true")
+        )
+        factory.set_permissions(permissions)
+    server.get_mount_points().add_factory("/cam", factory)
+    if server.attach(None) == 0:
+        print(f"cannot listen on 127.0.0.1:{args.port}", file=sys.stderr)
+        sys.exit(1)
+    print("ready", flush=True)
+    GLib.MainLoop().run()
+
+
+if __name__ == "__main__":
+    main()
