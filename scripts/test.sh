@@ -26,12 +26,24 @@ for package in libclang-dev libv4l-dev \
   # The RTSP tests run a real GStreamer RTSP server (tests/support/rtsp_server.py).
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
+# The schema test validates with Python jsonschema in a venv (Debian splits venv/ensurepip out).
+python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # Debian starts a system-wide mosquitto on 1883 after install; the tests start their own on free ports.
+
+# Python jsonschema (in a venv beside the build) validates real MQTT messages against docs/schemas.
+SCHEMA_VENV="$CARGO_TARGET_DIR/schema-venv"
+if ! "$SCHEMA_VENV/bin/python" -c "import jsonschema, yaml, rfc3339_validator" 2>/dev/null; then
+  echo "== creating $SCHEMA_VENV (jsonschema, pyyaml)"
+  rm -rf "$SCHEMA_VENV"
+  python3 -m venv "$SCHEMA_VENV"
+  "$SCHEMA_VENV/bin/pip" install -q "jsonschema==4.26.0" "pyyaml==6.0.3" "rfc3339-validator==0.1.4"
+fi
+export EDGE_AGENT_SCHEMA_PYTHON="$SCHEMA_VENV/bin/python"
 
 echo "== building (target dir $CARGO_TARGET_DIR)"
 # V4L2 (USB cameras) is a non-default feature so a plain `cargo run` needs no libclang; test it here.

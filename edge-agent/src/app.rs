@@ -1,19 +1,25 @@
 //! `edge-agent run`: wires the stages together. Frames flow one way through typed channels:
 //! source (watch per camera, newest wins) → infer → judge → report (outbox → MQTT, board → web).
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
-use crate::config::{parse_mqtt_url, Config};
+use crate::config::Config;
+use crate::infer::control::WorkerControls;
 use crate::infer::{self, InferredFrame, Model};
 use crate::judge::{Judge, Judgement};
 use crate::liveness::{self, Liveness};
 use crate::report::board::StatusBoard;
+use crate::report::commands::{CommandHandler, IncomingCommand};
+use crate::report::config_store::ConfigStore;
 use crate::report::mqtt::{MqttSettings, Publisher};
 use crate::report::outbox::Outbox;
+use crate::report::telemetry::TelemetrySampler;
 use crate::report::{self, web};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::source;
@@ -22,13 +28,17 @@ use crate::source::CameraHealth;
 /// Frames that may wait between two stages; small, so a slow stage drops frames at the source.
 const STAGE_QUEUE: usize = 2;
 
-/// Runs the agent until `trigger` fires; returns after the stages have stopped.
-pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()> {
+/// Commands waiting to be handled; more are refused (logged) until the handler catches up.
+const COMMAND_QUEUE: usize = 64;
+
+/// Runs the agent until `trigger` fires; returns after the stages have stopped. `config_path` is
+/// the file `config` came from (None: embedded defaults): commands re-read and change it.
+pub async fn run(config: Config, config_path: Option<PathBuf>, trigger: &ShutdownTrigger) -> anyhow::Result<()> {
     let shutdown = trigger.handle();
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state folder {} (config `state_dir`)", config.state_dir.display()))?;
     let outbox_path = config.state_dir.join("outbox.redb");
-    let outbox = Arc::new(Outbox::open(&outbox_path)?);
+    let outbox = Arc::new(Outbox::open(&outbox_path)?.with_quota(config.outbox.quota_bytes()));
 
     let model_configs = config.models.clone();
     let backend = config.inference.backend;
@@ -41,23 +51,10 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
         .await
         .context("judge setup task failed")??;
 
-    let mqtt_settings = match &config.mqtt.url {
-        Some(url) => {
-            let (host, port) = parse_mqtt_url(url).map_err(|problem| anyhow::anyhow!("`mqtt.url` {problem}"))?;
-            Some(MqttSettings {
-                host,
-                port,
-                client_id: config.mqtt_client_id(),
-                topic_prefix: config.mqtt.topic_prefix.clone(),
-                device_id: config.device_id.clone(),
-                keep_alive: Duration::from_secs(config.mqtt.keep_alive_secs.max(5)),
-            })
-        }
-        None => None,
-    };
+    let mqtt_settings = MqttSettings::from_config(&config)?;
     let board = Arc::new(StatusBoard::new(config.device_id.clone(), mqtt_settings.as_ref().map(|s| s.broker())));
     board.set_models(models.iter().map(Model::info).collect());
-    board.set_outbox_depth(outbox.depth()?);
+    board.set_outbox_stats(outbox.stats()?);
     for model in &models {
         let info = model.info();
         tracing::info!(model = %info.name, backend = info.backend, provider = %info.execution_provider, "model loaded");
@@ -78,6 +75,8 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
     let publisher_wake = Arc::new(Notify::new());
 
     let camera_health: Vec<_> = feeds.iter().map(|f| f.health.clone()).collect();
+    let cameras: HashMap<String, _> = feeds.iter().map(|f| (f.id.to_string(), f.health.clone())).collect();
+    let (worker, model_runs, worker_controls) = WorkerControls::channel();
     let infer_task = tokio::spawn(infer::worker::run_inference(
         models,
         feeds,
@@ -85,8 +84,17 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
         inferred_tx,
         liveness.register("inference"),
         shutdown.clone(),
+        worker_controls,
     ));
-    let judge_task = tokio::spawn(crate::judge::run_judge(judge, inferred_rx, judged_tx, liveness.register("judge")));
+    // `set`/`reload` hand new rules and zones to the judge between two frames.
+    let (judge_settings, judge_settings_rx) = watch::channel(Arc::new(config.clone()));
+    let judge_task = tokio::spawn(crate::judge::run_judge(
+        judge,
+        inferred_rx,
+        judged_tx,
+        judge_settings_rx,
+        liveness.register("judge"),
+    ));
     let report_task = tokio::spawn(report::run_reporter(
         judged_rx,
         outbox.clone(),
@@ -94,8 +102,33 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
         publisher_wake.clone(),
         liveness.register("report"),
     ));
+    let status_changed = Arc::new(Notify::new());
+    let (command_tx, command_rx) = mpsc::channel::<IncomingCommand>(COMMAND_QUEUE);
+    let handler = Arc::new(CommandHandler {
+        device_id: config.device_id.clone(),
+        topic_prefix: config.mqtt.topic_prefix.clone(),
+        state_dir: config.state_dir.clone(),
+        backend: config.inference.backend,
+        store: Arc::new(ConfigStore::new(config_path, config.clone())),
+        board: board.clone(),
+        outbox: outbox.clone(),
+        publisher_wake: publisher_wake.clone(),
+        status_changed: status_changed.clone(),
+        cameras,
+        worker,
+        model_runs,
+        judge_settings,
+        model_update_busy: Default::default(),
+    });
+    let command_task = tokio::spawn(handler.run(command_rx, shutdown.clone()));
     let publisher_task = mqtt_settings.map(|settings| {
-        let publisher = Publisher { settings, outbox: outbox.clone(), board: board.clone(), wake: publisher_wake };
+        let telemetry = TelemetrySampler::new(board.clone(), outbox.clone(), config.state_dir.clone());
+        let mut publisher = Publisher::new(settings, outbox.clone(), board.clone(), publisher_wake)
+            .with_commands(command_tx)
+            .with_status_changed(status_changed);
+        if config.mqtt.telemetry_interval_secs > 0 {
+            publisher = publisher.with_telemetry(telemetry);
+        }
         tokio::spawn(publisher.run(shutdown.clone()))
     });
     if config.mqtt.url.is_none() {
@@ -116,6 +149,7 @@ pub async fn run(config: Config, trigger: &ShutdownTrigger) -> anyhow::Result<()
     let _ = infer_task.await;
     let _ = judge_task.await;
     let _ = report_task.await;
+    let _ = command_task.await;
     if let Some(publisher) = publisher_task {
         let _ = publisher.await;
     }

@@ -15,7 +15,9 @@ pub use crate::judge::config::{
     TaxonomyConfig, TrackingConfig,
 };
 pub use crate::judge::config::{ObjectRuleConfig, RulesConfig};
+pub use crate::report::commands::config::ModelUpdateConfig;
 pub use crate::report::mqtt::config::{parse_mqtt_url, MqttConfig};
+pub use crate::report::outbox::config::OutboxConfig;
 pub use crate::report::web::config::WebConfig;
 use crate::source::config::redact_userinfo;
 pub use crate::source::config::{CameraConfig, SourceConfig};
@@ -92,6 +94,10 @@ pub struct Config {
     pub stats: StatsConfig,
     #[serde(default)]
     pub service: ServiceConfig,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub model_update: ModelUpdateConfig,
     /// The file this configuration was read from (none for the embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -222,6 +228,8 @@ impl Config {
         self.taxonomy.resolve_paths(base);
         self.rules.resolve_paths(base);
         self.web.resolve_paths(base);
+        self.mqtt.resolve_paths(base);
+        self.model_update.resolve_paths(base);
     }
 
     /// Checks what the types cannot: ranges, uniqueness and URL shapes.
@@ -261,6 +269,8 @@ impl Config {
         if !(stall >= 1.0 && stall <= 3600.0) {
             return Err(Invalid::new("service.watchdog_stall_secs", format!("is {stall}; expected 1 to 3600 seconds")));
         }
+        self.outbox.validate()?;
+        self.model_update.validate()?;
         self.judge_sections().validate(&ids)
     }
 

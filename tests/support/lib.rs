@@ -74,6 +74,9 @@ pub struct Mosquitto {
     program: PathBuf,
     config: PathBuf,
     pub port: u16,
+    /// The listener the agent uses: `port` unless [`BrokerOptions`] asked for TLS or passwords.
+    pub agent_port: u16,
+    agent_tls: bool,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -93,7 +96,7 @@ impl Mosquitto {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"),
         )
         .expect("write mosquitto.conf");
-        let mut broker = Self { program, config, port, child: None, _dir: dir };
+        let mut broker = Self { program, config, port, agent_port: port, agent_tls: false, child: None, _dir: dir };
         broker.restart();
         Some(broker)
     }
@@ -214,6 +217,8 @@ pub struct Received {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// QoS of the delivery: the publisher's, as the test subscribes at QoS 1.
+    pub qos: u8,
 }
 
 /// A real MQTT client subscribed to a filter; messages arrive on a channel.
@@ -224,19 +229,59 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn connect(port: u16, filter: &str) -> Self {
-        let client_id = format!("e2e-subscriber-{}", std::process::id());
+        Self::connect_with(port, filter, None)
+    }
+
+    /// A subscriber with a persistent session (clean session off) under `client_id`: messages
+    /// published while it is away (broker restart) wait for it, if the broker keeps sessions.
+    pub fn connect_persistent(port: u16, filter: &str, client_id: &str) -> Self {
+        Self::connect_with(port, filter, Some(client_id))
+    }
+
+    /// A persistent subscriber that logs in as [`TEST_USER`] (brokers with passwords).
+    pub fn connect_persistent_as_tester(port: u16, filter: &str, client_id: &str) -> Self {
+        Self::connect_full(port, filter, Some(client_id), Some(TEST_USER))
+    }
+
+    fn connect_with(port: u16, filter: &str, persistent_id: Option<&str>) -> Self {
+        Self::connect_full(port, filter, persistent_id, None)
+    }
+
+    fn connect_full(port: u16, filter: &str, persistent_id: Option<&str>, login: Option<(&str, &str)>) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let client_id = match persistent_id {
+            Some(id) => id.to_string(),
+            None => format!(
+                "e2e-subscriber-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+        };
         let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5));
-        options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-        let (client, mut connection) = rumqttc::Client::new(options, 100);
-        client.subscribe(filter, rumqttc::QoS::AtLeastOnce).expect("subscribe");
+        options.set_max_packet_size(64 * 1024 * 1024, 64 * 1024 * 1024);
+        options.set_clean_session(persistent_id.is_none());
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
+        let (client, mut connection) = rumqttc::Client::new(options, 1000);
+        let resubscriber = client.clone();
+        let filter = filter.to_string();
         let (sender, messages) = mpsc::channel();
         std::thread::spawn(move || {
             for notification in connection.iter() {
                 match notification {
+                    // Subscribe on every connect: a restarted broker may have forgotten us.
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        let _ = resubscriber.try_subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce);
+                    }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        let received =
-                            Received { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain };
+                        let received = Received {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                            qos: p.qos as u8,
+                        };
                         if sender.send(received).is_err() {
                             return;
                         }
@@ -247,6 +292,24 @@ impl Subscriber {
             }
         });
         Self { messages, client }
+    }
+
+    /// Publishes a command (or anything) at QoS 1.
+    pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.into()).expect("publish");
+    }
+
+    /// Every message that arrives within `duration`.
+    pub fn collect_for(&self, duration: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + duration;
+        let mut all = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.messages.recv_timeout(left) {
+                Ok(message) => all.push(message),
+                Err(_) => break,
+            }
+        }
+        all
     }
 
     /// Waits for the first message on a topic ending in `suffix` that `accept` takes.
@@ -325,4 +388,414 @@ pub fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
     } else {
         inter / union
     }
+}
+
+/// What a test broker needs beyond an anonymous plain listener: a second listener for the agent
+/// with passwords and/or TLS, and persistence (sessions survive a graceful restart).
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// (user, password) pairs for the agent's listener; empty: anonymous.
+    pub users: Vec<(String, String)>,
+    pub tls: Option<BrokerTls>,
+    /// Keep sessions and queued messages across [`Mosquitto::stop_gracefully`] + restart.
+    pub persistence: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerTls {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub require_client_certificate: bool,
+}
+
+impl Mosquitto {
+    /// A broker with an anonymous plain listener on `port` (for the test's own subscriber) and,
+    /// when options ask for it, a second listener on `agent_port` with passwords and/or TLS.
+    pub fn start_with(options: BrokerOptions) -> Option<Self> {
+        let Some(program) = find_program("mosquitto", &["/usr/sbin", "/usr/local/sbin"]) else {
+            missing_real_part("mosquitto", "install it with `apt-get install mosquitto` (scripts/test.sh does)");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Started as root, mosquitto drops to its own user before it writes its log and sessions.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod broker folder");
+        let port = free_port();
+        let agent_port = if options.tls.is_some() { free_port() } else { port };
+        // One security setting for the whole broker (no per_listener_settings): a session
+        // restored from persistence then keeps receiving before its client reconnects.
+        let mut text = format!(
+            "max_queued_messages 100000\nlog_dest file {}\nlog_type all\n",
+            dir.path().join("mosquitto.log").display()
+        );
+        if options.persistence {
+            text.push_str(&format!("persistence true\npersistence_location {}/\n", dir.path().display()));
+        } else {
+            text.push_str("persistence false\n");
+        }
+        if options.users.is_empty() {
+            text.push_str("allow_anonymous true\n");
+        } else {
+            let passwords = dir.path().join("passwords");
+            write_password_file(&passwords, &options.users);
+            text.push_str(&format!("allow_anonymous false\npassword_file {}\n", passwords.display()));
+        }
+        text.push_str(&format!("listener {port} 127.0.0.1\n"));
+        if let Some(tls) = &options.tls {
+            text.push_str(&format!(
+                "listener {agent_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                tls.ca_file.display(),
+                tls.cert_file.display(),
+                tls.key_file.display(),
+                tls.require_client_certificate
+            ));
+        }
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(&config, text).expect("write mosquitto.conf");
+        let mut broker =
+            Self { program, config, port, agent_port, agent_tls: options.tls.is_some(), child: None, _dir: dir };
+        broker.restart();
+        assert!(wait_for_port(agent_port, Duration::from_secs(10)), "mosquitto did not listen on port {agent_port}");
+        Some(broker)
+    }
+
+    /// The URL the agent should use (`mqtts://` on the TLS listener).
+    pub fn agent_url(&self) -> String {
+        let scheme = if self.agent_tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.agent_port)
+    }
+
+    /// Rewrites the agent listener's users; takes effect at the next restart.
+    pub fn set_users(&mut self, users: &[(String, String)]) {
+        write_password_file(&self._dir.path().join("passwords"), users);
+    }
+
+    /// Replaces the TLS files of the agent listener; takes effect at the next restart.
+    pub fn set_tls(&mut self, tls: &BrokerTls) {
+        let text = std::fs::read_to_string(&self.config).expect("read mosquitto.conf");
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !["cafile ", "certfile ", "keyfile ", "require_certificate "].iter().any(|k| l.starts_with(k)))
+            .collect();
+        let mut text = kept.join("\n");
+        text.push_str(&format!(
+            "\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+            tls.ca_file.display(),
+            tls.cert_file.display(),
+            tls.key_file.display(),
+            tls.require_client_certificate
+        ));
+        std::fs::write(&self.config, text).expect("write mosquitto.conf");
+    }
+
+    /// SIGTERM and wait: mosquitto saves its sessions (with `persistence`) before it exits.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), libc::SIGTERM);
+            let _ = child.wait();
+        }
+        let persistent = std::fs::read_to_string(&self.config).unwrap_or_default().contains("persistence true");
+        if persistent {
+            let saved = self._dir.path().join("mosquitto.db");
+            assert!(saved.is_file(), "mosquitto did not save its sessions to {}", saved.display());
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The broker's own log (brokers from [`Mosquitto::start_with`] only).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+/// The test's own subscriber on brokers with passwords.
+pub const TEST_USER: (&str, &str) = ("e2e-tester", "e2e-tester-pass");
+
+fn write_password_file(path: &Path, users: &[(String, String)]) {
+    let _ = std::fs::remove_file(path);
+    let mut users = users.to_vec();
+    users.push((TEST_USER.0.to_string(), TEST_USER.1.to_string()));
+    let program =
+        find_program("mosquitto_passwd", &["/usr/bin", "/usr/sbin"]).expect("mosquitto_passwd (package mosquitto)");
+    for (i, (user, password)) in users.iter().enumerate() {
+        let mut command = Command::new(&program);
+        command.arg("-b");
+        if i == 0 {
+            command.arg("-c");
+        }
+        let status =
+            command.arg(path).arg(user).arg(password).stdout(Stdio::null()).status().expect("run mosquitto_passwd");
+        assert!(status.success(), "mosquitto_passwd failed for {user}");
+    }
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on a child process id we own; no memory is shared.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+impl Agent {
+    /// SIGKILL: the agent gets no chance to flush or say goodbye.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        signal(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Starts the binary again on the same config, appending to the same log.
+    pub fn restart(&mut self, config: &Path) {
+        self.kill_hard();
+        let log_file = std::fs::OpenOptions::new().append(true).open(&self.log).expect("open agent log");
+        self.child = Command::new(agent_binary())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start edge-agent");
+    }
+}
+
+/// The log without terminal colour codes.
+pub fn plain_log(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// (camera, event id) of every event the agent logged as queued (the line comes after the outbox
+/// commit), in log order.
+pub fn queued_events(log: &str) -> Vec<(String, String)> {
+    let field = |line: &str, name: &str| {
+        line.split_whitespace().find_map(|word| word.strip_prefix(&format!("{name}="))).map(String::from)
+    };
+    plain_log(log)
+        .lines()
+        .filter(|line| line.contains(" event Object "))
+        .filter_map(|line| Some((field(line, "camera")?, field(line, "event_id")?)))
+        .collect()
+}
+
+/// A folder with `copies` copies of one sample picture: a replay camera's finite burst.
+pub fn frames_folder(parent: &Path, name: &str, sample: &str, copies: usize) -> PathBuf {
+    let folder = parent.join(name);
+    std::fs::create_dir_all(&folder).expect("create frames folder");
+    let source = repo_root().join("models/samples").join(sample);
+    for i in 0..copies {
+        std::fs::copy(&source, folder.join(format!("{i:05}-{sample}"))).expect("copy sample picture");
+    }
+    folder
+}
+
+/// The agent's `/api/status` as JSON.
+pub fn agent_status(web_port: u16) -> Option<serde_json::Value> {
+    let (code, body) = http_get(&format!("http://127.0.0.1:{web_port}/api/status")).ok()?;
+    (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+}
+
+/// A CA and certificates signed by it, as PEM files, for TLS tests.
+pub struct TestPki {
+    pub ca_file: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// A new CA named `name` in `dir`, a server certificate for 127.0.0.1/localhost and a client
+    /// certificate, all ECDSA P-256.
+    pub fn generate(dir: &Path, name: &str) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+            KeyUsagePurpose,
+        };
+        std::fs::create_dir_all(dir).expect("pki folder");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
+        ca_params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>, purpose: ExtendedKeyUsagePurpose, cn: &str| {
+            let key = KeyPair::generate().expect("leaf key");
+            let mut params = CertificateParams::new(names).expect("leaf params");
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![purpose];
+            let cert = params.signed_by(&key, &issuer).expect("leaf certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_pem, server_key_pem) =
+            leaf(vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth, "broker");
+        let (client_pem, client_key_pem) = leaf(Vec::new(), ExtendedKeyUsagePurpose::ClientAuth, "edge-box");
+        let pki = Self {
+            ca_file: dir.join(format!("{name}-ca.pem")),
+            server_cert: dir.join(format!("{name}-server.pem")),
+            server_key: dir.join(format!("{name}-server.key")),
+            client_cert: dir.join(format!("{name}-client.pem")),
+            client_key: dir.join(format!("{name}-client.key")),
+        };
+        for (path, text) in [
+            (&pki.ca_file, ca_cert.pem()),
+            (&pki.server_cert, server_pem),
+            (&pki.server_key, server_key_pem),
+            (&pki.client_cert, client_pem),
+            (&pki.client_key, client_key_pem),
+        ] {
+            std::fs::write(path, text).expect("write PEM");
+        }
+        pki
+    }
+
+    pub fn broker_tls(&self, require_client_certificate: bool) -> BrokerTls {
+        BrokerTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.server_cert.clone(),
+            key_file: self.server_key.clone(),
+            require_client_certificate,
+        }
+    }
+}
+
+/// A tiny real HTTP/1.1 file server on loopback (one thread, GET only), for model downloads.
+pub struct FileServer {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FileServer {
+    /// Serves the files of `root` by name: `GET /name` → 200 with the bytes, else 404.
+    pub fn start(root: &Path) -> Self {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind file server");
+        let port = listener.local_addr().expect("file server address").port();
+        listener.set_nonblocking(true).expect("non-blocking listener");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let root = root.to_owned();
+        std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&request);
+                let path = head.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+                let file =
+                    (!path.contains("..") && !path.is_empty()).then(|| std::fs::read(root.join(&path)).ok()).flatten();
+                let _ = match file {
+                    Some(bytes) => stream
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                bytes.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .and_then(|_| stream.write_all(&bytes)),
+                    None => stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n"),
+                };
+            }
+        });
+        Self { port, stop }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Hex sha256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// One replay camera of a test site.
+pub struct ReplayCamera<'a> {
+    pub id: &'a str,
+    pub frames: &'a Path,
+    pub fps: f64,
+    /// false: the camera ends after the last picture (a finite burst of events).
+    pub looping: bool,
+}
+
+/// Writes `agent.toml` in `dir`: nanodet only (fast), state in `dir/state`, web page on a free
+/// port, reconnect backoff capped at 4 s, the given `[mqtt]` lines, cameras and extra sections.
+/// Returns the config path and the web port.
+pub fn write_agent_config(
+    dir: &Path,
+    device: &str,
+    mqtt: &str,
+    cameras: &[ReplayCamera],
+    extra: &str,
+) -> (PathBuf, u16) {
+    let web_port = free_port();
+    let mut text = format!(
+        "device_id = \"{device}\"\nstate_dir = \"state\"\n\n[web]\nlisten = \"127.0.0.1:{web_port}\"\n\n\
+         [mqtt]\nreconnect_max_secs = 4\n{mqtt}\n\n[[models]]\nmanifest = \"{models}/nanodet.toml\"\n",
+        models = repo_root().join("models").display(),
+    );
+    for camera in cameras {
+        text.push_str(&format!(
+            "\n[[cameras]]\nid = \"{}\"\nsource = {{ kind = \"replay\", path = \"{}\", fps = {}, looping = {} }}\n",
+            camera.id,
+            camera.frames.display(),
+            camera.fps,
+            camera.looping
+        ));
+    }
+    text.push('\n');
+    text.push_str(extra);
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, text).expect("write agent.toml");
+    (path, web_port)
 }

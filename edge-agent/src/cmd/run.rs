@@ -17,7 +17,7 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
             signal_trigger.trigger();
         });
         tracing::info!(device = %config.device_id, state_dir = %config.state_dir.display(), "edge-agent {} starting", env!("CARGO_PKG_VERSION"));
-        edge_agent::app::run(config, &trigger).await
+        edge_agent::app::run(config, config_path.map(Path::to_path_buf), &trigger).await
     });
     // A camera read stuck in the kernel must not keep a stopping agent alive past systemd's timeout.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));

@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod manifest;
 pub mod preprocess;
@@ -184,6 +185,20 @@ impl Model {
 
     pub fn id(&self) -> &ModelId {
         &self.id
+    }
+
+    /// Overrides the manifest's score threshold; None returns to it (the `set` command).
+    pub fn set_score_threshold(&mut self, threshold: Option<f32>) {
+        let manifest_threshold = match self.manifest.decoder {
+            DecoderSpec::Softmax { score_threshold, .. } | DecoderSpec::Nanodet { score_threshold, .. } => {
+                score_threshold
+            }
+        };
+        self.score_threshold = threshold.unwrap_or(manifest_threshold);
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
     }
 
     pub fn info(&self) -> ModelInfo {

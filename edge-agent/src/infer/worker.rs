@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
 
+use super::control::WorkerControls;
 use super::{infer_frame, InferredFrame, Model};
 use crate::liveness::Heartbeat;
 use crate::shutdown::Shutdown;
@@ -20,12 +21,15 @@ pub async fn run_inference(
     output: mpsc::Sender<InferredFrame>,
     heartbeat: Arc<Heartbeat>,
     mut shutdown: Shutdown,
+    mut controls: WorkerControls,
 ) {
     let mut next_camera = 0;
     loop {
         if shutdown.is_triggered() {
             return;
         }
+        // Model switches and thresholds take effect between two frames, never inside one.
+        controls.apply_pending(&mut models);
         let count = feeds.len();
         let taken = (0..count).find_map(|step| {
             let index = (next_camera + step) % count;
@@ -36,6 +40,10 @@ pub async fn run_inference(
             heartbeat.pause();
             tokio::select! {
                 _ = new_frame.notified() => continue,
+                Some(request) = controls.requests.recv() => {
+                    super::control::apply(request, &mut models);
+                    continue;
+                }
                 _ = shutdown.wait() => return,
             }
         };
@@ -54,7 +62,11 @@ pub async fn run_inference(
             }
         };
         models = returned_models;
+        for result in &inferred.results {
+            controls.runs.record(&result.model.name, true);
+        }
         for (model, error) in failures {
+            controls.runs.record(&model.name, false);
             tracing::error!(model = %model.name, camera = %feeds[index].id, "{error}");
         }
         feeds[index].health.frames_inferred.fetch_add(1, Ordering::Relaxed);
@@ -109,7 +121,15 @@ mod tests {
         let (trigger, shutdown) = crate::shutdown::channel();
         let (output, mut inferred) = mpsc::channel(2);
         let heartbeat = crate::liveness::Liveness::default().register("inference");
-        let worker = tokio::spawn(run_inference(models, feeds, new_frame, output, heartbeat, shutdown));
+        let worker = tokio::spawn(run_inference(
+            models,
+            feeds,
+            new_frame,
+            output,
+            heartbeat,
+            shutdown,
+            crate::infer::control::WorkerControls::channel().2,
+        ));
         let mut order = Vec::new();
         while order.len() < 12 {
             let Some(frame) = inferred.recv().await else { break };

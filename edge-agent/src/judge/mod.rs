@@ -353,6 +353,29 @@ impl Judge {
         })
     }
 
+    /// Takes new rules, zones, tracking, background and privacy settings from `set`/`reload`
+    /// between two frames. The evidence store, device key, statistics and loaded classifiers stay;
+    /// each camera's rule state starts afresh, so an incident open under the old rules is reported
+    /// again under the new ones (with a new `event_id`).
+    pub fn reconfigure(&mut self, config: &Config) -> Result<(), JudgeError> {
+        let taxonomy = Taxonomy::load(&config.taxonomy)?;
+        let blur_default = config.privacy.blur_people;
+        self.scenes = config
+            .scenes
+            .iter()
+            .map(|(camera, scene)| (camera.clone(), Scene::from_config(camera, scene, blur_default)))
+            .collect();
+        self.default_scene = Scene { blur_people: blur_default, ..Scene::default() };
+        self.taxonomy = taxonomy;
+        self.rules = config.rules.clone();
+        self.tracking = config.tracking.clone();
+        self.background = config.background.clone();
+        self.privacy = config.privacy.clone();
+        self.classifier_min_score = config.taxonomy.classifier_min_score;
+        self.cameras.clear();
+        Ok(())
+    }
+
     pub fn judge(&mut self, inferred: InferredFrame) -> Judgement {
         let InferredFrame { frame, results } = inferred;
         let now = frame.captured_at;
@@ -637,10 +660,33 @@ pub async fn run_judge(
     mut judge: Judge,
     mut input: tokio::sync::mpsc::Receiver<InferredFrame>,
     output: tokio::sync::mpsc::Sender<Judgement>,
+    mut settings: tokio::sync::watch::Receiver<std::sync::Arc<Config>>,
     heartbeat: std::sync::Arc<crate::liveness::Heartbeat>,
 ) {
     heartbeat.pause();
-    while let Some(inferred) = input.recv().await {
+    settings.mark_unchanged();
+    let mut settings_open = true;
+    loop {
+        let inferred = tokio::select! {
+            inferred = input.recv() => match inferred {
+                Some(inferred) => inferred,
+                None => break,
+            },
+            changed = settings.changed(), if settings_open => {
+                if changed.is_err() {
+                    settings_open = false;
+                    continue;
+                }
+                let config = settings.borrow_and_update().clone();
+                // The config store validated the whole config already; a refusal here (a taxonomy
+                // file gone meanwhile) keeps the old settings running.
+                match judge.reconfigure(&config) {
+                    Ok(()) => tracing::info!("rules or zones changed; judge reconfigured"),
+                    Err(e) => tracing::error!("new judge settings refused, old ones kept: {e}"),
+                }
+                continue;
+            }
+        };
         heartbeat.beat();
         let judged = tokio::task::spawn_blocking(move || {
             let judgement = judge.judge(inferred);

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::infer::{ModelInfo, ModelResult};
 use crate::judge::stats::DailyStats;
 use crate::judge::Event;
+use crate::report::outbox::OutboxStats;
 use crate::source::CameraHealth;
 
 /// Events kept for the page; the outbox keeps them all for the platform.
@@ -31,6 +32,7 @@ pub const LATENCY_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 #[derive(Debug, Clone, Serialize)]
 pub struct CameraStatus {
     pub id: String,
+    pub enabled: bool,
     pub frames_captured: u64,
     pub frames_inferred: u64,
     pub frames_dropped: u64,
@@ -65,6 +67,8 @@ pub struct Status {
     pub models: Vec<ModelInfo>,
     pub mqtt: MqttStatus,
     pub outbox_depth: u64,
+    /// Fill level and quota pruning of the outbox.
+    pub outbox: OutboxStats,
     pub events_total: u64,
     pub recent_events: Vec<Event>,
     pub latest_results: BTreeMap<String, Vec<ModelResult>>,
@@ -152,6 +156,7 @@ struct Inner {
     models: Vec<ModelInfo>,
     mqtt: MqttStatus,
     outbox_depth: u64,
+    outbox: OutboxStats,
     events_total: u64,
     recent_events: VecDeque<Event>,
     daily_stats: Option<DailyStats>,
@@ -186,6 +191,7 @@ impl StatusBoard {
                     published: 0,
                 },
                 outbox_depth: 0,
+                outbox: OutboxStats::default(),
                 events_total: 0,
                 recent_events: VecDeque::with_capacity(RECENT_EVENTS),
                 daily_stats: None,
@@ -305,7 +311,16 @@ impl StatusBoard {
     }
 
     pub fn set_outbox_depth(&self, depth: u64) {
-        self.lock().outbox_depth = depth;
+        let mut inner = self.lock();
+        inner.outbox_depth = depth;
+        inner.outbox.depth = depth;
+    }
+
+    /// Depth, bytes and quota pruning of the outbox, for the page and telemetry.
+    pub fn set_outbox_stats(&self, stats: OutboxStats) {
+        let mut inner = self.lock();
+        inner.outbox_depth = stats.depth;
+        inner.outbox = stats;
     }
 
     pub fn set_mqtt_connected(&self, connected: bool, error: Option<String>) {
@@ -340,6 +355,7 @@ impl StatusBoard {
                 .iter()
                 .map(|(id, view)| CameraStatus {
                     id: id.clone(),
+                    enabled: !view.health.disabled.load(Ordering::Relaxed),
                     frames_captured: view.health.frames_captured.load(Ordering::Relaxed),
                     frames_inferred: view.health.frames_inferred.load(Ordering::Relaxed),
                     frames_dropped: view.health.frames_dropped.load(Ordering::Relaxed),
@@ -356,6 +372,7 @@ impl StatusBoard {
             models: inner.models.clone(),
             mqtt: inner.mqtt.clone(),
             outbox_depth: inner.outbox_depth,
+            outbox: inner.outbox.clone(),
             events_total: inner.events_total,
             recent_events: inner.recent_events.iter().cloned().collect(),
             latest_results: inner.cameras.iter().map(|(id, v)| (id.clone(), v.latest_results.clone())).collect(),

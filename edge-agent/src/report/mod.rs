@@ -1,9 +1,13 @@
-//! The report stage: judged frames in; events into the durable outbox (then MQTT), the latest
-//! annotated frame and recent events onto the status board (then the web page).
+//! The report stage: judged frames in; events and their evidence pictures into the durable outbox
+//! (then MQTT), the latest annotated frame and recent events onto the status board (then the web
+//! page). Also here: commands from the platform, telemetry, and the config store they change.
 
 pub mod board;
+pub mod commands;
+pub mod config_store;
 pub mod mqtt;
 pub mod outbox;
+pub mod telemetry;
 pub mod web;
 
 use std::sync::Arc;
@@ -72,15 +76,15 @@ pub async fn run_reporter(
         // Disk commit and JPEG encoding are blocking work: keep them off the async workers.
         let done = tokio::task::spawn_blocking(move || {
             let queued = if messages.is_empty() { Ok(()) } else { outbox_for_write.enqueue(&messages).map(|_| ()) };
-            let depth = outbox_for_write.depth();
+            let stats = outbox_for_write.stats();
             // `image` has privacy applied by the judge (people blurred, privacy zones black).
             let mut annotated = draw::annotate(&image, &results_for_drawing, &boxes);
             draw::draw_zones(&mut annotated, &zones);
             let jpeg = draw::encode_jpeg(&annotated, LIVE_FRAME_JPEG_QUALITY);
-            (queued, depth, jpeg)
+            (queued, stats, jpeg)
         })
         .await;
-        let (queued, depth, jpeg) = match done {
+        let (queued, stats, jpeg) = match done {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!("report task failed: {e}");
@@ -104,8 +108,8 @@ pub async fn run_reporter(
             }
             Err(e) => tracing::error!("{e}; {} events of camera {} not queued", events.len(), frame.camera),
         }
-        if let Ok(depth) = depth {
-            board.set_outbox_depth(depth);
+        if let Ok(stats) = stats {
+            board.set_outbox_stats(stats);
         }
         let jpeg = jpeg.map_err(|e| tracing::warn!("cannot encode the live frame: {e}")).ok();
         board.record_frame(&frame.camera, frame.captured_at, frame.image.dimensions(), results, jpeg);

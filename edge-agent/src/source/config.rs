@@ -18,6 +18,9 @@ pub struct CameraConfig {
     /// Skip inference on frames that have not changed (off unless given).
     #[serde(default)]
     pub motion: Option<MotionConfig>,
+    /// A disabled camera is not opened; the `set` command switches it at run time.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -289,6 +292,7 @@ pub fn default_cameras(data_dir: &Path) -> Vec<CameraConfig> {
             looping: true,
         },
         motion: None,
+        enabled: true,
     }]
 }
 

@@ -59,6 +59,9 @@ pub struct CameraHealth {
     pub frames_still: AtomicU64,
     pub errors: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Set by `cameras[].enabled = false` or the `set` command: the task closes its source and
+    /// waits until the camera is enabled again.
+    pub disabled: std::sync::atomic::AtomicBool,
 }
 
 impl CameraHealth {
@@ -119,6 +122,7 @@ pub fn start_cameras(
         .map(|camera| {
             let (sender, receiver) = watch::channel(None);
             let health = Arc::new(CameraHealth::default());
+            health.disabled.store(!camera.enabled, Ordering::Relaxed);
             let id: Arc<str> = Arc::from(camera.id.as_str());
             let task = CameraTask {
                 camera: camera.clone(),
@@ -204,6 +208,9 @@ impl CameraTask {
         let mut sequence = 0u64;
         let mut gate = self.camera.motion.clone().map(MotionGate::new);
         loop {
+            if self.wait_while_disabled(&mut shutdown).await {
+                return;
+            }
             let opened = tokio::select! {
                 opened = OpenSource::open(&self.camera) => opened,
                 _ = shutdown.wait() => return,
@@ -221,6 +228,10 @@ impl CameraTask {
             };
             tracing::info!(camera = %self.id, "source open");
             loop {
+                if self.health.disabled.load(Ordering::Relaxed) {
+                    tracing::info!(camera = %self.id, "camera disabled; source closed");
+                    break;
+                }
                 let next = tokio::select! {
                     next = source.next_image() => next,
                     _ = shutdown.wait() => return,
@@ -285,6 +296,25 @@ impl CameraTask {
                 }
             }
         }
+    }
+}
+
+impl CameraTask {
+    /// Waits while the camera is disabled; returns true if shutdown came first.
+    async fn wait_while_disabled(&self, shutdown: &mut Shutdown) -> bool {
+        if !self.health.disabled.load(Ordering::Relaxed) {
+            return false;
+        }
+        // Switched off on purpose: idle, not hung.
+        self.heartbeat.pause();
+        while self.health.disabled.load(Ordering::Relaxed) {
+            if shutdown.sleep(Duration::from_millis(250)).await {
+                return true;
+            }
+        }
+        self.heartbeat.beat();
+        tracing::info!(camera = %self.id, "camera enabled; opening source");
+        false
     }
 }
 

@@ -227,7 +227,21 @@ pub async fn overview(State(state): State<Arc<WebState>>, session: Session, lang
                 div { dt { (t(T::Version)) } dd { (status.version) } }
                 div { dt { (t(T::Uptime)) } dd #uptime { (duration_text(status.uptime_seconds as f64, lang)) } }
                 div { dt { (t(T::Mqtt)) } dd #mqtt { span.dot.ok[mqtt_ok].bad[!mqtt_ok && status.mqtt.configured] {} (mqtt) } }
-                div { dt { (t(T::Outbox)) } dd #outbox { (status.outbox_depth) " " (t(T::Waiting)) } }
+                div { dt { (t(T::Outbox)) } dd #outbox {
+                    (status.outbox_depth) " " (t(T::Waiting)) ", "
+                    (human_bytes(status.outbox.bytes)) " / " (human_bytes(status.outbox.quota_bytes))
+                    @if status.outbox.evidence_pruned_total > 0 {
+                        // The installer must see that evidence was dropped to stay in the disk quota.
+                        br;
+                        strong #outbox-quota {
+                            (if status.outbox.quota_reached { t(T::QuotaReached) } else { t(T::QuotaWasReached) })
+                            ": " (status.outbox.evidence_pruned_total) " " (t(T::EvidencePicturesPruned))
+                            @if let Some(at) = status.outbox.last_pruned_at {
+                                " (" (at.format("%Y-%m-%d %H:%M:%S UTC")) ")"
+                            }
+                        }
+                    }
+                } }
                 div { dt { (t(T::DiskFree)) } dd #disk {
                     @match disk {
                         Some(disk) => { (human_bytes(disk.free_bytes)) " / " (human_bytes(disk.total_bytes)) }

@@ -1,0 +1,409 @@
+//! Commands from the platform: `{prefix}/{device}/cmd/{name}` with a JSON body carrying a
+//! `correlation_id`, answered on `.../cmd/{name}/ack` with `ok` and a result, or a clear error.
+//!
+//! - `reload`: re-read the config file; live settings apply at once, the rest is named as
+//!   needing a restart.
+//! - `snapshot`: send the latest frame of one camera (or all) on `snapshots/{snapshot_id}` now.
+//! - `set`: change thresholds, zones, or enable/disable a camera; validated, written to the
+//!   config file atomically, applied live.
+//! - `model`: download, verify (sha256, optional Ed25519 signature), load, self-test, switch, and
+//!   roll back if the new model fails during its probation (see [`model_update`]).
+//!
+//! A malformed request changes nothing: it is refused before any state is touched. Acks go through
+//! the outbox, so they are QoS 1 and survive a broker outage or a restart.
+
+pub mod config;
+pub mod model_update;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::board::StatusBoard;
+use super::config_store::{Applied, Change, ConfigStore};
+use super::outbox::{Outbox, QueuedMessage};
+use crate::config::{BackendKind, Config};
+use crate::infer::control::{ModelRuns, WorkerControl};
+use crate::shutdown::Shutdown;
+use crate::source::CameraHealth;
+
+/// Version of the ack JSON; bump when a field changes meaning or goes away.
+pub const ACK_SCHEMA_VERSION: u32 = 1;
+pub const COMMANDS: [&str; 4] = ["reload", "snapshot", "set", "model"];
+const CORRELATION_ID_MAX: usize = 128;
+
+/// A command as it came from the broker.
+#[derive(Debug, Clone)]
+pub struct IncomingCommand {
+    pub name: String,
+    pub payload: Vec<u8>,
+}
+
+/// Why a command was refused or failed; `code` is stable for machines, `message` is for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl CommandError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// The answer on `cmd/{name}/ack`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ack {
+    pub schema_version: u32,
+    /// The request's id; null only when the request was not JSON or had none.
+    pub correlation_id: Option<String>,
+    pub command: String,
+    pub device: String,
+    pub time: DateTime<Utc>,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<CommandError>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadRequest {
+    #[allow(dead_code)]
+    correlation_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotRequest {
+    #[allow(dead_code)]
+    correlation_id: String,
+    /// One camera; all cameras when absent.
+    #[serde(default)]
+    camera: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetRequest {
+    #[allow(dead_code)]
+    correlation_id: String,
+    /// Key → new value, e.g. `{"rules.object.min_score": 0.5, "cameras.gate.enabled": false}`.
+    values: Map<String, Value>,
+}
+
+/// Reads the common envelope: JSON object with a `correlation_id`, then the command's own fields.
+/// The correlation id is returned even when the rest is refused, so the error ack can carry it.
+pub fn parse_request<T: DeserializeOwned>(payload: &[u8]) -> Result<(String, T), (Option<String>, CommandError)> {
+    let value: Value = serde_json::from_slice(payload)
+        .map_err(|e| (None, CommandError::new("malformed_json", format!("the payload is not valid JSON: {e}"))))?;
+    let Value::Object(fields) = &value else {
+        return Err((None, CommandError::new("invalid_request", "expected a JSON object with a `correlation_id`")));
+    };
+    let correlation_id = match fields.get("correlation_id") {
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= CORRELATION_ID_MAX => id.clone(),
+        Some(other) => {
+            return Err((
+                None,
+                CommandError::new(
+                    "invalid_request",
+                    format!("`correlation_id` is {other}; expected a string of 1 to {CORRELATION_ID_MAX} characters"),
+                ),
+            ))
+        }
+        None => {
+            return Err((
+                None,
+                CommandError::new("invalid_request", "`correlation_id` is missing; every command needs one"),
+            ))
+        }
+    };
+    match serde_json::from_value::<T>(value) {
+        Ok(request) => Ok((correlation_id, request)),
+        Err(e) => Err((Some(correlation_id), CommandError::new("invalid_request", e.to_string()))),
+    }
+}
+
+/// The correlation id of any payload, if it has one (for acks of unknown commands).
+fn correlation_id_of(payload: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(payload).ok()?;
+    value
+        .get("correlation_id")?
+        .as_str()
+        .filter(|id| !id.is_empty() && id.len() <= CORRELATION_ID_MAX)
+        .map(String::from)
+}
+
+/// What the commands may touch in the running agent.
+pub struct CommandHandler {
+    pub device_id: String,
+    pub topic_prefix: String,
+    pub state_dir: PathBuf,
+    pub backend: BackendKind,
+    pub store: Arc<ConfigStore>,
+    pub board: Arc<StatusBoard>,
+    pub outbox: Arc<Outbox>,
+    pub publisher_wake: Arc<Notify>,
+    /// Republish the retained status (models changed).
+    pub status_changed: Arc<Notify>,
+    pub cameras: HashMap<String, Arc<CameraHealth>>,
+    pub worker: mpsc::Sender<WorkerControl>,
+    pub model_runs: Arc<ModelRuns>,
+    /// The config the judge builds its rules from.
+    pub judge_settings: watch::Sender<Arc<Config>>,
+    pub model_update_busy: AtomicBool,
+}
+
+impl CommandHandler {
+    /// Handles commands one at a time until the channel closes or shutdown; a model update runs
+    /// in its own task, so a long download does not hold up `set` or `snapshot`.
+    pub async fn run(self: Arc<Self>, mut commands: mpsc::Receiver<IncomingCommand>, mut shutdown: Shutdown) {
+        loop {
+            let command = tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => command,
+                    None => return,
+                },
+                _ = shutdown.wait() => return,
+            };
+            tracing::info!(command = %command.name, bytes = command.payload.len(), "command received");
+            if command.name == "model" {
+                let handler = self.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { handler.model(command, shutdown).await });
+                continue;
+            }
+            let handler = self.clone();
+            // Config edits and JPEG copies are blocking work.
+            let answered = tokio::task::spawn_blocking(move || handler.handle(&command)).await;
+            if let Err(e) = answered {
+                tracing::error!("command task failed: {e}");
+            }
+        }
+    }
+
+    /// Handles one command that is not `model`, and acks it.
+    pub fn handle(&self, command: &IncomingCommand) {
+        let outcome = match command.name.as_str() {
+            "reload" => parse_request::<ReloadRequest>(&command.payload).map(|(id, _)| (id, self.reload())),
+            "snapshot" => parse_request::<SnapshotRequest>(&command.payload)
+                .map(|(id, request)| (id, self.snapshot(request.camera.as_deref()))),
+            "set" => parse_request::<SetRequest>(&command.payload).map(|(id, request)| (id, self.set(request.values))),
+            other => Err((
+                correlation_id_of(&command.payload),
+                CommandError::new(
+                    "unknown_command",
+                    format!("there is no command {other:?}; known commands: {}", COMMANDS.join(", ")),
+                ),
+            )),
+        };
+        match outcome {
+            Ok((id, Ok(result))) => self.ack(&command.name, Some(id), Ok(result)),
+            Ok((id, Err(error))) => self.ack(&command.name, Some(id), Err(error)),
+            Err((id, error)) => self.ack(&command.name, id, Err(error)),
+        }
+    }
+
+    /// Queues the ack in the outbox (QoS 1, survives outages) and logs the outcome.
+    pub fn ack(&self, command: &str, correlation_id: Option<String>, outcome: Result<Value, CommandError>) {
+        let (ok, result, error) = match outcome {
+            Ok(result) => (true, Some(result), None),
+            Err(error) => (false, None, Some(error)),
+        };
+        match &error {
+            None => tracing::info!(command, correlation_id = ?correlation_id, "command done"),
+            Some(e) => {
+                tracing::warn!(command, correlation_id = ?correlation_id, code = e.code, "command refused: {}", e.message)
+            }
+        }
+        let ack = Ack {
+            schema_version: ACK_SCHEMA_VERSION,
+            correlation_id,
+            command: command.to_string(),
+            device: self.device_id.clone(),
+            time: Utc::now(),
+            ok,
+            result,
+            error,
+        };
+        let payload = match serde_json::to_vec(&ack) {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::error!("cannot encode ack: {e}");
+                return;
+            }
+        };
+        let message = QueuedMessage { topic_suffix: format!("cmd/{command}/ack"), payload };
+        match self.outbox.enqueue(&[message]) {
+            Ok(_) => self.publisher_wake.notify_one(),
+            Err(e) => tracing::error!("{e}; the ack of {command} is lost"),
+        }
+    }
+
+    fn model_names(&self) -> Vec<String> {
+        self.board.snapshot().models.into_iter().map(|m| m.name).collect()
+    }
+
+    fn reload(&self) -> Result<Value, CommandError> {
+        let applied = self.store.reload().map_err(|e| CommandError::new(e.code(), e.to_string()))?;
+        let (live, restart_required) = self.apply_live(&applied);
+        if !restart_required.is_empty() {
+            tracing::warn!(keys = ?restart_required, "reloaded config: these keys take effect after a restart");
+        }
+        Ok(json!({ "changed": applied.changed, "applied": live, "restart_required": restart_required }))
+    }
+
+    fn set(&self, values: Map<String, Value>) -> Result<Value, CommandError> {
+        if values.is_empty() {
+            return Err(CommandError::new("invalid_request", "`values` is empty; expected at least one key"));
+        }
+        let changes: Vec<Change> = values.into_iter().map(|(key, value)| Change { key, value }).collect();
+        let applied =
+            self.store.set(&changes, &self.model_names()).map_err(|e| CommandError::new(e.code(), e.to_string()))?;
+        let (live, restart_required) = self.apply_live(&applied);
+        Ok(json!({ "changed": applied.changed, "applied": live, "restart_required": restart_required }))
+    }
+
+    /// Applies what can change while running; returns (applied keys, keys needing a restart).
+    fn apply_live(&self, applied: &Applied) -> (Vec<String>, Vec<String>) {
+        let mut live = Vec::new();
+        let mut restart = Vec::new();
+        let mut rules_changed = false;
+        let model_names = self.model_names();
+        for key in &applied.changed {
+            if key.starts_with("rules.") || key.starts_with("zones") || key.ends_with(".zones") {
+                rules_changed = true;
+                live.push(key.clone());
+            } else if let Some(index) = indexed(key, "cameras", "enabled") {
+                let Some(camera) = applied.config.cameras.get(index) else {
+                    restart.push(key.clone());
+                    continue;
+                };
+                match self.cameras.get(&camera.id) {
+                    Some(health) => {
+                        health.disabled.store(!camera.enabled, Ordering::Relaxed);
+                        tracing::info!(camera = %camera.id, enabled = camera.enabled, "camera switched");
+                        live.push(key.clone());
+                    }
+                    None => restart.push(key.clone()),
+                }
+            } else if let Some(index) = indexed(key, "models", "score_threshold") {
+                let (Some(model), Some(name)) = (applied.config.models.get(index), model_names.get(index)) else {
+                    restart.push(key.clone());
+                    continue;
+                };
+                let request =
+                    WorkerControl::SetScoreThreshold { model: name.clone(), threshold: model.score_threshold };
+                match self.worker.try_send(request) {
+                    Ok(()) => live.push(key.clone()),
+                    Err(_) => restart.push(key.clone()),
+                }
+            } else {
+                restart.push(key.clone());
+            }
+        }
+        if rules_changed {
+            self.judge_settings.send_replace(applied.config.clone());
+        }
+        (live, restart)
+    }
+
+    fn snapshot(&self, camera: Option<&str>) -> Result<Value, CommandError> {
+        let cameras: Vec<String> = match camera {
+            Some(id) if self.cameras.contains_key(id) => vec![id.to_string()],
+            Some(id) => {
+                let mut known: Vec<&String> = self.cameras.keys().collect();
+                known.sort();
+                return Err(CommandError::new("unknown_target", format!("no camera {id:?}; cameras: {known:?}")));
+            }
+            None => {
+                let mut all: Vec<String> = self.cameras.keys().cloned().collect();
+                all.sort();
+                all
+            }
+        };
+        let status = self.board.snapshot();
+        let mut messages = Vec::new();
+        let mut sent = Vec::new();
+        for id in &cameras {
+            if self.cameras.get(id).is_some_and(|h| h.disabled.load(Ordering::Relaxed)) {
+                return Err(CommandError::new("camera_disabled", format!("camera {id:?} is disabled")));
+            }
+            let Some(jpeg) = self.board.latest_jpeg(id) else {
+                return Err(CommandError::new("no_frame", format!("camera {id:?} has no frame yet")));
+            };
+            let snapshot_id = uuid::Uuid::now_v7();
+            let topic_suffix = format!("snapshots/{snapshot_id}");
+            let captured_at = status.cameras.iter().find(|c| &c.id == id).and_then(|c| c.last_frame_at);
+            sent.push(json!({
+                "camera": id,
+                "snapshot_id": snapshot_id,
+                "topic": format!("{}/{}/{}", self.topic_prefix, self.device_id, topic_suffix),
+                "captured_at": captured_at,
+                "bytes": jpeg.len(),
+            }));
+            messages.push(QueuedMessage { topic_suffix, payload: jpeg.as_ref().clone() });
+        }
+        let enqueued = self.outbox.enqueue(&messages).map_err(|e| CommandError::new("outbox_error", e.to_string()))?;
+        if enqueued.refused_evidence > 0 {
+            return Err(CommandError::new(
+                "outbox_full",
+                "the outbox quota is taken by event records; the snapshot was not queued",
+            ));
+        }
+        self.publisher_wake.notify_one();
+        Ok(json!({ "snapshots": sent }))
+    }
+}
+
+/// The index of `{array}[i].{field}`.
+fn indexed(key: &str, array: &str, field: &str) -> Option<usize> {
+    let rest = key.strip_prefix(array)?.strip_prefix('[')?;
+    let (index, rest) = rest.split_once(']')?;
+    (rest == format!(".{field}")).then(|| index.parse().ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_needs_json_an_object_and_a_correlation_id() {
+        let parse = |text: &str| parse_request::<SetRequest>(text.as_bytes());
+        let (id, e) = parse("{not json").unwrap_err();
+        assert_eq!((id, e.code), (None, "malformed_json"));
+        assert_eq!(parse("[1, 2]").unwrap_err().1.code, "invalid_request");
+        let e = parse(r#"{"values": {}}"#).unwrap_err().1;
+        assert!(e.message.contains("correlation_id"), "{e:?}");
+        let e = parse(r#"{"correlation_id": 7, "values": {}}"#).unwrap_err().1;
+        assert!(e.message.contains("correlation_id"), "{e:?}");
+        let long = "x".repeat(200);
+        assert!(parse(&format!(r#"{{"correlation_id": "{long}", "values": {{}}}}"#)).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_but_the_correlation_id_is_kept() {
+        let (id, e) =
+            parse_request::<SetRequest>(br#"{"correlation_id": "c-1", "values": {}, "valeus": 1}"#).unwrap_err();
+        assert_eq!(id.as_deref(), Some("c-1"));
+        assert!(e.message.contains("valeus"), "{e:?}");
+        let (id, request) = parse_request::<SetRequest>(br#"{"correlation_id": "c-2", "values": {"a": 1}}"#).unwrap();
+        assert_eq!((id.as_str(), request.values.len()), ("c-2", 1));
+    }
+
+    #[test]
+    fn indexed_keys_are_read() {
+        assert_eq!(indexed("cameras[2].enabled", "cameras", "enabled"), Some(2));
+        assert_eq!(indexed("cameras[2].source", "cameras", "enabled"), None);
+        assert_eq!(indexed("models[0].score_threshold", "models", "score_threshold"), Some(0));
+    }
+}

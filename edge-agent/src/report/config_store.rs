@@ -1,0 +1,491 @@
+//! The config file as a store of settings that may change at run time (the `set`, `reload` and
+//! `model` commands, later the web page): each change is validated as a whole new config, then
+//! written atomically (temp file + fsync + rename + fsync of the folder), keeping the user's
+//! comments and layout. A refused change leaves the file and the running config untouched.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use toml_edit::{DocumentMut, Item, Table, Value};
+
+use crate::config::{Config, ConfigError};
+
+/// Keys the `set` command may change, as the error message lists them.
+pub const SETTABLE_KEYS: &str =
+    "rules.<rule>.<field>, zones…, cameras.<id>.enabled, cameras.<id>.zones, models.<name>.score_threshold";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(
+        "the agent runs on its embedded defaults (started without --config FILE), so there is no config file to change"
+    )]
+    NoConfigFile,
+    #[error("`{key}` cannot be changed at run time; settable keys: {SETTABLE_KEYS}")]
+    NotSettable { key: String },
+    #[error("`{key}`: {problem}")]
+    UnknownTarget { key: String, problem: String },
+    /// The new config is well-formed but a value is out of range (or otherwise refused).
+    #[error("`{key}` {problem}")]
+    OutOfRange { key: String, problem: String },
+    /// The new config does not parse: wrong type, unknown key.
+    #[error("{0}")]
+    InvalidValue(String),
+    #[error("cannot read config file {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("cannot write config file {path}: {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+impl ChangeError {
+    /// A short machine-readable name for command acks.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ChangeError::NoConfigFile => "no_config_file",
+            ChangeError::NotSettable { .. } => "not_settable",
+            ChangeError::UnknownTarget { .. } => "unknown_target",
+            ChangeError::OutOfRange { .. } => "out_of_range",
+            ChangeError::InvalidValue(_) => "invalid_value",
+            ChangeError::Read { .. } | ChangeError::Write { .. } => "config_file_error",
+        }
+    }
+}
+
+/// One requested change: a key such as `rules.object.min_score` and its new value (JSON null
+/// removes the key, so its default applies).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub key: String,
+    pub value: serde_json::Value,
+}
+
+/// A change that was validated and written.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub previous: Arc<Config>,
+    pub config: Arc<Config>,
+    /// Dotted keys whose value differs from before, e.g. `cameras[0].enabled`.
+    pub changed: Vec<String>,
+}
+
+struct Current {
+    config: Arc<Config>,
+    /// The file text the config was read from: what edits start from and diffs compare to.
+    text: String,
+}
+
+pub struct ConfigStore {
+    path: Option<PathBuf>,
+    current: Mutex<Current>,
+}
+
+impl ConfigStore {
+    /// `path` is the file the config was loaded from; None for the embedded defaults.
+    pub fn new(path: Option<PathBuf>, config: Config) -> Self {
+        let text = path.as_deref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+        Self { path, current: Mutex::new(Current { config: Arc::new(config), text }) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    pub fn current(&self) -> Arc<Config> {
+        self.lock().config.clone()
+    }
+
+    /// Applies `changes` (only [`SETTABLE_KEYS`]) all or nothing. `model_names` are the configured
+    /// models' names in config order, so `models.<name>` finds its `[[models]]` entry.
+    pub fn set(&self, changes: &[Change], model_names: &[String]) -> Result<Applied, ChangeError> {
+        for change in changes {
+            check_settable(&change.key)?;
+        }
+        self.edit(|document| {
+            for change in changes {
+                apply_change(document, change, model_names)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Points `[[models]][index].manifest` at another manifest (the `model` command's switch and
+    /// roll-back).
+    pub fn set_model_manifest(&self, index: usize, manifest: &Path) -> Result<Applied, ChangeError> {
+        self.edit(|document| {
+            let key = format!("models[{index}].manifest");
+            let entry = array_entry(document, "models", &key, |_, i| i == index)?;
+            entry.insert("manifest", Item::Value(Value::from(manifest.display().to_string())));
+            Ok(())
+        })
+    }
+
+    /// Re-reads the file (the `reload` command); a file that does not validate changes nothing.
+    pub fn reload(&self) -> Result<Applied, ChangeError> {
+        let path = self.path.clone().ok_or(ChangeError::NoConfigFile)?;
+        let mut current = self.lock();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ChangeError::Read { path: path.clone(), message: e.to_string() })?;
+        let config = Config::load(&path).map_err(|e| from_config_error(e, &path, &path))?;
+        let changed = changed_keys(&current.text, &text);
+        let previous = std::mem::replace(&mut current.config, Arc::new(config));
+        current.text = text;
+        Ok(Applied { previous, config: current.config.clone(), changed })
+    }
+
+    /// Edits the file text, validates the result as a config, and only then replaces the file.
+    fn edit(&self, change: impl FnOnce(&mut DocumentMut) -> Result<(), ChangeError>) -> Result<Applied, ChangeError> {
+        let path = self.path.clone().ok_or(ChangeError::NoConfigFile)?;
+        let mut current = self.lock();
+        // Start from the file as it is now, so a hand edit made since start is not overwritten.
+        let on_disk = std::fs::read_to_string(&path)
+            .map_err(|e| ChangeError::Read { path: path.clone(), message: e.to_string() })?;
+        let mut document: DocumentMut = on_disk
+            .parse()
+            .map_err(|e| ChangeError::Read { path: path.clone(), message: format!("is not valid TOML: {e}") })?;
+        change(&mut document)?;
+        let text = document.to_string();
+        let temp = temp_path(&path);
+        write_synced(&temp, text.as_bytes()).map_err(|e| ChangeError::Write { path: path.clone(), message: e })?;
+        // Loading the temp file (same folder) resolves relative paths exactly as the real file.
+        let config = match Config::load(&temp) {
+            Ok(config) => config,
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                return Err(from_config_error(e, &temp, &path));
+            }
+        };
+        if let Err(e) = std::fs::rename(&temp, &path) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(ChangeError::Write { path, message: format!("rename failed: {e}") });
+        }
+        sync_folder(&path);
+        let changed = changed_keys(&current.text, &text);
+        let previous = std::mem::replace(&mut current.config, Arc::new(config));
+        current.text = text;
+        Ok(Applied { previous, config: current.config.clone(), changed })
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "config.toml".into());
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes and fsyncs a file, so a power cut leaves either the old or the new text.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut file = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    file.write_all(bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    file.sync_all().map_err(|e| format!("cannot sync {}: {e}", path.display()))
+}
+
+/// Makes a rename durable: fsync the folder holding the file.
+pub fn sync_folder(path: &Path) {
+    if let Some(folder) = path.parent() {
+        if let Ok(dir) = std::fs::File::open(folder) {
+            let _ = dir.sync_all();
+        }
+    }
+}
+
+fn from_config_error(error: ConfigError, shown_as: &Path, real: &Path) -> ChangeError {
+    let fix = |text: String| text.replace(&shown_as.display().to_string(), &real.display().to_string());
+    match error {
+        ConfigError::Invalid { key, problem, .. } => ChangeError::OutOfRange { key, problem },
+        ConfigError::Read { path, source } => ChangeError::Read { path, message: source.to_string() },
+        other => ChangeError::InvalidValue(fix(other.to_string())),
+    }
+}
+
+fn check_settable(key: &str) -> Result<(), ChangeError> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let settable = !parts.iter().any(|p| p.is_empty())
+        && match parts.as_slice() {
+            ["rules", _, _, ..] | ["zones", ..] => true,
+            // Camera ids and model names may hold dots: everything between is the id.
+            ["cameras", id @ .., "enabled" | "zones"] => !id.is_empty(),
+            ["models", name @ .., "score_threshold"] => !name.is_empty(),
+            _ => false,
+        };
+    if settable {
+        Ok(())
+    } else {
+        Err(ChangeError::NotSettable { key: key.to_string() })
+    }
+}
+
+fn apply_change(document: &mut DocumentMut, change: &Change, model_names: &[String]) -> Result<(), ChangeError> {
+    let key = change.key.as_str();
+    let value = to_toml(&change.value, key)?;
+    let (first, rest) = key.split_once('.').unwrap_or((key, ""));
+    let (table, field): (&mut dyn toml_edit::TableLike, &str) = match first {
+        "cameras" | "models" => {
+            let (target, field) = rest.rsplit_once('.').ok_or_else(|| ChangeError::NotSettable { key: key.into() })?;
+            let entry = if first == "cameras" {
+                array_entry(document, "cameras", key, |entry, _| {
+                    entry.get("id").and_then(|id| id.as_str()) == Some(target)
+                })?
+            } else {
+                let index =
+                    model_names.iter().position(|name| name == target).ok_or_else(|| ChangeError::UnknownTarget {
+                        key: key.into(),
+                        problem: format!("no model named {target:?}; configured: {}", model_names.join(", ")),
+                    })?;
+                array_entry(document, "models", key, |_, i| i == index)?
+            };
+            (entry, field)
+        }
+        _ => {
+            let mut path: Vec<&str> = key.split('.').collect();
+            let field = path.pop().unwrap_or(key);
+            let mut table: &mut dyn toml_edit::TableLike = document.as_table_mut();
+            for part in path {
+                if table.get(part).is_none() {
+                    let mut implicit = Table::new();
+                    implicit.set_implicit(true);
+                    table.insert(part, Item::Table(implicit));
+                }
+                table = table.get_mut(part).and_then(|item| item.as_table_like_mut()).ok_or_else(|| {
+                    ChangeError::UnknownTarget { key: key.into(), problem: format!("`{part}` is not a table") }
+                })?;
+            }
+            (table, field)
+        }
+    };
+    match value {
+        Some(value) => {
+            table.insert(field, Item::Value(value));
+        }
+        None => {
+            table.remove(field);
+        }
+    }
+    Ok(())
+}
+
+/// The entry of an array of tables (`[[cameras]]`, or an inline array) that `pick` chooses.
+fn array_entry<'d>(
+    document: &'d mut DocumentMut,
+    array: &str,
+    key: &str,
+    pick: impl Fn(&dyn toml_edit::TableLike, usize) -> bool,
+) -> Result<&'d mut dyn toml_edit::TableLike, ChangeError> {
+    let missing = || ChangeError::UnknownTarget {
+        key: key.into(),
+        problem: format!(
+            "no such entry in `{array}` of the config file (entries that come from the defaults cannot be changed; \
+             write them into the file first)"
+        ),
+    };
+    match document.get_mut(array) {
+        Some(Item::ArrayOfTables(tables)) => tables
+            .iter_mut()
+            .enumerate()
+            .find(|(i, t)| pick(*t as &dyn toml_edit::TableLike, *i))
+            .map(|(_, t)| t as &mut dyn toml_edit::TableLike)
+            .ok_or_else(missing),
+        Some(Item::Value(Value::Array(values))) => values
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_inline_table_mut().map(|t| (i, t)))
+            .find(|(i, t)| pick(*t as &dyn toml_edit::TableLike, *i))
+            .map(|(_, t)| t as &mut dyn toml_edit::TableLike)
+            .ok_or_else(missing),
+        _ => Err(missing()),
+    }
+}
+
+/// JSON from a command to a TOML value; None for null (remove the key).
+fn to_toml(value: &serde_json::Value, key: &str) -> Result<Option<Value>, ChangeError> {
+    use serde_json::Value as Json;
+    Ok(Some(match value {
+        Json::Null => return Ok(None),
+        Json::Bool(b) => Value::from(*b),
+        Json::String(s) => Value::from(s.as_str()),
+        Json::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(f)) if f.is_finite() => Value::from(f),
+            _ => return Err(ChangeError::InvalidValue(format!("`{key}`: {n} is not a number TOML can hold"))),
+        },
+        Json::Array(items) => {
+            let mut array = toml_edit::Array::new();
+            for item in items {
+                match to_toml(item, key)? {
+                    Some(v) => array.push(v),
+                    None => return Err(ChangeError::InvalidValue(format!("`{key}`: null inside a list"))),
+                }
+            }
+            Value::Array(array)
+        }
+        Json::Object(fields) => {
+            let mut table = toml_edit::InlineTable::new();
+            for (name, item) in fields {
+                if let Some(v) = to_toml(item, key)? {
+                    table.insert(name, v);
+                }
+            }
+            Value::InlineTable(table)
+        }
+    }))
+}
+
+/// Dotted keys whose values differ between two config texts (`cameras[0].enabled`); a text that
+/// does not parse counts as empty.
+pub fn changed_keys(before: &str, after: &str) -> Vec<String> {
+    let parse = |text: &str| text.parse::<toml::Table>().unwrap_or_default();
+    let mut changed = BTreeSet::new();
+    diff(&toml::Value::Table(parse(before)), &toml::Value::Table(parse(after)), String::new(), &mut changed);
+    changed.into_iter().collect()
+}
+
+fn diff(before: &toml::Value, after: &toml::Value, key: String, changed: &mut BTreeSet<String>) {
+    use toml::Value as T;
+    let join = |name: &str| if key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
+    match (before, after) {
+        (T::Table(a), T::Table(b)) => {
+            for name in a.keys().chain(b.keys()) {
+                match (a.get(name), b.get(name)) {
+                    (Some(x), Some(y)) => diff(x, y, join(name), changed),
+                    _ => {
+                        changed.insert(join(name));
+                    }
+                }
+            }
+        }
+        // Arrays of tables are compared entry by entry, so `cameras[1].enabled` is named exactly.
+        (T::Array(a), T::Array(b)) if a.len() == b.len() && a.iter().chain(b).all(|v| v.is_table()) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff(x, y, format!("{key}[{i}]"), changed);
+            }
+        }
+        (a, b) if a != b => {
+            changed.insert(key);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const FILE: &str = r#"# The yard box.
+device_id = "yard-1"
+
+[rules.object]
+min_score = 0.3 # tuned on site
+
+[[cameras]]
+id = "gate"
+source = { kind = "replay", path = "frames" }
+
+[[cameras]]
+id = "ramp"
+source = { kind = "replay", path = "frames" }
+
+[[models]]
+manifest = "models/nanodet.toml"
+"#;
+
+    fn store() -> (tempfile::TempDir, ConfigStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let config = Config::load(&path).unwrap();
+        (dir, ConfigStore::new(Some(path), config))
+    }
+
+    fn change(key: &str, value: serde_json::Value) -> Change {
+        Change { key: key.into(), value }
+    }
+
+    #[test]
+    fn a_valid_change_is_written_keeping_comments_and_applied() {
+        let (dir, store) = store();
+        let applied = store
+            .set(
+                &[change("rules.object.min_score", json!(0.55)), change("cameras.ramp.enabled", json!(false))],
+                &["nanodet".into()],
+            )
+            .unwrap();
+        assert_eq!(applied.config.rules.object.min_score, 0.55);
+        assert!(!applied.config.cameras[1].enabled && applied.config.cameras[0].enabled);
+        assert_eq!(applied.changed, vec!["cameras[1].enabled", "rules.object.min_score"]);
+        let text = std::fs::read_to_string(dir.path().join("agent.toml")).unwrap();
+        assert!(text.contains("# The yard box.") && text.contains("min_score = 0.55"), "{text}");
+        assert_eq!(store.current().rules.object.min_score, 0.55);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).collect();
+        assert_eq!(leftovers.len(), 1, "no temp file left behind");
+    }
+
+    #[test]
+    fn an_out_of_range_value_changes_nothing() {
+        let (dir, store) = store();
+        let err = store
+            .set(&[change("cameras.gate.enabled", json!(false)), change("rules.object.min_score", json!(1.5))], &[])
+            .unwrap_err();
+        assert_eq!(err.code(), "out_of_range");
+        assert!(err.to_string().contains("rules.object.min_score"), "{err}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("agent.toml")).unwrap(), FILE);
+        assert!(store.current().cameras[0].enabled);
+    }
+
+    #[test]
+    fn a_wrong_type_or_unknown_field_is_refused_naming_it() {
+        let (_dir, store) = store();
+        let err = store.set(&[change("rules.object.min_score", json!("high"))], &[]).unwrap_err();
+        assert_eq!(err.code(), "invalid_value");
+        assert!(err.to_string().contains("min_score"), "{err}");
+        let err = store.set(&[change("rules.object.colour", json!(1))], &[]).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        assert!(!err.to_string().contains(".tmp-"), "names the real file: {err}");
+    }
+
+    #[test]
+    fn keys_outside_the_settable_set_and_unknown_targets_are_refused() {
+        let (_dir, store) = store();
+        for key in ["device_id", "mqtt.url", "cameras.gate.source", "cameras.gate", "models.nanodet.manifest", ""] {
+            let err = store.set(&[change(key, json!("x"))], &[]).unwrap_err();
+            assert_eq!(err.code(), "not_settable", "{key}: {err}");
+        }
+        let err = store.set(&[change("cameras.dock.enabled", json!(false))], &[]).unwrap_err();
+        assert_eq!(err.code(), "unknown_target");
+        let err = store.set(&[change("models.yolo.score_threshold", json!(0.5))], &["nanodet".into()]).unwrap_err();
+        assert!(err.to_string().contains("yolo") && err.to_string().contains("nanodet"), "{err}");
+    }
+
+    #[test]
+    fn model_thresholds_are_found_by_model_name_and_null_resets_them() {
+        let (_dir, store) = store();
+        let applied = store.set(&[change("models.nanodet.score_threshold", json!(0.45))], &["nanodet".into()]).unwrap();
+        assert_eq!(applied.config.models[0].score_threshold, Some(0.45));
+        let applied = store.set(&[change("models.nanodet.score_threshold", json!(null))], &["nanodet".into()]).unwrap();
+        assert_eq!(applied.config.models[0].score_threshold, None);
+    }
+
+    #[test]
+    fn reload_reads_hand_edits_and_names_the_changed_keys() {
+        let (dir, store) = store();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, FILE.replace("min_score = 0.3", "min_score = 0.7")).unwrap();
+        let applied = store.reload().unwrap();
+        assert_eq!(applied.changed, vec!["rules.object.min_score"]);
+        assert_eq!(store.current().rules.object.min_score, 0.7);
+        std::fs::write(&path, "device_id = \"a/b\"\n").unwrap();
+        let err = store.reload().unwrap_err();
+        assert_eq!(err.code(), "out_of_range");
+        assert_eq!(store.current().rules.object.min_score, 0.7, "a bad file changes nothing");
+    }
+
+    #[test]
+    fn without_a_config_file_nothing_can_be_set() {
+        let store = ConfigStore::new(None, Config::embedded_defaults());
+        let err = store.set(&[change("rules.object.min_score", json!(0.5))], &[]).unwrap_err();
+        assert_eq!(err.code(), "no_config_file");
+    }
+}

@@ -1,0 +1,258 @@
+//! Telemetry: the box's health every N seconds on `{prefix}/{device}/telemetry` — frame rates per
+//! camera, inference time, outbox fill, free disk, CPU temperature, uptime and whether the clock is
+//! synchronised. Sampled from the status board, the outbox and the kernel (`/sys/class/thermal`,
+//! `statvfs`, `adjtimex`, `/proc/uptime`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::board::StatusBoard;
+use super::outbox::{Outbox, OutboxStats};
+
+/// Version of the telemetry JSON; bump when a field changes meaning or goes away.
+pub const TELEMETRY_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Telemetry {
+    pub schema_version: u32,
+    pub device: String,
+    pub time: DateTime<Utc>,
+    /// Seconds since the agent started.
+    pub uptime_seconds: u64,
+    /// Seconds since the machine booted.
+    pub system_uptime_seconds: Option<u64>,
+    pub cameras: Vec<CameraTelemetry>,
+    pub models: Vec<ModelTelemetry>,
+    pub outbox: OutboxStats,
+    pub disk: Option<DiskSpace>,
+    /// Hottest thermal zone, degrees Celsius; null where the kernel exposes none.
+    pub cpu_temperature_celsius: Option<f64>,
+    pub clock: ClockState,
+    pub mqtt_published: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CameraTelemetry {
+    pub id: String,
+    pub enabled: bool,
+    /// Frames per second captured and inferred since the previous sample.
+    pub fps_captured: f64,
+    pub fps_inferred: f64,
+    pub frames_dropped: u64,
+    pub errors: u64,
+    /// All models on the camera's last frame.
+    pub inference_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelTelemetry {
+    pub name: String,
+    pub sha256: String,
+    /// Mean over the cameras' last frames.
+    pub inference_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskSpace {
+    pub path: PathBuf,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClockState {
+    /// From the kernel's NTP state (adjtimex); null when it cannot be read.
+    pub synchronized: Option<bool>,
+    /// The kernel's maximum error estimate, milliseconds.
+    pub max_error_ms: Option<f64>,
+}
+
+/// Keeps the previous frame counters so rates cover the time between two samples.
+pub struct TelemetrySampler {
+    board: Arc<StatusBoard>,
+    outbox: Arc<Outbox>,
+    state_dir: PathBuf,
+    previous: Option<(Instant, HashMap<String, (u64, u64)>)>,
+}
+
+impl TelemetrySampler {
+    pub fn new(board: Arc<StatusBoard>, outbox: Arc<Outbox>, state_dir: PathBuf) -> Self {
+        Self { board, outbox, state_dir, previous: None }
+    }
+
+    pub fn sample(&mut self) -> Telemetry {
+        let status = self.board.snapshot();
+        let now = Instant::now();
+        let counters: HashMap<String, (u64, u64)> =
+            status.cameras.iter().map(|c| (c.id.clone(), (c.frames_captured, c.frames_inferred))).collect();
+        let (elapsed, before) = match &self.previous {
+            Some((at, before)) => (now.duration_since(*at).as_secs_f64(), Some(before)),
+            None => ((status.uptime_seconds as f64).max(1.0), None),
+        };
+        let rate = |now: u64, then: u64| if elapsed > 0.0 { now.saturating_sub(then) as f64 / elapsed } else { 0.0 };
+        let cameras = status
+            .cameras
+            .iter()
+            .map(|c| {
+                let (captured_before, inferred_before) = before.and_then(|b| b.get(&c.id)).copied().unwrap_or((0, 0));
+                CameraTelemetry {
+                    id: c.id.clone(),
+                    enabled: c.enabled,
+                    fps_captured: round2(rate(c.frames_captured, captured_before)),
+                    fps_inferred: round2(rate(c.frames_inferred, inferred_before)),
+                    frames_dropped: c.frames_dropped,
+                    errors: c.errors,
+                    inference_ms: round2(c.inference_ms),
+                }
+            })
+            .collect();
+        let mut per_model: HashMap<&str, (f64, u32)> = HashMap::new();
+        for results in status.latest_results.values() {
+            for result in results {
+                let entry = per_model.entry(result.model.name.as_str()).or_default();
+                entry.0 += result.latency.as_secs_f64() * 1000.0;
+                entry.1 += 1;
+            }
+        }
+        let models = status
+            .models
+            .iter()
+            .map(|m| ModelTelemetry {
+                name: m.name.clone(),
+                sha256: m.sha256.clone(),
+                inference_ms: per_model
+                    .get(m.name.as_str())
+                    .map(|(sum, n)| round2(sum / f64::from((*n).max(1))))
+                    .unwrap_or(0.0),
+            })
+            .collect();
+        self.previous = Some((now, counters));
+        let outbox = self.outbox.stats().unwrap_or_else(|e| {
+            tracing::warn!("telemetry: {e}");
+            OutboxStats { depth: status.outbox_depth, ..Default::default() }
+        });
+        Telemetry {
+            schema_version: TELEMETRY_SCHEMA_VERSION,
+            device: status.device_id,
+            time: Utc::now(),
+            uptime_seconds: status.uptime_seconds,
+            system_uptime_seconds: system_uptime_seconds(),
+            cameras,
+            models,
+            outbox,
+            disk: disk_space(&self.state_dir),
+            cpu_temperature_celsius: cpu_temperature_celsius(Path::new("/sys/class/thermal")),
+            clock: clock_state(),
+            mqtt_published: status.mqtt.published,
+        }
+    }
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+fn system_uptime_seconds() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    text.split_whitespace().next()?.parse::<f64>().ok().map(|s| s as u64)
+}
+
+/// The hottest `thermal_zone*/temp` (millidegrees Celsius) under `root`.
+pub fn cpu_temperature_celsius(root: &Path) -> Option<f64> {
+    let zones = std::fs::read_dir(root).ok()?;
+    zones
+        .filter_map(|zone| zone.ok())
+        .filter(|zone| zone.file_name().to_string_lossy().starts_with("thermal_zone"))
+        .filter_map(|zone| std::fs::read_to_string(zone.path().join("temp")).ok())
+        .filter_map(|text| text.trim().parse::<i64>().ok())
+        .map(|millidegrees| millidegrees as f64 / 1000.0)
+        .fold(None, |hottest: Option<f64>, t| Some(hottest.map_or(t, |h| h.max(t))))
+}
+
+/// Free and total bytes of the file system holding `path`.
+pub fn disk_space(path: &Path) -> Option<DiskSpace> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid NUL-terminated path and a buffer of the right type; read only on success.
+    let stats = unsafe {
+        if libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stats.assume_init()
+    };
+    let block = stats.f_frsize as u64;
+    Some(DiskSpace {
+        path: path.to_owned(),
+        free_bytes: (stats.f_bavail as u64).saturating_mul(block),
+        total_bytes: (stats.f_blocks as u64).saturating_mul(block),
+    })
+}
+
+/// The kernel's NTP discipline state: synchronised unless it reports TIME_ERROR / STA_UNSYNC.
+pub fn clock_state() -> ClockState {
+    let mut timex: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: modes = 0 only reads the kernel's state into a zeroed struct of the right type.
+    let state = unsafe { libc::adjtimex(&mut timex) };
+    if state < 0 {
+        return ClockState { synchronized: None, max_error_ms: None };
+    }
+    let synchronized = state != libc::TIME_ERROR && timex.status & libc::STA_UNSYNC == 0;
+    ClockState { synchronized: Some(synchronized), max_error_ms: Some(timex.maxerror as f64 / 1000.0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hottest_thermal_zone_is_reported_in_celsius() {
+        let dir = tempfile::tempdir().unwrap();
+        for (zone, millidegrees) in
+            [("thermal_zone0", "41500\n"), ("thermal_zone1", "57250\n"), ("cooling_device0", "9")]
+        {
+            std::fs::create_dir(dir.path().join(zone)).unwrap();
+            std::fs::write(dir.path().join(zone).join("temp"), millidegrees).unwrap();
+        }
+        assert_eq!(cpu_temperature_celsius(dir.path()), Some(57.25));
+        assert_eq!(cpu_temperature_celsius(&dir.path().join("none")), None);
+    }
+
+    #[test]
+    fn disk_space_of_the_state_folder_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = disk_space(dir.path()).expect("statvfs works on a temp dir");
+        assert!(disk.total_bytes > 0 && disk.free_bytes <= disk.total_bytes, "{disk:?}");
+        assert!(disk_space(Path::new("/nonexistent/folder")).is_none());
+    }
+
+    #[test]
+    fn the_clock_state_is_read_from_the_kernel() {
+        let clock = clock_state();
+        assert!(clock.synchronized.is_some(), "adjtimex is readable without privileges");
+    }
+
+    #[test]
+    fn rates_cover_the_time_between_two_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = Arc::new(StatusBoard::new("box".into(), None));
+        let health = Arc::new(crate::source::CameraHealth::default());
+        board.add_camera("gate", health.clone());
+        let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.redb")).unwrap());
+        let mut sampler = TelemetrySampler::new(board, outbox, dir.path().to_owned());
+        sampler.sample();
+        health.frames_captured.fetch_add(10, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let telemetry = sampler.sample();
+        let fps = telemetry.cameras[0].fps_captured;
+        assert!(fps > 10.0 && fps <= 50.0, "10 frames in ~0.2 s: {fps}");
+        let json = serde_json::to_value(&telemetry).unwrap();
+        assert!(json["disk"]["free_bytes"].as_u64().is_some(), "{json}");
+        assert_eq!(json["outbox"]["depth"], 0);
+    }
+}
