@@ -593,17 +593,37 @@ pub fn plain_log(text: &str) -> String {
     plain
 }
 
-/// (camera, event id) of every event the agent logged as queued (the line comes after the outbox
-/// commit), in log order.
+/// (camera, event id) of every incident whose `start` the agent logged as queued (the line comes
+/// after the outbox commit), in log order. Later messages of an incident share its event id.
 pub fn queued_events(log: &str) -> Vec<(String, String)> {
     let field = |line: &str, name: &str| {
         line.split_whitespace().find_map(|word| word.strip_prefix(&format!("{name}="))).map(String::from)
     };
     plain_log(log)
         .lines()
-        .filter(|line| line.contains(" event Object "))
+        .filter(|line| line.contains(" event ") && field(line, "revision").as_deref() == Some("0"))
         .filter_map(|line| Some((field(line, "camera")?, field(line, "event_id")?)))
         .collect()
+}
+
+/// Judge settings under which every arrival of an object is a new incident: no minimum duration,
+/// a track is lost as soon as a frame misses it, and a reappearance in the same place is not
+/// remembered. With [`coming_and_going_folder`] each arrival gives a `start` and an `end`.
+pub const EVERY_ARRIVAL_IS_AN_EVENT: &str =
+    "[rules.object]\nmin_duration_secs = 0.0\n\n[tracking]\nmax_lost_secs = 0.0\nstationary_memory_secs = 0.0\n";
+
+/// A folder where the truck picture (dog.jpg) and a picture without it (coffee.png) take turns,
+/// `arrivals` times: a replay camera that sees a truck come and go.
+pub fn coming_and_going_folder(parent: &Path, name: &str, arrivals: usize) -> PathBuf {
+    let folder = parent.join(name);
+    std::fs::create_dir_all(&folder).expect("create frames folder");
+    let samples = repo_root().join("models/samples");
+    for i in 0..arrivals {
+        std::fs::copy(samples.join("dog.jpg"), folder.join(format!("{:05}-dog.jpg", 2 * i))).expect("copy sample");
+        std::fs::copy(samples.join("coffee.png"), folder.join(format!("{:05}-coffee.png", 2 * i + 1)))
+            .expect("copy sample");
+    }
+    folder
 }
 
 /// A folder with `copies` copies of one sample picture: a replay camera's finite burst.

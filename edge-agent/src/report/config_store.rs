@@ -13,8 +13,8 @@ use toml_edit::{DocumentMut, Item, Table, Value};
 use crate::config::{Config, ConfigError};
 
 /// Keys the `set` command may change, as the error message lists them.
-pub const SETTABLE_KEYS: &str =
-    "rules.<rule>.<field>, zones…, cameras.<id>.enabled, cameras.<id>.zones, models.<name>.score_threshold";
+pub const SETTABLE_KEYS: &str = "rules.<rule>.<field>, scenes.<camera id>.zones|blur_people|ground_homography, \
+     tracking.<field>, privacy.<field>, cameras.<id>.enabled, models.<name>.score_threshold";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
@@ -205,9 +205,10 @@ fn check_settable(key: &str) -> Result<(), ChangeError> {
     let parts: Vec<&str> = key.split('.').collect();
     let settable = !parts.iter().any(|p| p.is_empty())
         && match parts.as_slice() {
-            ["rules", _, _, ..] | ["zones", ..] => true,
+            ["rules", _, _, ..] | ["tracking", _] | ["privacy", _] => true,
             // Camera ids and model names may hold dots: everything between is the id.
-            ["cameras", id @ .., "enabled" | "zones"] => !id.is_empty(),
+            ["scenes", id @ .., "zones" | "blur_people" | "ground_homography"] => !id.is_empty(),
+            ["cameras", id @ .., "enabled"] => !id.is_empty(),
             ["models", name @ .., "score_threshold"] => !name.is_empty(),
             _ => false,
         };
@@ -238,6 +239,26 @@ fn apply_change(document: &mut DocumentMut, change: &Change, model_names: &[Stri
                 array_entry(document, "models", key, |_, i| i == index)?
             };
             (entry, field)
+        }
+        "scenes" => {
+            // `scenes.<camera id>.<field>`, the id taken whole even when it holds dots.
+            let (camera, field) = rest.rsplit_once('.').ok_or_else(|| ChangeError::NotSettable { key: key.into() })?;
+            let scenes = document.entry("scenes").or_insert_with(|| {
+                let mut implicit = Table::new();
+                implicit.set_implicit(true);
+                Item::Table(implicit)
+            });
+            let scenes = scenes.as_table_like_mut().ok_or_else(|| ChangeError::UnknownTarget {
+                key: key.into(),
+                problem: "`scenes` is not a table".into(),
+            })?;
+            if scenes.get(camera).is_none() {
+                scenes.insert(camera, Item::Table(Table::new()));
+            }
+            let scene = scenes.get_mut(camera).and_then(|item| item.as_table_like_mut()).ok_or_else(|| {
+                ChangeError::UnknownTarget { key: key.into(), problem: format!("`scenes.{camera}` is not a table") }
+            })?;
+            (scene, field)
         }
         _ => {
             let mut path: Vec<&str> = key.split('.').collect();
@@ -421,6 +442,27 @@ manifest = "models/nanodet.toml"
         assert_eq!(store.current().rules.object.min_score, 0.55);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).collect();
         assert_eq!(leftovers.len(), 1, "no temp file left behind");
+    }
+
+    #[test]
+    fn zones_drawn_for_a_camera_are_written_as_its_scene_and_validated() {
+        let (dir, store) = store();
+        let zones = json!([{ "id": "bin-1", "role": "bin", "category": "recyclable",
+                             "polygon": [[0.1, 0.1], [0.4, 0.1], [0.4, 0.5], [0.1, 0.5]] }]);
+        let applied = store.set(&[change("scenes.gate.zones", zones)], &[]).unwrap();
+        let scene = &applied.config.scenes["gate"];
+        assert_eq!(scene.zones.len(), 1);
+        assert_eq!(scene.zones[0].id, "bin-1");
+        assert_eq!(scene.zones[0].polygon[2], [0.4, 0.5]);
+        let text = std::fs::read_to_string(dir.path().join("agent.toml")).unwrap();
+        assert!(text.contains("# tuned on site"), "comments are kept:\n{text}");
+        assert!(Config::load(&dir.path().join("agent.toml")).unwrap().scenes.contains_key("gate"));
+        // A polygon with two corners is not a zone: refused, and the file stays as it was.
+        let bad = json!([{ "id": "line", "role": "road", "polygon": [[0.1, 0.1], [0.2, 0.2]] }]);
+        let err = store.set(&[change("scenes.gate.zones", bad)], &[]).unwrap_err();
+        assert!(err.to_string().contains("scenes"), "{err}");
+        assert_eq!(store.current().scenes["gate"].zones[0].id, "bin-1");
+        assert!(store.set(&[change("scenes.gate.colour", json!("red"))], &[]).is_err(), "not a settable key");
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub async fn run_reporter(
                     tracing::info!(
                         camera = %event.camera,
                         event_id = %event.event_id,
+                        revision = event.revision,
                         "event {} {:?} {} {:.2} box ({}, {}) – ({}, {})",
                         event.kind.as_str(), event.state, event.label, event.score, event.bbox.x1, event.bbox.y1, event.bbox.x2, event.bbox.y2
                     );

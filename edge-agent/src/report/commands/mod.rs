@@ -280,7 +280,11 @@ impl CommandHandler {
         let mut rules_changed = false;
         let model_names = self.model_names();
         for key in &applied.changed {
-            if key.starts_with("rules.") || key.starts_with("zones") || key.ends_with(".zones") {
+            // What `Judge::reconfigure` takes between two frames.
+            let judge_key = ["rules.", "scenes.", "tracking.", "privacy.", "background.", "taxonomy."]
+                .iter()
+                .any(|section| key.starts_with(section));
+            if judge_key {
                 rules_changed = true;
                 live.push(key.clone());
             } else if let Some(index) = indexed(key, "cameras", "enabled") {
