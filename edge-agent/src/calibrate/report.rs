@@ -70,6 +70,11 @@ fn counts(calibration: &ModelCalibration) -> BTreeMap<String, Counts> {
     counts
 }
 
+/// An f32 as the f64 with its shortest decimal form (0.3, not 0.30000001192092896).
+fn short(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
 fn file_safe(text: &str) -> String {
     text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect()
 }
@@ -113,7 +118,7 @@ impl Report<'_> {
             let _ = writeln!(text, "## Model {}\n", calibration.model.name);
             let _ = writeln!(
                 text,
-                "| class | labelled | threshold | precision | recall | found | false finds | missed | target | curve |"
+                "| class | labelled | threshold (as written) | precision | recall | found | false finds | missed | target | curve |"
             );
             let _ = writeln!(text, "|---|---|---|---|---|---|---|---|---|---|");
             for class in &calibration.classes {
@@ -123,7 +128,7 @@ impl Report<'_> {
                     "| {} | {} | {:.4} | {:.3} | {:.3} | {} | {} | {} | {} | [svg]({}) |",
                     class.label,
                     class.labelled,
-                    class.threshold,
+                    super::site::four_decimals_down(class.threshold),
                     class.precision,
                     class.recall,
                     c.found,
@@ -167,12 +172,14 @@ impl Report<'_> {
                         serde_json::json!({
                             "label": class.label,
                             "labelled": class.labelled,
-                            "threshold": class.threshold,
+                            "threshold": short(class.threshold),
                             "precision": class.precision,
                             "recall": class.recall,
                             "target_reached": class.target_reached,
                             "counts": counts.get(&class.label).copied().unwrap_or_default(),
-                            "curve": class.curve,
+                            "curve": class.curve.iter().map(|p| serde_json::json!({
+                                "threshold": short(p.threshold), "precision": p.precision, "recall": p.recall,
+                            })).collect::<Vec<_>>(),
                             "curve_svg": curve_file(&calibration.model.name, &class.label),
                             "wrong_pictures": class.wrong_files,
                         })
@@ -192,7 +199,7 @@ impl Report<'_> {
             "pictures": self.set.truth.len(),
             "unlabelled_pictures": self.set.unlabelled,
             "target_precision": self.target_precision,
-            "min_score": self.min_score,
+            "min_score": short(self.min_score),
             "models": models,
             "wrong_pictures": wrong,
             "unknown_labels": self.unknown_labels,
@@ -211,7 +218,8 @@ impl Report<'_> {
         };
         let wrong_dir = dir.join("wrong");
         if wrong_dir.is_dir() {
-            std::fs::remove_dir_all(&wrong_dir).map_err(|source| ReportError::Write { path: wrong_dir.clone(), source })?;
+            std::fs::remove_dir_all(&wrong_dir)
+                .map_err(|source| ReportError::Write { path: wrong_dir.clone(), source })?;
         }
         let mut written = vec![write("summary.md", self.summary_markdown().as_bytes())?];
         let json = serde_json::to_string_pretty(&self.summary_json()).unwrap_or_default();

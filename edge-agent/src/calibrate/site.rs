@@ -147,14 +147,20 @@ impl SiteCalibration {
         let mut merged = Vec::new();
         for (model, labels) in &self.thresholds {
             let key = format!("thresholds.{model}");
-            let found = manifests.iter().enumerate().find_map(|(i, m)| m.as_ref().filter(|m| &m.name == model).map(|m| (i, m)));
+            let found =
+                manifests.iter().enumerate().find_map(|(i, m)| m.as_ref().filter(|m| &m.name == model).map(|m| (i, m)));
             let Some((index, manifest)) = found else {
                 let names: Vec<&str> = manifests.iter().flatten().map(|m| m.name.as_str()).collect();
-                return Err(Invalid::new(key, format!("names no configured model; expected one of: {}", names.join(", "))));
+                return Err(Invalid::new(
+                    key,
+                    format!("names no configured model; expected one of: {}", names.join(", ")),
+                ));
             };
             let known = read_labels(&manifest.labels_path()).map_err(|e| Invalid::new(&key, e.to_string()))?;
             let base = config.models[index].score_threshold.unwrap_or(match manifest.decoder {
-                DecoderSpec::Softmax { score_threshold, .. } | DecoderSpec::Nanodet { score_threshold, .. } => score_threshold,
+                DecoderSpec::Softmax { score_threshold, .. } | DecoderSpec::Nanodet { score_threshold, .. } => {
+                    score_threshold
+                }
             });
             let mut kept = BTreeMap::new();
             for (label, &threshold) in labels {
@@ -162,7 +168,10 @@ impl SiteCalibration {
                 if !known.contains(label) {
                     return Err(Invalid::new(
                         key,
-                        format!("is not a label of model {model}; expected one of the labels in {}", manifest.labels_path().display()),
+                        format!(
+                            "is not a label of model {model}; expected one of the labels in {}",
+                            manifest.labels_path().display()
+                        ),
                     ));
                 }
                 if !(0.0..=1.0).contains(&threshold) {
@@ -237,13 +246,18 @@ pub fn write_ground(path: &Path, camera: &str, pairs: &[PointPair], fit: &Ground
         let ground = ground.as_table_mut().ok_or_else(|| format!("`scenes.{camera}.ground` is not a table"))?;
         ground.set_implicit(false);
         if fresh {
-            ground.decor_mut().set_prefix(
-                "\n# Image pixels → ground metres; written by `edge-agent calibrate ground`.\n",
-            );
+            ground
+                .decor_mut()
+                .set_prefix("\n# Image pixels → ground metres; written by `edge-agent calibrate ground`.\n");
         }
+        let rows_of = fit.homography.rows();
+        // Round-off dust (1e-17 where the fit means 0) would only make the file harder to read.
+        let largest = rows_of.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
         let mut rows = Array::new();
-        for row in fit.homography.rows() {
-            rows.push(row.iter().map(|v| significant(*v)).collect::<Array>());
+        for row in rows_of {
+            rows.push(
+                row.iter().map(|v| if v.abs() < 1e-12 * largest { 0.0 } else { significant(*v) }).collect::<Array>(),
+            );
         }
         ground.insert("homography", value(rows));
         let points: Array =
@@ -264,6 +278,15 @@ fn significant(v: f64) -> f64 {
     (v * scale).round() / scale
 }
 
+/// A threshold for the file: 4 decimals, rounded down, so that the find it was chosen at (whose
+/// score it is) stays kept when the file is read back as f32. From the score's shortest decimal
+/// form, so 0.5339 stays 0.5339 rather than becoming 0.5338 through its f32 0.53389996 (a score of
+/// 0.53389996 itself is written 0.5338).
+pub fn four_decimals_down(threshold: f32) -> f64 {
+    let decimal: f64 = threshold.to_string().parse().unwrap_or(f64::from(threshold));
+    (decimal * 1e4 + 1e-9).floor() / 1e4
+}
+
 /// Writes `[thresholds.<model>]` into the site file (the classes calibrated; others kept), each with
 /// a comment saying what it gave on the sample set.
 pub fn write_thresholds(path: &Path, model: &str, classes: &[ClassCalibration], target: f64) -> Result<(), SiteError> {
@@ -277,7 +300,7 @@ pub fn write_thresholds(path: &Path, model: &str, classes: &[ClassCalibration], 
             ));
         }
         for class in classes {
-            let mut threshold = toml_edit::Value::from(f64::from((class.threshold * 1e4).round() / 1e4));
+            let mut threshold = toml_edit::Value::from(four_decimals_down(class.threshold));
             let reached = if class.target_reached { String::new() } else { format!(" (target {target} NOT reached)") };
             threshold.decor_mut().set_suffix(format!(
                 " # precision {:.2}, recall {:.2} of {} labelled{reached}",
@@ -325,6 +348,15 @@ mod tests {
     }
 
     #[test]
+    fn thresholds_are_written_rounded_down_so_their_find_stays_kept() {
+        for score in [0.5339f32, 0.36233, 0.89669996, 0.1, 0.30020899] {
+            let written = four_decimals_down(score);
+            assert!(written as f32 <= score && f64::from(score) - written < 1e-4, "{score} → {written}");
+        }
+        assert_eq!(four_decimals_down(0.5339), 0.5339);
+    }
+
+    #[test]
     fn an_unknown_key_in_a_site_file_names_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("yard.toml");
@@ -359,6 +391,40 @@ mod tests {
         assert_eq!(scene.zones[0].id, "street");
         assert_eq!(scene.ground_homography.unwrap()[0][0], 0.02);
         assert_eq!(config.site.calibration.as_deref(), Some(dir.path().join("yard.toml").as_path()));
+    }
+
+    /// The example site's measured street reaches the judge: the demo camera's scene maps pixels to
+    /// the measured metres, and a patch of debris on the street gets its area in m².
+    #[test]
+    fn the_example_sites_ground_gives_the_judge_metres() {
+        let site = Path::new(env!("CARGO_MANIFEST_DIR")).join("../calibration/example-site.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, format!("[site]\ncalibration = {:?}\n", site.display().to_string())).unwrap();
+        let config = Config::load(&path).unwrap();
+        let scene = crate::judge::zones::Scene::from_config("demo", &config.scenes["demo"], true);
+        assert_eq!(scene.zones.len(), 3);
+        let ground = scene.ground.expect("the site's homography");
+        let metres = |x: f64, y: f64| ground.apply(x, y).unwrap();
+        // Measured: the near kerb 8 m away from x 0 to 12 m, the far one 16 m away.
+        for ((x, y), (gx, gy)) in
+            [((100.0, 195.0), (0.0, 8.0)), ((700.0, 195.0), (12.0, 8.0)), ((250.0, 112.0), (0.0, 16.0))]
+        {
+            let (mx, my) = metres(x, y);
+            assert!((mx - gx).abs() < 0.05 && (my - gy).abs() < 0.05, "({x}, {y}) → ({mx}, {my})");
+        }
+        // A 40×10 px patch 12 m out: its width and depth on the ground, multiplied, are its m².
+        let (left, right) = (metres(380.0, 140.0), metres(420.0, 140.0));
+        let (near, far) = (metres(400.0, 145.0), metres(400.0, 135.0));
+        let width = ((right.0 - left.0).powi(2) + (right.1 - left.1).powi(2)).sqrt();
+        let depth = ((far.0 - near.0).powi(2) + (far.1 - near.1).powi(2)).sqrt();
+        assert!((width - 1.2).abs() < 0.05, "40 px are {width} m across at 12 m");
+        let area = ground.pixel_area_m2(400.0, 140.0) * 400.0;
+        assert!((area - width * depth).abs() < 0.05 * width * depth, "{area} m² vs {width} × {depth}");
+        // And the thresholds, except the person one (only lower ones are taken, for privacy).
+        let nanodet = &config.models[0].class_thresholds;
+        assert_eq!(nanodet.get("truck"), Some(&0.3622));
+        assert_eq!(nanodet.get("person"), None);
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub struct Truth {
 pub type LabelledSet = BTreeMap<String, Vec<Truth>>;
 
 /// Reads `file,label[,x1,y1,x2,y2]` rows (a header row `file,...` is allowed; `#` starts a comment;
-/// label `none` marks a picture with nothing of interest).
+/// label `none` marks a picture with nothing of interest). With a box, a label is one object
+/// (a prediction must overlap it by [`MATCH_IOU`]); without, it says the picture shows one.
 pub fn read_labels(path: &Path) -> Result<LabelledSet, LabelsError> {
     let text = std::fs::read_to_string(path).map_err(|source| LabelsError::Read { path: path.to_owned(), source })?;
     parse_labels(&text, path)
@@ -42,7 +43,8 @@ pub fn parse_labels(text: &str, path: &Path) -> Result<LabelledSet, LabelsError>
     let mut set = LabelledSet::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or_default().trim();
-        if line.is_empty() || (i == 0 && line.starts_with("file,")) {
+        // A header row may follow leading comments.
+        if line.is_empty() || (set.is_empty() && line.starts_with("file,")) {
             continue;
         }
         let problem = |problem: String| LabelsError::Line { path: path.to_owned(), line: i + 1, problem };
@@ -237,7 +239,13 @@ fn calibrate_class(label: &str, predictions: &[Prediction], truth: &LabelledSet,
     let reaching = curve
         .iter()
         .filter(|p| p.precision >= target)
-        .max_by(|a, b| a.recall.total_cmp(&b.recall).then(b.threshold.total_cmp(&a.threshold)));
+        // Most recall; at equal recall a lower threshold only adds false finds, so the higher wins.
+        .max_by(|a, b| {
+            a.recall
+                .total_cmp(&b.recall)
+                .then(a.precision.total_cmp(&b.precision))
+                .then(a.threshold.total_cmp(&b.threshold))
+        });
     let (chosen, target_reached) = match reaching {
         Some(point) => (Some(*point), true),
         None => (
@@ -368,6 +376,9 @@ mod tests {
         assert_eq!(relaxed.threshold, 0.5, "4 of 5 finds right is 0.8 precision");
         assert!((relaxed.recall - 0.8).abs() < 1e-12);
         assert_eq!(relaxed.wrong_files, BTreeSet::from(["e".to_string(), "f".to_string()]));
+        // At 0.5 precision every threshold down to 0.5 qualifies; 0.4 adds a false find, no recall.
+        let loose = &calibrate(&predictions, &truth, 0.5)[0];
+        assert_eq!((loose.threshold, loose.precision), (0.5, 0.8));
         let marks = marks_at_thresholds(&predictions, &truth, std::slice::from_ref(relaxed));
         let kinds = |file: &str| marks.get(file).map(|m| m.iter().map(|m| m.kind).collect::<Vec<_>>());
         assert_eq!(kinds("a"), Some(vec![MarkKind::Found]));

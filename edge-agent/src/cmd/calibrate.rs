@@ -97,7 +97,9 @@ fn calibrate_thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
     let (folder, labels) = match (args.samples, args.labels, from_site) {
         (Some(folder), Some(labels), _) => (folder, labels),
         (folder, labels, Some(samples)) => (folder.unwrap_or(samples.folder), labels.unwrap_or(samples.labels)),
-        _ => bail!("name the labelled pictures with --samples DIR and --labels FILE.csv, or a --site file with [samples]"),
+        _ => bail!(
+            "name the labelled pictures with --samples DIR and --labels FILE.csv, or a --site file with [samples]"
+        ),
     };
     let set = SampleSet::open(&folder, &labels)?;
 

@@ -291,7 +291,11 @@ mod tests {
 
     fn model(name: &str) -> Model {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/{name}.toml"));
-        Model::load(&ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() }, BackendKind::Tract).unwrap()
+        Model::load(
+            &ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() },
+            BackendKind::Tract,
+        )
+        .unwrap()
     }
 
     fn sample(name: &str) -> image::RgbImage {
