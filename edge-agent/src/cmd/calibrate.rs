@@ -176,10 +176,18 @@ fn calibrate_ground(args: GroundArgs) -> anyhow::Result<()> {
     if !(args.max_error > 0.0) {
         bail!("--max-error is {}; expected metres above 0", args.max_error);
     }
+    // The camera is settled before the fit, so a missing one fails before any output.
+    let camera = match (&args.site, args.camera) {
+        (Some(_), Some(camera)) => Some(camera),
+        (Some(site), None) => Some(only_camera(site)?),
+        (None, _) => None,
+    };
     let fit = homography::fit(&pairs, args.max_error).context("cannot fit the ground plane")?;
     println!("Ground homography from {} point pairs (image pixels → metres):", pairs.len());
+    // No "-0.00000000" for round-off dust.
+    let tidy = |v: f64| if v.abs() < 5e-9 { 0.0 } else { v };
     for row in fit.homography.rows() {
-        println!("  [{:>14.8}, {:>14.8}, {:>14.8}]", row[0], row[1], row[2]);
+        println!("  [{:>14.8}, {:>14.8}, {:>14.8}]", tidy(row[0]), tidy(row[1]), tidy(row[2]));
     }
     println!("Reprojection error: rms {:.3} m, max {:.3} m", fit.rms_error_m, fit.max_error_m);
     for (i, (pair, error)) in pairs.iter().zip(&fit.errors_m).enumerate() {
@@ -201,13 +209,9 @@ fn calibrate_ground(args: GroundArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--distance {text:?}: a pixel is on the horizon of the ground plane"))?;
         println!("Distance ({}, {}) – ({}, {}): {metres:.3} m", a[0], a[1], b[0], b[1]);
     }
-    let Some(site) = &args.site else {
+    let (Some(site), Some(camera)) = (&args.site, camera) else {
         println!("No --site file given: nothing written.");
         return Ok(());
-    };
-    let camera = match args.camera {
-        Some(camera) => camera,
-        None => only_camera(site)?,
     };
     write_ground(site, &camera, &pairs, &fit)?;
     println!("Written to {} [scenes.{camera}.ground]", site.display());
