@@ -134,7 +134,11 @@ impl Report<'_> {
                     c.found,
                     c.false_finds,
                     c.missed,
-                    if class.target_reached { "reached" } else { "NOT reached" },
+                    match (class.target_reached, class.curve.is_empty()) {
+                        (true, _) => "reached",
+                        (false, false) => "NOT reached",
+                        (false, true) => "never found: not written",
+                    },
                     curve_file(&calibration.model.name, &class.label)
                 );
             }

@@ -288,7 +288,7 @@ pub fn four_decimals_down(threshold: f32) -> f64 {
 }
 
 /// Writes `[thresholds.<model>]` into the site file (the classes calibrated; others kept), each with
-/// a comment saying what it gave on the sample set.
+/// a comment saying what it gave on the sample set. Classes the model never found are left out.
 pub fn write_thresholds(path: &Path, model: &str, classes: &[ClassCalibration], target: f64) -> Result<(), SiteError> {
     edit(path, |document| {
         let fresh = !document.get("thresholds").and_then(Item::as_table).is_some_and(|t| t.contains_key(model));
@@ -299,7 +299,9 @@ pub fn write_thresholds(path: &Path, model: &str, classes: &[ClassCalibration], 
                 "\n# Per-class score thresholds of model {model}; written by `edge-agent calibrate thresholds`.\n"
             ));
         }
-        for class in classes {
+        // A class the model never found on the samples has no threshold to choose (writing the
+        // placeholder 1.0 would switch it off).
+        for class in classes.iter().filter(|c| !c.curve.is_empty()) {
             let mut threshold = toml_edit::Value::from(four_decimals_down(class.threshold));
             let reached = if class.target_reached { String::new() } else { format!(" (target {target} NOT reached)") };
             threshold.decor_mut().set_suffix(format!(
@@ -354,6 +356,22 @@ mod tests {
             assert!(written as f32 <= score && f64::from(score) - written < 1e-4, "{score} → {written}");
         }
         assert_eq!(four_decimals_down(0.5339), 0.5339);
+    }
+
+    #[test]
+    fn thresholds_are_written_per_model_with_what_they_gave_and_unfound_classes_left_out() {
+        use crate::calibrate::thresholds::{calibrate, parse_labels, Prediction};
+        let truth = parse_labels("a,cup\nb,cup\nb,truck\nc,none\n", Path::new("l.csv")).unwrap();
+        let cup = |file: &str, score| Prediction { file: file.into(), label: "cup".into(), score, bbox: None };
+        let classes = calibrate(&[cup("a", 0.8), cup("c", 0.6), cup("b", 0.4)], &truth, 0.9);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("yard.toml");
+        std::fs::write(&path, "[thresholds.nanodet]\nperson = 0.2 # by hand\n").unwrap();
+        write_thresholds(&path, "nanodet", &classes, 0.9).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("person = 0.2 # by hand"), "{text}");
+        assert!(text.contains("cup = 0.8 # precision 1.00, recall 0.50 of 2 labelled"), "{text}");
+        assert!(!text.contains("truck"), "never found, so no threshold: {text}");
     }
 
     #[test]
