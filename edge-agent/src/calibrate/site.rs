@@ -313,6 +313,7 @@ pub fn write_thresholds(path: &Path, model: &str, classes: &[ClassCalibration], 
         Ok(())
     })
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
