@@ -31,6 +31,9 @@ pub enum ConfigError {
     Parse { path: PathBuf, line: usize, column: usize, message: String, line_text: String },
     #[error("config file {path}: `{key}` {problem}")]
     Invalid { path: PathBuf, key: String, problem: String },
+    /// The site calibration file named by `site.calibration`.
+    #[error(transparent)]
+    Site(#[from] crate::calibrate::site::SiteError),
 }
 
 /// A section's complaint about one key, before it is tied to a file.
@@ -198,6 +201,7 @@ impl Config {
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let mut config = Self::from_toml_str(&text, path)?;
         config.resolve_relative_paths(path.parent().unwrap_or(Path::new(".")));
+        crate::calibrate::site::apply(&mut config, path)?;
         config.validate(path)?;
         config.source = Some(path.to_owned());
         Ok(config)

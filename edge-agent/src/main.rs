@@ -32,6 +32,10 @@ enum Command {
     Verify(cmd::verify::VerifyArgs),
     /// Print an argon2 hash of a password for `[web] users` (reads it without echo, or from a pipe).
     Passwd(cmd::passwd::PasswdArgs),
+    /// Fit the box to its site: per-class thresholds from labelled pictures, ground homography.
+    Calibrate(cmd::calibrate::CalibrateArgs),
+    /// Write a commented config to start from, for a garbage station or a construction site.
+    Init(cmd::init::InitArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +52,8 @@ fn main() -> std::process::ExitCode {
         Command::Infer(args) => cmd::infer::infer(args),
         Command::Verify(args) => cmd::verify::verify(args),
         Command::Passwd(args) => cmd::passwd::passwd(args),
+        Command::Calibrate(args) => cmd::calibrate::calibrate(args),
+        Command::Init(args) => cmd::init::init(args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,5 +2,7 @@
 //! homography that turns pixels into metres. Site files live in `calibration/<site>.toml`.
 
 pub mod homography;
+pub mod report;
+pub mod samples;
 pub mod site;
 pub mod thresholds;

@@ -32,7 +32,8 @@ pub struct Truth {
 pub type LabelledSet = BTreeMap<String, Vec<Truth>>;
 
 /// Reads `file,label[,x1,y1,x2,y2]` rows (a header row `file,...` is allowed; `#` starts a comment;
-/// label `none` marks a picture with nothing of interest).
+/// label `none` marks a picture with nothing of interest). With a box, a label is one object
+/// (a prediction must overlap it by [`MATCH_IOU`]); without, it says the picture shows one.
 pub fn read_labels(path: &Path) -> Result<LabelledSet, LabelsError> {
     let text = std::fs::read_to_string(path).map_err(|source| LabelsError::Read { path: path.to_owned(), source })?;
     parse_labels(&text, path)
@@ -42,7 +43,8 @@ pub fn parse_labels(text: &str, path: &Path) -> Result<LabelledSet, LabelsError>
     let mut set = LabelledSet::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or_default().trim();
-        if line.is_empty() || (i == 0 && line.starts_with("file,")) {
+        // A header row may follow leading comments.
+        if line.is_empty() || (set.is_empty() && line.starts_with("file,")) {
             continue;
         }
         let problem = |problem: String| LabelsError::Line { path: path.to_owned(), line: i + 1, problem };
@@ -110,6 +112,17 @@ fn match_predictions<'a>(
     predictions: &'a [Prediction],
     truth: &LabelledSet,
 ) -> Vec<(&'a Prediction, bool)> {
+    match_to_truth(label, predictions, truth).into_iter().map(|(p, found)| (p, found.is_some())).collect()
+}
+
+/// Each prediction of `label`, best first, with the index (in its file's truths) of the labelled
+/// thing it found. Greedy by score, so the matches of the predictions above any threshold are
+/// the same as when only those are matched.
+fn match_to_truth<'a>(
+    label: &str,
+    predictions: &'a [Prediction],
+    truth: &LabelledSet,
+) -> Vec<(&'a Prediction, Option<usize>)> {
     let mut of_class: Vec<&Prediction> = predictions.iter().filter(|p| p.label == label).collect();
     of_class.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut used: BTreeSet<(String, usize)> = BTreeSet::new();
@@ -125,13 +138,78 @@ fn match_predictions<'a>(
                     (Some(tb), Some(pb)) => iou(&tb, &pb) >= MATCH_IOU,
                     (None, _) => true,
                     (Some(_), None) => false,
-                });
-            if let Some((i, _)) = found {
+                })
+                .map(|(i, _)| i);
+            if let Some(i) = found {
                 used.insert((p.file.clone(), i));
             }
-            (p, found.is_some())
+            (p, found)
         })
         .collect()
+}
+
+/// One thing to show on a picture of the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mark {
+    pub label: String,
+    pub kind: MarkKind,
+    /// The model's score (none for a missed label).
+    pub score: Option<f32>,
+    pub bbox: Option<BoundingBox>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkKind {
+    /// Kept by the chosen threshold and labelled: right.
+    Found,
+    /// Kept by the chosen threshold, but nothing labelled there: a false find.
+    FalseFind,
+    /// Labelled, but nothing kept found it: a miss.
+    Missed,
+}
+
+/// At each class's chosen threshold: per picture, what was found, falsely found and missed.
+pub fn marks_at_thresholds(
+    predictions: &[Prediction],
+    truth: &LabelledSet,
+    classes: &[ClassCalibration],
+) -> BTreeMap<String, Vec<Mark>> {
+    let mut marks: BTreeMap<String, Vec<Mark>> = BTreeMap::new();
+    for class in classes {
+        let mut found: BTreeSet<(String, usize)> = BTreeSet::new();
+        for (p, index) in match_to_truth(&class.label, predictions, truth) {
+            if p.score < class.threshold {
+                break;
+            }
+            let kind = match index {
+                Some(i) => {
+                    found.insert((p.file.clone(), i));
+                    MarkKind::Found
+                }
+                None => MarkKind::FalseFind,
+            };
+            marks.entry(p.file.clone()).or_default().push(Mark {
+                label: class.label.clone(),
+                kind,
+                score: Some(p.score),
+                bbox: p.bbox,
+            });
+        }
+        for (file, truths) in truth {
+            for (i, t) in truths.iter().enumerate() {
+                if t.label == class.label && !found.contains(&(file.clone(), i)) {
+                    marks.entry(file.clone()).or_default().push(Mark {
+                        label: t.label.clone(),
+                        kind: MarkKind::Missed,
+                        score: None,
+                        bbox: t.bbox,
+                    });
+                }
+            }
+        }
+    }
+    marks
 }
 
 /// Chooses the threshold of every labelled class for `target_precision`.
@@ -161,7 +239,13 @@ fn calibrate_class(label: &str, predictions: &[Prediction], truth: &LabelledSet,
     let reaching = curve
         .iter()
         .filter(|p| p.precision >= target)
-        .max_by(|a, b| a.recall.total_cmp(&b.recall).then(b.threshold.total_cmp(&a.threshold)));
+        // Most recall; at equal recall a lower threshold only adds false finds, so the higher wins.
+        .max_by(|a, b| {
+            a.recall
+                .total_cmp(&b.recall)
+                .then(a.precision.total_cmp(&b.precision))
+                .then(a.threshold.total_cmp(&b.threshold))
+        });
     let (chosen, target_reached) = match reaching {
         Some(point) => (Some(*point), true),
         None => (
@@ -292,6 +376,15 @@ mod tests {
         assert_eq!(relaxed.threshold, 0.5, "4 of 5 finds right is 0.8 precision");
         assert!((relaxed.recall - 0.8).abs() < 1e-12);
         assert_eq!(relaxed.wrong_files, BTreeSet::from(["e".to_string(), "f".to_string()]));
+        // At 0.5 precision every threshold down to 0.5 qualifies; 0.4 adds a false find, no recall.
+        let loose = &calibrate(&predictions, &truth, 0.5)[0];
+        assert_eq!((loose.threshold, loose.precision), (0.5, 0.8));
+        let marks = marks_at_thresholds(&predictions, &truth, std::slice::from_ref(relaxed));
+        let kinds = |file: &str| marks.get(file).map(|m| m.iter().map(|m| m.kind).collect::<Vec<_>>());
+        assert_eq!(kinds("a"), Some(vec![MarkKind::Found]));
+        assert_eq!(kinds("e"), Some(vec![MarkKind::Missed]));
+        assert_eq!(kinds("f"), Some(vec![MarkKind::FalseFind]));
+        assert_eq!(kinds("g"), None, "0.4 is below the chosen 0.5");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! One file per subcommand: thin shells over the library.
 
+pub mod calibrate;
 pub mod infer;
+pub mod init;
 pub mod passwd;
 pub mod run;
 pub mod verify;

@@ -1,5 +1,6 @@
 //! What the user writes about inference: `[inference]` (backend, threads) and `[[models]]`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -45,13 +46,17 @@ pub struct ModelConfig {
     /// Overrides the manifest's score threshold.
     #[serde(default)]
     pub score_threshold: Option<f32>,
+    /// Score threshold per label, e.g. `{ truck = 0.4 }`, over `score_threshold` for those labels;
+    /// a site calibration file's `[thresholds.<model>]` fills it in (`calibrate thresholds`).
+    #[serde(default)]
+    pub class_thresholds: BTreeMap<String, f32>,
 }
 
 /// The detector and classifier shipped in `models/`.
 pub fn default_models(data_dir: &Path) -> Vec<ModelConfig> {
     ["models/nanodet.toml", "models/efficientnet_lite0.toml"]
         .iter()
-        .map(|m| ModelConfig { manifest: data_dir.join(m), score_threshold: None })
+        .map(|m| ModelConfig { manifest: data_dir.join(m), score_threshold: None, class_thresholds: BTreeMap::new() })
         .collect()
 }
 
@@ -65,6 +70,14 @@ impl ModelConfig {
             if !(0.0..=1.0).contains(&t) {
                 return Err(Invalid::new(
                     format!("{key}.score_threshold"),
+                    format!("is {t}; expected a value from 0 to 1"),
+                ));
+            }
+        }
+        for (label, t) in &self.class_thresholds {
+            if !(0.0..=1.0).contains(t) {
+                return Err(Invalid::new(
+                    format!("{key}.class_thresholds.{label}"),
                     format!("is {t}; expected a value from 0 to 1"),
                 ));
             }

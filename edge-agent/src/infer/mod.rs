@@ -11,6 +11,7 @@ pub mod preprocess;
 pub mod tract;
 pub mod worker;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,6 +155,8 @@ pub struct Model {
     backend: Box<dyn Backend>,
     preprocessor: Preprocessor,
     score_threshold: f32,
+    /// Per label, over `score_threshold` (site calibration).
+    class_thresholds: BTreeMap<String, f32>,
 }
 
 impl Model {
@@ -162,7 +165,8 @@ impl Model {
         let manifest = Manifest::load(&config.manifest)?;
         let verified = manifest.verify()?;
         let backend = load_backend(backend, &verified)?;
-        Ok(Self::with_backend(verified, backend, config.score_threshold))
+        Ok(Self::with_backend(verified, backend, config.score_threshold)
+            .with_class_thresholds(config.class_thresholds.clone()))
     }
 
     pub fn with_backend(verified: VerifiedModel, backend: Box<dyn Backend>, threshold: Option<f32>) -> Self {
@@ -179,8 +183,39 @@ impl Model {
             backend,
             preprocessor,
             score_threshold: threshold.unwrap_or(manifest_threshold),
+            class_thresholds: BTreeMap::new(),
             manifest,
         }
+    }
+
+    /// Keeps a finding of a listed label only from its own threshold up (other labels keep the
+    /// model's threshold).
+    pub fn with_class_thresholds(mut self, class_thresholds: BTreeMap<String, f32>) -> Self {
+        self.class_thresholds = class_thresholds;
+        self
+    }
+
+    /// The labels the model can give, in its output order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    pub fn task(&self) -> Task {
+        self.manifest.task
+    }
+
+    /// The score a finding needs when its label has no threshold of its own.
+    pub fn score_threshold(&self) -> f32 {
+        self.score_threshold
+    }
+
+    fn keeps(&self, label: &str, score: f32) -> bool {
+        score >= self.class_thresholds.get(label).copied().unwrap_or(self.score_threshold)
+    }
+
+    /// Decoding keeps everything a class threshold might still want; `keeps` then decides.
+    fn decode_threshold(&self) -> f32 {
+        self.class_thresholds.values().copied().fold(self.score_threshold, f32::min)
     }
 
     pub fn id(&self) -> &ModelId {
@@ -219,7 +254,9 @@ impl Model {
         let outputs = self.backend.run(tensor, &shape)?;
         let findings = match &self.manifest.decoder {
             DecoderSpec::Softmax { top_k, .. } => {
-                Findings::Classify { classes: classify::top_k(&outputs, &self.labels, *top_k, self.score_threshold)? }
+                let mut classes = classify::top_k(&outputs, &self.labels, *top_k, self.decode_threshold())?;
+                classes.retain(|c| self.keeps(&c.label, c.score));
+                Findings::Classify { classes }
             }
             DecoderSpec::Nanodet { bins, nms_iou, max_detections, .. } => {
                 let raw = detect::decode_nanodet(
@@ -227,8 +264,11 @@ impl Model {
                     self.manifest.input_size(),
                     *bins,
                     &self.labels,
-                    self.score_threshold,
+                    self.decode_threshold(),
                 )?;
+                // Class-aware NMS only lets a box suppress a better-scoring one of its class, so
+                // filtering per class before it gives what filtering after it would.
+                let raw = raw.into_iter().filter(|d| self.keeps(&d.label, d.score)).collect();
                 let mut detections = detect::non_maximum_suppression(raw, *nms_iou, *max_detections);
                 for d in &mut detections {
                     d.bbox = transform.to_frame(d.bbox);
@@ -266,7 +306,11 @@ mod tests {
 
     fn model(name: &str) -> Model {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/{name}.toml"));
-        Model::load(&ModelConfig { manifest, score_threshold: None }, BackendKind::Tract).unwrap()
+        Model::load(
+            &ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() },
+            BackendKind::Tract,
+        )
+        .unwrap()
     }
 
     fn sample(name: &str) -> image::RgbImage {
@@ -285,6 +329,31 @@ mod tests {
         assert!((truck.score - 0.37).abs() < 0.05, "{truck:?}");
         assert!(detections.iter().any(|d| d.label == "bicycle"));
         assert!(detections.iter().any(|d| d.label == "dog"));
+    }
+
+    /// A site's per-class thresholds: above the model's 0.3 they hide a class, below it they let
+    /// weaker finds of that class through, and other classes keep 0.3.
+    #[test]
+    fn class_thresholds_raise_and_lower_single_labels() {
+        let image = sample("dog.jpg");
+        let labels_scores = |thresholds: &[(&str, f32)]| {
+            let map = thresholds.iter().map(|(l, t)| (l.to_string(), *t)).collect();
+            let mut detector = model("nanodet").with_class_thresholds(map);
+            let Findings::Detect { detections } = detector.infer(&image).unwrap().findings else {
+                panic!("detector gave classes")
+            };
+            detections.into_iter().map(|d| (d.label, d.score)).collect::<Vec<_>>()
+        };
+        let plain = labels_scores(&[]);
+        assert!(plain.iter().all(|(_, s)| *s >= 0.3), "{plain:?}");
+        assert!(plain.iter().any(|(l, _)| l == "truck"), "{plain:?}");
+        let stricter = labels_scores(&[("truck", 0.5)]);
+        assert!(!stricter.iter().any(|(l, _)| l == "truck"), "{stricter:?}");
+        assert_eq!(stricter.len(), plain.len() - 1, "only the truck goes: {stricter:?}");
+        let looser = labels_scores(&[("bicycle", 0.15)]);
+        let bicycles: Vec<f32> = looser.iter().filter(|(l, _)| l == "bicycle").map(|(_, s)| *s).collect();
+        assert!(bicycles.len() >= 3 && bicycles.iter().any(|s| *s < 0.3), "{looser:?}");
+        assert!(looser.iter().all(|(l, s)| l == "bicycle" || *s >= 0.3), "{looser:?}");
     }
 
     #[test]

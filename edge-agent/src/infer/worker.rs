@@ -95,7 +95,7 @@ mod tests {
     async fn two_busy_cameras_take_turns_on_a_slow_model() {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/efficientnet_lite0.toml");
         let models =
-            crate::infer::load_models(&[ModelConfig { manifest, score_threshold: None }], BackendKind::Tract).unwrap();
+            crate::infer::load_models(&[ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() }], BackendKind::Tract).unwrap();
         let new_frame = Arc::new(Notify::new());
         let running = Arc::new(AtomicBool::new(true));
         let mut feeds = Vec::new();

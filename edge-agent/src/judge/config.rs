@@ -18,6 +18,9 @@ pub struct SiteConfig {
     pub station_id: Option<String>,
     /// The city's grid cell (网格) the station belongs to.
     pub grid_cell: Option<String>,
+    /// Site calibration file (`calibration/<site>.toml`, relative to this file): its zones, ground
+    /// homography and per-class thresholds are merged in when the config is loaded.
+    pub calibration: Option<PathBuf>,
 }
 
 /// One garbage category of the city, with its display names.

@@ -58,7 +58,11 @@ pub fn at(secs: f64) -> DateTime<Utc> {
 
 pub fn load_model(name: &str) -> Model {
     let manifest = models_dir().join(format!("{name}.toml"));
-    Model::load(&ModelConfig { manifest, score_threshold: None }, BackendKind::Tract).unwrap()
+    Model::load(
+        &ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() },
+        BackendKind::Tract,
+    )
+    .unwrap()
 }
 
 /// The real detector, loaded once per test binary.

@@ -208,7 +208,10 @@ const CROP_MARGIN: f32 = 0.1;
 
 impl SecondStage {
     pub fn load(manifest: &std::path::Path, backend: BackendKind) -> Result<Self, InferError> {
-        let model = Model::load(&ModelConfig { manifest: manifest.to_owned(), score_threshold: None }, backend)?;
+        let model = Model::load(
+            &ModelConfig { manifest: manifest.to_owned(), score_threshold: None, class_thresholds: Default::default() },
+            backend,
+        )?;
         Ok(Self { model })
     }
 

@@ -317,7 +317,12 @@ impl CommandHandler {
         let current_manifest = config.models.get(index).map(|m| m.manifest.clone()).ok_or_else(|| {
             CommandError::new("unknown_target", format!("model {:?} is not in the config", request.name))
         })?;
-        let score_threshold = config.models.get(index).and_then(|m| m.score_threshold);
+        // The new model keeps the site's thresholds of the one it replaces.
+        let (score_threshold, class_thresholds) = config
+            .models
+            .get(index)
+            .map(|m| (m.score_threshold, m.class_thresholds.clone()))
+            .unwrap_or_default();
         let folder = self.state_dir.join("models");
         let max_bytes = policy.max_download_mb.saturating_mul(1024 * 1024);
         let self_test_folder = policy.self_test_folder();
@@ -332,6 +337,7 @@ impl CommandHandler {
                 public_key,
                 &current_manifest,
                 score_threshold,
+                class_thresholds,
                 &folder,
                 max_bytes,
                 &self_test_folder,
@@ -431,6 +437,7 @@ fn prepare(
     public_key: Option<Vec<u8>>,
     current_manifest: &Path,
     score_threshold: Option<f32>,
+    class_thresholds: std::collections::BTreeMap<String, f32>,
     folder: &Path,
     max_bytes: u64,
     self_test_folder: &Path,
@@ -494,7 +501,7 @@ fn prepare(
         return Err(CommandError::new("internal", e));
     }
     crate::report::config_store::sync_folder(&manifest_path);
-    let model_config = ModelConfig { manifest: manifest_path.clone(), score_threshold };
+    let model_config = ModelConfig { manifest: manifest_path.clone(), score_threshold, class_thresholds };
     let mut model = match Model::load(&model_config, backend) {
         Ok(model) => model,
         Err(e) => {
@@ -587,7 +594,7 @@ mod tests {
 
     #[test]
     fn the_real_detector_passes_the_self_test_on_the_samples() {
-        let config = ModelConfig { manifest: nanodet_manifest(), score_threshold: None };
+        let config = ModelConfig { manifest: nanodet_manifest(), score_threshold: None, class_thresholds: Default::default() };
         let mut model = Model::load(&config, crate::config::BackendKind::Tract).unwrap();
         let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/samples");
         let summary = self_test(&mut model, &samples).unwrap();
