@@ -44,6 +44,17 @@ if ! "$SCHEMA_VENV/bin/python" -c "import jsonschema, yaml, rfc3339_validator" 2
   "$SCHEMA_VENV/bin/pip" install -q "jsonschema==4.26.0" "pyyaml==6.0.3" "rfc3339-validator==0.1.4"
 fi
 export EDGE_AGENT_SCHEMA_PYTHON="$SCHEMA_VENV/bin/python"
+# ONNX Runtime for the ort backend's tests: the C library from the PyPI wheel, cached. An older
+# release too, for the test that a too-old library is refused naming both versions. A failed fetch
+# leaves the variable unset: the ort tests then fail in CI and are skipped on a developer's machine.
+echo "== fetching ONNX Runtime (scripts/fetch-onnxruntime.sh)"
+if [ -z "${ORT_DYLIB_PATH:-}" ]; then
+  ORT_DYLIB_PATH="$(bash scripts/fetch-onnxruntime.sh 1.32.0)" && export ORT_DYLIB_PATH || unset ORT_DYLIB_PATH
+fi
+if [ -z "${EDGE_AGENT_TEST_OLD_ORT:-}" ]; then
+  EDGE_AGENT_TEST_OLD_ORT="$(bash scripts/fetch-onnxruntime.sh 1.20.1)" && export EDGE_AGENT_TEST_OLD_ORT \
+    || unset EDGE_AGENT_TEST_OLD_ORT
+fi
 
 echo "== building (target dir $CARGO_TARGET_DIR)"
 # V4L2 (USB cameras) is a non-default feature so a plain `cargo run` needs no libclang; test it here.

@@ -41,8 +41,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, trigger: &Shutdow
     let outbox = Arc::new(Outbox::open(&outbox_path)?.with_quota(config.outbox.quota_bytes()));
 
     let model_configs = config.models.clone();
-    let backend = config.inference.backend;
-    let models: Vec<Model> = tokio::task::spawn_blocking(move || infer::load_models(&model_configs, backend))
+    let inference = config.inference.clone();
+    let models: Vec<Model> = tokio::task::spawn_blocking(move || infer::load_models(&model_configs, &inference))
         .await
         .context("model loading task failed")??;
     let model_names: Vec<String> = models.iter().map(|m| m.id().name.clone()).collect();
@@ -108,7 +108,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, trigger: &Shutdow
         device_id: config.device_id.clone(),
         topic_prefix: config.mqtt.topic_prefix.clone(),
         state_dir: config.state_dir.clone(),
-        backend: config.inference.backend,
+        inference: config.inference.clone(),
         store: Arc::new(ConfigStore::new(config_path, config.clone())),
         board: board.clone(),
         outbox: outbox.clone(),

@@ -234,6 +234,7 @@ impl Config {
         self.web.resolve_paths(base);
         self.mqtt.resolve_paths(base);
         self.model_update.resolve_paths(base);
+        self.inference.resolve_paths(base);
     }
 
     /// Checks what the types cannot: ranges, uniqueness and URL shapes.
@@ -250,6 +251,7 @@ impl Config {
         }
         self.web.validate()?;
         self.mqtt.validate()?;
+        self.inference.validate()?;
         if self.cameras.is_empty() {
             return Err(Invalid::new("cameras", "is empty; expected at least one camera"));
         }

@@ -36,9 +36,12 @@ enum Command {
     Calibrate(cmd::calibrate::CalibrateArgs),
     /// Write a commented config to start from, for a garbage station or a construction site.
     Init(cmd::init::InitArgs),
+    /// Measure each model on each backend: inference latency, frames/s, pre/post-processing share.
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
+    edge_agent::infer::allocator::limit_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -54,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Passwd(args) => cmd::passwd::passwd(args),
         Command::Calibrate(args) => cmd::calibrate::calibrate(args),
         Command::Init(args) => cmd::init::init(args),
+        Command::Bench(args) => cmd::bench::bench(args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -11,7 +11,7 @@ use toml_edit::{value, Array, DocumentMut, Item, Table};
 use super::homography::{GroundFit, PointPair};
 use super::thresholds::ClassCalibration;
 use crate::config::{absolutise, Config, Invalid};
-use crate::infer::manifest::{read_labels, DecoderSpec, Manifest};
+use crate::infer::manifest::{read_labels, Manifest};
 use crate::judge::config::{SceneConfig, ZoneConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -157,11 +157,7 @@ impl SiteCalibration {
                 ));
             };
             let known = read_labels(&manifest.labels_path()).map_err(|e| Invalid::new(&key, e.to_string()))?;
-            let base = config.models[index].score_threshold.unwrap_or(match manifest.decoder {
-                DecoderSpec::Softmax { score_threshold, .. } | DecoderSpec::Nanodet { score_threshold, .. } => {
-                    score_threshold
-                }
-            });
+            let base = config.models[index].score_threshold.unwrap_or(manifest.decoder.score_threshold());
             let mut kept = BTreeMap::new();
             for (label, &threshold) in labels {
                 let key = format!("{key}.{label}");

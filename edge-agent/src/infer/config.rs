@@ -1,4 +1,5 @@
-//! What the user writes about inference: `[inference]` (backend, threads) and `[[models]]`.
+//! What the user writes about inference: `[inference]` (backend, ONNX Runtime library, fallback,
+//! execution providers, threads) and `[[models]]`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,28 +13,119 @@ use crate::config::{absolutise, Invalid};
 pub struct InferenceConfig {
     #[serde(default)]
     pub backend: BackendKind,
-    /// Threads one model may use for one inference; 0 lets the backend choose.
+    /// Threads one model may use for one inference; 0 lets the backend choose (all cores).
     #[serde(default)]
     pub intra_op_threads: usize,
+    /// The ONNX Runtime shared library (`libonnxruntime.so.1.x`); default `$ORT_DYLIB_PATH`, else
+    /// `libonnxruntime.so` from the system's library path.
+    #[serde(default)]
+    pub ort_library: Option<PathBuf>,
+    /// The backend to use when the configured one cannot start (e.g. no ONNX Runtime library).
+    #[serde(default)]
+    pub fallback: Option<BackendKind>,
+    /// ONNX Runtime execution providers in order of preference; the first one that works is used.
+    #[serde(default = "default_execution_providers")]
+    pub execution_providers: Vec<ExecutionProviderKind>,
+    /// Let ONNX Runtime's threads busy-wait for the next operator instead of sleeping: a little
+    /// lower latency on an idle machine, much higher when the cores are shared, and more power.
+    #[serde(default)]
+    pub ort_allow_spinning: bool,
 }
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        Self { backend: BackendKind::default(), intra_op_threads: 0 }
+        Self {
+            backend: BackendKind::default(),
+            intra_op_threads: 0,
+            ort_library: None,
+            fallback: None,
+            execution_providers: default_execution_providers(),
+            ort_allow_spinning: false,
+        }
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+fn default_execution_providers() -> Vec<ExecutionProviderKind> {
+    vec![ExecutionProviderKind::Cpu]
+}
+
+impl InferenceConfig {
+    /// The same settings with another backend, e.g. from `--backend`.
+    pub fn with_backend(&self, backend: BackendKind) -> Self {
+        Self { backend, ..self.clone() }
+    }
+
+    /// The library path to load: the config key, else `$ORT_DYLIB_PATH`, else the loader's search.
+    pub fn ort_library_path(&self) -> (PathBuf, &'static str) {
+        if let Some(path) = &self.ort_library {
+            return (path.clone(), "config `inference.ort_library`");
+        }
+        match std::env::var_os("ORT_DYLIB_PATH") {
+            Some(path) if !path.is_empty() => (PathBuf::from(path), "$ORT_DYLIB_PATH"),
+            _ => (
+                PathBuf::from("libonnxruntime.so"),
+                "the system library path; neither `inference.ort_library` nor $ORT_DYLIB_PATH is set",
+            ),
+        }
+    }
+
+    pub fn resolve_paths(&mut self, base: &Path) {
+        if let Some(path) = &mut self.ort_library {
+            absolutise(path, base);
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.execution_providers.is_empty() {
+            return Err(Invalid::new(
+                "inference.execution_providers",
+                "is empty; expected a list such as [\"cuda\", \"cpu\"]",
+            ));
+        }
+        if self.fallback == Some(self.backend) {
+            return Err(Invalid::new(
+                "inference.fallback",
+                format!("is {:?}, the backend itself; expected another backend or no fallback", self.backend.name()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
+    /// tract-onnx: pure Rust, always built.
     #[default]
     Tract,
+    /// ONNX Runtime, loaded at run time (cargo feature `ort`).
+    Ort,
 }
 
 impl BackendKind {
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Tract => "tract",
+            BackendKind::Ort => "ort",
+        }
+    }
+}
+
+/// ONNX Runtime execution providers the agent knows how to ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProviderKind {
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+impl ExecutionProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutionProviderKind::Cpu => "cpu",
+            ExecutionProviderKind::Cuda => "cuda",
+            ExecutionProviderKind::Tensorrt => "tensorrt",
         }
     }
 }
@@ -83,5 +175,50 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<InferenceConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn defaults_are_tract_on_the_cpu_without_fallback() {
+        let config = parse("").unwrap();
+        assert_eq!(config.backend, BackendKind::Tract);
+        assert_eq!(config.execution_providers, vec![ExecutionProviderKind::Cpu]);
+        assert_eq!(config.fallback, None);
+    }
+
+    #[test]
+    fn a_jetson_section_parses() {
+        let config = parse(
+            "backend = \"ort\"\nfallback = \"tract\"\nort_library = \"/opt/ort/libonnxruntime.so.1.32.0\"\n\
+             execution_providers = [\"tensorrt\", \"cuda\", \"cpu\"]\nintra_op_threads = 2\n",
+        )
+        .unwrap();
+        assert_eq!(config.backend, BackendKind::Ort);
+        assert_eq!(config.fallback, Some(BackendKind::Tract));
+        assert_eq!(config.execution_providers.len(), 3);
+        assert_eq!(config.ort_library_path().0, PathBuf::from("/opt/ort/libonnxruntime.so.1.32.0"));
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn an_unknown_execution_provider_is_refused_naming_the_choices() {
+        let err = parse("execution_providers = [\"npu\"]").unwrap_err().to_string();
+        assert!(err.contains("npu") && err.contains("cuda"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_provider_list_and_a_fallback_to_itself_are_refused() {
+        let err = parse("execution_providers = []").unwrap().validate().unwrap_err();
+        assert_eq!(err.key, "inference.execution_providers");
+        let err = parse("backend = \"ort\"\nfallback = \"ort\"").unwrap().validate().unwrap_err();
+        assert_eq!(err.key, "inference.fallback");
     }
 }

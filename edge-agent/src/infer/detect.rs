@@ -1,4 +1,5 @@
-//! Detector post-processing: NanoDet output decoding and class-aware non-maximum suppression.
+//! Detector post-processing: decoders for NanoDet and the Ultralytics YOLOv5 and YOLOv8/11 export
+//! layouts (boxes in model-input pixels), and class-aware non-maximum suppression.
 
 use super::{BoundingBox, Detection, InferError, Output};
 
@@ -76,6 +77,133 @@ pub fn decode_nanodet(
         });
     }
     Ok(detections)
+}
+
+/// The single `[1, a, b]` output of a YOLO export, or an error naming what was found.
+fn single_yolo_output<'a>(outputs: &'a [Output], layout: &str) -> Result<&'a Output, InferError> {
+    match outputs {
+        [only] if only.shape.len() == 3 && only.shape[0] == 1 => Ok(only),
+        _ => {
+            let shapes: Vec<_> = outputs.iter().map(|o| format!("{} {:?}", o.name, o.shape)).collect();
+            Err(InferError::Output {
+                message: format!(
+                    "{layout} expects one output [1, rows, columns]; the model gave {}",
+                    shapes.join(", ")
+                ),
+            })
+        }
+    }
+}
+
+fn centre_box(cx: f32, cy: f32, w: f32, h: f32) -> BoundingBox {
+    BoundingBox { x1: cx - w / 2.0, y1: cy - h / 2.0, x2: cx + w / 2.0, y2: cy + h / 2.0 }
+}
+
+/// Decodes an Ultralytics YOLOv5 export: `[1, N, 5 + C]`, each row (cx, cy, w, h, objectness,
+/// C class probabilities), boxes in model-input pixels. Score = objectness × best class, as
+/// Ultralytics' own `non_max_suppression` does.
+pub fn decode_yolov5(
+    outputs: &[Output],
+    labels: &[String],
+    score_threshold: f32,
+) -> Result<Vec<Detection>, InferError> {
+    let output = single_yolo_output(outputs, "YOLOv5")?;
+    let columns = 5 + labels.len();
+    if output.shape[2] != columns {
+        return Err(InferError::Output {
+            message: format!(
+                "YOLOv5 output {:?} has shape {:?}; expected [1, N, {columns}] (5 + {} classes in the labels file)",
+                output.name,
+                output.shape,
+                labels.len()
+            ),
+        });
+    }
+    let mut detections = Vec::new();
+    for row in output.data.chunks_exact(columns) {
+        let objectness = row[4];
+        // Scores are objectness × class probability ≤ objectness: most rows stop here.
+        if objectness < score_threshold {
+            continue;
+        }
+        let (class, best) = best_class(&row[5..]);
+        let score = objectness * best;
+        if score < score_threshold {
+            continue;
+        }
+        detections.push(Detection {
+            class_id: class,
+            label: labels[class].clone(),
+            score,
+            bbox: centre_box(row[0], row[1], row[2], row[3]),
+        });
+    }
+    Ok(detections)
+}
+
+/// Decodes an Ultralytics YOLOv8 / YOLO11 export: `[1, 4 + C, N]`, i.e. transposed, one row per
+/// value (cx, cy, w, h, then C class probabilities, no objectness), boxes in model-input pixels.
+/// A `[1, N, 4 + C]` output (some export scripts transpose it back) is read too.
+pub fn decode_yolov8(
+    outputs: &[Output],
+    labels: &[String],
+    score_threshold: f32,
+) -> Result<Vec<Detection>, InferError> {
+    let output = single_yolo_output(outputs, "YOLOv8")?;
+    let values = 4 + labels.len();
+    let (transposed, anchors) = match (output.shape[1], output.shape[2]) {
+        (v, n) if v == values => (true, n),
+        (n, v) if v == values => (false, n),
+        _ => {
+            return Err(InferError::Output {
+                message: format!(
+                    "YOLOv8 output {:?} has shape {:?}; expected [1, {values}, N] (4 + {} classes in the labels file)",
+                    output.name,
+                    output.shape,
+                    labels.len()
+                ),
+            })
+        }
+    };
+    // Element `value` of anchor `n`, whichever way round the tensor is.
+    let at = |value: usize, n: usize| {
+        if transposed {
+            output.data[value * anchors + n]
+        } else {
+            output.data[n * values + value]
+        }
+    };
+    // Best class per anchor, walking class rows in memory order rather than striding across them.
+    let mut best = vec![(0usize, f32::NEG_INFINITY); anchors];
+    for class in 0..labels.len() {
+        for (n, slot) in best.iter_mut().enumerate() {
+            let score = at(4 + class, n);
+            if score > slot.1 {
+                *slot = (class, score);
+            }
+        }
+    }
+    let mut detections = Vec::new();
+    for (n, &(class, score)) in best.iter().enumerate() {
+        if score < score_threshold {
+            continue;
+        }
+        detections.push(Detection {
+            class_id: class,
+            label: labels[class].clone(),
+            score,
+            bbox: centre_box(at(0, n), at(1, n), at(2, n), at(3, n)),
+        });
+    }
+    Ok(detections)
+}
+
+fn best_class(scores: &[f32]) -> (usize, f32) {
+    scores
+        .iter()
+        .copied()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, s)| if s > best.1 { (i, s) } else { best })
 }
 
 /// Softmax over the bins, then the expected bin index.
@@ -196,6 +324,96 @@ mod tests {
         let b = found[0].bbox;
         assert!((b.x1 - 0.0).abs() < 1e-3 && (b.y1 - 0.0).abs() < 1e-3, "{b:?}");
         assert!((b.x2 - 64.0).abs() < 1e-3 && (b.y2 - 64.0).abs() < 1e-3, "{b:?}");
+    }
+
+    fn labels(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("c{i}")).collect()
+    }
+
+    /// A YOLOv5 row: box centre and size in model pixels, objectness, class probabilities.
+    fn yolov5_row(cx: f32, cy: f32, w: f32, h: f32, objectness: f32, classes: [f32; 3]) -> Vec<f32> {
+        let mut row = vec![cx, cy, w, h, objectness];
+        row.extend(classes);
+        row
+    }
+
+    #[test]
+    fn yolov5_scores_are_objectness_times_class_and_boxes_are_corner_form() {
+        let rows = [
+            yolov5_row(100.0, 100.0, 40.0, 20.0, 0.9, [0.1, 0.8, 0.05]),
+            // Same object, a little lower: NMS drops it.
+            yolov5_row(102.0, 101.0, 40.0, 20.0, 0.8, [0.1, 0.7, 0.05]),
+            // Below the threshold on objectness alone.
+            yolov5_row(300.0, 300.0, 10.0, 10.0, 0.2, [0.0, 0.0, 1.0]),
+            // Confident objectness, weak class: 0.9 × 0.2 = 0.18 < 0.25.
+            yolov5_row(400.0, 50.0, 10.0, 10.0, 0.9, [0.2, 0.1, 0.1]),
+            // Another class in the same place: class-aware NMS keeps it.
+            yolov5_row(100.0, 100.0, 40.0, 20.0, 0.95, [0.9, 0.0, 0.0]),
+        ];
+        let output = Output { name: "output0".into(), shape: vec![1, rows.len(), 8], data: rows.concat() };
+        let raw = decode_yolov5(&[output], &labels(3), 0.25).unwrap();
+        assert_eq!(raw.len(), 3, "{raw:?}");
+        let kept = non_maximum_suppression(raw, 0.45, 100);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert_eq!(kept[0].label, "c0");
+        assert!((kept[0].score - 0.855).abs() < 1e-6, "{kept:?}");
+        assert_eq!(kept[1].label, "c1");
+        assert!((kept[1].score - 0.72).abs() < 1e-6, "{kept:?}");
+        assert_eq!(kept[1].bbox, BoundingBox { x1: 80.0, y1: 90.0, x2: 120.0, y2: 110.0 });
+    }
+
+    /// YOLOv8 anchors (cx, cy, w, h, classes...) laid out as the export does: one row per value.
+    fn yolov8_transposed(anchors: &[[f32; 7]]) -> Output {
+        let n = anchors.len();
+        let mut data = vec![0.0; 7 * n];
+        for (i, anchor) in anchors.iter().enumerate() {
+            for (value, &v) in anchor.iter().enumerate() {
+                data[value * n + i] = v;
+            }
+        }
+        Output { name: "output0".into(), shape: vec![1, 7, n], data }
+    }
+
+    const YOLOV8_ANCHORS: [[f32; 7]; 5] = [
+        [320.0, 240.0, 100.0, 50.0, 0.05, 0.9, 0.1],
+        [322.0, 241.0, 100.0, 50.0, 0.05, 0.6, 0.1],
+        [50.0, 60.0, 20.0, 40.0, 0.3, 0.0, 0.0],
+        [500.0, 500.0, 30.0, 30.0, 0.1, 0.1, 0.2],
+        [320.0, 240.0, 100.0, 50.0, 0.7, 0.0, 0.0],
+    ];
+
+    #[test]
+    fn yolov8_reads_the_transposed_layout() {
+        let raw = decode_yolov8(&[yolov8_transposed(&YOLOV8_ANCHORS)], &labels(3), 0.25).unwrap();
+        assert_eq!(raw.len(), 4, "anchor 3's best score 0.2 is below 0.25: {raw:?}");
+        let kept = non_maximum_suppression(raw, 0.7, 100);
+        let summary: Vec<(&str, f32)> = kept.iter().map(|d| (d.label.as_str(), d.score)).collect();
+        assert_eq!(summary, vec![("c1", 0.9), ("c0", 0.7), ("c0", 0.3)]);
+        assert_eq!(kept[0].bbox, BoundingBox { x1: 270.0, y1: 215.0, x2: 370.0, y2: 265.0 });
+        assert_eq!(kept[2].bbox, BoundingBox { x1: 40.0, y1: 40.0, x2: 60.0, y2: 80.0 });
+    }
+
+    #[test]
+    fn yolov8_reads_an_untransposed_output_the_same() {
+        let rows = Output { name: "output0".into(), shape: vec![1, 5, 7], data: YOLOV8_ANCHORS.concat() };
+        let from_rows = decode_yolov8(&[rows], &labels(3), 0.25).unwrap();
+        let from_columns = decode_yolov8(&[yolov8_transposed(&YOLOV8_ANCHORS)], &labels(3), 0.25).unwrap();
+        assert_eq!(from_rows, from_columns);
+    }
+
+    #[test]
+    fn yolo_outputs_that_do_not_fit_the_labels_say_what_was_expected() {
+        let output = Output { name: "output0".into(), shape: vec![1, 84, 10], data: vec![0.0; 840] };
+        let err = decode_yolov8(&[output.clone()], &labels(3), 0.25).unwrap_err().to_string();
+        assert!(err.contains("[1, 84, 10]") && err.contains("[1, 7, N]"), "{err}");
+        let err = decode_yolov5(&[output], &labels(3), 0.25).unwrap_err().to_string();
+        assert!(err.contains("[1, N, 8]"), "{err}");
+        let two = vec![
+            Output { name: "a".into(), shape: vec![1, 7, 1], data: vec![0.0; 7] },
+            Output { name: "b".into(), shape: vec![1, 7, 1], data: vec![0.0; 7] },
+        ];
+        let err = decode_yolov8(&two, &labels(3), 0.25).unwrap_err().to_string();
+        assert!(err.contains("one output"), "{err}");
     }
 
     #[test]

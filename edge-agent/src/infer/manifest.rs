@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
+use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
 use tract_onnx::pb::type_proto::Value as TypeValue;
-use tract_onnx::pb::ModelProto;
-use tract_onnx::prelude::Framework;
+use tract_onnx::pb::ValueInfoProto;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -97,6 +97,34 @@ pub enum DecoderSpec {
         #[serde(default = "default_max_detections")]
         max_detections: usize,
     },
+    /// Ultralytics YOLOv5 export: one output [1, N, 5 + C] of rows (cx, cy, w, h, objectness,
+    /// C class scores), sigmoid applied, boxes in model-input pixels; score = objectness × class.
+    Yolov5 {
+        score_threshold: f32,
+        nms_iou: f32,
+        #[serde(default = "default_max_detections")]
+        max_detections: usize,
+    },
+    /// Ultralytics YOLOv8 / YOLO11 export: one output [1, 4 + C, N] (transposed: one row per
+    /// value), (cx, cy, w, h) in model-input pixels then C class scores, no objectness.
+    #[serde(alias = "yolo11")]
+    Yolov8 {
+        score_threshold: f32,
+        nms_iou: f32,
+        #[serde(default = "default_max_detections")]
+        max_detections: usize,
+    },
+}
+
+impl DecoderSpec {
+    pub fn score_threshold(&self) -> f32 {
+        match self {
+            DecoderSpec::Softmax { score_threshold, .. }
+            | DecoderSpec::Nanodet { score_threshold, .. }
+            | DecoderSpec::Yolov5 { score_threshold, .. }
+            | DecoderSpec::Yolov8 { score_threshold, .. } => *score_threshold,
+        }
+    }
 }
 
 fn default_top_k() -> usize {
@@ -126,12 +154,13 @@ pub struct Manifest {
     pub path: PathBuf,
 }
 
-/// A model whose file matched its manifest: the bytes, ready for a backend, and its labels.
+/// A model whose file matched its manifest: the bytes, ready for a backend (which takes them, so
+/// they can be freed as soon as it has its own copy), and its labels.
 #[derive(Clone)]
 pub struct VerifiedModel {
     pub manifest: Manifest,
     pub onnx_path: PathBuf,
-    pub bytes: std::sync::Arc<Vec<u8>>,
+    pub bytes: Vec<u8>,
     pub labels: Vec<String>,
 }
 
@@ -201,9 +230,17 @@ impl Manifest {
             {
                 Ok(())
             }
+            (Task::Detect, DecoderSpec::Yolov5 { nms_iou, .. } | DecoderSpec::Yolov8 { nms_iou, .. })
+                if (0.0..=1.0).contains(nms_iou) =>
+            {
+                Ok(())
+            }
             (task, decoder) => Err(invalid(
                 "decoder",
-                format!("{decoder:?} does not fit task {task:?} (classify takes softmax with top_k > 0, detect takes nanodet with bins > 1)"),
+                format!(
+                    "{decoder:?} does not fit task {task:?} (classify takes softmax with top_k > 0; detect takes \
+                     nanodet with bins > 1, yolov5 or yolov8, each with nms_iou from 0 to 1)"
+                ),
             )),
         }
     }
@@ -238,17 +275,16 @@ impl Manifest {
                 found,
             });
         }
-        let proto = tract_onnx::onnx()
-            .proto_model_for_read(&mut bytes.as_slice())
-            .map_err(|e| ManifestError::NotOnnx { path: onnx_path.clone(), message: format!("{e:#}") })?;
-        self.check_input_against(&proto, &onnx_path)?;
+        let header = OnnxHeader::decode(bytes.as_slice())
+            .map_err(|e| ManifestError::NotOnnx { path: onnx_path.clone(), message: e.to_string() })?;
+        self.check_input_against(&header, &onnx_path)?;
         let labels = read_labels(&self.labels_path())?;
-        Ok(VerifiedModel { manifest: self.clone(), onnx_path, bytes: std::sync::Arc::new(bytes), labels })
+        Ok(VerifiedModel { manifest: self.clone(), onnx_path, bytes, labels })
     }
 
     /// The ONNX graph's first real input (initialisers are not inputs) must have the manifest's name
     /// and shape; a symbolic dimension (e.g. "batch") accepts any manifest value.
-    fn check_input_against(&self, proto: &ModelProto, onnx_path: &Path) -> Result<(), ManifestError> {
+    fn check_input_against(&self, proto: &OnnxHeader, onnx_path: &Path) -> Result<(), ManifestError> {
         let expected = format!("{:?} {:?}", self.input.name, self.input.shape);
         let mismatch = |problem: String| ManifestError::InputMismatch {
             path: onnx_path.to_owned(),
@@ -285,6 +321,28 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// The parts of an ONNX `ModelProto` the input check reads (same field tags as onnx.proto). Decoding
+/// only these skips the weights without copying them, so checking a model costs no second copy of it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OnnxHeader {
+    #[prost(message, optional, tag = "7")]
+    graph: Option<GraphHeader>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct GraphHeader {
+    #[prost(message, repeated, tag = "5")]
+    initializer: Vec<NamedTensor>,
+    #[prost(message, repeated, tag = "11")]
+    input: Vec<ValueInfoProto>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct NamedTensor {
+    #[prost(string, tag = "8")]
+    name: String,
 }
 
 pub fn read_labels(path: &Path) -> Result<Vec<String>, ManifestError> {

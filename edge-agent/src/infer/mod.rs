@@ -2,11 +2,14 @@
 //! pre-processing it asks for, a [`Backend`] that runs the ONNX graph, and the decoder that turns
 //! raw outputs into [`Detection`]s (boxes in frame pixels) or [`Classification`]s.
 
+pub mod allocator;
 pub mod classify;
 pub mod config;
 pub mod control;
 pub mod detect;
 pub mod manifest;
+#[cfg(feature = "ort")]
+pub mod ort;
 pub mod preprocess;
 pub mod tract;
 pub mod worker;
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{BackendKind, ModelConfig};
+use crate::config::{BackendKind, InferenceConfig, ModelConfig};
 use crate::source::Frame;
 use manifest::{DecoderSpec, Manifest, ManifestError, Task, VerifiedModel};
 use preprocess::Preprocessor;
@@ -33,6 +36,29 @@ pub enum InferError {
     Run { backend: &'static str, message: String },
     #[error("unexpected model output: {message}")]
     Output { message: String },
+    #[error(
+        "ONNX Runtime library {path} (from {origin}) {problem}; edge-agent needs ONNX Runtime {needed} or newer \
+         (scripts/fetch-onnxruntime.sh fetches one)"
+    )]
+    RuntimeLibrary { path: PathBuf, origin: &'static str, problem: String, needed: String },
+    #[error("backend \"ort\" was asked for, but this edge-agent was built without the cargo feature `ort`")]
+    OrtNotBuilt,
+    #[error(
+        "none of the execution providers {wanted:?} (`inference.execution_providers`) works with ONNX Runtime \
+         {version}; it offers {available:?}. Add \"cpu\" to the list to allow running on the CPU"
+    )]
+    NoExecutionProvider { wanted: Vec<String>, version: String, available: Vec<String> },
+}
+
+impl InferError {
+    /// The backend itself cannot start here (as opposed to a bad model or frame): the case
+    /// `inference.fallback` is for.
+    pub fn is_backend_unavailable(&self) -> bool {
+        matches!(
+            self,
+            InferError::RuntimeLibrary { .. } | InferError::OrtNotBuilt | InferError::NoExecutionProvider { .. }
+        )
+    }
 }
 
 /// A box in pixels, (x1, y1) top left, (x2, y2) bottom right.
@@ -95,13 +121,67 @@ pub trait Backend: Send {
     fn name(&self) -> &'static str;
     /// The execution provider actually in use, e.g. "cpu" or "cuda".
     fn execution_provider(&self) -> String;
-    fn run(&mut self, input: &[f32], shape: &[usize]) -> Result<Vec<Output>, InferError>;
+    /// Runs the graph on one input tensor and writes every output into `outputs`, reusing the
+    /// buffers already there so a steady stream of frames does not allocate.
+    fn run(&mut self, input: &[f32], shape: &[usize], outputs: &mut Vec<Output>) -> Result<(), InferError>;
 }
 
-pub fn load_backend(kind: BackendKind, model: &VerifiedModel) -> Result<Box<dyn Backend>, InferError> {
-    match kind {
-        BackendKind::Tract => Ok(Box::new(tract::TractBackend::load(model)?)),
+/// Copies one backend output into slot `index` of `outputs`, reusing that slot's buffers.
+pub(crate) fn store_output(outputs: &mut Vec<Output>, index: usize, name: &str, shape: &[usize], data: &[f32]) {
+    if outputs.len() <= index {
+        outputs.resize_with(index + 1, || Output { name: String::new(), shape: Vec::new(), data: Vec::new() });
     }
+    let slot = &mut outputs[index];
+    if slot.name != name {
+        slot.name = name.to_string();
+    }
+    slot.shape.clear();
+    slot.shape.extend_from_slice(shape);
+    slot.data.clear();
+    slot.data.extend_from_slice(data);
+}
+
+/// Loads `model` (whose file is `bytes`) into the configured backend; when that backend cannot start
+/// here and `inference.fallback` names another, says why and loads it there instead.
+pub fn load_backend(
+    inference: &InferenceConfig,
+    model: &VerifiedModel,
+    bytes: Vec<u8>,
+) -> Result<Box<dyn Backend>, InferError> {
+    match inference.backend {
+        BackendKind::Tract => load_tract(inference, model, bytes),
+        BackendKind::Ort => match load_ort(inference, model, &bytes) {
+            Err(e) if e.is_backend_unavailable() => match inference.fallback {
+                Some(BackendKind::Tract) => {
+                    tracing::warn!(
+                        model = %model.manifest.name,
+                        "{e}; using backend \"tract\" instead (`inference.fallback`)"
+                    );
+                    load_tract(inference, model, bytes)
+                }
+                _ => Err(e),
+            },
+            other => other,
+        },
+    }
+}
+
+fn load_tract(
+    inference: &InferenceConfig,
+    model: &VerifiedModel,
+    bytes: Vec<u8>,
+) -> Result<Box<dyn Backend>, InferError> {
+    Ok(Box::new(tract::TractBackend::load(model, bytes, inference.intra_op_threads)?))
+}
+
+#[cfg(feature = "ort")]
+fn load_ort(inference: &InferenceConfig, model: &VerifiedModel, bytes: &[u8]) -> Result<Box<dyn Backend>, InferError> {
+    Ok(Box::new(ort::OrtBackend::load(model, bytes, inference)?))
+}
+
+#[cfg(not(feature = "ort"))]
+fn load_ort(_: &InferenceConfig, _: &VerifiedModel, _: &[u8]) -> Result<Box<dyn Backend>, InferError> {
+    Err(InferError::OrtNotBuilt)
 }
 
 /// What a model found in one frame.
@@ -148,23 +228,40 @@ pub struct ModelInfo {
     pub execution_provider: String,
 }
 
+/// Where one inference spent its time: pre-processing, the backend, decoding. For `bench`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    pub pre: Duration,
+    pub run: Duration,
+    pub post: Duration,
+}
+
 pub struct Model {
     id: ModelId,
     manifest: Manifest,
     labels: Vec<String>,
     backend: Box<dyn Backend>,
     preprocessor: Preprocessor,
+    /// The backend's outputs, kept between frames so their buffers are reused.
+    outputs: Vec<Output>,
     score_threshold: f32,
     /// Per label, over `score_threshold` (site calibration).
     class_thresholds: BTreeMap<String, f32>,
+    last_stage_times: StageTimes,
 }
 
 impl Model {
     /// Reads the manifest, verifies the model file against it and loads it into the backend.
     pub fn load(config: &ModelConfig, backend: BackendKind) -> Result<Self, InferError> {
+        Self::load_with(config, &InferenceConfig { backend, ..InferenceConfig::default() })
+    }
+
+    /// As [`Model::load`], with the whole `[inference]` section (threads, library, fallback).
+    pub fn load_with(config: &ModelConfig, inference: &InferenceConfig) -> Result<Self, InferError> {
         let manifest = Manifest::load(&config.manifest)?;
-        let verified = manifest.verify()?;
-        let backend = load_backend(backend, &verified)?;
+        let mut verified = manifest.verify()?;
+        let bytes = std::mem::take(&mut verified.bytes);
+        let backend = load_backend(inference, &verified, bytes)?;
         Ok(Self::with_backend(verified, backend, config.score_threshold)
             .with_class_thresholds(config.class_thresholds.clone()))
     }
@@ -172,19 +269,16 @@ impl Model {
     pub fn with_backend(verified: VerifiedModel, backend: Box<dyn Backend>, threshold: Option<f32>) -> Self {
         let manifest = verified.manifest;
         let preprocessor = Preprocessor::new(manifest.input.clone(), manifest.input_size());
-        let manifest_threshold = match manifest.decoder {
-            DecoderSpec::Softmax { score_threshold, .. } | DecoderSpec::Nanodet { score_threshold, .. } => {
-                score_threshold
-            }
-        };
         Self {
             id: ModelId { name: manifest.name.clone(), sha256: manifest.sha256.to_lowercase() },
             labels: verified.labels,
             backend,
             preprocessor,
-            score_threshold: threshold.unwrap_or(manifest_threshold),
+            outputs: Vec::new(),
+            score_threshold: threshold.unwrap_or(manifest.decoder.score_threshold()),
             class_thresholds: BTreeMap::new(),
             manifest,
+            last_stage_times: StageTimes::default(),
         }
     }
 
@@ -224,12 +318,7 @@ impl Model {
 
     /// Overrides the manifest's score threshold; None returns to it (the `set` command).
     pub fn set_score_threshold(&mut self, threshold: Option<f32>) {
-        let manifest_threshold = match self.manifest.decoder {
-            DecoderSpec::Softmax { score_threshold, .. } | DecoderSpec::Nanodet { score_threshold, .. } => {
-                score_threshold
-            }
-        };
-        self.score_threshold = threshold.unwrap_or(manifest_threshold);
+        self.score_threshold = threshold.unwrap_or(self.manifest.decoder.score_threshold());
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -246,43 +335,77 @@ impl Model {
         }
     }
 
+    /// How the last [`Model::infer`] split its time.
+    pub fn last_stage_times(&self) -> StageTimes {
+        self.last_stage_times
+    }
+
+    /// The input tensor this model makes of `image` (a copy, for `bench`).
+    pub fn input_tensor(&mut self, image: &image::RgbImage) -> Vec<f32> {
+        self.preprocessor.run(image).0.to_vec()
+    }
+
+    /// Runs the backend alone on a ready input tensor: what `bench` times as inference, the
+    /// counterpart of a bare `session.run`.
+    pub fn run_backend(&mut self, tensor: &[f32]) -> Result<Duration, InferError> {
+        let started = Instant::now();
+        self.backend.run(tensor, &self.manifest.input.shape, &mut self.outputs)?;
+        Ok(started.elapsed())
+    }
+
     /// Pre-process, run, decode; boxes come back in the frame's pixels.
     pub fn infer(&mut self, image: &image::RgbImage) -> Result<ModelResult, InferError> {
         let started = Instant::now();
-        let shape = self.manifest.input.shape.clone();
         let (tensor, transform) = self.preprocessor.run(image);
-        let outputs = self.backend.run(tensor, &shape)?;
-        let findings = match &self.manifest.decoder {
+        let pre_done = Instant::now();
+        self.backend.run(tensor, &self.manifest.input.shape, &mut self.outputs)?;
+        let run_done = Instant::now();
+        let findings = self.decode(transform)?;
+        let finished = Instant::now();
+        self.last_stage_times =
+            StageTimes { pre: pre_done - started, run: run_done - pre_done, post: finished - run_done };
+        Ok(ModelResult { model: self.id.clone(), findings, latency: finished - started })
+    }
+
+    fn decode(&self, transform: preprocess::FrameTransform) -> Result<Findings, InferError> {
+        let outputs = &self.outputs;
+        let labels = &self.labels;
+        // Decoding keeps everything a class threshold might still want; `keeps` then decides.
+        let threshold = self.decode_threshold();
+        let (raw, nms_iou, max_detections) = match &self.manifest.decoder {
             DecoderSpec::Softmax { top_k, .. } => {
-                let mut classes = classify::top_k(&outputs, &self.labels, *top_k, self.decode_threshold())?;
+                let mut classes = classify::top_k(outputs, labels, *top_k, threshold)?;
                 classes.retain(|c| self.keeps(&c.label, c.score));
-                Findings::Classify { classes }
+                return Ok(Findings::Classify { classes });
             }
             DecoderSpec::Nanodet { bins, nms_iou, max_detections, .. } => {
-                let raw = detect::decode_nanodet(
-                    &outputs,
-                    self.manifest.input_size(),
-                    *bins,
-                    &self.labels,
-                    self.decode_threshold(),
-                )?;
-                // Class-aware NMS only lets a box suppress a better-scoring one of its class, so
-                // filtering per class before it gives what filtering after it would.
-                let raw = raw.into_iter().filter(|d| self.keeps(&d.label, d.score)).collect();
-                let mut detections = detect::non_maximum_suppression(raw, *nms_iou, *max_detections);
-                for d in &mut detections {
-                    d.bbox = transform.to_frame(d.bbox);
-                }
-                Findings::Detect { detections }
+                let raw = detect::decode_nanodet(outputs, self.manifest.input_size(), *bins, labels, threshold)?;
+                (raw, *nms_iou, *max_detections)
+            }
+            DecoderSpec::Yolov5 { nms_iou, max_detections, .. } => {
+                (detect::decode_yolov5(outputs, labels, threshold)?, *nms_iou, *max_detections)
+            }
+            DecoderSpec::Yolov8 { nms_iou, max_detections, .. } => {
+                (detect::decode_yolov8(outputs, labels, threshold)?, *nms_iou, *max_detections)
             }
         };
-        Ok(ModelResult { model: self.id.clone(), findings, latency: started.elapsed() })
+        // Class-aware NMS only lets a box suppress a better-scoring one of its class, so filtering
+        // per class before it gives what filtering after it would.
+        let raw = raw.into_iter().filter(|d| self.keeps(&d.label, d.score)).collect();
+        let mut detections = detect::non_maximum_suppression(raw, nms_iou, max_detections);
+        for d in &mut detections {
+            d.bbox = transform.to_frame(d.bbox);
+        }
+        Ok(Findings::Detect { detections })
     }
 }
 
 /// Loads every configured model; the first failure names the model file and what is wrong.
-pub fn load_models(configs: &[ModelConfig], backend: BackendKind) -> Result<Vec<Model>, InferError> {
-    configs.iter().map(|c| Model::load(c, backend)).collect()
+pub fn load_models(configs: &[ModelConfig], inference: &InferenceConfig) -> Result<Vec<Model>, InferError> {
+    let models = configs.iter().map(|c| Model::load_with(c, inference)).collect();
+    // Loading frees copies of the weights that would otherwise stay resident as free heap.
+    allocator::release_free_memory();
+    models
 }
 
 /// Runs every model on a frame: the infer stage's unit of work.
@@ -354,6 +477,121 @@ mod tests {
         let bicycles: Vec<f32> = looser.iter().filter(|(l, _)| l == "bicycle").map(|(_, s)| *s).collect();
         assert!(bicycles.len() >= 3 && bicycles.iter().any(|s| *s < 0.3), "{looser:?}");
         assert!(looser.iter().all(|(l, s)| l == "bicycle" || *s >= 0.3), "{looser:?}");
+    }
+
+    /// The ONNX Runtime library to test with: required in CI, skipped with a message elsewhere.
+    #[cfg(feature = "ort")]
+    fn ort_inference() -> Option<InferenceConfig> {
+        match std::env::var_os("ORT_DYLIB_PATH").map(std::path::PathBuf::from) {
+            Some(path) if path.is_file() => Some(InferenceConfig {
+                backend: BackendKind::Ort,
+                ort_library: Some(path),
+                ..InferenceConfig::default()
+            }),
+            _ if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+                panic!("ONNX Runtime is required in CI; set ORT_DYLIB_PATH (scripts/fetch-onnxruntime.sh prints it)")
+            }
+            _ => {
+                eprintln!(
+                    "SKIPPED: ORT_DYLIB_PATH not set; run `export ORT_DYLIB_PATH=$(scripts/fetch-onnxruntime.sh)`"
+                );
+                None
+            }
+        }
+    }
+
+    #[cfg(feature = "ort")]
+    #[test]
+    fn nanodet_on_ort_finds_the_same_truck_as_tract() {
+        let Some(inference) = ort_inference() else { return };
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/nanodet.toml");
+        let mut on_ort = Model::load_with(&ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() }, &inference).unwrap();
+        assert_eq!((on_ort.info().backend, on_ort.info().execution_provider.as_str()), ("ort", "cpu"));
+        let dog = sample("dog.jpg");
+        let Findings::Detect { detections: from_ort } = on_ort.infer(&dog).unwrap().findings else { panic!() };
+        let Findings::Detect { detections: from_tract } = model("nanodet").infer(&dog).unwrap().findings else {
+            panic!()
+        };
+        assert_eq!(from_ort.len(), from_tract.len(), "{from_ort:?}\n{from_tract:?}");
+        for (a, b) in from_ort.iter().zip(&from_tract) {
+            assert_eq!(a.label, b.label);
+            assert!((a.score - b.score).abs() < 1e-3 && detect::iou(&a.bbox, &b.bbox) > 0.98, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[cfg(feature = "ort")]
+    #[test]
+    fn a_second_ort_library_in_one_process_is_refused_naming_the_first() {
+        let Some(inference) = ort_inference() else { return };
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/efficientnet_lite0.toml");
+        let config = ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() };
+        Model::load_with(&config, &inference).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("libonnxruntime.so.1.99.0");
+        std::fs::write(&other, b"not loaded: the process already has a library").unwrap();
+        let second = InferenceConfig { ort_library: Some(other.clone()), ..inference.clone() };
+        let err = Model::load_with(&config, &second).err().expect("refused");
+        let text = err.to_string();
+        assert!(err.is_backend_unavailable(), "{text}");
+        assert!(text.contains("already runs ONNX Runtime") && text.contains("1.99.0"), "{text}");
+        let fallback = InferenceConfig { fallback: Some(BackendKind::Tract), ..second };
+        assert_eq!(Model::load_with(&config, &fallback).unwrap().info().backend, "tract");
+    }
+
+    /// Hands back fixed outputs: for testing decoding and box mapping without a YOLO model file
+    /// (none is reachable here); the backends themselves are tested on the real models above.
+    struct CannedOutputs(Vec<Output>);
+
+    impl Backend for CannedOutputs {
+        fn name(&self) -> &'static str {
+            "canned"
+        }
+        fn execution_provider(&self) -> String {
+            "cpu".into()
+        }
+        fn run(&mut self, _: &[f32], _: &[usize], outputs: &mut Vec<Output>) -> Result<(), InferError> {
+            outputs.clone_from(&self.0);
+            Ok(())
+        }
+    }
+
+    fn yolo_model(decoder: &str, output: Output) -> Model {
+        let text = format!(
+            "name = \"yolo\"\nfile = \"yolo.onnx\"\nsha256 = \"{}\"\ntask = \"detect\"\nlabels = \"labels.txt\"\n\
+             licence = \"AGPL-3.0\"\nprovenance = \"hand-built outputs\"\n\
+             [input]\nname = \"images\"\nshape = [1, 3, 640, 640]\nlayout = \"nchw\"\ncolour_order = \"rgb\"\n\
+             resize = \"letterbox\"\nmean = [0.0, 0.0, 0.0]\nstd = [255.0, 255.0, 255.0]\n\
+             [decoder]\nkind = \"{decoder}\"\nscore_threshold = 0.25\nnms_iou = 0.45\n",
+            "0".repeat(64)
+        );
+        let manifest: Manifest = toml::from_str(&text).unwrap();
+        let labels = vec!["person".to_string(), "truck".to_string(), "bottle".to_string()];
+        let verified = VerifiedModel { manifest, onnx_path: "yolo.onnx".into(), bytes: Vec::new(), labels };
+        Model::with_backend(verified, Box::new(CannedOutputs(vec![output])), None)
+    }
+
+    /// A 1280×960 frame letterboxed into 640×640: scale 0.5, 80 rows of padding above and below.
+    /// A truck at model (100, 180)–(300, 280) is at frame (200, 200)–(600, 400).
+    #[test]
+    fn yolo_boxes_come_back_through_the_letterbox_in_frame_pixels() {
+        let frame = image::RgbImage::new(1280, 960);
+        let truck_v5 = [200.0, 230.0, 200.0, 100.0, 0.9, 0.05, 0.95, 0.0];
+        let v5 = Output { name: "output0".into(), shape: vec![1, 1, 8], data: truck_v5.to_vec() };
+        // YOLOv8: one row per value (cx, cy, w, h, 3 classes), one anchor.
+        let v8 = Output {
+            name: "output0".into(),
+            shape: vec![1, 7, 1],
+            data: vec![200.0, 230.0, 200.0, 100.0, 0.0, 0.9, 0.1],
+        };
+        for (decoder, output) in [("yolov5", v5), ("yolov8", v8.clone()), ("yolo11", v8)] {
+            let mut model = yolo_model(decoder, output);
+            let Findings::Detect { detections } = model.infer(&frame).unwrap().findings else { panic!() };
+            assert_eq!(detections.len(), 1, "{decoder}: {detections:?}");
+            assert_eq!(detections[0].label, "truck");
+            let b = detections[0].bbox;
+            let expected = BoundingBox { x1: 200.0, y1: 200.0, x2: 600.0, y2: 400.0 };
+            assert!(detect::iou(&b, &expected) > 0.999, "{decoder}: {b:?}");
+        }
     }
 
     #[test]

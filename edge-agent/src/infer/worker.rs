@@ -86,7 +86,7 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
-    use crate::config::{BackendKind, ModelConfig};
+    use crate::config::ModelConfig;
     use crate::source::{CameraHealth, Frame};
 
     /// Two cameras that always have a new frame waiting (both faster than the model): inference
@@ -95,7 +95,7 @@ mod tests {
     async fn two_busy_cameras_take_turns_on_a_slow_model() {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/efficientnet_lite0.toml");
         let models =
-            crate::infer::load_models(&[ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() }], BackendKind::Tract).unwrap();
+            crate::infer::load_models(&[ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() }], &Default::default()).unwrap();
         let new_frame = Arc::new(Notify::new());
         let running = Arc::new(AtomicBool::new(true));
         let mut feeds = Vec::new();

@@ -58,6 +58,34 @@ pub fn draw_rectangle(image: &mut RgbImage, b: BoundingBox, colour: Rgb<u8>, thi
     }
 }
 
+/// Every model's findings with their labels, for `edge-agent infer --annotate`: each detection's
+/// box with "label score" above it, and each classifier's best class in the top left corner.
+pub fn annotate_with_labels(frame: &RgbImage, results: &[ModelResult]) -> RgbImage {
+    let mut canvas = annotate(frame, results, &[]);
+    let size = text_size_for(frame);
+    let mut classifier_line = 0.0;
+    for result in results {
+        match &result.findings {
+            Findings::Detect { detections } => {
+                for d in detections {
+                    let text = format!("{} {:.2}", d.label, d.score);
+                    let above = d.bbox.y1 - size * 1.5;
+                    let y = if above >= 0.0 { above } else { d.bbox.y1 };
+                    draw_label(&mut canvas, d.bbox.x1.max(0.0), y, &text, size, DETECTION_COLOUR);
+                }
+            }
+            Findings::Classify { classes } => {
+                if let Some(best) = classes.first() {
+                    let text = format!("{}: {} {:.2}", result.model.name, best.label, best.score);
+                    draw_label(&mut canvas, 0.0, classifier_line * size * 1.5, &text, size, DETECTION_COLOUR);
+                    classifier_line += 1.0;
+                }
+            }
+        }
+    }
+    canvas
+}
+
 /// Colour a zone is outlined in, by role.
 pub fn zone_colour(role: ZoneRole) -> Rgb<u8> {
     match role {

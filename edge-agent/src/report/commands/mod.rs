@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::board::StatusBoard;
 use super::config_store::{Applied, Change, ConfigStore};
 use super::outbox::{Outbox, QueuedMessage};
-use crate::config::{BackendKind, Config};
+use crate::config::Config;
 use crate::infer::control::{ModelRuns, WorkerControl};
 use crate::shutdown::Shutdown;
 use crate::source::CameraHealth;
@@ -148,7 +148,8 @@ pub struct CommandHandler {
     pub device_id: String,
     pub topic_prefix: String,
     pub state_dir: PathBuf,
-    pub backend: BackendKind,
+    /// Backend, ONNX Runtime library and threads for models the `model` command loads.
+    pub inference: crate::config::InferenceConfig,
     pub store: Arc<ConfigStore>,
     pub board: Arc<StatusBoard>,
     pub outbox: Arc<Outbox>,

@@ -326,7 +326,7 @@ impl CommandHandler {
         let folder = self.state_dir.join("models");
         let max_bytes = policy.max_download_mb.saturating_mul(1024 * 1024);
         let self_test_folder = policy.self_test_folder();
-        let backend = self.backend;
+        let inference = self.inference.clone();
         let (name, url) = (request.name.clone(), request.url.clone());
         let prepared = tokio::task::spawn_blocking(move || {
             prepare(
@@ -341,7 +341,7 @@ impl CommandHandler {
                 &folder,
                 max_bytes,
                 &self_test_folder,
-                backend,
+                &inference,
             )
         })
         .await
@@ -441,7 +441,7 @@ fn prepare(
     folder: &Path,
     max_bytes: u64,
     self_test_folder: &Path,
-    backend: crate::config::BackendKind,
+    inference: &crate::config::InferenceConfig,
 ) -> Result<Prepared, CommandError> {
     std::fs::create_dir_all(folder)
         .map_err(|e| CommandError::new("internal", format!("cannot create {}: {e}", folder.display())))?;
@@ -502,7 +502,7 @@ fn prepare(
     }
     crate::report::config_store::sync_folder(&manifest_path);
     let model_config = ModelConfig { manifest: manifest_path.clone(), score_threshold, class_thresholds };
-    let mut model = match Model::load(&model_config, backend) {
+    let mut model = match Model::load_with(&model_config, inference) {
         Ok(model) => model,
         Err(e) => {
             cleanup(&[&onnx, &manifest_path]);
@@ -615,8 +615,10 @@ mod tests {
             &mut self,
             _input: &[f32],
             _shape: &[usize],
-        ) -> Result<Vec<crate::infer::Output>, crate::infer::InferError> {
-            Ok(vec![crate::infer::Output { name: "x".into(), shape: vec![1, 3], data: vec![f32::NAN; 3] }])
+            outputs: &mut Vec<crate::infer::Output>,
+        ) -> Result<(), crate::infer::InferError> {
+            *outputs = vec![crate::infer::Output { name: "x".into(), shape: vec![1, 3], data: vec![f32::NAN; 3] }];
+            Ok(())
         }
     }
 
@@ -643,7 +645,8 @@ mod tests {
             &mut self,
             _input: &[f32],
             _shape: &[usize],
-        ) -> Result<Vec<crate::infer::Output>, crate::infer::InferError> {
+            _outputs: &mut Vec<crate::infer::Output>,
+        ) -> Result<(), crate::infer::InferError> {
             Err(crate::infer::InferError::Run {
                 backend: "failing",
                 message: "out of memory on the accelerator".into(),
@@ -653,7 +656,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_model_failing_in_its_first_minutes_is_rolled_back_to_the_previous_one() {
-        use crate::config::{BackendKind, Config};
+        use crate::config::Config;
         use crate::infer::control::WorkerControls;
         use std::sync::Arc;
         let dir = tempfile::tempdir().unwrap();
@@ -673,7 +676,7 @@ mod tests {
         // The real pipeline front: a replay camera and the inference worker with the real detector.
         let liveness = crate::liveness::Liveness::default();
         let (feeds, new_frame) = crate::source::start_cameras(&config.cameras, &liveness, &shutdown);
-        let models = crate::infer::load_models(&config.models, BackendKind::Tract).unwrap();
+        let models = crate::infer::load_models(&config.models, &config.inference).unwrap();
         let board = Arc::new(crate::report::board::StatusBoard::new("box".into(), None));
         board.set_models(models.iter().map(Model::info).collect());
         let (worker, model_runs, controls) = WorkerControls::channel();
@@ -692,7 +695,7 @@ mod tests {
             device_id: "box".into(),
             topic_prefix: "edge".into(),
             state_dir: dir.path().join("state"),
-            backend: BackendKind::Tract,
+            inference: crate::config::InferenceConfig::default(),
             store: Arc::new(crate::report::config_store::ConfigStore::new(Some(path.clone()), config.clone())),
             board: board.clone(),
             outbox: Arc::new(crate::report::outbox::Outbox::open(&dir.path().join("state/outbox.redb")).unwrap()),

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The inference benchmark, in one run, on the same pictures (models/samples), the same models and the
+# same thread count for every contender:
+#   edge-agent bench (ort and tract backends)  vs  bench/python_baseline.py (bare ONNX Runtime
+#   session.run, and a plain OpenCV + ONNX Runtime pipeline), plus the agent's peak RSS with both
+#   default models loaded, on each backend.
+# Writes bench/RESULTS.md and the benchmark section of README.md (bench/report.py).
+#
+#   bash bench/compare.sh          # threads = nproc, 3 rounds of 8 s per measurement (about 8 minutes)
+#   BENCH_THREADS=2 BENCH_SECONDS=20 BENCH_ROUNDS=5 bash bench/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-agent/target}"
+threads="${BENCH_THREADS:-$(nproc)}"
+seconds="${BENCH_SECONDS:-8}"
+rounds="${BENCH_ROUNDS:-3}"
+rss_seconds="${BENCH_RSS_SECONDS:-20}"
+work="$(mktemp -d)"
+agent_pid=""
+cleanup() {
+  if [ -n "$agent_pid" ]; then kill "$agent_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== ONNX Runtime library"
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(bash scripts/fetch-onnxruntime.sh 1.32.0)}"
+echo "$ORT_DYLIB_PATH"
+
+echo "== Python baseline environment"
+venv="${BENCH_VENV:-$HOME/.cache/edge-agent/bench-venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  if ! python3 -c "import ensurepip" 2>/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null;
+    else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv >/dev/null; fi
+  fi
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+  onnxruntime==1.32.0 numpy==2.4.6 opencv-python-headless==5.0.0.93
+
+echo "== building edge-agent (release)"
+cargo build --release --locked -p edge-agent
+agent="$CARGO_TARGET_DIR/release/edge-agent"
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Rounds alternate the contenders, so a burst of other work on the machine hits them alike.
+# The agent runs ONNX Runtime without spinning threads by default; it is also measured with
+# spinning on (ONNX Runtime's own default, which the Python baselines use) to compare like with like.
+printf '[inference]\nort_allow_spinning = true\n' >"$work/spinning.toml"
+agent_runs=()
+python_runs=()
+for round in $(seq 1 "$rounds"); do
+  echo "== round $round of $rounds: edge-agent bench (ort, tract), $threads threads, $seconds s each"
+  "$agent" bench --json --threads "$threads" --seconds "$seconds" --backend ort --backend tract \
+    >"$work/agent-$round.json"
+  agent_runs+=(--agent "$work/agent-$round.json")
+  "$agent" bench --json --threads "$threads" --seconds "$seconds" --backend ort --config "$work/spinning.toml" \
+    >"$work/agent-spinning-$round.json"
+  agent_runs+=(--agent-spinning "$work/agent-spinning-$round.json")
+  echo "== round $round of $rounds: Python session.run and OpenCV + ONNX Runtime pipeline"
+  "$venv/bin/python" bench/python_baseline.py --models models --images models/samples \
+    --threads "$threads" --seconds "$seconds" >"$work/python-$round.json"
+  python_runs+=(--python "$work/python-$round.json")
+done
+
+# Peak RSS (VmHWM) of `edge-agent run` with both default models, after it has inferred frames for a
+# while: the demo replay camera at 5 frames/s, no broker, the web page on a free port.
+peak_rss_kib() {
+  local backend="$1" port config state
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  state="$work/state-$backend"
+  config="$work/$backend.toml"
+  cat >"$config" <<EOF
+state_dir = "$state"
+[web]
+listen = "127.0.0.1:$port"
+[inference]
+backend = "$backend"
+intra_op_threads = $threads
+[[cameras]]
+id = "bench"
+source = { kind = "replay", path = "$PWD/models/samples", fps = 5.0 }
+EOF
+  "$agent" run --config "$config" >"$work/$backend.log" 2>&1 &
+  agent_pid=$!
+  sleep "$rss_seconds"
+  local inferred
+  inferred="$(python3 -c "import json,urllib.request; s=json.load(urllib.request.urlopen('http://127.0.0.1:$port/api/status')); print(sum(c.get('frames_inferred',0) for c in s['cameras']))" 2>/dev/null || echo "?")"
+  local hwm
+  hwm="$(awk '/VmHWM/ {print $2}' "/proc/$agent_pid/status")"
+  kill -TERM "$agent_pid"
+  wait "$agent_pid" || true
+  agent_pid=""
+  echo "$backend: peak RSS ${hwm} KiB after $inferred frames" >&2
+  echo "$hwm $inferred"
+}
+echo "== peak RSS of the agent with both models loaded ($rss_seconds s each)"
+read -r rss_ort frames_ort < <(peak_rss_kib ort)
+read -r rss_tract frames_tract < <(peak_rss_kib tract)
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+python3 bench/report.py "${agent_runs[@]}" "${python_runs[@]}" \
+  --rss ort "$rss_ort" "$frames_ort" --rss tract "$rss_tract" "$frames_tract" \
+  --threads "$threads" --seconds "$seconds" --load "$load_before" "$load_after" \
+  --results bench/RESULTS.md --readme README.md
+echo "== wrote bench/RESULTS.md and the README's benchmark section"
+cat bench/RESULTS.md
