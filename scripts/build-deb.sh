@@ -11,13 +11,14 @@ command -v lintian >/dev/null || { as_root apt-get update -qq; as_root env DEBIA
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb@3.8.0
 
 echo "== building the package"
-cargo deb -p edge-agent --locked
+# Stripped: a Pi or Jetson has little storage, and the release profile keeps line tables for `perf`.
+cargo deb -p edge-agent --locked --strip
 deb=$(ls -t "$CARGO_TARGET_DIR"/debian/edge-agent_*.deb | head -n 1)
 echo "package: $deb"
 
 echo "== contents"
 listing=$(dpkg-deb -c "$deb")
-for expected in ./usr/bin/edge-agent ./etc/edge-agent/edge-agent.toml ./lib/systemd/system/edge-agent.service \
+for expected in ./usr/bin/edge-agent ./etc/edge-agent/edge-agent.toml ./usr/lib/systemd/system/edge-agent.service \
     ./usr/share/edge-agent/models/nanodet.onnx ./usr/share/edge-agent/models/nanodet.toml \
     ./usr/share/edge-agent/models/efficientnet_lite0.onnx ./usr/share/edge-agent/models/samples/dog.jpg; do
   grep -q " $expected\$" <<<"$listing" || { echo "missing from the package: $expected"; exit 1; }
@@ -34,7 +35,7 @@ mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
 touch "$root/var/lib/dpkg/status"
 dpkg_root() { dpkg --root="$root" --force-script-chrootless --force-depends --no-triggers "$@"; }
 dpkg_root -i "$deb" >/dev/null
-for f in usr/bin/edge-agent etc/edge-agent/edge-agent.toml lib/systemd/system/edge-agent.service; do
+for f in usr/bin/edge-agent etc/edge-agent/edge-agent.toml usr/lib/systemd/system/edge-agent.service; do
   [ -e "$root/$f" ] || { echo "not installed: /$f"; exit 1; }
 done
 "$root/usr/bin/edge-agent" --version
