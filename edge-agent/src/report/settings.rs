@@ -24,6 +24,9 @@ use crate::judge::zones::Scene;
 use crate::judge::{draw, privacy};
 use crate::source::CameraHealth;
 
+/// The config sections `Judge::reconfigure` takes between two frames.
+const JUDGE_SECTIONS: [&str; 6] = ["rules", "scenes", "tracking", "privacy", "background", "taxonomy"];
+
 /// The longest a model test may wait for the worker (it runs between two frames).
 const MODEL_TEST_TIMEOUT: Duration = Duration::from_secs(60);
 const MODEL_TEST_JPEG_QUALITY: u8 = 85;
@@ -145,10 +148,10 @@ impl LiveSettings {
         let mut rules_changed = false;
         let model_names = self.model_names();
         for key in &applied.changed {
-            // What `Judge::reconfigure` takes between two frames.
-            let judge_key = ["rules.", "scenes.", "tracking.", "privacy.", "background.", "taxonomy."]
-                .iter()
-                .any(|section| key.starts_with(section));
+            // What `Judge::reconfigure` takes between two frames; a section new to the file is
+            // named whole (`scenes`).
+            let section = key.split(['.', '[']).next().unwrap_or_default();
+            let judge_key = JUDGE_SECTIONS.contains(&section);
             if judge_key {
                 rules_changed = true;
                 live.push(key.clone());
@@ -251,6 +254,49 @@ fn indexed(key: &str, array: &str, field: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Settings over a config file with one camera, and the judge's and worker's ends.
+    fn settings(text: &str) -> (tempfile::TempDir, LiveSettings, watch::Receiver<Arc<Config>>, mpsc::Receiver<WorkerControl>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let board = Arc::new(StatusBoard::new("box".into(), None));
+        let (judge, judge_rx) = watch::channel(Arc::new(config.clone()));
+        let (worker, worker_rx) = mpsc::channel(8);
+        let health = Arc::new(CameraHealth::default());
+        let cameras = HashMap::from([("gate".to_string(), health)]);
+        let settings = LiveSettings::new(ConfigStore::new(Some(path), config), board, judge, worker, cameras);
+        (dir, settings, judge_rx, worker_rx)
+    }
+
+    const GATE: &str = "[[cameras]]\nid = \"gate\"\nsource = { kind = \"replay\", path = \"frames\" }\n";
+
+    #[test]
+    fn the_first_zones_of_a_file_reach_the_judge_at_once() {
+        let (_dir, settings, mut judge, _worker) = settings(GATE);
+        judge.mark_unchanged();
+        let zones = serde_json::json!([{ "id": "road", "role": "road", "polygon": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]] }]);
+        let outcome = settings.set(&[Change { key: "scenes.gate.zones".into(), value: zones }]).unwrap();
+        assert_eq!(outcome.changed, ["scenes"], "a section new to the file is named whole");
+        assert_eq!((outcome.applied.as_slice(), outcome.restart_required.len()), (["scenes".to_string()].as_slice(), 0));
+        assert!(judge.has_changed().unwrap());
+        assert_eq!(judge.borrow_and_update().scenes["gate"].zones[0].id, "road");
+    }
+
+    #[test]
+    fn cameras_switch_and_other_keys_wait_for_a_restart() {
+        let (dir, settings, mut judge, _worker) = settings(GATE);
+        judge.mark_unchanged();
+        let outcome = settings.set(&[Change { key: "cameras.gate.enabled".into(), value: false.into() }]).unwrap();
+        assert_eq!(outcome.applied, ["cameras[0].enabled"]);
+        assert!(settings.cameras()["gate"].disabled.load(Ordering::Relaxed));
+        assert!(!judge.has_changed().unwrap(), "the judge has nothing new");
+        std::fs::write(dir.path().join("agent.toml"), format!("device_id = \"other\"\n{GATE}")).unwrap();
+        let outcome = settings.reload().unwrap();
+        assert!(outcome.restart_required.contains(&"device_id".to_string()), "{outcome:?}");
+        assert!(!settings.cameras()["gate"].disabled.load(Ordering::Relaxed), "enabled again by the reload");
+    }
 
     #[test]
     fn indexed_keys_are_read() {

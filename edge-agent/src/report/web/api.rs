@@ -214,7 +214,9 @@ async fn statistics(State(state): State<Arc<WebState>>, Query(query): Query<Stat
     if !(1..=366).contains(&days) {
         return error(StatusCode::BAD_REQUEST, format!("`days` is {days}; expected 1 to 366"));
     }
-    let views = events::latest_per_event(state.board.event_history());
+    // Every kept revision, as the page does: a lifecycle counts at its start, its time to clear
+    // comes with its end (the newest revision alone would lose the start of an ended incident).
+    let views: Vec<EventView> = state.board.event_history().into_iter().map(EventView::new).collect();
     let daily = stats::daily(&views, days, chrono::Local::now().date_naive());
     Json(json!({ "days": daily })).into_response()
 }
