@@ -17,22 +17,26 @@ use serde_json::{json, Value};
 use web_support::browser::*;
 use web_support::*;
 
-/// Clicks the element at offsets (pixels) from its centre, as a person would with a mouse.
+/// Clicks the element at a point given as shares of its size from its centre (-0.5..0.5), as a
+/// person would with a mouse; the element is scrolled to the middle of the window first.
 async fn click_at(client: &Client, css: &str, x: f64, y: f64) {
-    let element = client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+    let point = client
+        .execute(
+            &format!(
+                "const e = document.querySelector('{css}'); e.scrollIntoView({{ block: 'center' }});
+                 const r = e.getBoundingClientRect();
+                 return [r.left + r.width * (0.5 + {x}), r.top + r.height * (0.5 + {y})];"
+            ),
+            vec![],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    let (px, py) = (point[0].as_f64().unwrap().round(), point[1].as_f64().unwrap().round());
     let mouse = MouseActions::new("mouse".into())
-        .then(PointerAction::MoveToElement { element, duration: None, x, y })
+        .then(PointerAction::MoveTo { duration: None, x: px, y: py })
         .then(PointerAction::Down { button: MOUSE_BUTTON_LEFT })
         .then(PointerAction::Up { button: MOUSE_BUTTON_LEFT });
     client.perform_actions(mouse).await.expect("click on the frame");
-}
-
-async fn size_of(client: &Client, css: &str) -> (f64, f64) {
-    let size = client
-        .execute(&format!("const r = document.querySelector('{css}').getBoundingClientRect(); return [r.width, r.height];"), vec![])
-        .await
-        .unwrap();
-    (size[0].as_f64().unwrap(), size[1].as_f64().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,11 +70,10 @@ async fn an_installer_draws_a_zone_tests_the_models_and_labels_an_event() {
     id.send_keys("bin-kitchen").await.unwrap();
     browser.find(Locator::Css("#zone-role")).await.unwrap().select_by_value("bin").await.unwrap();
     browser.find(Locator::Css("#zone-category")).await.unwrap().select_by_value("kitchen").await.unwrap();
-    let (width, height) = size_of(&browser, "#zone-canvas").await;
     // Corners at a quarter and three quarters of the frame's width, a third above and below its middle.
     let corners = [(-0.25, -1.0 / 6.0), (0.25, -1.0 / 6.0), (0.25, 1.0 / 6.0), (-0.25, 1.0 / 6.0)];
     for (x, y) in corners {
-        click_at(&browser, "#zone-canvas", x * width, y * height).await;
+        click_at(&browser, "#zone-canvas", x, y).await;
     }
     let listed = text(&browser, "#zone-list").await;
     assert!(listed.contains("bin-kitchen") && listed.contains("4 corners") && listed.contains("kitchen"), "{listed}");
@@ -122,7 +125,7 @@ async fn an_installer_draws_a_zone_tests_the_models_and_labels_an_event() {
     // A polygon that crosses itself is refused naming the field, and nothing is written.
     browser.find(Locator::Css("#new-zone")).await.unwrap().click().await.unwrap();
     for (x, y) in [(-0.4, -0.4), (0.4, 0.4), (0.4, -0.4), (-0.4, 0.4)] {
-        click_at(&browser, "#zone-canvas", x * width, y * height).await;
+        click_at(&browser, "#zone-canvas", x, y).await;
     }
     browser.find(Locator::Css("#save-zones")).await.unwrap().click().await.unwrap();
     let refused = wait_until(

@@ -415,7 +415,7 @@ impl T {
             T::RunTest => ("Run the models", "运行模型"),
             T::Running => ("Running…", "运行中…"),
             T::NoFindings => ("The models found nothing above their thresholds.", "模型未发现高于阈值的目标。"),
-            T::Found => ("found", "发现"),
+            T::Found => ("Findings:", "发现目标："),
             T::LabelForSamples => ("Label for the site's samples", "标注（加入站点样本集）"),
             T::LabelIntro => ("Was this event right? The crop and your label go into the site's sample set, from which `edge-agent calibrate thresholds` chooses thresholds.", "该事件是否正确？截图和标注将加入站点样本集，`edge-agent calibrate thresholds` 据此选择阈值。"),
             T::Right => ("Right", "正确"),

@@ -446,7 +446,8 @@ pub async fn page(
         section.card #model-test-card {
             h2 { (t(T::TestModels)) }
             p.muted { (t(T::TestNote)) }
-            div #model-test data-camera=(camera) data-msg-running=(t(T::Running)) data-msg-nothing=(t(T::NoFindings)) {
+            div #model-test data-camera=(camera) data-msg-running=(t(T::Running)) data-msg-nothing=(t(T::NoFindings))
+                data-msg-found=(t(T::Found)) {
                 div.save-row {
                     button #run-test type="button" disabled[!admin] { (t(T::RunTest)) }
                     span #test-message.message role="status" {}

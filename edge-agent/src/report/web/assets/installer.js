@@ -393,7 +393,8 @@
         }
         stage.hidden = false;
         table.hidden = false;
-        say(message, found ? run.captured_at : test.dataset.msgNothing, true);
+        const when = new Date(run.captured_at).toLocaleString();
+        say(message, (found ? test.dataset.msgFound + ' ' + found : test.dataset.msgNothing) + ' · ' + when, true);
       } catch (e) {
         say(message, String(e), false);
       } finally {
