@@ -104,7 +104,11 @@ fn every_documented_api_path_answers_as_documented() {
         (ids.len() == 2).then_some(zones)
     });
     let zones = in_use.unwrap_or_else(|| {
-        panic!("the judge does not take the saved zones: {}\nlog:\n{}", admin.get("/api/v1/zones").body, web.agent.log_text())
+        panic!(
+            "the judge does not take the saved zones: {}\nlog:\n{}",
+            admin.get("/api/v1/zones").body,
+            web.agent.log_text()
+        )
     });
     assert_eq!(zones["cameras"]["yard"][0]["id"], "bin-recyclable");
     assert_eq!(zones["stored_in"]["yard"]["kind"], "config_file");

@@ -53,7 +53,13 @@ async fn an_installer_draws_a_zone_tests_the_models_and_labels_an_event() {
 
     log_in(&browser, &base, ADMIN.0, ADMIN.1).await;
     wait_until(&browser, "document.getElementById('device-id')", "the overview after login").await;
-    browser.find(Locator::Css("nav.main a[href='/installer']")).await.expect("the installer in the menu").click().await.unwrap();
+    browser
+        .find(Locator::Css("nav.main a[href='/installer']"))
+        .await
+        .expect("the installer in the menu")
+        .click()
+        .await
+        .unwrap();
     wait_until(
         &browser,
         "document.getElementById('scene-image').complete && document.getElementById('scene-image').naturalWidth > 0",
@@ -96,7 +102,9 @@ async fn an_installer_draws_a_zone_tests_the_models_and_labels_an_event() {
     // In the config file, atomically written, comments and all, as a table a person can read.
     let written = std::fs::read_to_string(&config_file).unwrap();
     assert!(
-        written.contains("[[scenes.yard.zones]]\nid = \"bin-kitchen\"\nrole = \"bin\"\ncategory = \"kitchen\"\npolygon = "),
+        written.contains(
+            "[[scenes.yard.zones]]\nid = \"bin-kitchen\"\nrole = \"bin\"\ncategory = \"kitchen\"\npolygon = "
+        ),
         "{written}"
     );
     let admin = HttpSession::login(&base, ADMIN.0, ADMIN.1).unwrap_or_else(|r| panic!("login: {}", r.body));
@@ -118,7 +126,8 @@ async fn an_installer_draws_a_zone_tests_the_models_and_labels_an_event() {
 
     // After a reload the page draws what the server has.
     browser.refresh().await.unwrap();
-    wait_until(&browser, "document.querySelectorAll('#zone-canvas polygon.zone').length === 1", "the saved zone drawn").await;
+    wait_until(&browser, "document.querySelectorAll('#zone-canvas polygon.zone').length === 1", "the saved zone drawn")
+        .await;
     wait_until(&browser, "document.getElementById('scene-image').naturalWidth > 0", "the frame").await;
     screenshot(&browser, &shots, "desktop-zone-saved").await;
 
@@ -143,12 +152,18 @@ async fn an_installer_draws_a_zone_tests_the_models_and_labels_an_event() {
     field.clear().await.unwrap();
     field.send_keys("0.33").await.unwrap();
     browser.find(Locator::Css("#save-thresholds")).await.unwrap().click().await.unwrap();
-    wait_until(&browser, "document.getElementById('thresholds-message').classList.contains('ok')", "the thresholds saved").await;
+    wait_until(
+        &browser,
+        "document.getElementById('thresholds-message').classList.contains('ok')",
+        "the thresholds saved",
+    )
+    .await;
     assert!(std::fs::read_to_string(&config_file).unwrap().contains("min_score = 0.33"));
 
     // The models on the current frame: boxes drawn, findings listed, no event made of them.
     browser.find(Locator::Css("#run-test")).await.unwrap().click().await.unwrap();
-    wait_until(&browser, "document.querySelectorAll('#test-results tr.finding').length > 0", "the test's findings").await;
+    wait_until(&browser, "document.querySelectorAll('#test-results tr.finding').length > 0", "the test's findings")
+        .await;
     wait_until(&browser, "document.getElementById('test-image').naturalWidth > 0", "the tested frame").await;
     let findings = text(&browser, "#test-results").await;
     assert!(findings.contains("nanodet") && (findings.contains("truck") || findings.contains("person")), "{findings}");
@@ -177,7 +192,10 @@ async fn an_installer_draws_a_zone_tests_the_models_and_labels_an_event() {
     let samples = web.state_dir().join("samples");
     let labels = std::fs::read_to_string(samples.join("labels.csv")).unwrap();
     let row = labels.lines().find(|l| l.starts_with(&format!("{truck}.jpg,"))).unwrap_or_else(|| panic!("{labels}"));
-    assert!(row.starts_with(&format!("{truck}.jpg,truck,")) && row.contains("right") && row.contains("by ana"), "{row}");
+    assert!(
+        row.starts_with(&format!("{truck}.jpg,truck,")) && row.contains("right") && row.contains("by ana"),
+        "{row}"
+    );
     let crop = std::fs::read(samples.join(format!("{truck}.jpg"))).unwrap();
     assert!(crop.starts_with(&[0xFF, 0xD8, 0xFF]), "the crop is a JPEG");
 
@@ -205,7 +223,12 @@ async fn an_installer_draws_a_zone_tests_the_models_and_labels_an_event() {
     label.clear().await.unwrap();
     label.send_keys("none").await.unwrap();
     browser.find(Locator::Css("#save-label")).await.unwrap().click().await.unwrap();
-    wait_until(&browser, "document.getElementById('label-done') && document.getElementById('label-done').textContent.includes('Wrong')", "the new label").await;
+    wait_until(
+        &browser,
+        "document.getElementById('label-done') && document.getElementById('label-done').textContent.includes('Wrong')",
+        "the new label",
+    )
+    .await;
     let labels = std::fs::read_to_string(samples.join("labels.csv")).unwrap();
     assert_eq!(labels.matches(&format!("{truck}.jpg")).count(), 1, "{labels}");
     assert!(labels.contains(&format!("{truck}.jpg,none # ")), "{labels}");
@@ -217,7 +240,8 @@ async fn an_installer_draws_a_zone_tests_the_models_and_labels_an_event() {
     log_in(&phone, &base, ADMIN.0, ADMIN.1).await;
     wait_until(&phone, "document.getElementById('device-id')", "the overview on a phone").await;
     phone.goto(&format!("{base}/installer")).await.unwrap();
-    wait_until(&phone, "document.querySelectorAll('#zone-canvas polygon.zone').length === 1", "the zone on a phone").await;
+    wait_until(&phone, "document.querySelectorAll('#zone-canvas polygon.zone').length === 1", "the zone on a phone")
+        .await;
     wait_until(&phone, "document.getElementById('scene-image').naturalWidth > 0", "the frame on a phone").await;
     assert!(text(&phone, "h1").await.contains("安装工具"));
     assert_fits_width(&phone, "phone-installer").await;
@@ -247,7 +271,10 @@ async fn a_viewer_sees_the_installer_tools_but_cannot_save() {
     }
     // Clicking the frame draws nothing.
     click_at(&browser, "#zone-canvas", 0.0, 0.0).await;
-    assert_eq!(browser.execute("return document.querySelectorAll('#zone-canvas .zone').length;", vec![]).await.unwrap(), json!(0));
+    assert_eq!(
+        browser.execute("return document.querySelectorAll('#zone-canvas .zone').length;", vec![]).await.unwrap(),
+        json!(0)
+    );
     screenshot(&browser, &screenshot_dir("installer"), "desktop-viewer").await;
 
     // Even with the page's own CSRF token the server refuses a viewer.
@@ -269,7 +296,12 @@ async fn a_viewer_sees_the_installer_tools_but_cannot_save() {
     assert_eq!(statuses, json!([403, 403, 403, 200]), "save zones, save settings, test models, read zones");
     // Nor may a viewer label events.
     browser.goto(&format!("{base}/events")).await.unwrap();
-    let event = wait_until(&browser, "document.querySelector('.event-card') && document.querySelector('.event-card a').href", "an event").await;
+    let event = wait_until(
+        &browser,
+        "document.querySelector('.event-card') && document.querySelector('.event-card a').href",
+        "an event",
+    )
+    .await;
     browser.goto(event.as_str().unwrap()).await.unwrap();
     wait_until(&browser, "document.getElementById('labelling')", "the labelling card").await;
     assert!(browser.find(Locator::Css("#label-form")).await.is_err(), "no labelling form for a viewer");

@@ -13,7 +13,13 @@ pub const WAIT: Duration = Duration::from_secs(60);
 
 /// A fresh browser profile per session, so no cookie or cache survives between tests. `languages`
 /// is what the browser asks for (Accept-Language), e.g. "en-US,en".
-pub async fn open_browser(driver: &ChromeDriver, chromium: &Path, profile: &Path, phone: bool, languages: &str) -> Client {
+pub async fn open_browser(
+    driver: &ChromeDriver,
+    chromium: &Path,
+    profile: &Path,
+    phone: bool,
+    languages: &str,
+) -> Client {
     let mut options = json!({
         "binary": chromium,
         "args": [

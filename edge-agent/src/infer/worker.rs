@@ -141,8 +141,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_busy_cameras_take_turns_on_a_slow_model() {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/efficientnet_lite0.toml");
-        let models =
-            crate::infer::load_models(&[ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() }], BackendKind::Tract).unwrap();
+        let models = crate::infer::load_models(
+            &[ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() }],
+            BackendKind::Tract,
+        )
+        .unwrap();
         let new_frame = Arc::new(Notify::new());
         let running = Arc::new(AtomicBool::new(true));
         let mut feeds = Vec::new();
@@ -195,9 +198,13 @@ mod tests {
     async fn a_model_test_answers_with_findings_and_sends_nothing_on() {
         use crate::infer::control::{ModelTestRequest, WorkerControl};
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/nanodet.toml");
-        let models =
-            crate::infer::load_models(&[ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() }], BackendKind::Tract).unwrap();
-        let dog = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/samples/dog.jpg")).unwrap().to_rgb8();
+        let models = crate::infer::load_models(
+            &[ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() }],
+            BackendKind::Tract,
+        )
+        .unwrap();
+        let dog =
+            image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/samples/dog.jpg")).unwrap().to_rgb8();
         let (sender, receiver) = watch::channel(None);
         let health = Arc::new(CameraHealth::default());
         let feeds = vec![CameraFeed { id: "yard".into(), frames: receiver, health, last_taken: 0 }];
@@ -206,7 +213,8 @@ mod tests {
         let (output, mut inferred) = mpsc::channel(2);
         let (control, _runs, controls) = crate::infer::control::WorkerControls::channel();
         let heartbeat = crate::liveness::Liveness::default().register("inference");
-        let worker = tokio::spawn(run_inference(models, feeds, new_frame.clone(), output, heartbeat, shutdown, controls));
+        let worker =
+            tokio::spawn(run_inference(models, feeds, new_frame.clone(), output, heartbeat, shutdown, controls));
 
         let ask = |camera: &str| {
             let (reply, answer) = tokio::sync::oneshot::channel();
@@ -218,13 +226,20 @@ mod tests {
         let refused = answer.await.unwrap().err().expect("no frame yet");
         assert!(refused.contains("no frame"), "{refused}");
 
-        sender.send_replace(Some(Frame { camera: "yard".into(), sequence: 1, captured_at: Utc::now(), image: Arc::new(dog) }));
+        sender.send_replace(Some(Frame {
+            camera: "yard".into(),
+            sequence: 1,
+            captured_at: Utc::now(),
+            image: Arc::new(dog),
+        }));
         new_frame.notify_one();
         assert!(inferred.recv().await.is_some(), "the camera's own frame goes on");
         let (request, answer) = ask("yard");
         control.send(request).await.unwrap();
         let run = answer.await.unwrap().unwrap();
-        let crate::infer::Findings::Detect { detections } = &run.inferred.results[0].findings else { panic!("classes") };
+        let crate::infer::Findings::Detect { detections } = &run.inferred.results[0].findings else {
+            panic!("classes")
+        };
         assert!(detections.iter().any(|d| d.label == "truck"), "{detections:?}");
         let (request, answer) = ask("gate");
         control.send(request).await.unwrap();

@@ -325,9 +325,9 @@ pub fn sync_folder(path: &Path) {
 /// The loader's complaint about temp files, told about the real files (`renamed`: temp → real).
 fn from_config_error(error: ConfigError, renamed: &[(&Path, &Path)]) -> ChangeError {
     let fix = |text: String| {
-        renamed.iter().fold(text, |text, (temp, real)| {
-            text.replace(&temp.display().to_string(), &real.display().to_string())
-        })
+        renamed
+            .iter()
+            .fold(text, |text, (temp, real)| text.replace(&temp.display().to_string(), &real.display().to_string()))
     };
     match error {
         ConfigError::Invalid { key, problem, .. } => ChangeError::OutOfRange { key, problem },
@@ -785,7 +785,10 @@ manifest = "models/nanodet.toml"
         let crossing = json!([{ "id": "x", "role": "road", "polygon": [[0, 0], [1, 1], [1, 0], [0, 1]] }]);
         let err = store.set(&[change("scenes.gate.zones", crossing)], &[]).unwrap_err();
         assert_eq!(err.code(), "out_of_range");
-        assert!(err.to_string().contains("scenes.gate.zones[0].polygon") && err.to_string().contains("yard.toml"), "{err}");
+        assert!(
+            err.to_string().contains("scenes.gate.zones[0].polygon") && err.to_string().contains("yard.toml"),
+            "{err}"
+        );
         assert!(!err.to_string().contains(".tmp-"), "{err}");
         assert_eq!(std::fs::read_to_string(&site).unwrap(), text);
         let names: Vec<String> =
@@ -800,7 +803,10 @@ manifest = "models/nanodet.toml"
         let applied = store.set(&[change("scenes.ramp.zones", zones)], &[]).unwrap();
         assert_eq!(applied.written, vec![dir.path().join("agent.toml")]);
         let text = std::fs::read_to_string(dir.path().join("agent.toml")).unwrap();
-        assert!(text.contains("[[scenes.ramp.zones]]\nid = \"bin-k\"\nrole = \"bin\"\ncategory = \"kitchen\"\npolygon"), "{text}");
+        assert!(
+            text.contains("[[scenes.ramp.zones]]\nid = \"bin-k\"\nrole = \"bin\"\ncategory = \"kitchen\"\npolygon"),
+            "{text}"
+        );
         assert_eq!(applied.config.scenes["ramp"].zones[0].category.as_deref(), Some("kitchen"));
     }
 
@@ -809,7 +815,10 @@ manifest = "models/nanodet.toml"
         let (dir, store) = store_with_site();
         let applied = store.set(&[change("scenes.gate.zones", json!([]))], &[]).unwrap();
         assert_eq!(applied.written.len(), 2, "{:?}", applied.written);
-        assert!(applied.config.scenes.get("gate").is_none_or(|s| s.zones.is_empty()), "no zones, not the config's old ones");
+        assert!(
+            applied.config.scenes.get("gate").is_none_or(|s| s.zones.is_empty()),
+            "no zones, not the config's old ones"
+        );
         assert!(!std::fs::read_to_string(dir.path().join("agent.toml")).unwrap().contains("id = \"old\""));
         assert_eq!(store.zones_home("gate"), ZonesHome::ConfigFile(dir.path().join("agent.toml")));
     }

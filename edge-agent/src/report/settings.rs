@@ -256,7 +256,9 @@ mod tests {
     use super::*;
 
     /// Settings over a config file with one camera, and the judge's and worker's ends.
-    fn settings(text: &str) -> (tempfile::TempDir, LiveSettings, watch::Receiver<Arc<Config>>, mpsc::Receiver<WorkerControl>) {
+    fn settings(
+        text: &str,
+    ) -> (tempfile::TempDir, LiveSettings, watch::Receiver<Arc<Config>>, mpsc::Receiver<WorkerControl>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, text).unwrap();
@@ -276,10 +278,14 @@ mod tests {
     fn the_first_zones_of_a_file_reach_the_judge_at_once() {
         let (_dir, settings, mut judge, _worker) = settings(GATE);
         judge.mark_unchanged();
-        let zones = serde_json::json!([{ "id": "road", "role": "road", "polygon": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]] }]);
+        let zones =
+            serde_json::json!([{ "id": "road", "role": "road", "polygon": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]] }]);
         let outcome = settings.set(&[Change { key: "scenes.gate.zones".into(), value: zones }]).unwrap();
         assert_eq!(outcome.changed, ["scenes"], "a section new to the file is named whole");
-        assert_eq!((outcome.applied.as_slice(), outcome.restart_required.len()), (["scenes".to_string()].as_slice(), 0));
+        assert_eq!(
+            (outcome.applied.as_slice(), outcome.restart_required.len()),
+            (["scenes".to_string()].as_slice(), 0)
+        );
         assert!(judge.has_changed().unwrap());
         assert_eq!(judge.borrow_and_update().scenes["gate"].zones[0].id, "road");
     }

@@ -74,9 +74,9 @@ pub fn change_error(e: ChangeError) -> Response {
         ChangeError::Read { .. } | ChangeError::Write { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let key = match &e {
-        ChangeError::NotSettable { key } | ChangeError::UnknownTarget { key, .. } | ChangeError::OutOfRange { key, .. } => {
-            Some(key.clone())
-        }
+        ChangeError::NotSettable { key }
+        | ChangeError::UnknownTarget { key, .. }
+        | ChangeError::OutOfRange { key, .. } => Some(key.clone()),
         _ => None,
     };
     (status, Json(json!({ "error": e.to_string(), "code": e.code(), "key": key }))).into_response()
@@ -278,7 +278,8 @@ pub async fn test_models(State(state): State<Arc<WebState>>, Admin(_): Admin, Pa
     }
     match state.settings.test_models(&camera).await {
         Ok(test) => {
-            let image = format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(&test.jpeg));
+            let image =
+                format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(&test.jpeg));
             let mut answer = json!(test);
             answer["image"] = json!(image);
             Json(answer).into_response()
@@ -298,7 +299,9 @@ pub async fn scene(State(state): State<Arc<WebState>>, Path(camera): Path<String
         return error(StatusCode::NOT_FOUND, format!("camera {camera:?} has no frame yet"));
     };
     match tokio::task::spawn_blocking(move || draw::encode_jpeg(&image, SCENE_JPEG_QUALITY)).await {
-        Ok(Ok(jpeg)) => ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg).into_response(),
+        Ok(Ok(jpeg)) => {
+            ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg).into_response()
+        }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the frame: {e}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the frame: {e}")),
     }

@@ -105,7 +105,12 @@ pub fn box_in_crop(event: &Event, crop_size: (u32, u32)) -> Option<[u32; 4]> {
         return None;
     }
     let inside = |v: f32, origin: u32, size: u32| (v - origin as f32).round().clamp(0.0, size as f32) as u32;
-    let bx = [inside(b.x1, x1, crop_size.0), inside(b.y1, y1, crop_size.1), inside(b.x2, x1, crop_size.0), inside(b.y2, y1, crop_size.1)];
+    let bx = [
+        inside(b.x1, x1, crop_size.0),
+        inside(b.y1, y1, crop_size.1),
+        inside(b.x2, x1, crop_size.0),
+        inside(b.y2, y1, crop_size.1),
+    ];
     (bx[2] > bx[0] && bx[3] > bx[1]).then_some(bx)
 }
 
@@ -140,7 +145,12 @@ fn check(config: &Config, event: &Event, request: &LabelRequest) -> Result<(Stri
 
 /// Labels an event: its crop into the sample folder, its row into the labels file, and the label
 /// onto the board for the page.
-pub async fn label_event(state: &WebState, user: &str, event_id: &str, request: LabelRequest) -> Result<SampleLabel, Refused> {
+pub async fn label_event(
+    state: &WebState,
+    user: &str,
+    event_id: &str,
+    request: LabelRequest,
+) -> Result<SampleLabel, Refused> {
     let id = Uuid::parse_str(event_id)
         .map_err(|_| refused(StatusCode::BAD_REQUEST, format!("{event_id:?} is not an event id (a UUID)")))?;
     let revisions = state.board.event_revisions(id);
@@ -317,8 +327,7 @@ mod tests {
     fn the_events_box_is_found_again_inside_its_crop() {
         // dog.jpg's truck: the judge crops it with 15 % margin on each side.
         let truck = event("truck", EventBox { x1: 462, y1: 80, x2: 682, y2: 167 });
-        let (x1, y1, x2, y2) =
-            crop_rect(768, 576, &BoundingBox::from(truck.bbox), EVIDENCE_CROP_MARGIN).unwrap();
+        let (x1, y1, x2, y2) = crop_rect(768, 576, &BoundingBox::from(truck.bbox), EVIDENCE_CROP_MARGIN).unwrap();
         let inside = box_in_crop(&truck, (x2 - x1, y2 - y1)).unwrap();
         assert_eq!(inside, [462 - x1, 80 - y1, 682 - x1, 167 - y1]);
         assert!(inside[0] > 0 && inside[2] < x2 - x1, "{inside:?}");
