@@ -48,9 +48,12 @@ fn every_documented_api_path_answers_as_documented() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
             let url = path.replace("{camera}", "yard").replace("{event_id}", &event_id);
+            // A request that takes a body sends the example the document gives.
+            let example = &operation["requestBody"]["content"]["application/json"]["example"];
             let reply = match method.as_str() {
                 "get" if path.ends_with("/stream") => admin.get_head_only(&url),
                 "get" => admin.get(&url),
+                "post" | "put" if !example.is_null() => admin.send_json(method, &url, example, Some(&admin.csrf)),
                 "post" => admin.post(&url, Some(&admin.csrf)),
                 other => panic!("{other} {path}: a method this test does not know"),
             };
@@ -75,7 +78,7 @@ fn every_documented_api_path_answers_as_documented() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 12, "every route of the API was called");
+    assert_eq!(checked, 20, "every route of the API was called");
 
     // The answers say what the box is doing, not just that it answers.
     let status: serde_json::Value = serde_json::from_str(&admin.get("/api/v1/status").body).unwrap();
@@ -91,8 +94,27 @@ fn every_documented_api_path_answers_as_documented() {
     let stats: serde_json::Value = serde_json::from_str(&admin.get("/api/v1/stats?days=3").body).unwrap();
     let today = stats["days"].as_array().unwrap().last().unwrap().clone();
     assert!(today["by_kind"]["object"].as_u64().is_some_and(|n| n >= 1), "{stats}");
-    let zones: serde_json::Value = serde_json::from_str(&admin.get("/api/v1/zones").body).unwrap();
-    assert_eq!(zones["cameras"]["yard"], serde_json::json!([]));
+    // The documented example zones were saved into the config file and the judge uses them.
+    let text = std::fs::read_to_string(web.dir.path().join("agent.toml")).unwrap();
+    assert!(text.contains("[[scenes.yard.zones]]") && text.contains("id = \"bin-recyclable\""), "{text}");
+    assert!(text.contains("min_score = 0.35"), "the documented settings example: {text}");
+    let in_use = eventually(Duration::from_secs(30), || {
+        let zones: serde_json::Value = serde_json::from_str(&admin.get("/api/v1/zones").body).ok()?;
+        let ids = zones["in_use"]["yard"].as_array()?.clone();
+        (ids.len() == 2).then_some(zones)
+    });
+    let zones = in_use.unwrap_or_else(|| {
+        panic!(
+            "the judge does not take the saved zones: {}\nlog:\n{}",
+            admin.get("/api/v1/zones").body,
+            web.agent.log_text()
+        )
+    });
+    assert_eq!(zones["cameras"]["yard"][0]["id"], "bin-recyclable");
+    assert_eq!(zones["stored_in"]["yard"]["kind"], "config_file");
+    // The documented label example put the event's crop and its row into the sample set.
+    let labels = std::fs::read_to_string(web.state_dir().join("samples/labels.csv")).unwrap();
+    assert!(labels.contains(&format!("{event_id}.jpg,")), "{labels}");
 }
 
 #[test]
@@ -131,6 +153,21 @@ fn state_changes_need_the_sessions_csrf_token_and_an_admin() {
     assert!(still_open["acknowledged"].is_null(), "nothing changed: {still_open}");
     let done = admin.post(&acknowledge, Some(&admin.csrf));
     assert_eq!(done.status, 200, "{}", done.body);
+
+    // Installer tools and labelling: a viewer may look, not change; an admin needs the token too.
+    let zones = serde_json::json!({ "zones": [{ "id": "road", "role": "road", "polygon": [[0, 0], [1, 0], [1, 1]] }] });
+    let threshold = serde_json::json!({ "values": { "rules.object.min_score": 0.5 } });
+    let verdict = serde_json::json!({ "verdict": "wrong" });
+    let label = format!("/api/v1/events/{event_id}/label");
+    assert_eq!(viewer.send_json("put", "/api/v1/zones/yard", &zones, Some(&viewer.csrf)).status, 403);
+    assert_eq!(viewer.send_json("post", "/api/v1/settings", &threshold, Some(&viewer.csrf)).status, 403);
+    assert_eq!(viewer.send_json("post", &label, &verdict, Some(&viewer.csrf)).status, 403);
+    assert_eq!(viewer.post("/api/v1/cameras/yard/test", Some(&viewer.csrf)).status, 403);
+    assert_eq!(admin.send_json("put", "/api/v1/zones/yard", &zones, None).status, 403, "no token");
+    assert_eq!(viewer.get("/api/v1/zones/yard").status, 200, "a viewer sees the zones");
+    let text = std::fs::read_to_string(web.dir.path().join("agent.toml")).unwrap();
+    assert!(!text.contains("scenes") && !text.contains("min_score = 0.5"), "nothing was written: {text}");
+    assert!(!web.state_dir().join("samples").exists(), "nothing was labelled");
 
     let config: serde_json::Value = serde_json::from_str(&admin.get("/api/v1/config").body).unwrap();
     let text = config.to_string();

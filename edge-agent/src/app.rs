@@ -19,6 +19,7 @@ use crate::report::commands::{CommandHandler, IncomingCommand};
 use crate::report::config_store::ConfigStore;
 use crate::report::mqtt::{MqttSettings, Publisher};
 use crate::report::outbox::Outbox;
+use crate::report::settings::LiveSettings;
 use crate::report::telemetry::TelemetrySampler;
 use crate::report::{self, web};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
@@ -60,10 +61,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, trigger: &Shutdow
         tracing::info!(model = %info.name, backend = info.backend, provider = %info.execution_provider, "model loaded");
     }
 
-    if config.web.enabled {
-        web::serve(&config, board.clone(), shutdown.clone()).await?;
-    }
-
     let liveness = Arc::new(Liveness::default());
     let (feeds, new_frame) = source::start_cameras(&config.cameras, &liveness, &shutdown);
     for feed in &feeds {
@@ -102,6 +99,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, trigger: &Shutdow
         publisher_wake.clone(),
         liveness.register("report"),
     ));
+    // One store and one way to apply changes, for MQTT commands and the web page alike.
+    let settings = Arc::new(LiveSettings::new(
+        ConfigStore::new(config_path, config.clone()),
+        board.clone(),
+        judge_settings,
+        worker,
+        cameras,
+    ));
+    if config.web.enabled {
+        web::serve(&config, board.clone(), settings.clone(), shutdown.clone()).await?;
+    }
     let status_changed = Arc::new(Notify::new());
     let (command_tx, command_rx) = mpsc::channel::<IncomingCommand>(COMMAND_QUEUE);
     let handler = Arc::new(CommandHandler {
@@ -109,15 +117,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, trigger: &Shutdow
         topic_prefix: config.mqtt.topic_prefix.clone(),
         state_dir: config.state_dir.clone(),
         inference: config.inference.clone(),
-        store: Arc::new(ConfigStore::new(config_path, config.clone())),
+        settings,
         board: board.clone(),
         outbox: outbox.clone(),
         publisher_wake: publisher_wake.clone(),
         status_changed: status_changed.clone(),
-        cameras,
-        worker,
         model_runs,
-        judge_settings,
         model_update_busy: Default::default(),
     });
     let command_task = tokio::spawn(handler.run(command_rx, shutdown.clone()));

@@ -197,10 +197,20 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_site(path, None)
+    }
+
+    /// Like [`Config::load`], but with the site calibration file read from `site` when given, not
+    /// from the file the config names (the config store checks an edited site file this way before
+    /// it replaces the real one). `site.calibration` keeps the given path.
+    pub fn load_with_site(path: &Path, site: Option<&Path>) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let mut config = Self::from_toml_str(&text, path)?;
         config.resolve_relative_paths(path.parent().unwrap_or(Path::new(".")));
+        if let Some(site) = site {
+            config.site.calibration = Some(site.to_owned());
+        }
         crate::calibrate::site::apply(&mut config, path)?;
         config.validate(path)?;
         config.source = Some(path.to_owned());

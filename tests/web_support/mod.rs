@@ -3,6 +3,8 @@
 //! chromedriver driving Debian's chromium.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -215,6 +217,24 @@ impl HttpSession {
             request = request.header("X-CSRF-Token", token);
         }
         reply(request.send_empty().unwrap_or_else(|e| panic!("POST {path}: {e}")), true)
+    }
+}
+
+impl HttpSession {
+    /// A request with a JSON body (`method` as in the OpenAPI document: post, put).
+    pub fn send_json(&self, method: &str, path: &str, body: &serde_json::Value, csrf: Option<&str>) -> Reply {
+        let url = format!("{}{path}", self.base);
+        let text = body.to_string();
+        let mut request = match method {
+            "put" => self.agent.put(url),
+            _ => self.agent.post(url),
+        }
+        .header("Cookie", &self.cookie)
+        .header("Content-Type", "application/json");
+        if let Some(token) = csrf {
+            request = request.header("X-CSRF-Token", token);
+        }
+        reply(request.send(text.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}")), true)
     }
 }
 

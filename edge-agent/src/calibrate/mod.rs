@@ -2,6 +2,7 @@
 //! homography that turns pixels into metres. Site files live in `calibration/<site>.toml`.
 
 pub mod homography;
+pub mod labelling;
 pub mod report;
 pub mod samples;
 pub mod site;

@@ -265,6 +265,19 @@ pub fn write_ground(path: &Path, camera: &str, pairs: &[PointPair], fit: &Ground
     })
 }
 
+/// Writes `[samples]` (folder and labels file, relative to the site file) into the site file,
+/// keeping everything else; the web page's labelling does when the site has no sample set yet.
+pub fn write_samples(path: &Path, folder: &str, labels: &str) -> Result<(), SiteError> {
+    edit(path, |document| {
+        let samples = table_at(document, &["samples"])?;
+        samples.set_implicit(false);
+        samples.decor_mut().set_prefix("\n# Labelled pictures of this site (the web page adds to them).\n");
+        samples.insert("folder", value(folder));
+        samples.insert("labels", value(labels));
+        Ok(())
+    })
+}
+
 /// Nine significant digits: enough for a homography, short enough to read.
 fn significant(v: f64) -> f64 {
     if v == 0.0 || !v.is_finite() {

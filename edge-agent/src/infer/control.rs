@@ -1,13 +1,14 @@
 //! The inference worker's control channel: switch a model atomically between two frames (the
-//! `model` command and its roll-back) or change a model's score threshold (the `set` command),
-//! and per-model run counts, so a new model's first minutes can be judged.
+//! `model` command and its roll-back), change a model's score threshold (the `set` command), or
+//! run the models once on a camera's newest frame for the installer (the web page's "test the
+//! models"), and per-model run counts, so a new model's first minutes can be judged.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::Model;
+use super::{InferredFrame, Model};
 
 /// Requests the worker handles between two frames.
 pub enum WorkerControl {
@@ -16,6 +17,22 @@ pub enum WorkerControl {
     SwapModel { model: Box<Model>, reply: oneshot::Sender<Result<Box<Model>, Box<Model>>> },
     /// None returns to the manifest's threshold.
     SetScoreThreshold { model: String, threshold: Option<f32> },
+    /// Run every model on the newest frame of a camera and answer with what they found; nothing
+    /// goes on to the judge, so no event comes of it.
+    TestModels(ModelTestRequest),
+}
+
+/// The installer's "test the models on the current frame": the worker owns the models, so it runs
+/// them between two frames rather than a second copy being loaded into memory.
+pub struct ModelTestRequest {
+    pub camera: String,
+    pub reply: oneshot::Sender<Result<ModelTestRun, String>>,
+}
+
+/// What the models found on the frame, and the models that failed on it (name, error).
+pub struct ModelTestRun {
+    pub inferred: InferredFrame,
+    pub failures: Vec<(String, String)>,
 }
 
 /// Successful and failed inferences per model name since start.
@@ -60,15 +77,19 @@ impl WorkerControls {
         (sender, runs.clone(), Self { requests, runs })
     }
 
-    /// Handles every waiting request; called by the worker between frames.
-    pub fn apply_pending(&mut self, models: &mut [Model]) {
+    /// Handles every waiting request; called by the worker between frames. Model tests need a
+    /// frame and the blocking pool, so they come back for the worker to run.
+    pub fn apply_pending(&mut self, models: &mut [Model]) -> Vec<ModelTestRequest> {
+        let mut tests = Vec::new();
         while let Ok(request) = self.requests.try_recv() {
-            apply(request, models);
+            tests.extend(apply(request, models));
         }
+        tests
     }
 }
 
-pub fn apply(request: WorkerControl, models: &mut [Model]) {
+/// Applies a switch or a threshold at once; returns a model test for the worker to run.
+pub fn apply(request: WorkerControl, models: &mut [Model]) -> Option<ModelTestRequest> {
     match request {
         WorkerControl::SwapModel { model, reply } => {
             let name = model.id().name.clone();
@@ -87,5 +108,7 @@ pub fn apply(request: WorkerControl, models: &mut [Model]) {
                 slot.set_score_threshold(threshold);
             }
         }
+        WorkerControl::TestModels(test) => return Some(test),
     }
+    None
 }

@@ -197,6 +197,11 @@ impl Manifest {
         self.folder().join(&self.labels)
     }
 
+    /// The score a finding needs unless the config sets another (`score_threshold`).
+    pub fn score_threshold(&self) -> f32 {
+        self.decoder.score_threshold()
+    }
+
     fn check_fields(&self) -> Result<(), ManifestError> {
         let invalid = |field, problem: String| ManifestError::Invalid { path: self.path.clone(), field, problem };
         if self.sha256.len() != 64 || !self.sha256.chars().all(|c| c.is_ascii_hexdigit()) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
 
-use super::control::WorkerControls;
+use super::control::{ModelTestRequest, ModelTestRun, WorkerControls};
 use super::{infer_frame, InferredFrame, Model};
 use crate::liveness::Heartbeat;
 use crate::shutdown::Shutdown;
@@ -29,7 +29,12 @@ pub async fn run_inference(
             return;
         }
         // Model switches and thresholds take effect between two frames, never inside one.
-        controls.apply_pending(&mut models);
+        for test in controls.apply_pending(&mut models) {
+            match run_test(models, &feeds, test).await {
+                Some(returned) => models = returned,
+                None => return,
+            }
+        }
         let count = feeds.len();
         let taken = (0..count).find_map(|step| {
             let index = (next_camera + step) % count;
@@ -41,7 +46,12 @@ pub async fn run_inference(
             tokio::select! {
                 _ = new_frame.notified() => continue,
                 Some(request) = controls.requests.recv() => {
-                    super::control::apply(request, &mut models);
+                    if let Some(test) = super::control::apply(request, &mut models) {
+                        match run_test(models, &feeds, test).await {
+                            Some(returned) => models = returned,
+                            None => return,
+                        }
+                    }
                     continue;
                 }
                 _ = shutdown.wait() => return,
@@ -76,6 +86,43 @@ pub async fn run_inference(
     }
 }
 
+/// Runs every model on the newest frame of the camera a test names and answers it; the frame is
+/// not taken from the camera (inference still gets it) and nothing goes to the judge. Returns the
+/// models, or None when the blocking task failed (and took them with it).
+async fn run_test(models: Vec<Model>, feeds: &[CameraFeed], test: ModelTestRequest) -> Option<Vec<Model>> {
+    let ModelTestRequest { camera, reply } = test;
+    let frame = match feeds.iter().find(|feed| *feed.id == *camera) {
+        Some(feed) => feed.newest(),
+        None => {
+            let known: Vec<&str> = feeds.iter().map(|f| &*f.id).collect();
+            let _ = reply.send(Err(format!("no camera {camera:?}; cameras: {}", known.join(", "))));
+            return Some(models);
+        }
+    };
+    let Some(frame) = frame else {
+        let _ = reply.send(Err(format!("camera {camera:?} has no frame yet")));
+        return Some(models);
+    };
+    let mut models = models;
+    let worked = tokio::task::spawn_blocking(move || {
+        let outcome = infer_frame(&mut models, frame);
+        (models, outcome)
+    })
+    .await;
+    match worked {
+        Ok((models, (inferred, failures))) => {
+            let failures = failures.into_iter().map(|(model, error)| (model.name, error.to_string())).collect();
+            tracing::info!(camera = %camera, "models tested on the newest frame for the web page");
+            let _ = reply.send(Ok(ModelTestRun { inferred, failures }));
+            Some(models)
+        }
+        Err(e) => {
+            tracing::error!("inference task failed during a model test: {e}; stopping inference");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -94,8 +141,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_busy_cameras_take_turns_on_a_slow_model() {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/efficientnet_lite0.toml");
-        let models =
-            crate::infer::load_models(&[ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() }], &Default::default()).unwrap();
+        let models = crate::infer::load_models(
+            &[ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() }],
+            &Default::default(),
+        )
+        .unwrap();
         let new_frame = Arc::new(Notify::new());
         let running = Arc::new(AtomicBool::new(true));
         let mut feeds = Vec::new();
@@ -140,5 +190,63 @@ mod tests {
         let _ = worker.await;
         assert_eq!(order.len(), 12);
         assert!(order.windows(2).all(|pair| pair[0] != pair[1]), "cameras must alternate: {order:?}");
+    }
+
+    /// The installer's model test: the worker runs its models on the camera's newest frame and
+    /// answers; the judge gets nothing more than the frames the camera itself delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_model_test_answers_with_findings_and_sends_nothing_on() {
+        use crate::infer::control::{ModelTestRequest, WorkerControl};
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/nanodet.toml");
+        let models = crate::infer::load_models(
+            &[ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() }],
+            &Default::default(),
+        )
+        .unwrap();
+        let dog =
+            image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/samples/dog.jpg")).unwrap().to_rgb8();
+        let (sender, receiver) = watch::channel(None);
+        let health = Arc::new(CameraHealth::default());
+        let feeds = vec![CameraFeed { id: "yard".into(), frames: receiver, health, last_taken: 0 }];
+        let new_frame = Arc::new(Notify::new());
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let (output, mut inferred) = mpsc::channel(2);
+        let (control, _runs, controls) = crate::infer::control::WorkerControls::channel();
+        let heartbeat = crate::liveness::Liveness::default().register("inference");
+        let worker =
+            tokio::spawn(run_inference(models, feeds, new_frame.clone(), output, heartbeat, shutdown, controls));
+
+        let ask = |camera: &str| {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let request = WorkerControl::TestModels(ModelTestRequest { camera: camera.into(), reply });
+            (request, answer)
+        };
+        let (request, answer) = ask("yard");
+        control.send(request).await.unwrap();
+        let refused = answer.await.unwrap().err().expect("no frame yet");
+        assert!(refused.contains("no frame"), "{refused}");
+
+        sender.send_replace(Some(Frame {
+            camera: "yard".into(),
+            sequence: 1,
+            captured_at: Utc::now(),
+            image: Arc::new(dog),
+        }));
+        new_frame.notify_one();
+        assert!(inferred.recv().await.is_some(), "the camera's own frame goes on");
+        let (request, answer) = ask("yard");
+        control.send(request).await.unwrap();
+        let run = answer.await.unwrap().unwrap();
+        let crate::infer::Findings::Detect { detections } = &run.inferred.results[0].findings else {
+            panic!("classes")
+        };
+        assert!(detections.iter().any(|d| d.label == "truck"), "{detections:?}");
+        let (request, answer) = ask("gate");
+        control.send(request).await.unwrap();
+        assert!(answer.await.unwrap().err().is_some_and(|e| e.contains("yard")), "names the cameras there are");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(inferred.try_recv().is_err(), "a test sends nothing to the judge");
+        trigger.trigger();
+        let _ = worker.await;
     }
 }

@@ -91,7 +91,7 @@ pub struct SceneConfig {
     pub ground_homography: Option<[[f64; 3]; 3]>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneConfig {
     pub id: String,

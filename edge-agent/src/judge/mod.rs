@@ -257,6 +257,10 @@ pub struct Judge {
 /// Retention also runs this often when no event brings new evidence, so old pictures still go.
 const RETENTION_INTERVAL_SECS: f64 = 600.0;
 
+/// The evidence crop is the event's box grown by this share of its size on each side (the page's
+/// labelling finds the box inside the crop again from it).
+pub const EVIDENCE_CROP_MARGIN: f32 = 0.15;
+
 /// Where today's statistics are kept across restarts.
 const STATS_FILE: &str = "stats-today.json";
 
@@ -360,11 +364,22 @@ impl Judge {
     pub fn reconfigure(&mut self, config: &Config) -> Result<(), JudgeError> {
         let taxonomy = Taxonomy::load(&config.taxonomy)?;
         let blur_default = config.privacy.blur_people;
-        self.scenes = config
+        let scenes: HashMap<String, Scene> = config
             .scenes
             .iter()
             .map(|(camera, scene)| (camera.clone(), Scene::from_config(camera, scene, blur_default)))
             .collect();
+        // The first bin zone drawn on a running box needs the crop classifier the start skipped.
+        let wants_item_classifier = config.rules.wrong_bin.enabled
+            && config.taxonomy.classify_crops
+            && scenes.values().any(|s| s.has_role(ZoneRole::Bin));
+        if wants_item_classifier && self.item_classifier.is_none() {
+            self.item_classifier = Some(
+                SecondStage::load(&config.taxonomy.classifier, config.inference.backend)
+                    .map_err(|source| JudgeError::Model { key: "taxonomy.classifier", source })?,
+            );
+        }
+        self.scenes = scenes;
         self.default_scene = Scene { blur_people: blur_default, ..Scene::default() };
         self.taxonomy = taxonomy;
         self.rules = config.rules.clone();
@@ -563,7 +578,7 @@ impl Judge {
         let crop = if event.state == LifecycleState::End {
             None
         } else {
-            rules::crop_with_margin(private, &bbox, 0.15).and_then(|crop| encode(&crop))
+            rules::crop_with_margin(private, &bbox, EVIDENCE_CROP_MARGIN).and_then(|crop| encode(&crop))
         };
         (encode(&canvas), crop)
     }
@@ -679,10 +694,24 @@ pub async fn run_judge(
                 }
                 let config = settings.borrow_and_update().clone();
                 // The config store validated the whole config already; a refusal here (a taxonomy
-                // file gone meanwhile) keeps the old settings running.
-                match judge.reconfigure(&config) {
-                    Ok(()) => tracing::info!("rules or zones changed; judge reconfigured"),
-                    Err(e) => tracing::error!("new judge settings refused, old ones kept: {e}"),
+                // file gone meanwhile) keeps the old settings running. Loading a classifier blocks.
+                let reconfigured = tokio::task::spawn_blocking(move || {
+                    let outcome = judge.reconfigure(&config);
+                    (judge, outcome)
+                })
+                .await;
+                match reconfigured {
+                    Ok((returned, outcome)) => {
+                        judge = returned;
+                        match outcome {
+                            Ok(()) => tracing::info!("rules or zones changed; judge reconfigured"),
+                            Err(e) => tracing::error!("new judge settings refused, old ones kept: {e}"),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("the judge stage failed while reconfiguring and stops: {e}");
+                        return;
+                    }
                 }
                 continue;
             }

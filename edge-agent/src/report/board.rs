@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use image::RgbImage;
 use serde::Serialize;
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -123,6 +124,21 @@ pub struct Acknowledgement {
     pub at: DateTime<Utc>,
 }
 
+/// How a supervisor labelled an event on the page, for the site's sample set.
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleLabel {
+    /// The event was right (`true`) or wrong.
+    pub right: bool,
+    /// What the subject really is (a model label), or `none`.
+    pub label: String,
+    pub category: Option<String>,
+    pub by: String,
+    pub at: DateTime<Utc>,
+    /// The picture in the sample folder, and the labels file the row went to.
+    pub picture: String,
+    pub labels_file: String,
+}
+
 #[derive(Default)]
 struct CameraView {
     health: Arc<CameraHealth>,
@@ -130,6 +146,11 @@ struct CameraView {
     size: (u32, u32),
     inference_ms: f64,
     latest_jpeg: Option<Arc<Vec<u8>>>,
+    /// The newest judged frame without drawings (privacy applied), for drawing zones on; encoded
+    /// only when someone asks.
+    latest_scene: Option<Arc<RgbImage>>,
+    /// Ids of the zones the judge used on the newest frame.
+    zones_in_use: Vec<String>,
     latest_results: Vec<ModelResult>,
     recent_frame_times: VecDeque<Instant>,
 }
@@ -163,6 +184,8 @@ struct Inner {
     event_history: VecDeque<EventRecord>,
     model_latency: BTreeMap<String, LatencyHistogram>,
     events_by_kind: BTreeMap<String, u64>,
+    /// Labels given on the page, by event id (UUID v7: oldest first, so the oldest go first).
+    labels: BTreeMap<Uuid, SampleLabel>,
 }
 
 pub struct StatusBoard {
@@ -198,6 +221,7 @@ impl StatusBoard {
                 event_history: VecDeque::new(),
                 model_latency: BTreeMap::new(),
                 events_by_kind: BTreeMap::new(),
+                labels: BTreeMap::new(),
             }),
             new_events: broadcast::channel(256).0,
         }
@@ -256,6 +280,24 @@ impl StatusBoard {
         }
     }
 
+    /// The judged frame without drawings (privacy applied) and the zones the judge used on it.
+    pub fn record_scene(&self, camera: &str, image: Arc<RgbImage>, zones_in_use: Vec<String>) {
+        if let Some(view) = self.lock().cameras.get_mut(camera) {
+            view.latest_scene = Some(image);
+            view.zones_in_use = zones_in_use;
+        }
+    }
+
+    /// The newest judged frame of a camera without drawings (privacy applied).
+    pub fn latest_scene(&self, camera: &str) -> Option<Arc<RgbImage>> {
+        self.lock().cameras.get(camera).and_then(|c| c.latest_scene.clone())
+    }
+
+    /// Ids of the zones the judge used on the camera's newest frame; None for an unknown camera.
+    pub fn zones_in_use(&self, camera: &str) -> Option<Vec<String>> {
+        self.lock().cameras.get(camera).map(|c| c.zones_in_use.clone())
+    }
+
     pub fn record_events(&self, events: &[Event]) {
         let mut inner = self.lock();
         for event in events {
@@ -308,6 +350,24 @@ impl StatusBoard {
         let mut inner = self.lock();
         let record = inner.event_history.iter_mut().find(|r| r.event.event_id == event_id)?;
         Some(record.acknowledged.get_or_insert_with(|| Acknowledgement { by: by.to_string(), at: Utc::now() }).clone())
+    }
+
+    /// Every kept revision of an event, newest first.
+    pub fn event_revisions(&self, event_id: Uuid) -> Vec<EventRecord> {
+        self.lock().event_history.iter().filter(|r| r.event.event_id == event_id).cloned().collect()
+    }
+
+    /// Remembers how an event was labelled (a later label replaces it).
+    pub fn set_label(&self, event_id: Uuid, label: SampleLabel) {
+        let mut inner = self.lock();
+        inner.labels.insert(event_id, label);
+        while inner.labels.len() > EVENT_HISTORY {
+            inner.labels.pop_first();
+        }
+    }
+
+    pub fn label(&self, event_id: Uuid) -> Option<SampleLabel> {
+        self.lock().labels.get(&event_id).cloned()
     }
 
     pub fn set_outbox_depth(&self, depth: u64) {

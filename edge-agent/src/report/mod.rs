@@ -1,12 +1,14 @@
 //! The report stage: judged frames in; events and their evidence pictures into the durable outbox
 //! (then MQTT), the latest annotated frame and recent events onto the status board (then the web
-//! page). Also here: commands from the platform, telemetry, and the config store they change.
+//! page). Also here: commands from the platform, telemetry, and the settings (config store and
+//! live application) that the commands and the web page change.
 
 pub mod board;
 pub mod commands;
 pub mod config_store;
 pub mod mqtt;
 pub mod outbox;
+pub mod settings;
 pub mod telemetry;
 pub mod web;
 
@@ -71,6 +73,7 @@ pub async fn run_reporter(
                 y2: e.bbox.y2 as f32,
             })
             .collect();
+        let zones_in_use: Vec<String> = zones.iter().map(|z| z.id.clone()).collect();
         let image = frame.image.clone();
         let results_for_drawing = results.clone();
         // Disk commit and JPEG encoding are blocking work: keep them off the async workers.
@@ -114,6 +117,7 @@ pub async fn run_reporter(
         }
         let jpeg = jpeg.map_err(|e| tracing::warn!("cannot encode the live frame: {e}")).ok();
         board.record_frame(&frame.camera, frame.captured_at, frame.image.dimensions(), results, jpeg);
+        board.record_scene(&frame.camera, frame.image.clone(), zones_in_use);
         heartbeat.pause();
     }
     heartbeat.retire();

@@ -107,6 +107,11 @@ impl CameraFeed {
         self.last_taken = frame.sequence;
         Some(frame)
     }
+
+    /// The newest frame, taken or not, without taking it (a model test for the installer).
+    pub fn newest(&self) -> Option<Frame> {
+        self.frames.borrow().clone()
+    }
 }
 
 /// Starts one task per camera; returns the feeds inference reads and a `Notify` that fires on

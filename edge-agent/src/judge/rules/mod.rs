@@ -240,7 +240,14 @@ impl SecondStage {
 
 /// The box grown by `margin` of its size on each side, clipped to the image; None if empty.
 pub fn crop_with_margin(image: &RgbImage, b: &BoundingBox, margin: f32) -> Option<RgbImage> {
-    let (w, h) = (image.width() as f32, image.height() as f32);
+    let (x1, y1, x2, y2) = crop_rect(image.width(), image.height(), b, margin)?;
+    Some(image::imageops::crop_imm(image, x1, y1, x2 - x1, y2 - y1).to_image())
+}
+
+/// The pixels (x1, y1, x2, y2) that [`crop_with_margin`] cuts from a `width`×`height` image: the
+/// box grown by `margin` of its size on each side, kept inside the image; None when too small.
+pub fn crop_rect(width: u32, height: u32, b: &BoundingBox, margin: f32) -> Option<(u32, u32, u32, u32)> {
+    let (w, h) = (width as f32, height as f32);
     let (mx, my) = (b.width() * margin, b.height() * margin);
     let x1 = (b.x1 - mx).floor().clamp(0.0, w);
     let y1 = (b.y1 - my).floor().clamp(0.0, h);
@@ -249,5 +256,5 @@ pub fn crop_with_margin(image: &RgbImage, b: &BoundingBox, margin: f32) -> Optio
     if x2 - x1 < 2.0 || y2 - y1 < 2.0 {
         return None;
     }
-    Some(image::imageops::crop_imm(image, x1 as u32, y1 as u32, (x2 - x1) as u32, (y2 - y1) as u32).to_image())
+    Some((x1 as u32, y1 as u32, x2 as u32, y2 as u32))
 }

@@ -15,7 +15,6 @@
 pub mod config;
 pub mod model_update;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,15 +23,14 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use super::board::StatusBoard;
-use super::config_store::{Applied, Change, ConfigStore};
+use super::config_store::Change;
 use super::outbox::{Outbox, QueuedMessage};
-use crate::config::Config;
-use crate::infer::control::{ModelRuns, WorkerControl};
+use super::settings::{LiveSettings, Outcome};
+use crate::infer::control::ModelRuns;
 use crate::shutdown::Shutdown;
-use crate::source::CameraHealth;
 
 /// Version of the ack JSON; bump when a field changes meaning or goes away.
 pub const ACK_SCHEMA_VERSION: u32 = 1;
@@ -150,17 +148,14 @@ pub struct CommandHandler {
     pub state_dir: PathBuf,
     /// Backend, ONNX Runtime library and threads for models the `model` command loads.
     pub inference: crate::config::InferenceConfig,
-    pub store: Arc<ConfigStore>,
+    /// The config store and the running stages a change reaches; the web page shares it.
+    pub settings: Arc<LiveSettings>,
     pub board: Arc<StatusBoard>,
     pub outbox: Arc<Outbox>,
     pub publisher_wake: Arc<Notify>,
     /// Republish the retained status (models changed).
     pub status_changed: Arc<Notify>,
-    pub cameras: HashMap<String, Arc<CameraHealth>>,
-    pub worker: mpsc::Sender<WorkerControl>,
     pub model_runs: Arc<ModelRuns>,
-    /// The config the judge builds its rules from.
-    pub judge_settings: watch::Sender<Arc<Config>>,
     pub model_update_busy: AtomicBool,
 }
 
@@ -250,17 +245,9 @@ impl CommandHandler {
         }
     }
 
-    fn model_names(&self) -> Vec<String> {
-        self.board.snapshot().models.into_iter().map(|m| m.name).collect()
-    }
-
     fn reload(&self) -> Result<Value, CommandError> {
-        let applied = self.store.reload().map_err(|e| CommandError::new(e.code(), e.to_string()))?;
-        let (live, restart_required) = self.apply_live(&applied);
-        if !restart_required.is_empty() {
-            tracing::warn!(keys = ?restart_required, "reloaded config: these keys take effect after a restart");
-        }
-        Ok(json!({ "changed": applied.changed, "applied": live, "restart_required": restart_required }))
+        let outcome = self.settings.reload().map_err(|e| CommandError::new(e.code(), e.to_string()))?;
+        Ok(outcome_json(&outcome))
     }
 
     fn set(&self, values: Map<String, Value>) -> Result<Value, CommandError> {
@@ -268,70 +255,21 @@ impl CommandHandler {
             return Err(CommandError::new("invalid_request", "`values` is empty; expected at least one key"));
         }
         let changes: Vec<Change> = values.into_iter().map(|(key, value)| Change { key, value }).collect();
-        let applied =
-            self.store.set(&changes, &self.model_names()).map_err(|e| CommandError::new(e.code(), e.to_string()))?;
-        let (live, restart_required) = self.apply_live(&applied);
-        Ok(json!({ "changed": applied.changed, "applied": live, "restart_required": restart_required }))
-    }
-
-    /// Applies what can change while running; returns (applied keys, keys needing a restart).
-    fn apply_live(&self, applied: &Applied) -> (Vec<String>, Vec<String>) {
-        let mut live = Vec::new();
-        let mut restart = Vec::new();
-        let mut rules_changed = false;
-        let model_names = self.model_names();
-        for key in &applied.changed {
-            // What `Judge::reconfigure` takes between two frames.
-            let judge_key = ["rules.", "scenes.", "tracking.", "privacy.", "background.", "taxonomy."]
-                .iter()
-                .any(|section| key.starts_with(section));
-            if judge_key {
-                rules_changed = true;
-                live.push(key.clone());
-            } else if let Some(index) = indexed(key, "cameras", "enabled") {
-                let Some(camera) = applied.config.cameras.get(index) else {
-                    restart.push(key.clone());
-                    continue;
-                };
-                match self.cameras.get(&camera.id) {
-                    Some(health) => {
-                        health.disabled.store(!camera.enabled, Ordering::Relaxed);
-                        tracing::info!(camera = %camera.id, enabled = camera.enabled, "camera switched");
-                        live.push(key.clone());
-                    }
-                    None => restart.push(key.clone()),
-                }
-            } else if let Some(index) = indexed(key, "models", "score_threshold") {
-                let (Some(model), Some(name)) = (applied.config.models.get(index), model_names.get(index)) else {
-                    restart.push(key.clone());
-                    continue;
-                };
-                let request =
-                    WorkerControl::SetScoreThreshold { model: name.clone(), threshold: model.score_threshold };
-                match self.worker.try_send(request) {
-                    Ok(()) => live.push(key.clone()),
-                    Err(_) => restart.push(key.clone()),
-                }
-            } else {
-                restart.push(key.clone());
-            }
-        }
-        if rules_changed {
-            self.judge_settings.send_replace(applied.config.clone());
-        }
-        (live, restart)
+        let outcome = self.settings.set(&changes).map_err(|e| CommandError::new(e.code(), e.to_string()))?;
+        Ok(outcome_json(&outcome))
     }
 
     fn snapshot(&self, camera: Option<&str>) -> Result<Value, CommandError> {
+        let health = self.settings.cameras();
         let cameras: Vec<String> = match camera {
-            Some(id) if self.cameras.contains_key(id) => vec![id.to_string()],
+            Some(id) if health.contains_key(id) => vec![id.to_string()],
             Some(id) => {
-                let mut known: Vec<&String> = self.cameras.keys().collect();
+                let mut known: Vec<&String> = health.keys().collect();
                 known.sort();
                 return Err(CommandError::new("unknown_target", format!("no camera {id:?}; cameras: {known:?}")));
             }
             None => {
-                let mut all: Vec<String> = self.cameras.keys().cloned().collect();
+                let mut all: Vec<String> = health.keys().cloned().collect();
                 all.sort();
                 all
             }
@@ -340,7 +278,7 @@ impl CommandHandler {
         let mut messages = Vec::new();
         let mut sent = Vec::new();
         for id in &cameras {
-            if self.cameras.get(id).is_some_and(|h| h.disabled.load(Ordering::Relaxed)) {
+            if health.get(id).is_some_and(|h| h.disabled.load(Ordering::Relaxed)) {
                 return Err(CommandError::new("camera_disabled", format!("camera {id:?} is disabled")));
             }
             let Some(jpeg) = self.board.latest_jpeg(id) else {
@@ -370,11 +308,9 @@ impl CommandHandler {
     }
 }
 
-/// The index of `{array}[i].{field}`.
-fn indexed(key: &str, array: &str, field: &str) -> Option<usize> {
-    let rest = key.strip_prefix(array)?.strip_prefix('[')?;
-    let (index, rest) = rest.split_once(']')?;
-    (rest == format!(".{field}")).then(|| index.parse().ok()).flatten()
+/// The ack's result of `set` and `reload`.
+fn outcome_json(outcome: &Outcome) -> Value {
+    json!({ "changed": outcome.changed, "applied": outcome.applied, "restart_required": outcome.restart_required })
 }
 
 #[cfg(test)]
@@ -403,12 +339,5 @@ mod tests {
         assert!(e.message.contains("valeus"), "{e:?}");
         let (id, request) = parse_request::<SetRequest>(br#"{"correlation_id": "c-2", "values": {"a": 1}}"#).unwrap();
         assert_eq!((id.as_str(), request.values.len()), ("c-2", 1));
-    }
-
-    #[test]
-    fn indexed_keys_are_read() {
-        assert_eq!(indexed("cameras[2].enabled", "cameras", "enabled"), Some(2));
-        assert_eq!(indexed("cameras[2].source", "cameras", "enabled"), None);
-        assert_eq!(indexed("models[0].score_threshold", "models", "score_threshold"), Some(0));
     }
 }

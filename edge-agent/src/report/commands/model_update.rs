@@ -206,7 +206,7 @@ impl CommandHandler {
                 return self.ack("model", Some(correlation_id), Err(error));
             }
         };
-        let probation = Duration::from_secs(self.store.current().model_update.probation_secs);
+        let probation = Duration::from_secs(self.settings.store().current().model_update.probation_secs);
         self.ack(
             "model",
             Some(correlation_id.clone()),
@@ -261,7 +261,7 @@ impl CommandHandler {
 
     /// Everything up to and including the switch; an error here has changed nothing.
     async fn switch_model(&self, request: &ModelRequest) -> Result<Switched, CommandError> {
-        let config = self.store.current();
+        let config = self.settings.store().current();
         let names: Vec<String> = self.board.snapshot().models.iter().map(|m| m.name.clone()).collect();
         let index = names.iter().position(|n| n == &request.name).ok_or_else(|| {
             CommandError::new(
@@ -269,7 +269,7 @@ impl CommandHandler {
                 format!("no model named {:?}; configured: {}", request.name, names.join(", ")),
             )
         })?;
-        if self.store.path().is_none() {
+        if self.settings.store().path().is_none() {
             return Err(CommandError::new(
                 "no_config_file",
                 "the agent runs on its embedded defaults (no --config FILE), so a model switch could not be persisted",
@@ -357,7 +357,7 @@ impl CommandHandler {
             .ok_or_else(|| CommandError::new("unknown_target", format!("model {:?} is gone", request.name)))?;
         let previous_manifest = config.models[index].manifest.clone();
         let old_model = self.swap_in(prepared.model).await?;
-        if let Err(e) = self.store.set_model_manifest(index, &prepared.manifest) {
+        if let Err(e) = self.settings.store().set_model_manifest(index, &prepared.manifest) {
             // The switch must be durable, or not happen.
             let _ = self.swap_in(*old_model).await;
             return Err(CommandError::new(e.code(), format!("the new model was not kept: {e}")));
@@ -376,7 +376,8 @@ impl CommandHandler {
 
     async fn swap_in(&self, model: Model) -> Result<Box<Model>, CommandError> {
         let (reply, answer) = oneshot::channel();
-        self.worker
+        self.settings
+            .worker()
             .send(WorkerControl::SwapModel { model: Box::new(model), reply })
             .await
             .map_err(|_| CommandError::new("internal", "the inference worker has stopped"))?;
@@ -400,7 +401,8 @@ impl CommandHandler {
         let Switched { index, old_model, previous_info, previous_manifest, .. } = switched;
         self.swap_in(*old_model).await?;
         self.replace_model_info(previous_info);
-        self.store
+        self.settings
+            .store()
             .set_model_manifest(index, &previous_manifest)
             .map_err(|e| CommandError::new(e.code(), e.to_string()))?;
         Ok(())
@@ -691,20 +693,24 @@ mod tests {
             controls,
         ));
         tokio::spawn(async move { while inferred_rx.recv().await.is_some() {} });
+        let settings = crate::report::settings::LiveSettings::new(
+            crate::report::config_store::ConfigStore::new(Some(path.clone()), config.clone()),
+            board.clone(),
+            tokio::sync::watch::channel(Arc::new(config.clone())).0,
+            worker,
+            Default::default(),
+        );
         let handler = CommandHandler {
             device_id: "box".into(),
             topic_prefix: "edge".into(),
             state_dir: dir.path().join("state"),
             inference: crate::config::InferenceConfig::default(),
-            store: Arc::new(crate::report::config_store::ConfigStore::new(Some(path.clone()), config.clone())),
+            settings: Arc::new(settings),
             board: board.clone(),
             outbox: Arc::new(crate::report::outbox::Outbox::open(&dir.path().join("state/outbox.redb")).unwrap()),
             publisher_wake: Default::default(),
             status_changed: Default::default(),
-            cameras: Default::default(),
-            worker,
             model_runs: model_runs.clone(),
-            judge_settings: tokio::sync::watch::channel(Arc::new(config.clone())).0,
             model_update_busy: Default::default(),
         };
         let previous_info = board.snapshot().models[0].clone();
@@ -715,7 +721,7 @@ mod tests {
         let old_model = handler.swap_in(failing).await.unwrap();
         let new_manifest = dir.path().join("nanodet-new.toml");
         std::fs::copy(nanodet_manifest(), &new_manifest).unwrap();
-        handler.store.set_model_manifest(0, &new_manifest).unwrap();
+        handler.settings.store().set_model_manifest(0, &new_manifest).unwrap();
         let switched = Switched {
             index: 0,
             old_model,
@@ -739,7 +745,7 @@ mod tests {
             }
         }
         assert!(recovered, "the previous model does not run after the roll-back");
-        assert_eq!(handler.store.current().models[0].manifest, nanodet_manifest());
+        assert_eq!(handler.settings.store().current().models[0].manifest, nanodet_manifest());
         assert!(std::fs::read_to_string(&path).unwrap().contains(&nanodet_manifest().display().to_string()));
         assert_eq!(board.snapshot().models[0].backend, "tract");
         trigger.trigger();

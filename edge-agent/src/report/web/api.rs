@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -30,27 +30,36 @@ pub struct ApiRoute {
     pub handler: MethodRouter<Arc<WebState>>,
 }
 
-/// Every route of the API. Installer tools (zones and thresholds saved through the validated
-/// `set` path) will be added here, admin-only, once those exist.
+/// Every route of the API.
 pub fn routes() -> Vec<ApiRoute> {
+    use super::{installer, labels};
     let route = |method: Method, path: &'static str, handler| ApiRoute { method, path, handler };
     vec![
         route(Method::GET, "/api/v1/status", get(status)),
         route(Method::GET, "/api/v1/cameras", get(cameras)),
         route(Method::GET, "/api/v1/cameras/{camera}/frame.jpg", get(latest_frame)),
+        route(Method::GET, "/api/v1/cameras/{camera}/scene.jpg", get(installer::scene)),
+        route(Method::POST, "/api/v1/cameras/{camera}/test", post(installer::test_models)),
         route(Method::GET, "/api/v1/events", get(list_events)),
         route(Method::GET, "/api/v1/events/stream", get(super::sse::event_stream)),
         route(Method::GET, "/api/v1/events/{event_id}", get(event)),
         route(Method::GET, "/api/v1/events/{event_id}/evidence.jpg", get(evidence)),
         route(Method::POST, "/api/v1/events/{event_id}/acknowledge", post(acknowledge)),
+        route(Method::GET, "/api/v1/events/{event_id}/label", get(labels::get_label)),
+        route(Method::POST, "/api/v1/events/{event_id}/label", post(labels::post_label)),
         route(Method::GET, "/api/v1/stats", get(statistics)),
-        route(Method::GET, "/api/v1/zones", get(zones)),
+        route(Method::GET, "/api/v1/zones", get(installer::all_zones)),
+        route(Method::GET, "/api/v1/zones/{camera}", get(installer::camera_zones)),
+        route(Method::PUT, "/api/v1/zones/{camera}", put(installer::save_zones)),
+        route(Method::GET, "/api/v1/settings", get(installer::settings)),
+        route(Method::POST, "/api/v1/settings", post(installer::change_settings)),
         route(Method::GET, "/api/v1/config", get(config)),
         route(Method::GET, "/api/v1/openapi.json", get(openapi)),
     ]
 }
 
 pub fn router() -> Router<Arc<WebState>> {
+    // axum merges two methods of one path into one route.
     routes().into_iter().fold(Router::new(), |router, route| router.route(route.path, route.handler))
 }
 
@@ -205,21 +214,17 @@ async fn statistics(State(state): State<Arc<WebState>>, Query(query): Query<Stat
     if !(1..=366).contains(&days) {
         return error(StatusCode::BAD_REQUEST, format!("`days` is {days}; expected 1 to 366"));
     }
-    let views = events::latest_per_event(state.board.event_history());
+    // Every kept revision, as the page does: a lifecycle counts at its start, its time to clear
+    // comes with its end (the newest revision alone would lose the start of an ended incident).
+    let views: Vec<EventView> = state.board.event_history().into_iter().map(EventView::new).collect();
     let daily = stats::daily(&views, days, chrono::Local::now().date_naive());
     Json(json!({ "days": daily })).into_response()
 }
 
-/// Zones per camera. None exist yet: the judge stage's zones will be listed here.
-async fn zones(State(state): State<Arc<WebState>>) -> Response {
-    let cameras: serde_json::Map<String, serde_json::Value> =
-        state.board.camera_ids().into_iter().map(|id| (id, json!([]))).collect();
-    Json(json!({ "cameras": cameras })).into_response()
-}
-
-/// The configuration as written, secrets redacted (admins only).
+/// The configuration file as it is now (zones saved from the page included), secrets redacted
+/// (admins only).
 async fn config(State(state): State<Arc<WebState>>, Admin(_): Admin) -> Response {
-    Json(state.config_view.clone()).into_response()
+    Json(super::config_view(state.settings.store().path())).into_response()
 }
 
 async fn openapi(_: Session) -> Response {

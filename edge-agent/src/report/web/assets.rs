@@ -5,9 +5,10 @@ use axum::extract::Path;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-const ASSETS: [(&str, &str, &str); 3] = [
+const ASSETS: [(&str, &str, &str); 4] = [
     ("app.css", "text/css; charset=utf-8", include_str!("assets/app.css")),
     ("app.js", "text/javascript; charset=utf-8", include_str!("assets/app.js")),
+    ("installer.js", "text/javascript; charset=utf-8", include_str!("assets/installer.js")),
     ("favicon.svg", "image/svg+xml", include_str!("assets/favicon.svg")),
 ];
 

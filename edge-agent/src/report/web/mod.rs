@@ -1,7 +1,9 @@
 //! The local web page and JSON API for supervisors and installers, served by axum from the status
 //! board: pages (`pages`), JSON under `/api/v1` (`api`, documented in `assets/openapi.json`),
-//! live events (`sse`), Prometheus `/metrics` (`metrics`), login and sessions (`auth`), optional
-//! HTTPS (`tls`). Everything it sends is embedded in the binary (`assets`).
+//! installer tools (`installer`: zones, thresholds, model test, through the shared
+//! [`LiveSettings`]), labelling events for the site's sample set (`labels`), live events (`sse`),
+//! Prometheus `/metrics` (`metrics`), login and sessions (`auth`), optional HTTPS (`tls`).
+//! Everything it sends is embedded in the binary (`assets`).
 
 pub mod api;
 pub mod assets;
@@ -10,6 +12,8 @@ pub mod charts;
 pub mod config;
 pub mod events;
 pub mod i18n;
+pub mod installer;
+pub mod labels;
 pub mod metrics;
 pub mod pages;
 pub mod sse;
@@ -30,6 +34,7 @@ use axum::Router;
 use serde_json::Value;
 
 use super::board::StatusBoard;
+use super::settings::LiveSettings;
 use crate::config::Config;
 use crate::shutdown::Shutdown;
 use auth::{Auth, ClientAddr};
@@ -41,20 +46,28 @@ pub struct WebState {
     pub state_dir: PathBuf,
     pub metrics_token: Option<String>,
     pub metrics_public: bool,
-    /// The configuration file as written, secrets redacted, for admins.
-    pub config_view: Value,
     pub shutdown: Shutdown,
+    /// The config store and the running stages, shared with the MQTT commands.
+    pub settings: Arc<LiveSettings>,
+    /// One labelling at a time: each rewrites the labels file.
+    pub labelling: tokio::sync::Mutex<()>,
 }
 
 impl WebState {
-    pub fn new(config: &Config, board: Arc<StatusBoard>, shutdown: Shutdown) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &Config,
+        board: Arc<StatusBoard>,
+        settings: Arc<LiveSettings>,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
+            settings,
+            labelling: tokio::sync::Mutex::new(()),
             board,
             auth: Auth::new(&config.web)?,
             state_dir: config.state_dir.clone(),
             metrics_token: config.web.metrics_token.clone(),
             metrics_public: config.web.metrics_public,
-            config_view: config_view(config.source.as_deref()),
             shutdown,
         })
     }
@@ -85,7 +98,7 @@ pub fn redact(value: &mut Value) {
 }
 
 /// `{ "source": file, "config": {...} }` from the file the agent was started with.
-fn config_view(source: Option<&std::path::Path>) -> Value {
+pub fn config_view(source: Option<&std::path::Path>) -> Value {
     let Some(path) = source else {
         return serde_json::json!({ "source": "embedded defaults", "config": {} });
     };
@@ -103,14 +116,14 @@ fn config_view(source: Option<&std::path::Path>) -> Value {
 }
 
 pub fn router(state: Arc<WebState>, loopback: bool) -> Router {
-    // Installer tools (zones, privacy zones, thresholds, model test) will join these routes,
-    // admin-only, once zones and the validated `set` path exist.
     let needs_login = Router::new()
         .route("/", get(pages::overview))
         .route("/cameras", get(pages::cameras))
         .route("/events", get(pages::events_list))
         .route("/events/{event_id}", get(pages::event_detail))
         .route("/events/{event_id}/acknowledge", post(pages::acknowledge_from_page))
+        .route("/events/{event_id}/label", post(labels::label_from_page))
+        .route("/installer", get(installer::page))
         .route("/stats", get(pages::statistics))
         .route("/logout", post(auth::logout))
         .route("/api/status", get(|| async { Redirect::permanent("/api/v1/status") }))
@@ -132,9 +145,14 @@ pub fn router(state: Arc<WebState>, loopback: bool) -> Router {
 /// Prepares everything (certificate included), then binds, so a listening port means a page that
 /// answers; a taken port is an error at start, naming the address. Serves until shutdown, over
 /// HTTPS when `web.https` is set.
-pub async fn serve(config: &Config, board: Arc<StatusBoard>, mut shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn serve(
+    config: &Config,
+    board: Arc<StatusBoard>,
+    settings: Arc<LiveSettings>,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let web = &config.web;
-    let state = Arc::new(WebState::new(config, board, shutdown.clone())?);
+    let state = Arc::new(WebState::new(config, board, settings, shutdown.clone())?);
     let tls = if web.https { Some(tls::server_config(web, &config.state_dir, &config.device_id)?) } else { None };
     let listener = tokio::net::TcpListener::bind(&web.listen)
         .await

@@ -32,6 +32,7 @@ pub enum Nav {
     Cameras,
     Events,
     Statistics,
+    Installer,
     None,
 }
 
@@ -65,7 +66,7 @@ impl Page<'_> {
         format!("{}?{query}lang={code}", self.uri.path())
     }
 
-    fn render(&self, title: &str, content: Markup) -> Markup {
+    pub fn render(&self, title: &str, content: Markup) -> Markup {
         let device = self.state.board.device_id();
         let nav_item = |target: Nav, href: &str, label: T| {
             html! { a.active[self.nav == target] href=(href) { (self.t(label)) } }
@@ -94,6 +95,7 @@ impl Page<'_> {
                             (nav_item(Nav::Cameras, "/cameras", T::Cameras))
                             (nav_item(Nav::Events, "/events", T::Events))
                             (nav_item(Nav::Statistics, "/stats", T::Statistics))
+                            (nav_item(Nav::Installer, "/installer", T::Installer))
                         }
                         div.account {
                             span.langs aria-label=(self.t(T::Language)) {
@@ -551,10 +553,69 @@ pub async fn event_detail(
                         None => { p.muted { (t(T::NotAcknowledged)) } }
                     }
                 }
+                (labelling_card(&state, &session, &view, lang))
             }
         }
     };
     page.render(view.label(), content).into_response()
+}
+
+/// The event's label for the site's sample set: how it was labelled, and the form (admins).
+fn labelling_card(state: &WebState, session: &Session, view: &EventView, lang: Lang) -> Markup {
+    let t = |text: T| text.in_lang(lang);
+    let config = state.settings.current();
+    let event = &view.record.event;
+    let given = state.board.label(view.id());
+    let labels = super::labels::model_labels(&config, event.model.as_ref().map(|m| m.name.as_str()));
+    let chosen_category = given.as_ref().and_then(|g| g.category.clone()).or_else(|| event.category.clone());
+    let category_name = |c: &crate::judge::config::CategoryConfig| match lang {
+        Lang::En => format!("{} · {}", c.en, c.name),
+        Lang::Zh => format!("{} · {}", c.zh, c.name),
+    };
+    html! {
+        section.card #labelling {
+            h2 { (t(T::LabelForSamples)) }
+            @if let Some(label) = &given {
+                p.ok #label-done {
+                    "✓ " (t(T::LabelledAs)) ": " strong { (if label.right { t(T::Right) } else { t(T::Wrong) }) }
+                    " · " (label.label)
+                    @if let Some(category) = &label.category { " · " (category) }
+                    " · " (label.by) " · " (local_time(label.at))
+                }
+                p.muted { (t(T::SamplesIn)) ": " code { (label.labels_file) } }
+            }
+            @if session.role == Role::Admin {
+                p.muted { (t(T::LabelIntro)) }
+                form #label-form.label-form method="post" action={"/events/" (view.id()) "/label"} {
+                    input type="hidden" name=(CSRF_FIELD) value=(session.csrf);
+                    div.verdict {
+                        label { input #verdict-right type="radio" name="verdict" value="right" checked[given.as_ref().is_none_or(|g| g.right)]; " " (t(T::Right)) }
+                        label { input #verdict-wrong type="radio" name="verdict" value="wrong" checked[given.as_ref().is_some_and(|g| !g.right)]; " " (t(T::Wrong)) }
+                    }
+                    label { span { (t(T::ReallyIs)) }
+                        input #label-label type="text" name="label" list="model-labels" autocapitalize="none"
+                            value=(given.as_ref().map(|g| g.label.as_str()).unwrap_or(view.label()));
+                    }
+                    datalist #model-labels {
+                        option value="none" {}
+                        @for label in &labels { option value=(label) {} }
+                    }
+                    label { span { (t(T::Category)) }
+                        select #label-category name="category" {
+                            option value="" selected[chosen_category.is_none()] { "–" }
+                            @for category in &config.taxonomy.categories {
+                                option value=(category.name) selected[chosen_category.as_deref() == Some(category.name.as_str())] { (category_name(category)) }
+                            }
+                            option value="unknown" selected[chosen_category.as_deref() == Some("unknown")] { "unknown" }
+                        }
+                    }
+                    button #save-label type="submit" { (t(T::SaveLabel)) }
+                }
+            } @else {
+                p.muted { (t(T::OnlyAdminsLabel)) }
+            }
+        }
+    }
 }
 
 /// `POST /events/{event_id}/acknowledge` from the detail page's button (admins only).
