@@ -1,9 +1,9 @@
 //! `edge-agent check` end to end, through the real binary: on a good setup (a replay camera over the
 //! sample pictures, the real detector, a real mosquitto with TLS and a password) every part passes,
-//! the camera's frame is saved and the test message reaches the broker; on a broken setup (missing
-//! replay folder and MP4 file, an RTSP camera on a closed port, a broker on the wrong port, a model
-//! file with flipped bytes, a state folder that cannot exist) each broken part has its own failure
-//! line naming it and its fix, and the exit code is 1.
+//! the camera's frame is saved (people blurred) and the test message reaches the broker; on a broken
+//! setup (missing replay folder and MP4 file, an RTSP camera on a closed port, a broker on the wrong
+//! port, a model file with flipped bytes, a state folder that cannot exist) each broken part has its
+//! own failure line naming it and its fix, and the exit code is 1.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -158,9 +158,9 @@ fn check_names_each_broken_part_and_fails() {
 }
 
 #[test]
-fn check_without_a_broker_skips_it_and_reports_json() {
+fn check_without_a_broker_skips_it_blurs_people_and_reports_json() {
     let dir = tempfile::tempdir().unwrap();
-    let frames = frames_folder(dir.path(), "bins", "coffee.png", 1);
+    let frames = frames_folder(dir.path(), "bins", "person.jpg", 1);
     let cameras = [ReplayCamera { id: "bins", frames: &frames, fps: 2.0, looping: false }];
     let (config, _) = write_agent_config(dir.path(), "quiet-box", "", &cameras, "");
     let output = check(&config, dir.path(), &["--json"]);
@@ -174,5 +174,8 @@ fn check_without_a_broker_skips_it_and_reports_json() {
     assert!(broker["detail"].as_str().unwrap().starts_with("(no mqtt.url)"), "{broker}");
     let camera = checks.iter().find(|c| c["check"] == "camera bins").unwrap();
     assert_eq!(camera["result"], "pass", "{camera}");
+    // Saved like every stored picture: the person the detector found is blurred.
+    let detail = camera["detail"].as_str().unwrap();
+    assert!(detail.contains("state/check/bins.jpg") && detail.contains("blurred)"), "{detail}");
     assert!(dir.path().join("state/check/bins.jpg").is_file());
 }

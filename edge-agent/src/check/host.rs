@@ -28,7 +28,11 @@ pub fn check_state_folder(dir: &Path, name: &ConfigName) -> Finding {
     };
     let existed = dir.is_dir();
     if let Err(e) = std::fs::create_dir_all(dir) {
-        return Finding::fail(CHECK, format!("cannot create state folder {}: {e}", dir.display()), fix());
+        let why = match dir.ancestors().find(|p| p.exists() && !p.is_dir()) {
+            Some(file) => format!("{} is a file, not a folder", file.display()),
+            None => e.to_string(),
+        };
+        return Finding::fail(CHECK, format!("cannot create state folder {}: {why}", dir.display()), fix());
     }
     if let Err(e) = probe(dir) {
         return Finding::fail(CHECK, format!("state folder {} is not writable: {e}", dir.display()), fix());
@@ -191,6 +195,7 @@ mod tests {
         let finding = check_state_folder(&file.join("state"), &name());
         assert_eq!(finding.outcome, Outcome::Fail);
         assert!(finding.detail.contains("plain-file/state"), "{finding:?}");
+        assert!(finding.detail.contains("plain-file is a file, not a folder"), "{finding:?}");
         let fix = finding.fix.unwrap();
         assert!(fix.contains("`state_dir` in /etc/edge-agent/edge-agent.toml"), "{fix}");
     }

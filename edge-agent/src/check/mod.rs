@@ -196,24 +196,35 @@ pub async fn check(config_path: Option<&Path>, options: &CheckOptions) -> Report
     checks.push(host::check_disk(&config, &name));
     checks.push(host::check_clock(chrono::Utc::now(), &crate::report::telemetry::clock_state()));
 
-    let (cameras, broker) = tokio::join!(
-        camera::check_cameras(&config, &name, &frames_dir, options.timeout),
+    let (mut cameras, broker) = tokio::join!(
+        camera::check_cameras(&config, &name, options.timeout),
         broker::check_broker(&config, &name, options.timeout),
     );
-    let mut frames = Vec::new();
-    for outcome in cameras {
-        checks.push(outcome.finding);
-        if let Some(frame) = outcome.frame {
-            frames.push(frame);
+    // The models run on the frames (and find the people to blur) before the frames are saved.
+    let mut frames: Vec<camera::GrabbedFrame> = cameras.iter_mut().filter_map(|c| c.frame.take()).collect();
+    let (model_config, model_name) = (config.clone(), name.clone());
+    let models = tokio::task::spawn_blocking(move || {
+        let findings = model::check_models(&model_config, &model_name, &mut frames);
+        (findings, frames)
+    })
+    .await;
+    let model_findings = match models {
+        Ok((findings, frames)) => {
+            for frame in frames {
+                let check = format!("camera {}", frame.camera);
+                if let Some(outcome) = cameras.iter_mut().find(|c| c.finding.check == check) {
+                    outcome.frame = Some(frame);
+                }
+            }
+            findings
         }
+        Err(e) => vec![Finding::fail("models", format!("the model check crashed: {e}"), "report this as a bug")],
+    };
+    for mut outcome in cameras {
+        camera::keep_frame(&config, &mut outcome, &frames_dir);
+        checks.push(outcome.finding);
     }
-    let model_config = config.clone();
-    let model_name = name.clone();
-    let models = tokio::task::spawn_blocking(move || model::check_models(&model_config, &model_name, &frames)).await;
-    match models {
-        Ok(findings) => checks.extend(findings),
-        Err(e) => checks.push(Finding::fail("models", format!("the model check crashed: {e}"), "report this as a bug")),
-    }
+    checks.extend(model_findings);
     checks.push(broker);
     Report::new(label, checks)
 }

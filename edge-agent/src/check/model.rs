@@ -51,14 +51,16 @@ fn same_file(a: &Path, b: &Path) -> bool {
     a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
-/// Loads and runs every model; a `road_debris.model` that names none of them fails as the judge would.
-pub fn check_models(config: &Config, name: &ConfigName, frames: &[GrabbedFrame]) -> Vec<Finding> {
+/// Loads and runs every model, noting on each frame the people the detectors found (to blur them
+/// before it is saved); a `road_debris.model` that names none of them fails as the judge would.
+pub fn check_models(config: &Config, name: &ConfigName, frames: &mut [GrabbedFrame]) -> Vec<Finding> {
     let samples = config.model_update.self_test_folder();
     let mut findings = Vec::new();
     let mut loaded_names = Vec::new();
     let mut all_loaded = true;
     for (index, model) in models_to_check(config).iter().enumerate() {
-        let (finding, loaded) = check_model(model, config.inference.backend, &samples, frames, name);
+        let people = &config.privacy.person_labels;
+        let (finding, loaded) = check_model(model, config.inference.backend, &samples, frames, people, name);
         findings.push(finding);
         match loaded {
             Some(model_name) if index < config.models.len() => loaded_names.push(model_name),
@@ -83,7 +85,8 @@ pub fn check_model(
     model: &ModelToCheck,
     backend: BackendKind,
     samples: &Path,
-    frames: &[GrabbedFrame],
+    frames: &mut [GrabbedFrame],
+    person_labels: &[String],
     name: &ConfigName,
 ) -> (Finding, Option<String>) {
     let manifest = &model.config.manifest;
@@ -129,9 +132,15 @@ pub fn check_model(
     } else {
         no_samples = Some(format!("no .jpg/.png self-test pictures in {}", samples.display()));
     }
-    for frame in frames {
+    for frame in frames.iter_mut() {
         match loaded.infer(&frame.image) {
-            Ok(result) => seen.push(format!("camera {}: {}", frame.camera, summarise(&result))),
+            Ok(result) => {
+                if let Findings::Detect { detections } = &result.findings {
+                    let people = frame.people.get_or_insert_with(Vec::new);
+                    people.extend(detections.iter().filter(|d| person_labels.contains(&d.label)).map(|d| d.bbox));
+                }
+                seen.push(format!("camera {}: {}", frame.camera, summarise(&result)));
+            }
             Err(e) => {
                 let detail = format!("loads, but fails on camera {}'s frame: {e}", frame.camera);
                 return (Finding::fail(check, detail, runs_fix()), None);
@@ -253,17 +262,23 @@ mod tests {
     }
 
     #[test]
-    fn the_real_detector_runs_on_the_self_test_pictures_and_a_frame() {
-        let frame = GrabbedFrame {
-            camera: "gate".into(),
-            image: image::open(repo("models/samples/dog.jpg")).unwrap().to_rgb8(),
+    fn the_real_detector_runs_on_the_self_test_pictures_and_the_frames_and_finds_people() {
+        let frame = |camera: &str, picture: &str| GrabbedFrame {
+            camera: camera.into(),
+            image: image::open(repo("models/samples").join(picture)).unwrap().to_rgb8(),
+            people: None,
         };
+        let mut frames = [frame("gate", "dog.jpg"), frame("path", "person.jpg")];
         let model = nanodet_at(repo("models/nanodet.toml"));
-        let (finding, loaded) = check_model(&model, BackendKind::Tract, &repo("models/samples"), &[frame], &name());
+        let people = ["person".to_string()];
+        let (finding, loaded) =
+            check_model(&model, BackendKind::Tract, &repo("models/samples"), &mut frames, &people, &name());
         assert_eq!(finding.outcome, crate::check::Outcome::Pass, "{finding:?}");
         assert_eq!(loaded.as_deref(), Some("nanodet"));
         assert!(finding.detail.contains("self-test on 3 pictures"), "{}", finding.detail);
         assert!(finding.detail.contains("camera gate:") && finding.detail.contains("truck"), "{}", finding.detail);
+        assert!(frames[0].people.is_some(), "the detector looked at the gate's frame");
+        assert!(frames[1].people.as_ref().is_some_and(|p| !p.is_empty()), "a person on person.jpg");
     }
 
     #[test]
@@ -276,7 +291,7 @@ mod tests {
         std::fs::copy(repo("models/coco_labels.txt"), dir.path().join("coco_labels.txt")).unwrap();
         std::fs::copy(repo("models/nanodet.toml"), dir.path().join("nanodet.toml")).unwrap();
         let model = nanodet_at(dir.path().join("nanodet.toml"));
-        let (finding, loaded) = check_model(&model, BackendKind::Tract, &repo("models/samples"), &[], &name());
+        let (finding, loaded) = check_model(&model, BackendKind::Tract, &repo("models/samples"), &mut [], &[], &name());
         assert!(loaded.is_none());
         assert_eq!(finding.check, "model nanodet");
         assert!(finding.detail.contains("sha256") && finding.detail.contains("nanodet.onnx"), "{finding:?}");
@@ -287,7 +302,7 @@ mod tests {
     #[test]
     fn a_missing_manifest_names_the_config_key() {
         let model = nanodet_at("/nonexistent/model.toml".into());
-        let (finding, _) = check_model(&model, BackendKind::Tract, Path::new("/nonexistent"), &[], &name());
+        let (finding, _) = check_model(&model, BackendKind::Tract, Path::new("/nonexistent"), &mut [], &[], &name());
         assert!(finding.detail.contains("/nonexistent/model.toml"), "{finding:?}");
         assert!(finding.fix.unwrap().contains("`models[0].manifest` in site.toml"));
     }
