@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::camera::GrabbedFrame;
 use super::{ConfigName, Finding};
-use crate::config::{BackendKind, Config, ModelConfig};
+use crate::config::{Config, InferenceConfig, ModelConfig};
 use crate::infer::manifest::ManifestError;
 use crate::infer::{Findings, InferError, Model, ModelResult};
 use crate::judge::config::ZoneRole;
@@ -60,7 +60,7 @@ pub fn check_models(config: &Config, name: &ConfigName, frames: &mut [GrabbedFra
     let mut all_loaded = true;
     for (index, model) in models_to_check(config).iter().enumerate() {
         let people = &config.privacy.person_labels;
-        let (finding, loaded) = check_model(model, config.inference.backend, &samples, frames, people, name);
+        let (finding, loaded) = check_model(model, &config.inference, &samples, frames, people, name);
         findings.push(finding);
         match loaded {
             Some(model_name) if index < config.models.len() => loaded_names.push(model_name),
@@ -83,7 +83,7 @@ pub fn check_models(config: &Config, name: &ConfigName, frames: &mut [GrabbedFra
 /// The check's verdict and, when the model loaded, its name.
 pub fn check_model(
     model: &ModelToCheck,
-    backend: BackendKind,
+    inference: &InferenceConfig,
     samples: &Path,
     frames: &mut [GrabbedFrame],
     person_labels: &[String],
@@ -93,19 +93,22 @@ pub fn check_model(
     let stem = manifest.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| model.key.clone());
     let check = format!("model {stem}");
     let started = Instant::now();
-    let mut loaded = match Model::load(&model.config, backend) {
+    let mut loaded = match Model::load_with(&model.config, inference) {
         Ok(loaded) => loaded,
         Err(error) => {
-            let fix = load_fix(&error, manifest, &model.key, backend, name);
+            let fix = load_fix(&error, manifest, &model.key, inference, name);
             return (Finding::fail(check, error.to_string(), fix), None);
         }
     };
     let id = loaded.id().clone();
+    // The backend actually used: `inference.fallback` may have stood in for the configured one.
+    let info = loaded.info();
     let mut seen = vec![format!(
-        "{} (sha256 {}…) loaded on {} in {:.1} s",
+        "{} (sha256 {}…) loaded on {} ({}) in {:.1} s",
         id.name,
         id.sha256.get(..12).unwrap_or(&id.sha256),
-        backend.name(),
+        info.backend,
+        info.execution_provider,
         started.elapsed().as_secs_f64()
     )];
     let runs_fix = || {
@@ -201,7 +204,13 @@ pub fn summarise(result: &ModelResult) -> String {
 }
 
 /// What to change when a model does not load, naming the config key, manifest or model file.
-pub fn load_fix(error: &InferError, manifest: &Path, key: &str, backend: BackendKind, name: &ConfigName) -> String {
+pub fn load_fix(
+    error: &InferError,
+    manifest: &Path,
+    key: &str,
+    inference: &InferenceConfig,
+    name: &ConfigName,
+) -> String {
     match error {
         InferError::Manifest(ManifestError::Read { path, .. }) if path == manifest => {
             format!(
@@ -236,8 +245,21 @@ pub fn load_fix(error: &InferError, manifest: &Path, key: &str, backend: Backend
         InferError::Load { .. } | InferError::Run { .. } | InferError::Output { .. } => format!(
             "the model does not run on `inference.backend` {}: use a model from models/ (see models/README.md) \
              or one exported the same way, with its manifest {}",
-            backend.name(),
+            inference.backend.name(),
             manifest.display()
+        ),
+        InferError::RuntimeLibrary { .. } => format!(
+            "set {} to an ONNX Runtime library of the version named (scripts/fetch-onnxruntime.sh), \
+             or `inference.backend = \"tract\"` (or `inference.fallback = \"tract\"`)",
+            name.key("inference.ort_library")
+        ),
+        InferError::OrtNotBuilt => format!(
+            "set {} to \"tract\", or install an edge-agent built with the `ort` feature",
+            name.key("inference.backend")
+        ),
+        InferError::NoExecutionProvider { .. } => format!(
+            "list providers this ONNX Runtime offers in {}, ending with \"cpu\"",
+            name.key("inference.execution_providers")
         ),
     }
 }
@@ -272,7 +294,7 @@ mod tests {
         let model = nanodet_at(repo("models/nanodet.toml"));
         let people = ["person".to_string()];
         let (finding, loaded) =
-            check_model(&model, BackendKind::Tract, &repo("models/samples"), &mut frames, &people, &name());
+            check_model(&model, &InferenceConfig::default(), &repo("models/samples"), &mut frames, &people, &name());
         assert_eq!(finding.outcome, crate::check::Outcome::Pass, "{finding:?}");
         assert_eq!(loaded.as_deref(), Some("nanodet"));
         assert!(finding.detail.contains("self-test on 3 pictures"), "{}", finding.detail);
@@ -291,7 +313,8 @@ mod tests {
         std::fs::copy(repo("models/coco_labels.txt"), dir.path().join("coco_labels.txt")).unwrap();
         std::fs::copy(repo("models/nanodet.toml"), dir.path().join("nanodet.toml")).unwrap();
         let model = nanodet_at(dir.path().join("nanodet.toml"));
-        let (finding, loaded) = check_model(&model, BackendKind::Tract, &repo("models/samples"), &mut [], &[], &name());
+        let (finding, loaded) =
+            check_model(&model, &InferenceConfig::default(), &repo("models/samples"), &mut [], &[], &name());
         assert!(loaded.is_none());
         assert_eq!(finding.check, "model nanodet");
         assert!(finding.detail.contains("sha256") && finding.detail.contains("nanodet.onnx"), "{finding:?}");
@@ -302,7 +325,8 @@ mod tests {
     #[test]
     fn a_missing_manifest_names_the_config_key() {
         let model = nanodet_at("/nonexistent/model.toml".into());
-        let (finding, _) = check_model(&model, BackendKind::Tract, Path::new("/nonexistent"), &mut [], &[], &name());
+        let (finding, _) =
+            check_model(&model, &InferenceConfig::default(), Path::new("/nonexistent"), &mut [], &[], &name());
         assert!(finding.detail.contains("/nonexistent/model.toml"), "{finding:?}");
         assert!(finding.fix.unwrap().contains("`models[0].manifest` in site.toml"));
     }
