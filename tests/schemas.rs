@@ -1,7 +1,8 @@
 //! Every kind of message a real agent publishes to a real mosquitto — status (online, stopped,
-//! offline), events, evidence, telemetry, command acks (ok and errors) — and the commands the
-//! platform sends, validated against docs/schemas/ through docs/asyncapi.yaml by Python
-//! jsonschema (scripts/validate_messages.py, in the venv scripts/test.sh creates).
+//! offline), events, evidence, telemetry, command acks (ok and errors), the test message of
+//! `edge-agent check` — and the commands the platform sends, validated against docs/schemas/
+//! through docs/asyncapi.yaml by Python jsonschema (scripts/validate_messages.py, in the venv
+//! scripts/test.sh creates).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -60,6 +61,15 @@ fn published_messages_match_the_json_schemas() {
         }
     };
     assert!(subscriber.wait_for("/events", Duration::from_secs(30), |_| true).is_some(), "no event");
+    // The installer's `edge-agent check` publishes its test message to the same broker.
+    let checked = std::process::Command::new(agent_binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .current_dir(repo_root())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run edge-agent check");
+    assert!(checked.status.success(), "check failed:\n{}", String::from_utf8_lossy(&checked.stdout));
 
     let well_formed = [
         ("snapshot", json!({"correlation_id": "v1", "camera": "yard"})),
@@ -117,7 +127,7 @@ fn published_messages_match_the_json_schemas() {
         .arg(&messages)
         .args([
             "--require",
-            "status,events,snapshots,telemetry,commandAck,commandSet,commandSnapshot,commandReload,commandModel",
+            "status,events,snapshots,telemetry,check,commandAck,commandSet,commandSnapshot,commandReload,commandModel",
         ])
         .output()
         .expect("run the validator");

@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod calibrate;
+pub mod check;
 pub mod config;
 pub mod infer;
 pub mod judge;

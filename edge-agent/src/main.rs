@@ -38,6 +38,9 @@ enum Command {
     Init(cmd::init::InitArgs),
     /// Measure each model on each backend: inference latency, frames/s, pre/post-processing share.
     Bench(cmd::bench::BenchArgs),
+    /// Installer's check: config, state folder, disk, clock, a frame from each camera, each model,
+    /// a test message to the broker. Prints a table with a fix for each failure; exit 1 on failure.
+    Check(cmd::check::CheckArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Calibrate(args) => cmd::calibrate::calibrate(args),
         Command::Init(args) => cmd::init::init(args),
         Command::Bench(args) => cmd::bench::bench(args),
+        Command::Check(args) => cmd::check::check(args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod calibrate;
 pub mod bench;
+pub mod check;
 pub mod infer;
 pub mod init;
 pub mod passwd;

@@ -153,8 +153,8 @@ struct CameraTask {
     heartbeat: Arc<Heartbeat>,
 }
 
-/// An open source of any kind.
-enum OpenSource {
+/// An open source of any kind (also what `edge-agent check` grabs its test frame from).
+pub enum OpenSource {
     Replay(replay::ReplaySource),
     File(file::VideoFileSource),
     Rtsp(Box<rtsp::RtspSource>),
@@ -162,7 +162,7 @@ enum OpenSource {
 }
 
 impl OpenSource {
-    async fn open(camera: &CameraConfig) -> Result<Self, SourceError> {
+    pub async fn open(camera: &CameraConfig) -> Result<Self, SourceError> {
         let id = camera.id.as_str();
         Ok(match &camera.source {
             SourceConfig::Replay { path, fps, looping } => {
@@ -187,7 +187,7 @@ impl OpenSource {
         })
     }
 
-    async fn next_image(&mut self) -> Result<RgbImage, SourceError> {
+    pub async fn next_image(&mut self) -> Result<RgbImage, SourceError> {
         match self {
             Self::Replay(source) => source.next_image().await,
             Self::File(source) => source.next_image().await,
