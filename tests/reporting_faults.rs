@@ -28,7 +28,12 @@ struct Arrivals {
     started: HashSet<String>,
     first_order: HashMap<String, Vec<String>>,
     duplicates: usize,
+    /// Event ids on `snapshots/{event_id}` topics that arrived.
     snapshots: HashSet<String>,
+    /// Per incident, the evidence pictures that arrived on its `snapshots/{event_id}` topic.
+    snapshots_arrived: HashMap<String, usize>,
+    /// Per incident, its messages that carry a picture (`snapshot_sha256` set).
+    snapshots_sent: HashMap<String, usize>,
 }
 
 impl Arrivals {
@@ -46,6 +51,9 @@ impl Arrivals {
                     }
                     None => {
                         self.messages.insert((id.clone(), revision), message.payload.clone());
+                        if json["snapshot_sha256"].is_string() {
+                            *self.snapshots_sent.entry(id.clone()).or_default() += 1;
+                        }
                         if revision == 0 {
                             self.started.insert(id.clone());
                             self.first_order.entry(camera).or_default().push(id);
@@ -55,6 +63,7 @@ impl Arrivals {
             } else if let Some((_, id)) = message.topic.split_once("/snapshots/") {
                 assert_eq!(&message.payload[..2], &[0xff, 0xd8], "evidence is a JPEG");
                 self.snapshots.insert(id.to_string());
+                *self.snapshots_arrived.entry(id.to_string()).or_default() += 1;
             }
         }
     }
@@ -260,8 +269,16 @@ fn a_full_disk_quota_prunes_oldest_evidence_and_keeps_every_event() {
     });
     assert!(telemetry.is_some(), "telemetry does not report the pruning");
     arrivals.take(subscriber.collect_for(Duration::from_secs(2)));
-    // The evidence that survived is the newest: the last events' pictures, none of the first.
-    let kept: Vec<bool> = queued.iter().map(|(_, id)| arrivals.snapshots.contains(id)).collect();
+    // The evidence that survived is the newest: the last incidents' pictures, none of the first.
+    // An incident's `end` carries a picture too, queued later than its `start`'s; an incident
+    // counts as kept when every one of its pictures arrived (its oldest, the start's, included).
+    let kept: Vec<bool> = queued
+        .iter()
+        .map(|(_, id)| {
+            let sent = arrivals.snapshots_sent.get(id).copied().unwrap_or(0);
+            sent > 0 && arrivals.snapshots_arrived.get(id).copied().unwrap_or(0) >= sent
+        })
+        .collect();
     let first_kept = kept.iter().position(|k| *k).expect("some evidence was kept");
     assert!(kept[first_kept..].iter().all(|k| *k), "pruning was not oldest first: {kept:?}");
     assert!(first_kept > 0, "nothing was pruned");
