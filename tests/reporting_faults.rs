@@ -199,6 +199,8 @@ fn agent_killed_during_a_burst_loses_nothing() {
     let mut arrivals = Arrivals::default();
 
     assert!(arrivals.wait_for_first_event(&subscriber, Duration::from_secs(30)), "no first event");
+    let logged = eventually(Duration::from_secs(10), || (!queued_events(&agent.log_text()).is_empty()).then_some(()));
+    assert!(logged.is_some(), "an event arrived but none was logged as queued; log:\n{}", agent.log_text());
     // The link drops mid-burst, events pile up, and the box loses power (SIGKILL).
     broker.stop();
     // Until events pile up (a loaded machine infers slowly), but while the burst still runs.
