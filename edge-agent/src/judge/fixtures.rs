@@ -131,6 +131,8 @@ pub fn test_event(kind: EventKind, state: LifecycleState, time: DateTime<Utc>) -
         classifier: None,
         area_px: None,
         area_m2: None,
+        ground_position_m: None,
+        ground_width_m: None,
         coverage: None,
         uncovered: None,
         snapshot_sha256: None,

@@ -101,6 +101,13 @@ pub struct Event {
     pub classifier: Option<ModelId>,
     pub area_px: Option<f64>,
     pub area_m2: Option<f64>,
+    /// With the camera's ground homography: where the subject stands (the middle of its box's
+    /// bottom edge) on the ground plane, in metres; distances between events follow from it.
+    #[serde(default)]
+    pub ground_position_m: Option<[f64; 2]>,
+    /// With the ground homography: the width of the box's bottom edge on the ground, in metres.
+    #[serde(default)]
+    pub ground_width_m: Option<f64>,
     pub coverage: Option<f32>,
     /// `truck_exit`: true uncovered, false covered, null unknown (no or unsure classifier).
     pub uncovered: Option<bool>,
@@ -512,6 +519,8 @@ impl Judge {
         let ended = t.state == LifecycleState::End;
         let until = if ended { t.last_seen } else { now };
         let d = &t.details;
+        let scene = self.scenes.get(camera).unwrap_or(&self.default_scene);
+        let footprint = scene.ground.and_then(|ground| ground.footprint(&d.bbox));
         Event {
             schema_version: EVENT_SCHEMA_VERSION,
             event_id: t.event_id,
@@ -540,6 +549,8 @@ impl Judge {
             classifier: d.classifier.clone(),
             area_px: d.area_px,
             area_m2: d.area_m2,
+            ground_position_m: footprint.map(|f| f.position_m),
+            ground_width_m: footprint.map(|f| f.width_m),
             coverage: d.coverage,
             uncovered: d.uncovered,
             snapshot_sha256: None,

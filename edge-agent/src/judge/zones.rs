@@ -176,6 +176,13 @@ pub struct Homography {
     m: [[f64; 3]; 3],
 }
 
+/// A subject's place on the ground plane, from the camera's homography.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroundFootprint {
+    pub position_m: [f64; 2],
+    pub width_m: f64,
+}
+
 impl Homography {
     pub fn new(m: [[f64; 3]; 3]) -> Result<Self, String> {
         if m.iter().flatten().any(|v| !v.is_finite()) {
@@ -202,6 +209,16 @@ impl Homography {
             return None;
         }
         Some(((m[0][0] * x + m[0][1] * y + m[0][2]) / w, (m[1][0] * x + m[1][1] * y + m[1][2]) / w))
+    }
+
+    /// Where a subject in box `b` stands on the ground (the middle of the box's bottom edge), and
+    /// how wide that bottom edge is there, both in metres.
+    pub fn footprint(&self, b: &BoundingBox) -> Option<GroundFootprint> {
+        let (x1, x2, y) = (f64::from(b.x1), f64::from(b.x2), f64::from(b.y2));
+        let centre = self.apply((x1 + x2) / 2.0, y)?;
+        let (left, right) = (self.apply(x1, y)?, self.apply(x2, y)?);
+        let width = ((right.0 - left.0).powi(2) + (right.1 - left.1).powi(2)).sqrt();
+        Some(GroundFootprint { position_m: [centre.0, centre.1], width_m: width })
     }
 
     /// Ground area (m²) of one frame pixel at (x, y): the Jacobian of a projective map is det(H)/w³.
@@ -262,6 +279,21 @@ impl Scene {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_footprint_is_the_bottom_edge_on_the_ground_in_metres() {
+        // One pixel is 1 cm on the ground, seen straight down.
+        let ground = Homography::new([[0.01, 0.0, 0.0], [0.0, 0.01, 0.0], [0.0, 0.0, 1.0]]).unwrap();
+        let b = BoundingBox { x1: 100.0, y1: 250.0, x2: 300.0, y2: 400.0 };
+        let footprint = ground.footprint(&b).unwrap();
+        assert!((footprint.position_m[0] - 2.0).abs() < 1e-9 && (footprint.position_m[1] - 4.0).abs() < 1e-9);
+        assert!((footprint.width_m - 2.0).abs() < 1e-9, "{footprint:?}");
+        // Two subjects 3 m apart on the ground are 3 m apart in their footprints.
+        let other = BoundingBox { x1: 400.0, y1: 250.0, x2: 600.0, y2: 400.0 };
+        let there = ground.footprint(&other).unwrap().position_m;
+        let apart = ((there[0] - footprint.position_m[0]).powi(2) + (there[1] - footprint.position_m[1]).powi(2)).sqrt();
+        assert!((apart - 3.0).abs() < 1e-9, "{apart}");
+    }
 
     fn square() -> Polygon {
         Polygon::new(&[[0.5, 0.5], [1.0, 0.5], [1.0, 1.0], [0.5, 1.0]]).unwrap()

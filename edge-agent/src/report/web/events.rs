@@ -369,6 +369,8 @@ mod tests {
                 classifier: None,
                 area_px: None,
                 area_m2: None,
+                ground_position_m: None,
+                ground_width_m: None,
                 coverage: None,
                 uncovered: None,
                 snapshot_sha256: None,
