@@ -331,7 +331,7 @@ pub async fn evidence_image(state_dir: &Path, view: &EventView) -> Option<Arc<Ve
 mod tests {
     use super::*;
     use crate::infer::ModelId;
-    use crate::judge::{Event, EventBox, EventKind, EVENT_SCHEMA_VERSION};
+    use crate::judge::{Event, EventBox, EventKind};
 
     fn record(camera: &str, label: &str, minutes_ago: i64) -> EventRecord {
         let time = Utc::now() - chrono::Duration::minutes(minutes_ago);
@@ -342,39 +342,17 @@ mod tests {
         ));
         EventRecord {
             event: Event {
-                schema_version: EVENT_SCHEMA_VERSION,
                 event_id: event_id,
-                revision: 0,
-                state: crate::judge::lifecycle::LifecycleState::Start,
-                reason: None,
                 device: "box".into(),
                 station_id: "station".into(),
-                grid_cell: None,
                 camera: camera.into(),
-                zone: None,
-                time: time,
-                start_time: time,
-                end_time: None,
-                duration_secs: 0.0,
-                kind: EventKind::Object,
                 label: label.into(),
-                category: None,
-                bin_category: None,
                 score: 0.5,
                 bbox: EventBox { x1: 1, y1: 2, x2: 3, y2: 4 },
                 frame_width: 10,
                 frame_height: 10,
-                track_id: None,
                 model: Some(ModelId { name: "nanodet".into(), sha256: "ab".into() }),
-                classifier: None,
-                area_px: None,
-                area_m2: None,
-                ground_position_m: None,
-                ground_width_m: None,
-                coverage: None,
-                uncovered: None,
-                snapshot_sha256: None,
-                evidence: None,
+                ..crate::judge::fixtures::test_event(EventKind::Object, crate::judge::lifecycle::LifecycleState::Start, time)
             },
             frame_jpeg: None,
             acknowledged: None,

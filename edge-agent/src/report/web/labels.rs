@@ -284,44 +284,21 @@ pub async fn label_from_page(
 mod tests {
     use super::*;
     use crate::infer::ModelId;
-    use crate::judge::lifecycle::LifecycleState;
-    use crate::judge::{EventBox, EventKind, EVENT_SCHEMA_VERSION};
+    use crate::judge::{EventBox, EventKind};
 
     fn event(label: &str, bbox: EventBox) -> Event {
         Event {
-            schema_version: EVENT_SCHEMA_VERSION,
             event_id: Uuid::now_v7(),
-            revision: 0,
-            state: LifecycleState::Start,
-            reason: None,
             device: "box".into(),
             station_id: "station".into(),
-            grid_cell: None,
             camera: "yard".into(),
-            zone: None,
-            time: Utc::now(),
-            start_time: Utc::now(),
-            end_time: None,
-            duration_secs: 0.0,
-            kind: EventKind::Object,
             label: label.into(),
-            category: None,
-            bin_category: None,
             score: 0.37,
             bbox,
             frame_width: 768,
             frame_height: 576,
-            track_id: None,
             model: Some(ModelId { name: "nanodet".into(), sha256: "ab".into() }),
-            classifier: None,
-            area_px: None,
-            area_m2: None,
-            ground_position_m: None,
-            ground_width_m: None,
-            coverage: None,
-            uncovered: None,
-            snapshot_sha256: None,
-            evidence: None,
+            ..crate::judge::fixtures::test_event(EventKind::Object, crate::judge::lifecycle::LifecycleState::Start, Utc::now())
         }
     }
 

@@ -72,7 +72,7 @@ pub fn series_names<'a>(days: &'a [DayStats], pick: impl Fn(&'a DayStats) -> &'a
 mod tests {
     use super::*;
     use crate::infer::ModelId;
-    use crate::judge::{Event, EventBox, EventKind, EVENT_SCHEMA_VERSION};
+    use crate::judge::{Event, EventBox, EventKind};
     use crate::report::board::EventRecord;
     use chrono::{TimeZone, Utc};
 
@@ -80,39 +80,17 @@ mod tests {
         let time = Local.with_ymd_and_hms(local.0, local.1, local.2, local.3, 0, 0).unwrap().with_timezone(&Utc);
         let mut view = EventView::new(EventRecord {
             event: Event {
-                schema_version: EVENT_SCHEMA_VERSION,
                 event_id: uuid::Uuid::now_v7(),
-                revision: 0,
-                state: crate::judge::lifecycle::LifecycleState::Start,
-                reason: None,
                 device: "box".into(),
                 station_id: "station".into(),
-                grid_cell: None,
                 camera: "gate".into(),
-                zone: None,
-                time: time,
-                start_time: time,
-                end_time: None,
-                duration_secs: 0.0,
-                kind: EventKind::Object,
                 label: "cup".into(),
-                category: None,
-                bin_category: None,
                 score: 0.5,
                 bbox: EventBox { x1: 0, y1: 0, x2: 1, y2: 1 },
                 frame_width: 1,
                 frame_height: 1,
-                track_id: None,
                 model: Some(ModelId { name: "m".into(), sha256: "s".into() }),
-                classifier: None,
-                area_px: None,
-                area_m2: None,
-                ground_position_m: None,
-                ground_width_m: None,
-                coverage: None,
-                uncovered: None,
-                snapshot_sha256: None,
-                evidence: None,
+                ..crate::judge::fixtures::test_event(EventKind::Object, crate::judge::lifecycle::LifecycleState::Start, time)
             },
             frame_jpeg: None,
             acknowledged: None,
