@@ -1,7 +1,7 @@
 //! One file per subcommand: thin shells over the library.
 
-pub mod calibrate;
 pub mod bench;
+pub mod calibrate;
 pub mod check;
 pub mod infer;
 pub mod init;

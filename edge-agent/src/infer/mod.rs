@@ -505,7 +505,11 @@ mod tests {
     fn nanodet_on_ort_finds_the_same_truck_as_tract() {
         let Some(inference) = ort_inference() else { return };
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/nanodet.toml");
-        let mut on_ort = Model::load_with(&ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() }, &inference).unwrap();
+        let mut on_ort = Model::load_with(
+            &ModelConfig { manifest, score_threshold: None, class_thresholds: Default::default() },
+            &inference,
+        )
+        .unwrap();
         assert_eq!((on_ort.info().backend, on_ort.info().execution_provider.as_str()), ("ort", "cpu"));
         let dog = sample("dog.jpg");
         let Findings::Detect { detections: from_ort } = on_ort.infer(&dog).unwrap().findings else { panic!() };

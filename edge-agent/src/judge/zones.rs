@@ -291,7 +291,8 @@ mod tests {
         // Two subjects 3 m apart on the ground are 3 m apart in their footprints.
         let other = BoundingBox { x1: 400.0, y1: 250.0, x2: 600.0, y2: 400.0 };
         let there = ground.footprint(&other).unwrap().position_m;
-        let apart = ((there[0] - footprint.position_m[0]).powi(2) + (there[1] - footprint.position_m[1]).powi(2)).sqrt();
+        let apart =
+            ((there[0] - footprint.position_m[0]).powi(2) + (there[1] - footprint.position_m[1]).powi(2)).sqrt();
         assert!((apart - 3.0).abs() < 1e-9, "{apart}");
     }
 

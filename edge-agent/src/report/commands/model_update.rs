@@ -318,11 +318,8 @@ impl CommandHandler {
             CommandError::new("unknown_target", format!("model {:?} is not in the config", request.name))
         })?;
         // The new model keeps the site's thresholds of the one it replaces.
-        let (score_threshold, class_thresholds) = config
-            .models
-            .get(index)
-            .map(|m| (m.score_threshold, m.class_thresholds.clone()))
-            .unwrap_or_default();
+        let (score_threshold, class_thresholds) =
+            config.models.get(index).map(|m| (m.score_threshold, m.class_thresholds.clone())).unwrap_or_default();
         let folder = self.state_dir.join("models");
         let max_bytes = policy.max_download_mb.saturating_mul(1024 * 1024);
         let self_test_folder = policy.self_test_folder();
@@ -596,7 +593,8 @@ mod tests {
 
     #[test]
     fn the_real_detector_passes_the_self_test_on_the_samples() {
-        let config = ModelConfig { manifest: nanodet_manifest(), score_threshold: None, class_thresholds: Default::default() };
+        let config =
+            ModelConfig { manifest: nanodet_manifest(), score_threshold: None, class_thresholds: Default::default() };
         let mut model = Model::load(&config, crate::config::BackendKind::Tract).unwrap();
         let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/samples");
         let summary = self_test(&mut model, &samples).unwrap();

@@ -352,7 +352,11 @@ mod tests {
                 frame_width: 10,
                 frame_height: 10,
                 model: Some(ModelId { name: "nanodet".into(), sha256: "ab".into() }),
-                ..crate::judge::fixtures::test_event(EventKind::Object, crate::judge::lifecycle::LifecycleState::Start, time)
+                ..crate::judge::fixtures::test_event(
+                    EventKind::Object,
+                    crate::judge::lifecycle::LifecycleState::Start,
+                    time,
+                )
             },
             frame_jpeg: None,
             acknowledged: None,

@@ -298,7 +298,11 @@ mod tests {
             frame_width: 768,
             frame_height: 576,
             model: Some(ModelId { name: "nanodet".into(), sha256: "ab".into() }),
-            ..crate::judge::fixtures::test_event(EventKind::Object, crate::judge::lifecycle::LifecycleState::Start, Utc::now())
+            ..crate::judge::fixtures::test_event(
+                EventKind::Object,
+                crate::judge::lifecycle::LifecycleState::Start,
+                Utc::now(),
+            )
         }
     }
 

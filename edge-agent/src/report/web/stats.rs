@@ -90,7 +90,11 @@ mod tests {
                 frame_width: 1,
                 frame_height: 1,
                 model: Some(ModelId { name: "m".into(), sha256: "s".into() }),
-                ..crate::judge::fixtures::test_event(EventKind::Object, crate::judge::lifecycle::LifecycleState::Start, time)
+                ..crate::judge::fixtures::test_event(
+                    EventKind::Object,
+                    crate::judge::lifecycle::LifecycleState::Start,
+                    time,
+                )
             },
             frame_jpeg: None,
             acknowledged: None,
