@@ -36,6 +36,12 @@ pub struct Candidate {
     pub score: f32,
 }
 
+impl From<&crate::infer::Detection> for Candidate {
+    fn from(d: &crate::infer::Detection) -> Self {
+        Self { label: d.label.clone(), bbox: d.bbox, score: d.score }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Track {
     pub id: u64,

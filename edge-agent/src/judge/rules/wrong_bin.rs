@@ -72,10 +72,7 @@ impl WrongBinRule {
         }
         let found: Vec<&Found> =
             view.found.iter().filter(|f| self.config.item_labels.contains(&f.detection.label)).collect();
-        let candidates: Vec<Candidate> = found
-            .iter()
-            .map(|f| Candidate { label: f.detection.label.clone(), bbox: f.detection.bbox, score: f.detection.score })
-            .collect();
+        let candidates: Vec<Candidate> = found.iter().map(|f| Candidate::from(&f.detection)).collect();
         let mut sightings = Vec::new();
         for (i, track_id) in self.tracked.track(view.time, &candidates, ids) {
             let f = found[i];
