@@ -234,23 +234,32 @@ fn video_file_camera_gives_the_same_detections_as_the_picture() {
     );
     let subscriber = Subscriber::connect(broker.port, "edge/e2e-box/events");
     let agent = Agent::start(&config, &dir.path().join("agent.log"));
-    // The second half of the clip is coffee.png: its cup shows up too. Each object starts one
-    // incident, in an order that depends on the machine's speed.
-    let (mut truck, mut cup) = (None, None);
-    subscriber.wait_for("/events", Duration::from_secs(60), |e| {
-        match e["label"].as_str() {
-            Some("truck") => truck = truck.take().or(Some(e.clone())),
-            Some("cup") => cup = cup.take().or(Some(e.clone())),
-            _ => {}
-        }
-        truck.is_some() && cup.is_some()
-    });
+    // The second half of the clip is coffee.png: its cup shows up too.
+    let mut first = first_events_of(&subscriber, &["truck", "cup"], Duration::from_secs(60));
+    let (truck, cup) = (first.remove("truck"), first.remove("cup"));
     let truck = truck.unwrap_or_else(|| panic!("no truck from the MP4 camera; log:\n{}", agent.log_text()));
     assert_eq!(truck["camera"], "clip");
     let found = event_box(&truck);
     assert!(iou(found, expected) >= 0.85, "MP4 truck {found:?} vs picture truck {expected:?}");
     assert!(cup.is_some(), "no cup from the MP4 camera; log:\n{}", agent.log_text());
     drop(agent);
+}
+
+/// The first event of each of `labels`, waiting until all came or the time is up. Each object
+/// starts one incident, in an order that depends on the machine's speed.
+fn first_events_of(
+    subscriber: &Subscriber,
+    labels: &[&str],
+    timeout: Duration,
+) -> std::collections::HashMap<String, serde_json::Value> {
+    let mut first = std::collections::HashMap::new();
+    subscriber.wait_for("/events", timeout, |e| {
+        if let Some(label) = e["label"].as_str().filter(|l| labels.contains(l)) {
+            first.entry(label.to_string()).or_insert_with(|| e.clone());
+        }
+        first.len() == labels.len()
+    });
+    first
 }
 
 #[test]
@@ -276,15 +285,11 @@ fn motion_gating_skips_inference_on_unchanged_frames_but_not_on_a_new_scene() {
     // 8 of every 10 frames repeat the one before (H.264 re-encoding noise stays under the threshold).
     assert!(still * 10 >= captured * 6, "only {still} of {captured} frames were still");
     assert!(counter(&camera, "frames_inferred") + still <= captured, "{camera}");
-    // Each object starts one incident; which one starts first depends on the machine's speed.
-    let mut labels = std::collections::BTreeSet::new();
-    subscriber.wait_for("/events", Duration::from_secs(60), |e| {
-        labels.insert(e["label"].as_str().unwrap_or_default().to_string());
-        labels.contains("truck") && labels.contains("cup")
-    });
+    let first = first_events_of(&subscriber, &["truck", "cup"], Duration::from_secs(60));
     assert!(
-        labels.contains("truck") && labels.contains("cup"),
-        "events through the motion gate: {labels:?}, expected a truck and a cup; log:\n{}",
+        first.len() == 2,
+        "events through the motion gate: {:?}, expected a truck and a cup; log:\n{}",
+        first.keys().collect::<Vec<_>>(),
         agent.log_text()
     );
     drop(agent);
