@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_agent::report::board::StatusBoard;
-use edge_agent::report::mqtt::{MqttSettings, Publisher};
-use edge_agent::report::outbox::{Outbox, QueuedMessage};
+use edge_agent::delivery::board::StatusBoard;
+use edge_agent::delivery::mqtt::{MqttSettings, Publisher};
+use edge_agent::delivery::outbox::{Outbox, QueuedMessage};
 use edge_agent_tests::{Mosquitto, Subscriber};
 
 const BACKLOG: usize = 10_000;
@@ -95,7 +95,7 @@ fn replay_rate() -> Option<(f64, f64)> {
         reconnect_max: Duration::from_secs(5),
     };
     let board = Arc::new(StatusBoard::new("bench-box".into(), Some(settings.broker())));
-    let (trigger, shutdown) = edge_agent::shutdown::channel();
+    let (trigger, shutdown) = edge_agent::base::shutdown::channel();
     let publisher = Publisher::new(settings, outbox.clone(), board, Arc::new(tokio::sync::Notify::new()));
     let started = Instant::now();
     let drained_at = runtime.block_on(async {

@@ -13,6 +13,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+# The packaged-install test makes the service user as the package does and runs the agent as it,
+# with the rest of the file system read-only in a private mount namespace (unshare, setpriv).
+command -v adduser >/dev/null || missing+=(adduser)
+{ command -v unshare >/dev/null && command -v setpriv >/dev/null; } || missing+=(util-linux)
 # The web page's browser tests: Debian's chromium driven through chromedriver.
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)

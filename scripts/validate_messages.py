@@ -8,6 +8,7 @@ match a channel address of the AsyncAPI document; a JSON payload must validate a
 its channel's message references, a JPEG payload must be declared image/jpeg. --require names the
 channels (status, events, ...) that must have been seen at least once. Exits 1 on any problem.
 """
+import base64
 import json
 import re
 import sys
@@ -49,7 +50,14 @@ def main():
         jsonschema.Draft7Validator.check_schema(schema)
         validator = jsonschema.Draft7Validator(schema, format_checker=jsonschema.FormatChecker())
         content_type = message.get("contentType", api.get("defaultContentType"))
-        channels.append((name, re.compile(pattern), validator, content_type, schema_path.name))
+        # A signed command's envelope carries the command itself, base64, in `signed`.
+        inner = None
+        if "x-signed-payload" in message:
+            inner_path = docs / message["x-signed-payload"]["$ref"]
+            inner_schema = json.loads(inner_path.read_text())
+            jsonschema.Draft7Validator.check_schema(inner_schema)
+            inner = (jsonschema.Draft7Validator(inner_schema, format_checker=jsonschema.FormatChecker()), inner_path.name)
+        channels.append((name, re.compile(pattern), validator, content_type, schema_path.name, inner))
     for operation, spec in api.get("operations", {}).items():
         if resolve(api, spec["channel"]["$ref"]) is None:
             problems.append(f"operation {operation} points at no channel")
@@ -65,7 +73,7 @@ def main():
         if not matches:
             problems.append(f"line {line_number}: topic {topic} matches no channel of asyncapi.yaml")
             continue
-        name, _, validator, content_type, schema_name = matches[0]
+        name, _, validator, content_type, schema_name, inner = matches[0]
         count += 1
         seen[name] = seen.get(name, 0) + 1
         if content_type == "image/jpeg":
@@ -78,6 +86,16 @@ def main():
         for error in validator.iter_errors(message["json"]):
             path = "/".join(str(p) for p in error.absolute_path) or "(root)"
             problems.append(f"line {line_number}: {topic} fails {schema_name} at {path}: {error.message}")
+        if inner is not None and isinstance(message["json"], dict) and isinstance(message["json"].get("signed"), str):
+            inner_validator, inner_name = inner
+            try:
+                command = json.loads(base64.b64decode(message["json"]["signed"], validate=True))
+            except ValueError as e:
+                problems.append(f"line {line_number}: {topic}: `signed` is not base64 of JSON: {e}")
+                continue
+            for error in inner_validator.iter_errors(command):
+                path = "/".join(str(p) for p in error.absolute_path) or "(root)"
+                problems.append(f"line {line_number}: {topic} signed command fails {inner_name} at {path}: {error.message}")
 
     for name in required:
         if not seen.get(name):

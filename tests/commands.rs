@@ -43,6 +43,7 @@ impl Signer {
 
 struct Site {
     _dir: tempfile::TempDir,
+    platform: PlatformKey,
     root: PathBuf,
     config: PathBuf,
     web_port: u16,
@@ -67,23 +68,26 @@ fn site(broker: &Mosquitto) -> Site {
     std::fs::copy(repo_root().join("models/efficientnet_lite0.onnx"), served.join("efficientnet.onnx")).unwrap();
     let signer = Signer::new();
     let cameras = [ReplayCamera { id: "yard", frames: &frames, fps: 2.0, looping: true }];
+    let platform = PlatformKey::from_seed(1);
     let extra = format!(
         "[rules.object]\nmin_score = 0.3\nmin_duration_secs = 0.0\n\n\
-         [tracking]\nmax_lost_secs = 0.3\nstationary_memory_secs = 0.0\n\n[model_update]\npublic_key = \"{}\"\nprobation_secs = 3\n",
-        signer.public_key_hex()
+         [tracking]\nmax_lost_secs = 0.3\nstationary_memory_secs = 0.0\n\n[model_update]\npublic_key = \"{}\"\nprobation_secs = 3\n\n{}",
+        signer.public_key_hex(),
+        platform.config_section(),
     );
     let mqtt = format!("url = \"{}\"\ntelemetry_interval_secs = 2", broker.url());
     let (config, web_port) = write_agent_config(&root, DEVICE, &mqtt, &cameras, &extra);
     let files = FileServer::start(&served);
-    Site { _dir: dir, root, config, web_port, files, signer, variant }
+    Site { _dir: dir, platform, root, config, web_port, files, signer, variant }
 }
 
-/// Sends a command and returns its ack (the next ack on that command's topic with the same
-/// correlation id, or with null when the request carries none).
-fn command(subscriber: &Subscriber, name: &str, payload: &[u8]) -> Value {
+/// Sends a command as the platform does (signed, when it is a JSON object) and returns its ack
+/// (the next ack on that command's topic with the same correlation id, or with null when the
+/// request carries none).
+fn command(site: &Site, subscriber: &Subscriber, name: &str, payload: &[u8]) -> Value {
     let sent: Option<Value> = serde_json::from_slice(payload).ok();
     let id = sent.as_ref().and_then(|v| v.get("correlation_id")).and_then(Value::as_str).map(String::from);
-    subscriber.publish(&format!("edge/{DEVICE}/cmd/{name}"), payload.to_vec());
+    subscriber.publish(&format!("edge/{DEVICE}/cmd/{name}"), site.platform.sign_if_object(DEVICE, name, payload));
     let ack = subscriber.wait_for(&format!("/cmd/{name}/ack"), Duration::from_secs(60), |ack| match &id {
         Some(id) => ack["correlation_id"] == *id,
         None => true,
@@ -92,9 +96,9 @@ fn command(subscriber: &Subscriber, name: &str, payload: &[u8]) -> Value {
 }
 
 /// Like [`command`], but also returns every other message that arrived before the ack.
-fn command_seeing(subscriber: &Subscriber, name: &str, payload: &[u8]) -> (Value, Vec<Received>) {
+fn command_seeing(site: &Site, subscriber: &Subscriber, name: &str, payload: &[u8]) -> (Value, Vec<Received>) {
     let id = serde_json::from_slice::<Value>(payload).ok().and_then(|v| v["correlation_id"].as_str().map(String::from));
-    subscriber.publish(&format!("edge/{DEVICE}/cmd/{name}"), payload.to_vec());
+    subscriber.publish(&format!("edge/{DEVICE}/cmd/{name}"), site.platform.sign_if_object(DEVICE, name, payload));
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
@@ -195,7 +199,7 @@ fn malformed_commands_of_every_kind_get_error_acks_and_change_nothing() {
         ),
     ];
     for (name, payload, expected) in &cases {
-        let ack = command(&subscriber, name, payload.as_bytes());
+        let ack = command(&site, &subscriber, name, payload.as_bytes());
         assert_eq!(ack["ok"], false, "{name} {payload} was accepted: {ack}");
         assert_eq!(ack["error"]["code"], *expected, "{name} {payload}: {ack}");
         let message = ack["error"]["message"].as_str().unwrap_or_default();
@@ -209,7 +213,7 @@ fn malformed_commands_of_every_kind_get_error_acks_and_change_nothing() {
     }
     // A config file broken by hand is refused by `reload`, and the running agent keeps its config.
     std::fs::write(&site.config, "device_id = \"a/b\"\n").unwrap();
-    let ack = command(&subscriber, "reload", br#"{"correlation_id": "c-badfile"}"#);
+    let ack = command(&site, &subscriber, "reload", br#"{"correlation_id": "c-badfile"}"#);
     assert_eq!(ack["error"]["code"], "out_of_range", "{ack}");
     assert!(ack["error"]["message"].as_str().unwrap().contains("device_id"), "{ack}");
     std::fs::write(&site.config, &config_before).unwrap();
@@ -253,7 +257,8 @@ fn commands_change_the_running_agent_and_its_config_file() {
     assert!(subscriber.wait_for("/events", Duration::from_secs(30), |_| true).is_some(), "no event at start");
 
     // set: a threshold no detection reaches; persisted, applied at once.
-    let ack = command(&subscriber, "set", br#"{"correlation_id": "s1", "values": {"rules.object.min_score": 0.99}}"#);
+    let ack =
+        command(&site, &subscriber, "set", br#"{"correlation_id": "s1", "values": {"rules.object.min_score": 0.99}}"#);
     assert_eq!(ack["ok"], true, "{ack}");
     assert_eq!(ack["result"]["applied"], json!(["rules.object.min_score"]));
     let text = std::fs::read_to_string(&site.config).unwrap();
@@ -264,13 +269,14 @@ fn commands_change_the_running_agent_and_its_config_file() {
 
     // reload: a hand edit of the file takes effect.
     std::fs::write(&site.config, text.replace("min_score = 0.99", "min_score = 0.3")).unwrap();
-    let ack = command(&subscriber, "reload", br#"{"correlation_id": "r1"}"#);
+    let ack = command(&site, &subscriber, "reload", br#"{"correlation_id": "r1"}"#);
     assert_eq!(ack["ok"], true, "{ack}");
     assert_eq!(ack["result"]["changed"], json!(["rules.object.min_score"]));
     assert!(event_after(&subscriber, ack_time(&ack), Duration::from_secs(20)).is_some(), "events did not resume");
 
     // set: disable the camera; frames stop; enable it again; frames resume.
-    let ack = command(&subscriber, "set", br#"{"correlation_id": "s2", "values": {"cameras.yard.enabled": false}}"#);
+    let ack =
+        command(&site, &subscriber, "set", br#"{"correlation_id": "s2", "values": {"cameras.yard.enabled": false}}"#);
     assert_eq!(ack["ok"], true, "{ack}");
     std::thread::sleep(Duration::from_secs(1));
     let captured = status(&site)["cameras"][0]["frames_captured"].as_u64().unwrap();
@@ -278,9 +284,10 @@ fn commands_change_the_running_agent_and_its_config_file() {
     let camera = status(&site)["cameras"][0].clone();
     assert_eq!((camera["enabled"].clone(), camera["frames_captured"].as_u64().unwrap()), (json!(false), captured));
     assert!(std::fs::read_to_string(&site.config).unwrap().contains("enabled = false"));
-    let ack = command(&subscriber, "snapshot", br#"{"correlation_id": "p0", "camera": "yard"}"#);
+    let ack = command(&site, &subscriber, "snapshot", br#"{"correlation_id": "p0", "camera": "yard"}"#);
     assert_eq!(ack["error"]["code"], "camera_disabled", "{ack}");
-    let ack = command(&subscriber, "set", br#"{"correlation_id": "s3", "values": {"cameras.yard.enabled": true}}"#);
+    let ack =
+        command(&site, &subscriber, "set", br#"{"correlation_id": "s3", "values": {"cameras.yard.enabled": true}}"#);
     assert_eq!(ack["ok"], true, "{ack}");
     let resumed = eventually(Duration::from_secs(10), || {
         (status(&site)["cameras"][0]["frames_captured"].as_u64()? > captured).then_some(())
@@ -289,7 +296,7 @@ fn commands_change_the_running_agent_and_its_config_file() {
 
     // snapshot: a JPEG now.
     // The picture is queued before the ack, so it arrives first.
-    let (ack, seen) = command_seeing(&subscriber, "snapshot", br#"{"correlation_id": "p1"}"#);
+    let (ack, seen) = command_seeing(&site, &subscriber, "snapshot", br#"{"correlation_id": "p1"}"#);
     assert_eq!(ack["ok"], true, "{ack}");
     let snapshot_id = ack["result"]["snapshots"][0]["snapshot_id"].as_str().unwrap().to_string();
     let jpeg = seen.iter().find(|m| m.topic == format!("edge/{DEVICE}/snapshots/{snapshot_id}"));
@@ -306,7 +313,7 @@ fn commands_change_the_running_agent_and_its_config_file() {
         "signature": site.signer.sign_hex(&site.variant),
     });
     // The status is republished at the switch, possibly before the ack leaves the outbox.
-    let (ack, seen) = command_seeing(&subscriber, "model", request.to_string().as_bytes());
+    let (ack, seen) = command_seeing(&site, &subscriber, "model", request.to_string().as_bytes());
     assert_eq!(ack["ok"], true, "{ack}");
     assert_eq!(ack["result"]["stage"], "switched");
     assert_eq!(ack["result"]["self_test"]["pictures"], 3, "{ack}");
@@ -335,7 +342,7 @@ fn commands_change_the_running_agent_and_its_config_file() {
     broker.restart();
     let online = subscriber.wait_for("/status", Duration::from_secs(30), |s| s["state"] == "online");
     assert!(online.is_some(), "no online status after the broker came back");
-    let ack = command(&subscriber, "snapshot", br#"{"correlation_id": "after-restart"}"#);
+    let ack = command(&site, &subscriber, "snapshot", br#"{"correlation_id": "after-restart"}"#);
     assert_eq!(ack["ok"], true, "{ack}");
     drop(agent);
 }

@@ -43,8 +43,9 @@ fn published_messages_match_the_json_schemas() {
     let frames = frames_folder(dir.path(), "yard", "dog.jpg", 1);
     let cameras = [ReplayCamera { id: "yard", frames: &frames, fps: 2.0, looping: true }];
     let mqtt = format!("url = \"{}\"\ntelemetry_interval_secs = 1\nkeep_alive_secs = 5", broker.url());
-    let extra = "[rules.object]\nmin_score = 0.3\n";
-    let (config, _) = write_agent_config(dir.path(), DEVICE, &mqtt, &cameras, extra);
+    let platform = PlatformKey::from_seed(3);
+    let extra = format!("[rules.object]\nmin_score = 0.3\n\n{}", platform.config_section());
+    let (config, _) = write_agent_config(dir.path(), DEVICE, &mqtt, &cameras, &extra);
     let subscriber = Subscriber::connect(broker.port, &format!("edge/{DEVICE}/#"));
     let mut agent = Agent::start(&config, &dir.path().join("agent.log"));
     let mut lines = Vec::new();
@@ -82,15 +83,17 @@ fn published_messages_match_the_json_schemas() {
     ];
     for (name, body) in &well_formed {
         let topic = format!("edge/{DEVICE}/cmd/{name}");
-        subscriber.publish(&topic, body.to_string());
-        lines.push(line(&topic, body.to_string().as_bytes()));
+        let envelope = platform.envelope(DEVICE, name, body);
+        subscriber.publish(&topic, envelope.clone());
+        lines.push(line(&topic, &envelope));
     }
     for (name, body) in [
         ("set", "{oops"),
         ("set", r#"{"correlation_id": "v5", "values": {"rules.object.min_score": 7}}"#),
         ("nope", r#"{"correlation_id": "v6"}"#),
     ] {
-        subscriber.publish(&format!("edge/{DEVICE}/cmd/{name}"), body);
+        subscriber
+            .publish(&format!("edge/{DEVICE}/cmd/{name}"), platform.sign_if_object(DEVICE, name, body.as_bytes()));
     }
     // Events, evidence, telemetry and the acks of all seven commands.
     let mut acks = 0;

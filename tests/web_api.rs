@@ -26,7 +26,7 @@ fn everything_but_healthz_needs_a_login() {
         );
     }
     let doc: serde_json::Value =
-        serde_json::from_str(include_str!("../edge-agent/src/report/web/assets/openapi.json")).unwrap();
+        serde_json::from_str(include_str!("../edge-agent/src/web/assets/openapi.json")).unwrap();
     for path in doc["paths"].as_object().unwrap().keys() {
         let path = path.replace("{camera}", "yard").replace("{event_id}", "01890a5d-ac96-774b-bcce-b302099a8057");
         let reply = anonymous_get(&format!("{base}{path}"), &[]);

@@ -1,5 +1,8 @@
 //! `edge-agent run`: wires the stages together. Frames flow one way through typed channels:
-//! source (watch per camera, newest wins) → infer → judge → report (outbox → MQTT, board → web).
+//! source (watch per camera, newest wins) → infer → judge → evidence → delivery (outbox → MQTT,
+//! board → web), with control (commands, live settings) and web beside the flow. Three steps:
+//! [`build`] opens what the stages need, [`spawn`] starts their tasks, [`stop`] waits for them in
+//! flow order.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,23 +11,28 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::base::liveness::{self, Liveness};
+use crate::base::shutdown::{Shutdown, ShutdownTrigger};
+use crate::config::{last_good, Config};
+use crate::control::authority::Authority;
+use crate::control::commands::CommandHandler;
+use crate::control::config_store::ConfigStore;
+use crate::control::settings::LiveSettings;
+use crate::delivery::actions::ActionLimiter;
+use crate::delivery::board::{ControlStatus, StatusBoard};
+use crate::delivery::mqtt::{IncomingCommand, MqttSettings, Publisher};
+use crate::delivery::outbox::Outbox;
+use crate::delivery::stats::DailyStatsKeeper;
+use crate::delivery::telemetry::TelemetrySampler;
+use crate::delivery::{self, Delivery};
+use crate::evidence::{self, EvidenceStage, EvidencedFrame};
 use crate::infer::control::WorkerControls;
 use crate::infer::{self, InferredFrame, Model};
-use crate::judge::{Judge, Judgement};
-use crate::liveness::{self, Liveness};
-use crate::report::board::StatusBoard;
-use crate::report::commands::{CommandHandler, IncomingCommand};
-use crate::report::config_store::ConfigStore;
-use crate::report::mqtt::{MqttSettings, Publisher};
-use crate::report::outbox::Outbox;
-use crate::report::settings::LiveSettings;
-use crate::report::telemetry::TelemetrySampler;
-use crate::report::{self, web};
-use crate::shutdown::{Shutdown, ShutdownTrigger};
-use crate::source;
-use crate::source::CameraHealth;
+use crate::judge::{self, Judge, Judgement};
+use crate::source::{self, CameraHealth};
+use crate::web;
 
 /// Frames that may wait between two stages; small, so a slow stage drops frames at the source.
 const STAGE_QUEUE: usize = 2;
@@ -34,8 +42,59 @@ const COMMAND_QUEUE: usize = 64;
 
 /// Runs the agent until `trigger` fires; returns after the stages have stopped. `config_path` is
 /// the file `config` came from (None: embedded defaults): commands re-read and change it.
-pub async fn run(config: Config, config_path: Option<PathBuf>, trigger: &ShutdownTrigger) -> anyhow::Result<()> {
+/// `config_problem` says why `config` is the last good copy rather than the file itself. A config
+/// file that loads but does not start (a model gone) also falls back to the last good copy.
+pub async fn run(
+    mut config: Config,
+    config_path: Option<PathBuf>,
+    mut config_problem: Option<String>,
+    trigger: &ShutdownTrigger,
+) -> anyhow::Result<()> {
     let shutdown = trigger.handle();
+    let config_text = config_path.as_deref().and_then(|p| std::fs::read_to_string(p).ok());
+    let parts = match build(&config).await {
+        Ok(parts) => parts,
+        Err(e) => {
+            let fallback = match (&config_path, &config_problem) {
+                (Some(path), None) => last_good::load(path),
+                _ => None,
+            };
+            let Some(fallback) = fallback else { return Err(e) };
+            let problem = format!("{e:#}");
+            tracing::error!("the config file does not start ({problem}); starting on the last config that did");
+            config = fallback.context("the last good config does not load either")?;
+            config_problem = Some(problem);
+            build(&config).await.context("the last good config does not start either")?
+        }
+    };
+    let control = control_status(&config, config_path.is_some(), config_problem);
+    let running = spawn(&config, config_path.clone(), parts, control, &shutdown).await?;
+    if let (Some(path), Some(text), None) = (&config_path, &config_text, &running.config_problem) {
+        if let Err(e) = last_good::save(path, text, &config) {
+            tracing::warn!(path = %path.display(), "cannot keep this config as the last good one: {e}");
+        }
+    }
+    shutdown.clone().wait().await;
+    liveness::notify_stopping();
+    stop(running).await;
+    Ok(())
+}
+
+/// What the stages need before any task starts: the outbox, the models, each stage's state.
+struct Parts {
+    outbox: Arc<Outbox>,
+    outbox_path: PathBuf,
+    models: Vec<Model>,
+    judge: Judge,
+    evidence: EvidenceStage,
+    stats: DailyStatsKeeper,
+    mqtt: Option<MqttSettings>,
+    board: Arc<StatusBoard>,
+}
+
+/// Opens the state folder, the outbox, the models (blocking: off the async workers), the judge
+/// and the evidence store. Any failure here stops the start with a message naming what failed.
+async fn build(config: &Config) -> anyhow::Result<Parts> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state folder {} (config `state_dir`)", config.state_dir.display()))?;
     let outbox_path = config.state_dir.join("outbox.redb");
@@ -47,58 +106,115 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, trigger: &Shutdow
         .await
         .context("model loading task failed")??;
     let model_names: Vec<String> = models.iter().map(|m| m.id().name.clone()).collect();
-    let judge_config = config.clone();
-    let judge = tokio::task::spawn_blocking(move || Judge::open(&judge_config, &model_names))
+    let judge_settings = config.judge_settings();
+    let judge = tokio::task::spawn_blocking(move || Judge::open(&judge_settings, &model_names))
         .await
         .context("judge setup task failed")??;
+    let (state_dir, evidence_config, device) =
+        (config.state_dir.clone(), config.evidence.clone(), config.device_id.clone());
+    let evidence = tokio::task::spawn_blocking(move || EvidenceStage::open(&state_dir, &evidence_config, &device))
+        .await
+        .context("evidence setup task failed")??;
+    let station_id = config.site.station_id.clone().unwrap_or_else(|| config.device_id.clone());
+    let stats = DailyStatsKeeper::open(
+        &config.state_dir,
+        &station_id,
+        config.site.grid_cell.as_deref(),
+        &config.device_id,
+        &config.stats,
+    )
+    .map_err(anyhow::Error::msg)?;
 
-    let mqtt_settings = MqttSettings::from_config(&config)?;
-    let board = Arc::new(StatusBoard::new(config.device_id.clone(), mqtt_settings.as_ref().map(|s| s.broker())));
+    let mqtt = MqttSettings::from_config(&config.mqtt, &config.device_id)?;
+    let board = Arc::new(StatusBoard::new(config.device_id.clone(), mqtt.as_ref().map(|s| s.broker())));
     board.set_models(models.iter().map(Model::info).collect());
     board.set_outbox_stats(outbox.stats()?);
     for model in &models {
         let info = model.info();
         tracing::info!(model = %info.name, backend = info.backend, provider = %info.execution_provider, "model loaded");
     }
+    Ok(Parts { outbox, outbox_path, models, judge, evidence, stats, mqtt, board })
+}
 
+/// The tasks of a running agent, in flow order, and what is left to log at the end.
+struct Running {
+    stages: Vec<JoinHandle<()>>,
+    outbox: Arc<Outbox>,
+    config_problem: Option<String>,
+}
+
+/// What the page and the retained status say about the config and remote control.
+fn control_status(config: &Config, from_file: bool, config_problem: Option<String>) -> ControlStatus {
+    let commands = match (&config.commands.platform_public_key, config.commands.accept_unsigned) {
+        (_, true) => "unsigned_accepted",
+        (Some(_), false) => "signed",
+        (None, false) => "refused",
+    };
+    let config_source = match (&config_problem, from_file) {
+        (Some(_), _) => "last_good",
+        (None, true) => "file",
+        (None, false) => "embedded",
+    };
+    ControlStatus {
+        config: config_source,
+        config_problem,
+        commands,
+        unsigned_models: !config.model_update.signature_required(),
+    }
+}
+
+/// Starts the cameras, one task per stage, the web page, the command handler and the publisher;
+/// returns once the cameras have had their first try and systemd has been told we are ready.
+async fn spawn(
+    config: &Config,
+    config_path: Option<PathBuf>,
+    parts: Parts,
+    control: ControlStatus,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Running> {
+    let Parts { outbox, outbox_path, models, judge, evidence, stats, mqtt, board } = parts;
+    let config_problem = control.config_problem.clone();
+    board.set_control(control);
     let liveness = Arc::new(Liveness::default());
-    let (feeds, new_frame) = source::start_cameras(&config.cameras, &liveness, &shutdown);
+    let (feeds, new_frame) = source::start_cameras(&config.cameras, &liveness, shutdown);
     for feed in &feeds {
         board.add_camera(&feed.id, feed.health.clone());
     }
+    let camera_health: Vec<_> = feeds.iter().map(|f| f.health.clone()).collect();
+    let cameras: HashMap<String, _> = feeds.iter().map(|f| (f.id.to_string(), f.health.clone())).collect();
 
     let (inferred_tx, inferred_rx) = mpsc::channel::<InferredFrame>(STAGE_QUEUE);
     let (judged_tx, judged_rx) = mpsc::channel::<Judgement>(STAGE_QUEUE);
+    let (evidenced_tx, evidenced_rx) = mpsc::channel::<EvidencedFrame>(STAGE_QUEUE);
     let publisher_wake = Arc::new(Notify::new());
-
-    let camera_health: Vec<_> = feeds.iter().map(|f| f.health.clone()).collect();
-    let cameras: HashMap<String, _> = feeds.iter().map(|f| (f.id.to_string(), f.health.clone())).collect();
     let (worker, model_runs, worker_controls) = WorkerControls::channel();
-    let infer_task = tokio::spawn(infer::worker::run_inference(
-        models,
-        feeds,
-        new_frame,
-        inferred_tx,
-        liveness.register("inference"),
-        shutdown.clone(),
-        worker_controls,
-    ));
     // `set`/`reload` hand new rules and zones to the judge between two frames.
-    let (judge_settings, judge_settings_rx) = watch::channel(Arc::new(config.clone()));
-    let judge_task = tokio::spawn(crate::judge::run_judge(
-        judge,
-        inferred_rx,
-        judged_tx,
-        judge_settings_rx,
-        liveness.register("judge"),
-    ));
-    let report_task = tokio::spawn(report::run_reporter(
-        judged_rx,
-        outbox.clone(),
-        board.clone(),
-        publisher_wake.clone(),
-        liveness.register("report"),
-    ));
+    let (judge_settings, judge_settings_rx) = watch::channel(Arc::new(config.judge_settings()));
+    let mut stages = vec![
+        tokio::spawn(infer::worker::run_inference(
+            models,
+            feeds,
+            new_frame,
+            inferred_tx,
+            liveness.register("inference"),
+            shutdown.clone(),
+            worker_controls,
+        )),
+        tokio::spawn(judge::run_judge(judge, inferred_rx, judged_tx, judge_settings_rx, liveness.register("judge"))),
+        tokio::spawn(evidence::run_evidence(evidence, judged_rx, evidenced_tx, liveness.register("evidence"))),
+        tokio::spawn(delivery::run_delivery(
+            Delivery {
+                outbox: outbox.clone(),
+                board: board.clone(),
+                publisher_wake: publisher_wake.clone(),
+                stats,
+                actions: ActionLimiter::default(),
+            },
+            evidenced_rx,
+            liveness.register("delivery"),
+        )),
+    ];
+
     // One store and one way to apply changes, for MQTT commands and the web page alike.
     let settings = Arc::new(LiveSettings::new(
         ConfigStore::new(config_path, config.clone()),
@@ -108,12 +224,21 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, trigger: &Shutdow
         cameras,
     ));
     if config.web.enabled {
-        web::serve(&config, board.clone(), settings.clone(), shutdown.clone()).await?;
+        web::serve(config, board.clone(), settings.clone(), shutdown.clone()).await?;
     }
     let status_changed = Arc::new(Notify::new());
     let (command_tx, command_rx) = mpsc::channel::<IncomingCommand>(COMMAND_QUEUE);
+    let authority =
+        Authority::new(&config.device_id, &config.commands, &config.state_dir).map_err(anyhow::Error::msg)?;
+    authority.log_policy();
+    if !config.model_update.signature_required() {
+        tracing::warn!(
+            "`model_update.require_signature = false`: unsigned models from any URL the box reaches are accepted"
+        );
+    }
     let handler = Arc::new(CommandHandler {
         device_id: config.device_id.clone(),
+        authority,
         topic_prefix: config.mqtt.topic_prefix.clone(),
         state_dir: config.state_dir.clone(),
         inference: config.inference.clone(),
@@ -125,19 +250,19 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, trigger: &Shutdow
         model_runs,
         model_update_busy: Default::default(),
     });
-    let command_task = tokio::spawn(handler.run(command_rx, shutdown.clone()));
-    let publisher_task = mqtt_settings.map(|settings| {
-        let telemetry = TelemetrySampler::new(board.clone(), outbox.clone(), config.state_dir.clone());
-        let mut publisher = Publisher::new(settings, outbox.clone(), board.clone(), publisher_wake)
-            .with_commands(command_tx)
-            .with_status_changed(status_changed);
-        if config.mqtt.telemetry_interval_secs > 0 {
-            publisher = publisher.with_telemetry(telemetry);
+    stages.push(tokio::spawn(handler.run(command_rx, shutdown.clone())));
+    match mqtt {
+        Some(mqtt) => {
+            let telemetry = TelemetrySampler::new(board.clone(), outbox.clone(), config.state_dir.clone());
+            let mut publisher = Publisher::new(mqtt, outbox.clone(), board.clone(), publisher_wake)
+                .with_commands(command_tx)
+                .with_status_changed(status_changed);
+            if config.mqtt.telemetry_interval_secs > 0 {
+                publisher = publisher.with_telemetry(telemetry);
+            }
+            stages.push(tokio::spawn(publisher.run(shutdown.clone())));
         }
-        tokio::spawn(publisher.run(shutdown.clone()))
-    });
-    if config.mqtt.url.is_none() {
-        tracing::info!("no `mqtt.url` configured: events are kept in the outbox at {}", outbox_path.display());
+        None => tracing::info!("no `mqtt.url` configured: events are kept in the outbox at {}", outbox_path.display()),
     }
 
     wait_for_first_camera_attempts(&camera_health, &mut shutdown.clone()).await;
@@ -147,19 +272,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, trigger: &Shutdow
         Duration::from_secs_f64(config.service.watchdog_stall_secs),
         shutdown.clone(),
     ));
-    shutdown.clone().wait().await;
-    liveness::notify_stopping();
+    Ok(Running { stages, outbox, config_problem })
+}
 
-    // Stages end in flow order: inference stops on shutdown, then judge and report drain.
-    let _ = infer_task.await;
-    let _ = judge_task.await;
-    let _ = report_task.await;
-    let _ = command_task.await;
-    if let Some(publisher) = publisher_task {
-        let _ = publisher.await;
+/// Waits for the tasks in flow order: inference stops on shutdown, then judge, evidence and
+/// delivery drain what is in their queues, then commands and the publisher end.
+async fn stop(running: Running) {
+    for stage in running.stages {
+        let _ = stage.await;
     }
-    tracing::info!(outbox_depth = outbox.depth().unwrap_or(0), "stopped");
-    Ok(())
+    tracing::info!(outbox_depth = running.outbox.depth().unwrap_or(0), "stopped");
 }
 
 /// "Sources are up" for systemd: every camera has delivered a frame or said why it cannot, or

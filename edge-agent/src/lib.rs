@@ -1,20 +1,24 @@
-//! edge-agent: an edge AI inference appliance. Camera frames flow one way through four stages,
-//! one module each, with typed messages between them:
+//! edge-agent: an edge AI inference appliance. Camera frames flow one way through five stages,
+//! one folder each, with typed messages between them:
 //!
 //! - [`source`] → [`source::Frame`]
 //! - [`infer`] → [`infer::InferredFrame`]
-//! - [`judge`] → [`judge::Judgement`] (with [`judge::Event`]s)
-//! - [`report`] → durable outbox → MQTT; status board → web page
+//! - [`judge`] → [`judge::Judgement`] (events decided, privacy mask)
+//! - [`evidence`] → [`evidence::EvidencedFrame`] (privacy applied, pictures kept in a signed chain)
+//! - [`delivery`] → durable outbox → MQTT; status board → web page
 //!
-//! [`app`] wires them together for `edge-agent run`; [`config`] is what the user writes.
+//! Beside the flow: [`control`] (commands, model updates, live settings), [`web`], [`config`]
+//! (loading, validation, site files), [`ops`] (check, calibrate) and [`base`] (what all share).
+//! [`app`] wires them together for `edge-agent run`. docs/ARCHITECTURE.md is the map.
 
 pub mod app;
-pub mod calibrate;
-pub mod check;
+pub mod base;
 pub mod config;
+pub mod control;
+pub mod delivery;
+pub mod evidence;
 pub mod infer;
 pub mod judge;
-pub mod liveness;
-pub mod report;
-pub mod shutdown;
+pub mod ops;
 pub mod source;
+pub mod web;

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod platform;
+pub use platform::PlatformKey;
 pub mod rtsp;
 
 pub fn repo_root() -> PathBuf {

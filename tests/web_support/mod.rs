@@ -199,6 +199,16 @@ impl HttpSession {
         Ok(logged_in)
     }
 
+    /// The session a page open on loopback (no `[web] users`) gives every visitor: admin.
+    pub fn open_on_loopback(base: &str) -> Self {
+        let agent = plain_agent();
+        let page = reply(agent.get(format!("{base}/")).call().expect("GET /"), true);
+        assert_eq!(page.status, 200, "overview: {}", page.body);
+        let cookie = cookie_pair(&page.set_cookies, "edge_session").expect("a session cookie for the local user");
+        let csrf = html_value(&page.body, "csrf-token").expect("the page carries its CSRF token");
+        Self { base: base.to_string(), cookie, csrf, agent }
+    }
+
     pub fn get(&self, path: &str) -> Reply {
         let response = self.agent.get(format!("{}{path}", self.base)).header("Cookie", &self.cookie).call();
         reply(response.unwrap_or_else(|e| panic!("GET {path}: {e}")), true)

@@ -96,8 +96,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
 /// The pictures' file bytes, so each frame includes its decode but not the disk.
 fn read_pictures(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
-    let roots =
-        if paths.is_empty() { vec![edge_agent::config::data_dir().join("models/samples")] } else { paths.to_vec() };
+    let roots = if paths.is_empty() {
+        vec![edge_agent::base::section::data_dir().join("models/samples")]
+    } else {
+        paths.to_vec()
+    };
     let mut files = Vec::new();
     for root in roots {
         if root.is_dir() {

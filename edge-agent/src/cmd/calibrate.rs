@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use edge_agent::calibrate::report::{ModelCalibration, Report};
-use edge_agent::calibrate::samples::SampleSet;
-use edge_agent::calibrate::site::{write_ground, write_thresholds, SiteCalibration};
-use edge_agent::calibrate::{homography, thresholds};
+use edge_agent::config::site::SiteCalibration;
 use edge_agent::infer::{self, manifest::Task};
+use edge_agent::ops::calibrate::report::{ModelCalibration, Report};
+use edge_agent::ops::calibrate::samples::SampleSet;
+use edge_agent::ops::calibrate::site_file::{write_ground, write_thresholds};
+use edge_agent::ops::calibrate::{homography, thresholds};
 
 #[derive(clap::Args)]
 pub struct CalibrateArgs {

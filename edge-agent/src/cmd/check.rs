@@ -1,11 +1,11 @@
 //! `edge-agent check [--config FILE]`: the installer's check before leaving a site. Prints one line
 //! per part of the box (pass, warn, fail or skipped, with a fix for each problem) and exits 1 when
-//! anything failed. The checks themselves live in the library (`edge_agent::check`).
+//! anything failed. The checks themselves live in the library (`edge_agent::ops::check`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use edge_agent::check::{self, CheckOptions};
+use edge_agent::ops::check::{self, CheckOptions};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {

@@ -85,8 +85,8 @@ fn infer_one(models: &mut [Model], path: &Path, args: &InferArgs, infos: &[infer
     if let Some(dir) = &args.annotate {
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
         let target = dir.join(format!("{stem}.jpg"));
-        let drawn = edge_agent::judge::draw::annotate_with_labels(&image, &results);
-        let bytes = edge_agent::judge::draw::encode_jpeg(&drawn, 90)?;
+        let drawn = edge_agent::evidence::draw::annotate_with_labels(&image, &results);
+        let bytes = edge_agent::evidence::draw::encode_jpeg(&drawn, 90)?;
         std::fs::write(&target, bytes).with_context(|| format!("cannot write {}", target.display()))?;
     }
     if args.json {

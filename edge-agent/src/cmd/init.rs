@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use edge_agent::calibrate::site::write_atomically;
+use edge_agent::base::write_file::write_atomically;
 use edge_agent::config::Config;
 
 const STATION: &str = include_str!("init/station.toml");

@@ -35,7 +35,7 @@ pub fn passwd(args: PasswdArgs) -> anyhow::Result<()> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         bail!("the password is shorter than {MIN_PASSWORD_CHARS} characters; nothing printed");
     }
-    let hash = edge_agent::report::web::auth::hash_password(&password)?;
+    let hash = edge_agent::web::auth::hash_password(&password)?;
     match args.user {
         Some(user) => println!("users = [{{ name = {user:?}, password_hash = \"{hash}\", role = \"{}\" }}]", args.role),
         None => println!("{hash}"),

@@ -4,11 +4,23 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
-    let config = super::load_config(config_path)?;
+    let (config, config_problem) = match super::load_config(config_path) {
+        Ok(config) => (config, None),
+        // A config file that does not load falls back to the last one that started cleanly.
+        Err(e) => match config_path.and_then(edge_agent::config::last_good::load) {
+            Some(Ok(last_good)) => {
+                let problem = format!("{e:#}");
+                tracing::error!("the config file does not load ({problem}); starting on the last config that started");
+                (last_good, Some(problem))
+            }
+            Some(Err(kept)) => return Err(e.context(format!("and the last good config does not load either: {kept}"))),
+            None => return Err(e),
+        },
+    };
     keep_frame_memory_returnable();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let outcome = runtime.block_on(async move {
-        let (trigger, _) = edge_agent::shutdown::channel();
+        let (trigger, _) = edge_agent::base::shutdown::channel();
         let trigger = Arc::new(trigger);
         let signal_trigger = trigger.clone();
         tokio::spawn(async move {
@@ -17,7 +29,7 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
             signal_trigger.trigger();
         });
         tracing::info!(device = %config.device_id, state_dir = %config.state_dir.display(), "edge-agent {} starting", env!("CARGO_PKG_VERSION"));
-        edge_agent::app::run(config, config_path.map(Path::to_path_buf), &trigger).await
+        edge_agent::app::run(config, config_path.map(Path::to_path_buf), config_problem, &trigger).await
     });
     // A camera read stuck in the kernel must not keep a stopping agent alive past systemd's timeout.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use edge_agent::judge::chain;
+use edge_agent::evidence::chain;
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{BackendKind, InferenceConfig, ModelConfig};
 use crate::source::Frame;
+use config::{BackendKind, InferenceConfig, ModelConfig};
 use manifest::{DecoderSpec, Manifest, ManifestError, Task, VerifiedModel};
 use preprocess::Preprocessor;
 
@@ -36,6 +36,9 @@ pub enum InferError {
     Run { backend: &'static str, message: String },
     #[error("unexpected model output: {message}")]
     Output { message: String },
+    /// The backend panicked inside a run: counted as a failed run, the worker goes on.
+    #[error("the {backend} backend crashed (panic) while running the model: {message}")]
+    Panicked { backend: &'static str, message: String },
     #[error(
         "ONNX Runtime library {path} (from {origin}) {problem}; edge-agent needs ONNX Runtime {needed} or newer \
          (scripts/fetch-onnxruntime.sh fetches one)"
@@ -408,13 +411,30 @@ pub fn load_models(configs: &[ModelConfig], inference: &InferenceConfig) -> Resu
     models
 }
 
+/// One model's run on a frame; a panic inside the backend (a hostile or broken model) becomes a
+/// failed run instead of ending the inference task for good.
+fn run_catching_panics(model: &mut Model, image: &Arc<image::RgbImage>) -> Result<ModelResult, InferError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(image))) {
+        Ok(outcome) => outcome,
+        Err(payload) => {
+            let backend = model.info().backend;
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(InferError::Panicked { backend, message })
+        }
+    }
+}
+
 /// Runs every model on a frame: the infer stage's unit of work.
 pub fn infer_frame(models: &mut [Model], frame: Frame) -> (InferredFrame, Vec<(ModelId, InferError)>) {
     let mut results = Vec::with_capacity(models.len());
     let mut failures = Vec::new();
     let image: Arc<image::RgbImage> = frame.image.clone();
     for model in models.iter_mut() {
-        match model.infer(&image) {
+        match run_catching_panics(model, &image) {
             Ok(result) => results.push(result),
             Err(e) => failures.push((model.id().clone(), e)),
         }

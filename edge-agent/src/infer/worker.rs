@@ -8,8 +8,8 @@ use tokio::sync::{mpsc, Notify};
 
 use super::control::{ModelTestRequest, ModelTestRun, WorkerControls};
 use super::{infer_frame, InferredFrame, Model};
-use crate::liveness::Heartbeat;
-use crate::shutdown::Shutdown;
+use crate::base::liveness::Heartbeat;
+use crate::base::shutdown::Shutdown;
 use crate::source::CameraFeed;
 
 /// Takes the newest frame of each camera in turn (round robin, so one busy camera cannot starve
@@ -133,7 +133,7 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
-    use crate::config::ModelConfig;
+    use crate::infer::config::ModelConfig;
     use crate::source::{CameraHealth, Frame};
 
     /// Two cameras that always have a new frame waiting (both faster than the model): inference
@@ -168,9 +168,9 @@ mod tests {
                 }
             });
         }
-        let (trigger, shutdown) = crate::shutdown::channel();
+        let (trigger, shutdown) = crate::base::shutdown::channel();
         let (output, mut inferred) = mpsc::channel(2);
-        let heartbeat = crate::liveness::Liveness::default().register("inference");
+        let heartbeat = crate::base::liveness::Liveness::default().register("inference");
         let worker = tokio::spawn(run_inference(
             models,
             feeds,
@@ -209,10 +209,10 @@ mod tests {
         let health = Arc::new(CameraHealth::default());
         let feeds = vec![CameraFeed { id: "yard".into(), frames: receiver, health, last_taken: 0 }];
         let new_frame = Arc::new(Notify::new());
-        let (trigger, shutdown) = crate::shutdown::channel();
+        let (trigger, shutdown) = crate::base::shutdown::channel();
         let (output, mut inferred) = mpsc::channel(2);
         let (control, _runs, controls) = crate::infer::control::WorkerControls::channel();
-        let heartbeat = crate::liveness::Liveness::default().register("inference");
+        let heartbeat = crate::base::liveness::Liveness::default().register("inference");
         let worker =
             tokio::spawn(run_inference(models, feeds, new_frame.clone(), output, heartbeat, shutdown, controls));
 

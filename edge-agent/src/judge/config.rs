@@ -1,6 +1,6 @@
 //! What the user writes about judging: `[site]`, `[taxonomy]`, `[scenes.<camera>]` (zones, privacy
-//! switch, ground calibration), `[tracking]`, `[background]`, `[rules.*]`, `[evidence]`, `[privacy]`
-//! and `[stats]`. Every key has a default, so an empty file still runs the demo (the plain `object`
+//! switch, ground calibration), `[tracking]`, `[background]`, `[rules.*]` and `[privacy]` (which
+//! labels are people; the evidence stage applies what the judge decides). Every key has a default, so an empty file still runs the demo (the plain `object`
 //! rule, no zones).
 
 use std::collections::{BTreeMap, HashSet};
@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{absolutise, is_valid_topic_level, Invalid};
+use crate::base::section::{absolutise, is_valid_topic_level, Invalid};
+use crate::infer::config::BackendKind;
 
 /// Where the box stands, copied into every event and the daily statistics.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -51,7 +52,7 @@ pub struct TaxonomyConfig {
 
 impl Default for TaxonomyConfig {
     fn default() -> Self {
-        let data = crate::config::data_dir();
+        let data = crate::base::section::data_dir();
         Self {
             categories: default_categories(),
             mappings: vec![
@@ -438,26 +439,6 @@ fn default_cover_min_score() -> f32 {
     0.5
 }
 
-/// Evidence pictures under `state_dir/evidence`, and how much disk they may take.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EvidenceConfig {
-    pub enabled: bool,
-    /// Evidence pictures together stay below this size; the oldest go first.
-    pub max_disk_mb: u64,
-    /// Evidence older than this is deleted.
-    pub max_age_days: u32,
-    /// Evidence is deleted (oldest first), and none written, while the disk has less free space.
-    pub min_free_mb: u64,
-    pub jpeg_quality: u8,
-}
-
-impl Default for EvidenceConfig {
-    fn default() -> Self {
-        Self { enabled: true, max_disk_mb: 2048, max_age_days: 30, min_free_mb: 512, jpeg_quality: 90 }
-    }
-}
-
 /// Privacy by default: people blurred and privacy zones blacked out in every stored or sent image.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -473,23 +454,7 @@ impl Default for PrivacyConfig {
     }
 }
 
-/// Daily statistics per station, published as the MQTT `stats` message.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StatsConfig {
-    /// Statistics are published at most this often (and when the day ends).
-    pub publish_interval_secs: f64,
-    /// Where days begin, e.g. "+08:00"; default: the box's local time zone.
-    pub utc_offset: Option<String>,
-}
-
-impl Default for StatsConfig {
-    fn default() -> Self {
-        Self { publish_interval_secs: 300.0, utc_offset: None }
-    }
-}
-
-/// Everything the judge stage reads from the configuration file, borrowed from [`crate::config::Config`].
+/// The judge's sections borrowed from the whole configuration, for validation.
 pub struct JudgeSections<'a> {
     pub site: &'a SiteConfig,
     pub taxonomy: &'a TaxonomyConfig,
@@ -497,9 +462,24 @@ pub struct JudgeSections<'a> {
     pub tracking: &'a TrackingConfig,
     pub background: &'a BackgroundConfig,
     pub rules: &'a RulesConfig,
-    pub evidence: &'a EvidenceConfig,
     pub privacy: &'a PrivacyConfig,
-    pub stats: &'a StatsConfig,
+}
+
+/// The judge's own copy of its sections, as it runs and as `set`/`reload` hand them over: built by
+/// the config loader (`Config::judge_settings`), so the judge never sees the whole configuration.
+#[derive(Debug, Clone)]
+pub struct JudgeSettings {
+    /// The box's name in events.
+    pub device_id: String,
+    /// The backend the second-stage classifiers run on (`inference.backend`).
+    pub backend: BackendKind,
+    pub site: SiteConfig,
+    pub taxonomy: TaxonomyConfig,
+    pub scenes: BTreeMap<String, SceneConfig>,
+    pub tracking: TrackingConfig,
+    pub background: BackgroundConfig,
+    pub rules: RulesConfig,
+    pub privacy: PrivacyConfig,
 }
 
 fn check_unit(key: &str, value: f32) -> Result<(), Invalid> {
@@ -728,119 +708,6 @@ impl JudgeSections<'_> {
                 ));
             }
         }
-        let e = self.evidence;
-        if !(1..=100).contains(&e.jpeg_quality) {
-            return Err(Invalid::new("evidence.jpeg_quality", format!("is {}; expected 1 to 100", e.jpeg_quality)));
-        }
-        if e.max_disk_mb == 0 {
-            return Err(Invalid::new("evidence.max_disk_mb", "is 0; set evidence.enabled = false to keep no evidence"));
-        }
-        check_secs("stats.publish_interval_secs", self.stats.publish_interval_secs)?;
-        if let Some(offset) = &self.stats.utc_offset {
-            parse_utc_offset(offset).map_err(|problem| Invalid::new("stats.utc_offset", problem))?;
-        }
         Ok(())
-    }
-}
-
-/// "+08:00" → the offset; the error says what was expected.
-pub fn parse_utc_offset(text: &str) -> Result<chrono::FixedOffset, String> {
-    let bad = || format!("is {text:?}; expected an offset like \"+08:00\" or \"-05:30\"");
-    let (sign, rest) = match text.as_bytes().first() {
-        Some(b'+') => (1, &text[1..]),
-        Some(b'-') => (-1, &text[1..]),
-        _ => return Err(bad()),
-    };
-    let (hours, minutes) = rest.split_once(':').ok_or_else(bad)?;
-    let hours: i32 = hours.parse().map_err(|_| bad())?;
-    let minutes: i32 = minutes.parse().map_err(|_| bad())?;
-    if hours > 14 || minutes > 59 {
-        return Err(bad());
-    }
-    chrono::FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60)).ok_or_else(bad)
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::config::Config;
-    use std::path::Path;
-
-    const CAMERA: &str = "[[cameras]]\nid = \"gate\"\nsource = { kind = \"replay\", path = \"frames\" }\n";
-
-    fn check(extra: &str) -> Result<Config, String> {
-        let path = Path::new("site.toml");
-        let config = Config::from_toml_str(&format!("{CAMERA}{extra}"), path).map_err(|e| e.to_string())?;
-        config.validate(path).map_err(|e| e.to_string())?;
-        Ok(config)
-    }
-
-    fn zone(role: &str, category: Option<&str>, polygon: &str) -> String {
-        let category = category.map(|c| format!("category = \"{c}\"\n")).unwrap_or_default();
-        format!("[[scenes.gate.zones]]\nid = \"z1\"\nrole = \"{role}\"\n{category}polygon = {polygon}\n")
-    }
-
-    const SQUARE: &str = "[[0.1, 0.1], [0.5, 0.1], [0.5, 0.5], [0.1, 0.5]]";
-
-    #[test]
-    fn an_empty_file_still_runs_the_demo_with_four_categories() {
-        let config = Config::from_toml_str("", Path::new("empty.toml")).unwrap();
-        let names: Vec<&str> = config.taxonomy.category_names().collect();
-        assert_eq!(names, ["recyclable", "hazardous", "kitchen", "residual"]);
-        assert_eq!(config.taxonomy.categories[2].zh, "厨余垃圾");
-        assert!(config.rules.object.enabled && config.evidence.enabled && config.privacy.blur_people);
-        assert!(config.scenes.is_empty());
-    }
-
-    #[test]
-    fn a_complete_station_config_is_accepted() {
-        let config = check(&format!(
-            "{}{}[scenes.gate]\nblur_people = false\nground_homography = [[0.01, 0, 0], [0, 0.01, 0], [0, 0, 1]]\n\
-             [rules.truck_exit]\nleaving_direction = \"down\"\n[stats]\nutc_offset = \"+08:00\"\n",
-            zone("bin", Some("kitchen"), SQUARE),
-            "[[scenes.gate.zones]]\nid = \"road\"\nrole = \"road\"\npolygon = [[0, 0.6], [1, 0.6], [1, 1], [0, 1]]\n"
-        ))
-        .unwrap();
-        let scene = &config.scenes["gate"];
-        assert_eq!(scene.zones.len(), 2);
-        assert_eq!(scene.blur_people, Some(false));
-        assert!(scene.ground_homography.is_some());
-    }
-
-    #[test]
-    fn zone_mistakes_are_refused_naming_the_key() {
-        let cases = [
-            (zone("bin", None, SQUARE), "scenes.gate.zones[0].category", "needs the category"),
-            (zone("bin", Some("glass"), SQUARE), "scenes.gate.zones[0].category", "recyclable"),
-            (zone("road", Some("kitchen"), SQUARE), "scenes.gate.zones[0].category", "only for zones"),
-            (
-                zone("road", None, "[[0.1, 0.1], [1.5, 0.1], [0.5, 0.5]]"),
-                "scenes.gate.zones[0].polygon",
-                "outside the frame",
-            ),
-            (zone("road", None, "[[0.1, 0.1], [0.2, 0.2]]"), "scenes.gate.zones[0].polygon", "at least 3"),
-            (
-                zone("road", None, "[[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]]"),
-                "scenes.gate.zones[0].polygon",
-                "non-degenerate",
-            ),
-            (zone("dump", None, SQUARE), "role", "unknown variant"),
-            (format!("{}{}", zone("road", None, SQUARE), zone("ignore", None, SQUARE)), "zones[1].id", "used twice"),
-            ("[scenes.east]\nblur_people = false\n".to_string(), "scenes.east", "no configured camera"),
-            (
-                "[scenes.gate]\nground_homography = [[1, 2, 3], [2, 4, 6], [0, 0, 1]]\n".to_string(),
-                "scenes.gate.ground_homography",
-                "singular",
-            ),
-            ("[rules.object]\nzones = [\"nowhere\"]\n".to_string(), "rules.object.zones[0]", "no scene defines"),
-            ("[rules.litter]\naction = { command = [] }\n".to_string(), "rules.litter.action.command", "is empty"),
-            ("[rules.overflow]\nmin_coverage = 1.5\n".to_string(), "rules.overflow.min_coverage", "from 0 to 1"),
-            ("[taxonomy]\ncategories = []\n".to_string(), "taxonomy.categories", "at least one"),
-            ("[stats]\nutc_offset = \"CST\"\n".to_string(), "stats.utc_offset", "+08:00"),
-            ("[background]\nlong_term_secs = 1\n".to_string(), "background.long_term_secs", "short_term_secs"),
-        ];
-        for (extra, key, expected) in cases {
-            let err = check(&extra).expect_err(&extra);
-            assert!(err.contains("site.toml") && err.contains(key) && err.contains(expected), "{extra}\n→ {err}");
-        }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use chrono::{DateTime, TimeZone, Utc};
 use image::RgbImage;
 
-use crate::config::{BackendKind, ModelConfig};
+use crate::infer::config::{BackendKind, ModelConfig};
 use crate::infer::{BoundingBox, Detection, Findings, InferredFrame, Model, ModelResult};
 use crate::judge::config::ZoneRole;
 use crate::judge::lifecycle::LifecycleState;
@@ -138,4 +138,19 @@ pub fn test_event(kind: EventKind, state: LifecycleState, time: DateTime<Utc>) -
         snapshot_sha256: None,
         evidence: None,
     }
+}
+
+/// A whole config for stage tests: box `box-1` with state in `state_dir`, replay cameras `demo`,
+/// `station`, `yard` and `other`, and `extra` TOML; validated as a start would.
+pub fn test_config(state_dir: &Path, extra: &str) -> crate::config::Config {
+    let mut text = format!("device_id = \"box-1\"\nstate_dir = {:?}\n", state_dir.display().to_string());
+    for camera in ["demo", "station", "yard", "other"] {
+        text.push_str(&format!(
+            "[[cameras]]\nid = \"{camera}\"\nsource = {{ kind = \"replay\", path = \"frames\" }}\n"
+        ));
+    }
+    text.push_str(extra);
+    let config = crate::config::Config::from_toml_str(&text, Path::new("test.toml")).unwrap();
+    config.validate(Path::new("test.toml")).unwrap();
+    config
 }

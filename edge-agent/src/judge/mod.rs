@@ -1,44 +1,33 @@
-//! The judge stage: decides which findings are events worth reporting, keeps the evidence, and
-//! hides what must not be seen. Per camera: zones ([`zones`]), a background model for static
-//! foreground ([`background`]), and the rules ([`rules`]) with their trackers ([`tracker`]) and
-//! event lifecycles ([`lifecycle`]). Per device: the taxonomy ([`taxonomy`]), evidence pictures in a
-//! signed hash chain ([`evidence`], [`chain`], [`signing`]), privacy masks ([`privacy`]), daily
-//! statistics ([`stats`]) and on-site actions ([`actions`]). The logic is pure and driven by frame
-//! times; files are written only by the evidence store.
+//! The judge stage: inferred frames in; events worth reporting, and what must stay private, out
+//! ([`Judgement`], to the evidence stage). Per camera: zones ([`zones`]), a background model for
+//! static foreground ([`background`]), and the rules ([`rules`]) with their trackers ([`tracker`])
+//! and event lifecycles ([`lifecycle`]); per device the taxonomy ([`taxonomy`]). Pure and driven by
+//! frame times: it writes no file, draws no picture and runs no program. Imports the infer and
+//! source message types, never evidence, delivery or the side rooms.
 
-pub mod actions;
 pub mod background;
-pub mod chain;
 pub mod config;
-pub mod draw;
-pub mod evidence;
 #[cfg(test)]
 pub mod fixtures;
 pub mod lifecycle;
-pub mod privacy;
 pub mod rules;
-pub mod signing;
-pub mod stats;
 pub mod taxonomy;
 pub mod tracker;
 pub mod zones;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::{DateTime, Offset, Utc};
-use image::RgbImage;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use crate::config::{BackendKind, Config};
+use crate::base::liveness::Heartbeat;
 use crate::infer::{BoundingBox, Findings, InferError, InferredFrame, ModelId, ModelResult};
 use crate::source::Frame;
 use background::BackgroundModel;
-use chain::EvidenceFile;
-use config::{BackgroundConfig, PrivacyConfig, RulesConfig, TrackingConfig, ZoneRole};
-use evidence::{EvidenceError, EvidenceStore, Picture};
+use config::{ActionConfig, BackgroundConfig, JudgeSettings, RulesConfig, TrackingConfig, ZoneRole};
 use lifecycle::{LifecycleState, Transition, UpdateReason};
 use rules::litter::LitterRule;
 use rules::object::ObjectRule;
@@ -47,7 +36,6 @@ use rules::road_debris::RoadDebrisRule;
 use rules::truck_exit::{CoverClassifier, TruckExitRule};
 use rules::wrong_bin::{Categoriser, WrongBinRule};
 use rules::{detections_of, Finding, FrameView, SecondStage};
-use stats::{DailyStats, StatsBook};
 use taxonomy::{Taxonomy, TaxonomyError};
 use tracker::{seconds_between, TrackIds};
 use zones::{Scene, Zone};
@@ -117,6 +105,15 @@ pub struct Event {
     pub evidence: Option<EvidenceRef>,
 }
 
+/// A file of evidence and its hash, as the chain records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceFile {
+    /// Path relative to the evidence folder, `/`-separated.
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvidenceRef {
     /// Sequence number of the chain record holding this message.
@@ -170,28 +167,57 @@ impl From<EventBox> for BoundingBox {
     }
 }
 
-/// The evidence picture of an event message, for `snapshots/{event_id}`.
+/// An event the judge decided, with what the evidence and delivery stages need to handle it.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub event_id: Uuid,
-    pub jpeg: Arc<Vec<u8>>,
+pub struct JudgedEvent {
+    pub event: Event,
+    /// This message gets evidence pictures (a start, and updates and ends that show something new).
+    pub with_pictures: bool,
+    /// One line for the evidence picture: kind, label, category and score (English names: the
+    /// embedded font has no Chinese glyphs).
+    pub caption: String,
+    /// The on-site action of the event's rule, on `start` messages only (from the local config).
+    pub action: Option<ActionConfig>,
 }
 
-/// A judged frame: the message from judge to report.
+/// What must not be seen in any picture of a frame: decided here, applied by the evidence stage
+/// (and by every other place that lets a picture out, through the same `evidence::privacy`).
+#[derive(Debug, Clone, Default)]
+pub struct PrivacyMask {
+    /// Where people were found; blurred when `blur_people`.
+    pub people: Vec<BoundingBox>,
+    pub blur_people: bool,
+    /// The camera's privacy zones: always black.
+    pub zones: Vec<Zone>,
+}
+
+impl PrivacyMask {
+    /// The mask of `scene` with the people among the models' findings (`person_labels`), also those
+    /// in `ignore` zones.
+    pub fn from_results(scene: &Scene, results: &[ModelResult], person_labels: &[String]) -> Self {
+        let people = all_detections(results).filter(|d| person_labels.contains(&d.label)).map(|d| d.bbox).collect();
+        Self::with_people(scene, people)
+    }
+
+    pub fn with_people(scene: &Scene, people: Vec<BoundingBox>) -> Self {
+        Self {
+            people,
+            blur_people: scene.blur_people,
+            zones: scene.zones_with_role(ZoneRole::Privacy).cloned().collect(),
+        }
+    }
+}
+
+/// A judged frame: the message from judge to evidence.
 #[derive(Debug, Clone)]
 pub struct Judgement {
-    /// The frame with privacy applied (people blurred, privacy zones black): safe to show or send.
+    /// The frame as captured, NOT yet private: only the evidence stage reads it, and masks it.
     pub frame: Frame,
     pub results: Vec<ModelResult>,
-    pub events: Vec<Event>,
-    /// One per event message that has a picture.
-    pub snapshots: Vec<Snapshot>,
+    pub events: Vec<JudgedEvent>,
+    pub privacy: PrivacyMask,
     /// The camera's zones, for drawing.
     pub zones: Vec<Zone>,
-    /// Today's statistics, when this frame changed them.
-    pub stats_today: Option<DailyStats>,
-    /// Statistics to publish as MQTT `stats` messages.
-    pub stats_to_publish: Vec<DailyStats>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,8 +226,6 @@ pub enum JudgeError {
     Taxonomy(#[from] TaxonomyError),
     #[error("`{key}`: {source}")]
     Model { key: &'static str, source: InferError },
-    #[error(transparent)]
-    Evidence(#[from] EvidenceError),
     #[error("`{key}` {problem}")]
     Invalid { key: &'static str, problem: String },
 }
@@ -239,77 +263,31 @@ impl CameraJudge {
 }
 
 pub struct Judge {
-    device: String,
+    settings: JudgeSettings,
     station_id: String,
-    grid_cell: Option<String>,
-    rules: RulesConfig,
-    tracking: TrackingConfig,
-    background: BackgroundConfig,
-    privacy: PrivacyConfig,
-    jpeg_quality: u8,
-    classifier_min_score: f32,
     taxonomy: Taxonomy,
     scenes: HashMap<String, Scene>,
     default_scene: Scene,
     cameras: HashMap<String, CameraJudge>,
     item_classifier: Option<SecondStage>,
     cover_classifier: Option<CoverClassifier>,
-    evidence: Option<EvidenceStore>,
-    stats: StatsBook,
-    stats_file: Option<PathBuf>,
-    actions: actions::ActionLimiter,
-    last_retention: Option<DateTime<Utc>>,
 }
 
-/// Retention also runs this often when no event brings new evidence, so old pictures still go.
-const RETENTION_INTERVAL_SECS: f64 = 600.0;
-
-/// The evidence crop is the event's box grown by this share of its size on each side (the page's
-/// labelling finds the box inside the crop again from it).
-pub const EVIDENCE_CROP_MARGIN: f32 = 0.15;
-
-/// Where today's statistics are kept across restarts.
-const STATS_FILE: &str = "stats-today.json";
+/// Each rule's transitions of one frame, tagged with the rule's kind.
+type Transitions = Vec<(EventKind, Transition<Finding>)>;
 
 impl Judge {
-    /// Builds the judge from the configuration: loads the taxonomy, the second-stage classifiers the
-    /// zones need, the evidence store (creating the device key on first start) and today's
-    /// statistics. `model_names` are the infer stage's models.
-    pub fn open(config: &Config, model_names: &[String]) -> Result<Self, JudgeError> {
-        let rules = config.rules.clone();
-        if let Some(model) = &rules.road_debris.model {
-            if !model_names.contains(model) {
-                return Err(JudgeError::Invalid {
-                    key: "rules.road_debris.model",
-                    problem: format!(
-                        "is {model:?}; expected the name of a configured model: {}",
-                        model_names.join(", ")
-                    ),
-                });
-            }
-        }
-        let taxonomy = Taxonomy::load(&config.taxonomy)?;
-        let blur_default = config.privacy.blur_people;
-        let scenes: HashMap<String, Scene> = config
-            .scenes
-            .iter()
-            .map(|(camera, scene)| (camera.clone(), Scene::from_config(camera, scene, blur_default)))
-            .collect();
-        let backend: BackendKind = config.inference.backend;
-        let wants_item_classifier = rules.wrong_bin.enabled
-            && config.taxonomy.classify_crops
-            && scenes.values().any(|s| s.has_role(ZoneRole::Bin));
-        let item_classifier = if wants_item_classifier {
-            Some(
-                SecondStage::load(&config.taxonomy.classifier, backend)
-                    .map_err(|source| JudgeError::Model { key: "taxonomy.classifier", source })?,
-            )
-        } else {
-            None
-        };
+    /// Builds the judge from its settings: loads the taxonomy and the second-stage classifiers the
+    /// zones need. `model_names` are the infer stage's models.
+    pub fn open(settings: &JudgeSettings, model_names: &[String]) -> Result<Self, JudgeError> {
+        check_debris_model(&settings.rules, model_names)?;
+        let (taxonomy, scenes, default_scene) = scenes_and_taxonomy(settings)?;
+        let item_classifier =
+            if wants_item_classifier(settings, &scenes) { Some(load_item_classifier(settings)?) } else { None };
+        let rules = &settings.rules;
         let cover_classifier = match (&rules.truck_exit.cover_classifier, rules.truck_exit.enabled) {
             (Some(cover), true) => Some(CoverClassifier {
-                stage: SecondStage::load(&cover.manifest, backend).map_err(|source| JudgeError::Model {
+                stage: SecondStage::load(&cover.manifest, settings.backend).map_err(|source| JudgeError::Model {
                     key: "rules.truck_exit.cover_classifier.manifest",
                     source,
                 })?,
@@ -317,95 +295,64 @@ impl Judge {
             }),
             _ => None,
         };
-        let evidence = if config.evidence.enabled {
-            Some(EvidenceStore::open(&config.state_dir, config.evidence.clone(), &config.device_id)?)
-        } else {
-            None
-        };
-        let offset = match &config.stats.utc_offset {
-            Some(text) => config::parse_utc_offset(text)
-                .map_err(|problem| JudgeError::Invalid { key: "stats.utc_offset", problem })?,
-            None => chrono::Local::now().offset().fix(),
-        };
-        let station_id = config.site.station_id.clone().unwrap_or_else(|| config.device_id.clone());
-        let mut stats = StatsBook::new(
-            &station_id,
-            config.site.grid_cell.as_deref(),
-            &config.device_id,
-            offset,
-            config.stats.publish_interval_secs,
-            Utc::now(),
-        );
-        let stats_file = config.state_dir.join(STATS_FILE);
-        if let Some(saved) = std::fs::read(&stats_file).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
-            stats.resume(saved);
-        }
         Ok(Self {
-            device: config.device_id.clone(),
-            station_id,
-            grid_cell: config.site.grid_cell.clone(),
-            rules,
-            tracking: config.tracking.clone(),
-            background: config.background.clone(),
-            privacy: config.privacy.clone(),
-            jpeg_quality: config.evidence.jpeg_quality,
-            classifier_min_score: config.taxonomy.classifier_min_score,
+            station_id: settings.site.station_id.clone().unwrap_or_else(|| settings.device_id.clone()),
+            settings: settings.clone(),
             taxonomy,
-            default_scene: Scene { blur_people: blur_default, ..Scene::default() },
             scenes,
+            default_scene,
             cameras: HashMap::new(),
             item_classifier,
             cover_classifier,
-            evidence,
-            stats,
-            stats_file: Some(stats_file),
-            actions: actions::ActionLimiter::default(),
-            last_retention: None,
         })
     }
 
     /// Takes new rules, zones, tracking, background and privacy settings from `set`/`reload`
-    /// between two frames. The evidence store, device key, statistics and loaded classifiers stay;
-    /// each camera's rule state starts afresh, so an incident open under the old rules is reported
-    /// again under the new ones (with a new `event_id`).
-    pub fn reconfigure(&mut self, config: &Config) -> Result<(), JudgeError> {
-        let taxonomy = Taxonomy::load(&config.taxonomy)?;
-        let blur_default = config.privacy.blur_people;
-        let scenes: HashMap<String, Scene> = config
-            .scenes
-            .iter()
-            .map(|(camera, scene)| (camera.clone(), Scene::from_config(camera, scene, blur_default)))
-            .collect();
+    /// between two frames. The loaded classifiers stay; each camera's rule state starts afresh, so
+    /// an incident open under the old rules is reported again under the new ones (with a new
+    /// `event_id`).
+    pub fn reconfigure(&mut self, settings: &JudgeSettings) -> Result<(), JudgeError> {
+        let (taxonomy, scenes, default_scene) = scenes_and_taxonomy(settings)?;
         // The first bin zone drawn on a running box needs the crop classifier the start skipped.
-        let wants_item_classifier = config.rules.wrong_bin.enabled
-            && config.taxonomy.classify_crops
-            && scenes.values().any(|s| s.has_role(ZoneRole::Bin));
-        if wants_item_classifier && self.item_classifier.is_none() {
-            self.item_classifier = Some(
-                SecondStage::load(&config.taxonomy.classifier, config.inference.backend)
-                    .map_err(|source| JudgeError::Model { key: "taxonomy.classifier", source })?,
-            );
+        if wants_item_classifier(settings, &scenes) && self.item_classifier.is_none() {
+            self.item_classifier = Some(load_item_classifier(settings)?);
         }
         self.scenes = scenes;
-        self.default_scene = Scene { blur_people: blur_default, ..Scene::default() };
+        self.default_scene = default_scene;
         self.taxonomy = taxonomy;
-        self.rules = config.rules.clone();
-        self.tracking = config.tracking.clone();
-        self.background = config.background.clone();
-        self.privacy = config.privacy.clone();
-        self.classifier_min_score = config.taxonomy.classifier_min_score;
+        self.station_id = settings.site.station_id.clone().unwrap_or_else(|| settings.device_id.clone());
+        self.settings = settings.clone();
         self.cameras.clear();
         Ok(())
     }
 
+    /// Decides one frame: what must stay private, what each rule saw, and the events that follow.
     pub fn judge(&mut self, inferred: InferredFrame) -> Judgement {
         let InferredFrame { frame, results } = inferred;
-        let now = frame.captured_at;
         let camera = frame.camera.to_string();
         let scene = self.scenes.get(&camera).unwrap_or(&self.default_scene);
+        let privacy = PrivacyMask::from_results(scene, &results, &self.settings.privacy.person_labels);
+        let zones = scene.zones.clone();
+        let transitions = self.run_rules(&camera, &frame, &results);
         let (width, height) = frame.image.dimensions();
-        let debris_model = self.rules.road_debris.model.as_deref();
-        let found = detections_of(&results, scene, width, height, debris_model);
+        let events = transitions
+            .into_iter()
+            .map(|(kind, transition)| {
+                let event = self.event_from(kind, &camera, frame.captured_at, (width, height), &transition);
+                let action = (event.state == LifecycleState::Start).then(|| self.action_of(kind).clone()).flatten();
+                JudgedEvent { caption: self.caption(&event), with_pictures: transition.snapshot, action, event }
+            })
+            .collect();
+        Judgement { frame, results, events, privacy, zones }
+    }
+
+    /// Runs every rule of the camera on the frame's findings (and its background model).
+    fn run_rules(&mut self, camera: &str, frame: &Frame, results: &[ModelResult]) -> Transitions {
+        let now = frame.captured_at;
+        let scene = self.scenes.get(camera).unwrap_or(&self.default_scene);
+        let (width, height) = frame.image.dimensions();
+        let debris_model = self.settings.rules.road_debris.model.as_deref();
+        let found = detections_of(results, scene, width, height, debris_model);
         let debris_found = match debris_model {
             Some(name) => {
                 let own: Vec<ModelResult> = results.iter().filter(|r| r.model.name == name).cloned().collect();
@@ -413,40 +360,25 @@ impl Judge {
             }
             None => Vec::new(),
         };
-        // Privacy and exclusion use every detection, also those in `ignore` zones.
-        let all_detections = results.iter().flat_map(|r| match &r.findings {
-            Findings::Detect { detections } => detections.as_slice(),
-            Findings::Classify { .. } => &[],
-        });
-        let mut people = Vec::new();
-        let mut not_foreground = Vec::new();
-        for d in all_detections {
-            if self.privacy.person_labels.contains(&d.label) {
-                people.push(d.bbox);
-            }
-            if self.background.exclude_labels.contains(&d.label) {
-                not_foreground.push(d.bbox);
-            }
-        }
-        let (rules, tracking, background) = (&self.rules, &self.tracking, &self.background);
-        let cam =
-            self.cameras.entry(camera.clone()).or_insert_with(|| CameraJudge::new(rules, tracking, background, scene));
+        // Exclusion from the background model uses every detection, also those in `ignore` zones.
+        let exclude = &self.settings.background.exclude_labels;
+        let not_foreground: Vec<BoundingBox> =
+            all_detections(results).filter(|d| exclude.contains(&d.label)).map(|d| d.bbox).collect();
+        let s = &self.settings;
+        let cam = self
+            .cameras
+            .entry(camera.to_string())
+            .or_insert_with(|| CameraJudge::new(&s.rules, &s.tracking, &s.background, scene));
         let foreground = cam.background.as_mut().map(|model| model.update(&frame.image, now, &not_foreground));
-        let view = FrameView {
-            camera: &camera,
-            time: now,
-            image: &frame.image,
-            found: &found,
-            scene,
-            foreground: foreground.as_ref(),
-        };
-        let mut transitions: Vec<(EventKind, Transition<Finding>)> = Vec::new();
+        let view =
+            FrameView { camera, time: now, image: &frame.image, found: &found, scene, foreground: foreground.as_ref() };
+        let mut transitions: Transitions = Vec::new();
         let tag = |kind: EventKind| move |t: Transition<Finding>| (kind, t);
         transitions.extend(cam.object.judge(&view, &mut cam.ids).into_iter().map(tag(EventKind::Object)));
         let mut categoriser = Categoriser {
             taxonomy: &self.taxonomy,
             classifier: self.item_classifier.as_mut(),
-            min_classifier_score: self.classifier_min_score,
+            min_classifier_score: self.settings.taxonomy.classifier_min_score,
         };
         transitions.extend(
             cam.wrong_bin.judge(&view, &mut cam.ids, &mut categoriser).into_iter().map(tag(EventKind::WrongBin)),
@@ -462,50 +394,7 @@ impl Judge {
                 .into_iter()
                 .map(tag(EventKind::TruckExit)),
         );
-
-        let mut private: RgbImage = (*frame.image).clone();
-        let privacy_zones: Vec<&Zone> = scene.zones_with_role(ZoneRole::Privacy).collect();
-        privacy::apply(&mut private, &people, scene.blur_people, &privacy_zones);
-        let zones = scene.zones.clone();
-
-        let mut events = Vec::new();
-        let mut snapshots = Vec::new();
-        let mut stats_to_publish = Vec::new();
-        for (kind, transition) in transitions {
-            let mut event = self.event_from(kind, &camera, now, (width, height), &transition);
-            if transition.snapshot {
-                let (frame_jpeg, crop_jpeg) = self.pictures(&private, &zones, &results, &event);
-                if let Some(jpeg) = &frame_jpeg {
-                    event.snapshot_sha256 = Some(chain::sha256_hex(jpeg));
-                }
-                self.keep_evidence(&mut event, now, frame_jpeg.as_deref(), crop_jpeg.as_deref());
-                if let Some(jpeg) = frame_jpeg {
-                    snapshots.push(Snapshot { event_id: event.event_id, jpeg: Arc::new(jpeg) });
-                }
-            } else {
-                self.keep_evidence(&mut event, now, None, None);
-            }
-            stats_to_publish.extend(self.stats.record(&event));
-            if event.state == LifecycleState::Start {
-                self.run_action(&event, now);
-            }
-            events.push(event);
-        }
-        let stats_today = (!events.is_empty()).then(|| self.stats.today().clone());
-        if stats_today.is_some() {
-            self.save_stats();
-        }
-        stats_to_publish.extend(self.stats.due(now));
-        self.retention_if_due(now);
-        Judgement {
-            frame: Frame { image: Arc::new(private), ..frame },
-            results,
-            events,
-            snapshots,
-            zones,
-            stats_today,
-            stats_to_publish,
-        }
+        transitions
     }
 
     fn event_from(
@@ -527,9 +416,9 @@ impl Judge {
             revision: t.revision,
             state: t.state,
             reason: t.reason,
-            device: self.device.clone(),
+            device: self.settings.device_id.clone(),
             station_id: self.station_id.clone(),
-            grid_cell: self.grid_cell.clone(),
+            grid_cell: self.settings.site.grid_cell.clone(),
             camera: camera.to_string(),
             zone: t.zone.clone(),
             time: now,
@@ -558,44 +447,7 @@ impl Judge {
         }
     }
 
-    /// The evidence frame (zones, every detection, the event's box and caption) and the crop, as
-    /// JPEG, from the privacy-masked image. An `end` shows the scene without the subject: no crop.
-    fn pictures(
-        &self,
-        private: &RgbImage,
-        zones: &[Zone],
-        results: &[ModelResult],
-        event: &Event,
-    ) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
-        let mut canvas = private.clone();
-        draw::draw_zones(&mut canvas, zones);
-        let thickness = (canvas.width().max(canvas.height()) / 400).max(1);
-        for result in results {
-            if let Findings::Detect { detections } = &result.findings {
-                for d in detections {
-                    draw::draw_rectangle(&mut canvas, d.bbox, draw::DETECTION_COLOUR, thickness);
-                }
-            }
-        }
-        let bbox = BoundingBox::from(event.bbox);
-        draw::draw_labelled_box(&mut canvas, bbox, &self.caption(event), draw::EVENT_COLOUR, thickness * 3);
-        let encode = |image: &RgbImage| match draw::encode_jpeg(image, self.jpeg_quality) {
-            Ok(jpeg) => Some(jpeg),
-            Err(e) => {
-                tracing::error!(event_id = %event.event_id, "cannot encode evidence JPEG: {e}");
-                None
-            }
-        };
-        let crop = if event.state == LifecycleState::End {
-            None
-        } else {
-            rules::crop_with_margin(private, &bbox, EVIDENCE_CROP_MARGIN).and_then(|crop| encode(&crop))
-        };
-        (encode(&canvas), crop)
-    }
-
-    /// One line on the evidence picture: kind, label, category and score (English names: the
-    /// embedded font has no Chinese glyphs).
+    /// The evidence picture's caption (see [`JudgedEvent::caption`]).
     fn caption(&self, event: &Event) -> String {
         let mut caption = format!("{} {}", event.kind.as_str(), event.label);
         if let Some(category) = &event.category {
@@ -614,80 +466,71 @@ impl Judge {
         caption
     }
 
-    fn keep_evidence(&mut self, event: &mut Event, now: DateTime<Utc>, frame: Option<&[u8]>, crop: Option<&[u8]>) {
-        let Some(store) = self.evidence.as_mut() else { return };
-        let mut pictures = Vec::new();
-        if let Some(jpeg) = frame {
-            pictures.push(Picture { role: "frame", jpeg });
+    fn action_of(&self, kind: EventKind) -> &Option<ActionConfig> {
+        let rules = &self.settings.rules;
+        match kind {
+            EventKind::Object => &rules.object.action,
+            EventKind::WrongBin => &rules.wrong_bin.action,
+            EventKind::Litter => &rules.litter.action,
+            EventKind::Overflow => &rules.overflow.action,
+            EventKind::RoadDebris => &rules.road_debris.action,
+            EventKind::TruckExit => &rules.truck_exit.action,
         }
-        if let Some(jpeg) = crop {
-            pictures.push(Picture { role: "crop", jpeg });
-        }
-        let name = format!("{}-r{}", event.event_id, event.revision);
-        let recorded = store.keep(now, &name, &pictures, |files, seq| {
-            event.evidence = Some(EvidenceRef { chain_seq: seq, files: files.to_vec() });
-            serde_json::to_value(&*event).unwrap_or(serde_json::Value::Null)
-        });
-        if let Err(e) = recorded {
-            // The event still goes out; only its evidence is missing.
-            tracing::error!(event_id = %event.event_id, "cannot keep evidence: {e}");
-            event.evidence = None;
-        }
-    }
-
-    fn retention_if_due(&mut self, now: DateTime<Utc>) {
-        let Some(store) = self.evidence.as_mut() else { return };
-        if self.last_retention.is_some_and(|last| seconds_between(last, now) < RETENTION_INTERVAL_SECS) {
-            return;
-        }
-        self.last_retention = Some(now);
-        if let Err(e) = store.enforce_retention(now, 0) {
-            tracing::error!("evidence retention failed: {e}");
-        }
-    }
-
-    fn run_action(&mut self, event: &Event, now: DateTime<Utc>) {
-        let action = match event.kind {
-            EventKind::Object => &self.rules.object.action,
-            EventKind::WrongBin => &self.rules.wrong_bin.action,
-            EventKind::Litter => &self.rules.litter.action,
-            EventKind::Overflow => &self.rules.overflow.action,
-            EventKind::RoadDebris => &self.rules.road_debris.action,
-            EventKind::TruckExit => &self.rules.truck_exit.action,
-        };
-        if let Some(action) = action {
-            if let Some(command) = self.actions.command_for(action, event, now) {
-                tracing::info!(event_id = %event.event_id, "on-site action: {}", command.join(" "));
-                actions::run(&command, event);
-            }
-        }
-    }
-
-    fn save_stats(&self) {
-        let Some(path) = &self.stats_file else { return };
-        let saved = serde_json::to_vec(self.stats.today()).map_err(|e| e.to_string()).and_then(|json| {
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| e.to_string())
-        });
-        if let Err(e) = saved {
-            tracing::warn!(path = %path.display(), "cannot save today's statistics: {e}");
-        }
-    }
-
-    /// The evidence folder, when evidence is kept.
-    pub fn evidence_dir(&self) -> Option<&std::path::Path> {
-        self.evidence.as_ref().map(|e| e.dir())
     }
 }
 
-/// The judge stage's loop: judges each inferred frame (classifiers and disk writes are blocking
-/// work, so off the async workers) and passes the judgement to report.
+/// Every detection of every detector, also those in `ignore` zones.
+fn all_detections(results: &[ModelResult]) -> impl Iterator<Item = &crate::infer::Detection> {
+    results.iter().flat_map(|r| match &r.findings {
+        Findings::Detect { detections } => detections.as_slice(),
+        Findings::Classify { .. } => &[],
+    })
+}
+
+fn check_debris_model(rules: &RulesConfig, model_names: &[String]) -> Result<(), JudgeError> {
+    if let Some(model) = &rules.road_debris.model {
+        if !model_names.contains(model) {
+            return Err(JudgeError::Invalid {
+                key: "rules.road_debris.model",
+                problem: format!("is {model:?}; expected the name of a configured model: {}", model_names.join(", ")),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The taxonomy, each configured camera's scene, and the scene of cameras without one.
+fn scenes_and_taxonomy(settings: &JudgeSettings) -> Result<(Taxonomy, HashMap<String, Scene>, Scene), JudgeError> {
+    let taxonomy = Taxonomy::load(&settings.taxonomy)?;
+    let blur_default = settings.privacy.blur_people;
+    let scenes = settings
+        .scenes
+        .iter()
+        .map(|(camera, scene)| (camera.clone(), Scene::from_config(camera, scene, blur_default)))
+        .collect();
+    Ok((taxonomy, scenes, Scene { blur_people: blur_default, ..Scene::default() }))
+}
+
+fn wants_item_classifier(settings: &JudgeSettings, scenes: &HashMap<String, Scene>) -> bool {
+    settings.rules.wrong_bin.enabled
+        && settings.taxonomy.classify_crops
+        && scenes.values().any(|s| s.has_role(ZoneRole::Bin))
+}
+
+fn load_item_classifier(settings: &JudgeSettings) -> Result<SecondStage, JudgeError> {
+    SecondStage::load(&settings.taxonomy.classifier, settings.backend)
+        .map_err(|source| JudgeError::Model { key: "taxonomy.classifier", source })
+}
+
+/// The judge stage's loop: judges each inferred frame (classifiers are blocking work, so off the
+/// async workers) and passes the judgement to the evidence stage. `settings` brings new rules and
+/// zones from `set`/`reload`.
 pub async fn run_judge(
     mut judge: Judge,
-    mut input: tokio::sync::mpsc::Receiver<InferredFrame>,
-    output: tokio::sync::mpsc::Sender<Judgement>,
-    mut settings: tokio::sync::watch::Receiver<std::sync::Arc<Config>>,
-    heartbeat: std::sync::Arc<crate::liveness::Heartbeat>,
+    mut input: mpsc::Receiver<InferredFrame>,
+    output: mpsc::Sender<Judgement>,
+    mut settings: watch::Receiver<Arc<JudgeSettings>>,
+    heartbeat: Arc<Heartbeat>,
 ) {
     heartbeat.pause();
     settings.mark_unchanged();
@@ -703,11 +546,11 @@ pub async fn run_judge(
                     settings_open = false;
                     continue;
                 }
-                let config = settings.borrow_and_update().clone();
+                let new_settings = settings.borrow_and_update().clone();
                 // The config store validated the whole config already; a refusal here (a taxonomy
                 // file gone meanwhile) keeps the old settings running. Loading a classifier blocks.
                 let reconfigured = tokio::task::spawn_blocking(move || {
-                    let outcome = judge.reconfigure(&config);
+                    let outcome = judge.reconfigure(&new_settings);
                     (judge, outcome)
                 })
                 .await;
@@ -754,194 +597,48 @@ pub async fn run_judge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judge::fixtures::{cup_on_pavement, detector_result, inferred, paste, sample};
+    use crate::config::Config;
+    use crate::judge::fixtures::{detector_result, inferred, sample, test_config};
     use std::path::Path;
 
     fn config(state_dir: &Path, extra: &str) -> Config {
-        let mut text = format!("device_id = \"box-1\"\nstate_dir = {:?}\n", state_dir.display().to_string());
-        for camera in ["demo", "station", "yard", "other"] {
-            text.push_str(&format!(
-                "[[cameras]]\nid = \"{camera}\"\nsource = {{ kind = \"replay\", path = \"frames\" }}\n"
-            ));
-        }
-        text.push_str(extra);
-        let config = Config::from_toml_str(&text, Path::new("test.toml")).unwrap();
-        config.validate(Path::new("test.toml")).unwrap();
-        config
+        test_config(state_dir, extra)
     }
 
     fn names() -> Vec<String> {
         vec!["nanodet".into(), "efficientnet_lite0".into()]
     }
 
-    /// Sum of differences between horizontal neighbours inside a box: how much detail it shows.
-    fn detail(image: &RgbImage, b: [u32; 4]) -> u64 {
-        let mut sum = 0u64;
-        for y in b[1]..b[3] {
-            for x in b[0]..b[2] - 1 {
-                let (p, q) = (image.get_pixel(x, y), image.get_pixel(x + 1, y));
-                sum += p.0.iter().zip(q.0.iter()).map(|(a, b)| u64::from(a.abs_diff(*b))).sum::<u64>();
-            }
-        }
-        sum
-    }
-
     #[test]
-    fn the_embedded_defaults_report_the_truck_in_dog_jpg_with_evidence_in_a_good_chain() {
+    fn the_embedded_defaults_decide_a_truck_event_in_dog_jpg_with_pictures_and_no_action() {
         let dir = tempfile::tempdir().unwrap();
-        let mut judge = Judge::open(&config(dir.path(), ""), &names()).unwrap();
+        let mut judge = Judge::open(&config(dir.path(), "").judge_settings(), &names()).unwrap();
         let dog = Arc::new(sample("dog.jpg"));
         let results = vec![detector_result(&dog)];
         let mut events = Vec::new();
-        let mut snapshots = Vec::new();
         for i in 0..6 {
-            let judgement = judge.judge(inferred("demo", &dog, &results, i as f64 * 0.5));
-            events.extend(judgement.events);
-            snapshots.extend(judgement.snapshots);
+            events.extend(judge.judge(inferred("demo", &dog, &results, i as f64 * 0.5)).events);
         }
-        let truck = events.iter().find(|e| e.label == "truck").expect("a truck event");
-        assert_eq!((truck.kind, truck.state, truck.revision), (EventKind::Object, LifecycleState::Start, 0));
-        assert_eq!(truck.schema_version, 2);
+        let truck = events.iter().find(|e| e.event.label == "truck").expect("a truck event");
         assert_eq!(
-            (truck.device.as_str(), truck.station_id.as_str(), truck.camera.as_str()),
-            ("box-1", "box-1", "demo")
+            (truck.event.kind, truck.event.state, truck.event.revision),
+            (EventKind::Object, LifecycleState::Start, 0)
         );
-        assert_eq!(truck.model.as_ref().map(|m| m.name.as_str()), Some("nanodet"));
-        assert!(truck.track_id.is_some());
-        assert_eq!(truck.duration_secs, 1.0);
-        let evidence = truck.evidence.as_ref().expect("evidence kept");
-        assert_eq!(evidence.files.len(), 2, "frame and crop");
-        let snapshot = snapshots.iter().find(|s| s.event_id == truck.event_id).expect("a snapshot");
-        assert_eq!(truck.snapshot_sha256.as_deref(), Some(chain::sha256_hex(&snapshot.jpeg).as_str()));
-        assert_eq!(evidence.files[0].sha256, chain::sha256_hex(&snapshot.jpeg), "the snapshot is the evidence frame");
-        let picture = image::load_from_memory(&snapshot.jpeg).unwrap().to_rgb8();
-        assert_eq!(picture.dimensions(), (768, 576));
-        let report = chain::verify(judge.evidence_dir().unwrap(), None).unwrap();
-        assert_eq!(report.first_broken_link, None, "{report:?}");
-        assert_eq!(report.events as usize, events.len());
-        // The record in the chain is the event as sent.
-        let chain_text = std::fs::read_to_string(judge.evidence_dir().unwrap().join(chain::CHAIN_FILE)).unwrap();
-        assert!(chain_text.contains(&truck.event_id.to_string()));
-        assert!(dir.path().join(signing::KEY_FILE).is_file());
-    }
-
-    #[test]
-    fn a_station_camera_reports_a_wrong_bin_with_private_pictures_stats_and_an_action() {
-        let dir = tempfile::tempdir().unwrap();
-        let marker = dir.path().join("prompts.log");
-        let extra = format!(
-            r#"
-[site]
-station_id = "station-7"
-grid_cell = "grid-3"
-
-[stats]
-publish_interval_secs = 0
-utc_offset = "+08:00"
-
-[rules.wrong_bin]
-action = {{ command = ["sh", "-c", "echo {{kind}} {{zone}} >> {marker}"], min_interval_secs = 60 }}
-
-[[scenes.station.zones]]
-id = "bin-recyclable"
-role = "bin"
-category = "recyclable"
-polygon = [[0.0, 0.6], [0.4, 0.6], [0.4, 1.0], [0.0, 1.0]]
-
-[[scenes.station.zones]]
-id = "neighbour-window"
-role = "privacy"
-polygon = [[0.0, 0.0], [0.2, 0.0], [0.2, 0.15], [0.0, 0.15]]
-"#,
-            marker = marker.display()
-        );
-        let mut judge = Judge::open(&config(dir.path(), &extra), &names()).unwrap();
-        // The girl of person.jpg standing on the pavement at the right of the cup.
-        let girl = image::imageops::crop_imm(&sample("person.jpg"), 165, 85, 112, 290).to_image();
-        let frame = Arc::new(paste(&cup_on_pavement(), &girl, 620, 270));
-        let results = vec![detector_result(&frame)];
-        let person = results[0].findings.clone();
-        let Findings::Detect { detections } = person else { unreachable!() };
-        let girl_box = detections.iter().find(|d| d.label == "person").expect("the detector sees the girl").bbox;
-        let girl_box = [
-            girl_box.x1.max(0.0) as u32 + 5,
-            girl_box.y1 as u32 + 5,
-            girl_box.x2.min(767.0) as u32 - 5,
-            girl_box.y2.min(575.0) as u32 - 5,
-        ];
-
-        let mut judgements = Vec::new();
-        for i in 0..8 {
-            judgements.push(judge.judge(inferred("station", &frame, &results, i as f64 * 0.5)));
-        }
-        let events: Vec<&Event> = judgements.iter().flat_map(|j| &j.events).collect();
-        let wrong = events.iter().find(|e| e.kind == EventKind::WrongBin).expect("a wrong_bin event");
-        assert_eq!(wrong.label, "cup");
-        assert_eq!(wrong.category.as_deref(), Some("residual"));
-        assert_eq!(wrong.bin_category.as_deref(), Some("recyclable"));
-        assert_eq!(wrong.zone.as_deref(), Some("bin-recyclable"));
-        assert_eq!(wrong.station_id, "station-7");
-        assert_eq!(wrong.grid_cell.as_deref(), Some("grid-3"));
-        assert_eq!(wrong.classifier.as_ref().map(|m| m.name.as_str()), Some("efficientnet_lite0"));
-
-        // Privacy: the live frame and the evidence picture show the girl blurred and the window black.
-        let live = &judgements[0].frame.image;
-        assert!(detail(live, girl_box) * 3 < detail(&frame, girl_box), "live frame blurs the girl");
-        assert_eq!(*live.get_pixel(120, 70), image::Rgb([0, 0, 0]));
-        let judgement = judgements.iter().find(|j| j.events.iter().any(|e| e.event_id == wrong.event_id)).unwrap();
-        let snapshot = judgement.snapshots.iter().find(|s| s.event_id == wrong.event_id).unwrap();
-        let picture = image::load_from_memory(&snapshot.jpeg).unwrap().to_rgb8();
-        // Boxes drawn across her and JPEG noise add some detail back; still far less than the photo.
-        assert!(
-            detail(&picture, girl_box) * 2 < detail(&frame, girl_box),
-            "evidence blurs the girl: {} vs {} in {girl_box:?}",
-            detail(&picture, girl_box),
-            detail(&frame, girl_box)
-        );
-        let corner = picture.get_pixel(120, 70).0;
-        assert!(corner.iter().all(|&c| c < 16), "privacy zone black in evidence: {corner:?}");
-        let crop_file = &wrong.evidence.as_ref().unwrap().files[1];
-        assert!(crop_file.file.ends_with("-crop.jpg"));
-        let crop = image::open(judge.evidence_dir().unwrap().join(&crop_file.file)).unwrap();
-        assert!(crop.width() > 100 && crop.width() < 200, "the cup's crop: {}", crop.width());
-
-        // Statistics: today has one wrong_bin of category residual, published right away.
-        let published: Vec<&DailyStats> = judgements.iter().flat_map(|j| &j.stats_to_publish).collect();
-        let last = published.last().expect("stats published");
-        assert_eq!(last.counts[&EventKind::WrongBin].by_category["residual"], 1);
-        assert_eq!(last.station_id, "station-7");
-        assert_eq!(last.utc_offset, "+08:00");
-
-        // The on-site action ran once.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::fs::read_to_string(&marker).unwrap_or_default().is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "wrong_bin bin-recyclable");
-        assert_eq!(chain::verify(judge.evidence_dir().unwrap(), None).unwrap().first_broken_link, None);
-    }
-
-    #[test]
-    fn where_the_law_allows_it_a_camera_can_show_people_unblurred() {
-        let dir = tempfile::tempdir().unwrap();
-        let extra = "[scenes.yard]\nblur_people = false\n[evidence]\nenabled = false\n";
-        let mut judge = Judge::open(&config(dir.path(), extra), &names()).unwrap();
-        let picture = Arc::new(sample("person.jpg"));
-        let results = vec![detector_result(&picture)];
-        let judgement = judge.judge(inferred("yard", &picture, &results, 0.0));
-        assert_eq!(judgement.frame.image.as_ref(), picture.as_ref(), "nothing blurred");
-        let blurred = judge.judge(inferred("other", &picture, &results, 0.0));
-        assert_ne!(blurred.frame.image.as_ref(), picture.as_ref(), "other cameras keep the default");
-        assert!(judge.evidence_dir().is_none());
+        assert!(truck.with_pictures, "a start has pictures");
+        assert!(truck.caption.starts_with("object truck"), "{}", truck.caption);
+        assert!(truck.action.is_none());
+        assert_eq!(truck.event.evidence, None, "the judge keeps no evidence");
+        assert!(std::fs::read_dir(dir.path()).map(|d| d.count()).unwrap_or(0) == 0, "the judge writes no file");
     }
 
     #[test]
     fn a_debris_model_that_is_not_configured_is_refused_naming_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Judge::open(&config(dir.path(), "[rules.road_debris]\nmodel = \"muck_v2\"\n"), &names())
-            .err()
-            .unwrap()
-            .to_string();
+        let err =
+            Judge::open(&config(dir.path(), "[rules.road_debris]\nmodel = \"muck_v2\"\n").judge_settings(), &names())
+                .err()
+                .unwrap()
+                .to_string();
         assert!(err.contains("rules.road_debris.model") && err.contains("nanodet"), "{err}");
     }
 }

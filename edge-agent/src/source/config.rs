@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{absolutise, is_valid_topic_level, Invalid};
+use crate::base::redact::redact_userinfo;
+use crate::base::section::{absolutise, is_valid_topic_level, Invalid};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,34 +231,6 @@ impl fmt::Debug for RtspUrl {
     }
 }
 
-/// Replaces the password of every `scheme://user:password@` in `text` with `***`, for text that may
-/// quote a config line or a URL.
-pub fn redact_userinfo(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let authority_end = tail.find(['/', '"', '\'', ' ', '?', '#']).unwrap_or(tail.len());
-        let authority = &tail[..authority_end];
-        match authority.rfind('@') {
-            Some(at_sign) => {
-                let userinfo = &authority[..at_sign];
-                let user = userinfo.split(':').next().unwrap_or_default();
-                out.push_str(user);
-                if userinfo.contains(':') {
-                    out.push_str(":***");
-                }
-                out.push_str(&authority[at_sign..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[authority_end..];
-    }
-    out.push_str(rest);
-    out
-}
-
 fn default_true() -> bool {
     true
 }
@@ -449,15 +422,6 @@ mod tests {
         let err = parse(&camera(r#"{ kind = "rtsp", url = "http://admin:s3cret@10.0.0.9/live" }"#)).unwrap_err();
         assert!(!err.contains("s3cret"), "{err}");
         assert!(err.contains("url") && err.contains("rtsp://"), "{err}");
-    }
-
-    #[test]
-    fn redaction_covers_urls_inside_any_text() {
-        assert_eq!(
-            redact_userinfo(r#"source = { url = "rtsp://u:p@h:1/x", other = "rtsp://h/y" }"#),
-            r#"source = { url = "rtsp://u:***@h:1/x", other = "rtsp://h/y" }"#
-        );
-        assert_eq!(redact_userinfo("rtsp://only-user@h/x"), "rtsp://only-user@h/x");
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod wrong_bin;
 use chrono::{DateTime, Utc};
 use image::RgbImage;
 
-use crate::config::{BackendKind, ModelConfig};
+use crate::infer::config::{BackendKind, ModelConfig};
 use crate::infer::{BoundingBox, Classification, Detection, Findings, InferError, Model, ModelId};
 use crate::judge::background::StaticForeground;
 use crate::judge::config::TrackingConfig;

@@ -1,0 +1,476 @@
+//! The status board: what the agent knows about itself right now (cameras, models, MQTT link,
+//! outbox, recent events, latest annotated frames). Stages write to it; the web page and the MQTT
+//! status message read it. Held behind one lock, written a few times per frame at most.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use image::RgbImage;
+use serde::Serialize;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::delivery::outbox::OutboxStats;
+use crate::delivery::stats::DailyStats;
+use crate::infer::{ModelInfo, ModelResult};
+use crate::judge::Event;
+use crate::source::CameraHealth;
+
+/// Events kept for the page; the outbox keeps them all for the platform.
+pub const RECENT_EVENTS: usize = 20;
+/// Events the web page can list, filter and count (in memory; newest first).
+pub const EVENT_HISTORY: usize = 2000;
+/// Events whose annotated frame is kept in memory as their picture (a frame is ~50-100 KB).
+pub const EVENT_FRAMES_KEPT: usize = 200;
+/// Window over which a camera's frame rate is measured.
+const FPS_WINDOW: Duration = Duration::from_secs(10);
+/// Upper bounds (seconds) of the inference-time histogram buckets, as Prometheus expects them.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CameraStatus {
+    pub id: String,
+    pub enabled: bool,
+    pub frames_captured: u64,
+    pub frames_inferred: u64,
+    pub frames_dropped: u64,
+    /// Kept from inference by the camera's motion gate: nothing had changed.
+    pub frames_still: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub last_frame_at: Option<DateTime<Utc>>,
+    pub frame_width: u32,
+    pub frame_height: u32,
+    pub inference_ms: f64,
+    /// Frames judged per second over the last few seconds.
+    pub fps: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MqttStatus {
+    pub configured: bool,
+    pub broker: Option<String>,
+    pub connected: bool,
+    pub last_error: Option<String>,
+    pub published: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub device_id: String,
+    pub version: &'static str,
+    pub started_at: DateTime<Utc>,
+    pub uptime_seconds: u64,
+    pub cameras: Vec<CameraStatus>,
+    pub models: Vec<ModelInfo>,
+    pub mqtt: MqttStatus,
+    pub outbox_depth: u64,
+    /// Fill level and quota pruning of the outbox.
+    pub outbox: OutboxStats,
+    pub events_total: u64,
+    pub recent_events: Vec<Event>,
+    pub latest_results: BTreeMap<String, Vec<ModelResult>>,
+    /// Today's statistics of the station (judge::stats), once there are any.
+    pub daily_stats: Option<DailyStats>,
+    /// Inference time per model name.
+    pub model_latency: BTreeMap<String, LatencyHistogram>,
+    /// Events since start, per kind.
+    pub events_by_kind: BTreeMap<String, u64>,
+    /// Which config runs and who may change the box from afar.
+    pub control: ControlStatus,
+}
+
+/// Which config the box runs on and what remote control it accepts: the opt-ins that weaken the
+/// trust boundary are shown on the page and in the retained status, not only logged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ControlStatus {
+    /// `file`, `last_good` (the config file did not start; the last one that did runs) or `embedded`.
+    pub config: &'static str,
+    /// Why the config file is not the one running, when it is not.
+    pub config_problem: Option<String>,
+    /// `signed` (platform key configured), `unsigned_accepted` (`commands.accept_unsigned`) or
+    /// `refused` (no platform key: remote commands are refused).
+    pub commands: &'static str,
+    /// `model_update.require_signature = false`: unsigned models are accepted.
+    pub unsigned_models: bool,
+}
+
+/// Inference times of one model: Prometheus-style cumulative buckets, sum, count, and the last one.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LatencyHistogram {
+    /// `bucket_counts[i]` counts runs that took at most `LATENCY_BUCKETS[i]` seconds.
+    pub bucket_counts: [u64; LATENCY_BUCKETS.len()],
+    pub sum_seconds: f64,
+    pub count: u64,
+    pub last_ms: f64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&mut self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(self.bucket_counts.iter_mut()) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum_seconds += seconds;
+        self.count += 1;
+        self.last_ms = seconds * 1000.0;
+    }
+
+    pub fn mean_ms(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum_seconds * 1000.0 / self.count as f64)
+    }
+}
+
+/// An event as the web page keeps it: the event, the annotated frame it was seen in (while kept),
+/// and who acknowledged it on the page.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub event: Event,
+    pub frame_jpeg: Option<Arc<Vec<u8>>>,
+    pub acknowledged: Option<Acknowledgement>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Acknowledgement {
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+/// How a supervisor labelled an event on the page, for the site's sample set.
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleLabel {
+    /// The event was right (`true`) or wrong.
+    pub right: bool,
+    /// What the subject really is (a model label), or `none`.
+    pub label: String,
+    pub category: Option<String>,
+    pub by: String,
+    pub at: DateTime<Utc>,
+    /// The picture in the sample folder, and the labels file the row went to.
+    pub picture: String,
+    pub labels_file: String,
+}
+
+#[derive(Default)]
+struct CameraView {
+    health: Arc<CameraHealth>,
+    last_frame_at: Option<DateTime<Utc>>,
+    size: (u32, u32),
+    inference_ms: f64,
+    latest_jpeg: Option<Arc<Vec<u8>>>,
+    /// The newest judged frame without drawings (privacy applied), for drawing zones on; encoded
+    /// only when someone asks.
+    latest_scene: Option<Arc<RgbImage>>,
+    /// Ids of the zones the judge used on the newest frame.
+    zones_in_use: Vec<String>,
+    latest_results: Vec<ModelResult>,
+    recent_frame_times: VecDeque<Instant>,
+}
+
+impl CameraView {
+    fn fps(&self) -> f64 {
+        let (Some(first), Some(last)) = (self.recent_frame_times.front(), self.recent_frame_times.back()) else {
+            return 0.0;
+        };
+        // A camera that stopped delivering has no rate, whatever its last burst was.
+        if last.elapsed() > FPS_WINDOW {
+            return 0.0;
+        }
+        let span = last.duration_since(*first).as_secs_f64();
+        if span <= 0.0 {
+            return 0.0;
+        }
+        (self.recent_frame_times.len() - 1) as f64 / span
+    }
+}
+
+struct Inner {
+    cameras: BTreeMap<String, CameraView>,
+    models: Vec<ModelInfo>,
+    mqtt: MqttStatus,
+    outbox_depth: u64,
+    outbox: OutboxStats,
+    events_total: u64,
+    recent_events: VecDeque<Event>,
+    daily_stats: Option<DailyStats>,
+    event_history: VecDeque<EventRecord>,
+    model_latency: BTreeMap<String, LatencyHistogram>,
+    events_by_kind: BTreeMap<String, u64>,
+    /// Labels given on the page, by event id (UUID v7: oldest first, so the oldest go first).
+    labels: BTreeMap<Uuid, SampleLabel>,
+    control: ControlStatus,
+}
+
+pub struct StatusBoard {
+    device_id: String,
+    started_at: DateTime<Utc>,
+    started: Instant,
+    inner: Mutex<Inner>,
+    /// New events for live pages (Server-Sent Events); nobody listening is fine.
+    new_events: broadcast::Sender<Event>,
+}
+
+impl StatusBoard {
+    pub fn new(device_id: String, mqtt_broker: Option<String>) -> Self {
+        Self {
+            device_id,
+            started_at: Utc::now(),
+            started: Instant::now(),
+            inner: Mutex::new(Inner {
+                cameras: BTreeMap::new(),
+                models: Vec::new(),
+                mqtt: MqttStatus {
+                    configured: mqtt_broker.is_some(),
+                    broker: mqtt_broker,
+                    connected: false,
+                    last_error: None,
+                    published: 0,
+                },
+                outbox_depth: 0,
+                outbox: OutboxStats::default(),
+                events_total: 0,
+                recent_events: VecDeque::with_capacity(RECENT_EVENTS),
+                daily_stats: None,
+                event_history: VecDeque::new(),
+                model_latency: BTreeMap::new(),
+                events_by_kind: BTreeMap::new(),
+                labels: BTreeMap::new(),
+                control: ControlStatus::default(),
+            }),
+            new_events: broadcast::channel(256).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    pub fn add_camera(&self, id: &str, health: Arc<CameraHealth>) {
+        self.lock().cameras.insert(id.to_string(), CameraView { health, ..Default::default() });
+    }
+
+    pub fn set_models(&self, models: Vec<ModelInfo>) {
+        self.lock().models = models;
+    }
+
+    pub fn record_frame(
+        &self,
+        camera: &str,
+        at: DateTime<Utc>,
+        size: (u32, u32),
+        results: Vec<ModelResult>,
+        jpeg: Option<Vec<u8>>,
+    ) {
+        let mut inner = self.lock();
+        for result in &results {
+            inner.model_latency.entry(result.model.name.clone()).or_default().observe(result.latency);
+        }
+        let jpeg = jpeg.map(Arc::new);
+        if let Some(jpeg) = &jpeg {
+            // The events of this frame were recorded just before it: the frame is their picture.
+            let of_this_frame = |r: &&mut EventRecord| r.event.camera == camera && r.event.time == at;
+            for record in inner.event_history.iter_mut().take_while(of_this_frame) {
+                record.frame_jpeg.get_or_insert_with(|| jpeg.clone());
+            }
+        }
+        if let Some(view) = inner.cameras.get_mut(camera) {
+            view.last_frame_at = Some(at);
+            view.size = size;
+            view.inference_ms = results.iter().map(|r| r.latency.as_secs_f64() * 1000.0).sum();
+            view.latest_results = results;
+            let now = Instant::now();
+            view.recent_frame_times.push_back(now);
+            while view.recent_frame_times.front().is_some_and(|t| now.duration_since(*t) > FPS_WINDOW) {
+                view.recent_frame_times.pop_front();
+            }
+            if let Some(jpeg) = jpeg {
+                view.latest_jpeg = Some(jpeg);
+            }
+        }
+    }
+
+    /// The judged frame without drawings (privacy applied) and the zones the judge used on it.
+    pub fn record_scene(&self, camera: &str, image: Arc<RgbImage>, zones_in_use: Vec<String>) {
+        if let Some(view) = self.lock().cameras.get_mut(camera) {
+            view.latest_scene = Some(image);
+            view.zones_in_use = zones_in_use;
+        }
+    }
+
+    /// The newest judged frame of a camera without drawings (privacy applied).
+    pub fn latest_scene(&self, camera: &str) -> Option<Arc<RgbImage>> {
+        self.lock().cameras.get(camera).and_then(|c| c.latest_scene.clone())
+    }
+
+    /// Ids of the zones the judge used on the camera's newest frame; None for an unknown camera.
+    pub fn zones_in_use(&self, camera: &str) -> Option<Vec<String>> {
+        self.lock().cameras.get(camera).map(|c| c.zones_in_use.clone())
+    }
+
+    pub fn record_events(&self, events: &[Event]) {
+        let mut inner = self.lock();
+        for event in events {
+            if inner.recent_events.len() == RECENT_EVENTS {
+                inner.recent_events.pop_back();
+            }
+            inner.recent_events.push_front(event.clone());
+            inner.events_total += 1;
+            *inner.events_by_kind.entry(event_kind_name(event)).or_default() += 1;
+            if inner.event_history.len() == EVENT_HISTORY {
+                inner.event_history.pop_back();
+            }
+            inner.event_history.push_front(EventRecord { event: event.clone(), frame_jpeg: None, acknowledged: None });
+            if let Some(old) = inner.event_history.get_mut(EVENT_FRAMES_KEPT) {
+                old.frame_jpeg = None;
+            }
+            let _ = self.new_events.send(event.clone());
+        }
+    }
+
+    pub fn set_daily_stats(&self, stats: DailyStats) {
+        self.lock().daily_stats = Some(stats);
+    }
+
+    /// Live feed of new events, for Server-Sent Events.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
+        self.new_events.subscribe()
+    }
+
+    /// The events the page knows, newest first.
+    pub fn event_history(&self) -> Vec<EventRecord> {
+        self.lock().event_history.iter().cloned().collect()
+    }
+
+    pub fn event_record(&self, event_id: Uuid) -> Option<EventRecord> {
+        self.lock().event_history.iter().find(|r| r.event.event_id == event_id).cloned()
+    }
+
+    /// One revision of an event (start, an update, end), newest kept one when `revision` is `None`.
+    pub fn event_revision(&self, event_id: Uuid, revision: Option<u32>) -> Option<EventRecord> {
+        self.lock()
+            .event_history
+            .iter()
+            .find(|r| r.event.event_id == event_id && revision.is_none_or(|rev| r.event.revision == rev))
+            .cloned()
+    }
+
+    /// Marks an event as seen and handled on the page; `None` when the page no longer knows it.
+    pub fn acknowledge_event(&self, event_id: Uuid, by: &str) -> Option<Acknowledgement> {
+        let mut inner = self.lock();
+        let record = inner.event_history.iter_mut().find(|r| r.event.event_id == event_id)?;
+        Some(record.acknowledged.get_or_insert_with(|| Acknowledgement { by: by.to_string(), at: Utc::now() }).clone())
+    }
+
+    /// Every kept revision of an event, newest first.
+    pub fn event_revisions(&self, event_id: Uuid) -> Vec<EventRecord> {
+        self.lock().event_history.iter().filter(|r| r.event.event_id == event_id).cloned().collect()
+    }
+
+    /// Remembers how an event was labelled (a later label replaces it).
+    pub fn set_label(&self, event_id: Uuid, label: SampleLabel) {
+        let mut inner = self.lock();
+        inner.labels.insert(event_id, label);
+        while inner.labels.len() > EVENT_HISTORY {
+            inner.labels.pop_first();
+        }
+    }
+
+    pub fn label(&self, event_id: Uuid) -> Option<SampleLabel> {
+        self.lock().labels.get(&event_id).cloned()
+    }
+
+    pub fn set_outbox_depth(&self, depth: u64) {
+        let mut inner = self.lock();
+        inner.outbox_depth = depth;
+        inner.outbox.depth = depth;
+    }
+
+    /// Depth, bytes and quota pruning of the outbox, for the page and telemetry.
+    pub fn set_outbox_stats(&self, stats: OutboxStats) {
+        let mut inner = self.lock();
+        inner.outbox_depth = stats.depth;
+        inner.outbox = stats;
+    }
+
+    pub fn set_mqtt_connected(&self, connected: bool, error: Option<String>) {
+        let mut inner = self.lock();
+        inner.mqtt.connected = connected;
+        if connected || error.is_some() {
+            inner.mqtt.last_error = error;
+        }
+    }
+
+    pub fn count_published(&self, n: u64) {
+        self.lock().mqtt.published += n;
+    }
+
+    pub fn latest_jpeg(&self, camera: &str) -> Option<Arc<Vec<u8>>> {
+        self.lock().cameras.get(camera).and_then(|c| c.latest_jpeg.clone())
+    }
+
+    pub fn camera_ids(&self) -> Vec<String> {
+        self.lock().cameras.keys().cloned().collect()
+    }
+
+    pub fn snapshot(&self) -> Status {
+        let inner = self.lock();
+        Status {
+            device_id: self.device_id.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: self.started_at,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            cameras: inner
+                .cameras
+                .iter()
+                .map(|(id, view)| CameraStatus {
+                    id: id.clone(),
+                    enabled: !view.health.disabled.load(Ordering::Relaxed),
+                    frames_captured: view.health.frames_captured.load(Ordering::Relaxed),
+                    frames_inferred: view.health.frames_inferred.load(Ordering::Relaxed),
+                    frames_dropped: view.health.frames_dropped.load(Ordering::Relaxed),
+                    frames_still: view.health.frames_still.load(Ordering::Relaxed),
+                    errors: view.health.errors.load(Ordering::Relaxed),
+                    last_error: view.health.last_error(),
+                    last_frame_at: view.last_frame_at,
+                    frame_width: view.size.0,
+                    frame_height: view.size.1,
+                    inference_ms: view.inference_ms,
+                    fps: view.fps(),
+                })
+                .collect(),
+            models: inner.models.clone(),
+            mqtt: inner.mqtt.clone(),
+            outbox_depth: inner.outbox_depth,
+            outbox: inner.outbox.clone(),
+            events_total: inner.events_total,
+            recent_events: inner.recent_events.iter().cloned().collect(),
+            latest_results: inner.cameras.iter().map(|(id, v)| (id.clone(), v.latest_results.clone())).collect(),
+            daily_stats: inner.daily_stats.clone(),
+            model_latency: inner.model_latency.clone(),
+            events_by_kind: inner.events_by_kind.clone(),
+            control: inner.control.clone(),
+        }
+    }
+
+    pub fn set_control(&self, control: ControlStatus) {
+        self.lock().control = control;
+    }
+}
+
+/// The event kind as it is spelled in the event JSON (`object`, ...).
+pub fn event_kind_name(event: &Event) -> String {
+    match serde_json::to_value(&event.kind) {
+        Ok(serde_json::Value::String(kind)) => kind,
+        _ => format!("{:?}", &event.kind).to_lowercase(),
+    }
+}

@@ -1,0 +1,453 @@
+//! The tamper-evident evidence chain of a device: `state_dir/evidence/chain.jsonl`, one record a
+//! line. Each record holds the sha256 of the previous record and of its evidence files, and is
+//! signed with the device key, so changing, removing or inserting a record or a picture breaks the
+//! chain at that point. Retention does not break it: deleting old pictures appends a `pruned`
+//! record naming them. [`verify`] walks a chain and reports the first broken link.
+//!
+//! A line is `{"body": {...}, "sha256": hex, "signature": hex}`; the hash and the signature are over
+//! the exact bytes of `body` as written.
+
+use std::collections::HashSet;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::evidence::signing::{verify_hex, DeviceKey};
+
+pub const CHAIN_FILE: &str = "chain.jsonl";
+/// `prev_sha256` of the first record.
+pub const NO_PREVIOUS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// The last record is found in the file's tail; no record is anywhere near this long.
+const TAIL_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("evidence chain {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+/// A file of evidence and its hash, as the chain records it (part of the event message).
+pub use crate::judge::EvidenceFile;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum RecordContent {
+    /// The first record: which key signs this chain.
+    Genesis { public_key: String },
+    /// An event message and its evidence files.
+    Event { event: serde_json::Value, evidence: Vec<EvidenceFile> },
+    /// Evidence files deleted by retention (age, disk quota, free space).
+    Pruned { files: Vec<String>, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordBody {
+    pub seq: u64,
+    pub time: DateTime<Utc>,
+    pub device: String,
+    pub prev_sha256: String,
+    #[serde(flatten)]
+    pub content: RecordContent,
+}
+
+#[derive(Serialize)]
+struct RecordLine<'a> {
+    body: &'a serde_json::value::RawValue,
+    sha256: &'a str,
+    signature: &'a str,
+}
+
+#[derive(Deserialize)]
+struct StoredLine<'a> {
+    #[serde(borrow)]
+    body: &'a serde_json::value::RawValue,
+    sha256: String,
+    signature: String,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The writing end of a device's chain.
+pub struct Chain {
+    path: PathBuf,
+    file: std::fs::File,
+    key: DeviceKey,
+    device: String,
+    next_seq: u64,
+    last_sha256: String,
+}
+
+impl Chain {
+    /// Opens (or starts, with a genesis record) the chain in `dir`. A last line cut off by a crash
+    /// mid-write is removed; anything else is left for `verify` to judge.
+    pub fn open(dir: &Path, key: DeviceKey, device: &str) -> Result<Self, ChainError> {
+        let path = dir.join(CHAIN_FILE);
+        let error = |message: String| ChainError::File { path: path.clone(), message };
+        std::fs::create_dir_all(dir).map_err(|e| error(format!("cannot create folder: {e}")))?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| error(format!("cannot open: {e}")))?;
+        let last = last_line(&mut file).map_err(|e| error(format!("cannot read: {e}")))?;
+        let mut chain = Self {
+            path: path.clone(),
+            file,
+            key,
+            device: device.to_string(),
+            next_seq: 1,
+            last_sha256: NO_PREVIOUS.into(),
+        };
+        match last {
+            Some(line) => {
+                let stored: StoredLine = serde_json::from_str(&line)
+                    .map_err(|e| error(format!("last record is not readable ({e}); run `edge-agent verify`")))?;
+                let body: RecordBody = serde_json::from_str(stored.body.get())
+                    .map_err(|e| error(format!("last record is not readable ({e}); run `edge-agent verify`")))?;
+                chain.next_seq = body.seq + 1;
+                chain.last_sha256 = stored.sha256;
+            }
+            None => {
+                let public_key = chain.key.public_hex();
+                chain.append(Utc::now(), RecordContent::Genesis { public_key })?;
+            }
+        }
+        Ok(chain)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sequence number the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends a signed record and syncs it to disk; returns its sequence number.
+    pub fn append(&mut self, time: DateTime<Utc>, content: RecordContent) -> Result<u64, ChainError> {
+        let error = |message: String| ChainError::File { path: self.path.clone(), message };
+        let body = RecordBody {
+            seq: self.next_seq,
+            time,
+            device: self.device.clone(),
+            prev_sha256: self.last_sha256.clone(),
+            content,
+        };
+        let body_json = serde_json::to_string(&body).map_err(|e| error(format!("cannot encode record: {e}")))?;
+        let sha256 = sha256_hex(body_json.as_bytes());
+        let signature = self.key.sign_hex(body_json.as_bytes());
+        let raw = serde_json::value::RawValue::from_string(body_json)
+            .map_err(|e| error(format!("cannot encode record: {e}")))?;
+        let mut line = serde_json::to_string(&RecordLine { body: &raw, sha256: &sha256, signature: &signature })
+            .map_err(|e| error(format!("cannot encode record: {e}")))?;
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).map_err(|e| error(format!("cannot write: {e}")))?;
+        self.file.sync_data().map_err(|e| error(format!("cannot sync: {e}")))?;
+        self.last_sha256 = sha256;
+        self.next_seq += 1;
+        Ok(body.seq)
+    }
+}
+
+/// The last complete line; a partial line after it (torn write) is truncated away.
+fn last_line(file: &mut std::fs::File) -> std::io::Result<Option<String>> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let start = len.saturating_sub(TAIL_BYTES);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    if tail.last() != Some(&b'\n') {
+        let keep = tail.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+        tracing::warn!("evidence chain ends in a partial record (a crash while writing); removing it");
+        file.set_len(start + keep as u64)?;
+        tail.truncate(keep);
+    }
+    let text = String::from_utf8_lossy(&tail);
+    Ok(text.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string))
+}
+
+/// What `edge-agent verify` found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerifyReport {
+    pub chain: PathBuf,
+    pub public_key: Option<String>,
+    pub records: u64,
+    pub events: u64,
+    pub evidence_files_checked: u64,
+    pub evidence_files_pruned: u64,
+    pub first_broken_link: Option<BrokenLink>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BrokenLink {
+    /// 1-based line of chain.jsonl.
+    pub line: usize,
+    pub seq: Option<u64>,
+    pub problem: String,
+}
+
+/// Checks the chain in `evidence_dir` and its evidence files. `expected_key` (hex) is the device's
+/// public key as the platform knows it; without it the genesis record's key is trusted.
+pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyReport, ChainError> {
+    let path = evidence_dir.join(CHAIN_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ChainError::File { path: path.clone(), message: format!("cannot read: {e}") })?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut report = VerifyReport {
+        chain: path,
+        public_key: expected_key.map(str::to_string),
+        records: 0,
+        events: 0,
+        evidence_files_checked: 0,
+        evidence_files_pruned: 0,
+        first_broken_link: None,
+    };
+    // Pictures deleted by retention are named by later records; collect them first.
+    let mut pruned: HashSet<String> = HashSet::new();
+    for line in &lines {
+        let Ok(stored) = serde_json::from_str::<StoredLine>(line) else { continue };
+        if let Ok(RecordBody { content: RecordContent::Pruned { files, .. }, .. }) =
+            serde_json::from_str(stored.body.get())
+        {
+            pruned.extend(files);
+        }
+    }
+    let mut previous: Option<(u64, String)> = None;
+    for (i, line) in lines.iter().enumerate() {
+        let line_no = i + 1;
+        let broken = |seq: Option<u64>, problem: String| Some(BrokenLink { line: line_no, seq, problem });
+        let stored = match serde_json::from_str::<StoredLine>(line) {
+            Ok(stored) => stored,
+            Err(e) => {
+                report.first_broken_link = broken(None, format!("not a chain record: {e}"));
+                return Ok(report);
+            }
+        };
+        let body: RecordBody = match serde_json::from_str(stored.body.get()) {
+            Ok(body) => body,
+            Err(e) => {
+                report.first_broken_link = broken(None, format!("record body is not readable: {e}"));
+                return Ok(report);
+            }
+        };
+        let seq = Some(body.seq);
+        let actual = sha256_hex(stored.body.get().as_bytes());
+        if actual != stored.sha256 {
+            report.first_broken_link =
+                broken(seq, format!("record was changed: its sha256 is {actual}, the record says {}", stored.sha256));
+            return Ok(report);
+        }
+        if previous.is_none() {
+            match &body.content {
+                RecordContent::Genesis { public_key } => match &report.public_key {
+                    Some(expected) if expected.trim() != public_key => {
+                        report.first_broken_link = broken(
+                            seq,
+                            format!("chain is signed by key {public_key}, not by the expected {}", expected.trim()),
+                        );
+                        return Ok(report);
+                    }
+                    Some(_) => {}
+                    None => report.public_key = Some(public_key.clone()),
+                },
+                _ => {
+                    report.first_broken_link =
+                        broken(seq, "the first record is not the genesis record naming the device key".into());
+                    return Ok(report);
+                }
+            }
+        }
+        let key = report.public_key.clone().unwrap_or_default();
+        if let Err(problem) = verify_hex(&key, stored.body.get().as_bytes(), &stored.signature) {
+            report.first_broken_link = broken(seq, problem);
+            return Ok(report);
+        }
+        let (expected_seq, expected_prev) = match &previous {
+            Some((prev_seq, prev_sha)) => (prev_seq + 1, prev_sha.clone()),
+            None => (body.seq, NO_PREVIOUS.to_string()),
+        };
+        if body.seq != expected_seq {
+            report.first_broken_link = broken(
+                seq,
+                format!("sequence jumps from {} to {} (a record was removed or inserted)", expected_seq - 1, body.seq),
+            );
+            return Ok(report);
+        }
+        if body.prev_sha256 != expected_prev {
+            report.first_broken_link = broken(
+                seq,
+                format!("does not link to the previous record: prev_sha256 {} ≠ {expected_prev}", body.prev_sha256),
+            );
+            return Ok(report);
+        }
+        if let RecordContent::Event { evidence, .. } = &body.content {
+            report.events += 1;
+            for file in evidence {
+                let on_disk = evidence_dir.join(&file.file);
+                match std::fs::read(&on_disk) {
+                    Ok(bytes) => {
+                        report.evidence_files_checked += 1;
+                        let actual = sha256_hex(&bytes);
+                        if actual != file.sha256 {
+                            report.first_broken_link = broken(
+                                seq,
+                                format!(
+                                    "evidence file {} was changed: sha256 {actual}, recorded {}",
+                                    file.file, file.sha256
+                                ),
+                            );
+                            return Ok(report);
+                        }
+                    }
+                    Err(_) if pruned.contains(&file.file) => report.evidence_files_pruned += 1,
+                    Err(e) => {
+                        report.first_broken_link = broken(
+                            seq,
+                            format!("evidence file {} is missing ({e}) and no retention record removed it", file.file),
+                        );
+                        return Ok(report);
+                    }
+                }
+            }
+        }
+        report.records += 1;
+        previous = Some((body.seq, stored.sha256.clone()));
+    }
+    if previous.is_none() {
+        report.first_broken_link = Some(BrokenLink { line: 1, seq: None, problem: "the chain is empty".into() });
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event_record(dir: &Path, name: &str, bytes: &[u8]) -> RecordContent {
+        std::fs::write(dir.join(name), bytes).unwrap();
+        RecordContent::Event {
+            event: serde_json::json!({"event_id": name, "kind": "litter"}),
+            evidence: vec![EvidenceFile { file: name.into(), sha256: sha256_hex(bytes), bytes: bytes.len() as u64 }],
+        }
+    }
+
+    fn chain_of_three(dir: &Path) -> String {
+        let key = DeviceKey::from_seed([3; 32]);
+        let public = key.public_hex();
+        let mut chain = Chain::open(dir, key, "box-1").unwrap();
+        for (name, bytes) in [("a.jpg", b"first".as_slice()), ("b.jpg", b"second"), ("c.jpg", b"third")] {
+            chain.append(Utc::now(), event_record(dir, name, bytes)).unwrap();
+        }
+        public
+    }
+
+    fn rewrite_line(dir: &Path, line: usize, edit: impl Fn(&str) -> String) {
+        let path = dir.join(CHAIN_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<String> =
+            text.lines().enumerate().map(|(i, l)| if i + 1 == line { edit(l) } else { l.to_string() }).collect();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
+
+    #[test]
+    fn a_good_chain_verifies_with_every_picture() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = chain_of_three(dir.path());
+        let report = verify(dir.path(), Some(&public)).unwrap();
+        assert_eq!(report.first_broken_link, None);
+        assert_eq!((report.records, report.events, report.evidence_files_checked), (4, 3, 3));
+    }
+
+    #[test]
+    fn reopening_continues_the_same_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        chain_of_three(dir.path());
+        let mut chain = Chain::open(dir.path(), DeviceKey::from_seed([3; 32]), "box-1").unwrap();
+        assert_eq!(chain.next_seq(), 5);
+        chain.append(Utc::now(), event_record(dir.path(), "d.jpg", b"fourth")).unwrap();
+        let report = verify(dir.path(), None).unwrap();
+        assert_eq!(report.first_broken_link, None);
+        assert_eq!(report.records, 5);
+    }
+
+    #[test]
+    fn an_edited_record_is_the_first_broken_link() {
+        let dir = tempfile::tempdir().unwrap();
+        chain_of_three(dir.path());
+        rewrite_line(dir.path(), 3, |l| l.replace("litter", "object"));
+        let broken = verify(dir.path(), None).unwrap().first_broken_link.unwrap();
+        assert_eq!((broken.line, broken.seq), (3, Some(3)));
+        assert!(broken.problem.contains("record was changed"), "{}", broken.problem);
+    }
+
+    #[test]
+    fn a_resigned_record_with_another_key_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = chain_of_three(dir.path());
+        // A forger rebuilds the whole chain with their own key: the genesis key is not the device's.
+        std::fs::remove_file(dir.path().join(CHAIN_FILE)).unwrap();
+        let mut forged = Chain::open(dir.path(), DeviceKey::from_seed([9; 32]), "box-1").unwrap();
+        forged.append(Utc::now(), event_record(dir.path(), "a.jpg", b"forged")).unwrap();
+        let broken = verify(dir.path(), Some(&public)).unwrap().first_broken_link.unwrap();
+        assert_eq!(broken.line, 1);
+        assert!(broken.problem.contains("not by the expected"), "{}", broken.problem);
+    }
+
+    #[test]
+    fn a_removed_record_breaks_the_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        chain_of_three(dir.path());
+        rewrite_line(dir.path(), 3, |_| String::new());
+        let text = std::fs::read_to_string(dir.path().join(CHAIN_FILE)).unwrap().replace("\n\n", "\n");
+        std::fs::write(dir.path().join(CHAIN_FILE), text).unwrap();
+        let broken = verify(dir.path(), None).unwrap().first_broken_link.unwrap();
+        assert_eq!((broken.line, broken.seq), (3, Some(4)));
+        assert!(broken.problem.contains("sequence jumps from 2 to 4"), "{}", broken.problem);
+    }
+
+    #[test]
+    fn a_swapped_picture_or_a_deleted_one_is_reported_but_pruned_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        chain_of_three(dir.path());
+        std::fs::write(dir.path().join("b.jpg"), b"photoshopped").unwrap();
+        let broken = verify(dir.path(), None).unwrap().first_broken_link.unwrap();
+        assert_eq!(broken.seq, Some(3));
+        assert!(broken.problem.contains("b.jpg was changed"), "{}", broken.problem);
+
+        std::fs::remove_file(dir.path().join("b.jpg")).unwrap();
+        let broken = verify(dir.path(), None).unwrap().first_broken_link.unwrap();
+        assert!(broken.problem.contains("b.jpg is missing"), "{}", broken.problem);
+
+        let mut chain = Chain::open(dir.path(), DeviceKey::from_seed([3; 32]), "box-1").unwrap();
+        chain
+            .append(Utc::now(), RecordContent::Pruned { files: vec!["b.jpg".into()], reason: "max_age_days".into() })
+            .unwrap();
+        let report = verify(dir.path(), None).unwrap();
+        assert_eq!(report.first_broken_link, None, "{report:?}");
+        assert_eq!((report.evidence_files_checked, report.evidence_files_pruned), (2, 1));
+    }
+
+    #[test]
+    fn a_record_cut_off_by_a_crash_is_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        chain_of_three(dir.path());
+        let path = dir.path().join(CHAIN_FILE);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"body\": {\"seq\": 5, \"ti");
+        std::fs::write(&path, text).unwrap();
+        let mut chain = Chain::open(dir.path(), DeviceKey::from_seed([3; 32]), "box-1").unwrap();
+        assert_eq!(chain.next_seq(), 5);
+        chain.append(Utc::now(), event_record(dir.path(), "e.jpg", b"fifth")).unwrap();
+        assert_eq!(verify(dir.path(), None).unwrap().first_broken_link, None);
+    }
+}

@@ -1,0 +1,422 @@
+//! The evidence stage: judged frames in; privacy applied (people blurred, privacy zones black),
+//! evidence pictures drawn, encoded and kept in a signed hash chain ([`store`], [`chain`],
+//! [`signing`]); frames and events safe to show or send out ([`EvidencedFrame`], to delivery).
+//! Imports the judge's message types (and through them infer's and source's), never delivery or
+//! the side rooms. Pixel work and disk writes are blocking: the loop runs them off the async workers.
+
+pub mod chain;
+pub mod config;
+pub mod draw;
+pub mod privacy;
+pub mod signing;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use image::RgbImage;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::base::liveness::Heartbeat;
+use crate::infer::{BoundingBox, Findings, ModelResult};
+use crate::judge::config::ActionConfig;
+use crate::judge::lifecycle::LifecycleState;
+use crate::judge::rules::crop_with_margin;
+use crate::judge::tracker::seconds_between;
+use crate::judge::zones::Zone;
+use crate::judge::{Event, EvidenceRef, JudgedEvent, Judgement};
+use crate::source::Frame;
+use config::EvidenceConfig;
+use store::{EvidenceError, EvidenceStore, Picture};
+
+/// Retention also runs this often when no event brings new evidence, so old pictures still go.
+const RETENTION_INTERVAL_SECS: f64 = 600.0;
+
+/// The evidence crop is the event's box grown by this share of its size on each side (the page's
+/// labelling finds the box inside the crop again from it).
+pub const EVIDENCE_CROP_MARGIN: f32 = 0.15;
+
+/// The evidence picture of an event message, for `snapshots/{event_id}`.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub event_id: Uuid,
+    pub jpeg: Arc<Vec<u8>>,
+}
+
+/// A frame with its events and their evidence: the message from evidence to delivery. Everything
+/// in it is private already and may be shown or sent.
+#[derive(Debug, Clone)]
+pub struct EvidencedFrame {
+    /// The frame with privacy applied.
+    pub frame: Frame,
+    pub results: Vec<ModelResult>,
+    /// Each with its snapshot hash and its place in the chain, when evidence is kept.
+    pub events: Vec<Event>,
+    /// One per event message that has a picture.
+    pub snapshots: Vec<Snapshot>,
+    /// The camera's zones, for drawing.
+    pub zones: Vec<Zone>,
+    /// On-site actions of the events that started on this frame.
+    pub actions: Vec<(Uuid, ActionConfig)>,
+}
+
+/// Applies privacy and keeps evidence; its store is None when `evidence.enabled` is off.
+pub struct EvidenceStage {
+    store: Option<EvidenceStore>,
+    jpeg_quality: u8,
+    last_retention: Option<DateTime<Utc>>,
+}
+
+impl EvidenceStage {
+    /// Opens the evidence store under `state_dir` (creating the device key on first start).
+    pub fn open(state_dir: &Path, config: &EvidenceConfig, device: &str) -> Result<Self, EvidenceError> {
+        let store = if config.enabled { Some(EvidenceStore::open(state_dir, config.clone(), device)?) } else { None };
+        Ok(Self { store, jpeg_quality: config.jpeg_quality, last_retention: None })
+    }
+
+    /// The evidence folder, when evidence is kept.
+    pub fn dir(&self) -> Option<&Path> {
+        self.store.as_ref().map(|s| s.dir())
+    }
+
+    /// Masks the frame, then draws, encodes and keeps each event's pictures from the masked frame.
+    pub fn process(&mut self, judgement: Judgement) -> EvidencedFrame {
+        let Judgement { frame, results, events: judged, privacy, zones } = judgement;
+        let now = frame.captured_at;
+        let mut private: RgbImage = (*frame.image).clone();
+        privacy::apply(&mut private, &privacy);
+        let mut events = Vec::with_capacity(judged.len());
+        let mut snapshots = Vec::new();
+        let mut actions = Vec::new();
+        for JudgedEvent { mut event, with_pictures, caption, action } in judged {
+            let (frame_jpeg, crop_jpeg) =
+                if with_pictures { self.pictures(&private, &zones, &results, &event, &caption) } else { (None, None) };
+            if let Some(jpeg) = &frame_jpeg {
+                event.snapshot_sha256 = Some(chain::sha256_hex(jpeg));
+            }
+            self.keep(&mut event, now, frame_jpeg.as_deref(), crop_jpeg.as_deref());
+            if let Some(jpeg) = frame_jpeg {
+                snapshots.push(Snapshot { event_id: event.event_id, jpeg: Arc::new(jpeg) });
+            }
+            if let Some(action) = action {
+                actions.push((event.event_id, action));
+            }
+            events.push(event);
+        }
+        self.retention_if_due(now);
+        EvidencedFrame {
+            frame: Frame { image: Arc::new(private), ..frame },
+            results,
+            events,
+            snapshots,
+            zones,
+            actions,
+        }
+    }
+
+    /// The evidence frame (zones, every detection, the event's box and caption) and the crop, as
+    /// JPEG, from the privacy-masked image. An `end` shows the scene without the subject: no crop.
+    fn pictures(
+        &self,
+        private: &RgbImage,
+        zones: &[Zone],
+        results: &[ModelResult],
+        event: &Event,
+        caption: &str,
+    ) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        let mut canvas = private.clone();
+        draw::draw_zones(&mut canvas, zones);
+        let thickness = (canvas.width().max(canvas.height()) / 400).max(1);
+        for result in results {
+            if let Findings::Detect { detections } = &result.findings {
+                for d in detections {
+                    draw::draw_rectangle(&mut canvas, d.bbox, draw::DETECTION_COLOUR, thickness);
+                }
+            }
+        }
+        let bbox = BoundingBox::from(event.bbox);
+        draw::draw_labelled_box(&mut canvas, bbox, caption, draw::EVENT_COLOUR, thickness * 3);
+        let encode = |image: &RgbImage| match draw::encode_jpeg(image, self.jpeg_quality) {
+            Ok(jpeg) => Some(jpeg),
+            Err(e) => {
+                tracing::error!(event_id = %event.event_id, "cannot encode evidence JPEG: {e}");
+                None
+            }
+        };
+        let crop = if event.state == LifecycleState::End {
+            None
+        } else {
+            crop_with_margin(private, &bbox, EVIDENCE_CROP_MARGIN).and_then(|crop| encode(&crop))
+        };
+        (encode(&canvas), crop)
+    }
+
+    /// Records the event message (with its pictures, if any) in the chain.
+    fn keep(&mut self, event: &mut Event, now: DateTime<Utc>, frame: Option<&[u8]>, crop: Option<&[u8]>) {
+        let Some(store) = self.store.as_mut() else { return };
+        let mut pictures = Vec::new();
+        if let Some(jpeg) = frame {
+            pictures.push(Picture { role: "frame", jpeg });
+        }
+        if let Some(jpeg) = crop {
+            pictures.push(Picture { role: "crop", jpeg });
+        }
+        let name = format!("{}-r{}", event.event_id, event.revision);
+        let recorded = store.keep(now, &name, &pictures, |files, seq| {
+            event.evidence = Some(EvidenceRef { chain_seq: seq, files: files.to_vec() });
+            serde_json::to_value(&*event).unwrap_or(serde_json::Value::Null)
+        });
+        if let Err(e) = recorded {
+            // The event still goes out; only its evidence is missing.
+            tracing::error!(event_id = %event.event_id, "cannot keep evidence: {e}");
+            event.evidence = None;
+        }
+    }
+
+    fn retention_if_due(&mut self, now: DateTime<Utc>) {
+        let Some(store) = self.store.as_mut() else { return };
+        if self.last_retention.is_some_and(|last| seconds_between(last, now) < RETENTION_INTERVAL_SECS) {
+            return;
+        }
+        self.last_retention = Some(now);
+        if let Err(e) = store.enforce_retention(now, 0) {
+            tracing::error!("evidence retention failed: {e}");
+        }
+    }
+}
+
+/// The evidence stage's loop: processes each judgement off the async workers and passes the
+/// result to delivery. Ends when the judge closes its channel.
+pub async fn run_evidence(
+    mut stage: EvidenceStage,
+    mut input: mpsc::Receiver<Judgement>,
+    output: mpsc::Sender<EvidencedFrame>,
+    heartbeat: Arc<Heartbeat>,
+) {
+    heartbeat.pause();
+    while let Some(judgement) = input.recv().await {
+        heartbeat.beat();
+        let processed = tokio::task::spawn_blocking(move || {
+            let evidenced = stage.process(judgement);
+            (stage, evidenced)
+        })
+        .await;
+        let evidenced = match processed {
+            Ok((returned, evidenced)) => {
+                stage = returned;
+                evidenced
+            }
+            Err(e) => {
+                tracing::error!("the evidence stage failed and stops: {e}");
+                return;
+            }
+        };
+        if output.send(evidenced).await.is_err() {
+            return;
+        }
+        heartbeat.pause();
+    }
+    heartbeat.retire();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::delivery::actions::ActionLimiter;
+    use crate::delivery::stats::{DailyStats, DailyStatsKeeper};
+    use crate::infer::Findings;
+    use crate::judge::fixtures::{cup_on_pavement, detector_result, inferred, paste, sample, test_config};
+    use crate::judge::{EventKind, Judge};
+    use std::path::Path;
+
+    fn config(state_dir: &Path, extra: &str) -> Config {
+        test_config(state_dir, extra)
+    }
+
+    /// The judge and the evidence stage of a config, as `edge-agent run` builds them.
+    fn stages(config: &Config) -> (Judge, EvidenceStage) {
+        let names = vec!["nanodet".into(), "efficientnet_lite0".into()];
+        let judge = Judge::open(&config.judge_settings(), &names).unwrap();
+        let stage = EvidenceStage::open(&config.state_dir, &config.evidence, &config.device_id).unwrap();
+        (judge, stage)
+    }
+
+    /// Sum of differences between horizontal neighbours inside a box: how much detail it shows.
+    fn detail(image: &RgbImage, b: [u32; 4]) -> u64 {
+        let mut sum = 0u64;
+        for y in b[1]..b[3] {
+            for x in b[0]..b[2] - 1 {
+                let (p, q) = (image.get_pixel(x, y), image.get_pixel(x + 1, y));
+                sum += p.0.iter().zip(q.0.iter()).map(|(a, b)| u64::from(a.abs_diff(*b))).sum::<u64>();
+            }
+        }
+        sum
+    }
+
+    #[test]
+    fn the_embedded_defaults_report_the_truck_in_dog_jpg_with_evidence_in_a_good_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut judge, mut stage) = stages(&config(dir.path(), ""));
+        let dog = Arc::new(sample("dog.jpg"));
+        let results = vec![detector_result(&dog)];
+        let mut events = Vec::new();
+        let mut snapshots = Vec::new();
+        for i in 0..6 {
+            let judgement = stage.process(judge.judge(inferred("demo", &dog, &results, i as f64 * 0.5)));
+            events.extend(judgement.events);
+            snapshots.extend(judgement.snapshots);
+        }
+        let truck = events.iter().find(|e| e.label == "truck").expect("a truck event");
+        assert_eq!((truck.kind, truck.state, truck.revision), (EventKind::Object, LifecycleState::Start, 0));
+        assert_eq!(truck.schema_version, 2);
+        assert_eq!(
+            (truck.device.as_str(), truck.station_id.as_str(), truck.camera.as_str()),
+            ("box-1", "box-1", "demo")
+        );
+        assert_eq!(truck.model.as_ref().map(|m| m.name.as_str()), Some("nanodet"));
+        assert!(truck.track_id.is_some());
+        assert_eq!(truck.duration_secs, 1.0);
+        let evidence = truck.evidence.as_ref().expect("evidence kept");
+        assert_eq!(evidence.files.len(), 2, "frame and crop");
+        let snapshot = snapshots.iter().find(|s| s.event_id == truck.event_id).expect("a snapshot");
+        assert_eq!(truck.snapshot_sha256.as_deref(), Some(chain::sha256_hex(&snapshot.jpeg).as_str()));
+        assert_eq!(evidence.files[0].sha256, chain::sha256_hex(&snapshot.jpeg), "the snapshot is the evidence frame");
+        let picture = image::load_from_memory(&snapshot.jpeg).unwrap().to_rgb8();
+        assert_eq!(picture.dimensions(), (768, 576));
+        let report = chain::verify(stage.dir().unwrap(), None).unwrap();
+        assert_eq!(report.first_broken_link, None, "{report:?}");
+        assert_eq!(report.events as usize, events.len());
+        // The record in the chain is the event as sent.
+        let chain_text = std::fs::read_to_string(stage.dir().unwrap().join(chain::CHAIN_FILE)).unwrap();
+        assert!(chain_text.contains(&truck.event_id.to_string()));
+        assert!(dir.path().join(signing::KEY_FILE).is_file());
+    }
+
+    #[test]
+    fn a_station_camera_reports_a_wrong_bin_with_private_pictures_stats_and_an_action() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("prompts.log");
+        let extra = format!(
+            r#"
+[site]
+station_id = "station-7"
+grid_cell = "grid-3"
+
+[stats]
+publish_interval_secs = 0
+utc_offset = "+08:00"
+
+[rules.wrong_bin]
+action = {{ command = ["sh", "-c", "echo {{kind}} {{zone}} >> {marker}"], min_interval_secs = 60 }}
+
+[[scenes.station.zones]]
+id = "bin-recyclable"
+role = "bin"
+category = "recyclable"
+polygon = [[0.0, 0.6], [0.4, 0.6], [0.4, 1.0], [0.0, 1.0]]
+
+[[scenes.station.zones]]
+id = "neighbour-window"
+role = "privacy"
+polygon = [[0.0, 0.0], [0.2, 0.0], [0.2, 0.15], [0.0, 0.15]]
+"#,
+            marker = marker.display()
+        );
+        let config = config(dir.path(), &extra);
+        let (mut judge, mut stage) = stages(&config);
+        // The girl of person.jpg standing on the pavement at the right of the cup.
+        let girl = image::imageops::crop_imm(&sample("person.jpg"), 165, 85, 112, 290).to_image();
+        let frame = Arc::new(paste(&cup_on_pavement(), &girl, 620, 270));
+        let results = vec![detector_result(&frame)];
+        let person = results[0].findings.clone();
+        let Findings::Detect { detections } = person else { unreachable!() };
+        let girl_box = detections.iter().find(|d| d.label == "person").expect("the detector sees the girl").bbox;
+        let girl_box = [
+            girl_box.x1.max(0.0) as u32 + 5,
+            girl_box.y1 as u32 + 5,
+            girl_box.x2.min(767.0) as u32 - 5,
+            girl_box.y2.min(575.0) as u32 - 5,
+        ];
+
+        let mut judgements = Vec::new();
+        for i in 0..8 {
+            judgements.push(stage.process(judge.judge(inferred("station", &frame, &results, i as f64 * 0.5))));
+        }
+        let events: Vec<&Event> = judgements.iter().flat_map(|j| &j.events).collect();
+        let wrong = events.iter().find(|e| e.kind == EventKind::WrongBin).expect("a wrong_bin event");
+        assert_eq!(wrong.label, "cup");
+        assert_eq!(wrong.category.as_deref(), Some("residual"));
+        assert_eq!(wrong.bin_category.as_deref(), Some("recyclable"));
+        assert_eq!(wrong.zone.as_deref(), Some("bin-recyclable"));
+        assert_eq!(wrong.station_id, "station-7");
+        assert_eq!(wrong.grid_cell.as_deref(), Some("grid-3"));
+        assert_eq!(wrong.classifier.as_ref().map(|m| m.name.as_str()), Some("efficientnet_lite0"));
+
+        // Privacy: the live frame and the evidence picture show the girl blurred and the window black.
+        let live = &judgements[0].frame.image;
+        assert!(detail(live, girl_box) * 3 < detail(&frame, girl_box), "live frame blurs the girl");
+        assert_eq!(*live.get_pixel(120, 70), image::Rgb([0, 0, 0]));
+        let judgement = judgements.iter().find(|j| j.events.iter().any(|e| e.event_id == wrong.event_id)).unwrap();
+        let snapshot = judgement.snapshots.iter().find(|s| s.event_id == wrong.event_id).unwrap();
+        let picture = image::load_from_memory(&snapshot.jpeg).unwrap().to_rgb8();
+        // Boxes drawn across her and JPEG noise add some detail back; still far less than the photo.
+        assert!(
+            detail(&picture, girl_box) * 2 < detail(&frame, girl_box),
+            "evidence blurs the girl: {} vs {} in {girl_box:?}",
+            detail(&picture, girl_box),
+            detail(&frame, girl_box)
+        );
+        let corner = picture.get_pixel(120, 70).0;
+        assert!(corner.iter().all(|&c| c < 16), "privacy zone black in evidence: {corner:?}");
+        let crop_file = &wrong.evidence.as_ref().unwrap().files[1];
+        assert!(crop_file.file.ends_with("-crop.jpg"));
+        let crop = image::open(stage.dir().unwrap().join(&crop_file.file)).unwrap();
+        assert!(crop.width() > 100 && crop.width() < 200, "the cup's crop: {}", crop.width());
+
+        // Statistics (delivery's): today has one wrong_bin of category residual, published right away.
+        let station_id = config.site.station_id.clone().unwrap();
+        let mut stats =
+            DailyStatsKeeper::open(dir.path(), &station_id, config.site.grid_cell.as_deref(), "box-1", &config.stats)
+                .unwrap();
+        let published: Vec<DailyStats> =
+            judgements.iter().flat_map(|j| stats.record(&j.events, j.frame.captured_at).to_publish).collect();
+        let last = published.last().expect("stats published");
+        assert_eq!(last.counts[&EventKind::WrongBin].by_category["residual"], 1);
+        assert_eq!(last.station_id, "station-7");
+        assert_eq!(last.utc_offset, "+08:00");
+
+        // The on-site action (delivery's) ran once.
+        let mut limiter = ActionLimiter::default();
+        for judgement in &judgements {
+            for (event_id, action) in &judgement.actions {
+                let event = judgement.events.iter().find(|e| e.event_id == *event_id).unwrap();
+                if let Some(command) = limiter.command_for(action, event, event.time) {
+                    crate::delivery::actions::run(&command, event);
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(&marker).unwrap_or_default().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "wrong_bin bin-recyclable");
+        assert_eq!(chain::verify(stage.dir().unwrap(), None).unwrap().first_broken_link, None);
+    }
+
+    #[test]
+    fn where_the_law_allows_it_a_camera_can_show_people_unblurred() {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = "[scenes.yard]\nblur_people = false\n[evidence]\nenabled = false\n";
+        let (mut judge, mut stage) = stages(&config(dir.path(), extra));
+        let picture = Arc::new(sample("person.jpg"));
+        let results = vec![detector_result(&picture)];
+        let judgement = stage.process(judge.judge(inferred("yard", &picture, &results, 0.0)));
+        assert_eq!(judgement.frame.image.as_ref(), picture.as_ref(), "nothing blurred");
+        let blurred = stage.process(judge.judge(inferred("other", &picture, &results, 0.0)));
+        assert_ne!(blurred.frame.image.as_ref(), picture.as_ref(), "other cameras keep the default");
+        assert!(stage.dir().is_none());
+    }
+}

@@ -1,0 +1,131 @@
+//! The device's Ed25519 key, created on first start, that signs every record of the evidence chain.
+//! The secret seed lives in `state_dir/device.key` (mode 0600, outside the evidence folder so that
+//! retention never touches it); the public key is copied to `state_dir/device.pub` for the platform.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::base::ed25519::{self, SigningKey};
+
+pub const KEY_FILE: &str = "device.key";
+pub const PUBLIC_KEY_FILE: &str = "device.pub";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("device key {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("cannot create a device key: the system random source failed: {0}")]
+    Random(String),
+}
+
+pub struct DeviceKey {
+    key: SigningKey,
+}
+
+impl DeviceKey {
+    /// Reads `dir/device.key`, or creates it (and `device.pub`) when there is none.
+    pub fn load_or_create(dir: &Path) -> Result<Self, KeyError> {
+        let path = dir.join(KEY_FILE);
+        let error = |message: String| KeyError::File { path: path.clone(), message };
+        let key = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let seed = hex::decode(text.trim())
+                    .ok()
+                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                    .ok_or_else(|| error("expected 64 hex digits (an Ed25519 seed)".into()))?;
+                SigningKey::from_seed(&seed)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut seed = [0u8; 32];
+                getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
+                std::fs::create_dir_all(dir).map_err(|e| error(format!("cannot create folder: {e}")))?;
+                write_secret(&path, &hex::encode(seed)).map_err(|e| error(format!("cannot write: {e}")))?;
+                tracing::info!(path = %path.display(), "created the device's evidence signing key");
+                SigningKey::from_seed(&seed)
+            }
+            Err(e) => return Err(error(format!("cannot read: {e}"))),
+        };
+        let device_key = Self { key };
+        let public_path = dir.join(PUBLIC_KEY_FILE);
+        let public = format!("{}\n", device_key.public_hex());
+        if std::fs::read_to_string(&public_path).ok().as_deref() != Some(public.as_str()) {
+            std::fs::write(&public_path, public)
+                .map_err(|e| KeyError::File { path: public_path.clone(), message: format!("cannot write: {e}") })?;
+        }
+        Ok(device_key)
+    }
+
+    #[cfg(test)]
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Self { key: SigningKey::from_seed(&seed) }
+    }
+
+    pub fn public_hex(&self) -> String {
+        hex::encode(self.key.public_key())
+    }
+
+    pub fn sign_hex(&self, message: &[u8]) -> String {
+        hex::encode(self.key.sign(message))
+    }
+}
+
+/// The secret is readable by the agent's user only, from the moment it exists.
+fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+/// Checks a hex signature of `message` against a hex public key.
+pub fn verify_hex(public_hex: &str, message: &[u8], signature_hex: &str) -> Result<(), String> {
+    let public: [u8; 32] = hex::decode(public_hex.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("public key {public_hex:?} is not 64 hex digits"))?;
+    let signature: [u8; 64] = hex::decode(signature_hex)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| "signature is not 128 hex digits".to_string())?;
+    if ed25519::verify(&public, message, &signature) {
+        Ok(())
+    } else {
+        Err("signature does not match the record and the device's public key".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_created_once_and_then_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DeviceKey::load_or_create(dir.path()).unwrap();
+        let second = DeviceKey::load_or_create(dir.path()).unwrap();
+        assert_eq!(first.public_hex(), second.public_hex());
+        let public = std::fs::read_to_string(dir.path().join(PUBLIC_KEY_FILE)).unwrap();
+        assert_eq!(public.trim(), first.public_hex());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn signatures_verify_and_a_changed_message_does_not() {
+        let key = DeviceKey::from_seed([7; 32]);
+        let signature = key.sign_hex(b"record 1");
+        assert!(verify_hex(&key.public_hex(), b"record 1", &signature).is_ok());
+        assert!(verify_hex(&key.public_hex(), b"record 2", &signature).is_err());
+        let other = DeviceKey::from_seed([8; 32]);
+        assert!(verify_hex(&other.public_hex(), b"record 1", &signature).is_err());
+    }
+
+    #[test]
+    fn a_damaged_key_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(KEY_FILE), "not hex").unwrap();
+        let err = DeviceKey::load_or_create(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("device.key") && err.contains("64 hex digits"), "{err}");
+    }
+}

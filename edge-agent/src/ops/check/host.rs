@@ -1,0 +1,246 @@
+//! The box itself: whether the state folder takes writes (a probe file created, synced and removed),
+//! whether its disk has room for what the config lets the agent keep, and whether the clock is set
+//! and synchronised (the kernel's NTP state, as telemetry reads it).
+
+use std::io::Write;
+use std::path::Path;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::{ConfigName, Finding};
+use crate::config::Config;
+use crate::delivery::telemetry::ClockState;
+
+const MIB: u64 = 1 << 20;
+
+/// Creates the state folder if needed (the agent would), then a probe file in it: created, written,
+/// fsynced and removed, as the outbox and evidence will.
+pub fn check_state_folder(dir: &Path, name: &ConfigName) -> Finding {
+    const CHECK: &str = "state folder";
+    let fix = || {
+        format!(
+            "set {} to a folder the agent's user can write, or make {} writable by that user \
+             (e.g. `chown -R edge-agent {}`)",
+            name.key("state_dir"),
+            dir.display(),
+            dir.display()
+        )
+    };
+    let existed = dir.is_dir();
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        let why = match dir.ancestors().find(|p| p.exists() && !p.is_dir()) {
+            Some(file) => format!("{} is a file, not a folder", file.display()),
+            None => e.to_string(),
+        };
+        return Finding::fail(CHECK, format!("cannot create state folder {}: {why}", dir.display()), fix());
+    }
+    if let Err(e) = probe(dir) {
+        return Finding::fail(CHECK, format!("state folder {} is not writable: {e}", dir.display()), fix());
+    }
+    let mut detail = format!("{} is writable (probe file created, synced and removed)", dir.display());
+    if !existed {
+        detail.push_str("; the folder was created");
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        detail.push_str(
+            "; checked as root, who may write where the agent's user cannot \
+             (`sudo -u edge-agent edge-agent check` checks with its rights)",
+        );
+    }
+    Finding::pass(CHECK, detail)
+}
+
+fn probe(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join(format!(".edge-agent-check-{}", std::process::id()));
+    let written = std::fs::File::create(&path).and_then(|mut file| {
+        file.write_all(b"edge-agent check: probe file, removed at once\n")?;
+        file.sync_all()
+    });
+    let removed = std::fs::remove_file(&path);
+    written?;
+    removed
+}
+
+/// Free space below which the check fails or warns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskLimits {
+    /// Below this the agent stops keeping evidence pictures (`evidence.min_free_mb`).
+    pub fail_below: u64,
+    /// What the config lets the agent fill: the outbox quota, the evidence budget and its reserve.
+    pub warn_below: u64,
+}
+
+impl DiskLimits {
+    pub fn from_config(config: &Config) -> Self {
+        let outbox = config.outbox.quota_mb.saturating_mul(MIB);
+        if config.evidence.enabled {
+            let reserve = config.evidence.min_free_mb.saturating_mul(MIB);
+            let evidence = config.evidence.max_disk_mb.saturating_mul(MIB);
+            Self { fail_below: reserve, warn_below: outbox.saturating_add(evidence).saturating_add(reserve) }
+        } else {
+            Self { fail_below: 64 * MIB, warn_below: outbox }
+        }
+    }
+}
+
+pub fn check_disk(config: &Config, name: &ConfigName) -> Finding {
+    let dir = &config.state_dir;
+    match crate::base::disk::disk_space(dir) {
+        Some(space) => judge_disk(dir, space.free_bytes, space.total_bytes, DiskLimits::from_config(config), name),
+        None => Finding::warn(
+            "disk",
+            format!("cannot read the free space of the disk holding {} (statvfs)", dir.display()),
+            format!("check that {} is on a mounted disk", name.key("state_dir")),
+        ),
+    }
+}
+
+pub fn judge_disk(dir: &Path, free: u64, total: u64, limits: DiskLimits, name: &ConfigName) -> Finding {
+    let seen = format!("{} free of {} on the disk of {}", human_bytes(free), human_bytes(total), dir.display());
+    if free < limits.fail_below {
+        return Finding::fail(
+            "disk",
+            format!("{seen}: below {} the agent keeps no evidence pictures", human_bytes(limits.fail_below)),
+            format!(
+                "free space on that disk, or set {} to a folder on a bigger disk (the limit is `evidence.min_free_mb`)",
+                name.key("state_dir")
+            ),
+        );
+    }
+    if free < limits.warn_below {
+        return Finding::warn(
+            "disk",
+            format!("{seen}: the outbox quota and evidence budget may take up to {}", human_bytes(limits.warn_below)),
+            format!(
+                "free space, set {} to a bigger disk, or lower `outbox.quota_mb` / `evidence.max_disk_mb` there",
+                name.key("state_dir")
+            ),
+        );
+    }
+    Finding::pass("disk", seen)
+}
+
+/// "1.5 GiB", "300 MiB".
+pub fn human_bytes(bytes: u64) -> String {
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    if gib >= 1.0 {
+        format!("{gib:.1} GiB")
+    } else {
+        format!("{} MiB", bytes / MIB)
+    }
+}
+
+/// A clock before this is unset (a board without a real-time clock boots in 1970 or at its image's date).
+fn earliest_plausible() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).single().unwrap_or_default()
+}
+
+/// The time must be plausible (TLS certificates, event times); NTP synchronisation is a warning,
+/// since a box that just booted may not have synchronised yet.
+pub fn check_clock(now: DateTime<Utc>, state: &ClockState) -> Finding {
+    const CHECK: &str = "clock";
+    let ntp_fix = "enable NTP: `timedatectl set-ntp true` (systemd-timesyncd) or install chrony; \
+                   event times and TLS certificate checks depend on the clock";
+    let shown = now.format("%Y-%m-%d %H:%M:%S UTC");
+    if now < earliest_plausible() {
+        return Finding::fail(
+            CHECK,
+            format!("the clock says {shown}: TLS certificates will be refused and event times wrong"),
+            format!("set the time, then {ntp_fix}"),
+        );
+    }
+    let max_error = state.max_error_ms.map(|ms| format!(", max error {ms:.0} ms")).unwrap_or_default();
+    match state.synchronized {
+        Some(true) if state.max_error_ms.is_some_and(|ms| ms > 1000.0) => Finding::warn(
+            CHECK,
+            format!("{shown}, synchronised but loosely{max_error}"),
+            "check the NTP servers the box uses (`timedatectl timesync-status` or `chronyc sources`)",
+        ),
+        Some(true) => Finding::pass(CHECK, format!("{shown}, synchronised by NTP{max_error}")),
+        Some(false) => Finding::warn(
+            CHECK,
+            format!("{shown}, not synchronised by NTP (the kernel says unsynchronised{max_error})"),
+            ntp_fix,
+        ),
+        None => Finding::warn(CHECK, format!("{shown}; cannot read the kernel's NTP state (adjtimex)"), ntp_fix),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::check::Outcome;
+
+    fn name() -> ConfigName {
+        ConfigName::new(Some(Path::new("/etc/edge-agent/edge-agent.toml")))
+    }
+
+    #[test]
+    fn a_writable_state_folder_passes_and_is_left_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let finding = check_state_folder(&state, &name());
+        assert_eq!(finding.outcome, Outcome::Pass, "{finding:?}");
+        assert!(finding.detail.contains("created"), "{finding:?}");
+        assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0, "the probe file is removed");
+    }
+
+    /// Under a regular file no one can create a folder, root included.
+    #[test]
+    fn a_state_folder_that_cannot_exist_fails_naming_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, "x").unwrap();
+        let finding = check_state_folder(&file.join("state"), &name());
+        assert_eq!(finding.outcome, Outcome::Fail);
+        assert!(finding.detail.contains("plain-file/state"), "{finding:?}");
+        assert!(finding.detail.contains("plain-file is a file, not a folder"), "{finding:?}");
+        let fix = finding.fix.unwrap();
+        assert!(fix.contains("`state_dir` in /etc/edge-agent/edge-agent.toml"), "{fix}");
+    }
+
+    #[test]
+    fn disk_limits_follow_the_outbox_and_evidence_settings() {
+        let config = Config::from_toml_str(
+            "[outbox]\nquota_mb = 100\n[evidence]\nmax_disk_mb = 200\nmin_free_mb = 50\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(DiskLimits::from_config(&config), DiskLimits { fail_below: 50 * MIB, warn_below: 350 * MIB });
+        let without_evidence =
+            Config::from_toml_str("[outbox]\nquota_mb = 100\n[evidence]\nenabled = false\n", Path::new("x.toml"))
+                .unwrap();
+        assert_eq!(DiskLimits::from_config(&without_evidence).warn_below, 100 * MIB);
+    }
+
+    #[test]
+    fn free_space_is_judged_against_the_limits() {
+        let limits = DiskLimits { fail_below: 512 * MIB, warn_below: 3584 * MIB };
+        let dir = Path::new("/var/lib/edge-agent");
+        let judge = |free| judge_disk(dir, free, 32 << 30, limits, &name());
+        assert_eq!(judge(20 << 30).outcome, Outcome::Pass);
+        let warned = judge(2 << 30);
+        assert_eq!(warned.outcome, Outcome::Warn);
+        assert!(warned.fix.unwrap().contains("outbox.quota_mb"));
+        let failed = judge(100 * MIB);
+        assert_eq!(failed.outcome, Outcome::Fail);
+        assert!(failed.detail.contains("100 MiB free of 32.0 GiB on the disk of /var/lib/edge-agent"), "{failed:?}");
+    }
+
+    #[test]
+    fn an_unset_clock_fails_and_an_unsynchronised_one_warns() {
+        let synced = ClockState { synchronized: Some(true), max_error_ms: Some(12.0) };
+        let now = Utc.with_ymd_and_hms(2025, 5, 1, 8, 0, 0).unwrap();
+        assert_eq!(check_clock(now, &synced).outcome, Outcome::Pass);
+        let boot = Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 42).unwrap();
+        let failed = check_clock(boot, &synced);
+        assert!(failed.outcome.is_fail() && failed.detail.contains("1970-01-01"), "{failed:?}");
+        let unsynced = ClockState { synchronized: Some(false), max_error_ms: Some(16000.0) };
+        let warned = check_clock(now, &unsynced);
+        assert_eq!(warned.outcome, Outcome::Warn);
+        assert!(warned.fix.unwrap().contains("timedatectl set-ntp true"));
+        let unknown = ClockState { synchronized: None, max_error_ms: None };
+        assert_eq!(check_clock(now, &unknown).outcome, Outcome::Warn);
+    }
+}

@@ -1,0 +1,279 @@
+//! The JSON API under `/api/v1`. The router is built only from [`routes`], and a test checks that
+//! list against the OpenAPI document (`assets/openapi.json`) both ways, so no route goes
+//! undocumented and no documented path is missing.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put, MethodRouter};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::auth::{Admin, Session};
+use super::events::{self, ApiEvent, EventFilter, EventView};
+use super::stats;
+use super::system::{cpu_temperature, disk_space, DiskSpace};
+use super::WebState;
+use crate::delivery::board::Status;
+
+pub const OPENAPI_JSON: &str = include_str!("assets/openapi.json");
+
+/// One route of the API: method and path as the OpenAPI document spells them (axum and OpenAPI
+/// both write parameters as `{name}`).
+pub struct ApiRoute {
+    pub method: Method,
+    pub path: &'static str,
+    pub handler: MethodRouter<Arc<WebState>>,
+}
+
+/// Every route of the API.
+pub fn routes() -> Vec<ApiRoute> {
+    use super::{installer, labels};
+    let route = |method: Method, path: &'static str, handler| ApiRoute { method, path, handler };
+    vec![
+        route(Method::GET, "/api/v1/status", get(status)),
+        route(Method::GET, "/api/v1/cameras", get(cameras)),
+        route(Method::GET, "/api/v1/cameras/{camera}/frame.jpg", get(latest_frame)),
+        route(Method::GET, "/api/v1/cameras/{camera}/scene.jpg", get(installer::scene)),
+        route(Method::POST, "/api/v1/cameras/{camera}/test", post(installer::test_models)),
+        route(Method::GET, "/api/v1/events", get(list_events)),
+        route(Method::GET, "/api/v1/events/stream", get(super::sse::event_stream)),
+        route(Method::GET, "/api/v1/events/{event_id}", get(event)),
+        route(Method::GET, "/api/v1/events/{event_id}/evidence.jpg", get(evidence)),
+        route(Method::POST, "/api/v1/events/{event_id}/acknowledge", post(acknowledge)),
+        route(Method::GET, "/api/v1/events/{event_id}/label", get(labels::get_label)),
+        route(Method::POST, "/api/v1/events/{event_id}/label", post(labels::post_label)),
+        route(Method::GET, "/api/v1/stats", get(statistics)),
+        route(Method::GET, "/api/v1/zones", get(installer::all_zones)),
+        route(Method::GET, "/api/v1/zones/{camera}", get(installer::camera_zones)),
+        route(Method::PUT, "/api/v1/zones/{camera}", put(installer::save_zones)),
+        route(Method::GET, "/api/v1/settings", get(installer::settings)),
+        route(Method::POST, "/api/v1/settings", post(installer::change_settings)),
+        route(Method::GET, "/api/v1/config", get(config)),
+        route(Method::GET, "/api/v1/openapi.json", get(openapi)),
+    ]
+}
+
+pub fn router() -> Router<Arc<WebState>> {
+    // axum merges two methods of one path into one route.
+    routes().into_iter().fold(Router::new(), |router, route| router.route(route.path, route.handler))
+}
+
+/// `{"error": "..."}` with a status code: what every API failure looks like.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+#[derive(Serialize)]
+struct StatusView {
+    #[serde(flatten)]
+    status: Status,
+    disk: Option<DiskSpace>,
+    cpu_temperature_celsius: Option<f64>,
+    /// The page is open without login (no users configured, loopback only).
+    open_access: bool,
+}
+
+async fn status(State(state): State<Arc<WebState>>) -> Response {
+    Json(StatusView {
+        status: state.board.snapshot(),
+        disk: disk_space(&state.state_dir),
+        cpu_temperature_celsius: cpu_temperature(),
+        open_access: state.auth.is_open(),
+    })
+    .into_response()
+}
+
+async fn cameras(State(state): State<Arc<WebState>>) -> Response {
+    let cameras: Vec<_> = state
+        .board
+        .snapshot()
+        .cameras
+        .into_iter()
+        .map(|camera| {
+            let frame_url = format!("/api/v1/cameras/{}/frame.jpg", events::url_encode(&camera.id));
+            json!({ "camera": camera, "frame_url": frame_url })
+        })
+        .collect();
+    Json(json!({ "cameras": cameras })).into_response()
+}
+
+async fn latest_frame(State(state): State<Arc<WebState>>, Path(camera): Path<String>) -> Response {
+    match state.board.latest_jpeg(&camera) {
+        Some(jpeg) => {
+            ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg.as_ref().clone())
+                .into_response()
+        }
+        None if state.board.camera_ids().contains(&camera) => {
+            error(StatusCode::NOT_FOUND, format!("camera {camera:?} has no frame yet"))
+        }
+        None => error(StatusCode::NOT_FOUND, format!("no camera {camera:?}")),
+    }
+}
+
+#[derive(Serialize)]
+struct EventList {
+    events: Vec<ApiEvent>,
+    /// Events matching the filter among those the box keeps in memory.
+    matching: usize,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    next_before: Option<Uuid>,
+}
+
+async fn list_events(State(state): State<Arc<WebState>>, Query(filter): Query<EventFilter>) -> Response {
+    let all = events::latest_per_event(state.board.event_history());
+    match events::query(all, &filter) {
+        Ok(page) => Json(EventList {
+            events: page.events.iter().map(EventView::to_api).collect(),
+            matching: page.matching,
+            next_before: page.next_before,
+        })
+        .into_response(),
+        Err(bad) => error(StatusCode::BAD_REQUEST, bad.to_string()),
+    }
+}
+
+/// The event a path names; ids are UUIDs, nothing else gets near a lookup.
+fn find(state: &WebState, event_id: &str) -> Result<EventView, Response> {
+    let id = Uuid::parse_str(event_id)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, format!("{event_id:?} is not an event id (a UUID)")))?;
+    state
+        .board
+        .event_record(id)
+        .map(EventView::new)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no event {id} among those this box keeps")))
+}
+
+async fn event(State(state): State<Arc<WebState>>, Path(event_id): Path<String>) -> Response {
+    match find(&state, &event_id) {
+        Ok(view) => Json(view.to_api()).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RevisionQuery {
+    revision: Option<u32>,
+}
+
+async fn evidence(
+    State(state): State<Arc<WebState>>,
+    Path(event_id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<RevisionQuery>,
+) -> Response {
+    let view = match find(&state, &event_id) {
+        Ok(view) => view,
+        Err(response) => return response,
+    };
+    let view = match query.revision {
+        Some(revision) => match state.board.event_revision(view.record.event.event_id, Some(revision)) {
+            Some(record) => EventView::new(record),
+            None => return error(StatusCode::NOT_FOUND, format!("event {event_id} has no kept revision {revision}")),
+        },
+        None => view,
+    };
+    match events::evidence_image(&state.state_dir, &view).await {
+        Some(jpeg) => (
+            [(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "private, max-age=3600")],
+            jpeg.as_ref().clone(),
+        )
+            .into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no evidence image is kept for event {}", view.id())),
+    }
+}
+
+async fn acknowledge(
+    State(state): State<Arc<WebState>>,
+    Admin(session): Admin,
+    Path(event_id): Path<String>,
+) -> Response {
+    let view = match find(&state, &event_id) {
+        Ok(view) => view,
+        Err(response) => return response,
+    };
+    match state.board.acknowledge_event(view.id(), &session.user) {
+        Some(ack) => {
+            tracing::info!(event_id = %view.id(), user = %session.user, "event acknowledged");
+            Json(json!({ "event_id": view.id(), "acknowledged": ack })).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, format!("no event {} among those this box keeps", view.id())),
+    }
+}
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    days: Option<u32>,
+}
+
+async fn statistics(State(state): State<Arc<WebState>>, Query(query): Query<StatsQuery>) -> Response {
+    let days = query.days.unwrap_or(14);
+    if !(1..=366).contains(&days) {
+        return error(StatusCode::BAD_REQUEST, format!("`days` is {days}; expected 1 to 366"));
+    }
+    // Every kept revision, as the page does: a lifecycle counts at its start, its time to clear
+    // comes with its end (the newest revision alone would lose the start of an ended incident).
+    let views: Vec<EventView> = state.board.event_history().into_iter().map(EventView::new).collect();
+    let daily = stats::daily(&views, days, chrono::Local::now().date_naive());
+    Json(json!({ "days": daily })).into_response()
+}
+
+/// The configuration file as it is now (zones saved from the page included), secrets redacted
+/// (admins only).
+async fn config(State(state): State<Arc<WebState>>, Admin(_): Admin) -> Response {
+    Json(super::config_view(state.settings.store().path())).into_response()
+}
+
+async fn openapi(_: Session) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (method, path) pairs the OpenAPI document declares.
+    fn documented() -> Vec<(String, String)> {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "an OpenAPI 3 document");
+        let mut found = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("path item") {
+                if method == "parameters" {
+                    continue;
+                }
+                assert!(operation["responses"].is_object(), "{method} {path} documents its responses");
+                found.push((method.to_uppercase(), path.clone()));
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn every_api_route_is_documented_and_every_documented_route_exists() {
+        let mut served: Vec<(String, String)> =
+            routes().iter().map(|r| (r.method.as_str().to_string(), r.path.to_string())).collect();
+        served.sort();
+        assert_eq!(served, documented());
+    }
+
+    #[test]
+    fn path_parameters_are_declared() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for segment in path.split('/').filter(|s| s.starts_with('{')) {
+                let name = segment.trim_start_matches('{').split('}').next().unwrap();
+                let declared = item.as_object().unwrap().values().any(|op| {
+                    op["parameters"]
+                        .as_array()
+                        .is_some_and(|ps| ps.iter().any(|p| p["name"] == name && p["in"] == "path"))
+                });
+                assert!(declared, "{path}: parameter {name} is not declared");
+            }
+        }
+    }
+}
