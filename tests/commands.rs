@@ -346,3 +346,49 @@ fn commands_change_the_running_agent_and_its_config_file() {
     assert_eq!(ack["ok"], true, "{ack}");
     drop(agent);
 }
+
+#[test]
+fn a_model_switch_still_on_probation_when_the_agent_dies_is_rolled_back_at_the_next_start() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let site = site(&broker);
+    // A probation long enough to kill the agent in the middle of it.
+    let text = std::fs::read_to_string(&site.config).unwrap().replace("probation_secs = 3", "probation_secs = 600");
+    std::fs::write(&site.config, text).unwrap();
+    let subscriber = Subscriber::connect(broker.port, &format!("edge/{DEVICE}/#"));
+    let mut agent = Agent::start(&site.config, &site.root.join("agent.log"));
+    assert!(subscriber.wait_for("/events", Duration::from_secs(30), |_| true).is_some(), "no event at start");
+    let before = status(&site)["models"][0]["sha256"].as_str().unwrap().to_string();
+    let config_before = std::fs::read_to_string(&site.config).unwrap();
+
+    let variant_sha = sha256_hex(&site.variant);
+    let request = json!({
+        "correlation_id": "crash-1",
+        "name": "nanodet",
+        "url": site.files.url("nanodet-v2.onnx"),
+        "sha256": variant_sha,
+        "signature": site.signer.sign_hex(&site.variant),
+    });
+    let ack = command(&site, &subscriber, "model", request.to_string().as_bytes());
+    assert_eq!((ack["ok"].clone(), ack["result"]["stage"].clone()), (json!(true), json!("switched")), "{ack}");
+    assert_ne!(std::fs::read_to_string(&site.config).unwrap(), config_before, "the switch is in the config file");
+
+    // SIGKILL in the middle of the probation (a crash, or the watchdog), then the next start.
+    agent.kill_hard();
+    agent.restart(&site.config);
+    let back = eventually(Duration::from_secs(60), || {
+        let sha = agent_status(site.web_port)?["models"][0]["sha256"].as_str()?.to_string();
+        (sha == before).then_some(())
+    });
+    assert!(back.is_some(), "the unconfirmed model is still running after the restart:\n{}", agent.log_text());
+    assert_eq!(
+        std::fs::read_to_string(&site.config).unwrap(),
+        config_before,
+        "the config points back at the old model"
+    );
+    assert!(log_contains(&agent.log, "never finished its probation"), "{}", agent.log_text());
+    assert!(!site.root.join("state/model-switch-pending.json").exists());
+    let fresh = subscriber.wait_for("/events", Duration::from_secs(20), |e| e["model"]["sha256"] == before.as_str());
+    assert!(fresh.is_some(), "events do not come from the previous model");
+}

@@ -39,6 +39,21 @@ fn service_user() -> Option<(u32, u32)> {
     made.success().then(lookup).flatten()
 }
 
+/// Copies a folder tree, readable by everyone (0755 folders, files keep their modes).
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_folder(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 fn chown(path: &Path, (uid, gid): (u32, u32), mode: u32) {
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -62,8 +77,15 @@ fn the_packaged_install_saves_a_zone_and_a_threshold_from_the_page() {
     let state = root.path().join("var/lib/edge-agent");
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::create_dir_all(&state).unwrap();
-    for parent in [root.path().join("etc"), root.path().join("var"), root.path().join("var/lib")] {
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The package's files, where it puts them: /usr/bin/edge-agent and /usr/share/edge-agent/models
+    // (the build's own copies may sit under a home folder the service user cannot enter).
+    let binary = root.path().join("usr/bin/edge-agent");
+    let data = root.path().join("usr/share/edge-agent");
+    std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
+    std::fs::copy(agent_binary(), &binary).unwrap();
+    copy_folder(&repo_root().join("models"), &data.join("models"));
+    for folder in ["etc", "var", "var/lib", "usr", "usr/bin", "usr/share", "usr/share/edge-agent"] {
+        std::fs::set_permissions(root.path().join(folder), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     // The packaged config as shipped, with the page on a free port.
     let port = free_port();
@@ -80,13 +102,13 @@ fn the_packaged_install_saves_a_zone_and_a_threshold_from_the_page() {
          exec setpriv --reuid=edge-agent --regid=edge-agent --init-groups sh -c 'umask 0027; exec {binary} run --config {config}'",
         etc = etc.display(),
         state = state.display(),
-        binary = agent_binary().display(),
+        binary = binary.display(),
         config = config.display(),
     );
     let mut agent = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "--", "sh", "-c", &script])
         .env("STATE_DIRECTORY", &state)
-        .env("EDGE_AGENT_DATA", repo_root())
+        .env("EDGE_AGENT_DATA", &data)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

@@ -19,6 +19,7 @@ use crate::config::{last_good, Config};
 use crate::control::authority::Authority;
 use crate::control::commands::CommandHandler;
 use crate::control::config_store::ConfigStore;
+use crate::control::model_update;
 use crate::control::settings::LiveSettings;
 use crate::delivery::actions::ActionLimiter;
 use crate::delivery::board::{ControlStatus, StatusBoard};
@@ -51,6 +52,18 @@ pub async fn run(
     trigger: &ShutdownTrigger,
 ) -> anyhow::Result<()> {
     let shutdown = trigger.handle();
+    if let Some(path) = &config_path {
+        // A model switch whose probation never ended is undone before the models load.
+        match model_update::roll_back_unconfirmed_switch(path, &config) {
+            Ok(Some(note)) => {
+                tracing::warn!("{note}");
+                config = Config::load(path)
+                    .with_context(|| format!("the config {} after rolling back a model switch", path.display()))?;
+            }
+            Ok(None) => {}
+            Err(problem) => tracing::error!("{problem}"),
+        }
+    }
     let config_text = config_path.as_deref().and_then(|p| std::fs::read_to_string(p).ok());
     let parts = match build(&config).await {
         Ok(parts) => parts,

@@ -22,3 +22,6 @@ pub mod judge;
 pub mod ops;
 pub mod source;
 pub mod web;
+
+#[cfg(test)]
+mod fuzz_tests;

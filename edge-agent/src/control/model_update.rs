@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -21,7 +21,9 @@ use super::commands::{parse_request, CommandError, CommandHandler};
 use crate::base::ed25519::decode_key_material;
 use crate::base::shutdown::Shutdown;
 use crate::base::write_file::write_atomically;
+use crate::config::Config;
 use crate::config::ModelConfig;
+use crate::control::config_store::ConfigStore;
 use crate::delivery::mqtt::IncomingCommand;
 use crate::infer::control::{ModelRuns, RunCounts, WorkerControl};
 use crate::infer::{Findings, Model, ModelInfo};
@@ -29,6 +31,13 @@ use crate::infer::{Findings, Model, ModelInfo};
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// Failures that, when they are also the majority of runs, fail a model on probation.
 const PROBATION_FAILURES: u64 = 3;
+/// Successful runs a model needs before its probation can pass: time alone (a camera that sent
+/// nothing) proves nothing.
+const PROBATION_MIN_RUNS: u64 = 3;
+/// A probation without enough runs waits up to this many times `probation_secs`, then fails.
+const PROBATION_EXTENSION: u32 = 4;
+/// One frame running this long means the model hangs.
+const PROBATION_HUNG_AFTER: Duration = Duration::from_secs(30);
 const PROBATION_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Deserialize)]
@@ -61,28 +70,50 @@ pub fn probation_verdict(since_switch: RunCounts) -> ProbationVerdict {
     }
 }
 
-/// Watches a model's runs for `duration`; returns the counts that failed it, or None if it held
-/// (or shutdown came first).
+/// How a watched probation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbationOutcome {
+    /// At least [`PROBATION_MIN_RUNS`] successful runs, and not failing.
+    Passed(RunCounts),
+    Failed(RunCounts),
+    /// Too few successful runs even after waiting [`PROBATION_EXTENSION`] times longer.
+    TooFewRuns(RunCounts),
+    /// One frame has been running this long: the model (or its backend) hangs.
+    Hung(Duration),
+    Interrupted,
+}
+
+/// Watches a model's runs for `duration` (longer while it has run too few times to judge).
 pub async fn watch_probation(
     runs: &ModelRuns,
     model: &str,
     duration: Duration,
+    hung_after: Duration,
     shutdown: &mut Shutdown,
-) -> Option<RunCounts> {
+) -> ProbationOutcome {
     let baseline = runs.get(model);
-    let deadline = Instant::now() + duration;
-    while Instant::now() < deadline {
+    let started = Instant::now();
+    loop {
         if shutdown.sleep(PROBATION_CHECK_EVERY).await {
-            return None;
+            return ProbationOutcome::Interrupted;
         }
         let now = runs.get(model);
         let since =
             RunCounts { ok: now.ok - baseline.ok.min(now.ok), failed: now.failed - baseline.failed.min(now.failed) };
         if probation_verdict(since) == ProbationVerdict::Failing {
-            return Some(since);
+            return ProbationOutcome::Failed(since);
+        }
+        if let Some(busy) = runs.busy_for().filter(|busy| *busy >= hung_after) {
+            return ProbationOutcome::Hung(busy);
+        }
+        let elapsed = started.elapsed();
+        if elapsed >= duration && since.ok >= PROBATION_MIN_RUNS {
+            return ProbationOutcome::Passed(since);
+        }
+        if elapsed >= duration * PROBATION_EXTENSION {
+            return ProbationOutcome::TooFewRuns(since);
         }
     }
-    None
 }
 
 /// Runs a freshly loaded model on every picture of `folder`; refuses it on the first error or an
@@ -221,7 +252,9 @@ impl CommandHandler {
         self.model_update_busy.store(false, Ordering::SeqCst);
     }
 
-    /// Watches the switched-in model for `duration`; rolls back to the previous one if it fails.
+    /// Watches the switched-in model for `duration`; rolls back to the previous one unless it
+    /// passes. A hung model cannot be swapped out (the worker is stuck in it): the pending switch
+    /// stays on disk, the watchdog restarts the agent, and the start rolls it back.
     async fn probation(
         &self,
         switched: Switched,
@@ -229,18 +262,42 @@ impl CommandHandler {
         duration: Duration,
         shutdown: &mut Shutdown,
     ) -> Probation {
-        let Some(counts) = watch_probation(&self.model_runs, name, duration, shutdown).await else {
-            return if shutdown.is_triggered() { Probation::Interrupted } else { Probation::Confirmed };
+        let why = match watch_probation(&self.model_runs, name, duration, PROBATION_HUNG_AFTER, shutdown).await {
+            ProbationOutcome::Interrupted => return Probation::Interrupted,
+            ProbationOutcome::Passed(_) => {
+                PendingSwitch::clear(&self.state_dir);
+                return Probation::Confirmed;
+            }
+            ProbationOutcome::Hung(busy) => {
+                let why = format!(
+                    "the new model has been running one frame for {} s: it hangs; the watchdog restarts the agent \
+                     and the start rolls back to the previous model (sha256 {})",
+                    busy.as_secs(),
+                    switched.previous_info.sha256
+                );
+                tracing::error!(model = %name, "{why}");
+                return Probation::RolledBack(why);
+            }
+            ProbationOutcome::Failed(counts) => format!(
+                "the new model failed {} of {} runs during its probation; the previous model (sha256 {}) is back",
+                counts.failed,
+                counts.ok + counts.failed,
+                switched.previous_info.sha256
+            ),
+            ProbationOutcome::TooFewRuns(counts) => format!(
+                "the new model ran successfully only {} times in {} s (it needs {PROBATION_MIN_RUNS}); the previous \
+                 model (sha256 {}) is back",
+                counts.ok,
+                (duration * PROBATION_EXTENSION).as_secs(),
+                switched.previous_info.sha256
+            ),
         };
-        let why = format!(
-            "the new model failed {} of {} runs during its probation; the previous model (sha256 {}) is back",
-            counts.failed,
-            counts.ok + counts.failed,
-            switched.previous_info.sha256
-        );
         tracing::error!(model = %name, "{why}");
         match self.roll_back(switched).await {
-            Ok(()) => Probation::RolledBack(why),
+            Ok(()) => {
+                PendingSwitch::clear(&self.state_dir);
+                Probation::RolledBack(why)
+            }
             Err(e) => Probation::RolledBack(format!("{why}; but the roll-back failed: {}", e.message)),
         }
     }
@@ -339,10 +396,28 @@ impl CommandHandler {
             .find(|m| m.name == request.name)
             .ok_or_else(|| CommandError::new("unknown_target", format!("model {:?} is gone", request.name)))?;
         let previous_manifest = config.models[index].manifest.clone();
-        let old_model = self.swap_in(prepared.model).await?;
+        // Written before the switch: a crash from here until the probation ends rolls it back.
+        let pending = PendingSwitch {
+            index,
+            name: request.name.clone(),
+            previous_manifest: previous_manifest.clone(),
+            new_manifest: prepared.manifest.clone(),
+            switched_at: chrono::Utc::now(),
+        };
+        pending.save(&self.state_dir).map_err(|e| {
+            CommandError::new("state_unwritable", format!("cannot record the pending switch, nothing changed: {e}"))
+        })?;
+        let old_model = match self.swap_in(prepared.model).await {
+            Ok(old) => old,
+            Err(e) => {
+                PendingSwitch::clear(&self.state_dir);
+                return Err(e);
+            }
+        };
         if let Err(e) = self.settings.store().set_model_manifest(index, &prepared.manifest) {
             // The switch must be durable, or not happen.
             let _ = self.swap_in(*old_model).await;
+            PendingSwitch::clear(&self.state_dir);
             return Err(CommandError::new(e.code(), format!("the new model was not kept: {e}")));
         }
         self.replace_model_info(new_info.clone());
@@ -390,6 +465,71 @@ impl CommandHandler {
             .map_err(|e| CommandError::new(e.code(), e.to_string()))?;
         Ok(())
     }
+}
+
+/// A model switch its probation has not confirmed yet, kept in `state_dir` so that a crash, a
+/// watchdog restart or a stop during the probation rolls it back at the next start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingSwitch {
+    /// The `[[models]]` entry switched.
+    pub index: usize,
+    pub name: String,
+    pub previous_manifest: PathBuf,
+    pub new_manifest: PathBuf,
+    pub switched_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub const PENDING_SWITCH_FILE: &str = "model-switch-pending.json";
+
+impl PendingSwitch {
+    fn save(&self, state_dir: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_atomically(&state_dir.join(PENDING_SWITCH_FILE), &json)
+    }
+
+    fn clear(state_dir: &Path) {
+        let path = state_dir.join(PENDING_SWITCH_FILE);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::error!(path = %path.display(), "cannot clear the pending model switch: {e}")
+            }
+            _ => {}
+        }
+    }
+
+    fn load(state_dir: &Path) -> Result<Option<Self>, String> {
+        let path = state_dir.join(PENDING_SWITCH_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+/// At start, before the models load: a switch whose probation never ended (the agent crashed, was
+/// restarted by the watchdog, or stopped) is rolled back in the config file. Returns what was done.
+pub fn roll_back_unconfirmed_switch(config_path: &Path, config: &Config) -> Result<Option<String>, String> {
+    let Some(pending) = PendingSwitch::load(&config.state_dir)? else { return Ok(None) };
+    let points_at_new = config.models.get(pending.index).is_some_and(|m| m.manifest == pending.new_manifest);
+    if points_at_new {
+        let store = ConfigStore::new(Some(config_path.to_owned()), config.clone());
+        store.set_model_manifest(pending.index, &pending.previous_manifest).map_err(|e| {
+            format!(
+                "model {:?} switched at {} was not confirmed, and rolling it back failed: {e}",
+                pending.name, pending.switched_at
+            )
+        })?;
+    }
+    PendingSwitch::clear(&config.state_dir);
+    Ok(Some(format!(
+        "model {:?} switched at {} to {} never finished its probation (crash, watchdog restart or stop); \
+         rolled back to {}",
+        pending.name,
+        pending.switched_at.to_rfc3339(),
+        pending.new_manifest.display(),
+        pending.previous_manifest.display()
+    )))
 }
 
 /// How a new model's first minutes ended.
@@ -540,6 +680,55 @@ mod tests {
         assert_eq!(verdict(3, 4), ProbationVerdict::Failing);
     }
 
+    const HUNG: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_frame_that_never_ends_during_probation_is_a_hung_model() {
+        let runs = ModelRuns::default();
+        let (_trigger, mut shutdown) = crate::base::shutdown::channel();
+        runs.record("nanodet", true);
+        runs.frame_started();
+        let outcome =
+            watch_probation(&runs, "nanodet", Duration::from_secs(5), Duration::from_millis(700), &mut shutdown).await;
+        let ProbationOutcome::Hung(busy) = outcome else { panic!("not hung: {outcome:?}") };
+        assert!(busy >= Duration::from_millis(700));
+    }
+
+    #[test]
+    fn a_switch_left_pending_is_rolled_back_in_the_config_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let old = nanodet_manifest();
+        let new = dir.path().join("nanodet-new.toml");
+        std::fs::copy(&old, &new).unwrap();
+        for file in ["nanodet.onnx", "coco_labels.txt"] {
+            std::os::unix::fs::symlink(old.with_file_name(file), dir.path().join(file)).unwrap();
+        }
+        let path = dir.path().join("agent.toml");
+        let text = |manifest: &Path| {
+            format!(
+                "state_dir = \"state\"\n[[models]]\nmanifest = {:?}\n[[cameras]]\nid = \"yard\"\nsource = {{ kind = \"replay\", path = \"x\" }}\n",
+                manifest.display().to_string()
+            )
+        };
+        std::fs::write(&path, text(&new)).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(roll_back_unconfirmed_switch(&path, &config).unwrap(), None, "nothing pending");
+        let pending = PendingSwitch {
+            index: 0,
+            name: "nanodet".into(),
+            previous_manifest: old.clone(),
+            new_manifest: new.clone(),
+            switched_at: chrono::Utc::now(),
+        };
+        pending.save(&state).unwrap();
+        let note = roll_back_unconfirmed_switch(&path, &config).unwrap().expect("rolled back");
+        assert!(note.contains("never finished its probation"), "{note}");
+        assert_eq!(Config::load(&path).unwrap().models[0].manifest, old);
+        assert!(!state.join(PENDING_SWITCH_FILE).exists(), "cleared once done");
+    }
+
     #[tokio::test]
     async fn probation_notices_a_failing_model_and_lets_a_working_one_pass() {
         let runs = ModelRuns::default();
@@ -548,7 +737,18 @@ mod tests {
         for _ in 0..5 {
             runs.record("nanodet", true);
         }
-        assert_eq!(watch_probation(&runs, "nanodet", Duration::from_millis(600), &mut shutdown).await, None);
+        // Runs before the switch do not count: without runs of its own, time alone passes nothing.
+        let idle = watch_probation(&runs, "nanodet", Duration::from_millis(300), HUNG, &mut shutdown).await;
+        assert_eq!(idle, ProbationOutcome::TooFewRuns(RunCounts { ok: 0, failed: 0 }));
+        let working = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for _ in 0..3 {
+                runs.record("nanodet", true);
+            }
+        };
+        let (verdict, ()) =
+            tokio::join!(watch_probation(&runs, "nanodet", Duration::from_millis(600), HUNG, &mut shutdown), working);
+        assert_eq!(verdict, ProbationOutcome::Passed(RunCounts { ok: 3, failed: 0 }));
         let failing = async {
             tokio::time::sleep(Duration::from_millis(100)).await;
             for _ in 0..4 {
@@ -556,8 +756,8 @@ mod tests {
             }
         };
         let (verdict, ()) =
-            tokio::join!(watch_probation(&runs, "nanodet", Duration::from_secs(5), &mut shutdown), failing);
-        assert_eq!(verdict, Some(RunCounts { ok: 0, failed: 4 }));
+            tokio::join!(watch_probation(&runs, "nanodet", Duration::from_secs(5), HUNG, &mut shutdown), failing);
+        assert_eq!(verdict, ProbationOutcome::Failed(RunCounts { ok: 0, failed: 4 }));
     }
 
     fn nanodet_manifest() -> PathBuf {

@@ -35,10 +35,12 @@ pub struct ModelTestRun {
     pub failures: Vec<(String, String)>,
 }
 
-/// Successful and failed inferences per model name since start.
+/// Successful and failed inferences per model name since start, and since when the worker has
+/// been busy with its current frame (a model that hangs shows as a frame that never ends).
 #[derive(Debug, Default)]
 pub struct ModelRuns {
     counts: Mutex<HashMap<String, RunCounts>>,
+    busy_since: Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,21 @@ impl ModelRuns {
         } else {
             entry.failed += 1;
         }
+    }
+
+    /// The worker starts running the models on a frame.
+    pub fn frame_started(&self) {
+        *self.busy_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    /// The worker is done with the frame (whatever the outcome).
+    pub fn frame_ended(&self) {
+        *self.busy_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// How long the frame in progress has been running, if one is.
+    pub fn busy_for(&self) -> Option<std::time::Duration> {
+        self.busy_since.lock().unwrap_or_else(|p| p.into_inner()).map(|since| since.elapsed())
     }
 
     pub fn get(&self, model: &str) -> RunCounts {

@@ -178,8 +178,13 @@ impl Manifest {
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
-        let mut manifest: Manifest = toml::from_str(&text)
-            .map_err(|e| ManifestError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        Self::parse(&text, path)
+    }
+
+    /// Reads a manifest's text as if it were the file at `path` (its files are relative to it).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ManifestError> {
+        let mut manifest: Manifest =
+            toml::from_str(text).map_err(|e| ManifestError::Parse { path: path.to_owned(), message: e.to_string() })?;
         manifest.path = path.to_owned();
         manifest.check_fields()?;
         Ok(manifest)

@@ -59,11 +59,13 @@ pub async fn run_inference(
         };
         heartbeat.beat();
         next_camera = (index + 1) % count;
+        controls.runs.frame_started();
         let worked = tokio::task::spawn_blocking(move || {
             let outcome = infer_frame(&mut models, frame);
             (models, outcome)
         })
         .await;
+        controls.runs.frame_ended();
         let (returned_models, (inferred, failures)) = match worked {
             Ok(done) => done,
             Err(e) => {

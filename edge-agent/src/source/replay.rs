@@ -65,10 +65,20 @@ impl ReplaySource {
 }
 
 pub fn decode_picture(camera: &str, path: &Path) -> Result<RgbImage, SourceError> {
+    let bytes = std::fs::read(path).map_err(|e| SourceError::Decode {
+        camera: camera.to_string(),
+        what: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    decode_picture_bytes(camera, &path.display().to_string(), &bytes)
+}
+
+/// Decodes a picture (JPEG or PNG, told by its bytes) within the image crate's memory limits: a
+/// hostile header that claims a huge picture is an error, not an allocation.
+pub fn decode_picture_bytes(camera: &str, what: &str, bytes: &[u8]) -> Result<RgbImage, SourceError> {
     let decode_error =
-        |message: String| SourceError::Decode { camera: camera.to_string(), what: path.display().to_string(), message };
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| decode_error(e.to_string()))?
+        |message: String| SourceError::Decode { camera: camera.to_string(), what: what.to_string(), message };
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| decode_error(e.to_string()))?;
     Ok(reader.decode().map_err(|e| decode_error(e.to_string()))?.to_rgb8())
