@@ -154,7 +154,7 @@ polygon = [[0.55, 0.1], [1.0, 0.1], [1.0, 0.4], [0.55, 0.4]]
     let stdout = String::from_utf8_lossy(&good.stdout);
     assert!(good.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&good.stderr));
     assert!(stdout.contains("OK"), "{stdout}");
-    let public_key = state_dir.join("device.pub");
+    let public_key = state_dir.join("keys/device.pub");
     assert!(verify(&state_dir, &["--public-key", public_key.to_str().unwrap()]).status.success());
     let stranger = "11".repeat(32);
     let wrong_key = verify(&state_dir, &["--public-key", &stranger]);

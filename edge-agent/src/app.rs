@@ -200,6 +200,14 @@ async fn spawn(
     let (judged_tx, judged_rx) = mpsc::channel::<Judgement>(STAGE_QUEUE);
     let (evidenced_tx, evidenced_rx) = mpsc::channel::<EvidencedFrame>(STAGE_QUEUE);
     let publisher_wake = Arc::new(Notify::new());
+    let status_changed = Arc::new(Notify::new());
+    match evidence.identity() {
+        Some((public_key, head)) => {
+            tracing::info!(public_key = %public_key, "evidence chain signed with this device key");
+            board.set_evidence_identity(Some(public_key), head);
+        }
+        None => board.set_evidence_identity(None, None),
+    }
     let (worker, model_runs, worker_controls) = WorkerControls::channel();
     // `set`/`reload` hand new rules and zones to the judge between two frames.
     let (judge_settings, judge_settings_rx) = watch::channel(Arc::new(config.judge_settings()));
@@ -222,6 +230,8 @@ async fn spawn(
                 publisher_wake: publisher_wake.clone(),
                 stats,
                 actions: ActionLimiter::default(),
+                status_changed: status_changed.clone(),
+                last_head_announced: None,
             },
             evidenced_rx,
             liveness.register("delivery"),
@@ -239,7 +249,6 @@ async fn spawn(
     if config.web.enabled {
         web::serve(config, board.clone(), settings.clone(), shutdown.clone()).await?;
     }
-    let status_changed = Arc::new(Notify::new());
     let (command_tx, command_rx) = mpsc::channel::<IncomingCommand>(COMMAND_QUEUE);
     let authority =
         Authority::new(&config.device_id, &config.commands, &config.state_dir).map_err(anyhow::Error::msg)?;

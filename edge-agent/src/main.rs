@@ -41,6 +41,8 @@ enum Command {
     /// Installer's check: config, state folder, disk, clock, a frame from each camera, each model,
     /// a test message to the broker. Prints a table with a fix for each failure; exit 1 on failure.
     Check(cmd::check::CheckArgs),
+    /// The device's evidence signing key: show the public key, or rotate it (agent stopped).
+    Key(cmd::key::KeyArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Init(args) => cmd::init::init(args),
         Command::Bench(args) => cmd::bench::bench(args),
         Command::Check(args) => cmd::check::check(args),
+        Command::Key(args) => cmd::key::key(args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

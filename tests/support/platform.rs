@@ -23,6 +23,11 @@ impl PlatformKey {
         hex::encode(self.pair.public_key().as_ref())
     }
 
+    /// A raw Ed25519 signature of `bytes` (a forger re-signing records with this key).
+    pub fn sign_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        self.pair.sign(bytes).as_ref().to_vec()
+    }
+
     /// The `[commands]` section of an agent that trusts this key.
     pub fn config_section(&self) -> String {
         format!("[commands]\nplatform_public_key = \"{}\"\n", self.public_key_hex())

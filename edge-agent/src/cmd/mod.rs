@@ -5,6 +5,7 @@ pub mod calibrate;
 pub mod check;
 pub mod infer;
 pub mod init;
+pub mod key;
 pub mod passwd;
 pub mod run;
 pub mod verify;

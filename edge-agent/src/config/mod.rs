@@ -210,6 +210,7 @@ impl Config {
         self.mqtt.resolve_paths(base);
         self.model_update.resolve_paths(base);
         self.inference.resolve_paths(base);
+        self.evidence.resolve_paths(base);
     }
 
     /// Checks what the types cannot: ranges, uniqueness and URL shapes.

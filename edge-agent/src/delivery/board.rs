@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::delivery::outbox::OutboxStats;
 use crate::delivery::stats::DailyStats;
+use crate::evidence::chain::ChainHead;
 use crate::infer::{ModelInfo, ModelResult};
 use crate::judge::Event;
 use crate::source::CameraHealth;
@@ -81,6 +82,17 @@ pub struct Status {
     pub events_by_kind: BTreeMap<String, u64>,
     /// Which config runs and who may change the box from afar.
     pub control: ControlStatus,
+    /// The device's evidence key and how far its chain has reached.
+    pub evidence: EvidenceStatus,
+}
+
+/// What the platform needs to check this box's event messages: the public key to enrol and the
+/// chain head to compare with what arrived (a truncated or rolled-back chain shows there).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EvidenceStatus {
+    /// Hex Ed25519 public key; null when `evidence.enabled` is off.
+    pub public_key: Option<String>,
+    pub chain_head: Option<ChainHead>,
 }
 
 /// Which config the box runs on and what remote control it accepts: the opt-ins that weaken the
@@ -204,6 +216,7 @@ struct Inner {
     /// Labels given on the page, by event id (UUID v7: oldest first, so the oldest go first).
     labels: BTreeMap<Uuid, SampleLabel>,
     control: ControlStatus,
+    evidence: EvidenceStatus,
 }
 
 pub struct StatusBoard {
@@ -241,6 +254,7 @@ impl StatusBoard {
                 events_by_kind: BTreeMap::new(),
                 labels: BTreeMap::new(),
                 control: ControlStatus::default(),
+                evidence: EvidenceStatus::default(),
             }),
             new_events: broadcast::channel(256).0,
         }
@@ -459,7 +473,16 @@ impl StatusBoard {
             model_latency: inner.model_latency.clone(),
             events_by_kind: inner.events_by_kind.clone(),
             control: inner.control.clone(),
+            evidence: inner.evidence.clone(),
         }
+    }
+
+    pub fn set_evidence_identity(&self, public_key: Option<String>, chain_head: Option<ChainHead>) {
+        self.lock().evidence = EvidenceStatus { public_key, chain_head };
+    }
+
+    pub fn set_chain_head(&self, head: ChainHead) {
+        self.lock().evidence.chain_head = Some(head);
     }
 
     pub fn set_control(&self, control: ControlStatus) {

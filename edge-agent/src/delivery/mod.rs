@@ -36,20 +36,38 @@ pub struct Delivery {
     pub publisher_wake: Arc<Notify>,
     pub stats: DailyStatsKeeper,
     pub actions: ActionLimiter,
+    /// Republishes the retained status (the chain head moved), at most every `STATUS_HEAD_EVERY`.
+    pub status_changed: Arc<Notify>,
+    pub last_head_announced: Option<std::time::Instant>,
 }
+
+/// The retained status carries the chain head; it is republished for a new head at most this often
+/// (telemetry carries it at every sample).
+const STATUS_HEAD_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Delivery {
     /// Queues one frame's messages (one durable commit), then runs the actions of the events that
     /// started and updates the board.
     async fn deliver(&mut self, evidenced: EvidencedFrame) {
-        let EvidencedFrame { frame, results, events, snapshots, zones, actions } = evidenced;
+        let EvidencedFrame { frame, results, events, snapshots, zones, actions, chain_records, chain_head } = evidenced;
         let StatsUpdate { today, to_publish } = self.stats.record(&events, frame.captured_at);
-        let mut messages = event_messages(&events);
+        // Events and other chain records in chain order, so the platform sees one rising sequence.
+        let mut chained = event_messages(&events);
+        chained.extend(chain_records.iter().filter_map(|record| match serde_json::to_vec(record) {
+            Ok(payload) => Some((record.seq, QueuedMessage { topic_suffix: "chain".into(), payload })),
+            Err(e) => {
+                tracing::error!(seq = record.seq, "cannot encode chain record: {e}");
+                None
+            }
+        }));
+        chained.sort_by_key(|(seq, _)| *seq);
+        let mut messages: Vec<QueuedMessage> = chained.into_iter().map(|(_, message)| message).collect();
         // The evidence picture of each event message, and the station's daily statistics.
         messages.extend(snapshots.iter().map(|snapshot| QueuedMessage {
             topic_suffix: format!("snapshots/{}", snapshot.event_id),
             payload: snapshot.jpeg.as_ref().clone(),
         }));
+
         messages.extend(to_publish.iter().filter_map(|stats| match serde_json::to_vec(stats) {
             Ok(payload) => Some(QueuedMessage { topic_suffix: "stats".into(), payload }),
             Err(e) => {
@@ -97,6 +115,13 @@ impl Delivery {
             Err(e) => tracing::error!("{e}; {} events of camera {} not queued", events.len(), frame.camera),
         }
         self.run_actions(&events, &actions, frame.captured_at);
+        if let Some(head) = chain_head {
+            self.board.set_chain_head(head);
+            if self.last_head_announced.is_none_or(|at| at.elapsed() >= STATUS_HEAD_EVERY) {
+                self.last_head_announced = Some(std::time::Instant::now());
+                self.status_changed.notify_one();
+            }
+        }
         if let Ok(stats) = stats {
             self.board.set_outbox_stats(stats);
         }
@@ -121,12 +146,16 @@ impl Delivery {
     }
 }
 
-/// The `events` messages of a frame; an event that cannot be encoded is logged.
-fn event_messages(events: &[Event]) -> Vec<QueuedMessage> {
+/// The `events` messages of a frame with their chain sequence numbers (0 without evidence); an
+/// event that cannot be encoded is logged.
+fn event_messages(events: &[Event]) -> Vec<(u64, QueuedMessage)> {
     events
         .iter()
         .filter_map(|event| match serde_json::to_vec(event) {
-            Ok(payload) => Some(QueuedMessage { topic_suffix: "events".into(), payload }),
+            Ok(payload) => Some((
+                event.chain.as_ref().map_or(0, |c| c.seq),
+                QueuedMessage { topic_suffix: "events".into(), payload },
+            )),
             Err(e) => {
                 tracing::error!(event_id = %event.event_id, "cannot encode event: {e}");
                 None

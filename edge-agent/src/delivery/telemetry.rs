@@ -34,6 +34,8 @@ pub struct Telemetry {
     pub cpu_temperature_celsius: Option<f64>,
     pub clock: ClockState,
     pub mqtt_published: u64,
+    /// How far the evidence chain has reached (null when evidence is off or empty).
+    pub chain_head: Option<crate::evidence::chain::ChainHead>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -149,6 +151,7 @@ impl TelemetrySampler {
             cpu_temperature_celsius: cpu_temperature_celsius(Path::new("/sys/class/thermal")),
             clock: clock_state(),
             mqtt_published: status.mqtt.published,
+            chain_head: status.evidence.chain_head,
         }
     }
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::evidence::signing::{verify_hex, DeviceKey};
+pub use crate::judge::ChainProof;
 
 pub const CHAIN_FILE: &str = "chain.jsonl";
 /// `prev_sha256` of the first record.
@@ -41,6 +42,9 @@ pub enum RecordContent {
     Event { event: serde_json::Value, evidence: Vec<EvidenceFile> },
     /// Evidence files deleted by retention (age, disk quota, free space).
     Pruned { files: Vec<String>, reason: String },
+    /// The device key changes: this record is signed by the old key, every later one by
+    /// `public_key`.
+    KeyRotated { public_key: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +76,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// How far a chain has reached: published in the retained status and telemetry, so a chain that
+/// was cut short or rolled back on the box shows up on the platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    pub seq: u64,
+    pub sha256: String,
+    pub time: DateTime<Utc>,
+}
+
 /// The writing end of a device's chain.
 pub struct Chain {
     path: PathBuf,
@@ -80,6 +93,11 @@ pub struct Chain {
     device: String,
     next_seq: u64,
     last_sha256: String,
+    head: Option<ChainHead>,
+    /// Records other than event messages (genesis, pruning), not yet handed out for publishing.
+    unpublished: Vec<ChainProof>,
+    /// The key the last record rotated to, when the last record is a rotation.
+    last_rotated_to: Option<String>,
 }
 
 impl Chain {
@@ -103,6 +121,9 @@ impl Chain {
             device: device.to_string(),
             next_seq: 1,
             last_sha256: NO_PREVIOUS.into(),
+            head: None,
+            unpublished: Vec::new(),
+            last_rotated_to: None,
         };
         match last {
             Some(line) => {
@@ -111,7 +132,11 @@ impl Chain {
                 let body: RecordBody = serde_json::from_str(stored.body.get())
                     .map_err(|e| error(format!("last record is not readable ({e}); run `edge-agent verify`")))?;
                 chain.next_seq = body.seq + 1;
+                chain.head = Some(ChainHead { seq: body.seq, sha256: stored.sha256.clone(), time: body.time });
                 chain.last_sha256 = stored.sha256;
+                if let RecordContent::KeyRotated { public_key } = body.content {
+                    chain.last_rotated_to = Some(public_key);
+                }
             }
             None => {
                 let public_key = chain.key.public_hex();
@@ -130,8 +155,47 @@ impl Chain {
         self.next_seq
     }
 
-    /// Appends a signed record and syncs it to disk; returns its sequence number.
-    pub fn append(&mut self, time: DateTime<Utc>, content: RecordContent) -> Result<u64, ChainError> {
+    /// The last record written, if any.
+    pub fn head(&self) -> Option<&ChainHead> {
+        self.head.as_ref()
+    }
+
+    /// The device's public key (hex), the one the platform enrols.
+    pub fn public_key(&self) -> String {
+        self.key.public_hex()
+    }
+
+    /// When the last record is a key rotation: the key it rotated to (a crash may have come before
+    /// the new key took the old one's place).
+    pub fn last_rotated_to(&self) -> Option<&str> {
+        self.last_rotated_to.as_deref()
+    }
+
+    /// Carries on with `key` (after a rotation the chain recorded).
+    pub fn use_key(&mut self, key: DeviceKey) {
+        self.key = key;
+    }
+
+    /// Rotates the device key: a fresh key is written as `device.key.next` in `key_dir`, a
+    /// `key_rotated` record naming it is appended and signed by the old key, then the new key takes
+    /// the old one's place. A crash between the steps is finished (or undone) at the next open.
+    pub fn rotate_key(&mut self, key_dir: &Path) -> Result<ChainProof, ChainError> {
+        let error = |message: String| ChainError::File { path: key_dir.to_owned(), message };
+        let next = DeviceKey::create_next(key_dir).map_err(|e| error(e.to_string()))?;
+        let proof = self.append(Utc::now(), RecordContent::KeyRotated { public_key: next.public_hex() })?;
+        self.key = DeviceKey::promote_next(key_dir).map_err(|e| error(e.to_string()))?;
+        Ok(proof)
+    }
+
+    /// The records other than event messages written since the last call, oldest first: they go
+    /// out on the `chain` topic so the platform sees every sequence number.
+    pub fn take_unpublished(&mut self) -> Vec<ChainProof> {
+        std::mem::take(&mut self.unpublished)
+    }
+
+    /// Appends a signed record and syncs it to disk; returns it as it travels.
+    pub fn append(&mut self, time: DateTime<Utc>, content: RecordContent) -> Result<ChainProof, ChainError> {
+        let is_event = matches!(content, RecordContent::Event { .. });
         let error = |message: String| ChainError::File { path: self.path.clone(), message };
         let body = RecordBody {
             seq: self.next_seq,
@@ -150,9 +214,24 @@ impl Chain {
         line.push('\n');
         self.file.write_all(line.as_bytes()).map_err(|e| error(format!("cannot write: {e}")))?;
         self.file.sync_data().map_err(|e| error(format!("cannot sync: {e}")))?;
+        let proof = ChainProof {
+            seq: body.seq,
+            prev_sha256: body.prev_sha256,
+            sha256: sha256.clone(),
+            signature,
+            record: raw.get().to_string(),
+        };
+        self.head = Some(ChainHead { seq: body.seq, sha256: sha256.clone(), time });
+        self.last_rotated_to = match &body.content {
+            RecordContent::KeyRotated { public_key } => Some(public_key.clone()),
+            _ => None,
+        };
         self.last_sha256 = sha256;
         self.next_seq += 1;
-        Ok(body.seq)
+        if !is_event {
+            self.unpublished.push(proof.clone());
+        }
+        Ok(proof)
     }
 }
 
@@ -223,6 +302,7 @@ pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyR
         }
     }
     let mut previous: Option<(u64, String)> = None;
+    let mut signing_key: Option<String> = None;
     for (i, line) in lines.iter().enumerate() {
         let line_no = i + 1;
         let broken = |seq: Option<u64>, problem: String| Some(BrokenLink { line: line_no, seq, problem });
@@ -267,10 +347,14 @@ pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyR
                 }
             }
         }
-        let key = report.public_key.clone().unwrap_or_default();
+        let key = signing_key.clone().or_else(|| report.public_key.clone()).unwrap_or_default();
         if let Err(problem) = verify_hex(&key, stored.body.get().as_bytes(), &stored.signature) {
             report.first_broken_link = broken(seq, problem);
             return Ok(report);
+        }
+        // Signed by the old key: every later record is the new key's.
+        if let RecordContent::KeyRotated { public_key } = &body.content {
+            signing_key = Some(public_key.clone());
         }
         let (expected_seq, expected_prev) = match &previous {
             Some((prev_seq, prev_sha)) => (prev_seq + 1, prev_sha.clone()),

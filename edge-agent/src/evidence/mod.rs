@@ -7,6 +7,7 @@
 pub mod chain;
 pub mod config;
 pub mod draw;
+pub mod messages;
 pub mod privacy;
 pub mod signing;
 pub mod store;
@@ -28,6 +29,7 @@ use crate::judge::tracker::seconds_between;
 use crate::judge::zones::Zone;
 use crate::judge::{Event, EvidenceRef, JudgedEvent, Judgement};
 use crate::source::Frame;
+use chain::{ChainHead, ChainProof};
 use config::EvidenceConfig;
 use store::{EvidenceError, EvidenceStore, Picture};
 
@@ -60,6 +62,11 @@ pub struct EvidencedFrame {
     pub zones: Vec<Zone>,
     /// On-site actions of the events that started on this frame.
     pub actions: Vec<(Uuid, ActionConfig)>,
+    /// Chain records other than events written on this frame (pruning, the genesis): they go out
+    /// on the `chain` topic, so the platform sees every sequence number.
+    pub chain_records: Vec<ChainProof>,
+    /// How far the chain has reached, when this frame moved it.
+    pub chain_head: Option<ChainHead>,
 }
 
 /// Applies privacy and keeps evidence; its store is None when `evidence.enabled` is off.
@@ -106,6 +113,14 @@ impl EvidenceStage {
             events.push(event);
         }
         self.retention_if_due(now);
+        let (chain_records, chain_head) = match self.store.as_mut() {
+            Some(store) => {
+                let records = store.chain_mut().take_unpublished();
+                let moved = !events.is_empty() || !records.is_empty();
+                (records, moved.then(|| store.chain().head().cloned()).flatten())
+            }
+            None => (Vec::new(), None),
+        };
         EvidencedFrame {
             frame: Frame { image: Arc::new(private), ..frame },
             results,
@@ -113,7 +128,14 @@ impl EvidenceStage {
             snapshots,
             zones,
             actions,
+            chain_records,
+            chain_head,
         }
+    }
+
+    /// The device's public key (hex) and how far its chain has reached, when evidence is kept.
+    pub fn identity(&self) -> Option<(String, Option<ChainHead>)> {
+        self.store.as_ref().map(|s| (s.chain().public_key(), s.chain().head().cloned()))
     }
 
     /// The evidence frame (zones, every detection, the event's box and caption) and the crop, as
@@ -166,12 +188,19 @@ impl EvidenceStage {
         let name = format!("{}-r{}", event.event_id, event.revision);
         let recorded = store.keep(now, &name, &pictures, |files, seq| {
             event.evidence = Some(EvidenceRef { chain_seq: seq, files: files.to_vec() });
-            serde_json::to_value(&*event).unwrap_or(serde_json::Value::Null)
+            // Through the bytes the message will have: numbers (f32 scores) read back the same.
+            serde_json::to_vec(&*event)
+                .and_then(|bytes| serde_json::from_slice(&bytes))
+                .unwrap_or(serde_json::Value::Null)
         });
-        if let Err(e) = recorded {
-            // The event still goes out; only its evidence is missing.
-            tracing::error!(event_id = %event.event_id, "cannot keep evidence: {e}");
-            event.evidence = None;
+        match recorded {
+            // The record holds the event as sent, without its proof: the proof is added after.
+            Ok(kept) => event.chain = Some(kept.proof),
+            Err(e) => {
+                // The event still goes out; only its evidence is missing.
+                tracing::error!(event_id = %event.event_id, "cannot keep evidence: {e}");
+                event.evidence = None;
+            }
         }
     }
 
@@ -292,7 +321,7 @@ mod tests {
         // The record in the chain is the event as sent.
         let chain_text = std::fs::read_to_string(stage.dir().unwrap().join(chain::CHAIN_FILE)).unwrap();
         assert!(chain_text.contains(&truck.event_id.to_string()));
-        assert!(dir.path().join(signing::KEY_FILE).is_file());
+        assert!(dir.path().join("keys").join(signing::KEY_FILE).is_file(), "the key lives apart from the evidence");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use crate::base::write_file::write_synced;
-use crate::evidence::chain::{sha256_hex, Chain, ChainError, EvidenceFile, RecordContent};
+use crate::evidence::chain::{sha256_hex, Chain, ChainError, ChainProof, EvidenceFile, RecordContent};
 use crate::evidence::config::EvidenceConfig;
 use crate::evidence::signing::{DeviceKey, KeyError};
 
@@ -61,21 +61,53 @@ pub struct EvidenceStore {
     total_bytes: u64,
     chain: Chain,
     free_space: Box<dyn FreeSpace>,
+    /// Held while the store is open: one writer of the chain at a time (the running agent, or a
+    /// key rotation with the agent stopped).
+    _writer_lock: std::fs::File,
 }
 
 /// What was kept for one event message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Kept {
     pub files: Vec<EvidenceFile>,
-    pub chain_seq: u64,
+    /// The event's record in the chain, as it travels with the event message.
+    pub proof: ChainProof,
 }
 
 impl EvidenceStore {
     /// Opens `state_dir/evidence`, its chain (signed with `state_dir/device.key`, created on first
     /// start) and the pictures already there.
     pub fn open(state_dir: &Path, settings: EvidenceConfig, device: &str) -> Result<Self, EvidenceError> {
-        let key = DeviceKey::load_or_create(state_dir)?;
-        Self::open_with(state_dir, settings, device, key, Box::new(DiskFreeSpace))
+        let key_dir = settings.key_dir(state_dir);
+        DeviceKey::prepare_dir(&key_dir, state_dir)?;
+        let key = DeviceKey::load_or_create(&key_dir)?;
+        let mut store = Self::open_with(state_dir, settings, device, key, Box::new(DiskFreeSpace))?;
+        store.finish_interrupted_rotation(&key_dir)?;
+        Ok(store)
+    }
+
+    /// A rotation cut short by a crash: finished when the chain recorded it, else undone.
+    fn finish_interrupted_rotation(&mut self, key_dir: &Path) -> Result<(), EvidenceError> {
+        let next_path = key_dir.join(crate::evidence::signing::NEXT_KEY_FILE);
+        if !next_path.is_file() {
+            return Ok(());
+        }
+        let next = DeviceKey::read(&next_path)?;
+        if self.chain.last_rotated_to() == Some(next.public_hex().as_str()) {
+            let key = DeviceKey::promote_next(key_dir)?;
+            tracing::warn!("finished a key rotation a crash had interrupted");
+            self.chain.use_key(key);
+        } else {
+            let _ = std::fs::remove_file(&next_path);
+            tracing::warn!("removed a rotation key the chain never recorded (a crash before the rotation record)");
+        }
+        Ok(())
+    }
+
+    /// Rotates the device key (see `Chain::rotate_key`).
+    pub fn rotate_key(&mut self) -> Result<ChainProof, EvidenceError> {
+        let key_dir = self.settings.key_dir(self.dir.parent().unwrap_or(Path::new(".")));
+        Ok(self.chain.rotate_key(&key_dir)?)
     }
 
     pub fn open_with(
@@ -86,10 +118,22 @@ impl EvidenceStore {
         free_space: Box<dyn FreeSpace>,
     ) -> Result<Self, EvidenceError> {
         let dir = state_dir.join("evidence");
+        let folder_error = |message: String| EvidenceError::Folder { path: dir.clone(), message };
+        std::fs::create_dir_all(&dir).map_err(|e| folder_error(format!("cannot create: {e}")))?;
+        let lock_path = dir.join(".writer.lock");
+        let writer_lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| folder_error(format!("cannot open {}: {e}", lock_path.display())))?;
+        rustix::fs::flock(&writer_lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+            folder_error("is in use by another edge-agent (a running agent?): one writer of the chain at a time".into())
+        })?;
         let chain = Chain::open(&dir, key, device)?;
-        let pictures = scan(&dir).map_err(|e| EvidenceError::Folder { path: dir.clone(), message: e.to_string() })?;
+        let pictures = scan(&dir).map_err(|e| folder_error(e.to_string()))?;
         let total_bytes = pictures.iter().map(|p| p.bytes).sum();
-        Ok(Self { dir, settings, pictures, total_bytes, chain, free_space })
+        Ok(Self { dir, settings, pictures, total_bytes, chain, free_space, _writer_lock: writer_lock })
     }
 
     pub fn dir(&self) -> &Path {
@@ -103,6 +147,14 @@ impl EvidenceStore {
     /// Sequence number the next chain record gets; an event carries it before it is recorded.
     pub fn next_seq(&self) -> u64 {
         self.chain.next_seq()
+    }
+
+    pub fn chain(&self) -> &Chain {
+        &self.chain
+    }
+
+    pub fn chain_mut(&mut self) -> &mut Chain {
+        &mut self.chain
     }
 
     /// Writes the pictures (when there is room), then the chain record holding `event` (already
@@ -138,8 +190,8 @@ impl EvidenceStore {
         }
         let seq = self.chain.next_seq();
         let event = event(&files, seq);
-        let chain_seq = self.chain.append(now, RecordContent::Event { event, evidence: files.clone() })?;
-        Ok(Kept { files, chain_seq })
+        let proof = self.chain.append(now, RecordContent::Event { event, evidence: files.clone() })?;
+        Ok(Kept { files, proof })
     }
 
     fn folder_error(&self, path: &Path, e: std::io::Error) -> EvidenceError {
@@ -271,7 +323,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = store(dir.path(), EvidenceConfig::default(), Arc::new(AtomicU64::new(u64::MAX)));
         let kept = keep(&mut store, 0.0, "ev1-r0", 1000);
-        assert_eq!(kept.chain_seq, 2, "after the genesis record");
+        assert_eq!(kept.proof.seq, 2, "after the genesis record");
         assert_eq!(kept.files.len(), 1);
         let on_disk = std::fs::read(store.dir().join(&kept.files[0].file)).unwrap();
         assert_eq!(sha256_hex(&on_disk), kept.files[0].sha256);
@@ -356,5 +408,79 @@ mod tests {
         let second = store(dir.path(), EvidenceConfig::default(), free);
         assert_eq!(second.total_bytes(), 5000);
         assert_eq!(second.next_seq(), 3);
+    }
+
+    fn event(n: u32) -> serde_json::Value {
+        serde_json::json!({ "event_id": format!("e{n}"), "revision": 0 })
+    }
+
+    #[test]
+    fn a_rotated_key_signs_what_follows_and_the_chain_still_verifies_from_the_first_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = EvidenceStore::open(dir.path(), EvidenceConfig::default(), "box").unwrap();
+        let first_key = store.chain().public_key();
+        store.keep(at(0.0), "a", &[], |_, _| event(1)).unwrap();
+        let rotation = store.rotate_key().unwrap();
+        let second_key = store.chain().public_key();
+        assert_ne!(first_key, second_key);
+        let after = store.keep(at(1.0), "b", &[], |_, _| event(2)).unwrap();
+        assert_eq!(after.proof.seq, rotation.seq + 1);
+        assert!(crate::evidence::signing::verify_hex(
+            &second_key,
+            after.proof.record.as_bytes(),
+            &after.proof.signature
+        )
+        .is_ok());
+        let report = verify(store.dir(), Some(&first_key)).unwrap();
+        assert_eq!(report.first_broken_link, None, "{report:?}");
+        assert_eq!(report.events, 2);
+        // The files: the new key in place, the old secret gone, no leftover.
+        let keys = dir.path().join("keys");
+        assert_eq!(std::fs::read_to_string(keys.join("device.pub")).unwrap().trim(), second_key);
+        assert!(!keys.join("device.key.next").exists());
+        drop(store);
+        let reopened = EvidenceStore::open(dir.path(), EvidenceConfig::default(), "box").unwrap();
+        assert_eq!(reopened.chain().public_key(), second_key);
+    }
+
+    #[test]
+    fn a_rotation_cut_short_by_a_crash_is_finished_or_undone_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let store = EvidenceStore::open(dir.path(), EvidenceConfig::default(), "box").unwrap();
+        let first_key = store.chain().public_key();
+        drop(store);
+        // Crash before the rotation record: the new key is dropped, the old one signs on.
+        DeviceKey::create_next(&keys).unwrap();
+        let store = EvidenceStore::open(dir.path(), EvidenceConfig::default(), "box").unwrap();
+        assert_eq!(store.chain().public_key(), first_key);
+        assert!(!keys.join("device.key.next").exists());
+        drop(store);
+        // Crash after the record, before the new key took the old one's place: finished.
+        let store = EvidenceStore::open(dir.path(), EvidenceConfig::default(), "box").unwrap();
+        let mut chain =
+            Chain::open(&dir.path().join("evidence"), DeviceKey::read(&keys.join("device.key")).unwrap(), "box");
+        drop(store);
+        let next = DeviceKey::create_next(&keys).unwrap();
+        let chain = chain.as_mut().unwrap();
+        chain.append(at(2.0), RecordContent::KeyRotated { public_key: next.public_hex() }).unwrap();
+        let store = EvidenceStore::open(dir.path(), EvidenceConfig::default(), "box").unwrap();
+        assert_eq!(store.chain().public_key(), next.public_hex());
+        assert_eq!(verify(store.dir(), Some(&first_key)).unwrap().first_broken_link, None);
+    }
+
+    #[test]
+    fn the_key_lives_apart_from_the_evidence_and_an_old_key_beside_it_is_moved_in() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let old = DeviceKey::load_or_create(dir.path()).unwrap();
+        assert!(dir.path().join(crate::evidence::signing::KEY_FILE).is_file(), "an older agent's key");
+        let store = EvidenceStore::open(dir.path(), EvidenceConfig::default(), "box").unwrap();
+        assert_eq!(store.chain().public_key(), old.public_hex(), "the same key, moved");
+        assert!(!dir.path().join(crate::evidence::signing::KEY_FILE).exists());
+        let mode = std::fs::metadata(dir.path().join("keys")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let second = EvidenceStore::open(dir.path(), EvidenceConfig::default(), "box");
+        assert!(second.err().unwrap().to_string().contains("in use by another edge-agent"));
     }
 }

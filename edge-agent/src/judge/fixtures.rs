@@ -137,6 +137,7 @@ pub fn test_event(kind: EventKind, state: LifecycleState, time: DateTime<Utc>) -
         uncovered: None,
         snapshot_sha256: None,
         evidence: None,
+        chain: None,
     }
 }
 

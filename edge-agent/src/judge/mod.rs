@@ -103,6 +103,25 @@ pub struct Event {
     pub snapshot_sha256: Option<String>,
     /// Where the evidence of this message is kept in the device's chain.
     pub evidence: Option<EvidenceRef>,
+    /// This message's record in the device's signed chain, so the platform can check it (and its
+    /// snapshot, through `snapshot_sha256`) from MQTT alone; absent when evidence is off (and in
+    /// the record itself, which holds the event without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainProof>,
+}
+
+/// A chain record as it travels: the exact bytes that were hashed and signed (`record`, the record
+/// body as JSON text), their sha256, the device's Ed25519 signature over them, and, for reading
+/// without parsing `record`, its sequence number and the previous record's hash. For an event
+/// message, `record` holds the event as sent minus this `chain` field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainProof {
+    pub seq: u64,
+    pub prev_sha256: String,
+    pub sha256: String,
+    /// Hex Ed25519 signature of `record`'s bytes.
+    pub signature: String,
+    pub record: String,
 }
 
 /// A file of evidence and its hash, as the chain records it.
@@ -444,6 +463,7 @@ impl Judge {
             uncovered: d.uncovered,
             snapshot_sha256: None,
             evidence: None,
+            chain: None,
         }
     }
 

@@ -5,8 +5,8 @@
 //! Events are read as JSON so that fields other stages add show up without a change here. The
 //! page shows these when present: `category`, `zone`, `track_id`, lifecycle `state`
 //! (`start`/`update`/`end`), `start_time`, `end_time`, `duration_secs` (time to clear),
-//! `evidence: { file, sha256 }` (`file` relative to `state_dir/evidence`), `hash`, `prev_hash`,
-//! `signature`. A lifecycle sends one message per state with the same `event_id`; the page shows
+//! `evidence: { file, sha256 }` (`file` relative to `state_dir/evidence`), and `chain` (the signed
+//! chain record, verified with the device key on the page). A lifecycle sends one message per state with the same `event_id`; the page shows
 //! the newest.
 
 use std::collections::HashSet;
@@ -123,8 +123,14 @@ impl EventView {
         self.text("hash")
     }
 
-    pub fn signature(&self) -> Option<&str> {
-        self.text("signature").filter(|s| !s.is_empty())
+    /// Whether the event's signed chain record holds, checked here with the device key: Some(Ok(seq))
+    /// verified, Some(Err(why)) broken, None when the event carries no record (evidence off).
+    pub fn signature_check(&self, public_key: Option<&str>) -> Option<Result<u64, String>> {
+        let key = public_key?;
+        // The message as it went out: through its bytes, so f32 scores read as they were signed.
+        let message: Value =
+            serde_json::to_vec(&self.record.event).ok().and_then(|b| serde_json::from_slice(&b).ok())?;
+        crate::evidence::messages::check_event_message(&message, key)
     }
 
     pub fn acknowledged(&self) -> Option<&Acknowledgement> {

@@ -124,6 +124,8 @@ pub enum T {
     Outbox,
     Waiting,
     QuotaReached,
+    EvidenceKey,
+    ChainHead,
     RunningOnLastGoodConfig,
     UnsignedCommandsAccepted,
     UnsignedModelsAccepted,
@@ -177,6 +179,7 @@ pub enum T {
     Signature,
     Signed,
     NotSigned,
+    SignatureBroken,
     Lifecycle,
     State,
     Started,
@@ -295,6 +298,8 @@ impl T {
             T::Outbox => ("Outbox", "发件箱"),
             T::Waiting => ("waiting", "待发送"),
             T::QuotaReached => ("quota reached", "已达磁盘配额"),
+            T::EvidenceKey => ("Evidence key (enrol on the platform)", "取证签名公钥（在平台登记）"),
+            T::ChainHead => ("Evidence chain head", "取证链最新记录"),
             T::RunningOnLastGoodConfig => (
                 "The config file would not start; the box runs on the last config that started cleanly. Fix the file:",
                 "配置文件无法启动；本机正以上次正常启动的配置运行。请修正配置文件：",
@@ -357,8 +362,9 @@ impl T {
                 ("of the kept frame (the event carries no evidence hash)", "（保存帧的哈希；事件未携带证据哈希）")
             }
             T::Signature => ("Signature", "签名"),
-            T::Signed => ("signed (check the chain with `edge-agent verify`)", "已签名（用 `edge-agent verify` 校验）"),
-            T::NotSigned => ("not signed", "未签名"),
+            T::Signed => ("signature verified with the device key: chain record", "已用设备密钥验证签名：链记录"),
+            T::NotSigned => ("not signed (evidence is off)", "未签名（未保留取证）"),
+            T::SignatureBroken => ("signature does NOT hold", "签名无效"),
             T::Lifecycle => ("Lifecycle", "生命周期"),
             T::State => ("State", "状态"),
             T::Started => ("Started", "开始"),

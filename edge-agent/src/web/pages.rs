@@ -266,6 +266,15 @@ pub async fn overview(State(state): State<Arc<WebState>>, session: Session, lang
                     }
                 } }
                 div { dt { (t(T::EventsSinceStart)) } dd #events-total { (status.events_total) } }
+                div { dt { (t(T::EvidenceKey)) } dd #evidence-key {
+                    @match &status.evidence.public_key {
+                        Some(key) => { code.hash { (key) } }
+                        None => { span.muted { (t(T::NotSigned)) } }
+                    }
+                } }
+                @if let Some(head) = &status.evidence.chain_head {
+                    div { dt { (t(T::ChainHead)) } dd #chain-head { (head.seq) " · " code.hash { (&head.sha256[..16.min(head.sha256.len())]) } } }
+                }
             }
         }
         section.card #models data-refresh="periodic" {
@@ -475,6 +484,7 @@ pub async fn event_detail(
     let image = events::evidence_image(&state.state_dir, &view).await;
     let image_hash = image.as_ref().map(|bytes| hex::encode(Sha256::digest(bytes.as_slice())));
     let event = &view.record.event;
+    let status = state.board.snapshot();
     let content = html! {
         p.back { a href="/events" { "← " (t(T::Events)) } }
         h1 { (view.label()) " " span.badge.kind { (view.kind()) } }
@@ -532,7 +542,11 @@ pub async fn event_detail(
                         } }
                         @if let Some(hash) = view.record_hash() { div { dt { "hash" } dd { code.hash { (hash) } } } }
                         div { dt { (t(T::Signature)) } dd #signature {
-                            @if view.signature().is_some() { span.ok { (t(T::Signed)) } } @else { span.muted { (t(T::NotSigned)) } }
+                            @match view.signature_check(status.evidence.public_key.as_deref()) {
+                                Some(Ok(seq)) => { span.ok { "✓ " (t(T::Signed)) " " (seq) } }
+                                Some(Err(why)) => { span.bad { "✗ " (t(T::SignatureBroken)) ": " (why) } }
+                                None => { span.muted { (t(T::NotSigned)) } }
+                            }
                         } }
                     }
                 }

@@ -296,6 +296,7 @@ impl Publisher {
             "models": status.models,
             "cameras": cameras,
             "control": status.control,
+            "evidence": status.evidence,
         })
         .to_string()
         .into_bytes()

@@ -15,6 +15,31 @@ const MIB: u64 = 1 << 20;
 
 /// Creates the state folder if needed (the agent would), then a probe file in it: created, written,
 /// fsynced and removed, as the outbox and evidence will.
+/// The device's evidence key: its public key for the platform to enrol, and a key folder that
+/// only the agent's user can read.
+pub fn check_evidence_key(config: &Config) -> Finding {
+    const CHECK: &str = "evidence key";
+    if !config.evidence.enabled {
+        return Finding::pass(CHECK, "evidence is off (`evidence.enabled = false`): nothing is signed");
+    }
+    let dir = config.evidence.key_dir(&config.state_dir);
+    let public = dir.join(crate::evidence::signing::PUBLIC_KEY_FILE);
+    let Ok(text) = std::fs::read_to_string(&public) else {
+        return Finding::pass(CHECK, format!("no key yet in {}: the agent makes it at its first start", dir.display()));
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dir).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    let detail = format!("public key {} (enrol it on the platform), in {}", text.trim(), dir.display());
+    if mode & 0o077 != 0 {
+        return Finding::warn(
+            CHECK,
+            format!("{detail}; the folder is mode {mode:o}"),
+            format!("chmod 700 {}", dir.display()),
+        );
+    }
+    Finding::pass(CHECK, detail)
+}
+
 pub fn check_state_folder(dir: &Path, name: &ConfigName) -> Finding {
     const CHECK: &str = "state folder";
     let fix = || {
