@@ -1,5 +1,7 @@
-//! The tamper-evident evidence chain of a device: `state_dir/evidence/chain.jsonl`, one record a
-//! line. Each record holds the sha256 of the previous record and of its evidence files, and is
+//! The tamper-evident evidence chain of a device: `state_dir/evidence/chain/`, one segment file a
+//! day (`<first seq>.jsonl`), one record a line; a new segment starts with a `segment_started`
+//! record linked to the last record of the one before, and retention deletes whole old segments
+//! with a `chain_pruned` record saying which records went. Each record holds the sha256 of the previous record and of its evidence files, and is
 //! signed with the device key, so changing, removing or inserting a record or a picture breaks the
 //! chain at that point. Retention does not break it: deleting old pictures appends a `pruned`
 //! record naming them. [`verify`] walks a chain and reports the first broken link.
@@ -15,10 +17,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::base::write_file::sync_folder;
 use crate::evidence::signing::{verify_hex, DeviceKey};
 pub use crate::judge::ChainProof;
 
+/// The single chain file of older versions; moved into [`SEGMENTS_DIR`] as its first segment.
 pub const CHAIN_FILE: &str = "chain.jsonl";
+/// The folder of chain segments inside the evidence folder.
+pub const SEGMENTS_DIR: &str = "chain";
 /// `prev_sha256` of the first record.
 pub const NO_PREVIOUS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// The last record is found in the file's tail; no record is anywhere near this long.
@@ -45,6 +51,12 @@ pub enum RecordContent {
     /// The device key changes: this record is signed by the old key, every later one by
     /// `public_key`.
     KeyRotated { public_key: String },
+    /// The first record of a new segment (a new day): names the key that signs it, so a chain whose
+    /// oldest segments retention deleted can still be read from here.
+    SegmentStarted { public_key: String },
+    /// Retention deleted whole old segments: the records `first_seq..=last_seq` (from 1: it deletes
+    /// from the oldest on) are gone by policy.
+    ChainPruned { segments: Vec<String>, first_seq: u64, last_seq: u64, reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,8 +99,12 @@ pub struct ChainHead {
 
 /// The writing end of a device's chain.
 pub struct Chain {
+    /// The current segment.
     path: PathBuf,
+    segments_dir: PathBuf,
     file: std::fs::File,
+    /// The day (UTC) of the current segment's records.
+    segment_day: Option<chrono::NaiveDate>,
     key: DeviceKey,
     device: String,
     next_seq: u64,
@@ -104,19 +120,26 @@ impl Chain {
     /// Opens (or starts, with a genesis record) the chain in `dir`. A last line cut off by a crash
     /// mid-write is removed; anything else is left for `verify` to judge.
     pub fn open(dir: &Path, key: DeviceKey, device: &str) -> Result<Self, ChainError> {
-        let path = dir.join(CHAIN_FILE);
-        let error = |message: String| ChainError::File { path: path.clone(), message };
-        std::fs::create_dir_all(dir).map_err(|e| error(format!("cannot create folder: {e}")))?;
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(|e| error(format!("cannot open: {e}")))?;
+        let segments_dir = dir.join(SEGMENTS_DIR);
+        let error = |message: String| ChainError::File { path: segments_dir.clone(), message };
+        std::fs::create_dir_all(&segments_dir).map_err(|e| error(format!("cannot create folder: {e}")))?;
+        let legacy = dir.join(CHAIN_FILE);
+        if legacy.is_file() && segment_files(&segments_dir).map_err(|e| error(e.to_string()))?.is_empty() {
+            std::fs::rename(&legacy, segments_dir.join(segment_name(1)))
+                .map_err(|e| error(format!("cannot move {} into the segments: {e}", legacy.display())))?;
+            let _ = sync_folder(&segments_dir.join(segment_name(1)));
+        }
+        let path = segment_files(&segments_dir)
+            .map_err(|e| error(e.to_string()))?
+            .pop()
+            .unwrap_or_else(|| segments_dir.join(segment_name(1)));
+        let mut file = open_segment(&path).map_err(|e| error(format!("cannot open {}: {e}", path.display())))?;
         let last = last_line(&mut file).map_err(|e| error(format!("cannot read: {e}")))?;
         let mut chain = Self {
             path: path.clone(),
+            segments_dir: segments_dir.clone(),
             file,
+            segment_day: None,
             key,
             device: device.to_string(),
             next_seq: 1,
@@ -127,11 +150,13 @@ impl Chain {
         };
         match last {
             Some(line) => {
+                let error = |message: String| ChainError::File { path: path.clone(), message };
                 let stored: StoredLine = serde_json::from_str(&line)
                     .map_err(|e| error(format!("last record is not readable ({e}); run `edge-agent verify`")))?;
                 let body: RecordBody = serde_json::from_str(stored.body.get())
                     .map_err(|e| error(format!("last record is not readable ({e}); run `edge-agent verify`")))?;
                 chain.next_seq = body.seq + 1;
+                chain.segment_day = Some(body.time.date_naive());
                 chain.head = Some(ChainHead { seq: body.seq, sha256: stored.sha256.clone(), time: body.time });
                 chain.last_sha256 = stored.sha256;
                 if let RecordContent::KeyRotated { public_key } = body.content {
@@ -144,6 +169,65 @@ impl Chain {
             }
         }
         Ok(chain)
+    }
+
+    /// Total size of the segments: the chain counts in the evidence budget.
+    pub fn bytes(&self) -> u64 {
+        segment_files(&self.segments_dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Deletes whole segments whose last record is older than `before` (never the current one)
+    /// and records which records went. Returns the deleted segments' names.
+    pub fn prune_segments(
+        &mut self,
+        now: DateTime<Utc>,
+        before: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<Vec<String>, ChainError> {
+        let error = |message: String| ChainError::File { path: self.segments_dir.clone(), message };
+        let files = segment_files(&self.segments_dir).map_err(|e| error(e.to_string()))?;
+        let mut deleted = Vec::new();
+        let (mut first_seq, mut last_seq) = (None, 0);
+        for pair in files.windows(2) {
+            let (segment, next) = (&pair[0], &pair[1]);
+            let mut file = std::fs::File::open(segment).map_err(|e| error(e.to_string()))?;
+            let last_time = last_line(&mut file)
+                .ok()
+                .flatten()
+                .and_then(|line| serde_json::from_str::<StoredLine>(&line).ok().map(|s| s.body.get().to_string()))
+                .and_then(|body| serde_json::from_str::<RecordBody>(&body).ok())
+                .map(|body| body.time);
+            if last_time.is_none_or(|time| time >= before) {
+                break;
+            }
+            std::fs::remove_file(segment).map_err(|e| error(format!("cannot delete {}: {e}", segment.display())))?;
+            first_seq.get_or_insert(segment_first_seq(segment).unwrap_or(0));
+            last_seq = segment_first_seq(next).unwrap_or(1).saturating_sub(1);
+            deleted.push(segment.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
+        }
+        if first_seq.is_some() {
+            // Retention deletes from the oldest segment on: everything up to `last_seq` is gone,
+            // also what earlier prunings deleted (their records may be gone with their segments).
+            let first_seq = 1;
+            let _ = sync_folder(&self.path);
+            tracing::info!(
+                segments = deleted.len(),
+                first_seq,
+                last_seq,
+                reason,
+                "deleted old evidence chain segments"
+            );
+            self.append(
+                now,
+                RecordContent::ChainPruned { segments: deleted.clone(), first_seq, last_seq, reason: reason.into() },
+            )?;
+        }
+        Ok(deleted)
     }
 
     pub fn path(&self) -> &Path {
@@ -187,6 +271,19 @@ impl Chain {
         Ok(proof)
     }
 
+    fn start_segment(&mut self, time: DateTime<Utc>) -> Result<(), ChainError> {
+        let path = self.segments_dir.join(segment_name(self.next_seq));
+        let file = open_segment(&path)
+            .map_err(|e| ChainError::File { path: path.clone(), message: format!("cannot create: {e}") })?;
+        let _ = sync_folder(&path);
+        self.path = path;
+        self.file = file;
+        self.segment_day = Some(time.date_naive());
+        let public_key = self.key.public_hex();
+        self.append(time, RecordContent::SegmentStarted { public_key })?;
+        Ok(())
+    }
+
     /// The records other than event messages written since the last call, oldest first: they go
     /// out on the `chain` topic so the platform sees every sequence number.
     pub fn take_unpublished(&mut self) -> Vec<ChainProof> {
@@ -195,6 +292,11 @@ impl Chain {
 
     /// Appends a signed record and syncs it to disk; returns it as it travels.
     pub fn append(&mut self, time: DateTime<Utc>, content: RecordContent) -> Result<ChainProof, ChainError> {
+        // A new day starts a new segment, whose first record names the key that signs it.
+        if self.segment_day.is_some_and(|day| day != time.date_naive()) {
+            self.start_segment(time)?;
+        }
+        self.segment_day = Some(time.date_naive());
         let is_event = matches!(content, RecordContent::Event { .. });
         let error = |message: String| ChainError::File { path: self.path.clone(), message };
         let body = RecordBody {
@@ -233,6 +335,46 @@ impl Chain {
         }
         Ok(proof)
     }
+}
+
+/// Whether the ranges (retention's `chain_pruned` records) together cover `first..=last`.
+pub fn covers(ranges: &[(u64, u64)], first: u64, last: u64) -> bool {
+    let mut sorted = ranges.to_vec();
+    sorted.sort_unstable();
+    let mut next = first;
+    for (from, to) in sorted {
+        if from > next {
+            break;
+        }
+        next = next.max(to.saturating_add(1));
+    }
+    next > last
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:010}.jsonl")
+}
+
+fn segment_first_seq(path: &Path) -> Option<u64> {
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+fn open_segment(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().read(true).append(true).create(true).open(path)
+}
+
+/// The segment files, oldest first.
+pub fn segment_files(segments_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(segments_dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && segment_first_seq(p).is_some())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    files.sort();
+    Ok(files)
 }
 
 /// The last complete line; a partial line after it (torn write) is truncated away.
@@ -278,12 +420,23 @@ pub struct BrokenLink {
 /// Checks the chain in `evidence_dir` and its evidence files. `expected_key` (hex) is the device's
 /// public key as the platform knows it; without it the genesis record's key is trusted.
 pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyReport, ChainError> {
-    let path = evidence_dir.join(CHAIN_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| ChainError::File { path: path.clone(), message: format!("cannot read: {e}") })?;
+    let segments_dir = evidence_dir.join(SEGMENTS_DIR);
+    let read_error = |path: &Path, e: std::io::Error| ChainError::File {
+        path: path.to_owned(),
+        message: format!("cannot read: {e}"),
+    };
+    let mut files = segment_files(&segments_dir).map_err(|e| read_error(&segments_dir, e))?;
+    if files.is_empty() && evidence_dir.join(CHAIN_FILE).is_file() {
+        files.push(evidence_dir.join(CHAIN_FILE));
+    }
+    // Every line of every segment, oldest first; `line` in a report counts across the segments.
+    let mut text = String::new();
+    for file in &files {
+        text.push_str(&std::fs::read_to_string(file).map_err(|e| read_error(file, e))?);
+    }
     let lines: Vec<&str> = text.lines().collect();
     let mut report = VerifyReport {
-        chain: path,
+        chain: segments_dir,
         public_key: expected_key.map(str::to_string),
         records: 0,
         events: 0,
@@ -291,14 +444,15 @@ pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyR
         evidence_files_pruned: 0,
         first_broken_link: None,
     };
-    // Pictures deleted by retention are named by later records; collect them first.
+    // Pictures and chain segments deleted by retention are named by later records; collect them first.
     let mut pruned: HashSet<String> = HashSet::new();
+    let mut pruned_records: Vec<(u64, u64)> = Vec::new();
     for line in &lines {
         let Ok(stored) = serde_json::from_str::<StoredLine>(line) else { continue };
-        if let Ok(RecordBody { content: RecordContent::Pruned { files, .. }, .. }) =
-            serde_json::from_str(stored.body.get())
-        {
-            pruned.extend(files);
+        match serde_json::from_str::<RecordBody>(stored.body.get()).map(|b| b.content) {
+            Ok(RecordContent::Pruned { files, .. }) => pruned.extend(files),
+            Ok(RecordContent::ChainPruned { first_seq, last_seq, .. }) => pruned_records.push((first_seq, last_seq)),
+            _ => {}
         }
     }
     let mut previous: Option<(u64, String)> = None;
@@ -329,20 +483,41 @@ pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyR
         }
         if previous.is_none() {
             match &body.content {
-                RecordContent::Genesis { public_key } => match &report.public_key {
-                    Some(expected) if expected.trim() != public_key => {
+                // The oldest segments were deleted by retention: a later record must say so.
+                RecordContent::SegmentStarted { .. } if body.seq > 1 => {
+                    let explained = covers(&pruned_records, 1, body.seq - 1);
+                    if !explained {
                         report.first_broken_link = broken(
                             seq,
-                            format!("chain is signed by key {public_key}, not by the expected {}", expected.trim()),
+                            format!(
+                                "records 1 to {} are missing and no chain_pruned record says retention deleted them",
+                                body.seq - 1
+                            ),
                         );
                         return Ok(report);
                     }
-                    Some(_) => {}
-                    None => report.public_key = Some(public_key.clone()),
-                },
+                }
+                _ => {}
+            }
+            match &body.content {
+                RecordContent::Genesis { public_key } | RecordContent::SegmentStarted { public_key } => {
+                    match &report.public_key {
+                        Some(expected) if expected.trim() != public_key => {
+                            report.first_broken_link = broken(
+                                seq,
+                                format!("chain is signed by key {public_key}, not by the expected {}", expected.trim()),
+                            );
+                            return Ok(report);
+                        }
+                        Some(_) => {}
+                        None => report.public_key = Some(public_key.clone()),
+                    }
+                }
                 _ => {
-                    report.first_broken_link =
-                        broken(seq, "the first record is not the genesis record naming the device key".into());
+                    report.first_broken_link = broken(
+                        seq,
+                        "the first record is neither the genesis nor a segment start naming the device key".into(),
+                    );
                     return Ok(report);
                 }
             }
@@ -358,6 +533,8 @@ pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyR
         }
         let (expected_seq, expected_prev) = match &previous {
             Some((prev_seq, prev_sha)) => (prev_seq + 1, prev_sha.clone()),
+            // The first record left after pruning links to a record that is gone.
+            None if body.seq > 1 => (body.seq, body.prev_sha256.clone()),
             None => (body.seq, NO_PREVIOUS.to_string()),
         };
         if body.seq != expected_seq {
@@ -415,6 +592,11 @@ pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyR
 
 #[cfg(test)]
 mod tests {
+    /// The segment the tests' records go into (they are all written today).
+    fn first_segment(dir: &Path) -> PathBuf {
+        dir.join(SEGMENTS_DIR).join(segment_name(1))
+    }
+
     use super::*;
 
     fn event_record(dir: &Path, name: &str, bytes: &[u8]) -> RecordContent {
@@ -436,7 +618,7 @@ mod tests {
     }
 
     fn rewrite_line(dir: &Path, line: usize, edit: impl Fn(&str) -> String) {
-        let path = dir.join(CHAIN_FILE);
+        let path = first_segment(dir);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<String> =
             text.lines().enumerate().map(|(i, l)| if i + 1 == line { edit(l) } else { l.to_string() }).collect();
@@ -479,7 +661,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let public = chain_of_three(dir.path());
         // A forger rebuilds the whole chain with their own key: the genesis key is not the device's.
-        std::fs::remove_file(dir.path().join(CHAIN_FILE)).unwrap();
+        std::fs::remove_file(first_segment(dir.path())).unwrap();
         let mut forged = Chain::open(dir.path(), DeviceKey::from_seed([9; 32]), "box-1").unwrap();
         forged.append(Utc::now(), event_record(dir.path(), "a.jpg", b"forged")).unwrap();
         let broken = verify(dir.path(), Some(&public)).unwrap().first_broken_link.unwrap();
@@ -492,8 +674,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         chain_of_three(dir.path());
         rewrite_line(dir.path(), 3, |_| String::new());
-        let text = std::fs::read_to_string(dir.path().join(CHAIN_FILE)).unwrap().replace("\n\n", "\n");
-        std::fs::write(dir.path().join(CHAIN_FILE), text).unwrap();
+        let text = std::fs::read_to_string(first_segment(dir.path())).unwrap().replace("\n\n", "\n");
+        std::fs::write(first_segment(dir.path()), text).unwrap();
         let broken = verify(dir.path(), None).unwrap().first_broken_link.unwrap();
         assert_eq!((broken.line, broken.seq), (3, Some(4)));
         assert!(broken.problem.contains("sequence jumps from 2 to 4"), "{}", broken.problem);
@@ -525,7 +707,7 @@ mod tests {
     fn a_record_cut_off_by_a_crash_is_dropped_on_open() {
         let dir = tempfile::tempdir().unwrap();
         chain_of_three(dir.path());
-        let path = dir.path().join(CHAIN_FILE);
+        let path = first_segment(dir.path());
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("{\"body\": {\"seq\": 5, \"ti");
         std::fs::write(&path, text).unwrap();

@@ -205,10 +205,13 @@ pub fn verify_messages(text: &str, snapshots: Option<&Path>, public_key: &str) -
         }
     }
     for gap in &mut report.gaps {
-        gap.pruned_by_policy = pruned_ranges
-            .iter()
-            .find(|(first, last, _)| *first <= gap.first_seq && gap.last_seq <= *last)
-            .map(|(_, _, why)| why.clone());
+        let within: Vec<&(u64, u64, String)> =
+            pruned_ranges.iter().filter(|(first, last, _)| *first <= gap.last_seq && gap.first_seq <= *last).collect();
+        let ranges: Vec<(u64, u64)> = within.iter().map(|(first, last, _)| (*first, *last)).collect();
+        if super::chain::covers(&ranges, gap.first_seq, gap.last_seq) {
+            let why: Vec<&str> = within.iter().map(|(_, _, why)| why.as_str()).collect();
+            gap.pruned_by_policy = Some(why.join("; "));
+        }
     }
     if let (Some(head), Some(last_seq)) = (&report.announced_head, report.last_seq) {
         if head.seq > last_seq {
@@ -349,5 +352,36 @@ mod tests {
         let problem = verify_messages(&lines.join("\n"), None, &key).unwrap().problem.unwrap();
         assert_eq!(problem.kind, "truncated");
         assert!(problem.message.contains("chain head 4") && problem.message.contains("record 3"), "{problem:?}");
+    }
+
+    #[test]
+    fn a_gap_the_box_recorded_as_pruned_by_policy_is_named_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lines, key) = messages(dir.path());
+        // The platform missed records 1 to 3 (captured late); a later record says retention deleted them.
+        let key_seed = DeviceKey::from_seed([5; 32]);
+        let mut chain = Chain::open(dir.path(), key_seed, "box-1").unwrap();
+        let pruned = chain
+            .append(
+                chrono::Utc::now(),
+                RecordContent::ChainPruned {
+                    segments: vec!["x".into()],
+                    first_seq: 1,
+                    last_seq: 3,
+                    reason: "max_age_days".into(),
+                },
+            )
+            .unwrap();
+        let mut late = lines[3..].to_vec();
+        late.push(format!("edge/box-1/chain {}", serde_json::to_string(&pruned).unwrap()));
+        let report = verify_messages(&late.join("\n"), None, &key).unwrap();
+        assert_eq!(report.gaps.len(), 0, "the capture starts at record 4: {report:?}");
+        let mut with_gap = lines.clone();
+        with_gap.drain(1..3);
+        with_gap.push(format!("edge/box-1/chain {}", serde_json::to_string(&pruned).unwrap()));
+        let report = verify_messages(&with_gap.join("\n"), None, &key).unwrap();
+        assert_eq!(report.gaps.len(), 1, "{report:?}");
+        assert!(report.gaps[0].pruned_by_policy.as_deref().is_some_and(|w| w.contains("max_age_days")), "{report:?}");
+        assert!(report.is_sound());
     }
 }

@@ -319,7 +319,8 @@ mod tests {
         assert_eq!(report.first_broken_link, None, "{report:?}");
         assert_eq!(report.events as usize, events.len());
         // The record in the chain is the event as sent.
-        let chain_text = std::fs::read_to_string(stage.dir().unwrap().join(chain::CHAIN_FILE)).unwrap();
+        let segments = chain::segment_files(&stage.dir().unwrap().join(chain::SEGMENTS_DIR)).unwrap();
+        let chain_text: String = segments.iter().map(|s| std::fs::read_to_string(s).unwrap()).collect();
         assert!(chain_text.contains(&truck.event_id.to_string()));
         assert!(dir.path().join("keys").join(signing::KEY_FILE).is_file(), "the key lives apart from the evidence");
     }

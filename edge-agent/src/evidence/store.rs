@@ -213,7 +213,8 @@ impl EvidenceStore {
     /// space, and records what went in the chain.
     pub fn enforce_retention(&mut self, now: DateTime<Utc>, incoming: u64) -> Result<Vec<String>, EvidenceError> {
         let max_age = chrono::Duration::days(i64::from(self.settings.max_age_days));
-        let quota = self.settings.max_disk_mb.saturating_mul(1 << 20);
+        // The chain counts in the budget too: pictures give way to it.
+        let quota = self.settings.max_disk_mb.saturating_mul(1 << 20).saturating_sub(self.chain.bytes());
         let mut deleted = Vec::new();
         let mut reasons = BTreeSet::new();
         while let Some(oldest) = self.pictures.first().cloned() {
@@ -246,6 +247,8 @@ impl EvidenceStore {
             tracing::info!(files = deleted.len(), reason, "deleted old evidence");
             self.chain.append(now, RecordContent::Pruned { files: deleted.clone(), reason })?;
         }
+        // Whole chain segments past the age limit go too, recorded in the chain.
+        self.chain.prune_segments(now, now - max_age, "max_age_days")?;
         Ok(deleted)
     }
 }
@@ -259,6 +262,10 @@ fn scan(dir: &Path) -> std::io::Result<BTreeSet<StoredPicture>> {
             continue;
         }
         let day_name = day.file_name().to_string_lossy().to_string();
+        // The chain's segments live beside the day folders; they are not pictures.
+        if day_name == crate::evidence::chain::SEGMENTS_DIR {
+            continue;
+        }
         for entry in std::fs::read_dir(day.path())? {
             let entry = entry?;
             let metadata = entry.metadata()?;
@@ -277,7 +284,8 @@ fn remove_empty_day_folders(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             // remove_dir fails on a folder that still holds files, which is what we want.
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) && entry.file_name() != crate::evidence::chain::SEGMENTS_DIR
+            {
                 let _ = std::fs::remove_dir(entry.path());
             }
         }
@@ -323,7 +331,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = store(dir.path(), EvidenceConfig::default(), Arc::new(AtomicU64::new(u64::MAX)));
         let kept = keep(&mut store, 0.0, "ev1-r0", 1000);
-        assert_eq!(kept.proof.seq, 2, "after the genesis record");
+        // After the genesis record (today) and the start of the pictures' day's segment.
+        assert_eq!(kept.proof.seq, 3, "after the genesis and the segment start");
         assert_eq!(kept.files.len(), 1);
         let on_disk = std::fs::read(store.dir().join(&kept.files[0].file)).unwrap();
         assert_eq!(sha256_hex(&on_disk), kept.files[0].sha256);
@@ -407,7 +416,7 @@ mod tests {
         }
         let second = store(dir.path(), EvidenceConfig::default(), free);
         assert_eq!(second.total_bytes(), 5000);
-        assert_eq!(second.next_seq(), 3);
+        assert_eq!(second.next_seq(), 4, "genesis, segment start, the event");
     }
 
     fn event(n: u32) -> serde_json::Value {
@@ -419,11 +428,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = EvidenceStore::open(dir.path(), EvidenceConfig::default(), "box").unwrap();
         let first_key = store.chain().public_key();
-        store.keep(at(0.0), "a", &[], |_, _| event(1)).unwrap();
+        store.keep(Utc::now(), "a", &[], |_, _| event(1)).unwrap();
         let rotation = store.rotate_key().unwrap();
         let second_key = store.chain().public_key();
         assert_ne!(first_key, second_key);
-        let after = store.keep(at(1.0), "b", &[], |_, _| event(2)).unwrap();
+        let after = store.keep(Utc::now(), "b", &[], |_, _| event(2)).unwrap();
         assert_eq!(after.proof.seq, rotation.seq + 1);
         assert!(crate::evidence::signing::verify_hex(
             &second_key,
@@ -482,5 +491,27 @@ mod tests {
         assert_eq!(mode, 0o700);
         let second = EvidenceStore::open(dir.path(), EvidenceConfig::default(), "box");
         assert!(second.err().unwrap().to_string().contains("in use by another edge-agent"));
+    }
+
+    #[test]
+    fn old_chain_segments_are_deleted_whole_and_the_rest_still_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = EvidenceConfig { max_age_days: 2, ..EvidenceConfig::default() };
+        let mut store = store(dir.path(), settings, Arc::new(AtomicU64::new(u64::MAX)));
+        // The chain starts today (its genesis); then one event a day for five days.
+        let today = Utc::now();
+        for d in 1..=5 {
+            let time = today + chrono::Duration::days(d);
+            store.keep(time, &format!("d{d}"), &[], |_, _| event(d as u32)).unwrap();
+        }
+        let segments = dir.path().join("evidence").join(crate::evidence::chain::SEGMENTS_DIR);
+        let left = crate::evidence::chain::segment_files(&segments).unwrap();
+        assert_eq!(left.len(), 3, "the segments of today, day 1 and day 2 are gone: {left:?}");
+        let report = verify(store.dir(), Some(&store.chain().public_key())).unwrap();
+        assert_eq!(report.first_broken_link, None, "{report:?}");
+        // Deleting a segment by hand (not by policy) is caught.
+        std::fs::remove_file(&left[0]).unwrap();
+        let report = verify(store.dir(), Some(&store.chain().public_key())).unwrap();
+        assert!(report.first_broken_link.is_some(), "{report:?}");
     }
 }
