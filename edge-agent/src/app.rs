@@ -111,7 +111,9 @@ async fn build(config: &Config) -> anyhow::Result<Parts> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state folder {} (config `state_dir`)", config.state_dir.display()))?;
     let outbox_path = config.state_dir.join("outbox.redb");
-    let outbox = Arc::new(Outbox::open(&outbox_path)?.with_quota(config.outbox.quota_bytes()));
+    let outbox = Arc::new(
+        Outbox::open(&outbox_path)?.with_quota(config.outbox.quota_bytes()).with_reserve(config.outbox.reserve_bytes()),
+    );
 
     let model_configs = config.models.clone();
     let inference = config.inference.clone();
@@ -232,6 +234,7 @@ async fn spawn(
                 actions: ActionLimiter::default(),
                 status_changed: status_changed.clone(),
                 last_head_announced: None,
+                held: delivery::held::Held::new(delivery::HELD_MAX_BYTES),
             },
             evidenced_rx,
             liveness.register("delivery"),

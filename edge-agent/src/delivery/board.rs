@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::delivery::held::HeldReport;
 use crate::delivery::outbox::OutboxStats;
 use crate::delivery::stats::DailyStats;
 use crate::evidence::chain::ChainHead;
@@ -84,6 +85,8 @@ pub struct Status {
     pub control: ControlStatus,
     /// The device's evidence key and how far its chain has reached.
     pub evidence: EvidenceStatus,
+    /// Messages the outbox refused (a full disk), held in memory and retried.
+    pub held: HeldReport,
 }
 
 /// What the platform needs to check this box's event messages: the public key to enrol and the
@@ -217,6 +220,7 @@ struct Inner {
     labels: BTreeMap<Uuid, SampleLabel>,
     control: ControlStatus,
     evidence: EvidenceStatus,
+    held: HeldReport,
 }
 
 pub struct StatusBoard {
@@ -255,6 +259,7 @@ impl StatusBoard {
                 labels: BTreeMap::new(),
                 control: ControlStatus::default(),
                 evidence: EvidenceStatus::default(),
+                held: HeldReport::default(),
             }),
             new_events: broadcast::channel(256).0,
         }
@@ -474,7 +479,12 @@ impl StatusBoard {
             events_by_kind: inner.events_by_kind.clone(),
             control: inner.control.clone(),
             evidence: inner.evidence.clone(),
+            held: inner.held.clone(),
         }
+    }
+
+    pub fn set_held(&self, held: HeldReport) {
+        self.lock().held = held;
     }
 
     pub fn set_evidence_identity(&self, public_key: Option<String>, chain_head: Option<ChainHead>) {

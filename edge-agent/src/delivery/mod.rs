@@ -7,6 +7,7 @@
 pub mod actions;
 pub mod board;
 pub mod config;
+pub mod held;
 pub mod mqtt;
 pub mod outbox;
 pub mod stats;
@@ -22,6 +23,7 @@ use crate::infer::BoundingBox;
 use crate::judge::Event;
 use actions::ActionLimiter;
 use board::StatusBoard;
+use held::Held;
 use outbox::{Outbox, QueuedMessage};
 use stats::{DailyStatsKeeper, StatsUpdate};
 
@@ -39,7 +41,15 @@ pub struct Delivery {
     /// Republishes the retained status (the chain head moved), at most every `STATUS_HEAD_EVERY`.
     pub status_changed: Arc<Notify>,
     pub last_head_announced: Option<std::time::Instant>,
+    /// What the outbox refused (a full disk): held in memory and offered again first.
+    pub held: Held,
 }
+
+/// Memory for messages the outbox refused; pictures give way first.
+pub const HELD_MAX_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Held messages are offered to the outbox again this often even when no frame comes.
+const HELD_RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The retained status carries the chain head; it is republished for a new head at most this often
 /// (telemetry carries it at every sample).
@@ -78,7 +88,15 @@ impl Delivery {
         if let Some(today) = today.or_else(|| to_publish.last().cloned()) {
             self.board.set_daily_stats(today);
         }
-        let messages_empty = messages.is_empty();
+        // What the outbox refused before goes first, so the order stays the order of the judge.
+        let event_of = |message: &QueuedMessage| -> Option<Event> {
+            (message.topic_suffix == "events").then(|| serde_json::from_slice::<Event>(&message.payload).ok()).flatten()
+        };
+        let mut batch = self.held.take();
+        batch.extend(messages.into_iter().map(|m| {
+            let event = event_of(&m);
+            (m, event)
+        }));
         let outbox = self.outbox.clone();
         let boxes: Vec<BoundingBox> = events.iter().map(|e| BoundingBox::from(e.bbox)).collect();
         let zones_in_use: Vec<String> = zones.iter().map(|z| z.id.clone()).collect();
@@ -86,7 +104,7 @@ impl Delivery {
         let results_for_drawing = results.clone();
         // Disk commit and JPEG encoding are blocking work: keep them off the async workers.
         let done = tokio::task::spawn_blocking(move || {
-            let queued = if messages.is_empty() { Ok(()) } else { outbox.enqueue(&messages).map(|_| ()) };
+            let queued = enqueue_batch(&outbox, batch);
             let stats = outbox.stats();
             // `image` is private already (people blurred, privacy zones black).
             let mut annotated = draw::annotate(&image, &results_for_drawing, &boxes);
@@ -102,18 +120,7 @@ impl Delivery {
                 return;
             }
         };
-        match queued {
-            Ok(()) => {
-                for event in &events {
-                    log_queued(event);
-                }
-                self.board.record_events(&events);
-                if !messages_empty {
-                    self.publisher_wake.notify_one();
-                }
-            }
-            Err(e) => tracing::error!("{e}; {} events of camera {} not queued", events.len(), frame.camera),
-        }
+        self.after_enqueue(queued);
         self.run_actions(&events, &actions, frame.captured_at);
         if let Some(head) = chain_head {
             self.board.set_chain_head(head);
@@ -130,6 +137,38 @@ impl Delivery {
         self.board.record_scene(&frame.camera, frame.image.clone(), zones_in_use);
     }
 
+    /// Offers the held messages to the outbox again (no frame came to carry them).
+    async fn retry_held(&mut self) {
+        let batch = self.held.take();
+        let outbox = self.outbox.clone();
+        let queued = tokio::task::spawn_blocking(move || enqueue_batch(&outbox, batch)).await;
+        match queued {
+            Ok(queued) => self.after_enqueue(queued),
+            Err(e) => tracing::error!("delivery task failed: {e}"),
+        }
+        if let Ok(stats) = self.outbox.stats() {
+            self.board.set_outbox_stats(stats);
+        }
+    }
+
+    /// Logs and shows what went in; holds what did not.
+    fn after_enqueue(&mut self, queued: Result<Vec<Event>, (Vec<(QueuedMessage, Option<Event>)>, String)>) {
+        match queued {
+            Ok(events) => {
+                if !self.held.report().since.is_none() {
+                    self.held.cleared();
+                }
+                for event in &events {
+                    log_queued(event);
+                }
+                self.board.record_events(&events);
+                self.publisher_wake.notify_one();
+            }
+            Err((batch, error)) => self.held.hold(batch, &error),
+        }
+        self.board.set_held(self.held.report());
+    }
+
     fn run_actions(
         &mut self,
         events: &[Event],
@@ -143,6 +182,23 @@ impl Delivery {
                 actions::run(&command, event);
             }
         }
+    }
+}
+
+/// One durable commit of `batch`: the events in it when it went in, or the whole batch back with
+/// the error (nothing of it was stored).
+#[allow(clippy::type_complexity)]
+fn enqueue_batch(
+    outbox: &Outbox,
+    batch: Vec<(QueuedMessage, Option<Event>)>,
+) -> Result<Vec<Event>, (Vec<(QueuedMessage, Option<Event>)>, String)> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let messages: Vec<QueuedMessage> = batch.iter().map(|(m, _)| m.clone()).collect();
+    match outbox.enqueue(&messages) {
+        Ok(_) => Ok(batch.into_iter().filter_map(|(_, event)| event).collect()),
+        Err(e) => Err((batch, e.to_string())),
     }
 }
 
@@ -182,10 +238,34 @@ pub async fn run_delivery(
     heartbeat: Arc<Heartbeat>,
 ) {
     heartbeat.pause();
-    while let Some(evidenced) = input.recv().await {
-        heartbeat.beat();
-        delivery.deliver(evidenced).await;
-        heartbeat.pause();
+    let mut retry = tokio::time::interval(HELD_RETRY_EVERY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            evidenced = input.recv() => {
+                let Some(evidenced) = evidenced else { break };
+                heartbeat.beat();
+                delivery.deliver(evidenced).await;
+                heartbeat.pause();
+            }
+            _ = retry.tick(), if !delivery.held.is_empty() => {
+                heartbeat.beat();
+                delivery.retry_held().await;
+                heartbeat.pause();
+            }
+        }
+    }
+    if !delivery.held.is_empty() {
+        // Stopping: one last try, then say plainly what is lost with the process.
+        delivery.retry_held().await;
+        let report = delivery.held.report();
+        if report.messages > 0 {
+            tracing::error!(
+                messages = report.messages,
+                events = report.events,
+                "stopping with messages the outbox never took"
+            );
+        }
     }
     heartbeat.retire();
 }

@@ -36,6 +36,10 @@ pub struct Telemetry {
     pub mqtt_published: u64,
     /// How far the evidence chain has reached (null when evidence is off or empty).
     pub chain_head: Option<crate::evidence::chain::ChainHead>,
+    /// Messages the outbox refused (a full disk), held in memory and retried.
+    pub held: super::held::HeldReport,
+    /// Times the outbox file was reopened after an I/O error since start.
+    pub outbox_reopens: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,6 +156,8 @@ impl TelemetrySampler {
             clock: clock_state(),
             mqtt_published: status.mqtt.published,
             chain_head: status.evidence.chain_head,
+            held: status.held,
+            outbox_reopens: self.outbox.reopens(),
         }
     }
 }

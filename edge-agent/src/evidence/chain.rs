@@ -314,8 +314,15 @@ impl Chain {
         let mut line = serde_json::to_string(&RecordLine { body: &raw, sha256: &sha256, signature: &signature })
             .map_err(|e| error(format!("cannot encode record: {e}")))?;
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(|e| error(format!("cannot write: {e}")))?;
-        self.file.sync_data().map_err(|e| error(format!("cannot sync: {e}")))?;
+        // A failed write (a full disk) must not leave half a line for the next record to follow.
+        let length_before = self.file.metadata().map(|m| m.len()).ok();
+        let written = self.file.write_all(line.as_bytes()).and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            if let Some(length) = length_before {
+                let _ = self.file.set_len(length);
+            }
+            return Err(error(format!("cannot write: {e}")));
+        }
         let proof = ChainProof {
             seq: body.seq,
             prev_sha256: body.prev_sha256,
@@ -433,6 +440,12 @@ pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyR
     let mut text = String::new();
     for file in &files {
         text.push_str(&std::fs::read_to_string(file).map_err(|e| read_error(file, e))?);
+    }
+    // A last line without its newline was cut by a crash mid-write: the agent removes it at its
+    // next start, and nothing refers to it yet.
+    if !text.is_empty() && !text.ends_with('\n') {
+        let keep = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        text.truncate(keep);
     }
     let lines: Vec<&str> = text.lines().collect();
     let mut report = VerifyReport {

@@ -124,6 +124,8 @@ pub enum T {
     Outbox,
     Waiting,
     QuotaReached,
+    HeldMessages,
+    EventsLost,
     EvidenceKey,
     ChainHead,
     RunningOnLastGoodConfig,
@@ -298,6 +300,11 @@ impl T {
             T::Outbox => ("Outbox", "发件箱"),
             T::Waiting => ("waiting", "待发送"),
             T::QuotaReached => ("quota reached", "已达磁盘配额"),
+            T::HeldMessages => (
+                "The outbox cannot be written (disk full?); messages held in memory and retried",
+                "发件箱无法写入（磁盘已满？）；消息暂存内存并重试",
+            ),
+            T::EventsLost => ("events lost to the memory bound", "因内存上限丢失的事件"),
             T::EvidenceKey => ("Evidence key (enrol on the platform)", "取证签名公钥（在平台登记）"),
             T::ChainHead => ("Evidence chain head", "取证链最新记录"),
             T::RunningOnLastGoodConfig => (

@@ -227,6 +227,13 @@ pub async fn overview(State(state): State<Arc<WebState>>, session: Session, lang
         @if status.control.commands == "unsigned_accepted" {
             p.warning #unsigned-commands { (t(T::UnsignedCommandsAccepted)) }
         }
+        @if status.held.messages > 0 || status.held.events_lost > 0 {
+            p.warning #held-messages {
+                (t(T::HeldMessages)) ": " (status.held.messages) " (" (status.held.events) " " (t(T::Events)) ")"
+                @if let Some(error) = &status.held.last_error { " — " (error) }
+                @if status.held.events_lost > 0 { " — " (t(T::EventsLost)) ": " (status.held.events_lost) }
+            }
+        }
         @if status.control.unsigned_models {
             p.warning #unsigned-models { (t(T::UnsignedModelsAccepted)) }
         }

@@ -15,7 +15,7 @@
 pub mod config;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -160,10 +160,22 @@ struct QuotaState {
 }
 
 pub struct Outbox {
-    db: Database,
+    /// None only while it is being reopened after an I/O error.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
     quota_bytes: u64,
+    /// Disk space kept free for event records (pictures give way).
+    reserve_bytes: u64,
     quota: Mutex<QuotaState>,
+    reopened: Mutex<ReopenState>,
+}
+
+/// After an I/O error (a full disk) redb refuses every later write until the file is reopened:
+/// the outbox reopens it and tries once more, and counts that for the page and telemetry.
+#[derive(Debug, Default)]
+struct ReopenState {
+    reopens: u64,
+    last_logged: Option<Instant>,
 }
 
 impl Outbox {
@@ -191,9 +203,32 @@ impl Outbox {
             }
             Err(e) => return Err(error(e.to_string())),
         };
-        let outbox = Self { db, path: path.to_owned(), quota_bytes: u64::MAX, quota: Mutex::default() };
+        let outbox = Self {
+            db: RwLock::new(Some(db)),
+            path: path.to_owned(),
+            quota_bytes: u64::MAX,
+            reserve_bytes: 0,
+            quota: Mutex::default(),
+            reopened: Mutex::new(ReopenState::default()),
+        };
         outbox.prepare()?;
         Ok(outbox)
+    }
+
+    /// Keeps this much of the disk free for event records: pictures are not queued into it.
+    pub fn with_reserve(mut self, reserve_bytes: u64) -> Self {
+        self.reserve_bytes = reserve_bytes;
+        self
+    }
+
+    /// What the queued messages may take given the disk: what they take now plus the free space
+    /// above the reserve (unbounded where free space cannot be read).
+    fn disk_room(&self, stored: u64) -> u64 {
+        let folder = self.path.parent().unwrap_or(Path::new("."));
+        match crate::base::disk::disk_space(folder) {
+            Some(disk) => stored.saturating_add(disk.free_bytes.saturating_sub(self.reserve_bytes)),
+            None => u64::MAX,
+        }
     }
 
     /// Bounds the bytes of queued messages; see the module notes for what is pruned.
@@ -205,7 +240,8 @@ impl Outbox {
     /// Creates the tables up front (so readers never see "no such table") and counts the stored
     /// bytes of an outbox written before byte accounting existed.
     fn prepare(&self) -> Result<(), OutboxError> {
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let db = self.handle()?;
+        let txn = db.begin_write().map_err(|e| self.error(e))?;
         {
             txn.open_table(EVIDENCE).map_err(|e| self.error(e))?;
             txn.open_table(DAMAGED).map_err(|e| self.error(e))?;
@@ -223,6 +259,50 @@ impl Outbox {
         txn.commit().map_err(|e| self.error(e))
     }
 
+    /// The open database (an error while it is being reopened).
+    fn handle(&self) -> Result<DbGuard<'_>, OutboxError> {
+        let guard = self.db.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if guard.is_none() {
+            return Err(self.error("is being reopened after an I/O error"));
+        }
+        Ok(DbGuard(guard))
+    }
+
+    /// Runs `op`; after a failure (redb refuses all writes after one I/O error, e.g. a full disk)
+    /// reopens the file, which repairs it to its last good commit, and runs `op` once more.
+    fn retrying<T>(&self, op: impl Fn() -> Result<T, OutboxError>) -> Result<T, OutboxError> {
+        match op() {
+            Ok(value) => Ok(value),
+            Err(first) => {
+                self.reopen().map_err(|e| self.error(format!("{first}; reopening failed too: {e}")))?;
+                op()
+            }
+        }
+    }
+
+    /// Closes and reopens the file: the only way out of redb's "previous I/O error" state.
+    fn reopen(&self) -> Result<(), OutboxError> {
+        {
+            let mut guard = self.db.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            drop(guard.take());
+            let db = Database::create(&self.path).map_err(|e| self.error(e))?;
+            *guard = Some(db);
+        }
+        self.prepare()?;
+        let mut state = self.reopened.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.reopens += 1;
+        if state.last_logged.is_none_or(|at| at.elapsed() >= PRUNE_LOG_EVERY) {
+            tracing::warn!(outbox = %self.path.display(), reopens = state.reopens, "outbox reopened after an I/O error");
+            state.last_logged = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Times the file was reopened after an I/O error since start.
+    pub fn reopens(&self) -> u64 {
+        self.reopened.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).reopens
+    }
+
     fn error(&self, e: impl std::fmt::Display) -> OutboxError {
         OutboxError::Store { path: self.path.clone(), message: e.to_string() }
     }
@@ -234,7 +314,12 @@ impl Outbox {
     /// Appends messages in one durable commit (fsync before it returns), pruning the oldest
     /// evidence pictures first when the quota would be exceeded.
     pub fn enqueue(&self, messages: &[QueuedMessage]) -> Result<Enqueued, OutboxError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        self.retrying(|| self.enqueue_once(messages))
+    }
+
+    fn enqueue_once(&self, messages: &[QueuedMessage]) -> Result<Enqueued, OutboxError> {
+        let db = self.handle()?;
+        let mut txn = db.begin_write().map_err(|e| self.error(e))?;
         txn.set_durability(Durability::Immediate).map_err(|e| self.error(e))?;
         let mut enqueued = Enqueued::default();
         {
@@ -245,8 +330,12 @@ impl Outbox {
             let mut stored = meta.get(STORED_BYTES).map_err(|e| self.error(e))?.map(|v| v.value()).unwrap_or(0);
             let records: Vec<(bool, Vec<u8>)> = messages.iter().map(|m| (m.is_evidence(), m.encode())).collect();
             let incoming: u64 = records.iter().map(|(_, r)| r.len() as u64).sum();
+            // The quota, but never more than the disk really has left above the reserve kept for
+            // event records: pictures give way to what the disk can take.
+            let disk_room = self.disk_room(stored);
+            let quota = self.quota_bytes.min(disk_room);
             // Make room by pruning the oldest evidence already queued.
-            while stored + incoming > self.quota_bytes {
+            while stored + incoming > quota {
                 let Some((id, size)) =
                     evidence.pop_first().map_err(|e| self.error(e))?.map(|(k, v)| (k.value(), v.value()))
                 else {
@@ -256,7 +345,7 @@ impl Outbox {
                 stored = stored.saturating_sub(size);
                 enqueued.pruned_evidence += 1;
             }
-            let mut room = self.quota_bytes.saturating_sub(stored);
+            let mut room = quota.saturating_sub(stored);
             for (is_evidence, record) in records {
                 let size = record.len() as u64;
                 if is_evidence {
@@ -323,10 +412,15 @@ impl Outbox {
     /// Up to `limit` messages with ids above `after`, oldest first. A record that fails its check
     /// is logged, moved to the `damaged` table and skipped: never published, never a crash.
     pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, QueuedMessage)>, OutboxError> {
+        self.retrying(|| self.read_after_once(after, limit))
+    }
+
+    fn read_after_once(&self, after: u64, limit: usize) -> Result<Vec<(u64, QueuedMessage)>, OutboxError> {
         let mut found = Vec::with_capacity(limit.min(1024));
         let mut damaged = Vec::new();
         {
-            let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+            let db = self.handle()?;
+            let txn = db.begin_read().map_err(|e| self.error(e))?;
             let table = txn.open_table(MESSAGES).map_err(|e| self.error(e))?;
             for entry in table.range(after.saturating_add(1)..).map_err(|e| self.error(e))? {
                 if found.len() == limit {
@@ -346,7 +440,8 @@ impl Outbox {
     }
 
     fn move_aside(&self, damaged: &[(u64, RecordDamage)]) -> Result<(), OutboxError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let db = self.handle()?;
+        let mut txn = db.begin_write().map_err(|e| self.error(e))?;
         txn.set_durability(Durability::Immediate).map_err(|e| self.error(e))?;
         {
             let mut table = txn.open_table(MESSAGES).map_err(|e| self.error(e))?;
@@ -377,10 +472,15 @@ impl Outbox {
     /// Removes acknowledged messages in one durable commit. Ids already gone (pruned evidence) are
     /// fine.
     pub fn remove(&self, ids: &[u64]) -> Result<(), OutboxError> {
+        self.retrying(|| self.remove_once(ids))
+    }
+
+    fn remove_once(&self, ids: &[u64]) -> Result<(), OutboxError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let db = self.handle()?;
+        let mut txn = db.begin_write().map_err(|e| self.error(e))?;
         txn.set_durability(Durability::Immediate).map_err(|e| self.error(e))?;
         {
             let mut table = txn.open_table(MESSAGES).map_err(|e| self.error(e))?;
@@ -400,13 +500,15 @@ impl Outbox {
 
     /// Messages waiting for the broker.
     pub fn depth(&self) -> Result<u64, OutboxError> {
-        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(|e| self.error(e))?;
         let table = txn.open_table(MESSAGES).map_err(|e| self.error(e))?;
         table.len().map_err(|e| self.error(e))
     }
 
     pub fn stats(&self) -> Result<OutboxStats, OutboxError> {
-        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(|e| self.error(e))?;
         let table = txn.open_table(MESSAGES).map_err(|e| self.error(e))?;
         let meta = txn.open_table(META).map_err(|e| self.error(e))?;
         let read = |key: &str| -> Result<u64, OutboxError> {
@@ -431,7 +533,8 @@ impl Outbox {
     /// Writes a raw record as if a write had gone wrong; for tests of the damage path only.
     #[cfg(test)]
     fn insert_raw_for_test(&self, bytes: &[u8]) -> Result<u64, OutboxError> {
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let db = self.handle()?;
+        let txn = db.begin_write().map_err(|e| self.error(e))?;
         let id;
         {
             let mut meta = txn.open_table(META).map_err(|e| self.error(e))?;
@@ -446,6 +549,17 @@ impl Outbox {
 }
 
 /// A file redb cannot read as a database (as opposed to one that is busy or unreadable).
+/// A read guard that derefs to the open database.
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        // `handle` only hands out a guard over an open database.
+        self.0.as_ref().unwrap_or_else(|| unreachable!("checked by Outbox::handle"))
+    }
+}
+
 fn is_damaged_file(error: &redb::DatabaseError) -> bool {
     match error {
         redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
