@@ -210,3 +210,45 @@ fn dozens_of_kills_at_random_moments_leave_an_outbox_that_opens_a_chain_that_ver
     let text = plain_log(&std::fs::read_to_string(&log).unwrap());
     assert!(!text.contains("corrupted beyond repair"), "the outbox was lost to a kill");
 }
+
+/// Event ids the page lists (`/api/v1/events`).
+fn listed_events(web_port: u16) -> BTreeSet<String> {
+    let Ok((200, body)) = http_get(&format!("http://127.0.0.1:{web_port}/api/v1/events?limit=500")) else {
+        return BTreeSet::new();
+    };
+    let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    json["events"]
+        .as_array()
+        .map(|events| events.iter().filter_map(|e| e["event"]["event_id"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_events_on_the_page_are_still_there_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = coming_and_going_folder(dir.path(), "gate", 2);
+    let cameras = [ReplayCamera { id: "gate", frames: &frames, fps: 4.0, looping: true }];
+    let (config, web_port) = write_agent_config(dir.path(), DEVICE, "", &cameras, EVERY_ARRIVAL_IS_AN_EVENT);
+    let mut agent = Agent::start(&config, &dir.path().join("agent.log"));
+    let before = eventually(Duration::from_secs(60), || {
+        let listed = listed_events(web_port);
+        (listed.len() >= 3).then_some(listed)
+    })
+    .expect("events on the page");
+    assert_eq!(agent.terminate(Duration::from_secs(20)), Some(0));
+    // The next start, with the camera off: whatever the page lists comes from the history on disk.
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("looping = true }\n", "looping = true }\nenabled = false\n");
+    std::fs::write(&config, text).unwrap();
+    let _agent = Agent::start(&config, &dir.path().join("agent-2.log"));
+    let after = eventually(Duration::from_secs(60), || {
+        let listed = listed_events(web_port);
+        (!listed.is_empty()).then_some(listed)
+    })
+    .expect("the page lists events after the restart");
+    let kept: Vec<_> = before.intersection(&after).collect();
+    assert_eq!(kept.len(), before.len(), "events of the first run missing after the restart: {before:?} vs {after:?}");
+    let (_, page) = http_get(&format!("http://127.0.0.1:{web_port}/events")).unwrap();
+    let first = before.iter().next().unwrap();
+    assert!(page.contains(first.as_str()), "the events page lists an event of the first run");
+}

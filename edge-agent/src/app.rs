@@ -23,6 +23,7 @@ use crate::control::model_update;
 use crate::control::settings::LiveSettings;
 use crate::delivery::actions::ActionLimiter;
 use crate::delivery::board::{ControlStatus, StatusBoard};
+use crate::delivery::history::EventHistory;
 use crate::delivery::mqtt::{IncomingCommand, MqttSettings, Publisher};
 use crate::delivery::outbox::Outbox;
 use crate::delivery::stats::DailyStatsKeeper;
@@ -196,6 +197,7 @@ async fn spawn(
         board.add_camera(&feed.id, feed.health.clone());
     }
     let camera_health: Vec<_> = feeds.iter().map(|f| f.health.clone()).collect();
+    let history = open_history(config, &board);
     let cameras: HashMap<String, _> = feeds.iter().map(|f| (f.id.to_string(), f.health.clone())).collect();
 
     let (inferred_tx, inferred_rx) = mpsc::channel::<InferredFrame>(STAGE_QUEUE);
@@ -235,6 +237,7 @@ async fn spawn(
                 status_changed: status_changed.clone(),
                 last_head_announced: None,
                 held: delivery::held::Held::new(delivery::HELD_MAX_BYTES),
+                history,
             },
             evidenced_rx,
             liveness.register("delivery"),
@@ -307,6 +310,27 @@ async fn stop(running: Running) {
         let _ = stage.await;
     }
     tracing::info!(outbox_depth = running.outbox.depth().unwrap_or(0), "stopped");
+}
+
+/// The event history on disk, its newest events loaded onto the board; None (logged) when it
+/// cannot be opened: the page then lists only this run's events.
+fn open_history(config: &Config, board: &StatusBoard) -> Option<Arc<std::sync::Mutex<EventHistory>>> {
+    let path = config.state_dir.join("history.redb");
+    let history = match EventHistory::open(&path, config.evidence.max_age_days) {
+        Ok(history) => history,
+        Err(e) => {
+            tracing::error!("{e}; the page lists only this run's events");
+            return None;
+        }
+    };
+    match history.newest(crate::delivery::board::EVENT_HISTORY) {
+        Ok(events) => {
+            tracing::info!(events = events.len(), "event history loaded");
+            board.load_history(events);
+        }
+        Err(e) => tracing::error!("{e}; earlier events are not listed"),
+    }
+    Some(Arc::new(std::sync::Mutex::new(history)))
 }
 
 /// "Sources are up" for systemd: every camera has delivered a frame or said why it cannot, or

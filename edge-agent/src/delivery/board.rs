@@ -17,6 +17,7 @@ use crate::delivery::held::HeldReport;
 use crate::delivery::outbox::OutboxStats;
 use crate::delivery::stats::DailyStats;
 use crate::evidence::chain::ChainHead;
+use crate::evidence::store::EvidenceUsage;
 use crate::infer::{ModelInfo, ModelResult};
 use crate::judge::Event;
 use crate::source::CameraHealth;
@@ -87,6 +88,8 @@ pub struct Status {
     pub evidence: EvidenceStatus,
     /// Messages the outbox refused (a full disk), held in memory and retried.
     pub held: HeldReport,
+    /// The evidence folder's share of the storage budget.
+    pub evidence_usage: Option<EvidenceUsage>,
 }
 
 /// What the platform needs to check this box's event messages: the public key to enrol and the
@@ -221,6 +224,7 @@ struct Inner {
     control: ControlStatus,
     evidence: EvidenceStatus,
     held: HeldReport,
+    evidence_usage: Option<EvidenceUsage>,
 }
 
 pub struct StatusBoard {
@@ -260,6 +264,7 @@ impl StatusBoard {
                 control: ControlStatus::default(),
                 evidence: EvidenceStatus::default(),
                 held: HeldReport::default(),
+                evidence_usage: None,
             }),
             new_events: broadcast::channel(256).0,
         }
@@ -334,6 +339,23 @@ impl StatusBoard {
     /// Ids of the zones the judge used on the camera's newest frame; None for an unknown camera.
     pub fn zones_in_use(&self, camera: &str) -> Option<Vec<String>> {
         self.lock().cameras.get(camera).map(|c| c.zones_in_use.clone())
+    }
+
+    /// The events of earlier runs, oldest first, from the history on disk: the page lists them as
+    /// if they had just been reported (without their live frames; evidence files still show).
+    pub fn load_history(&self, events: Vec<Event>) {
+        let mut inner = self.lock();
+        for event in events {
+            if inner.recent_events.len() == RECENT_EVENTS {
+                inner.recent_events.pop_back();
+            }
+            inner.recent_events.push_front(event.clone());
+            inner.events_total += 1;
+            if inner.event_history.len() == EVENT_HISTORY {
+                inner.event_history.pop_back();
+            }
+            inner.event_history.push_front(EventRecord { event, frame_jpeg: None, acknowledged: None });
+        }
     }
 
     pub fn record_events(&self, events: &[Event]) {
@@ -480,7 +502,12 @@ impl StatusBoard {
             control: inner.control.clone(),
             evidence: inner.evidence.clone(),
             held: inner.held.clone(),
+            evidence_usage: inner.evidence_usage.clone(),
         }
+    }
+
+    pub fn set_evidence_usage(&self, usage: EvidenceUsage) {
+        self.lock().evidence_usage = Some(usage);
     }
 
     pub fn set_held(&self, held: HeldReport) {

@@ -8,6 +8,7 @@ pub mod actions;
 pub mod board;
 pub mod config;
 pub mod held;
+pub mod history;
 pub mod mqtt;
 pub mod outbox;
 pub mod stats;
@@ -24,6 +25,7 @@ use crate::judge::Event;
 use actions::ActionLimiter;
 use board::StatusBoard;
 use held::Held;
+use history::EventHistory;
 use outbox::{Outbox, QueuedMessage};
 use stats::{DailyStatsKeeper, StatsUpdate};
 
@@ -43,6 +45,8 @@ pub struct Delivery {
     pub last_head_announced: Option<std::time::Instant>,
     /// What the outbox refused (a full disk): held in memory and offered again first.
     pub held: Held,
+    /// The page's events on disk, across restarts (None when it could not be opened).
+    pub history: Option<Arc<std::sync::Mutex<EventHistory>>>,
 }
 
 /// Memory for messages the outbox refused; pictures give way first.
@@ -59,7 +63,11 @@ impl Delivery {
     /// Queues one frame's messages (one durable commit), then runs the actions of the events that
     /// started and updates the board.
     async fn deliver(&mut self, evidenced: EvidencedFrame) {
-        let EvidencedFrame { frame, results, events, snapshots, zones, actions, chain_records, chain_head } = evidenced;
+        let EvidencedFrame { frame, results, events, snapshots, zones, actions, chain_records, chain_head, usage } =
+            evidenced;
+        if let Some(usage) = usage {
+            self.board.set_evidence_usage(usage);
+        }
         let StatsUpdate { today, to_publish } = self.stats.record(&events, frame.captured_at);
         // Events and other chain records in chain order, so the platform sees one rising sequence.
         let mut chained = event_messages(&events);
@@ -161,12 +169,25 @@ impl Delivery {
                 for event in &events {
                     log_queued(event);
                 }
+                self.keep_in_history(&events);
                 self.board.record_events(&events);
                 self.publisher_wake.notify_one();
             }
             Err((batch, error)) => self.held.hold(batch, &error),
         }
         self.board.set_held(self.held.report());
+    }
+
+    /// Adds queued events to the history on disk; a failure is logged, never holds up delivery.
+    fn keep_in_history(&self, events: &[Event]) {
+        let Some(history) = &self.history else { return };
+        if events.is_empty() {
+            return;
+        }
+        let mut history = history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(e) = history.append(events) {
+            tracing::warn!("{e}; the page's list misses these events (they are in the outbox)");
+        }
     }
 
     fn run_actions(

@@ -40,6 +40,60 @@ pub struct Telemetry {
     pub held: super::held::HeldReport,
     /// Times the outbox file was reopened after an I/O error since start.
     pub outbox_reopens: u64,
+    /// The state folder's budget: each part's size and quota, what was pruned and when.
+    pub storage: StorageReport,
+}
+
+/// The state folder's budget, part by part, beside the disk that is really there.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StorageReport {
+    pub disk_free_bytes: Option<u64>,
+    pub disk_total_bytes: Option<u64>,
+    pub parts: Vec<StoragePart>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StoragePart {
+    /// `outbox`, `evidence pictures`, `evidence chain`, `models`, `history`.
+    pub name: &'static str,
+    pub bytes: u64,
+    /// Its own quota, where it has one.
+    pub quota_bytes: Option<u64>,
+    /// What was deleted to stay within budget since start (outbox: since it was created), and when last.
+    pub pruned: Option<u64>,
+    pub last_pruned_at: Option<DateTime<Utc>>,
+}
+
+/// The budget of `state_dir` as the board and the files show it now.
+pub fn storage_report(state_dir: &Path, status: &crate::delivery::board::Status) -> StorageReport {
+    let disk = crate::base::disk::disk_space(state_dir);
+    let file_bytes = |name: &str| std::fs::metadata(state_dir.join(name)).map(|m| m.len()).unwrap_or(0);
+    let mut parts = vec![StoragePart {
+        name: "outbox",
+        bytes: file_bytes("outbox.redb").max(status.outbox.bytes),
+        quota_bytes: Some(status.outbox.quota_bytes),
+        pruned: Some(status.outbox.evidence_pruned_total),
+        last_pruned_at: status.outbox.last_pruned_at,
+    }];
+    if let Some(usage) = &status.evidence_usage {
+        parts.push(StoragePart {
+            name: "evidence pictures",
+            bytes: usage.pictures_bytes,
+            quota_bytes: Some(usage.quota_bytes),
+            pruned: Some(usage.pictures_pruned),
+            last_pruned_at: usage.last_pruned_at,
+        });
+        parts.push(StoragePart { name: "evidence chain", bytes: usage.chain_bytes, ..Default::default() });
+    }
+    parts.push(StoragePart { name: "models", bytes: folder_bytes(&state_dir.join("models")), ..Default::default() });
+    parts.push(StoragePart { name: "history", bytes: file_bytes("history.redb"), ..Default::default() });
+    StorageReport { disk_free_bytes: disk.map(|d| d.free_bytes), disk_total_bytes: disk.map(|d| d.total_bytes), parts }
+}
+
+fn folder_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -142,6 +196,7 @@ impl TelemetrySampler {
             tracing::warn!("telemetry: {e}");
             OutboxStats { depth: status.outbox_depth, ..Default::default() }
         });
+        let storage = storage_report(&self.state_dir, &status);
         Telemetry {
             schema_version: TELEMETRY_SCHEMA_VERSION,
             device: status.device_id,
@@ -156,6 +211,7 @@ impl TelemetrySampler {
             clock: clock_state(),
             mqtt_published: status.mqtt.published,
             chain_head: status.evidence.chain_head,
+            storage,
             held: status.held,
             outbox_reopens: self.outbox.reopens(),
         }

@@ -114,6 +114,8 @@ pub struct Chain {
     unpublished: Vec<ChainProof>,
     /// The key the last record rotated to, when the last record is a rotation.
     last_rotated_to: Option<String>,
+    /// Bytes of all segments.
+    bytes: u64,
 }
 
 impl Chain {
@@ -147,6 +149,7 @@ impl Chain {
             head: None,
             unpublished: Vec::new(),
             last_rotated_to: None,
+            bytes: Self::measure(&segments_dir),
         };
         match last {
             Some(line) => {
@@ -173,7 +176,11 @@ impl Chain {
 
     /// Total size of the segments: the chain counts in the evidence budget.
     pub fn bytes(&self) -> u64 {
-        segment_files(&self.segments_dir)
+        self.bytes
+    }
+
+    fn measure(segments_dir: &Path) -> u64 {
+        segment_files(segments_dir)
             .unwrap_or_default()
             .iter()
             .filter_map(|p| std::fs::metadata(p).ok())
@@ -211,6 +218,7 @@ impl Chain {
             deleted.push(segment.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
         }
         if first_seq.is_some() {
+            self.bytes = Self::measure(&self.segments_dir);
             // Retention deletes from the oldest segment on: everything up to `last_seq` is gone,
             // also what earlier prunings deleted (their records may be gone with their segments).
             let first_seq = 1;
@@ -317,6 +325,9 @@ impl Chain {
         // A failed write (a full disk) must not leave half a line for the next record to follow.
         let length_before = self.file.metadata().map(|m| m.len()).ok();
         let written = self.file.write_all(line.as_bytes()).and_then(|()| self.file.sync_data());
+        if written.is_ok() {
+            self.bytes += line.len() as u64;
+        }
         if let Err(e) = written {
             if let Some(length) = length_before {
                 let _ = self.file.set_len(length);

@@ -67,6 +67,8 @@ pub struct EvidencedFrame {
     pub chain_records: Vec<ChainProof>,
     /// How far the chain has reached, when this frame moved it.
     pub chain_head: Option<ChainHead>,
+    /// What the evidence takes of its budget (None when evidence is off).
+    pub usage: Option<store::EvidenceUsage>,
 }
 
 /// Applies privacy and keeps evidence; its store is None when `evidence.enabled` is off.
@@ -130,6 +132,7 @@ impl EvidenceStage {
             actions,
             chain_records,
             chain_head,
+            usage: self.store.as_ref().map(EvidenceStore::usage),
         }
     }
 

@@ -64,6 +64,21 @@ pub struct EvidenceStore {
     /// Held while the store is open: one writer of the chain at a time (the running agent, or a
     /// key rotation with the agent stopped).
     _writer_lock: std::fs::File,
+    /// Pictures deleted by retention since start, and when last.
+    pruned_files: u64,
+    last_pruned_at: Option<DateTime<Utc>>,
+}
+
+/// The evidence folder's share of the storage budget, for the page and telemetry.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct EvidenceUsage {
+    pub pictures_bytes: u64,
+    pub chain_bytes: u64,
+    /// `evidence.max_disk_mb`, pictures and chain together.
+    pub quota_bytes: u64,
+    /// Pictures deleted by retention since start (age, quota, free space), and when last.
+    pub pictures_pruned: u64,
+    pub last_pruned_at: Option<DateTime<Utc>>,
 }
 
 /// What was kept for one event message.
@@ -133,11 +148,32 @@ impl EvidenceStore {
         let chain = Chain::open(&dir, key, device)?;
         let pictures = scan(&dir).map_err(|e| folder_error(e.to_string()))?;
         let total_bytes = pictures.iter().map(|p| p.bytes).sum();
-        Ok(Self { dir, settings, pictures, total_bytes, chain, free_space, _writer_lock: writer_lock })
+        Ok(Self {
+            dir,
+            settings,
+            pictures,
+            total_bytes,
+            chain,
+            free_space,
+            _writer_lock: writer_lock,
+            pruned_files: 0,
+            last_pruned_at: None,
+        })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What the evidence takes against its quota.
+    pub fn usage(&self) -> EvidenceUsage {
+        EvidenceUsage {
+            pictures_bytes: self.total_bytes,
+            chain_bytes: self.chain.bytes(),
+            quota_bytes: self.settings.max_disk_mb.saturating_mul(1 << 20),
+            pictures_pruned: self.pruned_files,
+            last_pruned_at: self.last_pruned_at,
+        }
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -245,6 +281,8 @@ impl EvidenceStore {
             remove_empty_day_folders(&self.dir);
             let reason = reasons.into_iter().collect::<Vec<_>>().join(",");
             tracing::info!(files = deleted.len(), reason, "deleted old evidence");
+            self.pruned_files += deleted.len() as u64;
+            self.last_pruned_at = Some(now);
             self.chain.append(now, RecordContent::Pruned { files: deleted.clone(), reason })?;
         }
         // Whole chain segments past the age limit go too, recorded in the chain.

@@ -284,6 +284,31 @@ pub async fn overview(State(state): State<Arc<WebState>>, session: Session, lang
                 }
             }
         }
+        section.card #storage data-refresh="periodic" {
+            h2 { (t(T::Storage)) }
+            @let storage = crate::delivery::telemetry::storage_report(&state.state_dir, &status);
+            div.scroll {
+                table {
+                    thead { tr { th { (t(T::Part)) } th { (t(T::Size)) } th { (t(T::Quota)) } th { (t(T::Pruned)) } } }
+                    tbody {
+                        @for part in &storage.parts {
+                            tr {
+                                td { (part.name) }
+                                td { (human_bytes(part.bytes)) }
+                                td { @match part.quota_bytes { Some(q) => { (human_bytes(q)) } None => { "—" } } }
+                                td {
+                                    @match (part.pruned, part.last_pruned_at) {
+                                        (Some(n), Some(at)) => { (n) " (" (at.format("%Y-%m-%d %H:%M UTC")) ")" }
+                                        (Some(n), None) => { (n) }
+                                        _ => { "—" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
         section.card #models data-refresh="periodic" {
             h2 { (t(T::Models)) }
             div.scroll {
