@@ -3,6 +3,7 @@
 //! secret redaction. Imports nothing from the rest of the crate.
 
 pub mod backoff;
+pub mod blocking;
 pub mod disk;
 pub mod ed25519;
 pub mod liveness;

@@ -227,6 +227,21 @@ struct Inner {
     evidence_usage: Option<EvidenceUsage>,
 }
 
+impl Inner {
+    /// Puts an event in front of the recent events and the page's history (both bounded).
+    fn push_event(&mut self, event: Event) {
+        if self.recent_events.len() == RECENT_EVENTS {
+            self.recent_events.pop_back();
+        }
+        self.recent_events.push_front(event.clone());
+        self.events_total += 1;
+        if self.event_history.len() == EVENT_HISTORY {
+            self.event_history.pop_back();
+        }
+        self.event_history.push_front(EventRecord { event, frame_jpeg: None, acknowledged: None });
+    }
+}
+
 pub struct StatusBoard {
     device_id: String,
     started_at: DateTime<Utc>,
@@ -346,31 +361,15 @@ impl StatusBoard {
     pub fn load_history(&self, events: Vec<Event>) {
         let mut inner = self.lock();
         for event in events {
-            if inner.recent_events.len() == RECENT_EVENTS {
-                inner.recent_events.pop_back();
-            }
-            inner.recent_events.push_front(event.clone());
-            inner.events_total += 1;
-            if inner.event_history.len() == EVENT_HISTORY {
-                inner.event_history.pop_back();
-            }
-            inner.event_history.push_front(EventRecord { event, frame_jpeg: None, acknowledged: None });
+            inner.push_event(event);
         }
     }
 
     pub fn record_events(&self, events: &[Event]) {
         let mut inner = self.lock();
         for event in events {
-            if inner.recent_events.len() == RECENT_EVENTS {
-                inner.recent_events.pop_back();
-            }
-            inner.recent_events.push_front(event.clone());
-            inner.events_total += 1;
             *inner.events_by_kind.entry(event_kind_name(event)).or_default() += 1;
-            if inner.event_history.len() == EVENT_HISTORY {
-                inner.event_history.pop_back();
-            }
-            inner.event_history.push_front(EventRecord { event: event.clone(), frame_jpeg: None, acknowledged: None });
+            inner.push_event(event.clone());
             if let Some(old) = inner.event_history.get_mut(EVENT_FRAMES_KEPT) {
                 old.frame_jpeg = None;
             }

@@ -20,6 +20,7 @@ use image::RgbImage;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::base::blocking::off_the_workers;
 use crate::base::liveness::Heartbeat;
 use crate::infer::{BoundingBox, Findings, ModelResult};
 use crate::judge::config::ActionConfig;
@@ -230,12 +231,7 @@ pub async fn run_evidence(
     heartbeat.pause();
     while let Some(judgement) = input.recv().await {
         heartbeat.beat();
-        let processed = tokio::task::spawn_blocking(move || {
-            let evidenced = stage.process(judgement);
-            (stage, evidenced)
-        })
-        .await;
-        let evidenced = match processed {
+        let evidenced = match off_the_workers(stage, move |stage| stage.process(judgement)).await {
             Ok((returned, evidenced)) => {
                 stage = returned;
                 evidenced

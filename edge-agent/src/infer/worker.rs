@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::control::{ModelTestRequest, ModelTestRun, WorkerControls};
 use super::{infer_frame, InferredFrame, Model};
+use crate::base::blocking::off_the_workers;
 use crate::base::liveness::Heartbeat;
 use crate::base::shutdown::Shutdown;
 use crate::source::CameraFeed;
@@ -60,11 +61,7 @@ pub async fn run_inference(
         heartbeat.beat();
         next_camera = (index + 1) % count;
         controls.runs.frame_started();
-        let worked = tokio::task::spawn_blocking(move || {
-            let outcome = infer_frame(&mut models, frame);
-            (models, outcome)
-        })
-        .await;
+        let worked = off_the_workers(models, move |models| infer_frame(models, frame)).await;
         controls.runs.frame_ended();
         let (returned_models, (inferred, failures)) = match worked {
             Ok(done) => done,
@@ -105,12 +102,7 @@ async fn run_test(models: Vec<Model>, feeds: &[CameraFeed], test: ModelTestReque
         let _ = reply.send(Err(format!("camera {camera:?} has no frame yet")));
         return Some(models);
     };
-    let mut models = models;
-    let worked = tokio::task::spawn_blocking(move || {
-        let outcome = infer_frame(&mut models, frame);
-        (models, outcome)
-    })
-    .await;
+    let worked = off_the_workers(models, move |models| infer_frame(models, frame)).await;
     match worked {
         Ok((models, (inferred, failures))) => {
             let failures = failures.into_iter().map(|(model, error)| (model.name, error.to_string())).collect();

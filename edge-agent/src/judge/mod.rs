@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+use crate::base::blocking::off_the_workers;
 use crate::base::liveness::Heartbeat;
 use crate::infer::{BoundingBox, Findings, InferError, InferredFrame, ModelId, ModelResult};
 use crate::source::Frame;
@@ -569,12 +570,7 @@ pub async fn run_judge(
                 let new_settings = settings.borrow_and_update().clone();
                 // The config store validated the whole config already; a refusal here (a taxonomy
                 // file gone meanwhile) keeps the old settings running. Loading a classifier blocks.
-                let reconfigured = tokio::task::spawn_blocking(move || {
-                    let outcome = judge.reconfigure(&new_settings);
-                    (judge, outcome)
-                })
-                .await;
-                match reconfigured {
+                match off_the_workers(judge, move |judge| judge.reconfigure(&new_settings)).await {
                     Ok((returned, outcome)) => {
                         judge = returned;
                         match outcome {
@@ -591,12 +587,7 @@ pub async fn run_judge(
             }
         };
         heartbeat.beat();
-        let judged = tokio::task::spawn_blocking(move || {
-            let judgement = judge.judge(inferred);
-            (judge, judgement)
-        })
-        .await;
-        let judgement = match judged {
+        let judgement = match off_the_workers(judge, move |judge| judge.judge(inferred)).await {
             Ok((returned, judgement)) => {
                 judge = returned;
                 judgement
