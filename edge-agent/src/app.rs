@@ -330,7 +330,9 @@ fn open_history(config: &Config, board: &StatusBoard) -> Option<Arc<std::sync::M
         }
         Err(e) => tracing::error!("{e}; earlier events are not listed"),
     }
-    Some(Arc::new(std::sync::Mutex::new(history)))
+    let history = Arc::new(std::sync::Mutex::new(history));
+    board.set_history(history.clone());
+    Some(history)
 }
 
 /// "Sources are up" for systemd: every camera has delivered a frame or said why it cannot, or

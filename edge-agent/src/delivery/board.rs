@@ -2,7 +2,7 @@
 //! outbox, recent events, latest annotated frames). Stages write to it; the web page and the MQTT
 //! status message read it. Held behind one lock, written a few times per frame at most.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::delivery::held::HeldReport;
+use crate::delivery::history::EventHistory;
 use crate::delivery::outbox::OutboxStats;
 use crate::delivery::stats::DailyStats;
 use crate::evidence::chain::ChainHead;
@@ -26,6 +27,8 @@ use crate::source::CameraHealth;
 pub const RECENT_EVENTS: usize = 20;
 /// Events the web page can list, filter and count (in memory; newest first).
 pub const EVENT_HISTORY: usize = 2000;
+/// Events one search of the history on disk reads at most (beyond the ones in memory).
+pub const EVENT_SEARCH_MAX: usize = 20_000;
 /// Events whose annotated frame is kept in memory as their picture (a frame is ~50-100 KB).
 pub const EVENT_FRAMES_KEPT: usize = 200;
 /// Window over which a camera's frame rate is measured.
@@ -247,6 +250,8 @@ pub struct StatusBoard {
     started_at: DateTime<Utc>,
     started: Instant,
     inner: Mutex<Inner>,
+    /// The event history on disk, once delivery has opened it.
+    history: Mutex<Option<Arc<Mutex<EventHistory>>>>,
     /// New events for live pages (Server-Sent Events); nobody listening is fine.
     new_events: broadcast::Sender<Event>,
 }
@@ -282,6 +287,7 @@ impl StatusBoard {
                 evidence_usage: None,
             }),
             new_events: broadcast::channel(256).0,
+            history: Mutex::new(None),
         }
     }
 
@@ -387,21 +393,54 @@ impl StatusBoard {
     }
 
     /// The events the page knows, newest first.
+    /// The events the page can list and search, newest first: the in-memory list while it holds
+    /// every kept event, else the history on disk for the whole retention period (at most
+    /// [`EVENT_SEARCH_MAX`]), with this run's frames and acknowledgements where the board has them.
     pub fn event_history(&self) -> Vec<EventRecord> {
-        self.lock().event_history.iter().cloned().collect()
+        let (in_memory, history) = {
+            let inner = self.lock();
+            (inner.event_history.iter().cloned().collect::<Vec<_>>(), self.history.lock().ok().and_then(|h| h.clone()))
+        };
+        let Some(history) = history.filter(|_| in_memory.len() >= EVENT_HISTORY) else { return in_memory };
+        let known: HashMap<(Uuid, u32), &EventRecord> =
+            in_memory.iter().map(|r| ((r.event.event_id, r.event.revision), r)).collect();
+        let mut all = Vec::new();
+        let history = history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let visited = history.for_each_newest_first(|event| {
+            let record = known.get(&(event.event_id, event.revision)).map(|r| (*r).clone()).unwrap_or(EventRecord {
+                event,
+                frame_jpeg: None,
+                acknowledged: None,
+            });
+            all.push(record);
+            all.len() < EVENT_SEARCH_MAX
+        });
+        if let Err(e) = visited {
+            tracing::warn!("{e}; listing only the events in memory");
+            drop(known);
+            return in_memory;
+        }
+        all
+    }
+
+    /// The history on disk, for searches beyond the events in memory.
+    pub fn set_history(&self, history: Arc<Mutex<EventHistory>>) {
+        if let Ok(mut slot) = self.history.lock() {
+            *slot = Some(history);
+        }
     }
 
     pub fn event_record(&self, event_id: Uuid) -> Option<EventRecord> {
-        self.lock().event_history.iter().find(|r| r.event.event_id == event_id).cloned()
+        let found = self.lock().event_history.iter().find(|r| r.event.event_id == event_id).cloned();
+        found.or_else(|| self.event_history().into_iter().find(|r| r.event.event_id == event_id))
     }
 
     /// One revision of an event (start, an update, end), newest kept one when `revision` is `None`.
     pub fn event_revision(&self, event_id: Uuid, revision: Option<u32>) -> Option<EventRecord> {
-        self.lock()
-            .event_history
-            .iter()
-            .find(|r| r.event.event_id == event_id && revision.is_none_or(|rev| r.event.revision == rev))
-            .cloned()
+        let wanted =
+            |r: &EventRecord| r.event.event_id == event_id && revision.is_none_or(|rev| r.event.revision == rev);
+        let found = self.lock().event_history.iter().find(|r| wanted(r)).cloned();
+        found.or_else(|| self.event_history().into_iter().find(wanted))
     }
 
     /// Marks an event as seen and handled on the page; `None` when the page no longer knows it.
@@ -413,7 +452,7 @@ impl StatusBoard {
 
     /// Every kept revision of an event, newest first.
     pub fn event_revisions(&self, event_id: Uuid) -> Vec<EventRecord> {
-        self.lock().event_history.iter().filter(|r| r.event.event_id == event_id).cloned().collect()
+        self.event_history().into_iter().filter(|r| r.event.event_id == event_id).collect()
     }
 
     /// Remembers how an event was labelled (a later label replaces it).
@@ -531,5 +570,36 @@ pub fn event_kind_name(event: &Event) -> String {
     match serde_json::to_value(&event.kind) {
         Ok(serde_json::Value::String(kind)) => kind,
         _ => format!("{:?}", &event.kind).to_lowercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::fixtures::{at, test_event};
+    use crate::judge::lifecycle::LifecycleState;
+    use crate::judge::EventKind;
+
+    #[test]
+    fn the_page_searches_the_history_on_disk_beyond_the_events_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut history = EventHistory::open(&dir.path().join("history.redb"), 100_000).unwrap();
+        let events: Vec<Event> = (0..EVENT_HISTORY + 100)
+            .map(|i| {
+                let mut event = test_event(EventKind::Object, LifecycleState::Start, at(i as f64));
+                event.event_id = Uuid::now_v7();
+                event
+            })
+            .collect();
+        history.append(&events).unwrap();
+        let board = StatusBoard::new("box".into(), None);
+        board.load_history(history.newest(EVENT_HISTORY).unwrap());
+        assert_eq!(board.event_history().len(), EVENT_HISTORY, "without the history: the events in memory");
+        board.set_history(Arc::new(Mutex::new(history)));
+        let all = board.event_history();
+        assert_eq!(all.len(), EVENT_HISTORY + 100, "with it: every event kept on disk");
+        assert_eq!(all[0].event.event_id, events.last().unwrap().event_id, "newest first");
+        let oldest = events[0].event_id;
+        assert!(board.event_record(oldest).is_some(), "an event older than those in memory is found");
     }
 }

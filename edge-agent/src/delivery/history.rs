@@ -102,6 +102,21 @@ impl EventHistory {
         Ok(events)
     }
 
+    /// Visits events newest first until `visit` says stop.
+    pub fn for_each_newest_first(&self, mut visit: impl FnMut(Event) -> bool) -> Result<(), HistoryError> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = txn.open_table(EVENTS).map_err(|e| self.error(e))?;
+        for entry in table.iter().map_err(|e| self.error(e))?.rev() {
+            let (_, value) = entry.map_err(|e| self.error(e))?;
+            if let Ok(event) = serde_json::from_slice::<Event>(value.value()) {
+                if !visit(event) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> Result<u64, HistoryError> {
         let txn = self.db.begin_read().map_err(|e| self.error(e))?;
         let table = txn.open_table(EVENTS).map_err(|e| self.error(e))?;
