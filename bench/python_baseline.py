@@ -23,7 +23,10 @@ import onnxruntime
 
 
 def load_manifest(path):
+    """The model manifest at `path`, or None for the other TOML files in models/ (taxonomies)."""
     manifest = tomllib.loads(path.read_text())
+    if not all(key in manifest for key in ("name", "file", "sha256", "input", "labels")):
+        return None
     manifest["folder"] = path.parent
     manifest["label_count"] = len((path.parent / manifest["labels"]).read_text().splitlines())
     return manifest
@@ -135,7 +138,7 @@ def main():
     results = []
     for manifest_path in sorted(args.models.glob("*.toml")):
         manifest = load_manifest(manifest_path)
-        if args.only and manifest["name"] not in args.only:
+        if manifest is None or (args.only and manifest["name"] not in args.only):
             continue
         input_name = manifest["input"]["name"]
         tensors = [
