@@ -162,7 +162,7 @@ fn dozens_of_kills_at_random_moments_leave_an_outbox_that_opens_a_chain_that_ver
     // A tiny evidence quota: pruning runs all the time while the agent is killed.
     let extra = format!("{EVERY_ARRIVAL_IS_AN_EVENT}\n[evidence]\nmax_disk_mb = 1\n");
     let mqtt = format!("url = \"{}\"", broker.url());
-    let (config, _) = write_agent_config(dir.path(), DEVICE, &mqtt, &cameras, &extra);
+    let (config, web_port) = write_agent_config(dir.path(), DEVICE, &mqtt, &cameras, &extra);
     let subscriber = Subscriber::connect(broker.port, &format!("edge/{DEVICE}/events"));
     let log = dir.path().join("agent.log");
     let mut agent = Agent::start(&config, &log);
@@ -209,6 +209,14 @@ fn dozens_of_kills_at_random_moments_leave_an_outbox_that_opens_a_chain_that_ver
     assert!(agent.is_running());
     let text = plain_log(&std::fs::read_to_string(&log).unwrap());
     assert!(!text.contains("corrupted beyond repair"), "the outbox was lost to a kill");
+    // The history survived the kills: the page finds events of the first rounds.
+    let first_rounds: Vec<String> = queued(&text).into_iter().map(|(id, _)| id).take(5).collect();
+    let found = eventually(Duration::from_secs(30), || {
+        first_rounds.iter().find(|id| {
+            http_get(&format!("http://127.0.0.1:{web_port}/api/v1/events/{id}")).is_ok_and(|(status, _)| status == 200)
+        })
+    });
+    assert!(found.is_some(), "the page finds none of the first rounds' events after {kills} kills: {first_rounds:?}");
 }
 
 /// Event ids the page lists (`/api/v1/events`).

@@ -64,6 +64,9 @@ pub async fn run(
             Ok(None) => {}
             Err(problem) => tracing::error!("{problem}"),
         }
+        if config_problem.is_none() {
+            model_update::prune_unused_models(&config.state_dir, &config);
+        }
     }
     let config_text = config_path.as_deref().and_then(|p| std::fs::read_to_string(p).ok());
     let parts = match build(&config).await {

@@ -266,6 +266,7 @@ impl CommandHandler {
             ProbationOutcome::Interrupted => return Probation::Interrupted,
             ProbationOutcome::Passed(_) => {
                 PendingSwitch::clear(&self.state_dir);
+                prune_unused_models(&self.state_dir, &self.settings.store().current());
                 return Probation::Confirmed;
             }
             ProbationOutcome::Hung(busy) => {
@@ -532,6 +533,35 @@ pub fn roll_back_unconfirmed_switch(config_path: &Path, config: &Config) -> Resu
     )))
 }
 
+/// Downloaded models (`state_dir/models`) no configured model uses any more — replaced and
+/// confirmed, or rolled back — are deleted: the models folder holds what runs and nothing else.
+/// Returns the files deleted. Only files inside that folder are ever touched.
+pub fn prune_unused_models(state_dir: &Path, config: &Config) -> Vec<PathBuf> {
+    let folder = state_dir.join("models");
+    let Ok(entries) = std::fs::read_dir(&folder) else { return Vec::new() };
+    let in_use: Vec<PathBuf> = config.models.iter().filter_map(|m| m.manifest.canonicalize().ok()).collect();
+    let mut deleted = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        if path.canonicalize().is_ok_and(|p| in_use.contains(&p)) {
+            continue;
+        }
+        let onnx = crate::infer::manifest::Manifest::load(&path).ok().map(|m| m.onnx_path());
+        for file in [Some(path.clone()), onnx].into_iter().flatten() {
+            if file.parent() == Some(folder.as_path()) && std::fs::remove_file(&file).is_ok() {
+                deleted.push(file);
+            }
+        }
+    }
+    if !deleted.is_empty() {
+        tracing::info!(files = deleted.len(), folder = %folder.display(), "deleted downloaded models no longer in use");
+    }
+    deleted
+}
+
 /// How a new model's first minutes ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Probation {
@@ -681,6 +711,33 @@ mod tests {
     }
 
     const HUNG: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn downloaded_models_no_model_uses_are_deleted_and_the_one_in_use_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("models");
+        std::fs::create_dir(&folder).unwrap();
+        for name in ["nanodet-aaaa", "nanodet-bbbb"] {
+            let text =
+                std::fs::read_to_string(nanodet_manifest()).unwrap().replace("nanodet.onnx", &format!("{name}.onnx"));
+            std::fs::write(folder.join(format!("{name}.toml")), text).unwrap();
+            std::fs::write(folder.join(format!("{name}.onnx")), b"weights").unwrap();
+        }
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "state_dir = {:?}\n[[models]]\nmanifest = \"models/nanodet-bbbb.toml\"\n[[cameras]]\nid = \"c\"\nsource = {{ kind = \"replay\", path = \"x\" }}\n",
+                dir.path().display().to_string()
+            ),
+        )
+        .unwrap();
+        let config = crate::config::Config::load(&path).unwrap();
+        let deleted = prune_unused_models(dir.path(), &config);
+        assert_eq!(deleted.len(), 2, "{deleted:?}");
+        assert!(!folder.join("nanodet-aaaa.onnx").exists() && !folder.join("nanodet-aaaa.toml").exists());
+        assert!(folder.join("nanodet-bbbb.onnx").exists() && folder.join("nanodet-bbbb.toml").exists());
+    }
 
     #[tokio::test]
     async fn a_frame_that_never_ends_during_probation_is_a_hung_model() {

@@ -15,8 +15,12 @@ use crate::judge::Event;
 /// Key: a sequence that only grows; value: the event message as JSON.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
-/// Pruning by age runs at most this often.
+/// Pruning runs at most this often.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The history's share of the state folder: at most this many events (about 1.5 kB each), the
+/// oldest go first, whatever the retention period says.
+pub const MAX_EVENTS: u64 = 50_000;
 
 #[derive(Debug, thiserror::Error)]
 #[error("event history {path}: {message}")]
@@ -76,7 +80,7 @@ impl EventHistory {
         if self.last_pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             self.last_pruned = Some(Instant::now());
             let before = Utc::now() - chrono::Duration::days(i64::from(self.keep_days));
-            let pruned = self.prune_before(before)?;
+            let pruned = self.prune_before(before)? + self.prune_to(MAX_EVENTS)?;
             if pruned > 0 {
                 tracing::info!(events = pruned, days = self.keep_days, "pruned the event history by age");
             }
@@ -155,6 +159,25 @@ impl EventHistory {
         Ok(pruned)
     }
 
+    /// Deletes the oldest events beyond `max`; returns how many went.
+    pub fn prune_to(&mut self, max: u64) -> Result<u64, HistoryError> {
+        let excess = self.len()?.saturating_sub(max);
+        if excess == 0 {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        {
+            let mut table = txn.open_table(EVENTS).map_err(|e| self.error(e))?;
+            for _ in 0..excess {
+                if table.pop_first().map_err(|e| self.error(e))?.is_none() {
+                    break;
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.error(e))?;
+        Ok(excess)
+    }
+
     /// Bytes of the history file, for the storage budget.
     pub fn file_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
@@ -186,6 +209,8 @@ mod tests {
         );
         assert_eq!(history.prune_before(at(2.5 * 86_400.0)).unwrap(), 3);
         assert_eq!(history.len().unwrap(), 2);
+        assert_eq!(history.prune_to(1).unwrap(), 1, "the share bounds it too");
+        assert_eq!(history.newest(5).unwrap()[0].time, at(4.0 * 86_400.0), "the newest stays");
     }
 
     #[test]

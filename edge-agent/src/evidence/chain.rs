@@ -188,8 +188,10 @@ impl Chain {
             .sum()
     }
 
-    /// Deletes whole segments whose last record is older than `before` (never the current one)
-    /// and records which records went. Returns the deleted segments' names.
+    /// Deletes whole segments whose last record is older than `before` (never the current one),
+    /// oldest first. The chain records which records go before the files go, so a crash in between
+    /// leaves segments the chain calls pruned, never segments gone without a record. Returns the
+    /// deleted segments' names.
     pub fn prune_segments(
         &mut self,
         now: DateTime<Utc>,
@@ -198,8 +200,8 @@ impl Chain {
     ) -> Result<Vec<String>, ChainError> {
         let error = |message: String| ChainError::File { path: self.segments_dir.clone(), message };
         let files = segment_files(&self.segments_dir).map_err(|e| error(e.to_string()))?;
-        let mut deleted = Vec::new();
-        let (mut first_seq, mut last_seq) = (None, 0);
+        let mut old = Vec::new();
+        let mut last_seq = 0;
         for pair in files.windows(2) {
             let (segment, next) = (&pair[0], &pair[1]);
             let mut file = std::fs::File::open(segment).map_err(|e| error(e.to_string()))?;
@@ -212,30 +214,29 @@ impl Chain {
             if last_time.is_none_or(|time| time >= before) {
                 break;
             }
-            std::fs::remove_file(segment).map_err(|e| error(format!("cannot delete {}: {e}", segment.display())))?;
-            first_seq.get_or_insert(segment_first_seq(segment).unwrap_or(0));
             last_seq = segment_first_seq(next).unwrap_or(1).saturating_sub(1);
-            deleted.push(segment.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
+            old.push(segment.clone());
         }
-        if first_seq.is_some() {
-            self.bytes = Self::measure(&self.segments_dir);
-            // Retention deletes from the oldest segment on: everything up to `last_seq` is gone,
-            // also what earlier prunings deleted (their records may be gone with their segments).
-            let first_seq = 1;
-            let _ = sync_folder(&self.path);
-            tracing::info!(
-                segments = deleted.len(),
-                first_seq,
-                last_seq,
-                reason,
-                "deleted old evidence chain segments"
-            );
-            self.append(
-                now,
-                RecordContent::ChainPruned { segments: deleted.clone(), first_seq, last_seq, reason: reason.into() },
-            )?;
+        if old.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(deleted)
+        let names: Vec<String> =
+            old.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()).collect();
+        // Retention deletes from the oldest segment on: everything up to `last_seq` is gone, also
+        // what earlier prunings deleted (their records may be gone with their segments).
+        self.append(
+            now,
+            RecordContent::ChainPruned { segments: names.clone(), first_seq: 1, last_seq, reason: reason.into() },
+        )?;
+        for segment in &old {
+            if let Err(e) = std::fs::remove_file(segment) {
+                tracing::error!(segment = %segment.display(), "cannot delete an old chain segment: {e}");
+            }
+        }
+        let _ = sync_folder(&self.path);
+        self.bytes = Self::measure(&self.segments_dir);
+        tracing::info!(segments = names.len(), last_seq, reason, "deleted old evidence chain segments");
+        Ok(names)
     }
 
     pub fn path(&self) -> &Path {

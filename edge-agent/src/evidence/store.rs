@@ -246,44 +246,53 @@ impl EvidenceStore {
     }
 
     /// Deletes pictures past the age limit, then the oldest while over the quota or short of free
-    /// space, and records what went in the chain.
+    /// space. The chain records what goes *before* it goes: a crash in between leaves a picture the
+    /// chain calls pruned (still checked while it is there), never one gone without a record.
     pub fn enforce_retention(&mut self, now: DateTime<Utc>, incoming: u64) -> Result<Vec<String>, EvidenceError> {
         let max_age = chrono::Duration::days(i64::from(self.settings.max_age_days));
         // The chain counts in the budget too: pictures give way to it.
         let quota = self.settings.max_disk_mb.saturating_mul(1 << 20).saturating_sub(self.chain.bytes());
-        let mut deleted = Vec::new();
+        let free_now = self.free_space.free_bytes(&self.dir);
+        let (mut total, mut freed) = (self.total_bytes, 0u64);
+        let mut victims = Vec::new();
         let mut reasons = BTreeSet::new();
-        while let Some(oldest) = self.pictures.first().cloned() {
-            let reason = if now - oldest.modified > max_age {
+        for picture in &self.pictures {
+            let short_of_space = free_now
+                .is_some_and(|free| free.saturating_add(freed) < self.min_free_bytes().saturating_add(incoming));
+            let reason = if now - picture.modified > max_age {
                 "max_age_days"
-            } else if self.total_bytes + incoming > quota {
+            } else if total.saturating_add(incoming) > quota {
                 "max_disk_mb"
-            } else if !self.has_room_for(incoming) {
+            } else if short_of_space {
                 "min_free_mb"
             } else {
                 break;
             };
-            let path = self.dir.join(&oldest.file);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::error!(path = %path.display(), "cannot delete old evidence: {e}");
-                    break;
-                }
-            }
-            self.pictures.remove(&oldest);
-            self.total_bytes = self.total_bytes.saturating_sub(oldest.bytes);
+            total = total.saturating_sub(picture.bytes);
+            freed += picture.bytes;
             reasons.insert(reason);
-            deleted.push(oldest.file);
+            victims.push(picture.clone());
         }
-        if !deleted.is_empty() {
-            remove_empty_day_folders(&self.dir);
+        let mut deleted = Vec::new();
+        if !victims.is_empty() {
             let reason = reasons.into_iter().collect::<Vec<_>>().join(",");
+            let files: Vec<String> = victims.iter().map(|v| v.file.clone()).collect();
+            self.chain.append(now, RecordContent::Pruned { files, reason: reason.clone() })?;
+            for victim in victims {
+                let path = self.dir.join(&victim.file);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::error!(path = %path.display(), "cannot delete old evidence: {e}"),
+                }
+                self.pictures.remove(&victim);
+                self.total_bytes = self.total_bytes.saturating_sub(victim.bytes);
+                deleted.push(victim.file);
+            }
+            remove_empty_day_folders(&self.dir);
             tracing::info!(files = deleted.len(), reason, "deleted old evidence");
             self.pruned_files += deleted.len() as u64;
             self.last_pruned_at = Some(now);
-            self.chain.append(now, RecordContent::Pruned { files: deleted.clone(), reason })?;
         }
         // Whole chain segments past the age limit go too, recorded in the chain.
         self.chain.prune_segments(now, now - max_age, "max_age_days")?;
