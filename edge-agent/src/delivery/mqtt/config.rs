@@ -178,27 +178,31 @@ impl MqttConfig {
 /// Scheme, host and port of an `mqtt://host[:port]` (default 1883) or `mqtts://host[:port]`
 /// (default 8883) URL.
 pub fn parse_broker_url(url: &str) -> Result<BrokerUrl, String> {
+    // Error messages quote the URL: never with a password in it.
+    let shown = crate::base::redact::redact_userinfo(url);
     let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("mqtt://") {
         (false, rest)
     } else {
-        return Err(format!("is {url:?}; expected mqtt://host:port or mqtts://host:port"));
+        return Err(format!("is {shown:?}; expected mqtt://host:port or mqtts://host:port"));
     };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((host, port)) => {
-            let port = port
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("is {url:?}; the port {port:?} is not a number from 1 to 65535"))?;
+            let port = port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                if url.contains('@') {
+                    format!("is {shown:?}; expected mqtt://host:port, credentials go in `username` and `password`")
+                } else {
+                    format!("is {shown:?}; the port {port:?} is not a number from 1 to 65535")
+                }
+            })?;
             (host, port)
         }
         None => (rest, if tls { 8883 } else { 1883 }),
     };
     if host.is_empty() || host.contains(['/', '@']) {
-        return Err(format!("is {url:?}; expected mqtt://host:port with a host name (credentials go in `username`)"));
+        return Err(format!("is {shown:?}; expected mqtt://host:port with a host name (credentials go in `username`)"));
     }
     Ok(BrokerUrl { tls, host: host.to_string(), port })
 }
@@ -245,5 +249,13 @@ mod tests {
         let err = parse("url = \"mqtts://b\"\npassword = \"x\"\n").unwrap_err();
         assert_eq!(err.key, "mqtt.username");
         assert!(parse("url = \"mqtts://b\"\nca_file = \"ca.pem\"\nclient_cert = \"c\"\nclient_key = \"k\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_broker_url_with_a_password_is_refused_without_showing_it() {
+        for url in ["mqtt://user:s3cret@broker:1883", "mqtt://user:s3cret@broker"] {
+            let err = super::parse_broker_url(url).err().unwrap();
+            assert!(!err.contains("s3cret") && err.contains("username"), "{err}");
+        }
     }
 }
