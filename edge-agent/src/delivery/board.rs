@@ -177,13 +177,56 @@ pub struct SampleLabel {
     pub labels_file: String,
 }
 
+/// A camera's newest frame (privacy applied) and what the page draws on it. Encoding a JPEG of every
+/// frame cost more CPU than the models: it is made when the page, the API or a `snapshot` asks, at
+/// most once per frame, and for frames that carry events (their picture on the page).
+pub struct LiveFrame {
+    pub image: Arc<RgbImage>,
+    pub results: Vec<ModelResult>,
+    pub event_boxes: Vec<crate::infer::BoundingBox>,
+    pub zones: Vec<crate::judge::zones::Zone>,
+    jpeg: std::sync::OnceLock<Option<Arc<Vec<u8>>>>,
+}
+
+/// Quality of the page's live frame: small and fast; evidence JPEGs are kept at higher quality.
+const LIVE_FRAME_JPEG_QUALITY: u8 = 75;
+
+impl LiveFrame {
+    pub fn new(
+        image: Arc<RgbImage>,
+        results: Vec<ModelResult>,
+        event_boxes: Vec<crate::infer::BoundingBox>,
+        zones: Vec<crate::judge::zones::Zone>,
+    ) -> Self {
+        Self { image, results, event_boxes, zones, jpeg: std::sync::OnceLock::new() }
+    }
+
+    /// The annotated frame as JPEG, encoded on first use.
+    pub fn jpeg(&self) -> Option<Arc<Vec<u8>>> {
+        self.jpeg
+            .get_or_init(|| {
+                let mut annotated = crate::evidence::draw::annotate(&self.image, &self.results, &self.event_boxes);
+                crate::evidence::draw::draw_zones(&mut annotated, &self.zones);
+                match crate::evidence::draw::encode_jpeg(&annotated, LIVE_FRAME_JPEG_QUALITY) {
+                    Ok(jpeg) => Some(Arc::new(jpeg)),
+                    Err(e) => {
+                        tracing::warn!("cannot encode the live frame: {e}");
+                        None
+                    }
+                }
+            })
+            .clone()
+    }
+}
+
 #[derive(Default)]
 struct CameraView {
     health: Arc<CameraHealth>,
     last_frame_at: Option<DateTime<Utc>>,
     size: (u32, u32),
     inference_ms: f64,
-    latest_jpeg: Option<Arc<Vec<u8>>>,
+    /// The newest frame with what to draw on it; its JPEG is made only when someone asks.
+    live: Option<Arc<LiveFrame>>,
     /// The newest judged frame without drawings (privacy applied), for drawing zones on; encoded
     /// only when someone asks.
     latest_scene: Option<Arc<RgbImage>>,
@@ -308,20 +351,16 @@ impl StatusBoard {
         self.lock().models = models;
     }
 
-    pub fn record_frame(
-        &self,
-        camera: &str,
-        at: DateTime<Utc>,
-        size: (u32, u32),
-        results: Vec<ModelResult>,
-        jpeg: Option<Vec<u8>>,
-    ) {
+    /// Records a camera's newest frame. The frame's JPEG is made here only when it carries
+    /// events (their picture on the page); otherwise when someone asks for it.
+    pub fn record_frame(&self, camera: &str, at: DateTime<Utc>, live: LiveFrame, has_events: bool) {
+        let live = Arc::new(live);
+        let event_jpeg = if has_events { live.jpeg() } else { None };
         let mut inner = self.lock();
-        for result in &results {
+        for result in &live.results {
             inner.model_latency.entry(result.model.name.clone()).or_default().observe(result.latency);
         }
-        let jpeg = jpeg.map(Arc::new);
-        if let Some(jpeg) = &jpeg {
+        if let Some(jpeg) = &event_jpeg {
             // The events of this frame were recorded just before it: the frame is their picture.
             let of_this_frame = |r: &&mut EventRecord| r.event.camera == camera && r.event.time == at;
             for record in inner.event_history.iter_mut().take_while(of_this_frame) {
@@ -330,17 +369,15 @@ impl StatusBoard {
         }
         if let Some(view) = inner.cameras.get_mut(camera) {
             view.last_frame_at = Some(at);
-            view.size = size;
-            view.inference_ms = results.iter().map(|r| r.latency.as_secs_f64() * 1000.0).sum();
-            view.latest_results = results;
+            view.size = live.image.dimensions();
+            view.inference_ms = live.results.iter().map(|r| r.latency.as_secs_f64() * 1000.0).sum();
+            view.latest_results = live.results.clone();
             let now = Instant::now();
             view.recent_frame_times.push_back(now);
             while view.recent_frame_times.front().is_some_and(|t| now.duration_since(*t) > FPS_WINDOW) {
                 view.recent_frame_times.pop_front();
             }
-            if let Some(jpeg) = jpeg {
-                view.latest_jpeg = Some(jpeg);
-            }
+            view.live = Some(live);
         }
     }
 
@@ -493,8 +530,10 @@ impl StatusBoard {
         self.lock().mqtt.published += n;
     }
 
+    /// The newest frame of a camera as JPEG, boxes and zones drawn (encoded outside the lock, once).
     pub fn latest_jpeg(&self, camera: &str) -> Option<Arc<Vec<u8>>> {
-        self.lock().cameras.get(camera).and_then(|c| c.latest_jpeg.clone())
+        let live = self.lock().cameras.get(camera).and_then(|c| c.live.clone())?;
+        live.jpeg()
     }
 
     pub fn camera_ids(&self) -> Vec<String> {

@@ -19,18 +19,15 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 
 use crate::base::liveness::Heartbeat;
-use crate::evidence::{draw, EvidencedFrame};
+use crate::evidence::EvidencedFrame;
 use crate::infer::BoundingBox;
 use crate::judge::Event;
 use actions::ActionLimiter;
-use board::StatusBoard;
+use board::{LiveFrame, StatusBoard};
 use held::Held;
 use history::EventHistory;
 use outbox::{Outbox, QueuedMessage};
 use stats::{DailyStatsKeeper, StatsUpdate};
-
-/// Quality of the page's live frame: small and fast; evidence JPEGs are kept at higher quality.
-const LIVE_FRAME_JPEG_QUALITY: u8 = 75;
 
 /// What the delivery stage holds between frames.
 pub struct Delivery {
@@ -108,20 +105,21 @@ impl Delivery {
         let outbox = self.outbox.clone();
         let boxes: Vec<BoundingBox> = events.iter().map(|e| BoundingBox::from(e.bbox)).collect();
         let zones_in_use: Vec<String> = zones.iter().map(|z| z.id.clone()).collect();
-        let image = frame.image.clone();
-        let results_for_drawing = results.clone();
-        // Disk commit and JPEG encoding are blocking work: keep them off the async workers.
+        // `frame.image` is private already (people blurred, privacy zones black).
+        let live = LiveFrame::new(frame.image.clone(), results, boxes, zones);
+        let has_events = !events.is_empty();
+        // The disk commit, and the JPEG of a frame with events (its events' picture on the page),
+        // are blocking work.
         let done = tokio::task::spawn_blocking(move || {
             let queued = enqueue_batch(&outbox, batch);
             let stats = outbox.stats();
-            // `image` is private already (people blurred, privacy zones black).
-            let mut annotated = draw::annotate(&image, &results_for_drawing, &boxes);
-            draw::draw_zones(&mut annotated, &zones);
-            let jpeg = draw::encode_jpeg(&annotated, LIVE_FRAME_JPEG_QUALITY);
-            (queued, stats, jpeg)
+            if has_events {
+                live.jpeg();
+            }
+            (queued, stats, live)
         })
         .await;
-        let (queued, stats, jpeg) = match done {
+        let (queued, stats, live) = match done {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!("delivery task failed: {e}");
@@ -140,8 +138,8 @@ impl Delivery {
         if let Ok(stats) = stats {
             self.board.set_outbox_stats(stats);
         }
-        let jpeg = jpeg.map_err(|e| tracing::warn!("cannot encode the live frame: {e}")).ok();
-        self.board.record_frame(&frame.camera, frame.captured_at, frame.image.dimensions(), results, jpeg);
+        // Events were put on the board above; their frame's picture (encoded above) goes with them.
+        self.board.record_frame(&frame.camera, frame.captured_at, live, has_events);
         self.board.record_scene(&frame.camera, frame.image.clone(), zones_in_use);
     }
 

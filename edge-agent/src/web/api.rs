@@ -103,7 +103,11 @@ async fn cameras(State(state): State<Arc<WebState>>) -> Response {
 }
 
 async fn latest_frame(State(state): State<Arc<WebState>>, Path(camera): Path<String>) -> Response {
-    match state.board.latest_jpeg(&camera) {
+    // The frame is encoded when someone asks (at most once per frame): blocking work.
+    let board = state.board.clone();
+    let wanted = camera.clone();
+    let jpeg = tokio::task::spawn_blocking(move || board.latest_jpeg(&wanted)).await.ok().flatten();
+    match jpeg {
         Some(jpeg) => {
             ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg.as_ref().clone())
                 .into_response()
