@@ -30,7 +30,8 @@ pub struct HistoryError {
 }
 
 pub struct EventHistory {
-    db: Database,
+    /// None only while it is reopened after an I/O error.
+    db: Option<Database>,
     path: PathBuf,
     keep_days: u32,
     last_pruned: Option<Instant>,
@@ -53,7 +54,18 @@ impl EventHistory {
         let txn = db.begin_write().map_err(|e| error(e.to_string()))?;
         txn.open_table(EVENTS).map_err(|e| error(e.to_string()))?;
         txn.commit().map_err(|e| error(e.to_string()))?;
-        Ok(Self { db, path: path.to_owned(), keep_days, last_pruned: None })
+        Ok(Self { db: Some(db), path: path.to_owned(), keep_days, last_pruned: None })
+    }
+
+    fn db(&self) -> Result<&Database, HistoryError> {
+        self.db.as_ref().ok_or_else(|| self.error("is closed after a failed reopen"))
+    }
+
+    /// After an I/O error (a full disk) redb refuses every later write until the file is reopened.
+    pub fn reopen(&mut self) -> Result<(), HistoryError> {
+        drop(self.db.take());
+        self.db = Some(Database::create(&self.path).map_err(|e| self.error(e))?);
+        Ok(())
     }
 
     fn error(&self, e: impl std::fmt::Display) -> HistoryError {
@@ -65,7 +77,7 @@ impl EventHistory {
         if events.is_empty() {
             return Ok(());
         }
-        let mut txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let mut txn = self.db()?.begin_write().map_err(|e| self.error(e))?;
         txn.set_durability(Durability::Immediate).map_err(|e| self.error(e))?;
         {
             let mut table = txn.open_table(EVENTS).map_err(|e| self.error(e))?;
@@ -90,7 +102,7 @@ impl EventHistory {
 
     /// The newest `limit` events, oldest first.
     pub fn newest(&self, limit: usize) -> Result<Vec<Event>, HistoryError> {
-        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.error(e))?;
         let table = txn.open_table(EVENTS).map_err(|e| self.error(e))?;
         let mut events = Vec::with_capacity(limit.min(4096));
         for entry in table.iter().map_err(|e| self.error(e))?.rev().take(limit) {
@@ -108,7 +120,7 @@ impl EventHistory {
 
     /// Visits events newest first until `visit` says stop.
     pub fn for_each_newest_first(&self, mut visit: impl FnMut(Event) -> bool) -> Result<(), HistoryError> {
-        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.error(e))?;
         let table = txn.open_table(EVENTS).map_err(|e| self.error(e))?;
         for entry in table.iter().map_err(|e| self.error(e))?.rev() {
             let (_, value) = entry.map_err(|e| self.error(e))?;
@@ -122,7 +134,7 @@ impl EventHistory {
     }
 
     pub fn len(&self) -> Result<u64, HistoryError> {
-        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let txn = self.db()?.begin_read().map_err(|e| self.error(e))?;
         let table = txn.open_table(EVENTS).map_err(|e| self.error(e))?;
         table.len().map_err(|e| self.error(e))
     }
@@ -133,7 +145,7 @@ impl EventHistory {
 
     /// Deletes events whose time is before `before`; returns how many went.
     pub fn prune_before(&mut self, before: DateTime<Utc>) -> Result<u64, HistoryError> {
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let txn = self.db()?.begin_write().map_err(|e| self.error(e))?;
         let mut pruned = 0;
         {
             let mut table = txn.open_table(EVENTS).map_err(|e| self.error(e))?;
@@ -165,7 +177,7 @@ impl EventHistory {
         if excess == 0 {
             return Ok(0);
         }
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let txn = self.db()?.begin_write().map_err(|e| self.error(e))?;
         {
             let mut table = txn.open_table(EVENTS).map_err(|e| self.error(e))?;
             for _ in 0..excess {

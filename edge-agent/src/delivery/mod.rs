@@ -183,7 +183,9 @@ impl Delivery {
             return;
         }
         let mut history = history.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Err(e) = history.append(events) {
+        // A failed write (a full disk) is retried once on a reopened file, as the outbox does.
+        let appended = history.append(events).or_else(|_| history.reopen().and_then(|()| history.append(events)));
+        if let Err(e) = appended {
             tracing::warn!("{e}; the page's list misses these events (they are in the outbox)");
         }
     }
