@@ -83,18 +83,10 @@ fn replay_rate() -> Option<(f64, f64)> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let settings = MqttSettings {
-        host: "127.0.0.1".into(),
-        port: broker.port,
-        client_id: "edge-agent-bench-box".into(),
-        topic_prefix: "edge".into(),
-        device_id: "bench-box".into(),
-        keep_alive: Duration::from_secs(30),
-        tls: None,
-        credentials: None,
-        telemetry_interval: None,
         reconnect_max: Duration::from_secs(5),
+        ..MqttSettings::single("127.0.0.1", broker.port, "bench-box")
     };
-    let board = Arc::new(StatusBoard::new("bench-box".into(), Some(settings.broker())));
+    let board = Arc::new(StatusBoard::new("bench-box".into(), settings.broker_names()));
     let (trigger, shutdown) = edge_agent::base::shutdown::channel();
     let publisher = Publisher::new(settings, outbox.clone(), board, Arc::new(tokio::sync::Notify::new()));
     let started = Instant::now();

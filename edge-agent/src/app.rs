@@ -145,7 +145,10 @@ async fn build(config: &Config) -> anyhow::Result<Parts> {
     .map_err(anyhow::Error::msg)?;
 
     let mqtt = MqttSettings::from_config(&config.mqtt, &config.device_id)?;
-    let board = Arc::new(StatusBoard::new(config.device_id.clone(), mqtt.as_ref().map(|s| s.broker())));
+    let board = Arc::new(StatusBoard::new(
+        config.device_id.clone(),
+        mqtt.as_ref().map(|s| s.broker_names()).unwrap_or_default(),
+    ));
     board.set_models(models.iter().map(Model::info).collect());
     board.set_outbox_stats(outbox.stats()?);
     for model in &models {

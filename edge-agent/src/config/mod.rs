@@ -324,7 +324,7 @@ mod tests {
     #[test]
     fn a_file_with_only_the_broker_url_is_complete() {
         let config = parse("[mqtt]\nurl = \"mqtt://10.0.0.5:1883\"\n").unwrap();
-        assert_eq!(config.mqtt.url.as_deref(), Some("mqtt://10.0.0.5:1883"));
+        assert_eq!(config.mqtt.url.as_ref().map(|list| list.urls()), Some(vec!["mqtt://10.0.0.5:1883"]));
         assert_eq!(config.mqtt.topic_prefix, "edge");
         assert_eq!(config.web.listen, "127.0.0.1:8080");
         assert_eq!(config.cameras.len(), 1);

@@ -907,7 +907,7 @@ mod tests {
         let liveness = crate::base::liveness::Liveness::default();
         let (feeds, new_frame) = crate::source::start_cameras(&config.cameras, &liveness, &shutdown);
         let models = crate::infer::load_models(&config.models, &config.inference).unwrap();
-        let board = Arc::new(crate::delivery::board::StatusBoard::new("box".into(), None));
+        let board = Arc::new(crate::delivery::board::StatusBoard::new("box".into(), Vec::new()));
         board.set_models(models.iter().map(Model::info).collect());
         let (worker, model_runs, controls) = WorkerControls::channel();
         let (inferred_tx, mut inferred_rx) = tokio::sync::mpsc::channel(2);

@@ -250,7 +250,7 @@ mod tests {
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap();
-        let board = Arc::new(StatusBoard::new("box".into(), None));
+        let board = Arc::new(StatusBoard::new("box".into(), Vec::new()));
         let (judge, judge_rx) = watch::channel(Arc::new(config.judge_settings()));
         let (worker, worker_rx) = mpsc::channel(8);
         let health = Arc::new(CameraHealth::default());

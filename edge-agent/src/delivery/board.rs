@@ -58,7 +58,12 @@ pub struct CameraStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct MqttStatus {
     pub configured: bool,
+    /// The broker in use, or the one being tried while not connected.
     pub broker: Option<String>,
+    /// Every configured broker, most preferred first.
+    pub brokers: Vec<String>,
+    /// Times the link moved to another broker (failover, or back to the preferred one) since start.
+    pub broker_switches: u64,
     pub connected: bool,
     pub last_error: Option<String>,
     pub published: u64,
@@ -300,7 +305,8 @@ pub struct StatusBoard {
 }
 
 impl StatusBoard {
-    pub fn new(device_id: String, mqtt_broker: Option<String>) -> Self {
+    /// `brokers`: the configured MQTT brokers' names, most preferred first (none: no MQTT).
+    pub fn new(device_id: String, brokers: Vec<String>) -> Self {
         Self {
             device_id,
             started_at: Utc::now(),
@@ -309,8 +315,10 @@ impl StatusBoard {
                 cameras: BTreeMap::new(),
                 models: Vec::new(),
                 mqtt: MqttStatus {
-                    configured: mqtt_broker.is_some(),
-                    broker: mqtt_broker,
+                    configured: !brokers.is_empty(),
+                    broker: brokers.first().cloned(),
+                    brokers,
+                    broker_switches: 0,
                     connected: false,
                     last_error: None,
                     published: 0,
@@ -526,6 +534,16 @@ impl StatusBoard {
         }
     }
 
+    /// The broker the link now uses or tries.
+    pub fn set_mqtt_broker(&self, broker: &str) {
+        self.lock().mqtt.broker = Some(broker.to_string());
+    }
+
+    /// The link connected to another broker than the one it used before.
+    pub fn count_broker_switch(&self) {
+        self.lock().mqtt.broker_switches += 1;
+    }
+
     pub fn count_published(&self, n: u64) {
         self.lock().mqtt.published += n;
     }
@@ -631,7 +649,7 @@ mod tests {
             })
             .collect();
         history.append(&events).unwrap();
-        let board = StatusBoard::new("box".into(), None);
+        let board = StatusBoard::new("box".into(), Vec::new());
         board.load_history(history.newest(EVENT_HISTORY).unwrap());
         assert_eq!(board.event_history().len(), EVENT_HISTORY, "without the history: the events in memory");
         board.set_history(Arc::new(Mutex::new(history)));

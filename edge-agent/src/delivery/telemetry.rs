@@ -34,6 +34,10 @@ pub struct Telemetry {
     pub cpu_temperature_celsius: Option<f64>,
     pub clock: ClockState,
     pub mqtt_published: u64,
+    /// The broker this telemetry goes through (scheme, host, port).
+    pub mqtt_broker: Option<String>,
+    /// Times the link moved to another of the configured brokers since start.
+    pub mqtt_broker_switches: u64,
     /// How far the evidence chain has reached (null when evidence is off or empty).
     pub chain_head: Option<crate::evidence::chain::ChainHead>,
     /// Messages the outbox refused (a full disk), held in memory and retried.
@@ -210,6 +214,8 @@ impl TelemetrySampler {
             cpu_temperature_celsius: cpu_temperature_celsius(Path::new("/sys/class/thermal")),
             clock: clock_state(),
             mqtt_published: status.mqtt.published,
+            mqtt_broker: status.mqtt.broker.clone(),
+            mqtt_broker_switches: status.mqtt.broker_switches,
             chain_head: status.evidence.chain_head,
             storage,
             held: status.held,
@@ -305,7 +311,7 @@ mod tests {
     #[test]
     fn rates_cover_the_time_between_two_samples() {
         let dir = tempfile::tempdir().unwrap();
-        let board = Arc::new(StatusBoard::new("box".into(), None));
+        let board = Arc::new(StatusBoard::new("box".into(), Vec::new()));
         let health = Arc::new(crate::source::CameraHealth::default());
         board.add_camera("gate", health.clone());
         let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.redb")).unwrap());

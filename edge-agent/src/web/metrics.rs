@@ -107,6 +107,13 @@ pub fn render(status: &Status, disk: Option<DiskSpace>, cpu_celsius: Option<f64>
     let _ = writeln!(out, "edge_agent_mqtt_connected {}", u8::from(status.mqtt.connected));
     family(&mut out, "edge_agent_mqtt_published_total", "counter", "Messages the broker acknowledged.");
     let _ = writeln!(out, "edge_agent_mqtt_published_total {}", status.mqtt.published);
+    family(
+        &mut out,
+        "edge_agent_mqtt_broker_switches_total",
+        "counter",
+        "Times the MQTT link moved to another configured broker (failover or back).",
+    );
+    let _ = writeln!(out, "edge_agent_mqtt_broker_switches_total {}", status.mqtt.broker_switches);
     if let Some(disk) = disk {
         family(&mut out, "edge_agent_disk_free_bytes", "gauge", "Free space on the disk of the state folder.");
         let _ = writeln!(out, "edge_agent_disk_free_bytes {}", disk.free_bytes);
@@ -127,7 +134,7 @@ mod tests {
 
     #[test]
     fn every_sample_line_belongs_to_a_declared_family() {
-        let board = StatusBoard::new("box-\"1\"".into(), None);
+        let board = StatusBoard::new("box-\"1\"".into(), Vec::new());
         board.add_camera("gate", Default::default());
         let text = render(&board.snapshot(), Some(DiskSpace { free_bytes: 5, total_bytes: 10 }), Some(48.5));
         let mut declared = Vec::new();

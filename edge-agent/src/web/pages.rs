@@ -164,7 +164,12 @@ fn station_of(status: &Status) -> Option<String> {
 }
 
 fn mqtt_text(status: &Status, lang: Lang) -> (bool, String) {
-    let broker = status.mqtt.broker.as_deref().unwrap_or_default();
+    let mut broker = status.mqtt.broker.clone().unwrap_or_default();
+    // With a failover list, which of the brokers this is (1 = the preferred one).
+    let brokers = &status.mqtt.brokers;
+    if let Some(place) = brokers.iter().position(|b| *b == broker).filter(|_| brokers.len() > 1) {
+        broker = format!("{broker} [{}/{}]", place + 1, brokers.len());
+    }
     if !status.mqtt.configured {
         (false, T::MqttNotConfigured.in_lang(lang).to_string())
     } else if status.mqtt.connected {

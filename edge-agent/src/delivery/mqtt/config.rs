@@ -10,10 +10,11 @@ use crate::base::section::{absolutise, Invalid};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// `mqtt://host:port` or `mqtts://host:port` (TLS). Without it events stay in the local outbox
-    /// until a broker is configured.
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS); several brokers (the nodes of a cluster,
+    /// or a primary and its standby) as a list or comma-separated, most preferred first. Without it
+    /// events stay in the local outbox until a broker is configured.
     #[serde(default)]
-    pub url: Option<String>,
+    pub url: Option<BrokerList>,
     /// First level of every topic.
     #[serde(default = "default_topic_prefix")]
     pub topic_prefix: String,
@@ -46,7 +47,71 @@ pub struct MqttConfig {
     /// Longest wait between two connection attempts; waits double from 1 s up to this, plus jitter.
     #[serde(default = "default_reconnect_max_secs")]
     pub reconnect_max_secs: u64,
+    /// With several brokers: seconds between two checks, while on a later one, whether the first
+    /// broker is back (then the agent moves back to it); 0: stay where it is until that link drops.
+    #[serde(default = "default_failback_check_secs")]
+    pub failback_check_secs: u64,
 }
+
+/// The value of `mqtt.url`: one URL, a comma-separated list, or a TOML array of URLs.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum BrokerList {
+    One(String),
+    Several(Vec<String>),
+}
+
+impl BrokerList {
+    /// Each URL, trimmed, in order of preference.
+    pub fn urls(&self) -> Vec<&str> {
+        match self {
+            Self::One(text) => text.split(',').map(str::trim).collect(),
+            Self::Several(urls) => urls.iter().map(|u| u.trim()).collect(),
+        }
+    }
+
+    /// Every URL parsed; errors say which one and never show a password.
+    pub fn parse(&self) -> Result<Vec<BrokerUrl>, String> {
+        let urls = self.urls();
+        if urls.is_empty() || urls.iter().all(|u| u.is_empty()) {
+            return Err("is empty; expected mqtt://host:port (or several, comma-separated)".into());
+        }
+        if urls.len() > MAX_BROKERS {
+            return Err(format!("lists {} brokers; at most {MAX_BROKERS} are supported", urls.len()));
+        }
+        let mut brokers: Vec<BrokerUrl> = Vec::with_capacity(urls.len());
+        for (i, url) in urls.iter().enumerate() {
+            let broker = parse_broker_url(url).map_err(|problem| {
+                if urls.len() == 1 {
+                    problem
+                } else {
+                    format!("entry {} {problem}", i + 1)
+                }
+            })?;
+            if brokers.contains(&broker) {
+                return Err(format!("lists {} twice", broker.name()));
+            }
+            if brokers.first().is_some_and(|first| first.tls != broker.tls) {
+                // A standby reached in plain text would let whoever blocks the TLS broker read events.
+                return Err(
+                    "mixes mqtt:// and mqtts://; every broker of a failover list must use the same scheme".into()
+                );
+            }
+            brokers.push(broker);
+        }
+        Ok(brokers)
+    }
+}
+
+impl std::fmt::Debug for BrokerList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<String> = self.urls().into_iter().map(crate::base::redact::redact_userinfo).collect();
+        f.debug_list().entries(shown).finish()
+    }
+}
+
+/// More brokers than a cluster has nodes is a mistake, not a deployment.
+pub const MAX_BROKERS: usize = 16;
 
 impl Default for MqttConfig {
     fn default() -> Self {
@@ -63,6 +128,7 @@ impl Default for MqttConfig {
             password_file: None,
             telemetry_interval_secs: default_telemetry_interval_secs(),
             reconnect_max_secs: default_reconnect_max_secs(),
+            failback_check_secs: default_failback_check_secs(),
         }
     }
 }
@@ -80,6 +146,10 @@ fn default_telemetry_interval_secs() -> u64 {
 }
 
 fn default_reconnect_max_secs() -> u64 {
+    60
+}
+
+fn default_failback_check_secs() -> u64 {
     60
 }
 
@@ -128,9 +198,9 @@ impl MqttConfig {
     }
 
     pub fn validate(&self) -> Result<(), Invalid> {
-        let broker = match &self.url {
-            Some(url) => Some(parse_broker_url(url).map_err(|problem| Invalid::new("mqtt.url", problem))?),
-            None => None,
+        let brokers = match &self.url {
+            Some(list) => list.parse().map_err(|problem| Invalid::new("mqtt.url", problem))?,
+            None => Vec::new(),
         };
         if self.topic_prefix.is_empty() || self.topic_prefix.contains(['+', '#']) || self.topic_prefix.ends_with('/') {
             return Err(Invalid::new(
@@ -138,7 +208,7 @@ impl MqttConfig {
                 format!("is {:?}; expected a topic prefix without wildcards or a trailing '/'", self.topic_prefix),
             ));
         }
-        let tls = broker.as_ref().is_some_and(|b| b.tls);
+        let tls = brokers.first().is_some_and(|b| b.tls);
         for (key, set) in [
             ("mqtt.ca_file", self.ca_file.is_some()),
             ("mqtt.client_cert", self.client_cert.is_some()),
@@ -166,12 +236,26 @@ impl MqttConfig {
                 format!("is {}; expected 1 to 3600 seconds", self.reconnect_max_secs),
             ));
         }
+        if self.failback_check_secs > 86_400 {
+            return Err(Invalid::new(
+                "mqtt.failback_check_secs",
+                format!("is {}; expected 0 (never) to 86400 seconds", self.failback_check_secs),
+            ));
+        }
         if let Some(client_id) = &self.client_id {
             if client_id.is_empty() || client_id.len() > 128 {
                 return Err(Invalid::new("mqtt.client_id", "must be 1 to 128 characters"));
             }
         }
         Ok(())
+    }
+}
+
+impl BrokerUrl {
+    /// Scheme, host and port: what the page, status and logs call this broker.
+    pub fn name(&self) -> String {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://{}:{}", self.host, self.port)
     }
 }
 
@@ -249,6 +333,37 @@ mod tests {
         let err = parse("url = \"mqtts://b\"\npassword = \"x\"\n").unwrap_err();
         assert_eq!(err.key, "mqtt.username");
         assert!(parse("url = \"mqtts://b\"\nca_file = \"ca.pem\"\nclient_cert = \"c\"\nclient_key = \"k\"\n").is_ok());
+    }
+
+    #[test]
+    fn several_brokers_come_as_a_list_or_comma_separated() {
+        let parse = |text: &str| toml::from_str::<MqttConfig>(text).unwrap();
+        let listed = parse("url = [\"mqtt://a:1\", \"mqtt://b\"]\n");
+        let commas = parse("url = \"mqtt://a:1, mqtt://b\"\n");
+        for config in [listed, commas] {
+            config.validate().unwrap();
+            let names: Vec<String> = config.url.unwrap().parse().unwrap().iter().map(BrokerUrl::name).collect();
+            assert_eq!(names, ["mqtt://a:1", "mqtt://b:1883"]);
+        }
+        let one = parse("url = \"mqtts://c\"\n").url.unwrap().parse().unwrap();
+        assert_eq!(one, [BrokerUrl { tls: true, host: "c".into(), port: 8883 }]);
+    }
+
+    #[test]
+    fn a_broken_broker_list_names_the_entry_and_the_problem() {
+        let invalid = |text: &str| toml::from_str::<MqttConfig>(text).unwrap().validate().unwrap_err();
+        let err = invalid("url = \"mqtt://a, http://b\"\n");
+        assert_eq!(err.key, "mqtt.url");
+        assert!(err.problem.contains("entry 2") && err.problem.contains("http://b"), "{err:?}");
+        let err = invalid("url = [\"mqtts://a\", \"mqtt://b\"]\n");
+        assert!(err.problem.contains("mixes mqtt:// and mqtts://"), "{err:?}");
+        let err = invalid("url = \"mqtt://a, mqtt://a:1883\"\n");
+        assert!(err.problem.contains("twice"), "{err:?}");
+        let err = invalid("url = []\n");
+        assert!(err.problem.contains("empty"), "{err:?}");
+        let err = invalid("url = \"mqtt://a, mqtt://u:s3cret@b\"\n");
+        assert!(!err.problem.contains("s3cret") && err.problem.contains("entry 2"), "{err:?}");
+        assert!(toml::from_str::<MqttConfig>("url = 7\n").is_err());
     }
 
     #[test]

@@ -8,6 +8,13 @@
 //! rumqttc event loop: after a drop, whatever was unacknowledged is simply read again from the
 //! outbox, oldest first, so the outbox is the only source of truth. The MQTT session itself is
 //! persistent (clean session off), so commands sent while the box was away are delivered on return.
+//!
+//! With several brokers in `mqtt.url` the link fails over: a connection that fails or drops moves
+//! to the next broker in the list (after the same backoff), and while on a later broker a TCP probe
+//! every `failback_check_secs` looks whether the first one is back; then the agent says `moved` on
+//! the broker it leaves and reconnects to the first. Which broker to try is [`BrokerRotation`]'s
+//! job, apart from the socket loop. Nothing is lost in a move: what was not acknowledged is read
+//! again from the outbox (the platform may see a message twice, with the same id and revision).
 
 pub mod config;
 pub mod tls;
@@ -26,7 +33,7 @@ use super::telemetry::TelemetrySampler;
 use crate::base::backoff::Backoff;
 use crate::base::shutdown::Shutdown;
 use config::MqttConfig;
-pub use config::Secret;
+pub use config::{BrokerUrl, Secret};
 use tls::{TlsClient, TlsFiles, TlsSetupError};
 
 /// Outbox messages published but not yet acknowledged, at most; below rumqttc's in-flight limit.
@@ -52,8 +59,8 @@ pub enum MqttSetupError {
 /// Everything the publisher needs to reach the broker. `Debug` never shows the password or keys.
 #[derive(Debug, Clone)]
 pub struct MqttSettings {
-    pub host: String,
-    pub port: u16,
+    /// Most preferred first; all of one scheme (TLS or not).
+    pub brokers: Vec<BrokerUrl>,
     pub client_id: String,
     pub topic_prefix: String,
     pub device_id: String,
@@ -64,6 +71,8 @@ pub struct MqttSettings {
     pub telemetry_interval: Option<Duration>,
     /// Cap of the reconnect backoff.
     pub reconnect_max: Duration,
+    /// While on a later broker, how often to look whether the first one is back; None: never.
+    pub failback_check: Option<Duration>,
 }
 
 /// A command as it came from the broker (`cmd/{name}`), before anyone has looked at it: the
@@ -78,11 +87,11 @@ impl MqttSettings {
     /// The broker settings of a config, with TLS files and password file read; None without
     /// `mqtt.url`.
     pub fn from_config(mqtt: &MqttConfig, device_id: &str) -> Result<Option<Self>, MqttSetupError> {
-        let Some(url) = &mqtt.url else {
+        let Some(list) = &mqtt.url else {
             return Ok(None);
         };
-        let broker = config::parse_broker_url(url).map_err(MqttSetupError::Url)?;
-        let tls = if broker.tls {
+        let brokers = list.parse().map_err(MqttSetupError::Url)?;
+        let tls = if brokers.iter().any(|b| b.tls) {
             Some(TlsClient::build(TlsFiles {
                 ca_file: mqtt.ca_file.clone(),
                 client_cert: mqtt.client_cert.clone(),
@@ -112,8 +121,7 @@ impl MqttSettings {
         let credentials =
             mqtt.username.clone().map(|user| (user, password.unwrap_or_else(|| Secret::new(String::new()))));
         Ok(Some(Self {
-            host: broker.host,
-            port: broker.port,
+            brokers,
             client_id: mqtt.client_id(device_id),
             topic_prefix: mqtt.topic_prefix.clone(),
             device_id: device_id.to_string(),
@@ -123,6 +131,7 @@ impl MqttSettings {
             telemetry_interval: (mqtt.telemetry_interval_secs > 0)
                 .then(|| Duration::from_secs(mqtt.telemetry_interval_secs)),
             reconnect_max: Duration::from_secs(mqtt.reconnect_max_secs),
+            failback_check: (mqtt.failback_check_secs > 0).then(|| Duration::from_secs(mqtt.failback_check_secs)),
         }))
     }
 
@@ -130,10 +139,30 @@ impl MqttSettings {
         format!("{}/{}/{}", self.topic_prefix, self.device_id, suffix)
     }
 
-    /// What the page and logs call the broker: scheme, host and port, never credentials.
+    /// Settings for one broker at `host:port` (tests, benchmarks, the fleet harness).
+    pub fn single(host: &str, port: u16, device_id: &str) -> Self {
+        Self {
+            brokers: vec![BrokerUrl { tls: false, host: host.to_string(), port }],
+            client_id: format!("edge-agent-{device_id}"),
+            topic_prefix: "edge".into(),
+            device_id: device_id.to_string(),
+            keep_alive: Duration::from_secs(30),
+            tls: None,
+            credentials: None,
+            telemetry_interval: None,
+            reconnect_max: Duration::from_secs(60),
+            failback_check: None,
+        }
+    }
+
+    /// What the page and logs call the configured brokers: scheme, host and port of each, never
+    /// credentials.
     pub fn broker(&self) -> String {
-        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
-        format!("{scheme}://{}:{}", self.host, self.port)
+        self.broker_names().join(", ")
+    }
+
+    pub fn broker_names(&self) -> Vec<String> {
+        self.brokers.iter().map(BrokerUrl::name).collect()
     }
 
     /// The filter the agent subscribes to for commands.
@@ -193,9 +222,8 @@ impl InflightTracker {
     }
 }
 
-/// Turns rumqttc's connection errors into words that say what to check.
-pub fn describe_connection_error(error: &ConnectionError, settings: &MqttSettings) -> String {
-    let broker = settings.broker();
+/// Turns rumqttc's connection errors with `broker` into words that say what to check.
+pub fn describe_connection_error(error: &ConnectionError, broker: &str, settings: &MqttSettings) -> String {
     match error {
         ConnectionError::ConnectionRefused(code) => match code {
             ConnectReturnCode::BadUserNamePassword => format!(
@@ -227,6 +255,50 @@ pub fn describe_connection_error(error: &ConnectionError, settings: &MqttSetting
 enum ConnectionEnd {
     Shutdown,
     Lost(String),
+    /// The preferred broker answers again; this connection was closed cleanly to go back to it.
+    BackToPreferred,
+}
+
+/// Which broker the link tries next: the first (most preferred) at start, the next one in the
+/// list after each failure, wrapping around, and the first again when it is back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerRotation {
+    count: usize,
+    current: usize,
+}
+
+impl BrokerRotation {
+    pub fn new(count: usize) -> Self {
+        Self { count: count.max(1), current: 0 }
+    }
+
+    /// Index of the broker to use now.
+    pub fn current(&self) -> usize {
+        self.current
+    }
+
+    /// The current broker failed (refused, unreachable or dropped): move on.
+    pub fn failed(&mut self) {
+        self.current = (self.current + 1) % self.count;
+    }
+
+    pub fn back_to_preferred(&mut self) {
+        self.current = 0;
+    }
+
+    /// Whether the link should look for the preferred broker's return.
+    pub fn away_from_preferred(&self) -> bool {
+        self.current != 0
+    }
+}
+
+/// How long a failback probe may take to open a TCP connection to the preferred broker.
+const FAILBACK_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether a TCP connection to `broker` opens: enough to try it; its MQTT answer is the real test.
+async fn broker_answers(broker: BrokerUrl) -> bool {
+    let connect = tokio::net::TcpStream::connect((broker.host.as_str(), broker.port));
+    matches!(tokio::time::timeout(FAILBACK_PROBE_TIMEOUT, connect).await, Ok(Ok(_)))
 }
 
 pub struct Publisher {
@@ -239,11 +311,26 @@ pub struct Publisher {
     status_changed: Arc<Notify>,
     commands: Option<mpsc::Sender<IncomingCommand>>,
     telemetry: Option<TelemetrySampler>,
+    /// Index into `settings.brokers` of the broker in use or being tried.
+    broker: usize,
 }
 
 impl Publisher {
     pub fn new(settings: MqttSettings, outbox: Arc<Outbox>, board: Arc<StatusBoard>, wake: Arc<Notify>) -> Self {
-        Self { settings, outbox, board, wake, status_changed: Arc::new(Notify::new()), commands: None, telemetry: None }
+        Self {
+            settings,
+            outbox,
+            board,
+            wake,
+            status_changed: Arc::new(Notify::new()),
+            commands: None,
+            telemetry: None,
+            broker: 0,
+        }
+    }
+
+    fn broker_name(&self) -> String {
+        self.settings.brokers.get(self.broker).map(BrokerUrl::name).unwrap_or_default()
     }
 
     /// Commands received on `cmd/+` go to this channel.
@@ -264,7 +351,11 @@ impl Publisher {
 
     fn options(&self) -> MqttOptions {
         let s = &self.settings;
-        let mut options = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+        let (host, port) = match s.brokers.get(self.broker) {
+            Some(broker) => (broker.host.clone(), broker.port),
+            None => (String::new(), 0),
+        };
+        let mut options = MqttOptions::new(s.client_id.clone(), host, port);
         options.set_keep_alive(s.keep_alive);
         // A persistent session: subscriptions and commands queued while away survive a drop.
         options.set_clean_session(false);
@@ -290,6 +381,7 @@ impl Publisher {
             "state": state,
             "online": state == "online",
             "device": self.settings.device_id,
+            "broker": self.broker_name(),
             "version": status.version,
             "time": chrono::Utc::now(),
             "started_at": status.started_at,
@@ -302,26 +394,40 @@ impl Publisher {
         .into_bytes()
     }
 
-    /// Connects, publishes, reconnects with capped backoff and jitter; until shutdown.
+    /// Connects, publishes, reconnects with capped backoff and jitter, fails over between the
+    /// configured brokers; until shutdown.
     pub async fn run(mut self, mut shutdown: Shutdown) {
         let first = Duration::from_secs(1).min(self.settings.reconnect_max);
         let mut backoff = Backoff::new(first, self.settings.reconnect_max);
+        let mut rotation = BrokerRotation::new(self.settings.brokers.len());
         let mut failures_in_a_row = 0u32;
+        let mut last_connected: Option<usize> = None;
         loop {
-            match self.connection(&mut shutdown, &mut backoff).await {
+            self.broker = rotation.current();
+            self.board.set_mqtt_broker(&self.broker_name());
+            match self.connection(&mut shutdown, &mut backoff, &mut last_connected).await {
                 ConnectionEnd::Shutdown => return,
+                ConnectionEnd::BackToPreferred => {
+                    rotation.back_to_preferred();
+                    failures_in_a_row = 0;
+                    self.board.set_mqtt_connected(false, None);
+                }
                 ConnectionEnd::Lost(reason) => {
                     if self.board.snapshot().mqtt.connected {
                         failures_in_a_row = 0;
                     }
                     self.board.set_mqtt_connected(false, Some(reason.clone()));
                     failures_in_a_row += 1;
+                    rotation.failed();
                     let delay = backoff.next_delay();
+                    let next = self.settings.brokers.get(rotation.current()).map(BrokerUrl::name).unwrap_or_default();
                     // The first failure is news; repeating it every retry is noise.
                     if failures_in_a_row == 1 || failures_in_a_row % 20 == 0 {
+                        let then =
+                            if self.settings.brokers.len() > 1 { format!("trying {next}") } else { "retrying".into() };
                         tracing::warn!(
                             attempt = failures_in_a_row,
-                            "MQTT: {reason}; retrying in {delay:.1?} (events stay in the outbox)"
+                            "MQTT: {reason}; {then} in {delay:.1?} (events stay in the outbox)"
                         );
                     }
                     if shutdown.sleep(delay).await {
@@ -332,7 +438,12 @@ impl Publisher {
         }
     }
 
-    async fn connection(&mut self, shutdown: &mut Shutdown, backoff: &mut Backoff) -> ConnectionEnd {
+    async fn connection(
+        &mut self,
+        shutdown: &mut Shutdown,
+        backoff: &mut Backoff,
+        last_connected: &mut Option<usize>,
+    ) -> ConnectionEnd {
         let (client, mut eventloop) = AsyncClient::new(self.options(), WINDOW * 2);
         let mut tracker = InflightTracker::default();
         let mut acked: Vec<u64> = Vec::new();
@@ -341,14 +452,23 @@ impl Publisher {
         let telemetry_every = self.settings.telemetry_interval.unwrap_or(Duration::from_secs(3600));
         let mut telemetry_tick =
             tokio::time::interval_at(tokio::time::Instant::now() + telemetry_every, telemetry_every);
+        // Away from the preferred broker: look now and then whether it is back.
+        let failback = self.settings.failback_check.filter(|_| self.broker != 0);
+        let failback_every = failback.unwrap_or(Duration::from_secs(3600));
+        let mut failback_tick = tokio::time::interval_at(tokio::time::Instant::now() + failback_every, failback_every);
+        let mut probes = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 polled = eventloop.poll() => match polled {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         connected = true;
                         backoff.reset();
+                        if last_connected.is_some_and(|previous| previous != self.broker) {
+                            self.board.count_broker_switch();
+                        }
+                        *last_connected = Some(self.broker);
                         self.board.set_mqtt_connected(true, None);
-                        tracing::info!(broker = %self.settings.broker(), session_present = ack.session_present, "MQTT connected");
+                        tracing::info!(broker = %self.broker_name(), session_present = ack.session_present, "MQTT connected");
                         // Subscribe again on every connect: the broker may have lost the session.
                         if let Err(e) = client.try_subscribe(self.settings.command_filter(), QoS::AtLeastOnce) {
                             tracing::warn!("MQTT: cannot subscribe to commands: {e}");
@@ -380,9 +500,21 @@ impl Publisher {
                     Ok(_) => {}
                     Err(e) => {
                         self.remove_acknowledged(&mut acked).await;
-                        return ConnectionEnd::Lost(describe_connection_error(&e, &self.settings));
+                        return ConnectionEnd::Lost(describe_connection_error(&e, &self.broker_name(), &self.settings));
                     }
                 },
+                _ = failback_tick.tick(), if connected && failback.is_some() && probes.is_empty() => {
+                    if let Some(preferred) = self.settings.brokers.first() {
+                        probes.spawn(broker_answers(preferred.clone()));
+                    }
+                }
+                Some(Ok(true)) = probes.join_next(), if !probes.is_empty() => {
+                    let preferred = self.settings.brokers.first().map(BrokerUrl::name).unwrap_or_default();
+                    tracing::info!(from = %self.broker_name(), to = %preferred, "MQTT: the preferred broker answers again; moving back to it");
+                    self.remove_acknowledged(&mut acked).await;
+                    self.say_goodbye("moved", &client, &mut eventloop, &mut tracker, &mut acked).await;
+                    return ConnectionEnd::BackToPreferred;
+                }
                 _ = self.wake.notified(), if connected => self.fill_window(&client, &mut tracker),
                 _ = self.status_changed.notified(), if connected => self.publish_status(&client, &mut tracker),
                 _ = telemetry_tick.tick(), if connected && self.telemetry.is_some() => {
@@ -397,7 +529,7 @@ impl Publisher {
                 _ = shutdown.wait() => {
                     self.remove_acknowledged(&mut acked).await;
                     if connected {
-                        self.say_stopped(&client, &mut eventloop, &mut tracker, &mut acked).await;
+                        self.say_goodbye("stopped", &client, &mut eventloop, &mut tracker, &mut acked).await;
                     }
                     return ConnectionEnd::Shutdown;
                 }
@@ -485,17 +617,19 @@ impl Publisher {
         }
     }
 
-    /// Waits briefly for in-flight acknowledgements, publishes the retained `stopped` status,
-    /// then a clean DISCONNECT (which suppresses the last will).
-    async fn say_stopped(
+    /// Waits briefly for in-flight acknowledgements, publishes the retained status `state`
+    /// (`stopped` at exit, `moved` when leaving for the preferred broker), then a clean DISCONNECT
+    /// (which suppresses the last will).
+    async fn say_goodbye(
         &self,
+        state: &str,
         client: &AsyncClient,
         eventloop: &mut rumqttc::EventLoop,
         tracker: &mut InflightTracker,
         acked: &mut Vec<u64>,
     ) {
         if client
-            .try_publish(self.settings.topic("status"), QoS::AtLeastOnce, true, self.status_payload("stopped"))
+            .try_publish(self.settings.topic("status"), QoS::AtLeastOnce, true, self.status_payload(state))
             .is_err()
         {
             return;
@@ -536,16 +670,10 @@ mod tests {
 
     fn settings() -> MqttSettings {
         MqttSettings {
-            host: "127.0.0.1".into(),
-            port: 1883,
             client_id: "c".into(),
             topic_prefix: "city/edge".into(),
-            device_id: "box-7".into(),
-            keep_alive: Duration::from_secs(30),
-            tls: None,
             credentials: Some(("box".into(), Secret::new("s3cret-pass"))),
-            telemetry_interval: None,
-            reconnect_max: Duration::from_secs(60),
+            ..MqttSettings::single("127.0.0.1", 1883, "box-7")
         }
     }
 
@@ -570,6 +698,50 @@ mod tests {
     }
 
     #[test]
+    fn failover_goes_down_the_list_and_wraps_around() {
+        let mut rotation = BrokerRotation::new(3);
+        assert_eq!(rotation.current(), 0);
+        assert!(!rotation.away_from_preferred());
+        rotation.failed();
+        assert_eq!(rotation.current(), 1);
+        assert!(rotation.away_from_preferred());
+        rotation.failed();
+        rotation.failed();
+        assert_eq!(rotation.current(), 0, "after the last broker comes the first again");
+        rotation.failed();
+        rotation.back_to_preferred();
+        assert_eq!(rotation.current(), 0);
+        let mut alone = BrokerRotation::new(1);
+        alone.failed();
+        assert_eq!(alone.current(), 0, "one broker: always that one");
+    }
+
+    #[tokio::test]
+    async fn the_failback_probe_sees_a_listening_broker_and_not_a_closed_port() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap().port();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let broker = |port| BrokerUrl { tls: false, host: "127.0.0.1".into(), port };
+        assert!(broker_answers(broker(open)).await);
+        assert!(!broker_answers(broker(closed)).await);
+    }
+
+    #[test]
+    fn settings_name_every_broker_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        std::fs::write(
+            &path,
+            "device_id = \"b\"\n[mqtt]\nurl = \"mqtt://n1:1883, mqtt://n2:1884\"\nfailback_check_secs = 0\n",
+        )
+        .unwrap();
+        let config = crate::config::Config::load(&path).unwrap();
+        let settings = MqttSettings::from_config(&config.mqtt, &config.device_id).unwrap().unwrap();
+        assert_eq!(settings.broker_names(), ["mqtt://n1:1883", "mqtt://n2:1884"]);
+        assert_eq!(settings.failback_check, None);
+    }
+
+    #[test]
     fn topics_carry_prefix_and_device() {
         let settings = settings();
         assert_eq!(settings.topic("events"), "city/edge/box-7/events");
@@ -588,7 +760,7 @@ mod tests {
     #[test]
     fn refusals_say_what_to_check() {
         let bad_password = ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword);
-        let text = describe_connection_error(&bad_password, &settings());
+        let text = describe_connection_error(&bad_password, "mqtt://127.0.0.1:1883", &settings());
         assert!(text.contains("mqtt.username") && text.contains("mqtt://127.0.0.1:1883"), "{text}");
         assert!(!text.contains("s3cret-pass"));
     }

@@ -10,9 +10,9 @@ use rumqttc::{
 };
 use serde_json::json;
 
-use super::{ConfigName, Finding};
+use super::{ConfigName, Finding, Outcome};
 use crate::config::Config;
-use crate::delivery::mqtt::{describe_connection_error, MqttSettings, MqttSetupError};
+use crate::delivery::mqtt::{describe_connection_error, BrokerUrl, MqttSettings, MqttSetupError};
 
 /// Version of the check message's JSON (docs/schemas/check.schema.json).
 pub const CHECK_SCHEMA_VERSION: u32 = 1;
@@ -32,20 +32,46 @@ enum Failure {
     Client(rumqttc::ClientError),
 }
 
-pub async fn check_broker(config: &Config, name: &ConfigName, timeout: Duration) -> Finding {
+/// One finding per configured broker (`broker`, or `broker 2 of 3` with a failover list). With
+/// several brokers, one that fails while another passes is a warning: the box still reports.
+pub async fn check_broker(config: &Config, name: &ConfigName, timeout: Duration) -> Vec<Finding> {
     let settings = match MqttSettings::from_config(&config.mqtt, &config.device_id) {
         Ok(None) => {
-            return Finding::skipped(
+            return vec![Finding::skipped(
                 CHECK,
                 "(no mqtt.url) events stay in the local outbox until a broker is configured",
-            )
+            )]
         }
         Ok(Some(settings)) => settings,
-        Err(error) => return Finding::fail(CHECK, error.to_string(), setup_fix(&error, name)),
+        Err(error) => return vec![Finding::fail(CHECK, error.to_string(), setup_fix(&error, name))],
     };
+    let checks = settings.brokers.iter().map(|broker| check_one(&settings, broker, name, timeout));
+    failover_findings(futures::future::join_all(checks).await)
+}
+
+/// Names each broker's finding by its place in the list; with several brokers, one that fails
+/// while another answers is a warning, since the box still reports.
+fn failover_findings(mut findings: Vec<Finding>) -> Vec<Finding> {
+    let count = findings.len();
+    if count < 2 {
+        return findings;
+    }
+    let any_answered = findings.iter().any(|f| f.outcome != Outcome::Fail);
+    for (i, finding) in findings.iter_mut().enumerate() {
+        finding.check = format!("{CHECK} {} of {count}", i + 1);
+        if any_answered && finding.outcome == Outcome::Fail {
+            finding.outcome = Outcome::Warn;
+            finding.detail.push_str(" (the box fails over to the other brokers)");
+        }
+    }
+    findings
+}
+
+async fn check_one(settings: &MqttSettings, broker: &BrokerUrl, name: &ConfigName, timeout: Duration) -> Finding {
     let topic = settings.topic("check");
-    let broker = settings.broker();
-    let delivery = match tokio::time::timeout(timeout, publish_test_message(&settings, &topic)).await {
+    let broker_url = broker;
+    let broker = broker.name();
+    let delivery = match tokio::time::timeout(timeout, publish_test_message(settings, broker_url, &topic)).await {
         Err(_) => {
             return Finding::fail(
                 CHECK,
@@ -60,7 +86,11 @@ pub async fn check_broker(config: &Config, name: &ConfigName, timeout: Duration)
             )
         }
         Ok(Err(Failure::Connection(error))) => {
-            return Finding::fail(CHECK, describe_connection_error(&error, &settings), connection_fix(&error, name))
+            return Finding::fail(
+                CHECK,
+                describe_connection_error(&error, &broker, settings),
+                connection_fix(&error, name),
+            )
         }
         Ok(Err(Failure::Client(error))) => {
             return Finding::fail(CHECK, format!("cannot publish to {topic}: {error}"), "report this as a bug")
@@ -107,9 +137,9 @@ pub fn test_message(settings: &MqttSettings) -> serde_json::Value {
     })
 }
 
-async fn publish_test_message(settings: &MqttSettings, topic: &str) -> Result<Delivery, Failure> {
+async fn publish_test_message(settings: &MqttSettings, broker: &BrokerUrl, topic: &str) -> Result<Delivery, Failure> {
     // Its own id: a broker drops an older connection with the same id, which would be the agent's.
-    let mut options = MqttOptions::new(format!("{}-check", settings.client_id), settings.host.clone(), settings.port);
+    let mut options = MqttOptions::new(format!("{}-check", settings.client_id), broker.host.clone(), broker.port);
     options.set_keep_alive(Duration::from_secs(5));
     options.set_clean_session(true);
     if let Some((user, password)) = &settings.credentials {
@@ -202,7 +232,6 @@ pub fn connection_fix(error: &ConnectionError, name: &ConfigName) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::check::Outcome;
     use std::path::Path;
 
     fn name() -> ConfigName {
@@ -218,7 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_broker_url_is_skipped_not_failed() {
-        let finding = check_broker(&config(""), &name(), Duration::from_secs(1)).await;
+        let [finding] = check_broker(&config(""), &name(), Duration::from_secs(1)).await.try_into().unwrap();
         assert_eq!(finding.outcome, Outcome::Skipped);
         assert!(finding.detail.starts_with("(no mqtt.url)"), "{finding:?}");
     }
@@ -227,7 +256,7 @@ mod tests {
     async fn a_closed_port_fails_naming_the_url_key() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = config(&format!("device_id = \"box-1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"));
-        let finding = check_broker(&config, &name(), Duration::from_secs(5)).await;
+        let [finding] = check_broker(&config, &name(), Duration::from_secs(5)).await.try_into().unwrap();
         assert_eq!(finding.outcome, Outcome::Fail);
         assert!(finding.detail.contains(&format!("mqtt://127.0.0.1:{port}")), "{finding:?}");
         assert!(finding.detail.contains("connection refused"), "{finding:?}");
@@ -237,10 +266,38 @@ mod tests {
     #[tokio::test]
     async fn a_missing_ca_file_fails_naming_the_key_and_file() {
         let config = config("[mqtt]\nurl = \"mqtts://127.0.0.1:8883\"\nca_file = \"/nonexistent/ca.pem\"\n");
-        let finding = check_broker(&config, &name(), Duration::from_secs(1)).await;
+        let [finding] = check_broker(&config, &name(), Duration::from_secs(1)).await.try_into().unwrap();
         assert_eq!(finding.outcome, Outcome::Fail);
         assert!(finding.detail.contains("mqtt.ca_file") && finding.detail.contains("/nonexistent/ca.pem"));
         assert!(finding.fix.unwrap().contains("`mqtt.ca_file` in site.toml"));
+    }
+
+    #[tokio::test]
+    async fn with_a_failover_list_each_broker_is_checked() {
+        let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = listening.local_addr().unwrap().port();
+        drop(listening);
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = config(&format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{closed}, mqtt://127.0.0.1:{other}\"\n"));
+        let findings = check_broker(&config, &name(), Duration::from_secs(5)).await;
+        let checks: Vec<&str> = findings.iter().map(|f| f.check.as_str()).collect();
+        assert_eq!(checks, ["broker 1 of 2", "broker 2 of 2"]);
+        // Both ports are closed here: no broker answers, so both are failures.
+        assert!(findings.iter().all(|f| f.outcome == Outcome::Fail), "{findings:?}");
+        assert!(findings[1].detail.contains(&format!("127.0.0.1:{other}")), "{findings:?}");
+    }
+
+    #[test]
+    fn one_broker_down_of_a_failover_list_is_a_warning_all_down_a_failure() {
+        let up = || Finding::pass(CHECK, "mqtt://a:1883: acknowledged");
+        let down = || Finding::fail(CHECK, "cannot reach broker mqtt://b:1883", "check `mqtt.url`");
+        let one_down = failover_findings(vec![up(), down()]);
+        assert_eq!(one_down[1].outcome, Outcome::Warn);
+        assert!(one_down[1].detail.contains("fails over"), "{one_down:?}");
+        let all_down = failover_findings(vec![down(), down()]);
+        assert!(all_down.iter().all(|f| f.outcome == Outcome::Fail));
+        let single = failover_findings(vec![down()]);
+        assert_eq!((single[0].check.as_str(), single[0].outcome), (CHECK, Outcome::Fail));
     }
 
     #[test]

@@ -226,7 +226,7 @@ pub async fn check(config_path: Option<&Path>, options: &CheckOptions) -> Report
         checks.push(outcome.finding);
     }
     checks.extend(model_findings);
-    checks.push(broker);
+    checks.extend(broker);
     Report::new(label, checks)
 }
 
