@@ -13,6 +13,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+# The fleet tests run a real three-node broker cluster (nats-server with MQTT on JetStream).
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 # The packaged-install test makes the service user as the package does and runs the agent as it,
 # with the rest of the file system read-only in a private mount namespace (unshare, setpriv).
 command -v adduser >/dev/null || missing+=(adduser)
@@ -37,7 +39,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# Debian starts a system-wide mosquitto on 1883 after install; the tests start their own on free ports.
+# Debian starts a system-wide mosquitto on 1883 (and nats-server on 4222) after install; the tests
+# start their own on free ports.
 
 # Python jsonschema (in a venv beside the build) validates real MQTT messages against docs/schemas.
 SCHEMA_VENV="$CARGO_TARGET_DIR/schema-venv"

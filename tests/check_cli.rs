@@ -47,7 +47,7 @@ fn check_passes_on_a_good_setup_with_tls_and_a_password() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::generate(&dir.path().join("pki"), "check");
     let users = vec![("station-box".to_string(), "box-secret-pass".to_string())];
-    let options = BrokerOptions { users, tls: Some(pki.broker_tls(true)), persistence: false };
+    let options = BrokerOptions { users, tls: Some(pki.broker_tls(true)), ..Default::default() };
     let Some(broker) = Mosquitto::start_with(options) else {
         return;
     };

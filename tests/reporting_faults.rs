@@ -3,10 +3,10 @@
 //! that every event the agent logged as queued (the log line comes after the outbox commit)
 //! reaches the broker.
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use edge_agent_tests::arrivals::*;
 use edge_agent_tests::*;
 
 /// A finite replay camera.
@@ -20,99 +20,8 @@ fn write_config(dir: &Path, device: &str, mqtt: &str, cameras: &[ReplayCamera], 
     write_agent_config(dir, device, mqtt, cameras, &format!("{EVERY_ARRIVAL_IS_AN_EVENT}\n{extra}"))
 }
 
-/// Event messages by (event id, revision); the incidents (event ids) whose `start` arrived, and
-/// the order in which each camera's incidents started.
-#[derive(Default)]
-struct Arrivals {
-    messages: HashMap<(String, u64), Vec<u8>>,
-    started: HashSet<String>,
-    first_order: HashMap<String, Vec<String>>,
-    duplicates: usize,
-    /// Event ids on `snapshots/{event_id}` topics that arrived.
-    snapshots: HashSet<String>,
-    /// Per incident, the evidence pictures that arrived on its `snapshots/{event_id}` topic.
-    snapshots_arrived: HashMap<String, usize>,
-    /// Per incident, its messages that carry a picture (`snapshot_sha256` set).
-    snapshots_sent: HashMap<String, usize>,
-}
-
-impl Arrivals {
-    fn take(&mut self, messages: Vec<Received>) {
-        for message in messages {
-            if message.topic.ends_with("/events") {
-                let json: serde_json::Value = serde_json::from_slice(&message.payload).expect("event JSON");
-                let id = json["event_id"].as_str().expect("event_id").to_string();
-                let revision = json["revision"].as_u64().expect("revision");
-                let camera = json["camera"].as_str().expect("camera").to_string();
-                match self.messages.get(&(id.clone(), revision)) {
-                    Some(first) => {
-                        assert_eq!(first, &message.payload, "a duplicate of {id}/{revision} must be the same message");
-                        self.duplicates += 1;
-                    }
-                    None => {
-                        self.messages.insert((id.clone(), revision), message.payload.clone());
-                        if json["snapshot_sha256"].is_string() {
-                            *self.snapshots_sent.entry(id.clone()).or_default() += 1;
-                        }
-                        if revision == 0 {
-                            self.started.insert(id.clone());
-                            self.first_order.entry(camera).or_default().push(id);
-                        }
-                    }
-                }
-            } else if let Some((_, id)) = message.topic.split_once("/snapshots/") {
-                assert_eq!(&message.payload[..2], &[0xff, 0xd8], "evidence is a JPEG");
-                self.snapshots.insert(id.to_string());
-                *self.snapshots_arrived.entry(id.to_string()).or_default() += 1;
-            }
-        }
-    }
-
-    /// Collects until the first event arrives; true if one did.
-    fn wait_for_first_event(&mut self, subscriber: &Subscriber, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.started.is_empty() && Instant::now() < deadline {
-            self.take(subscriber.collect_for(Duration::from_millis(200)));
-        }
-        !self.started.is_empty()
-    }
-
-    /// Collects until every queued event arrived (or the time is up); returns what is missing.
-    fn wait_for_all(&mut self, subscriber: &Subscriber, queued: &[(String, String)], timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let missing: Vec<String> =
-                queued.iter().filter(|(_, id)| !self.started.contains(id)).map(|(_, id)| id.clone()).collect();
-            if missing.is_empty() || Instant::now() > deadline {
-                return missing;
-            }
-            self.take(subscriber.collect_for(Duration::from_millis(500)));
-        }
-    }
-
-    /// Per camera, events first arrived in the order the agent queued them.
-    fn assert_camera_order(&self, queued: &[(String, String)]) {
-        let mut expected: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (camera, id) in queued {
-            expected.entry(camera).or_default().push(id);
-        }
-        for (camera, ids) in expected {
-            let arrived: Vec<&str> = self
-                .first_order
-                .get(camera)
-                .map(|v| v.iter().map(String::as_str).filter(|id| ids.contains(id)).collect())
-                .unwrap_or_default();
-            assert_eq!(arrived, ids, "camera {camera}: events arrived out of order");
-        }
-    }
-}
-
 fn wait_for_log(agent: &Agent, needle: &str, timeout: Duration) -> bool {
     eventually(timeout, || log_contains(&agent.log, needle).then_some(())).is_some()
-}
-
-fn count_in_log(agent: &Agent, needle: &str) -> usize {
-    plain_log(&agent.log_text()).matches(needle).count()
 }
 
 #[test]
@@ -162,26 +71,6 @@ fn broker_down_for_a_minute_loses_nothing() {
         arrivals.duplicates
     );
     assert_eq!(agent.terminate(Duration::from_secs(10)), Some(0));
-}
-
-/// The queued events once the pipeline has drained: the count has not moved for two seconds
-/// (frames still in inference when the source ended are judged and queued after its log line).
-fn settled_queued_events(agent: &Agent) -> Vec<(String, String)> {
-    let mut last = queued_events(&agent.log_text());
-    let mut still_since = Instant::now();
-    while still_since.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(250));
-        let now = queued_events(&agent.log_text());
-        if now.len() != last.len() {
-            still_since = Instant::now();
-        }
-        last = now;
-    }
-    last
-}
-
-fn wait_for_all_sources_ended(agent: &Agent, cameras: usize, timeout: Duration) -> bool {
-    eventually(timeout, || (count_in_log(agent, "source ended") >= cameras).then_some(())).is_some()
 }
 
 #[test]
@@ -371,7 +260,8 @@ fn a_wrong_ca_is_a_clear_error_retried_until_fixed_and_nothing_is_lost() {
     let other_pki = TestPki::generate(&dir.path().join("pki"), "other");
     let users = vec![("box".to_string(), "tls-pass-5521".to_string())];
     // The broker presents a certificate from a CA the agent does not trust.
-    let options = BrokerOptions { users, tls: Some(other_pki.broker_tls(true)), persistence: true };
+    let options =
+        BrokerOptions { users, tls: Some(other_pki.broker_tls(true)), persistence: true, ..Default::default() };
     let Some(mut broker) = Mosquitto::start_with(options) else {
         return;
     };

@@ -10,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod arrivals;
+pub mod cluster;
+pub mod fleet;
 pub mod platform;
 pub use platform::PlatformKey;
 pub mod rtsp;
@@ -52,7 +55,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-fn find_program(name: &str, extra_dirs: &[&str]) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str, extra_dirs: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(extra_dirs.iter().map(PathBuf::from))
@@ -401,6 +404,10 @@ pub struct BrokerOptions {
     pub tls: Option<BrokerTls>,
     /// Keep sessions and queued messages across [`Mosquitto::stop_gracefully`] + restart.
     pub persistence: bool,
+    /// Lines added at the end of mosquitto.conf, e.g. a bridge to another broker.
+    pub extra_config: String,
+    /// Log connections and errors only, not every packet (benchmarks measure the broker's CPU).
+    pub quiet_log: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -428,8 +435,9 @@ impl Mosquitto {
         // One security setting for the whole broker (no per_listener_settings): a session
         // restored from persistence then keeps receiving before its client reconnects.
         let mut text = format!(
-            "max_queued_messages 100000\nlog_dest file {}\nlog_type all\n",
-            dir.path().join("mosquitto.log").display()
+            "max_queued_messages 100000\nlog_dest file {}\nlog_type {}\n",
+            dir.path().join("mosquitto.log").display(),
+            if options.quiet_log { "notice\nlog_type error\nlog_type warning" } else { "all" }
         );
         if options.persistence {
             text.push_str(&format!("persistence true\npersistence_location {}/\n", dir.path().display()));
@@ -453,6 +461,7 @@ impl Mosquitto {
                 tls.require_client_certificate
             ));
         }
+        text.push_str(&options.extra_config);
         let config = dir.path().join("mosquitto.conf");
         std::fs::write(&config, text).expect("write mosquitto.conf");
         let mut broker =
@@ -506,6 +515,11 @@ impl Mosquitto {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The broker's process id while it runs (CPU and memory figures from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The broker's own log (brokers from [`Mosquitto::start_with`] only).

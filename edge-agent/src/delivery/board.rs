@@ -64,6 +64,8 @@ pub struct MqttStatus {
     pub brokers: Vec<String>,
     /// Times the link moved to another broker (failover, or back to the preferred one) since start.
     pub broker_switches: u64,
+    /// Connections tried since start (each broker of a failover counts).
+    pub connection_attempts: u64,
     pub connected: bool,
     pub last_error: Option<String>,
     pub published: u64,
@@ -319,6 +321,7 @@ impl StatusBoard {
                     broker: brokers.first().cloned(),
                     brokers,
                     broker_switches: 0,
+                    connection_attempts: 0,
                     connected: false,
                     last_error: None,
                     published: 0,
@@ -534,9 +537,11 @@ impl StatusBoard {
         }
     }
 
-    /// The broker the link now uses or tries.
+    /// The link tries `broker` now.
     pub fn set_mqtt_broker(&self, broker: &str) {
-        self.lock().mqtt.broker = Some(broker.to_string());
+        let mut inner = self.lock();
+        inner.mqtt.broker = Some(broker.to_string());
+        inner.mqtt.connection_attempts += 1;
     }
 
     /// The link connected to another broker than the one it used before.
