@@ -69,6 +69,8 @@ pub struct FleetFigures {
     pub reconnect_all: Duration,
     /// Connections the broker logged per second after its restart (second 0 = restart).
     pub reconnects_per_second: Vec<u64>,
+    /// Client ids the broker saw connect more than once after its restart, with the count.
+    pub connected_repeatedly: Vec<(String, u64)>,
     /// Connection attempts the boxes made while the broker was down and until all were back.
     pub client_attempts_during_outage: u64,
     pub broker_cores_during_reconnect: f64,
@@ -296,7 +298,11 @@ pub fn run(options: &FleetOptions, work: &Path) -> Option<FleetFigures> {
     // Connections per second the broker logged ("1764467000: New client connected from ...").
     let log = broker.log_text();
     let mut per_second: Vec<u64> = Vec::new();
+    let mut per_client: HashMap<String, u64> = HashMap::new();
     for line in log.get(log_before..).unwrap_or(&log).lines().filter(|l| l.contains("New client connected")) {
+        if let Some(client) = line.split(" as ").nth(1).and_then(|rest| rest.split_whitespace().next()) {
+            *per_client.entry(client.to_string()).or_default() += 1;
+        }
         let Some(unix) = line.split(':').next().and_then(|t| t.trim().parse::<i64>().ok()) else {
             continue;
         };
@@ -307,6 +313,8 @@ pub fn run(options: &FleetOptions, work: &Path) -> Option<FleetFigures> {
         per_second[second] += 1;
     }
     figures.reconnects_per_second = per_second;
+    figures.connected_repeatedly = per_client.into_iter().filter(|(_, n)| *n > 1).collect();
+    figures.connected_repeatedly.sort();
 
     std::thread::sleep(options.after);
     producing.store(false, Ordering::Relaxed);
@@ -392,6 +400,14 @@ impl FleetFigures {
                 format!(
                     "busiest second {busiest}, spread over {seconds_with_reconnects} s: {:?}",
                     self.reconnects_per_second
+                ),
+            ),
+            (
+                "clients the broker saw connect more than once after its restart",
+                format!(
+                    "{} {:?}",
+                    self.connected_repeatedly.len(),
+                    &self.connected_repeatedly[..self.connected_repeatedly.len().min(5)]
                 ),
             ),
             ("connection attempts by the boxes, outage to all back", format!("{}", self.client_attempts_during_outage)),

@@ -520,11 +520,12 @@ impl Publisher {
                 _ = telemetry_tick.tick(), if connected && self.telemetry.is_some() => {
                     self.publish_telemetry(&client, &mut tracker);
                 }
-                _ = flush_tick.tick() => {
+                // Only once connected: a branch that fires while rumqttc is still waiting for the
+                // CONNACK drops that half-made connection (the fleet harness saw a quarter of the
+                // boxes connect twice after a broker restart).
+                _ = flush_tick.tick(), if connected => {
                     self.remove_acknowledged(&mut acked).await;
-                    if connected {
-                        self.fill_window(&client, &mut tracker);
-                    }
+                    self.fill_window(&client, &mut tracker);
                 }
                 _ = shutdown.wait() => {
                     self.remove_acknowledged(&mut acked).await;
