@@ -136,10 +136,28 @@ fn a_cluster_node_dies_under_the_box_and_every_event_still_arrives() {
     let switches = agent_status(web_port).and_then(|s| s["mqtt"]["broker_switches"].as_u64()).unwrap_or(0);
     assert!(switches >= 2, "a failover and a return should be counted: {switches}");
 
+    // Retained status is the cluster's: a platform connecting to another node learns the box is
+    // online, on the node it uses now.
+    let late = Subscriber::connect(cluster.mqtt_port(1), "edge/cluster-box/status");
+    let retained = late.collect_for(Duration::from_secs(3));
+    let online = retained.iter().any(|m| {
+        let status: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        m.retain && status["state"] == "online" && status["broker"] == cluster.mqtt_url(0).as_str()
+    });
+    assert!(online, "another node should hold the box's retained status: {retained:?}");
+
     // A box that dies leaves its last will with the cluster.
     agent.kill_hard();
     let offline = platform.wait_for("/status", Duration::from_secs(90), |status| status["state"] == "offline");
     assert!(offline.is_some(), "the cluster did not publish the box's last will");
+
+    // The session is the cluster's: a command sent on the third node while the box is down waits
+    // in its session and reaches it when it comes back (to the first node); the box answers it.
+    platform.publish("edge/cluster-box/cmd/snapshot", b"{\"camera\":\"gate\"}".to_vec());
+    std::thread::sleep(Duration::from_secs(1));
+    agent.restart(&config);
+    let ack = platform.wait_for("/cmd/snapshot/ack", Duration::from_secs(60), |_| true);
+    assert!(ack.is_some(), "the command queued in the box's session never reached it");
     eprintln!(
         "nats cluster: {} events, {} duplicates (same id and revision), failover and return",
         queued.len(),
