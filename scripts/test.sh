@@ -26,7 +26,8 @@ command -v chromedriver >/dev/null || missing+=(chromium-driver)
 { command -v fc-list >/dev/null && [ -n "$(fc-list :lang=zh family)" ]; } || missing+=(fonts-wqy-microhei)
 # Build: OpenH264's bundled C++ source (RTSP/MP4 cameras); bindgen for V4L2 (feature edge-agent/v4l2).
 command -v c++ >/dev/null || missing+=(g++)
-for package in libclang-dev libv4l-dev \
+# GStreamer source (feature edge-agent/gstreamer): its development files to build, FFmpeg's decoders.
+for package in libclang-dev libv4l-dev libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-libav \
   gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
   gstreamer1.0-plugins-ugly gstreamer1.0-tools; do
   # The RTSP tests run a real GStreamer RTSP server (tests/support/rtsp_server.py).
@@ -64,8 +65,10 @@ if [ -z "${EDGE_AGENT_TEST_OLD_ORT:-}" ]; then
 fi
 
 echo "== building (target dir $CARGO_TARGET_DIR)"
-# V4L2 (USB cameras) is a non-default feature so a plain `cargo run` needs no libclang; test it here.
-cargo build --workspace --bins --tests --locked --features edge-agent/v4l2
+# V4L2 (USB cameras) and GStreamer are non-default features so a plain `cargo run` needs neither
+# libclang nor GStreamer's development files; test them here, as the .deb ships them.
+features="edge-agent/v4l2,edge-agent/gstreamer"
+cargo build --workspace --bins --tests --locked --features "$features"
 
 echo "== testing"
-cargo test --workspace --locked --features edge-agent/v4l2 "$@"
+cargo test --workspace --locked --features "$features" "$@"

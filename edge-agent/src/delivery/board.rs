@@ -47,6 +47,8 @@ pub struct CameraStatus {
     pub frames_still: u64,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// The video decoder in use (file and RTSP cameras).
+    pub decoder: Option<String>,
     pub last_frame_at: Option<DateTime<Utc>>,
     pub frame_width: u32,
     pub frame_height: u32,
@@ -582,6 +584,7 @@ impl StatusBoard {
                     frames_still: view.health.frames_still.load(Ordering::Relaxed),
                     errors: view.health.errors.load(Ordering::Relaxed),
                     last_error: view.health.last_error(),
+                    decoder: view.health.decoder(),
                     last_frame_at: view.last_frame_at,
                     frame_width: view.size.0,
                     frame_height: view.size.1,

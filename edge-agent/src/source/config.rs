@@ -35,16 +35,19 @@ pub enum SourceConfig {
         #[serde(default = "default_true")]
         looping: bool,
     },
-    /// An H.264 MP4 file, or a folder of pictures, played at the file's rate (2 pictures/s for a
-    /// folder) unless `fps` is given.
+    /// A video file (MP4 with H.264; with GStreamer also H.265 and whatever its plugins read), or
+    /// a folder of pictures, played at the file's rate (2 pictures/s for a folder) unless `fps`
+    /// is given.
     File {
         path: PathBuf,
         #[serde(default)]
         fps: Option<f64>,
         #[serde(default = "default_true")]
         looping: bool,
+        #[serde(default)]
+        decoder: VideoDecoder,
     },
-    /// An IP camera: RTSP over TCP (interleaved), H.264 video.
+    /// An IP camera: RTSP over TCP (interleaved), H.264 video (with GStreamer also H.265).
     Rtsp {
         url: RtspUrl,
         /// Most pictures per second handed to inference; default: every decoded frame.
@@ -53,6 +56,8 @@ pub enum SourceConfig {
         /// No picture for this long → reconnect; also the cap of the reconnect backoff.
         #[serde(default = "default_stall_timeout_secs")]
         stall_timeout_secs: f64,
+        #[serde(default)]
+        decoder: VideoDecoder,
     },
     /// A USB camera through Video4Linux2 (needs an agent built with the `v4l2` feature).
     V4l2 {
@@ -67,6 +72,33 @@ pub enum SourceConfig {
         #[serde(default)]
         fps: Option<u32>,
     },
+}
+
+/// Which video decoding path a file or RTSP camera takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoDecoder {
+    /// GStreamer when this build has it (H.264 and H.265, hardware decoders), else OpenH264.
+    #[default]
+    Auto,
+    /// GStreamer (an agent built with the `gstreamer` feature, as the .deb is).
+    Gstreamer,
+    /// The built-in path: retina + OpenH264, H.264 only, in software.
+    Openh264,
+}
+
+impl VideoDecoder {
+    /// Whether this build has the GStreamer path.
+    pub const GSTREAMER_BUILT: bool = cfg!(feature = "gstreamer");
+
+    /// What `auto` means in this build.
+    pub fn resolved(self) -> Self {
+        match self {
+            Self::Auto if Self::GSTREAMER_BUILT => Self::Gstreamer,
+            Self::Auto => Self::Openh264,
+            other => other,
+        }
+    }
 }
 
 /// Frigate-style motion gating: a frame goes to inference only when its downscaled grey picture
@@ -333,6 +365,15 @@ impl CameraConfig {
                 }
             }
         }
+        if let SourceConfig::File { decoder, .. } | SourceConfig::Rtsp { decoder, .. } = &self.source {
+            if *decoder == VideoDecoder::Gstreamer && !VideoDecoder::GSTREAMER_BUILT {
+                return Err(Invalid::new(
+                    format!("{key}.source.decoder"),
+                    "is \"gstreamer\" but this agent was built without GStreamer; build with \
+                     `--features gstreamer` (the .deb is), or use \"openh264\" (H.264 only)",
+                ));
+            }
+        }
         if let SourceConfig::Rtsp { stall_timeout_secs, .. } = &self.source {
             if !(*stall_timeout_secs >= 1.0 && *stall_timeout_secs <= 600.0) {
                 return Err(Invalid::new(
@@ -396,7 +437,8 @@ mod tests {
         ))
         .unwrap();
         assert!(matches!(&config.cameras[0].source, SourceConfig::File { fps: None, looping: true, .. }));
-        let SourceConfig::Rtsp { url, fps, stall_timeout_secs } = &config.cameras[1].source else { panic!() };
+        let SourceConfig::Rtsp { url, fps, stall_timeout_secs, decoder } = &config.cameras[1].source else { panic!() };
+        assert_eq!(*decoder, VideoDecoder::Auto);
         assert_eq!((url.to_string().as_str(), *fps, *stall_timeout_secs), ("rtsp://10.0.0.9:554/stream1", None, 10.0));
         assert!(matches!(
             &config.cameras[2].source,

@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod file;
+#[cfg(feature = "gstreamer")]
+pub mod gst;
 pub mod h264;
 pub mod motion;
 pub mod replay;
@@ -60,6 +62,9 @@ pub struct CameraHealth {
     pub frames_still: AtomicU64,
     pub errors: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// The video decoder making the pictures (`openh264 (software)`, `avdec_h265 (software,
+    /// GStreamer)`, `nvv4l2decoder (hardware, GStreamer)`); None for pictures and USB cameras.
+    pub decoder: Mutex<Option<String>>,
     /// Set by `cameras[].enabled = false` or the `set` command: the task closes its source and
     /// waits until the camera is enabled again.
     pub disabled: std::sync::atomic::AtomicBool,
@@ -81,6 +86,10 @@ impl CameraHealth {
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|l| l.clone())
+    }
+
+    pub fn decoder(&self) -> Option<String> {
+        self.decoder.lock().ok().and_then(|d| d.clone())
     }
 }
 
@@ -160,6 +169,8 @@ pub enum OpenSource {
     File(file::VideoFileSource),
     Rtsp(Box<rtsp::RtspSource>),
     V4l2(v4l2::V4l2Source),
+    #[cfg(feature = "gstreamer")]
+    Gstreamer(Box<gst::GstSource>),
 }
 
 impl OpenSource {
@@ -169,13 +180,30 @@ impl OpenSource {
             SourceConfig::Replay { path, fps, looping } => {
                 Self::Replay(replay::ReplaySource::open(id, path, *fps, *looping)?)
             }
-            SourceConfig::File { path, fps, looping } if path.is_dir() => {
+            SourceConfig::File { path, fps, looping, .. } if path.is_dir() => {
                 Self::Replay(replay::ReplaySource::open(id, path, fps.unwrap_or(2.0), *looping)?)
             }
-            SourceConfig::File { path, fps, looping } => {
+            #[cfg(feature = "gstreamer")]
+            SourceConfig::File { path, fps, looping, decoder }
+                if decoder.resolved() == config::VideoDecoder::Gstreamer =>
+            {
+                Self::Gstreamer(Box::new(gst::GstSource::open(
+                    id,
+                    gst::GstInput::File { path, looping: *looping },
+                    *fps,
+                )?))
+            }
+            SourceConfig::File { path, fps, looping, .. } => {
                 Self::File(file::VideoFileSource::open(id, path, *fps, *looping).await?)
             }
-            SourceConfig::Rtsp { url, fps, stall_timeout_secs } => Self::Rtsp(Box::new(
+            #[cfg(feature = "gstreamer")]
+            SourceConfig::Rtsp { url, fps, stall_timeout_secs, decoder }
+                if decoder.resolved() == config::VideoDecoder::Gstreamer =>
+            {
+                let stall_timeout = Duration::from_secs_f64(*stall_timeout_secs);
+                Self::Gstreamer(Box::new(gst::GstSource::open(id, gst::GstInput::Rtsp { url, stall_timeout }, *fps)?))
+            }
+            SourceConfig::Rtsp { url, fps, stall_timeout_secs, .. } => Self::Rtsp(Box::new(
                 rtsp::RtspSource::open(id, url, *fps, Duration::from_secs_f64(*stall_timeout_secs)).await?,
             )),
             SourceConfig::V4l2 { device, width, height, pixel_format, fps } => {
@@ -194,6 +222,18 @@ impl OpenSource {
             Self::File(source) => source.next_image().await,
             Self::Rtsp(source) => source.next_image().await,
             Self::V4l2(source) => source.next_image().await,
+            #[cfg(feature = "gstreamer")]
+            Self::Gstreamer(source) => source.next_image().await,
+        }
+    }
+
+    /// The decoder that makes the pictures, in words (`openh264`, or the GStreamer element).
+    pub fn decoder(&self) -> Option<String> {
+        match self {
+            Self::File(_) | Self::Rtsp(_) => Some("openh264 (software)".into()),
+            #[cfg(feature = "gstreamer")]
+            Self::Gstreamer(source) => source.decoder(),
+            Self::Replay(_) | Self::V4l2(_) => None,
         }
     }
 }
@@ -233,6 +273,10 @@ impl CameraTask {
                 }
             };
             tracing::info!(camera = %self.id, "source open");
+            // The built-in path knows its decoder now; GStreamer once the stream's caps are known.
+            if let Ok(mut decoder) = self.health.decoder.lock() {
+                *decoder = source.decoder();
+            }
             loop {
                 if self.health.disabled.load(Ordering::Relaxed) {
                     tracing::info!(camera = %self.id, "camera disabled; source closed");
@@ -247,6 +291,15 @@ impl CameraTask {
                     Ok(image) => {
                         backoff.reset();
                         self.health.clear_error();
+                        // Known once the stream's first picture is decoded.
+                        if let Ok(mut decoder) = self.health.decoder.lock() {
+                            if decoder.is_none() {
+                                *decoder = source.decoder();
+                                if let Some(name) = decoder.as_deref() {
+                                    tracing::info!(camera = %self.id, "decoding with {name}");
+                                }
+                            }
+                        }
                         self.health.frames_captured.fetch_add(1, Ordering::Relaxed);
                         let (image, admitted) = match gate.take() {
                             None => (image, true),
