@@ -104,6 +104,35 @@ fn rtsp_camera_gives_the_same_detections_as_the_picture_and_hides_its_password()
     drop(agent);
 }
 
+/// Many city cameras stream H.265: through GStreamer it gives the same detections as the H.264
+/// stream of the same picture, and the camera's status names the decoder.
+#[test]
+fn an_h265_camera_gives_the_same_detections_as_the_picture() {
+    let Some(broker) = Mosquitto::start() else { return };
+    let Some(server) = RtspServer::start(Stream::PictureH265 { path: &dog_jpg(), fps: 5 }, None) else { return };
+    let expected = truck_in_dog_jpg();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, web_port) = write_config(
+        dir.path(),
+        Some(&broker.url()),
+        &format!(
+            "[[cameras]]\nid = \"gate\"\nsource = {{ kind = \"rtsp\", url = \"{}\", fps = 2.0, decoder = \"gstreamer\" }}\n",
+            server.url()
+        ),
+    );
+    let subscriber = Subscriber::connect(broker.port, "edge/e2e-box/events");
+    let agent = Agent::start(&config, &dir.path().join("agent.log"));
+    let truck = subscriber.wait_for("/events", Duration::from_secs(60), |e| e["label"] == "truck");
+    let truck = truck.unwrap_or_else(|| panic!("no truck from the H.265 camera; log:\n{}", agent.log_text()));
+    assert_eq!((truck["frame_width"].as_u64(), truck["frame_height"].as_u64()), (Some(768), Some(576)));
+    let found = event_box(&truck);
+    assert!(iou(found, expected) >= 0.85, "H.265 truck {found:?} vs picture truck {expected:?}");
+    let camera = camera_status(web_port, "gate").expect("camera status");
+    let decoder = camera["decoder"].as_str().unwrap_or_default();
+    assert!(decoder.contains("265") && decoder.contains("GStreamer"), "{camera}");
+    drop(agent);
+}
+
 #[test]
 fn rtsp_server_killed_and_restarted_is_recovered_within_the_watchdog_time() {
     let Some(mut server) = RtspServer::start(Stream::Picture { path: &dog_jpg(), fps: 5 }, None) else { return };

@@ -25,6 +25,8 @@ pub struct RtspServer {
 pub enum Stream<'a> {
     /// An endless H.264 stream of one picture.
     Picture { path: &'a Path, fps: u32 },
+    /// An endless H.265 (HEVC) stream of one picture.
+    PictureH265 { path: &'a Path, fps: u32 },
     /// The H.264 track of an MP4 file, once.
     File(&'a Path),
 }
@@ -62,6 +64,14 @@ impl RtspServer {
             Stream::Picture { path, fps } => {
                 args.extend(["--image".into(), path.display().to_string(), "--fps".into(), fps.to_string()])
             }
+            Stream::PictureH265 { path, fps } => args.extend([
+                "--image".into(),
+                path.display().to_string(),
+                "--fps".into(),
+                fps.to_string(),
+                "--codec".into(),
+                "h265".into(),
+            ]),
             Stream::File(path) => args.extend(["--file".into(), path.display().to_string()]),
         }
         if let Some((user, password)) = credentials {

@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """A real RTSP server for the end-to-end tests: Debian's GStreamer RTSP server on loopback.
 
-    rtsp_server.py --port PORT --image dog.jpg [--fps 5] [--user U --password P]
-        serves an endless H.264 stream (x264, baseline, a keyframe every 10 frames) of one picture;
+    rtsp_server.py --port PORT --image dog.jpg [--fps 5] [--codec h264|h265] [--user U --password P]
+        serves an endless H.264 (x264, baseline) or H.265 (x265, main) stream of one picture, a
+        keyframe every 10 frames;
     rtsp_server.py --port PORT --file clip.mp4
         serves the H.264 track of an MP4 file once (used for damaged streams).
 
@@ -28,11 +29,19 @@ def launch_line(args):
         )
     decoder = "pngdec" if args.image.lower().endswith(".png") else "jpegdec"
     caps = "image/png" if decoder == "pngdec" else "image/jpeg"
+    if args.codec == "h265":
+        encoder = (
+            "x265enc tune=zerolatency speed-preset=ultrafast key-int-max=10 "
+            "! video/x-h265,profile=main ! rtph265pay name=pay0 pt=96 config-interval=1"
+        )
+    else:
+        encoder = (
+            "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 "
+            "! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1"
+        )
     return (
         f'( multifilesrc location="{args.image}" loop=true caps="{caps},framerate={args.fps}/1" '
-        f"! {decoder} ! videoconvert ! video/x-raw,format=I420 "
-        "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 "
-        "! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1 )"
+        f"! {decoder} ! videoconvert ! video/x-raw,format=I420 ! {encoder} )"
     )
 
 
@@ -43,6 +52,7 @@ def main():
     source.add_argument("--image")
     source.add_argument("--file")
     parser.add_argument("--fps", type=int, default=5)
+    parser.add_argument("--codec", choices=["h264", "h265"], default="h264")
     parser.add_argument("--user")
     parser.add_argument("--password")
     args = parser.parse_args()
