@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh Debian machine that has only Rust: installs the system
 # packages the tests need (mosquitto, chromium), builds the agent binary the end-to-end tests run, then runs
-# the unit tests and the end-to-end tests in tests/. `.ci/run` calls exactly this.
+# the unit tests and the end-to-end tests in tests/, then the benchmarks in their smoke mode. `.ci/run`
+# calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,3 +67,14 @@ cargo build --workspace --bins --tests --locked --features edge-agent/v4l2
 
 echo "== testing"
 cargo test --workspace --locked --features edge-agent/v4l2 "$@"
+
+# The benchmarks in their smoke mode (a few seconds each, on the debug binary built above), so they
+# cannot rot: each must run end to end and produce every figure. A developer may skip them with
+# SKIP_BENCH_SMOKE=1; CI (CI=true) always runs them.
+if [ "${SKIP_BENCH_SMOKE:-}" = 1 ] && [ "${CI:-}" != true ] && [ "${CI:-}" != 1 ]; then
+  echo "== SKIPPED: benchmark smoke runs (SKIP_BENCH_SMOKE=1; CI never skips them)"
+else
+  echo "== benchmark smoke runs (bench/camera.sh --smoke, bench/compare.sh --smoke)"
+  EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/camera.sh --smoke
+  EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/compare.sh --smoke
+fi
