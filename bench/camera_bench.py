@@ -235,6 +235,28 @@ def wait_until(what, deadline_secs, check, process):
     fail(f"{what}: not ready within {deadline_secs} s:\n{process.tail()}")
 
 
+def start_profile(args, pid, name):
+    """`perf record` of the agent over the measured window (--perf): adds a little CPU of its own, so
+    profile in a separate run from the one whose figures are kept."""
+    args.perf.mkdir(parents=True, exist_ok=True)
+    data = args.perf / f"{name}.perf.data"
+    command = ["perf", "record", "-F", "499", "-g", "-p", str(pid), "-o", str(data), "--", "sleep", f"{args.seconds:g}"]
+    return data, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def finish_profile(profiler):
+    """Waits for `perf record` and writes its report (by library and symbol) beside the data."""
+    data, process = profiler
+    if process.wait() != 0 or not data.exists():
+        print(f"   perf record failed (exit {process.returncode}); no profile", file=sys.stderr)
+        return
+    command = ["perf", "report", "-i", str(data), "--no-children", "-g", "none", "--sort", "dso,sym", "--stdio"]
+    report = subprocess.run(command + ["--percent-limit", "0.5"], capture_output=True, text=True)
+    summary = data.with_suffix(".txt")
+    summary.write_text(report.stdout)
+    print(f"   profile: {summary}", flush=True)
+
+
 def run_agent(args, work, name, urls, both_models=False):
     port = free_port()
     config = agent_config(args, work, name, port, urls, both_models)
@@ -251,11 +273,14 @@ def run_agent(args, work, name, urls, both_models=False):
         wait_until(f"agent {name}: every camera inferring", 90, inferring, agent)
         time.sleep(args.warmup)
         before, cpu_before, t0 = api(port, "/api/v1/status"), cpu_seconds(agent.pid), time.time()
+        profiler = start_profile(args, agent.pid, name) if args.perf and not both_models else None
         time.sleep(args.seconds)
         after, cpu_after, t1 = api(port, "/api/v1/status"), cpu_seconds(agent.pid), time.time()
         hwm = peak_rss_kib(agent.pid)
     finally:
         agent.stop()
+    if profiler:
+        finish_profile(profiler)
     inferred = sum(c["frames_inferred"] for c in after["cameras"]) - sum(
         c["frames_inferred"] for c in before["cameras"]
     )
@@ -477,6 +502,7 @@ def main():
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--perf", type=pathlib.Path, help="folder: `perf record` the agent in each window")
     args = parser.parse_args()
     if args.smoke:
         args.fps, args.cameras = args.fps or [10], args.cameras or [1]
