@@ -29,12 +29,12 @@ import math
 import os
 import pathlib
 import platform
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -43,7 +43,7 @@ import report as report_file  # bench/report.py: one way to replace a section of
 
 SECTION = "## Camera benchmark (issue 17)"
 NOTES_MARKER = "<!-- camera notes: kept by bench/camera_bench.py across runs -->"
-CLIP_VERSION = 1
+CLIP_VERSION = 2
 TICKS = os.sysconf("SC_CLK_TCK")
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -209,14 +209,14 @@ def agent_config(args, work, name, port, urls, both_models):
         f'[[cameras]]\nid = "cam{i}"\nsource = {{ kind = "rtsp", url = "{url}" }}\n' for i, url in enumerate(urls)
     )
     config = work / f"{name}.toml"
-    # Events start on the first sighting and end 0.4 s after the vehicles leave, and a vehicle that
-    # comes back is a new incident: the clip's cuts then give several event messages a second.
+    # Events start on the first sighting and end 1.5 s after the vehicles leave, and a vehicle that
+    # comes back is a new incident: the clip's cuts then give about one event message a second.
     config.write_text(
         f'state_dir = "{work / ("state-" + name)}"\n'
         f'[web]\nlisten = "127.0.0.1:{port}"\n'
         f'[inference]\nbackend = "ort"\nintra_op_threads = {args.threads}\n'
         "[rules.object]\nmin_duration_secs = 0.0\n"
-        "[tracking]\nmax_lost_secs = 0.4\nstationary_memory_secs = 0.0\n" + models + cameras
+        "[tracking]\nmax_lost_secs = 1.5\nstationary_memory_secs = 0.0\n" + models + cameras
     )
     return config
 
@@ -236,19 +236,20 @@ def wait_until(what, deadline_secs, check, process):
 
 
 def start_profile(args, pid, name):
-    """`perf record` of the agent over the measured window (--perf): adds a little CPU of its own, so
-    profile in a separate run from the one whose figures are kept."""
+    """`perf record` of a contender over the measured window (--perf): adds a little CPU of its own,
+    so profile in a separate run from the one whose figures are kept."""
     args.perf.mkdir(parents=True, exist_ok=True)
     data = args.perf / f"{name}.perf.data"
     command = ["perf", "record", "-F", "499", "-g", "-p", str(pid), "-o", str(data), "--", "sleep", f"{args.seconds:g}"]
-    return data, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = data.with_suffix(".log").open("w")
+    return data, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
 def finish_profile(profiler):
     """Waits for `perf record` and writes its report (by library and symbol) beside the data."""
     data, process = profiler
     if process.wait() != 0 or not data.exists():
-        print(f"   perf record failed (exit {process.returncode}); no profile", file=sys.stderr)
+        print(f"   perf record failed (exit {process.returncode}, {data.with_suffix('.log')}); no profile", file=sys.stderr)
         return
     command = ["perf", "report", "-i", str(data), "--no-children", "-g", "none", "--sort", "dso,sym", "--stdio"]
     report = subprocess.run(command + ["--percent-limit", "0.5"], capture_output=True, text=True)
@@ -277,8 +278,12 @@ def run_agent(args, work, name, urls, both_models=False):
         time.sleep(args.seconds)
         after, cpu_after, t1 = api(port, "/api/v1/status"), cpu_seconds(agent.pid), time.time()
         hwm = peak_rss_kib(agent.pid)
+        if profiler:
+            # perf ends its window on its own; stopping the agent first would cut it short.
+            profiler[1].wait(timeout=args.seconds + 60)
     finally:
         agent.stop()
+        shutil.rmtree(work / ("state-" + name), ignore_errors=True)  # outbox and evidence pictures
     if profiler:
         finish_profile(profiler)
     inferred = sum(c["frames_inferred"] for c in after["cameras"]) - sum(
@@ -340,11 +345,16 @@ def run_python(args, work, name, urls):
         )
         time.sleep(args.warmup)
         cpu_before, t0 = cpu_seconds(python.pid), time.time()
+        profiler = start_profile(args, python.pid, name) if args.perf else None
         time.sleep(args.seconds)
         cpu_after, t1 = cpu_seconds(python.pid), time.time()
         hwm = peak_rss_kib(python.pid)
+        if profiler:
+            profiler[1].wait(timeout=args.seconds + 60)
     finally:
         python.stop()
+    if profiler:
+        finish_profile(profiler)
     done = [r for r in records() if t0 <= r["done"] <= t1]
     latencies = [(r["done"] - r["captured"]) * 1000.0 for r in records() if r["event"] and t0 <= r["captured"] <= t1]
     return {
@@ -502,7 +512,7 @@ def main():
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--perf", type=pathlib.Path, help="folder: `perf record` the agent in each window")
+    parser.add_argument("--perf", type=pathlib.Path, help="folder: `perf record` each contender in its window")
     args = parser.parse_args()
     if args.smoke:
         args.fps, args.cameras = args.fps or [10], args.cameras or [1]
@@ -519,34 +529,36 @@ def main():
     clips = {fps: make_clip(args, fps) for fps in args.fps}
     scenarios = {}
     rss_run = None
-    with tempfile.TemporaryDirectory(prefix="camera-bench-") as work_dir:
-        work = pathlib.Path(work_dir)
-        for fps in args.fps:
-            server = RtspServer(clips[fps], fps, max(args.cameras), work)
-            try:
-                for cameras in args.cameras:
-                    urls = [server.url(i) for i in range(cameras)]
-                    name = f"{fps}fps-{cameras}cam"
-                    print(f"== {name}: edge-agent", flush=True)
-                    agent = run_agent(args, work, f"agent-{name}", urls)
-                    print(f"== {name}: Python OpenCV + ONNX Runtime", flush=True)
-                    python = run_python(args, work, f"python-{name}", urls)
-                    scenarios[(fps, cameras)] = (agent, python)
-                    for run in (agent, python):
-                        f = figures(run)
-                        print(
-                            f"   {run['contender']}: {f['cores_per_camera']:.3f} cores/camera, "
-                            f"{f['frames_per_second']:.1f} frames/s, CPU {fmt(f['cpu_ms_per_frame'])} ms/frame, "
-                            f"latency {fmt(f['latency_median_ms'], 0)}/{fmt(f['latency_p99_ms'], 0)} ms "
-                            f"({f['latency_samples']}), peak RSS {f['peak_rss_mb']:.0f} MB",
-                            flush=True,
-                        )
-                if fps == args.fps[0]:
-                    print(f"== {fps}fps-1cam: edge-agent with both models (peak RSS)", flush=True)
-                    rss_run = run_agent(args, work, f"agent-both-{fps}fps", [server.url(0)], both_models=True)
-                    rss_run["fps"] = fps
-            finally:
-                server.process.stop()
+    # Logs and configs of the last run stay for a look afterwards; state folders are deleted.
+    work = args.cache / "last-run"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for fps in args.fps:
+        server = RtspServer(clips[fps], fps, max(args.cameras), work)
+        try:
+            for cameras in args.cameras:
+                urls = [server.url(i) for i in range(cameras)]
+                name = f"{fps}fps-{cameras}cam"
+                print(f"== {name}: edge-agent", flush=True)
+                agent = run_agent(args, work, f"agent-{name}", urls)
+                print(f"== {name}: Python OpenCV + ONNX Runtime", flush=True)
+                python = run_python(args, work, f"python-{name}", urls)
+                scenarios[(fps, cameras)] = (agent, python)
+                for run in (agent, python):
+                    f = figures(run)
+                    print(
+                        f"   {run['contender']}: {f['cores_per_camera']:.3f} cores/camera, "
+                        f"{f['frames_per_second']:.1f} frames/s, CPU {fmt(f['cpu_ms_per_frame'])} ms/frame, "
+                        f"latency {fmt(f['latency_median_ms'], 0)}/{fmt(f['latency_p99_ms'], 0)} ms "
+                        f"({f['latency_samples']}), peak RSS {f['peak_rss_mb']:.0f} MB",
+                        flush=True,
+                    )
+            if fps == args.fps[0]:
+                print(f"== {fps}fps-1cam: edge-agent with both models (peak RSS)", flush=True)
+                rss_run = run_agent(args, work, f"agent-both-{fps}fps", [server.url(0)], both_models=True)
+                rss_run["fps"] = fps
+        finally:
+            server.process.stop()
     load_after = " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
     body, missing = tables(args, scenarios, rss_run, cpu, started, load_before, load_after)
     print(body)

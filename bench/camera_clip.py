@@ -2,10 +2,10 @@
 IP camera's main stream) from real photos with moving content, to be looped by
 bench/rtsp_bench_server.py.
 
-Each 3-second cycle is 2 s of models/samples/dog.jpg (a truck, a car and a bicycle: the object
-rule's labels) with a slow zoom and pan, then 1 s of models/samples/person.jpg (nothing the rule
+Each 6-second cycle is 3 s of models/samples/dog.jpg (a truck, a car and a bicycle: the object
+rule's labels) with a slow zoom and pan, then 3 s of models/samples/person.jpg (nothing the rule
 reports) with its own zoom, so the vehicles leave and come back and the agent's events start and end
-several times a minute. Frames are drawn with OpenCV and encoded by GStreamer's x264enc
+about once a second (a busy station, not a quiet one). Frames are drawn with OpenCV and encoded by GStreamer's x264enc
 (gst-launch-1.0 reads them raw on its standard input).
 
     camera_clip.py --out clip.mp4 --width 1920 --height 1080 --fps 10 --seconds 12
@@ -19,8 +19,8 @@ import sys
 import cv2
 import numpy as np
 
-CYCLE_SECS = 3.0
-VEHICLES_SECS = 2.0
+CYCLE_SECS = 6.0
+VEHICLES_SECS = 3.0
 
 
 def scene(photo, width, height, progress, zoom_to, pan):

@@ -25,6 +25,9 @@ command -v chromedriver >/dev/null || missing+=(chromium-driver)
 { command -v fc-list >/dev/null && [ -n "$(fc-list :lang=zh family)" ]; } || missing+=(fonts-wqy-microhei)
 # Build: OpenH264's bundled C++ source (RTSP/MP4 cameras); bindgen for V4L2 (feature edge-agent/v4l2).
 command -v c++ >/dev/null || missing+=(g++)
+# OpenH264's x86 assembly (SSE2/SSSE3/AVX2 motion compensation, IDCT, deblocking): without nasm its
+# build silently falls back to plain C, and the decoder costs about a quarter more CPU (bench/RESULTS.md).
+command -v nasm >/dev/null || missing+=(nasm)
 for package in libclang-dev libv4l-dev \
   gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
   gstreamer1.0-plugins-ugly gstreamer1.0-tools; do
