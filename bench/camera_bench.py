@@ -301,11 +301,24 @@ def run_agent(args, work, name, urls, both_models=False):
     inference_ms = sum(1000.0 * seconds_in[m] / runs[m] for m in runs if runs[m] > 0)
     latencies = []
     states = {}
+    kept = []
     for arrived, event in list(feed.messages):
         captured_at = parse_time(event["time"])
         if t0 <= captured_at <= t1:
             latencies.append((arrived - captured_at) * 1000.0)
             states[event["state"]] = states.get(event["state"], 0) + 1
+            kept.append({"camera": event["camera"], "time": event["time"], "state": event["state"],
+                         "label": event["label"], "latency_ms": latencies[-1]})  # fmt: skip
+    # Every message of the window, for a closer look (which frames were slow, with how many events).
+    (work / f"{name}-events.json").write_text(json.dumps(kept, indent=0))
+    # A frame's messages are committed together: its latency by how many it carried shows the cost
+    # of each event's pictures.
+    per_frame = {}
+    for message in kept:
+        per_frame.setdefault((message["camera"], message["time"]), []).append(message["latency_ms"])
+    by_messages = {}
+    for frame_latencies in per_frame.values():
+        by_messages.setdefault(len(frame_latencies), []).append(max(frame_latencies))
     return {
         "contender": "agent",
         "models": "nanodet + efficientnet_lite0" if both_models else "nanodet",
@@ -317,6 +330,7 @@ def run_agent(args, work, name, urls, both_models=False):
         "inference_ms": inference_ms if runs and any(runs.values()) else None,
         "latencies_ms": latencies,
         "event_states": states,
+        "by_messages": by_messages,
         "lagged": feed.lagged,
         "feed_error": feed.error,
         "peak_rss_kib": hwm,
@@ -444,6 +458,19 @@ def tables(args, scenarios, rss_run, cpu, started, load_before, load_after):
             )
         if agent.get("feed_error"):
             missing.append(f"agent, {fps} fps, {cameras} camera(s): the event feed broke: {agent['feed_error']}")
+    by_messages = [
+        "Agent: frame-to-event latency by the number of event messages decided on the same frame (they are "
+        "committed together; each brings its evidence pictures): median ms (frames).",
+        "",
+        "| stream | cameras | 1 message | 2 | 3 | 4 or more |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (fps, cameras), (agent, _) in scenarios.items():
+        cells = []
+        for low, high in ((1, 1), (2, 2), (3, 3), (4, 10**6)):
+            frames = [x for n, xs in agent["by_messages"].items() if low <= n <= high for x in xs]
+            cells.append(f"{statistics.median(frames):.0f} ({len(frames)})" if frames else "—")
+        by_messages.append(f"| {args.height}p {fps} fps | {cameras} | " + " | ".join(cells) + " |")
     r = figures(rss_run)
     rss_fps = rss_run["fps"]
     rows.append(
@@ -480,6 +507,8 @@ def tables(args, scenarios, rss_run, cpu, started, load_before, load_after):
         *rows,
         "",
         *goals,
+        "",
+        *by_messages,
         "",
         f"lscpu Model name: {cpu['Model name']}",
         "",
