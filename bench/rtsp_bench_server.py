@@ -17,9 +17,8 @@ import sys
 import gi
 
 gi.require_version("Gst", "1.0")
-gi.require_version("GstApp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstApp, GstRtspServer  # noqa: E402,F401  (GstApp: appsrc's API)
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 CAPS = "video/x-h264,stream-format=byte-stream,alignment=au"
 
