@@ -8,14 +8,20 @@
 #
 #   bash bench/compare.sh          # threads = nproc, 3 rounds of 8 s per measurement (about 8 minutes)
 #   BENCH_THREADS=2 BENCH_SECONDS=20 BENCH_ROUNDS=5 bash bench/compare.sh
+#   bash bench/compare.sh --smoke  # debug build, 1 round of 1 s, 4 s of RSS: checks that the benchmark
+#                                  # runs end to end (scripts/test.sh runs it); writes no results
+# EDGE_AGENT_BIN=path uses that binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+smoke=false
+if [ "${1:-}" = "--smoke" ]; then smoke=true; fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-agent/target}"
 threads="${BENCH_THREADS:-$(nproc)}"
 seconds="${BENCH_SECONDS:-8}"
 rounds="${BENCH_ROUNDS:-3}"
 rss_seconds="${BENCH_RSS_SECONDS:-20}"
+if $smoke; then seconds=1 rounds=1 rss_seconds=4; fi
 work="$(mktemp -d)"
 agent_pid=""
 cleanup() {
@@ -29,20 +35,20 @@ export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(bash scripts/fetch-onnxruntime.sh 1.3
 echo "$ORT_DYLIB_PATH"
 
 echo "== Python baseline environment"
-venv="${BENCH_VENV:-$HOME/.cache/edge-agent/bench-venv}"
-if [ ! -x "$venv/bin/python" ]; then
-  if ! python3 -c "import ensurepip" 2>/dev/null; then
-    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null;
-    else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv >/dev/null; fi
-  fi
-  python3 -m venv "$venv"
-fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  onnxruntime==1.32.0 numpy==2.4.6 opencv-python-headless==5.0.0.93
+# shellcheck source=bench/python_env.sh
+source bench/python_env.sh
 
-echo "== building edge-agent (release)"
-cargo build --release --locked -p edge-agent
-agent="$CARGO_TARGET_DIR/release/edge-agent"
+if [ -n "${EDGE_AGENT_BIN:-}" ]; then
+  agent="$EDGE_AGENT_BIN"
+elif $smoke; then
+  echo "== building edge-agent (debug)"
+  cargo build --locked -p edge-agent
+  agent="$CARGO_TARGET_DIR/debug/edge-agent"
+else
+  echo "== building edge-agent (release)"
+  cargo build --release --locked -p edge-agent
+  agent="$CARGO_TARGET_DIR/release/edge-agent"
+fi
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Rounds alternate the contenders, so a burst of other work on the machine hits them alike.
@@ -60,7 +66,7 @@ for round in $(seq 1 "$rounds"); do
     >"$work/agent-spinning-$round.json"
   agent_runs+=(--agent-spinning "$work/agent-spinning-$round.json")
   echo "== round $round of $rounds: Python session.run and OpenCV + ONNX Runtime pipeline"
-  "$venv/bin/python" bench/python_baseline.py --models models --images models/samples \
+  "$BENCH_PYTHON" bench/python_baseline.py --models models --images models/samples \
     --threads "$threads" --seconds "$seconds" >"$work/python-$round.json"
   python_runs+=(--python "$work/python-$round.json")
 done
@@ -101,9 +107,22 @@ read -r rss_ort frames_ort < <(peak_rss_kib ort)
 read -r rss_tract frames_tract < <(peak_rss_kib tract)
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
+results=(--results bench/RESULTS.md --readme README.md)
+if $smoke; then results=(--results "$work/RESULTS.md"); fi
 python3 bench/report.py "${agent_runs[@]}" "${python_runs[@]}" \
   --rss ort "$rss_ort" "$frames_ort" --rss tract "$rss_tract" "$frames_tract" \
-  --threads "$threads" --seconds "$seconds" --load "$load_before" "$load_after" \
-  --results bench/RESULTS.md --readme README.md
-echo "== wrote bench/RESULTS.md and the README's benchmark section"
-cat bench/RESULTS.md
+  --threads "$threads" --seconds "$seconds" --load "$load_before" "$load_after" "${results[@]}"
+if $smoke; then
+  # Every contender must have produced its figures: a row per measure and model, and frames for RSS.
+  for measure in "1. ort inference" "2. full frame path" "3. pre + post share" "4. tract ÷ ort" "5. peak RSS"; do
+    grep -q "| $measure" "$work/RESULTS.md" || { echo "compare.sh --smoke: no \"$measure\" row" >&2; exit 1; }
+  done
+  if ! [ "$frames_ort" -gt 0 ] 2>/dev/null || ! [ "$frames_tract" -gt 0 ] 2>/dev/null; then
+    echo "compare.sh --smoke: the agent inferred no frame for the RSS measure" >&2; exit 1
+  fi
+  cat "$work/RESULTS.md"
+  echo "== compare.sh --smoke: every figure produced"
+else
+  echo "== wrote bench/RESULTS.md and the README's benchmark section"
+  cat bench/RESULTS.md
+fi

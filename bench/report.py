@@ -23,6 +23,7 @@ import re
 README_START = "<!-- bench-results:start -->"
 README_END = "<!-- bench-results:end -->"
 NOTES_MARKER = "<!-- notes: kept by bench/report.py across runs -->"
+SECTION = "## Inference benchmark"
 DETECTORS = {"nanodet"}
 
 
@@ -210,17 +211,11 @@ def main():
         f"numpy {info['numpy']}. Run {when} by `bash bench/compare.sh`."
     )
     body = "\n".join([summary, "", *table, "", "Latencies (inference alone; the pipelines' whole frame):", "", *latency, ""])
-    notes = existing_notes(args.results)
-    args.results.write_text(
-        "# Inference benchmark\n\n"
+    intro = (
         "Written by `bench/compare.sh` (`bench/report.py` says how each figure is computed). Inference is the "
         "backend's run alone; a frame is picture decode → pre-process → inference → decode/NMS.\n\n"
-        + body
-        + "\n"
-        + NOTES_MARKER
-        + "\n"
-        + notes
     )
+    write_section(args.results, SECTION, intro + body, NOTES_MARKER)
     if args.readme and args.readme.exists():
         text = args.readme.read_text()
         if README_START in text and README_END in text:
@@ -229,13 +224,22 @@ def main():
             args.readme.write_text(head + README_START + "\n" + body + README_END + tail)
 
 
-def existing_notes(path):
-    """Hand-written notes below the marker survive a new run."""
-    if path.exists():
-        text = path.read_text()
-        if NOTES_MARKER in text:
-            return text.split(NOTES_MARKER, 1)[1].lstrip("\n")
-    return ""
+def write_section(path, heading, body, notes_marker):
+    """Replaces the section under `heading` in the results file at `path` (up to the next `## `
+    heading) with `body`, keeping the hand-written notes below `notes_marker` in it and every other
+    section (the outbox and camera benchmarks write their own)."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    notes, tail = "", ""
+    if heading in text:
+        head, rest = text.split(heading, 1)
+        end = rest.find("\n## ")
+        section, tail = (rest, "") if end < 0 else (rest[: end + 1], rest[end + 1 :])
+        if notes_marker in section:
+            notes = section.split(notes_marker, 1)[1].strip("\n") + "\n"
+    else:
+        head = text.rstrip("\n") + "\n\n"
+    section = heading + "\n\n" + body.rstrip("\n") + "\n\n" + notes_marker + "\n" + (("\n" + notes) if notes else "")
+    path.write_text(head + section + ("\n" + tail if tail else ""))
 
 
 if __name__ == "__main__":

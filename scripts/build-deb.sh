@@ -9,6 +9,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-agent/target}"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 command -v lintian >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lintian >/dev/null; }
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb@3.8.0
+# OpenH264's x86 assembly: without nasm its build silently falls back to plain C (a slower decoder).
+if [ "$(uname -m)" = x86_64 ] && ! command -v nasm >/dev/null; then
+  as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nasm >/dev/null
+fi
 
 echo "== building the package"
 # Stripped: a Pi or Jetson has little storage, and the release profile keeps line tables for `perf`.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh Debian machine that has only Rust: installs the system
 # packages the tests need (mosquitto, chromium), builds the agent binary the end-to-end tests run, then runs
-# the unit tests and the end-to-end tests in tests/. `.ci/run` calls exactly this.
+# the unit tests and the end-to-end tests in tests/, then the benchmarks in their smoke mode. `.ci/run`
+# calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,9 @@ command -v chromedriver >/dev/null || missing+=(chromium-driver)
 { command -v fc-list >/dev/null && [ -n "$(fc-list :lang=zh family)" ]; } || missing+=(fonts-wqy-microhei)
 # Build: OpenH264's bundled C++ source (RTSP/MP4 cameras); bindgen for V4L2 (feature edge-agent/v4l2).
 command -v c++ >/dev/null || missing+=(g++)
+# OpenH264's x86 assembly (SSE2/SSSE3/AVX2 motion compensation, IDCT, deblocking): without nasm its
+# build silently falls back to plain C, and the decoder costs about a quarter more CPU (bench/RESULTS.md).
+command -v nasm >/dev/null || missing+=(nasm)
 # GStreamer source (feature edge-agent/gstreamer): its development files to build, FFmpeg's decoders.
 for package in libclang-dev libv4l-dev libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-libav \
   gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
@@ -72,3 +76,14 @@ cargo build --workspace --bins --tests --locked --features "$features"
 
 echo "== testing"
 cargo test --workspace --locked --features "$features" "$@"
+
+# The benchmarks in their smoke mode (a few seconds each, on the debug binary built above), so they
+# cannot rot: each must run end to end and produce every figure. A developer may skip them with
+# SKIP_BENCH_SMOKE=1; CI (CI=true) always runs them.
+if [ "${SKIP_BENCH_SMOKE:-}" = 1 ] && [ "${CI:-}" != true ] && [ "${CI:-}" != 1 ]; then
+  echo "== SKIPPED: benchmark smoke runs (SKIP_BENCH_SMOKE=1; CI never skips them)"
+else
+  echo "== benchmark smoke runs (bench/camera.sh --smoke, bench/compare.sh --smoke)"
+  EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/camera.sh --smoke
+  EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/compare.sh --smoke
+fi

@@ -10,7 +10,7 @@ use image::RgbImage;
 
 use super::{frame_path, ConfigName, Finding};
 use crate::config::{CameraConfig, Config, SourceConfig};
-use crate::evidence::privacy;
+use crate::evidence::{draw, privacy};
 use crate::infer::BoundingBox;
 use crate::judge::PrivacyMask;
 use crate::source::{OpenSource, SourceError};
@@ -123,10 +123,8 @@ fn save_jpeg(image: &RgbImage, path: &Path) -> Result<(), String> {
     if let Some(folder) = path.parent() {
         std::fs::create_dir_all(folder).map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
     }
-    let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
-    image::codecs::jpeg::JpegEncoder::new_with_quality(std::io::BufWriter::new(file), 90)
-        .encode_image(image)
-        .map_err(|e| e.to_string())
+    let jpeg = draw::encode_jpeg(image, 90).map_err(|e| e.to_string())?;
+    std::fs::write(path, jpeg).map_err(|e| e.to_string())
 }
 
 /// The source in the installer's words; RTSP passwords are shown as `***`.

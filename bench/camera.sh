@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The camera benchmark (issue 17): a real RTSP stream (1080p H.264 at 10 and 25 frames/s; 1 and 4
+# cameras, served looping by Debian's GStreamer RTSP server) into the agent (`edge-agent run`, ort
+# backend) and into a Python OpenCV (FFmpeg capture) + ONNX Runtime pipeline on the same stream, one
+# after the other: CPU cores per camera, CPU per inferred frame, frames inferred per second,
+# frame-to-event latency (median, p99) and peak RSS, with ratios from the same run and the goals.
+# bench/camera_bench.py measures and writes the camera section of bench/RESULTS.md (with lscpu).
+#
+#   bash bench/camera.sh            # release build; about 10 minutes
+#   bash bench/camera.sh --smoke    # debug build, 640×360, 1 camera, 10 fps, a few seconds: checks that
+#                                   # every figure is produced (scripts/test.sh runs it); writes no results
+# EDGE_AGENT_BIN=path uses that binary instead of building one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+smoke=()
+if [ "${1:-}" = "--smoke" ]; then smoke=(--smoke); shift; fi
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-agent/target}"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# The RTSP server (Debian's python3-gi and GStreamer RTSP server), x264enc for the clip, gst-launch.
+missing=()
+for package in gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+  gstreamer1.0-plugins-ugly gstreamer1.0-tools; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+echo "== ONNX Runtime library"
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(bash scripts/fetch-onnxruntime.sh 1.32.0)}"
+echo "$ORT_DYLIB_PATH"
+
+echo "== Python peer environment"
+# shellcheck source=bench/python_env.sh
+source bench/python_env.sh
+
+if [ -n "${EDGE_AGENT_BIN:-}" ]; then
+  agent="$EDGE_AGENT_BIN"
+elif [ ${#smoke[@]} -gt 0 ]; then
+  echo "== building edge-agent (debug)"
+  cargo build --locked -p edge-agent
+  agent="$CARGO_TARGET_DIR/debug/edge-agent"
+else
+  echo "== building edge-agent (release)"
+  cargo build --release --locked -p edge-agent
+  agent="$CARGO_TARGET_DIR/release/edge-agent"
+fi
+
+results=bench/RESULTS.md
+if [ ${#smoke[@]} -gt 0 ]; then
+  results="$(mktemp --suffix=-camera-smoke.md)"
+  trap 'rm -f "$results"' EXIT
+fi
+"$BENCH_PYTHON" bench/camera_bench.py --agent "$agent" --python "$BENCH_PYTHON" \
+  --cache "${BENCH_CACHE:-$HOME/.cache/edge-agent/camera-bench}" --results "$results" "${smoke[@]}" "$@"
