@@ -135,12 +135,15 @@ fn an_h265_camera_gives_the_same_detections_as_the_picture() {
 
 #[test]
 fn rtsp_server_killed_and_restarted_is_recovered_within_the_watchdog_time() {
+    let Some(broker) = Mosquitto::start() else { return };
     let Some(mut server) = RtspServer::start(Stream::Picture { path: &dog_jpg(), fps: 5 }, None) else { return };
     let stall_timeout = 3.0;
     let dir = tempfile::tempdir().unwrap();
+    // The supervisors' view: the camera's retained health topic.
+    let health = Subscriber::connect(broker.port, "edge/e2e-box/cameras/gate/health");
     let (config, web_port) = write_config(
         dir.path(),
-        None,
+        Some(&broker.url()),
         &format!(
             "[[cameras]]\nid = \"gate\"\nsource = {{ kind = \"rtsp\", url = \"{}\", stall_timeout_secs = {stall_timeout} }}\n",
             server.url()
@@ -156,6 +159,9 @@ fn rtsp_server_killed_and_restarted_is_recovered_within_the_watchdog_time() {
         .unwrap_or_else(|| panic!("the outage was not reported; log:\n{}", agent.log_text()));
     let error = down["last_error"].as_str().unwrap_or_default().to_string();
     assert!(error.contains("gate") && error.contains(&server.url()), "{error}");
+    let offline = health.wait_for("/health", Duration::from_secs(10), |h| h["state"] == "offline");
+    let offline = offline.unwrap_or_else(|| panic!("no offline camera health; log:\n{}", agent.log_text()));
+    assert!(offline["last_error"].as_str().is_some_and(|e| e.contains(&server.url())), "{offline}");
     // Down a while: the backoff grows to its cap (the stall timeout) meanwhile.
     std::thread::sleep(Duration::from_secs_f64(stall_timeout * 2.0));
 
@@ -169,6 +175,13 @@ fn rtsp_server_killed_and_restarted_is_recovered_within_the_watchdog_time() {
     assert!(back.is_some(), "frames never came back; log:\n{}", agent.log_text());
     let took = back_at.elapsed();
     assert!(took <= limit, "frames came back after {took:?}, more than {limit:?}");
+    let online = health.wait_for("/health", Duration::from_secs(10), |h| h["state"] == "online");
+    let online = online.unwrap_or_else(|| panic!("the camera's health never said online again"));
+    assert!(online["decoder"].is_string() && online["last_error"].is_null(), "{online}");
+    // A supervisor who looks later still finds it (retained).
+    let late = Subscriber::connect(broker.port, "edge/e2e-box/cameras/gate/health");
+    let retained = late.collect_for(Duration::from_secs(2));
+    assert!(retained.iter().any(|m| m.retain), "the camera health is not retained: {retained:?}");
     drop(agent);
 }
 

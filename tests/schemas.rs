@@ -135,7 +135,7 @@ fn published_messages_match_the_json_schemas() {
         .arg(&messages)
         .args([
             "--require",
-            "status,events,snapshots,telemetry,check,chain,commandAck,commandSet,commandSnapshot,commandReload,commandModel",
+            "status,cameraHealth,events,snapshots,telemetry,check,chain,commandAck,commandSet,commandSnapshot,commandReload,commandModel",
         ])
         .output()
         .expect("run the validator");

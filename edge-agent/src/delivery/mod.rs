@@ -6,6 +6,7 @@
 
 pub mod actions;
 pub mod board;
+pub mod camera_health;
 pub mod config;
 pub mod held;
 pub mod history;

@@ -28,6 +28,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, Notify};
 
 use super::board::StatusBoard;
+use super::camera_health::CameraHealthReport;
 use super::outbox::Outbox;
 use super::telemetry::TelemetrySampler;
 use crate::base::backoff::Backoff;
@@ -292,6 +293,9 @@ impl BrokerRotation {
     }
 }
 
+/// How often the cameras' health is compared with what was last published.
+const CAMERA_HEALTH_CHECK_EVERY: Duration = Duration::from_secs(2);
+
 /// How long a failback probe may take to open a TCP connection to the preferred broker.
 const FAILBACK_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -457,6 +461,9 @@ impl Publisher {
         let failback_every = failback.unwrap_or(Duration::from_secs(3600));
         let mut failback_tick = tokio::time::interval_at(tokio::time::Instant::now() + failback_every, failback_every);
         let mut probes = tokio::task::JoinSet::new();
+        let mut health_tick = tokio::time::interval(CAMERA_HEALTH_CHECK_EVERY);
+        // Cameras' health as last published on this connection: all of it again on each connect.
+        let mut health_published: HashMap<String, CameraHealthReport> = HashMap::new();
         loop {
             tokio::select! {
                 polled = eventloop.poll() => match polled {
@@ -475,6 +482,7 @@ impl Publisher {
                         }
                         self.publish_status(&client, &mut tracker);
                         self.publish_telemetry(&client, &mut tracker);
+                        self.publish_camera_health(&client, &mut tracker, &mut health_published, true);
                         self.fill_window(&client, &mut tracker);
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => tracker.sent(pkid),
@@ -519,6 +527,10 @@ impl Publisher {
                 _ = self.status_changed.notified(), if connected => self.publish_status(&client, &mut tracker),
                 _ = telemetry_tick.tick(), if connected && self.telemetry.is_some() => {
                     self.publish_telemetry(&client, &mut tracker);
+                    self.publish_camera_health(&client, &mut tracker, &mut health_published, true);
+                }
+                _ = health_tick.tick(), if connected => {
+                    self.publish_camera_health(&client, &mut tracker, &mut health_published, false);
                 }
                 // Only once connected: a branch that fires while rumqttc is still waiting for the
                 // CONNACK drops that half-made connection (the fleet harness saw a quarter of the
@@ -564,6 +576,32 @@ impl Publisher {
         };
         if client.try_publish(self.settings.topic("telemetry"), QoS::AtMostOnce, false, payload).is_ok() {
             tracker.submitted(PublishTag::Telemetry);
+        }
+    }
+
+    /// Publishes each camera's retained health that changed since it was last published (all of
+    /// it with `everything`).
+    fn publish_camera_health(
+        &self,
+        client: &AsyncClient,
+        tracker: &mut InflightTracker,
+        published: &mut HashMap<String, CameraHealthReport>,
+        everything: bool,
+    ) {
+        for camera in self.board.snapshot().cameras {
+            let report = CameraHealthReport::from_status(&self.settings.device_id, &camera);
+            let due = everything || published.get(&camera.id).is_none_or(|before| report.changed_from(before));
+            if !due {
+                continue;
+            }
+            let Ok(payload) = serde_json::to_vec(&report) else {
+                continue;
+            };
+            let topic = self.settings.topic(&report.topic_suffix());
+            if client.try_publish(topic, QoS::AtLeastOnce, true, payload).is_ok() {
+                tracker.submitted(PublishTag::Status);
+                published.insert(camera.id.clone(), report);
+            }
         }
     }
 
