@@ -14,6 +14,15 @@ if [ "$(uname -m)" = x86_64 ] && ! command -v nasm >/dev/null; then
   as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nasm >/dev/null
 fi
 
+# The package decodes video through GStreamer (feature `gstreamer`): its development files to build.
+missing=()
+for package in libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
 echo "== building the package"
 # Stripped: a Pi or Jetson has little storage, and the release profile keeps line tables for `perf`.
 cargo deb -p edge-agent --locked --strip
