@@ -83,7 +83,8 @@ cargo test --workspace --locked --features "$features" "$@"
 if [ "${SKIP_BENCH_SMOKE:-}" = 1 ] && [ "${CI:-}" != true ] && [ "${CI:-}" != 1 ]; then
   echo "== SKIPPED: benchmark smoke runs (SKIP_BENCH_SMOKE=1; CI never skips them)"
 else
-  echo "== benchmark smoke runs (bench/camera.sh --smoke, bench/compare.sh --smoke)"
+  echo "== benchmark smoke runs (bench/camera.sh --smoke, bench/compare.sh --smoke, bench/decoders.sh --smoke)"
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/camera.sh --smoke
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/compare.sh --smoke
+  bash bench/decoders.sh --smoke
 fi
