@@ -38,6 +38,23 @@ fn infer(args: &[&str], library: Option<&Path>) -> Output {
     command.output().expect("the edge-agent binary runs")
 }
 
+/// A config with both shipped models on every whole picture (the defaults run only the detector;
+/// the classifier runs on crops in bin zones), written into `dir`; its path.
+fn both_models_config(dir: &Path, extra: &str) -> String {
+    let path = dir.join("both-models.toml");
+    let models = repo_root().join("models");
+    std::fs::write(
+        &path,
+        format!(
+            "{extra}\n[[models]]\nmanifest = \"{}\"\n\n[[models]]\nmanifest = \"{}\"\n",
+            models.join("nanodet.toml").display(),
+            models.join("efficientnet_lite0.toml").display()
+        ),
+    )
+    .expect("write the config");
+    path.display().to_string()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -68,7 +85,9 @@ fn bbox(value: &Value) -> [f64; 4] {
 fn matches_the_reference(backend: &str, library: Option<&Path>) {
     let reference = reference();
     let images = reference_images(&reference);
-    let mut args = vec!["--json", "--backend", backend];
+    let dir = tempfile::tempdir().unwrap();
+    let config = both_models_config(dir.path(), "");
+    let mut args = vec!["-c", &config, "--json", "--backend", backend];
     args.extend(images.iter().map(String::as_str));
     let run = infer(&args, library);
     assert!(run.status.success(), "infer failed: {}", text(&run.stderr));
@@ -195,13 +214,10 @@ fn without_ort_library_the_configured_fallback_runs_tract_and_says_why() {
 fn ort_reports_the_cpu_provider_when_the_library_has_no_cuda() {
     let Some(library) = ort_library() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
+    let config = both_models_config(
+        dir.path(),
         "[inference]\nbackend = \"ort\"\nexecution_providers = [\"cuda\", \"tensorrt\", \"cpu\"]\n",
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    );
     let run =
         infer(&["-c", &config, "--json", "--model", "efficientnet_lite0", "models/samples/coffee.png"], Some(&library));
     assert!(run.status.success(), "{}", text(&run.stderr));

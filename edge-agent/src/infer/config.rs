@@ -144,9 +144,12 @@ pub struct ModelConfig {
     pub class_thresholds: BTreeMap<String, f32>,
 }
 
-/// The detector and classifier shipped in `models/`.
+/// The detector shipped in `models/`. The classifier shipped beside it is not run on every full
+/// frame: no rule reads a whole-frame class, and it cost as much CPU as the detector. It runs where
+/// a rule needs it, on the crops of items in bin zones (`taxonomy.classifier`); list it under
+/// `[[models]]` to see whole-frame classes on the page.
 pub fn default_models(data_dir: &Path) -> Vec<ModelConfig> {
-    ["models/nanodet.toml", "models/efficientnet_lite0.toml"]
+    ["models/nanodet.toml"]
         .iter()
         .map(|m| ModelConfig { manifest: data_dir.join(m), score_threshold: None, class_thresholds: BTreeMap::new() })
         .collect()

@@ -115,12 +115,15 @@ impl GstSource {
                 None
             });
         }
-        source.connect("source-setup", false, |values| {
+        let tcp_timeout_us = u64::try_from(stall_timeout.as_micros()).unwrap_or(u64::MAX);
+        source.connect("source-setup", false, move |values| {
             if let Some(element) = values.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
                 if element.has_property("protocols") {
                     // TCP interleaved: no UDP ports to open through the site's firewall.
                     element.set_property_from_str("protocols", "tcp");
                     element.set_property("latency", 200u32);
+                    // A camera that stops answering is given up after the stall time, not 20 s.
+                    element.set_property("tcp-timeout", tcp_timeout_us);
                 }
             }
             None
@@ -259,7 +262,15 @@ impl GstSource {
 
 impl Drop for GstSource {
     fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
+        // Stopping waits for GStreamer's threads (an RTSP teardown may wait for the camera): never
+        // on the async workers that also serve the page.
+        let pipeline = self.pipeline.clone();
+        let stopping = std::thread::Builder::new()
+            .name("gst-stop".into())
+            .spawn(move || pipeline.set_state(gst::State::Null).map(|_| ()));
+        if stopping.is_err() {
+            let _ = self.pipeline.set_state(gst::State::Null);
+        }
     }
 }
 

@@ -187,11 +187,11 @@ impl OpenSource {
             SourceConfig::File { path, fps, looping, decoder }
                 if decoder.resolved() == config::VideoDecoder::Gstreamer =>
             {
-                Self::Gstreamer(Box::new(gst::GstSource::open(
-                    id,
-                    gst::GstInput::File { path, looping: *looping },
-                    *fps,
-                )?))
+                let (camera, path, looping, fps) = (id.to_string(), path.clone(), *looping, *fps);
+                let opened = off_the_workers(id, move || {
+                    gst::GstSource::open(&camera, gst::GstInput::File { path: &path, looping }, fps)
+                });
+                Self::Gstreamer(Box::new(opened.await?))
             }
             SourceConfig::File { path, fps, looping, .. } => {
                 Self::File(file::VideoFileSource::open(id, path, *fps, *looping).await?)
@@ -201,7 +201,11 @@ impl OpenSource {
                 if decoder.resolved() == config::VideoDecoder::Gstreamer =>
             {
                 let stall_timeout = Duration::from_secs_f64(*stall_timeout_secs);
-                Self::Gstreamer(Box::new(gst::GstSource::open(id, gst::GstInput::Rtsp { url, stall_timeout }, *fps)?))
+                let (camera, url, fps) = (id.to_string(), url.clone(), *fps);
+                let opened = off_the_workers(id, move || {
+                    gst::GstSource::open(&camera, gst::GstInput::Rtsp { url: &url, stall_timeout }, fps)
+                });
+                Self::Gstreamer(Box::new(opened.await?))
             }
             SourceConfig::Rtsp { url, fps, stall_timeout_secs, .. } => Self::Rtsp(Box::new(
                 rtsp::RtspSource::open(id, url, *fps, Duration::from_secs_f64(*stall_timeout_secs)).await?,
@@ -236,6 +240,18 @@ impl OpenSource {
             Self::Replay(_) | Self::V4l2(_) => None,
         }
     }
+}
+
+/// Runs a source's blocking open (GStreamer's state changes wait for its threads) on tokio's
+/// blocking pool, so a slow camera cannot hold up the async workers that serve the page.
+#[cfg(feature = "gstreamer")]
+async fn off_the_workers<T: Send + 'static>(
+    camera: &str,
+    open: impl FnOnce() -> Result<T, SourceError> + Send + 'static,
+) -> Result<T, SourceError> {
+    tokio::task::spawn_blocking(open).await.unwrap_or_else(|e| {
+        Err(SourceError::Open { camera: camera.to_string(), message: format!("the opening task failed: {e}") })
+    })
 }
 
 impl CameraTask {

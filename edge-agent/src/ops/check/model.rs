@@ -344,7 +344,7 @@ mod tests {
         );
         let config = Config::from_toml_str(&text, Path::new("site.toml")).unwrap();
         let keys: Vec<String> = models_to_check(&config).into_iter().map(|m| m.key).collect();
-        // The default efficientnet is both a `[[models]]` entry and the taxonomy classifier.
-        assert_eq!(keys, ["models[0].manifest", "models[1].manifest", "rules.truck_exit.cover_classifier.manifest"]);
+        // The default classifier is not a `[[models]]` entry: it is checked as the taxonomy classifier.
+        assert_eq!(keys, ["models[0].manifest", "taxonomy.classifier", "rules.truck_exit.cover_classifier.manifest"]);
     }
 }
