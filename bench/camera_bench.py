@@ -18,7 +18,7 @@ then measured over a window of --seconds:
   object rule's labels (the pipeline has no tracking, evidence or outbox).
 - peak RSS: VmHWM of the process when the window ends.
 
-Plus one run of the agent with both default models (detector and classifier) on one camera at the
+Plus one run of the agent with both shipped models (detector and classifier) on one camera at the
 lowest frame rate, for the peak-RSS goal. Exits non-zero when any figure is missing.
 """
 
@@ -200,11 +200,11 @@ class EventFeed:
 
 
 def agent_config(args, work, name, port, urls, both_models):
-    models = (
-        ""
-        if both_models
-        else f'[[models]]\nmanifest = "{REPO / "models/nanodet.toml"}"\n'  # the Python peer's one model
-    )
+    # The Python peer's one model; with both, the classifier on whole frames too (not the default).
+    models = f'[[models]]\nmanifest = "{REPO / "models/nanodet.toml"}"\n'
+    if both_models:
+        models += f'[[models]]\nmanifest = "{REPO / "models/efficientnet_lite0.toml"}"\n'
+
     cameras = "".join(
         f'[[cameras]]\nid = "cam{i}"\nsource = {{ kind = "rtsp", url = "{url}" }}\n' for i, url in enumerate(urls)
     )

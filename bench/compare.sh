@@ -71,7 +71,7 @@ for round in $(seq 1 "$rounds"); do
   python_runs+=(--python "$work/python-$round.json")
 done
 
-# Peak RSS (VmHWM) of `edge-agent run` with both default models, after it has inferred frames for a
+# Peak RSS (VmHWM) of `edge-agent run` with both shipped models on whole frames, after it has inferred frames for a
 # while: the demo replay camera at 5 frames/s, no broker, the web page on a free port.
 peak_rss_kib() {
   local backend="$1" port config state
@@ -88,6 +88,10 @@ intra_op_threads = $threads
 [[cameras]]
 id = "bench"
 source = { kind = "replay", path = "$PWD/models/samples", fps = 5.0 }
+[[models]]
+manifest = "$PWD/models/nanodet.toml"
+[[models]]
+manifest = "$PWD/models/efficientnet_lite0.toml"
 EOF
   "$agent" run --config "$config" >"$work/$backend.log" 2>&1 &
   agent_pid=$!
