@@ -54,12 +54,18 @@ load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 # Rounds alternate the contenders, so a burst of other work on the machine hits them alike.
 # The agent runs ONNX Runtime without spinning threads by default; it is also measured with
 # spinning on (ONNX Runtime's own default, which the Python baselines use) to compare like with like.
-printf '[inference]\nort_allow_spinning = true\n' >"$work/spinning.toml"
+# Both shipped models on whole pictures (the defaults run only the detector on whole frames).
+both_models="[[models]]
+manifest = \"$PWD/models/nanodet.toml\"
+[[models]]
+manifest = \"$PWD/models/efficientnet_lite0.toml\""
+printf '%s\n' "$both_models" >"$work/models.toml"
+printf '[inference]\nort_allow_spinning = true\n%s\n' "$both_models" >"$work/spinning.toml"
 agent_runs=()
 python_runs=()
 for round in $(seq 1 "$rounds"); do
   echo "== round $round of $rounds: edge-agent bench (ort, tract), $threads threads, $seconds s each"
-  "$agent" bench --json --threads "$threads" --seconds "$seconds" --backend ort --backend tract \
+  "$agent" bench --json --threads "$threads" --seconds "$seconds" --backend ort --backend tract --config "$work/models.toml" \
     >"$work/agent-$round.json"
   agent_runs+=(--agent "$work/agent-$round.json")
   "$agent" bench --json --threads "$threads" --seconds "$seconds" --backend ort --config "$work/spinning.toml" \
