@@ -537,7 +537,7 @@ pub struct FrozenConfig {
 
 impl Default for FrozenConfig {
     fn default() -> Self {
-        Self { enabled: true, max_change: 0.2, after_secs: 10.0 }
+        Self { enabled: true, max_change: 0.1, after_secs: 10.0 }
     }
 }
 
