@@ -197,8 +197,15 @@ impl EvidenceStage {
         (encode(&canvas), crop)
     }
 
-    /// Writes a reference the judge learnt, with the frame it was learnt on (privacy applied).
+    /// Writes a reference the judge learnt, with the frame it was learnt on (privacy applied);
+    /// one the installer saved meanwhile (`edge-agent tamper reference`) stays.
     fn keep_tamper_reference(&self, reference: &Reference, private: &RgbImage) {
+        let saved_by_installer = tamper_reference::load(&self.tamper_dir, &reference.camera)
+            .is_some_and(|saved| saved.origin == tamper_reference::ReferenceOrigin::Installer);
+        if saved_by_installer {
+            tracing::info!(camera = %reference.camera, "the installer's tamper reference is kept; it applies from the next start");
+            return;
+        }
         let saved = draw::encode_jpeg(private, self.jpeg_quality)
             .map_err(|e| e.to_string())
             .and_then(|jpeg| tamper_reference::save(&self.tamper_dir, reference, &jpeg).map_err(|e| e.to_string()));
@@ -522,6 +529,32 @@ polygon = [[0.0, 0.0], [0.2, 0.0], [0.2, 0.15], [0.0, 0.15]]
         let kept_reference = std::fs::read(stage.dir().unwrap().join(&files[1].file)).unwrap();
         assert_eq!(kept_reference, std::fs::read(reference::picture_path(&tamper_dir, "station")).unwrap());
         assert_eq!(chain::verify(stage.dir().unwrap(), None).unwrap().first_broken_link, None);
+    }
+
+    #[test]
+    fn a_reference_the_installer_saved_while_the_agent_was_learning_is_not_overwritten() {
+        use crate::judge::tamper::reference::{self, ReferenceOrigin};
+        use crate::judge::tamper::test_pictures::with_sensor_noise;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut judge, mut stage) = stages(&config(dir.path(), "[tamper]\nlearn_secs = 3\n"));
+        let dog = sample("dog.jpg");
+        let live: Vec<Arc<RgbImage>> = (0..4).map(|seed| Arc::new(with_sensor_noise(&dog, 2.0, seed))).collect();
+        let tamper_dir = dir.path().join(reference::TAMPER_DIR);
+        let mut learnt = None;
+        for i in 0..12 {
+            let judgement = judge.judge(inferred("station", &live[i % live.len()], &[], i as f64 * 0.5));
+            if let Some(reference) = &judgement.tamper_reference {
+                // Saved by `edge-agent tamper reference` just before the agent's own was kept.
+                let installer = reference::Reference { origin: ReferenceOrigin::Installer, ..reference.clone() };
+                reference::save(&tamper_dir, &installer, b"the installer's picture").unwrap();
+                learnt = Some(reference.clone());
+            }
+            stage.process(judgement);
+        }
+        assert!(learnt.is_some(), "the judge learnt a reference");
+        let kept = reference::load(&tamper_dir, "station").expect("a reference on disk");
+        assert_eq!(kept.origin, ReferenceOrigin::Installer);
+        assert_eq!(std::fs::read(reference::picture_path(&tamper_dir, "station")).unwrap(), b"the installer's picture");
     }
 
     #[test]

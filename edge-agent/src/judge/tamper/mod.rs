@@ -248,6 +248,21 @@ impl TamperWatch {
         let (width, height) = frame.image.dimensions();
         for condition in Condition::ALL {
             if let Some(transition) = self.step(condition, now, verdict.holds[condition.index()], (width, height)) {
+                if transition.state == LifecycleState::Start {
+                    // What the installer needs to tune the thresholds, should this be wrong.
+                    tracing::info!(
+                        camera = %self.camera,
+                        brightness = stats.brightness,
+                        spread = stats.spread,
+                        similarity = ?verdict.similarity,
+                        sharpness_share = ?verdict.sharpness_share,
+                        change = ?verdict.change,
+                        noise = ?self.reference.as_ref().map(|r| r.noise),
+                        "tamper: {} since {}",
+                        condition.as_str(),
+                        transition.first_seen
+                    );
+                }
                 outcome.transitions.push(transition);
             }
         }

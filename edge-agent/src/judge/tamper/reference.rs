@@ -105,6 +105,12 @@ pub fn load_all(dir: &Path) -> HashMap<String, Reference> {
     references
 }
 
+/// The usable reference of one camera, if it has one.
+pub fn load(dir: &Path, camera: &str) -> Option<Reference> {
+    let bytes = std::fs::read(reference_path(dir, camera)).ok()?;
+    serde_json::from_slice::<Reference>(&bytes).ok().filter(|r| r.usable() && r.camera == camera)
+}
+
 /// Writes a camera's reference and its picture (JPEG, privacy already applied), each atomically;
 /// the picture first, so a reference file always has its picture.
 pub fn save(dir: &Path, reference: &Reference, jpeg: &[u8]) -> Result<(), ReferenceError> {
