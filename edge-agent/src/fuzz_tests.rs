@@ -37,6 +37,10 @@ fn config_like() -> impl Strategy<Value = String> {
         "[tracking]",
         "[site]",
         "[taxonomy]",
+        "[tamper]",
+        "[tamper.covered]",
+        "[tamper.cameras.gate]",
+        "[tamper.cameras.gate.frozen]",
     ]);
     let key = prop::sample::select(vec![
         "device_id",
@@ -64,6 +68,10 @@ fn config_like() -> impl Strategy<Value = String> {
         "fps",
         "kind",
         "path",
+        "after_secs",
+        "max_spread",
+        "learn_secs",
+        "covered",
     ]);
     let value = prop_oneof![
         any::<i64>().prop_map(|n| n.to_string()),
@@ -189,6 +197,42 @@ proptest! {
             Ok(picture) => prop_assert!(picture.width() > 0 && picture.height() > 0),
             Err(e) => prop_assert!(e.to_string().contains("fuzz"), "the error does not name the camera: {}", e),
         }
+    }
+}
+
+proptest! {
+    #[test]
+    fn fuzz_tamper_frames_of_any_size_and_content_are_measured_or_skipped(
+        width in 0u32..400,
+        height in 0u32..300,
+        seed in any::<u64>(),
+        flat in any::<bool>(),
+    ) {
+        use crate::judge::tamper::measure::{change, measure, similarity};
+        let mut state = seed | 1;
+        let picture = image::RgbImage::from_fn(width, height, |_, _| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let level = if flat { 90 } else { state as u8 };
+            image::Rgb([level, (state >> 8) as u8, (state >> 16) as u8])
+        });
+        if let Some(stats) = measure(&picture) {
+            prop_assert!(stats.brightness.is_finite() && stats.spread.is_finite());
+            prop_assert!(stats.sharpness.is_none_or(|s| s.is_finite() && s >= 0.0));
+            let same = similarity(&stats.grid, &stats.grid);
+            prop_assert!((0.0..=1.0).contains(&same));
+            prop_assert_eq!(change(&stats.samples, &stats.samples), Some(0.0));
+        }
+    }
+
+    #[test]
+    fn fuzz_tamper_reference_files_are_used_or_skipped(value in arbitrary_json(3), bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        use crate::judge::tamper::reference::load_all;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(dir.path().join("gate.json"), serde_json::to_vec(&value).expect("JSON")).expect("write");
+        std::fs::write(dir.path().join("yard.json"), &bytes).expect("write");
+        prop_assert!(load_all(dir.path()).is_empty(), "a damaged reference was taken");
     }
 }
 

@@ -43,6 +43,8 @@ enum Command {
     Check(cmd::check::CheckArgs),
     /// The device's evidence signing key: show the public key, or rotate it (agent stopped).
     Key(cmd::key::KeyArgs),
+    /// Camera tamper detection: save a camera's current view as its reference (or forget it).
+    Tamper(cmd::tamper::TamperArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => cmd::bench::bench(args),
         Command::Check(args) => cmd::check::check(args),
         Command::Key(args) => cmd::key::key(args),
+        Command::Tamper(args) => cmd::tamper::tamper(args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

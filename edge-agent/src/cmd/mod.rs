@@ -8,6 +8,7 @@ pub mod init;
 pub mod key;
 pub mod passwd;
 pub mod run;
+pub mod tamper;
 pub mod verify;
 
 use std::path::Path;

@@ -23,7 +23,7 @@ pub use crate::evidence::config::EvidenceConfig;
 pub use crate::infer::config::{BackendKind, InferenceConfig, ModelConfig};
 pub use crate::judge::config::{
     BackgroundConfig, JudgeSections, JudgeSettings, ObjectRuleConfig, PrivacyConfig, RulesConfig, SceneConfig,
-    SiteConfig, TaxonomyConfig, TrackingConfig,
+    SiteConfig, TamperConfig, TaxonomyConfig, TrackingConfig,
 };
 use crate::judge::zones::Scene;
 pub use crate::source::config::{CameraConfig, SourceConfig};
@@ -79,6 +79,8 @@ pub struct Config {
     pub tracking: TrackingConfig,
     #[serde(default)]
     pub background: BackgroundConfig,
+    #[serde(default)]
+    pub tamper: TamperConfig,
     #[serde(default)]
     pub evidence: EvidenceConfig,
     #[serde(default)]
@@ -268,6 +270,7 @@ impl Config {
             tracking: &self.tracking,
             background: &self.background,
             rules: &self.rules,
+            tamper: &self.tamper,
             privacy: &self.privacy,
         }
     }
@@ -283,6 +286,8 @@ impl Config {
             tracking: self.tracking.clone(),
             background: self.background.clone(),
             rules: self.rules.clone(),
+            tamper: self.tamper.clone(),
+            tamper_dir: self.state_dir.join(crate::judge::tamper::reference::TAMPER_DIR),
             privacy: self.privacy.clone(),
         }
     }

@@ -25,7 +25,7 @@ use crate::judge::PrivacyMask;
 use crate::source::CameraHealth;
 
 /// The config sections `Judge::reconfigure` takes between two frames.
-const JUDGE_SECTIONS: [&str; 6] = ["rules", "scenes", "tracking", "privacy", "background", "taxonomy"];
+const JUDGE_SECTIONS: [&str; 7] = ["rules", "scenes", "tracking", "privacy", "background", "taxonomy", "tamper"];
 
 /// The longest a model test may wait for the worker (it runs between two frames).
 const MODEL_TEST_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,6 +1,8 @@
 //! The evidence stage: judged frames in; privacy applied (people blurred, privacy zones black),
 //! evidence pictures drawn, encoded and kept in a signed hash chain ([`store`], [`chain`],
 //! [`signing`]); frames and events safe to show or send out ([`EvidencedFrame`], to delivery).
+//! It also keeps the tamper references the judge learns (`state_dir/tamper`), and adds a camera's
+//! reference picture to the evidence of its tamper events.
 //! Imports the judge's message types (and through them infer's and source's), never delivery or
 //! the side rooms. Pixel work and disk writes are blocking: the loop runs them off the async workers.
 
@@ -12,7 +14,7 @@ pub mod privacy;
 pub mod signing;
 pub mod store;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -26,9 +28,10 @@ use crate::infer::{BoundingBox, Findings, ModelResult};
 use crate::judge::config::ActionConfig;
 use crate::judge::lifecycle::LifecycleState;
 use crate::judge::rules::crop_with_margin;
+use crate::judge::tamper::reference::{self as tamper_reference, Reference, TAMPER_DIR};
 use crate::judge::tracker::seconds_between;
 use crate::judge::zones::Zone;
-use crate::judge::{Event, EvidenceRef, JudgedEvent, Judgement};
+use crate::judge::{Event, EventKind, EvidenceRef, JudgedEvent, Judgement};
 use crate::source::Frame;
 use chain::{ChainHead, ChainProof};
 use config::EvidenceConfig;
@@ -77,13 +80,20 @@ pub struct EvidenceStage {
     store: Option<EvidenceStore>,
     jpeg_quality: u8,
     last_retention: Option<DateTime<Utc>>,
+    /// Where the cameras' tamper references are kept (`state_dir/tamper`).
+    tamper_dir: PathBuf,
 }
 
 impl EvidenceStage {
     /// Opens the evidence store under `state_dir` (creating the device key on first start).
     pub fn open(state_dir: &Path, config: &EvidenceConfig, device: &str) -> Result<Self, EvidenceError> {
         let store = if config.enabled { Some(EvidenceStore::open(state_dir, config.clone(), device)?) } else { None };
-        Ok(Self { store, jpeg_quality: config.jpeg_quality, last_retention: None })
+        Ok(Self {
+            store,
+            jpeg_quality: config.jpeg_quality,
+            last_retention: None,
+            tamper_dir: state_dir.join(TAMPER_DIR),
+        })
     }
 
     /// The evidence folder, when evidence is kept.
@@ -93,10 +103,13 @@ impl EvidenceStage {
 
     /// Masks the frame, then draws, encodes and keeps each event's pictures from the masked frame.
     pub fn process(&mut self, judgement: Judgement) -> EvidencedFrame {
-        let Judgement { frame, results, events: judged, privacy, zones } = judgement;
+        let Judgement { frame, results, events: judged, privacy, zones, tamper_reference } = judgement;
         let now = frame.captured_at;
         let mut private: RgbImage = (*frame.image).clone();
         privacy::apply(&mut private, &privacy);
+        if let Some(reference) = tamper_reference {
+            self.keep_tamper_reference(&reference, &private);
+        }
         let mut events = Vec::with_capacity(judged.len());
         let mut snapshots = Vec::new();
         let mut actions = Vec::new();
@@ -106,7 +119,11 @@ impl EvidenceStage {
             if let Some(jpeg) = &frame_jpeg {
                 event.snapshot_sha256 = Some(chain::sha256_hex(jpeg));
             }
-            self.keep(&mut event, now, frame_jpeg.as_deref(), crop_jpeg.as_deref());
+            // A tamper event shows what the camera sees beside what it was set up to see.
+            let reference_jpeg = (with_pictures && event.kind == EventKind::Tamper)
+                .then(|| self.tamper_reference_picture(&event.camera))
+                .flatten();
+            self.keep(&mut event, now, frame_jpeg.as_deref(), crop_jpeg.as_deref(), reference_jpeg.as_deref());
             if let Some(jpeg) = frame_jpeg {
                 snapshots.push(Snapshot { event_id: event.event_id, jpeg: Arc::new(jpeg) });
             }
@@ -143,7 +160,8 @@ impl EvidenceStage {
     }
 
     /// The evidence frame (zones, every detection, the event's box and caption) and the crop, as
-    /// JPEG, from the privacy-masked image. An `end` shows the scene without the subject: no crop.
+    /// JPEG, from the privacy-masked image. An `end` shows the scene without the subject: no crop;
+    /// nor has a tamper event, whose subject is the whole frame.
     fn pictures(
         &self,
         private: &RgbImage,
@@ -171,7 +189,7 @@ impl EvidenceStage {
                 None
             }
         };
-        let crop = if event.state == LifecycleState::End {
+        let crop = if event.state == LifecycleState::End || event.kind == EventKind::Tamper {
             None
         } else {
             crop_with_margin(private, &bbox, EVIDENCE_CROP_MARGIN).and_then(|crop| encode(&crop))
@@ -179,8 +197,50 @@ impl EvidenceStage {
         (encode(&canvas), crop)
     }
 
+    /// Writes a reference the judge learnt, with the frame it was learnt on (privacy applied);
+    /// one the installer saved meanwhile (`edge-agent tamper reference`) stays.
+    fn keep_tamper_reference(&self, reference: &Reference, private: &RgbImage) {
+        let saved_by_installer = tamper_reference::load(&self.tamper_dir, &reference.camera)
+            .is_some_and(|saved| saved.origin == tamper_reference::ReferenceOrigin::Installer);
+        if saved_by_installer {
+            tracing::info!(camera = %reference.camera, "the installer's tamper reference is kept; it applies from the next start");
+            return;
+        }
+        let saved = draw::encode_jpeg(private, self.jpeg_quality)
+            .map_err(|e| e.to_string())
+            .and_then(|jpeg| tamper_reference::save(&self.tamper_dir, reference, &jpeg).map_err(|e| e.to_string()));
+        match saved {
+            Ok(()) => {
+                tracing::info!(camera = %reference.camera, dir = %self.tamper_dir.display(), "tamper reference saved")
+            }
+            // The judge uses it all the same until the agent stops; the next start learns again.
+            Err(e) => tracing::error!(camera = %reference.camera, "cannot save the tamper reference: {e}"),
+        }
+    }
+
+    /// The camera's saved reference picture, if there is one.
+    fn tamper_reference_picture(&self, camera: &str) -> Option<Vec<u8>> {
+        let path = tamper_reference::picture_path(&self.tamper_dir, camera);
+        match std::fs::read(&path) {
+            Ok(jpeg) => Some(jpeg),
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(file = %path.display(), "cannot read the tamper reference picture: {e}");
+                }
+                None
+            }
+        }
+    }
+
     /// Records the event message (with its pictures, if any) in the chain.
-    fn keep(&mut self, event: &mut Event, now: DateTime<Utc>, frame: Option<&[u8]>, crop: Option<&[u8]>) {
+    fn keep(
+        &mut self,
+        event: &mut Event,
+        now: DateTime<Utc>,
+        frame: Option<&[u8]>,
+        crop: Option<&[u8]>,
+        reference: Option<&[u8]>,
+    ) {
         let Some(store) = self.store.as_mut() else { return };
         let mut pictures = Vec::new();
         if let Some(jpeg) = frame {
@@ -188,6 +248,9 @@ impl EvidenceStage {
         }
         if let Some(jpeg) = crop {
             pictures.push(Picture { role: "crop", jpeg });
+        }
+        if let Some(jpeg) = reference {
+            pictures.push(Picture { role: "reference", jpeg });
         }
         let name = format!("{}-r{}", event.event_id, event.revision);
         let recorded = store.keep(now, &name, &pictures, |files, seq| {
@@ -433,6 +496,65 @@ polygon = [[0.0, 0.0], [0.2, 0.0], [0.2, 0.15], [0.0, 0.15]]
         }
         assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "wrong_bin bin-recyclable");
         assert_eq!(chain::verify(stage.dir().unwrap(), None).unwrap().first_broken_link, None);
+    }
+
+    #[test]
+    fn a_covered_camera_is_a_tamper_event_with_the_frame_and_the_reference_picture_in_the_chain() {
+        use crate::judge::tamper::reference;
+        use crate::judge::tamper::test_pictures::{blacked_out, with_sensor_noise};
+        let dir = tempfile::tempdir().unwrap();
+        let extra = "[tamper]\nlearn_secs = 5\nclear_secs = 2\n[tamper.covered]\nafter_secs = 3\n";
+        let (mut judge, mut stage) = stages(&config(dir.path(), extra));
+        let dog = sample("dog.jpg");
+        let live: Vec<Arc<RgbImage>> = (0..4).map(|seed| Arc::new(with_sensor_noise(&dog, 2.0, seed))).collect();
+        let covered = Arc::new(blacked_out(&dog));
+        let mut events = Vec::new();
+        // Half a second apart: 8 s of live view (the reference), 6 s covered, 4 s live again.
+        for i in 0..36 {
+            let picture = if (16..28).contains(&i) { covered.clone() } else { live[i % live.len()].clone() };
+            let frame = inferred("station", &picture, &[], i as f64 * 0.5);
+            events.extend(stage.process(judge.judge(frame)).events);
+        }
+        let tamper: Vec<&Event> = events.iter().filter(|e| e.kind == EventKind::Tamper).collect();
+        let said: Vec<(LifecycleState, &str)> = tamper.iter().map(|e| (e.state, e.label.as_str())).collect();
+        assert_eq!(said, vec![(LifecycleState::Start, "covered"), (LifecycleState::End, "covered")], "{events:?}");
+        let start = tamper[0];
+        assert_eq!((start.camera.as_str(), start.zone.as_deref(), start.track_id), ("station", None, None));
+        let files = &start.evidence.as_ref().expect("evidence kept").files;
+        let roles: Vec<&str> = files.iter().map(|f| f.file.rsplit('-').next().unwrap_or_default()).collect();
+        assert_eq!(roles, ["frame.jpg", "reference.jpg"], "the frame and the reference, no crop");
+        let tamper_dir = dir.path().join(reference::TAMPER_DIR);
+        let saved = reference::load_all(&tamper_dir).remove("station").expect("the learnt reference was kept");
+        assert_eq!(saved.origin, reference::ReferenceOrigin::Auto);
+        let kept_reference = std::fs::read(stage.dir().unwrap().join(&files[1].file)).unwrap();
+        assert_eq!(kept_reference, std::fs::read(reference::picture_path(&tamper_dir, "station")).unwrap());
+        assert_eq!(chain::verify(stage.dir().unwrap(), None).unwrap().first_broken_link, None);
+    }
+
+    #[test]
+    fn a_reference_the_installer_saved_while_the_agent_was_learning_is_not_overwritten() {
+        use crate::judge::tamper::reference::{self, ReferenceOrigin};
+        use crate::judge::tamper::test_pictures::with_sensor_noise;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut judge, mut stage) = stages(&config(dir.path(), "[tamper]\nlearn_secs = 3\n"));
+        let dog = sample("dog.jpg");
+        let live: Vec<Arc<RgbImage>> = (0..4).map(|seed| Arc::new(with_sensor_noise(&dog, 2.0, seed))).collect();
+        let tamper_dir = dir.path().join(reference::TAMPER_DIR);
+        let mut learnt = None;
+        for i in 0..12 {
+            let judgement = judge.judge(inferred("station", &live[i % live.len()], &[], i as f64 * 0.5));
+            if let Some(reference) = &judgement.tamper_reference {
+                // Saved by `edge-agent tamper reference` just before the agent's own was kept.
+                let installer = reference::Reference { origin: ReferenceOrigin::Installer, ..reference.clone() };
+                reference::save(&tamper_dir, &installer, b"the installer's picture").unwrap();
+                learnt = Some(reference.clone());
+            }
+            stage.process(judgement);
+        }
+        assert!(learnt.is_some(), "the judge learnt a reference");
+        let kept = reference::load(&tamper_dir, "station").expect("a reference on disk");
+        assert_eq!(kept.origin, ReferenceOrigin::Installer);
+        assert_eq!(std::fs::read(reference::picture_path(&tamper_dir, "station")).unwrap(), b"the installer's picture");
     }
 
     #[test]

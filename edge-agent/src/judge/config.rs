@@ -1,6 +1,7 @@
 //! What the user writes about judging: `[site]`, `[taxonomy]`, `[scenes.<camera>]` (zones, privacy
-//! switch, ground calibration), `[tracking]`, `[background]`, `[rules.*]` and `[privacy]` (which
-//! labels are people; the evidence stage applies what the judge decides). Every key has a default, so an empty file still runs the demo (the plain `object`
+//! switch, ground calibration), `[tracking]`, `[background]`, `[rules.*]`, `[tamper]` (camera
+//! tamper detection, per camera overridable) and `[privacy]` (which labels are people; the
+//! evidence stage applies what the judge decides). Every key has a default, so an empty file still runs the demo (the plain `object`
 //! rule, no zones).
 
 use std::collections::{BTreeMap, HashSet};
@@ -184,7 +185,7 @@ impl Default for BackgroundConfig {
 }
 
 /// An on-site action (宣教), e.g. a voice prompt with `aplay`, run when an event of a rule starts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionConfig {
     /// Program and arguments; `{kind}`, `{camera}`, `{zone}`, `{label}`, `{category}` and
@@ -439,6 +440,182 @@ fn default_cover_min_score() -> f32 {
     0.5
 }
 
+/// Camera tamper detection (`[tamper]`): a view that is no longer what the installer set up is an
+/// event of kind `tamper` with the condition as its label. Each condition must hold for its
+/// `after_secs` before the event starts, and be gone for `clear_secs` before it ends.
+/// `[tamper.cameras.<id>]` overrides any of these keys for one camera.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TamperConfig {
+    pub enabled: bool,
+    /// Without a saved reference, the first stable stretch this long becomes the reference.
+    pub learn_secs: f64,
+    /// A condition gone this long ends its event.
+    pub clear_secs: f64,
+    pub covered: CoveredConfig,
+    pub defocused: DefocusedConfig,
+    pub turned_away: TurnedAwayConfig,
+    pub frozen: FrozenConfig,
+    pub action: Option<ActionConfig>,
+    /// Per camera: a table of the keys above that differ for it.
+    #[serde(skip_serializing)]
+    pub cameras: BTreeMap<String, toml::Table>,
+}
+
+impl Default for TamperConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            learn_secs: 60.0,
+            clear_secs: 5.0,
+            covered: CoveredConfig::default(),
+            defocused: DefocusedConfig::default(),
+            turned_away: TurnedAwayConfig::default(),
+            frozen: FrozenConfig::default(),
+            action: None,
+            cameras: BTreeMap::new(),
+        }
+    }
+}
+
+/// Lens covered or blacked out: a picture darker than `max_brightness`, or more uniform than
+/// `max_spread` (grey levels across a 64×36 grid).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoveredConfig {
+    pub enabled: bool,
+    pub max_brightness: f32,
+    pub max_spread: f32,
+    pub after_secs: f64,
+}
+
+impl Default for CoveredConfig {
+    fn default() -> Self {
+        Self { enabled: true, max_brightness: 10.0, max_spread: 4.0, after_secs: 10.0 }
+    }
+}
+
+/// Out of focus: fine detail below `min_sharpness` of the reference's.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DefocusedConfig {
+    pub enabled: bool,
+    pub min_sharpness: f32,
+    pub after_secs: f64,
+}
+
+impl Default for DefocusedConfig {
+    fn default() -> Self {
+        Self { enabled: true, min_sharpness: 0.5, after_secs: 10.0 }
+    }
+}
+
+/// Turned away or moved: the view's edges match the reference's less than `min_similarity` (0-1).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnedAwayConfig {
+    pub enabled: bool,
+    pub min_similarity: f32,
+    pub after_secs: f64,
+}
+
+impl Default for TurnedAwayConfig {
+    fn default() -> Self {
+        Self { enabled: true, min_similarity: 0.4, after_secs: 10.0 }
+    }
+}
+
+/// Frozen: frames keep arriving but differ by at most `max_change` of the camera's own noise
+/// (learnt with the reference).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrozenConfig {
+    pub enabled: bool,
+    pub max_change: f32,
+    pub after_secs: f64,
+}
+
+impl Default for FrozenConfig {
+    fn default() -> Self {
+        Self { enabled: true, max_change: 0.1, after_secs: 10.0 }
+    }
+}
+
+impl TamperConfig {
+    /// The settings of one camera: these, with its `[tamper.cameras.<id>]` table laid over them.
+    pub fn for_camera(&self, camera: &str) -> Result<TamperConfig, Invalid> {
+        let key = format!("tamper.cameras.{camera}");
+        let Some(overrides) = self.cameras.get(camera) else {
+            return Ok(TamperConfig { cameras: BTreeMap::new(), ..self.clone() });
+        };
+        if overrides.contains_key("cameras") {
+            return Err(Invalid::new(format!("{key}.cameras"), "is not allowed in a camera's own table"));
+        }
+        let mut merged = toml::Table::try_from(self)
+            .map_err(|e| Invalid::new(key.clone(), format!("cannot be combined with [tamper]: {e}")))?;
+        overlay(&mut merged, overrides);
+        merged.try_into::<TamperConfig>().map_err(|e| Invalid::new(key, e.message().to_string()))
+    }
+
+    /// Checks the section and each camera's settings; `cameras` are the configured camera ids.
+    pub fn validate(&self, cameras: &HashSet<&str>) -> Result<(), Invalid> {
+        self.check_values("tamper")?;
+        for camera in self.cameras.keys() {
+            let key = format!("tamper.cameras.{camera}");
+            if !cameras.contains(camera.as_str()) {
+                let mut known: Vec<&str> = cameras.iter().copied().collect();
+                known.sort_unstable();
+                return Err(Invalid::new(
+                    key,
+                    format!("names no configured camera; expected one of: {}", known.join(", ")),
+                ));
+            }
+            self.for_camera(camera)?.check_values(&key)?;
+        }
+        Ok(())
+    }
+
+    /// `prefix` is where these settings sit in the file (`tamper`, `tamper.cameras.gate`).
+    fn check_values(&self, prefix: &str) -> Result<(), Invalid> {
+        let key = |name: &str| format!("{prefix}.{name}");
+        if !(self.learn_secs.is_finite() && self.learn_secs >= 1.0) {
+            return Err(Invalid::new(key("learn_secs"), format!("is {}; expected 1 second or more", self.learn_secs)));
+        }
+        check_secs(&key("clear_secs"), self.clear_secs)?;
+        for (name, level) in
+            [("covered.max_brightness", self.covered.max_brightness), ("covered.max_spread", self.covered.max_spread)]
+        {
+            if !(0.0..=255.0).contains(&level) {
+                return Err(Invalid::new(key(name), format!("is {level}; expected a grey level from 0 to 255")));
+            }
+        }
+        check_unit(&key("defocused.min_sharpness"), self.defocused.min_sharpness)?;
+        check_unit(&key("turned_away.min_similarity"), self.turned_away.min_similarity)?;
+        check_unit(&key("frozen.max_change"), self.frozen.max_change)?;
+        for (name, secs) in [
+            ("covered.after_secs", self.covered.after_secs),
+            ("defocused.after_secs", self.defocused.after_secs),
+            ("turned_away.after_secs", self.turned_away.after_secs),
+            ("frozen.after_secs", self.frozen.after_secs),
+        ] {
+            check_secs(&key(name), secs)?;
+        }
+        check_action(&key("action"), &self.action)
+    }
+}
+
+/// Lays `over` onto `base`, table into table, so a camera's table need name only what differs.
+fn overlay(base: &mut toml::Table, over: &toml::Table) {
+    for (name, value) in over {
+        match (base.get_mut(name), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(over_inner)) => overlay(inner, over_inner),
+            _ => {
+                base.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
 /// Privacy by default: people blurred and privacy zones blacked out in every stored or sent image.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -462,6 +639,7 @@ pub struct JudgeSections<'a> {
     pub tracking: &'a TrackingConfig,
     pub background: &'a BackgroundConfig,
     pub rules: &'a RulesConfig,
+    pub tamper: &'a TamperConfig,
     pub privacy: &'a PrivacyConfig,
 }
 
@@ -479,6 +657,10 @@ pub struct JudgeSettings {
     pub tracking: TrackingConfig,
     pub background: BackgroundConfig,
     pub rules: RulesConfig,
+    pub tamper: TamperConfig,
+    /// Where the cameras' tamper references are kept (`state_dir/tamper`); the judge reads them
+    /// when it opens.
+    pub tamper_dir: PathBuf,
     pub privacy: PrivacyConfig,
 }
 
@@ -699,6 +881,7 @@ impl JudgeSections<'_> {
             return Err(Invalid::new("background.threshold", format!("is {}; expected 1 to 254", b.threshold)));
         }
         self.rules.validate()?;
+        self.tamper.validate(cameras)?;
         let known_zone = |id: &str| self.scenes.values().any(|s| s.zones.iter().any(|z| z.id == id));
         for (i, zone_id) in self.rules.object.zones.iter().enumerate() {
             if !known_zone(zone_id) {

@@ -1,8 +1,9 @@
 //! The judge stage: inferred frames in; events worth reporting, and what must stay private, out
 //! ([`Judgement`], to the evidence stage). Per camera: zones ([`zones`]), a background model for
 //! static foreground ([`background`]), and the rules ([`rules`]) with their trackers ([`tracker`])
-//! and event lifecycles ([`lifecycle`]); per device the taxonomy ([`taxonomy`]). Pure and driven by
-//! frame times: it writes no file, draws no picture and runs no program. Imports the infer and
+//! and event lifecycles ([`lifecycle`]), and camera tamper detection ([`tamper`]); per device the
+//! taxonomy ([`taxonomy`]). Pure and driven by frame times: it writes no file (a tamper reference
+//! it learns goes to the evidence stage to keep), draws no picture and runs no program. Imports the infer and
 //! source message types, never evidence, delivery or the side rooms.
 
 pub mod background;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod fixtures;
 pub mod lifecycle;
 pub mod rules;
+pub mod tamper;
 pub mod taxonomy;
 pub mod tracker;
 pub mod zones;
@@ -28,7 +30,7 @@ use crate::base::liveness::Heartbeat;
 use crate::infer::{BoundingBox, Findings, InferError, InferredFrame, ModelId, ModelResult};
 use crate::source::Frame;
 use background::BackgroundModel;
-use config::{ActionConfig, BackgroundConfig, JudgeSettings, RulesConfig, TrackingConfig, ZoneRole};
+use config::{ActionConfig, JudgeSettings, RulesConfig, ZoneRole};
 use lifecycle::{LifecycleState, Transition, UpdateReason};
 use rules::litter::LitterRule;
 use rules::object::ObjectRule;
@@ -37,6 +39,8 @@ use rules::road_debris::RoadDebrisRule;
 use rules::truck_exit::{CoverClassifier, TruckExitRule};
 use rules::wrong_bin::{Categoriser, WrongBinRule};
 use rules::{detections_of, Finding, FrameView, SecondStage};
+use tamper::reference::Reference;
+use tamper::TamperWatch;
 use taxonomy::{Taxonomy, TaxonomyError};
 use tracker::{seconds_between, TrackIds};
 use zones::{Scene, Zone};
@@ -151,6 +155,8 @@ pub enum EventKind {
     Overflow,
     RoadDebris,
     TruckExit,
+    /// The camera's view is no longer what the installer set up; `label` is the condition.
+    Tamper,
 }
 
 impl EventKind {
@@ -162,6 +168,7 @@ impl EventKind {
             EventKind::Overflow => "overflow",
             EventKind::RoadDebris => "road_debris",
             EventKind::TruckExit => "truck_exit",
+            EventKind::Tamper => "tamper",
         }
     }
 }
@@ -238,6 +245,9 @@ pub struct Judgement {
     pub privacy: PrivacyMask,
     /// The camera's zones, for drawing.
     pub zones: Vec<Zone>,
+    /// A tamper reference the judge has just learnt from this camera's view, for the evidence
+    /// stage to keep with this frame's picture (privacy applied).
+    pub tamper_reference: Option<Reference>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,10 +270,13 @@ struct CameraJudge {
     overflow: OverflowRule,
     road_debris: RoadDebrisRule,
     truck_exit: TruckExitRule,
+    /// None when tamper detection is off for the camera.
+    tamper: Option<TamperWatch>,
 }
 
 impl CameraJudge {
-    fn new(rules: &RulesConfig, tracking: &TrackingConfig, background: &BackgroundConfig, scene: &Scene) -> Self {
+    fn new(camera: &str, settings: &JudgeSettings, scene: &Scene, tamper_reference: Option<&Reference>) -> Self {
+        let (rules, tracking, background) = (&settings.rules, &settings.tracking, &settings.background);
         let litter = LitterRule::new(&rules.litter, tracking);
         let overflow = OverflowRule::new(&rules.overflow, tracking);
         let road_debris = RoadDebrisRule::new(&rules.road_debris, tracking);
@@ -278,8 +291,20 @@ impl CameraJudge {
             overflow,
             road_debris,
             truck_exit: TruckExitRule::new(&rules.truck_exit, tracking),
+            tamper: tamper_watch(camera, settings, tamper_reference),
         }
     }
+}
+
+/// The camera's tamper watch, with its own settings and its saved reference; None when off.
+fn tamper_watch(camera: &str, settings: &JudgeSettings, reference: Option<&Reference>) -> Option<TamperWatch> {
+    // The config was validated as a whole, camera tables included; this cannot fail but is not
+    // worth a panic either.
+    let config = settings.tamper.for_camera(camera).unwrap_or_else(|invalid| {
+        tracing::error!(camera, "`{}` {}; the [tamper] settings are used", invalid.key, invalid.problem);
+        settings.tamper.clone()
+    });
+    config.enabled.then(|| TamperWatch::new(camera, config, reference.cloned()))
 }
 
 pub struct Judge {
@@ -291,6 +316,8 @@ pub struct Judge {
     cameras: HashMap<String, CameraJudge>,
     item_classifier: Option<SecondStage>,
     cover_classifier: Option<CoverClassifier>,
+    /// Each camera's tamper reference: saved ones read at open, and those learnt since.
+    tamper_references: HashMap<String, Reference>,
 }
 
 /// Each rule's transitions of one frame, tagged with the rule's kind.
@@ -324,13 +351,14 @@ impl Judge {
             cameras: HashMap::new(),
             item_classifier,
             cover_classifier,
+            tamper_references: tamper::reference::load_all(&settings.tamper_dir),
         })
     }
 
-    /// Takes new rules, zones, tracking, background and privacy settings from `set`/`reload`
-    /// between two frames. The loaded classifiers stay; each camera's rule state starts afresh, so
-    /// an incident open under the old rules is reported again under the new ones (with a new
-    /// `event_id`).
+    /// Takes new rules, zones, tracking, background, tamper and privacy settings from
+    /// `set`/`reload` between two frames. The loaded classifiers stay; each camera's rule state
+    /// starts afresh, so an incident open under the old rules is reported again under the new ones
+    /// (with a new `event_id`). Tamper references are read again (an installer may have set one).
     pub fn reconfigure(&mut self, settings: &JudgeSettings) -> Result<(), JudgeError> {
         let (taxonomy, scenes, default_scene) = scenes_and_taxonomy(settings)?;
         // The first bin zone drawn on a running box needs the crop classifier the start skipped.
@@ -343,6 +371,12 @@ impl Judge {
         self.station_id = settings.site.station_id.clone().unwrap_or_else(|| settings.device_id.clone());
         self.settings = settings.clone();
         self.cameras.clear();
+        // A reference learnt but not yet on disk stays; one on disk wins.
+        let learnt = std::mem::take(&mut self.tamper_references);
+        self.tamper_references = tamper::reference::load_all(&settings.tamper_dir);
+        for (camera, reference) in learnt {
+            self.tamper_references.entry(camera).or_insert(reference);
+        }
         Ok(())
     }
 
@@ -353,7 +387,8 @@ impl Judge {
         let scene = self.scenes.get(&camera).unwrap_or(&self.default_scene);
         let privacy = PrivacyMask::from_results(scene, &results, &self.settings.privacy.person_labels);
         let zones = scene.zones.clone();
-        let transitions = self.run_rules(&camera, &frame, &results);
+        let mut transitions = self.run_rules(&camera, &frame, &results);
+        let tamper_reference = self.watch_tamper(&camera, &frame, &mut transitions);
         let (width, height) = frame.image.dimensions();
         let events = transitions
             .into_iter()
@@ -363,7 +398,17 @@ impl Judge {
                 JudgedEvent { caption: self.caption(&event), with_pictures: transition.snapshot, action, event }
             })
             .collect();
-        Judgement { frame, results, events, privacy, zones }
+        Judgement { frame, results, events, privacy, zones, tamper_reference }
+    }
+
+    /// Runs the camera's tamper watch on the frame; returns a reference it has just learnt.
+    fn watch_tamper(&mut self, camera: &str, frame: &Frame, transitions: &mut Transitions) -> Option<Reference> {
+        let watch = self.cameras.get_mut(camera)?.tamper.as_mut()?;
+        let outcome = watch.observe(frame);
+        transitions.extend(outcome.transitions.into_iter().map(|t| (EventKind::Tamper, t)));
+        let learnt = outcome.learnt?;
+        self.tamper_references.insert(camera.to_string(), learnt.clone());
+        Some(learnt)
     }
 
     /// Runs every rule of the camera on the frame's findings (and its background model).
@@ -384,11 +429,11 @@ impl Judge {
         let exclude = &self.settings.background.exclude_labels;
         let not_foreground: Vec<BoundingBox> =
             all_detections(results).filter(|d| exclude.contains(&d.label)).map(|d| d.bbox).collect();
-        let s = &self.settings;
+        let (settings, references) = (&self.settings, &self.tamper_references);
         let cam = self
             .cameras
             .entry(camera.to_string())
-            .or_insert_with(|| CameraJudge::new(&s.rules, &s.tracking, &s.background, scene));
+            .or_insert_with(|| CameraJudge::new(camera, settings, scene, references.get(camera)));
         let foreground = cam.background.as_mut().map(|model| model.update(&frame.image, now, &not_foreground));
         let view =
             FrameView { camera, time: now, image: &frame.image, found: &found, scene, foreground: foreground.as_ref() };
@@ -429,7 +474,11 @@ impl Judge {
         let until = if ended { t.last_seen } else { now };
         let d = &t.details;
         let scene = self.scenes.get(camera).unwrap_or(&self.default_scene);
-        let footprint = scene.ground.and_then(|ground| ground.footprint(&d.bbox));
+        // A tamper event's box is the whole frame: it stands nowhere on the ground.
+        let footprint = match kind {
+            EventKind::Tamper => None,
+            _ => scene.ground.and_then(|ground| ground.footprint(&d.bbox)),
+        };
         Event {
             schema_version: EVENT_SCHEMA_VERSION,
             event_id: t.event_id,
@@ -496,6 +545,7 @@ impl Judge {
             EventKind::Overflow => &rules.overflow.action,
             EventKind::RoadDebris => &rules.road_debris.action,
             EventKind::TruckExit => &rules.truck_exit.action,
+            EventKind::Tamper => &self.settings.tamper.action,
         }
     }
 }
