@@ -150,9 +150,10 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("edge-agent-state")
 }
 
-/// Ties a section's complaint to the file it was found in.
+/// Ties a section's complaint to the file it was found in. Complaints quote the value they refuse,
+/// which may be a URL with a password in the wrong key: redacted here, once for every section.
 fn in_file(invalid: Invalid, path: &Path) -> ConfigError {
-    ConfigError::Invalid { path: path.to_owned(), key: invalid.key, problem: invalid.problem }
+    ConfigError::Invalid { path: path.to_owned(), key: invalid.key, problem: redact_userinfo(&invalid.problem) }
 }
 
 impl Config {
@@ -413,6 +414,17 @@ mod tests {
         .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("line 3") && text.contains("rtsp://u:***@h/x") && !text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn a_refused_value_holding_a_url_password_is_quoted_without_it() {
+        // Found by the config fuzzer: any section's complaint quotes the value it refuses.
+        let err = parse("[stats]\nutc_offset = \"rtsp://u:s3cret@h/x\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("stats.utc_offset") && text.contains("rtsp://u:***@h/x") && !text.contains("s3cret"),
+            "{text}"
+        );
     }
 
     #[test]
