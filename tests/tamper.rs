@@ -47,7 +47,8 @@ fn turned(picture: &RgbImage) -> RgbImage {
     RgbImage::from_fn(width, height, |x, y| *picture.get_pixel((x + width / 6) % width, y))
 }
 
-fn write_config(dir: &Path, mqtt_url: &str, rtsp_url: &str) -> (PathBuf, u16) {
+/// The agent's config; `learn_secs` for the first stable view (the default is a minute).
+fn write_config(dir: &Path, mqtt_url: &str, rtsp_url: &str, learn_secs: f64) -> (PathBuf, u16) {
     let web_port = free_port();
     let config = dir.join("agent.toml");
     std::fs::write(
@@ -58,7 +59,7 @@ fn write_config(dir: &Path, mqtt_url: &str, rtsp_url: &str) -> (PathBuf, u16) {
              [[cameras]]\nid = \"gate\"\nsource = {{ kind = \"rtsp\", url = \"{rtsp_url}\", fps = 2.0 }}\n\n\
              [[models]]\nmanifest = \"{models}/nanodet.toml\"\nscore_threshold = 0.3\n\n\
              # Only tamper events matter here.\n[rules.object]\nenabled = false\n\n\
-             [tamper]\nclear_secs = {CLEAR_SECS}\n[tamper.covered]\nafter_secs = {AFTER_SECS}\n\
+             [tamper]\nlearn_secs = {learn_secs}\nclear_secs = {CLEAR_SECS}\n[tamper.covered]\nafter_secs = {AFTER_SECS}\n\
              [tamper.defocused]\nafter_secs = {AFTER_SECS}\n[tamper.turned_away]\nafter_secs = {AFTER_SECS}\n\
              # The test server loops one still picture: frozen by definition, and whether the\n\
              # encoder's artefacts make it look alive depends on the picture (unit tests cover frozen).\n\
@@ -78,6 +79,12 @@ fn frames_captured(web_port: u16) -> u64 {
         .and_then(|cameras| cameras.iter().find(|c| c["id"] == "gate"))
         .and_then(|camera| camera["frames_captured"].as_u64())
         .unwrap_or(0)
+}
+
+/// The evidence files of an event message.
+fn evidence_files(event: &Value) -> Vec<String> {
+    let files = event["evidence"]["files"].as_array().map(Vec::as_slice).unwrap_or_default();
+    files.iter().filter_map(|f| f["file"].as_str().map(String::from)).collect()
 }
 
 /// Every tamper event message that arrives, kept in order.
@@ -118,7 +125,7 @@ fn a_camera_covered_defocused_and_turned_away_starts_one_tamper_event_each_that_
     let Some(broker) = Mosquitto::start() else { return };
     let Some(mut server) = RtspServer::start(Stream::Picture { path: &dog_jpg(), fps: 5 }, None) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (config, web_port) = write_config(dir.path(), &broker.url(), &server.url());
+    let (config, web_port) = write_config(dir.path(), &broker.url(), &server.url(), 60.0);
 
     // The installer saves the view as the camera's reference.
     let output = std::process::Command::new(agent_binary())
@@ -163,17 +170,12 @@ fn a_camera_covered_defocused_and_turned_away_starts_one_tamper_event_each_that_
         assert_eq!(start["label"], *condition, "{:?}", events.said());
         assert_eq!(start["camera"], "gate");
         assert_eq!(start["box"], serde_json::json!({"x1": 0, "y1": 0, "x2": 768, "y2": 576}), "the whole frame");
-        let files: Vec<&str> = start["evidence"]["files"]
-            .as_array()
-            .expect("evidence")
-            .iter()
-            .filter_map(|f| f["file"].as_str())
-            .collect();
+        let files = evidence_files(&start);
         assert!(
             files.len() == 2 && files[0].ends_with("-frame.jpg") && files[1].ends_with("-reference.jpg"),
             "the frame and the reference picture: {files:?}"
         );
-        let kept = std::fs::read(dir.path().join("state/evidence").join(files[1])).expect("the kept reference");
+        let kept = std::fs::read(dir.path().join("state/evidence").join(&files[1])).expect("the kept reference");
         assert_eq!(kept, reference_picture, "the evidence holds the installer's reference picture");
 
         server.switch_to(Stream::Picture { path: &dog_jpg(), fps: 5 });
@@ -206,5 +208,41 @@ fn a_camera_covered_defocused_and_turned_away_starts_one_tamper_event_each_that_
         Some(Value::from("installer")),
         "the agent keeps the installer's reference"
     );
+    drop(agent);
+}
+
+#[test]
+fn a_camera_without_a_reference_learns_its_first_stable_view_and_then_reports_a_cover() {
+    let Some(broker) = Mosquitto::start() else { return };
+    let Some(mut server) = RtspServer::start(Stream::Picture { path: &dog_jpg(), fps: 5 }, None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(dir.path(), &broker.url(), &server.url(), 5.0);
+    let subscriber = Subscriber::connect(broker.port, "edge/e2e-box/events");
+    let agent = Agent::start(&config, &dir.path().join("agent.log"));
+    let mut events = TamperEvents { subscriber: &subscriber, seen: Vec::new() };
+
+    let reference_file = dir.path().join("state/tamper/gate.json");
+    let learnt = eventually(Duration::from_secs(90), || {
+        std::fs::read(&reference_file).ok().and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+    });
+    let learnt = learnt.unwrap_or_else(|| panic!("no reference learnt; log:\n{}", agent.log_text()));
+    assert_eq!(learnt["origin"], "auto");
+    let reference_picture = std::fs::read(dir.path().join("state/tamper/gate.jpg")).expect("its picture");
+    assert!(image::load_from_memory(&reference_picture).is_ok_and(|p| p.width() == 768), "a JPEG of the view");
+
+    let covered_picture = save(dir.path(), "covered.jpg", &covered(&dog()));
+    server.switch_to(Stream::Picture { path: &covered_picture, fps: 5 });
+    let start = events.wait_for(Duration::from_secs(90), |e| e["state"] == "start");
+    let start = start.unwrap_or_else(|| panic!("no tamper start: {:?}; log:\n{}", events.said(), agent.log_text()));
+    assert_eq!(start["label"], "covered");
+    let files = evidence_files(&start);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let kept = std::fs::read(dir.path().join("state/evidence").join(&files[1])).expect("the kept reference");
+    assert_eq!(kept, reference_picture, "the evidence holds the learnt reference picture");
+    server.switch_to(Stream::Picture { path: &dog_jpg(), fps: 5 });
+    let end = events.wait_for(Duration::from_secs(90), |e| e["state"] == "end");
+    let end = end.unwrap_or_else(|| panic!("no tamper end: {:?}; log:\n{}", events.said(), agent.log_text()));
+    assert_eq!(end["event_id"], start["event_id"]);
+    assert_eq!(events.said(), [("start".to_string(), "covered".to_string()), ("end".into(), "covered".into())]);
     drop(agent);
 }
