@@ -731,7 +731,12 @@ mod tests {
         camera.show(&live(&other_scene("person.jpg", &dog()), 2.0), 15.0);
         assert_eq!(camera.conditions(), vec![(LifecycleState::Start, "turned_away".into())]);
         assert!(camera.learnt.is_empty(), "no need to learn");
+        // A file copied to another camera's name is not that camera's view.
+        std::fs::copy(reference::reference_path(dir.path(), "gate"), reference::reference_path(dir.path(), "yard"))
+            .unwrap();
+        assert_eq!(reference::load_all(dir.path()).keys().collect::<Vec<_>>(), ["gate"]);
         assert!(reference::forget(dir.path(), "gate").unwrap());
+        std::fs::remove_file(reference::reference_path(dir.path(), "yard")).unwrap();
         assert!(reference::load_all(dir.path()).is_empty());
     }
 

@@ -88,10 +88,16 @@ pub fn load_all(dir: &Path) -> HashMap<String, Reference> {
         let parsed = std::fs::read(&path)
             .map_err(|e| e.to_string())
             .and_then(|bytes| serde_json::from_slice::<Reference>(&bytes).map_err(|e| e.to_string()));
+        let named = path.file_stem().and_then(|stem| stem.to_str()).unwrap_or_default().to_string();
         match parsed {
-            Ok(reference) if reference.usable() => {
-                references.insert(reference.camera.clone(), reference);
+            Ok(reference) if reference.usable() && reference.camera == named => {
+                references.insert(named, reference);
             }
+            Ok(reference) if reference.camera != named => tracing::warn!(
+                file = %path.display(),
+                "this tamper reference is of camera {}, not {named}; it is not used",
+                reference.camera
+            ),
             Ok(reference) => tracing::warn!(
                 file = %path.display(),
                 "tamper reference of camera {} is of another version; a new one will be learnt",
