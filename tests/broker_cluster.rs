@@ -109,13 +109,20 @@ fn a_cluster_node_dies_under_the_box_and_every_event_still_arrives() {
         "the box should use the first node it was given"
     );
     cluster.kill(0);
-    assert!(
-        wait_until_connected_to(web_port, &cluster.mqtt_url(1), Duration::from_secs(30)),
-        "the box did not fail over to the second node; status: {:?}",
-        agent_status(web_port).map(|s| s["mqtt"].clone())
-    );
+    // The next node in the list is preferred, but a node may refuse the box for a moment while the
+    // cluster elects new JetStream leaders for the MQTT sessions (seen on nats-server 2.9 in CI):
+    // then the box moves on to the third. Either survivor is a failover.
+    let survivors = [cluster.mqtt_url(1), cluster.mqtt_url(2)];
+    let moved_to =
+        eventually(Duration::from_secs(30), || connected_broker(web_port).filter(|url| survivors.contains(url)));
+    let Some(moved_to) = moved_to else {
+        panic!(
+            "the box did not fail over to a surviving node; status: {:?}",
+            agent_status(web_port).map(|s| s["mqtt"].clone())
+        );
+    };
     let online_on_second = wait_for_status(&mut arrivals, &platform, Duration::from_secs(20), |status| {
-        status["state"] == "online" && status["broker"] == cluster.mqtt_url(1).as_str()
+        status["state"] == "online" && status["broker"] == moved_to.as_str()
     });
     assert!(online_on_second.is_some(), "the status should name the node the box moved to");
 
