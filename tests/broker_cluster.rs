@@ -130,7 +130,10 @@ fn a_cluster_node_dies_under_the_box_and_every_event_still_arrives() {
     let queued = settled_queued_events(&agent);
     let missing = wait_for_all_on(&mut arrivals, &[&platform], &queued);
     assert_nothing_missing(&missing, &queued, &agent, &format!("nats logs:\n{}", cluster.logs()));
-    arrivals.assert_camera_order(&queued);
+    // No order check here: while the cluster elects new JetStream leaders, a node may take a
+    // message and hand it to the platform's node only after later ones (seen on nats-server 2.9:
+    // 4 events of 230 arrived late, none lost). The README says so; the platform orders by
+    // event time and revision, never by arrival.
     assert!(queued.len() >= 30, "too few events to prove anything: {}", queued.len());
 
     // The first node returns: the box goes back to it.
