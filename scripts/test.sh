@@ -37,6 +37,8 @@ for package in libclang-dev libv4l-dev libgstreamer1.0-dev libgstreamer-plugins-
   # The RTSP tests run a real GStreamer RTSP server (tests/support/rtsp_server.py).
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
+# Event clips are checked with FFmpeg's ffprobe (another reader than the GStreamer that wrote them).
+command -v ffprobe >/dev/null || missing+=(ffmpeg)
 # The schema test validates with Python jsonschema in a venv (Debian splits venv/ensurepip out).
 python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

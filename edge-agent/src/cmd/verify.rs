@@ -57,16 +57,16 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     } else {
         println!("evidence chain {}", report.chain.display());
         println!("  signed by  {}", report.public_key.as_deref().unwrap_or("(unknown)"));
-        println!("  records    {} ({} events)", report.records, report.events);
+        println!("  records    {} ({} events, {} clips)", report.records, report.events, report.clips);
         println!(
-            "  pictures   {} checked, {} deleted by retention",
+            "  files      {} checked (pictures and clips), {} deleted by retention",
             report.evidence_files_checked, report.evidence_files_pruned
         );
     }
     match report.first_broken_link {
         None => {
             if !args.json {
-                println!("OK: every record is signed and links to the one before; every picture matches its hash");
+                println!("OK: every record is signed and links to the one before; every picture and clip matches its hash");
             }
             Ok(())
         }

@@ -905,7 +905,7 @@ mod tests {
         let (trigger, shutdown) = crate::base::shutdown::channel();
         // The real pipeline front: a replay camera and the inference worker with the real detector.
         let liveness = crate::base::liveness::Liveness::default();
-        let (feeds, new_frame) = crate::source::start_cameras(&config.cameras, &liveness, &shutdown);
+        let (feeds, new_frame) = crate::source::start_cameras(&config.cameras, None, &liveness, &shutdown);
         let models = crate::infer::load_models(&config.models, &config.inference).unwrap();
         let board = Arc::new(crate::delivery::board::StatusBoard::new("box".into(), Vec::new()));
         board.set_models(models.iter().map(Model::info).collect());

@@ -61,7 +61,8 @@ impl Delivery {
     /// Queues one frame's messages (one durable commit), then runs the actions of the events that
     /// started and updates the board.
     async fn deliver(&mut self, evidenced: EvidencedFrame) {
-        let EvidencedFrame { frame, results, events, snapshots, zones, actions, chain_records, chain_head, usage } =
+        // Clips reach the page through the evidence folder; their chain records are among the others.
+        let EvidencedFrame { frame, results, events, snapshots, zones, actions, chain_records, chain_head, usage, clips: _ } =
             evidenced;
         if let Some(usage) = usage {
             self.board.set_evidence_usage(usage);

@@ -46,6 +46,15 @@ pub enum RecordContent {
     Genesis { public_key: String },
     /// An event message and its evidence files.
     Event { event: serde_json::Value, evidence: Vec<EvidenceFile> },
+    /// An event's video clip, finished after the event's messages (its post-roll): the file, its
+    /// hash and the wall-clock times of its first and last pictures.
+    Clip {
+        event_id: String,
+        camera: String,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        evidence: Vec<EvidenceFile>,
+    },
     /// Evidence files deleted by retention (age, disk quota, free space).
     Pruned { files: Vec<String>, reason: String },
     /// The device key changes: this record is signed by the old key, every later one by
@@ -423,6 +432,8 @@ pub struct VerifyReport {
     pub public_key: Option<String>,
     pub records: u64,
     pub events: u64,
+    /// Event clips recorded (each checked like an event's pictures).
+    pub clips: u64,
     pub evidence_files_checked: u64,
     pub evidence_files_pruned: u64,
     pub first_broken_link: Option<BrokenLink>,
@@ -465,6 +476,7 @@ pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyR
         public_key: expected_key.map(str::to_string),
         records: 0,
         events: 0,
+        clips: 0,
         evidence_files_checked: 0,
         evidence_files_pruned: 0,
         first_broken_link: None,
@@ -576,8 +588,18 @@ pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyR
             );
             return Ok(report);
         }
-        if let RecordContent::Event { evidence, .. } = &body.content {
-            report.events += 1;
+        let evidence = match &body.content {
+            RecordContent::Event { evidence, .. } => {
+                report.events += 1;
+                Some(evidence)
+            }
+            RecordContent::Clip { evidence, .. } => {
+                report.clips += 1;
+                Some(evidence)
+            }
+            _ => None,
+        };
+        if let Some(evidence) = evidence {
             for file in evidence {
                 let on_disk = evidence_dir.join(&file.file);
                 match std::fs::read(&on_disk) {

@@ -7,6 +7,9 @@
 //! the side rooms. Pixel work and disk writes are blocking: the loop runs them off the async workers.
 
 pub mod chain;
+#[cfg(feature = "gstreamer")]
+pub mod clip_mp4;
+pub mod clips;
 pub mod config;
 pub mod draw;
 pub mod messages;
@@ -34,6 +37,7 @@ use crate::judge::zones::Zone;
 use crate::judge::{Event, EventKind, EvidenceRef, JudgedEvent, Judgement};
 use crate::source::Frame;
 use chain::{ChainHead, ChainProof};
+use clips::ClipRecorder;
 use config::EvidenceConfig;
 use store::{EvidenceError, EvidenceStore, Picture};
 
@@ -73,7 +77,24 @@ pub struct EvidencedFrame {
     pub chain_head: Option<ChainHead>,
     /// What the evidence takes of its budget (None when evidence is off).
     pub usage: Option<store::EvidenceUsage>,
+    /// Event clips finished on this frame, each recorded in the chain (its record is among
+    /// `chain_records`).
+    pub clips: Vec<KeptClip>,
 }
+
+/// A finished event clip as the chain recorded it: for the event history and the page.
+#[derive(Debug, Clone)]
+pub struct KeptClip {
+    pub event_id: Uuid,
+    pub camera: String,
+    pub file: chain::EvidenceFile,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub chain_seq: u64,
+}
+
+/// A clip is started only while the disk has room for about this much beside `min_free_mb`.
+const CLIP_ROOM_BYTES: u64 = 32 << 20;
 
 /// Applies privacy and keeps evidence; its store is None when `evidence.enabled` is off.
 pub struct EvidenceStage {
@@ -82,17 +103,27 @@ pub struct EvidenceStage {
     last_retention: Option<DateTime<Utc>>,
     /// Where the cameras' tamper references are kept (`state_dir/tamper`).
     tamper_dir: PathBuf,
+    /// Event clips, when evidence and clips are on.
+    clips: Option<ClipRecorder>,
+    /// The last frame sent on, for the message that carries the clips finished at shutdown.
+    last_frame: Option<Frame>,
 }
 
 impl EvidenceStage {
     /// Opens the evidence store under `state_dir` (creating the device key on first start).
     pub fn open(state_dir: &Path, config: &EvidenceConfig, device: &str) -> Result<Self, EvidenceError> {
         let store = if config.enabled { Some(EvidenceStore::open(state_dir, config.clone(), device)?) } else { None };
+        let clips = store
+            .as_ref()
+            .filter(|_| config.clips.enabled)
+            .map(|store| ClipRecorder::new(config.clips.clone(), store.dir(), clips::mp4_sink()));
         Ok(Self {
             store,
             jpeg_quality: config.jpeg_quality,
             last_retention: None,
             tamper_dir: state_dir.join(TAMPER_DIR),
+            clips,
+            last_frame: None,
         })
     }
 
@@ -113,7 +144,9 @@ impl EvidenceStage {
         let mut events = Vec::with_capacity(judged.len());
         let mut snapshots = Vec::new();
         let mut actions = Vec::new();
+        let mut pictured = Vec::new();
         for JudgedEvent { mut event, with_pictures, caption, action } in judged {
+            pictured.push(with_pictures);
             let (frame_jpeg, crop_jpeg) =
                 if with_pictures { self.pictures(&private, &zones, &results, &event, &caption) } else { (None, None) };
             if let Some(jpeg) = &frame_jpeg {
@@ -132,7 +165,36 @@ impl EvidenceStage {
             }
             events.push(event);
         }
+        let with_pictures = events.iter().zip(&pictured).filter(|(_, p)| **p).map(|(e, _)| e);
+        self.observe_for_clips(&frame, with_pictures, &privacy);
+        let clips = self.keep_finished_clips(now, false);
         self.retention_if_due(now);
+        let frame = Frame { image: Arc::new(private), ..frame };
+        self.last_frame = Some(frame.clone());
+        self.evidenced(frame, results, events, snapshots, zones, actions, clips)
+    }
+
+    /// Ends the clips still being written (the agent stops) and records them; the message to send
+    /// them on, if any finished.
+    pub fn finish(&mut self) -> Option<EvidencedFrame> {
+        let frame = self.last_frame.clone()?;
+        let clips = self.keep_finished_clips(Utc::now(), true);
+        let has_records = self.store.as_ref().is_some_and(|s| s.chain().next_seq() > 0);
+        (!clips.is_empty() && has_records)
+            .then(|| self.evidenced(frame, Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), clips))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn evidenced(
+        &mut self,
+        frame: Frame,
+        results: Vec<ModelResult>,
+        events: Vec<Event>,
+        snapshots: Vec<Snapshot>,
+        zones: Vec<Zone>,
+        actions: Vec<(Uuid, ActionConfig)>,
+        clips: Vec<KeptClip>,
+    ) -> EvidencedFrame {
         let (chain_records, chain_head) = match self.store.as_mut() {
             Some(store) => {
                 let records = store.chain_mut().take_unpublished();
@@ -142,7 +204,7 @@ impl EvidenceStage {
             None => (Vec::new(), None),
         };
         EvidencedFrame {
-            frame: Frame { image: Arc::new(private), ..frame },
+            frame,
             results,
             events,
             snapshots,
@@ -151,7 +213,58 @@ impl EvidenceStage {
             chain_records,
             chain_head,
             usage: self.store.as_ref().map(EvidenceStore::usage),
+            clips,
         }
+    }
+
+    /// Starts and ends clips for the events of this frame (while the disk has room for one).
+    fn observe_for_clips<'a>(
+        &mut self,
+        frame: &Frame,
+        events: impl Iterator<Item = &'a Event>,
+        privacy: &crate::judge::PrivacyMask,
+    ) {
+        let (Some(recorder), Some(store)) = (self.clips.as_mut(), self.store.as_ref()) else { return };
+        if frame.video.is_none() {
+            return;
+        }
+        let room = store.has_room_for_clip(CLIP_ROOM_BYTES);
+        // Without room no clip starts; the ends of those already running are still planned.
+        let events: Vec<&Event> =
+            events.filter(|e| room || e.state != crate::judge::lifecycle::LifecycleState::Start).collect();
+        recorder.observe(frame, events.into_iter(), privacy);
+    }
+
+    /// Writes the clips' new video; hashes and records in the chain those that are complete (all
+    /// of them when `all`).
+    fn keep_finished_clips(&mut self, now: DateTime<Utc>, all: bool) -> Vec<KeptClip> {
+        let (Some(recorder), Some(store)) = (self.clips.as_mut(), self.store.as_mut()) else { return Vec::new() };
+        let finished = if all { recorder.finish_all(now) } else { recorder.pump(now) };
+        let mut kept = Vec::new();
+        for clip in finished {
+            match store.keep_clip(now, &clip) {
+                Ok((file, proof)) => {
+                    tracing::info!(
+                        camera = %clip.camera,
+                        event_id = %clip.event_id,
+                        file = %file.file,
+                        seconds = (clip.to - clip.from).num_milliseconds() as f64 / 1000.0,
+                        pictures = clip.pictures,
+                        "event clip kept"
+                    );
+                    kept.push(KeptClip {
+                        event_id: clip.event_id,
+                        camera: clip.camera,
+                        file,
+                        from: clip.from,
+                        to: clip.to,
+                        chain_seq: proof.seq,
+                    });
+                }
+                Err(e) => tracing::error!(event_id = %clip.event_id, "cannot keep the event clip: {e}"),
+            }
+        }
+        kept
     }
 
     /// The device's public key (hex) and how far its chain has reached, when evidence is kept.
@@ -308,6 +421,10 @@ pub async fn run_evidence(
             return;
         }
         heartbeat.pause();
+    }
+    // The clips still being written end with the agent; what they hold is kept and recorded.
+    if let Ok((_, Some(last))) = off_the_workers(stage, |stage| stage.finish()).await {
+        let _ = output.send(last).await;
     }
     heartbeat.retire();
 }

@@ -230,6 +230,44 @@ impl EvidenceStore {
         Ok(Kept { files, proof })
     }
 
+    /// Takes a finished clip into the store: hashes the file, counts it in the budget (retention
+    /// may delete older evidence for it) and records it in the chain.
+    pub fn keep_clip(
+        &mut self,
+        now: DateTime<Utc>,
+        clip: &super::clips::FinishedClip,
+    ) -> Result<(EvidenceFile, ChainProof), EvidenceError> {
+        let path = self.dir.join(&clip.file);
+        let (sha256, bytes) = sha256_of_file(&path).map_err(|e| self.folder_error(&path, e))?;
+        // Synced before the chain vouches for it: a power cut cannot leave a record of a file
+        // the disk never had.
+        std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| self.folder_error(&path, e))?;
+        let file = EvidenceFile { file: clip.file.clone(), sha256, bytes };
+        let content = RecordContent::Clip {
+            event_id: clip.event_id.to_string(),
+            camera: clip.camera.clone(),
+            from: clip.from,
+            to: clip.to,
+            evidence: vec![file.clone()],
+        };
+        let proof = self.chain.append(now, content)?;
+        let picture = StoredPicture { modified: now, file: clip.file.clone(), bytes };
+        // A file found by an earlier scan (a clip written across a restart) is counted once.
+        if let Some(old) = self.pictures.iter().find(|p| p.file == clip.file).cloned() {
+            self.pictures.remove(&old);
+            self.total_bytes = self.total_bytes.saturating_sub(old.bytes);
+        }
+        self.pictures.insert(picture);
+        self.total_bytes += bytes;
+        self.enforce_retention(now, 0)?;
+        Ok((file, proof))
+    }
+
+    /// Whether a clip of about `bytes` may be started: the disk keeps `min_free_mb` after it.
+    pub fn has_room_for_clip(&self, bytes: u64) -> bool {
+        self.has_room_for(bytes)
+    }
+
     fn folder_error(&self, path: &Path, e: std::io::Error) -> EvidenceError {
         EvidenceError::Folder { path: path.to_owned(), message: e.to_string() }
     }
@@ -298,6 +336,25 @@ impl EvidenceStore {
         self.chain.prune_segments(now, now - max_age, "max_age_days")?;
         Ok(deleted)
     }
+}
+
+/// The sha256 (hex) and length of a file, read in pieces (a clip may be tens of megabytes).
+fn sha256_of_file(path: &Path) -> std::io::Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut bytes = 0u64;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        bytes += read as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), bytes))
 }
 
 /// The pictures already in the evidence folder (`<day>/<name>.jpg`), with their modification times.

@@ -155,7 +155,7 @@ mod tests {
                 let mut sequence = 0;
                 while running.load(Ordering::Relaxed) {
                     sequence += 1;
-                    let frame = Frame { camera: id.into(), sequence, captured_at: Utc::now(), image: image.clone() };
+                    let frame = Frame { camera: id.into(), sequence, captured_at: Utc::now(), image: image.clone(), video: None };
                     sender.send_replace(Some(frame));
                     new_frame.notify_one();
                     std::thread::sleep(std::time::Duration::from_millis(pause));
@@ -225,6 +225,7 @@ mod tests {
             sequence: 1,
             captured_at: Utc::now(),
             image: Arc::new(dog),
+            video: None,
         }));
         new_frame.notify_one();
         assert!(inferred.recv().await.is_some(), "the camera's own frame goes on");

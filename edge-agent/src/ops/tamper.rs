@@ -75,7 +75,7 @@ pub async fn set_reference(
         .map_err(|invalid| TamperToolError::Settings { camera: camera_id.to_string(), problem: invalid.problem })?;
     let settings = TamperConfig { enabled: true, learn_secs: secs, ..settings };
     let mut watch = TamperWatch::new(camera_id, settings, None);
-    let mut source = OpenSource::open(camera).await?;
+    let mut source = OpenSource::open(camera, None).await?;
     let deadline = Instant::now() + Duration::from_secs_f64(secs) + patience;
     let mut sequence = 0u64;
     let mut decode_errors = 0;
@@ -103,7 +103,7 @@ pub async fn set_reference(
             Ok(Err(error)) => return Err(error.into()),
         };
         sequence += 1;
-        let frame = Frame { camera: camera_id.into(), sequence, captured_at: Utc::now(), image: Arc::new(image) };
+        let frame = Frame { camera: camera_id.into(), sequence, captured_at: Utc::now(), image: Arc::new(image), video: None };
         if let Some(learnt) = watch.observe(&frame).learnt {
             break (learnt, frame.image);
         }

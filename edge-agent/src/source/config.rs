@@ -302,6 +302,18 @@ pub fn default_cameras(data_dir: &Path) -> Vec<CameraConfig> {
 }
 
 impl SourceConfig {
+    /// Whether this source is read through GStreamer in this build, whose encoded video can be
+    /// kept for event clips (RTSP and video files; not picture folders or USB cameras).
+    pub fn may_feed_video_tap(&self) -> bool {
+        match self {
+            SourceConfig::Rtsp { decoder, .. } => decoder.resolved() == VideoDecoder::Gstreamer,
+            SourceConfig::File { path, decoder, .. } => {
+                !path.is_dir() && decoder.resolved() == VideoDecoder::Gstreamer
+            }
+            SourceConfig::Replay { .. } | SourceConfig::V4l2 { .. } => false,
+        }
+    }
+
     /// Longest wait between two reopen attempts: short for an RTSP camera (it should be back within
     /// its stall timeout) and a USB camera (replugging), long for a missing file.
     pub fn reopen_backoff_cap(&self) -> Duration {

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::RtspUrl;
+use super::video_tap::{ArrivingUnit, VideoTap};
 use super::SourceError;
 use crate::base::redact::redact_userinfo;
 
@@ -54,7 +55,14 @@ fn init() -> Result<(), String> {
 }
 
 impl GstSource {
-    pub fn open(camera: &str, input: GstInput<'_>, fps: Option<f64>) -> Result<Self, SourceError> {
+    /// Opens the pipeline; with a `tap`, every encoded picture the decoder gets is also kept there
+    /// (the pre-roll of event clips).
+    pub fn open(
+        camera: &str,
+        input: GstInput<'_>,
+        fps: Option<f64>,
+        tap: Option<Arc<VideoTap>>,
+    ) -> Result<Self, SourceError> {
         let open_error = |message: String| SourceError::Open { camera: camera.to_string(), message };
         init().map_err(open_error)?;
         let (uri, shown, credentials, stall_timeout, looping) = match &input {
@@ -150,6 +158,11 @@ impl GstSource {
                     return;
                 };
                 let klass = factory.metadata("klass").unwrap_or_default();
+                if klass.contains("Parser") && klass.contains("Video") {
+                    if let Some(tap) = &tap {
+                        tap_parser_output(element, tap.clone());
+                    }
+                }
                 if klass.contains("Decoder") && klass.contains("Video") {
                     let hardware = klass.contains("Hardware");
                     let name = factory.name().to_string();
@@ -274,6 +287,36 @@ impl Drop for GstSource {
     }
 }
 
+/// Copies what a video parser (`h264parse`, `h265parse`) hands the decoder into the tap: its caps
+/// when they are set, each access unit as it passes. The copy is of the compressed picture (a few
+/// kilobytes), taken in GStreamer's streaming thread.
+fn tap_parser_output(parser: &gst::Element, tap: Arc<VideoTap>) {
+    let Some(pad) = parser.static_pad("src") else { return };
+    pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        match &info.data {
+            Some(gst::PadProbeData::Event(event)) => {
+                if let gst::EventView::Caps(caps) = event.view() {
+                    tap.set_format(&caps.caps().to_string());
+                }
+            }
+            Some(gst::PadProbeData::Buffer(buffer)) => {
+                if let Ok(map) = buffer.map_readable() {
+                    let unit = ArrivingUnit {
+                        pts_ns: buffer.pts().map(gst::ClockTime::nseconds),
+                        dts_ns: buffer.dts().map(gst::ClockTime::nseconds),
+                        duration_ns: buffer.duration().map(gst::ClockTime::nseconds),
+                        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+                        data: map.as_slice().to_vec(),
+                    };
+                    tap.push(unit, chrono::Utc::now());
+                }
+            }
+            _ => {}
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
 /// Decoder elements that run on the box's video hardware, by name (some do not say so in their
 /// class).
 fn is_hardware_decoder(name: &str) -> bool {
@@ -339,7 +382,7 @@ mod tests {
         assert!(matches!(done.map(|m| m.type_()), Some(gst::MessageType::Eos)));
         encoder.set_state(gst::State::Null).unwrap();
 
-        let mut source = GstSource::open("pattern", GstInput::File { path: &path, looping: false }, None).unwrap();
+        let mut source = GstSource::open("pattern", GstInput::File { path: &path, looping: false }, None, None).unwrap();
         let picture = source.next_image().await.unwrap();
         assert_eq!(picture.dimensions(), (320, 240));
         // The SMPTE bars start with light grey on the left, blue on the right of the top row.

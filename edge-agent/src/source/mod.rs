@@ -11,6 +11,7 @@ pub mod motion;
 pub mod replay;
 pub mod rtsp;
 pub mod v4l2;
+pub mod video_tap;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,7 @@ use crate::base::liveness::{Heartbeat, Liveness};
 use crate::base::shutdown::Shutdown;
 use config::{CameraConfig, SourceConfig};
 use motion::MotionGate;
+use video_tap::VideoTap;
 
 /// One captured picture: the message from source to infer.
 #[derive(Debug, Clone)]
@@ -34,6 +36,8 @@ pub struct Frame {
     pub sequence: u64,
     pub captured_at: DateTime<Utc>,
     pub image: Arc<RgbImage>,
+    /// The camera's recent encoded video (the pre-roll of event clips), when its source keeps it.
+    pub video: Option<Arc<VideoTap>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,10 +128,20 @@ impl CameraFeed {
     }
 }
 
+/// Encoded video a camera's tap holds at most, whatever its pre-roll: a camera that sends key
+/// frames rarely or far more bytes than promised cannot take the box's memory.
+pub const VIDEO_TAP_MAX_BYTES: usize = 24 << 20;
+
+/// The tap reaches back this much further than the pre-roll: an event is judged a moment after
+/// its frame was captured, and the clip starts from that frame's time.
+const VIDEO_TAP_SLACK: Duration = Duration::from_secs(5);
+
 /// Starts one task per camera; returns the feeds inference reads and a `Notify` that fires on
-/// every new frame of any camera.
+/// every new frame of any camera. With a `video_pre_roll`, cameras whose source can (GStreamer)
+/// keep that much of their encoded video for event clips.
 pub fn start_cameras(
     cameras: &[CameraConfig],
+    video_pre_roll: Option<Duration>,
     liveness: &Liveness,
     shutdown: &Shutdown,
 ) -> (Vec<CameraFeed>, Arc<Notify>) {
@@ -139,7 +153,11 @@ pub fn start_cameras(
             let health = Arc::new(CameraHealth::default());
             health.disabled.store(!camera.enabled, Ordering::Relaxed);
             let id: Arc<str> = Arc::from(camera.id.as_str());
+            let tap = video_pre_roll
+                .filter(|_| camera.source.may_feed_video_tap())
+                .map(|keep| Arc::new(VideoTap::new(keep + VIDEO_TAP_SLACK, VIDEO_TAP_MAX_BYTES)));
             let task = CameraTask {
+                tap,
                 camera: camera.clone(),
                 id: id.clone(),
                 sender,
@@ -156,6 +174,8 @@ pub fn start_cameras(
 
 struct CameraTask {
     camera: CameraConfig,
+    /// The camera's encoded video for clips; kept across reconnections.
+    tap: Option<Arc<VideoTap>>,
     id: Arc<str>,
     sender: watch::Sender<Option<Frame>>,
     health: Arc<CameraHealth>,
@@ -174,7 +194,8 @@ pub enum OpenSource {
 }
 
 impl OpenSource {
-    pub async fn open(camera: &CameraConfig) -> Result<Self, SourceError> {
+    /// Opens the camera's source; a GStreamer source also fills `tap` with its encoded video.
+    pub async fn open(camera: &CameraConfig, tap: Option<Arc<VideoTap>>) -> Result<Self, SourceError> {
         let id = camera.id.as_str();
         Ok(match &camera.source {
             SourceConfig::Replay { path, fps, looping } => {
@@ -189,7 +210,7 @@ impl OpenSource {
             {
                 let (camera, path, looping, fps) = (id.to_string(), path.clone(), *looping, *fps);
                 let opened = off_the_workers(id, move || {
-                    gst::GstSource::open(&camera, gst::GstInput::File { path: &path, looping }, fps)
+                    gst::GstSource::open(&camera, gst::GstInput::File { path: &path, looping }, fps, tap)
                 });
                 Self::Gstreamer(Box::new(opened.await?))
             }
@@ -203,7 +224,7 @@ impl OpenSource {
                 let stall_timeout = Duration::from_secs_f64(*stall_timeout_secs);
                 let (camera, url, fps) = (id.to_string(), url.clone(), *fps);
                 let opened = off_the_workers(id, move || {
-                    gst::GstSource::open(&camera, gst::GstInput::Rtsp { url: &url, stall_timeout }, fps)
+                    gst::GstSource::open(&camera, gst::GstInput::Rtsp { url: &url, stall_timeout }, fps, tap)
                 });
                 Self::Gstreamer(Box::new(opened.await?))
             }
@@ -228,6 +249,15 @@ impl OpenSource {
             Self::V4l2(source) => source.next_image().await,
             #[cfg(feature = "gstreamer")]
             Self::Gstreamer(source) => source.next_image().await,
+        }
+    }
+
+    /// Whether this source fills the camera's video tap (GStreamer sources do).
+    pub fn feeds_tap(&self) -> bool {
+        match self {
+            #[cfg(feature = "gstreamer")]
+            Self::Gstreamer(_) => true,
+            _ => false,
         }
     }
 
@@ -274,7 +304,7 @@ impl CameraTask {
                 return;
             }
             let opened = tokio::select! {
-                opened = OpenSource::open(&self.camera) => opened,
+                opened = OpenSource::open(&self.camera, self.tap.clone()) => opened,
                 _ = shutdown.wait() => return,
             };
             let mut source = match opened {
@@ -344,6 +374,7 @@ impl CameraTask {
                             sequence,
                             captured_at: Utc::now(),
                             image: Arc::new(image),
+                            video: self.tap.clone().filter(|_| source.feeds_tap()),
                         };
                         self.sender.send_replace(Some(frame));
                         self.new_frame.notify_one();
@@ -407,6 +438,7 @@ mod tests {
             sequence,
             captured_at: Utc::now(),
             image: Arc::new(RgbImage::new(1, 1)),
+            video: None,
         };
         assert!(feed.take_new().is_none());
         sender.send_replace(Some(frame(1)));

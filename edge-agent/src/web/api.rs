@@ -44,6 +44,7 @@ pub fn routes() -> Vec<ApiRoute> {
         route(Method::GET, "/api/v1/events/stream", get(super::sse::event_stream)),
         route(Method::GET, "/api/v1/events/{event_id}", get(event)),
         route(Method::GET, "/api/v1/events/{event_id}/evidence.jpg", get(evidence)),
+        route(Method::GET, "/api/v1/events/{event_id}/clip.mp4", get(clip)),
         route(Method::POST, "/api/v1/events/{event_id}/acknowledge", post(acknowledge)),
         route(Method::GET, "/api/v1/events/{event_id}/label", get(labels::get_label)),
         route(Method::POST, "/api/v1/events/{event_id}/label", post(labels::post_label)),
@@ -188,6 +189,41 @@ async fn evidence(
             .into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no evidence image is kept for event {}", view.id())),
     }
+}
+
+/// The event's video clip (fragmented MP4), streamed from the evidence folder; a clip still being
+/// recorded is served as far as it is written.
+async fn clip(State(state): State<Arc<WebState>>, Path(event_id): Path<String>) -> Response {
+    use tokio::io::AsyncReadExt;
+    let view = match find(&state, &event_id) {
+        Ok(view) => view,
+        Err(response) => return response,
+    };
+    let Some(path) = events::clip_path(&state.state_dir.join("evidence"), &view) else {
+        return error(StatusCode::NOT_FOUND, format!("no video clip is kept for event {}", view.id()));
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(e) => return error(StatusCode::NOT_FOUND, format!("the clip of event {} cannot be read: {e}", view.id())),
+    };
+    // In pieces: a clip may be tens of megabytes.
+    let pieces = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut piece = vec![0u8; 64 * 1024];
+        match file.read(&mut piece).await {
+            Ok(0) => None,
+            Ok(read) => {
+                piece.truncate(read);
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(piece)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "video/mp4"), (header::CACHE_CONTROL, "private, no-cache")],
+        axum::body::Body::from_stream(pieces),
+    )
+        .into_response()
 }
 
 async fn acknowledge(

@@ -320,6 +320,18 @@ pub fn evidence_file_path(evidence_dir: &Path, name: &str) -> Option<PathBuf> {
     (file.starts_with(&root) && file.is_file()).then_some(file)
 }
 
+/// An event's video clip in the evidence folder: `<day>/<event_id>-clip.mp4`, the day its start
+/// was judged (tried from the day it was first seen to the day of this message).
+pub fn clip_path(evidence_dir: &Path, view: &EventView) -> Option<PathBuf> {
+    let first_seen = view.start_time().unwrap_or(view.time());
+    let days: std::collections::BTreeSet<String> =
+        [first_seen, first_seen + chrono::Duration::days(1), view.time()]
+            .iter()
+            .map(|time| time.format("%Y-%m-%d").to_string())
+            .collect();
+    days.iter().find_map(|day| evidence_file_path(evidence_dir, &format!("{day}/{}-clip.mp4", view.id())))
+}
+
 /// The evidence picture of an event: its evidence file when it names one, else its kept frame.
 pub async fn evidence_image(state_dir: &Path, view: &EventView) -> Option<Arc<Vec<u8>>> {
     if let Some(name) = view.evidence_file() {

@@ -213,6 +213,8 @@ pub enum T {
     StatsNote,
     Uncategorised,
     OpenImage,
+    Clip,
+    ClipNote,
     Seconds,
     Language,
     Installer,
@@ -413,6 +415,11 @@ impl T {
             }
             T::Uncategorised => ("uncategorised", "未分类"),
             T::OpenImage => ("Open the image", "打开图片"),
+            T::Clip => ("Video clip", "视频片段"),
+            T::ClipNote => (
+                "From before the event to after it, as the camera sent it; its sha256 is in the signed evidence chain.",
+                "从事件发生前到结束后，摄像机原始视频；其 sha256 记录在签名的证据链中。",
+            ),
             T::Seconds => ("s", "秒"),
             T::Language => ("Language", "语言"),
             T::Installer => ("Installer tools", "安装工具"),

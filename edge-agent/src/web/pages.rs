@@ -519,6 +519,7 @@ pub async fn event_detail(
         Err(response) => return response,
     };
     let image = events::evidence_image(&state.state_dir, &view).await;
+    let has_clip = events::clip_path(&state.state_dir.join("evidence"), &view).is_some();
     let image_hash = image.as_ref().map(|bytes| hex::encode(Sha256::digest(bytes.as_slice())));
     let event = &view.record.event;
     let status = state.board.snapshot();
@@ -539,6 +540,11 @@ pub async fn event_detail(
                         }
                     }
                     figcaption { a href=(view.evidence_url()) { (t(T::OpenImage)) } }
+                    @if has_clip {
+                        h2 { (t(T::Clip)) }
+                        video #event-clip controls preload="metadata" muted playsinline width=(event.frame_width) src={"/api/v1/events/" (view.id()) "/clip.mp4"} {}
+                        p.note { (t(T::ClipNote)) }
+                    }
                 } @else {
                     p.note { (t(T::LiveViewInstead)) }
                     img data-live-frame=(camera_frame_url(view.camera())) src=(camera_frame_url(view.camera())) alt=(view.camera());

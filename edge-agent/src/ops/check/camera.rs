@@ -107,7 +107,7 @@ pub fn keep_frame(config: &Config, outcome: &mut CameraOutcome, frames_dir: &Pat
 
 /// Opens the source and reads until a frame decodes.
 async fn grab_first_frame(camera: &CameraConfig) -> Result<RgbImage, SourceError> {
-    let mut source = OpenSource::open(camera).await?;
+    let mut source = OpenSource::open(camera, None).await?;
     let mut last_error = None;
     for _ in 0..MAX_DECODE_ERRORS {
         match source.next_image().await {
