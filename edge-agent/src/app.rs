@@ -198,7 +198,8 @@ async fn spawn(
     let config_problem = control.config_problem.clone();
     board.set_control(control);
     let liveness = Arc::new(Liveness::default());
-    let (feeds, new_frame) = source::start_cameras(&config.cameras, config.evidence.clip_pre_roll(), &liveness, shutdown);
+    let (feeds, new_frame) =
+        source::start_cameras(&config.cameras, config.evidence.clip_pre_roll(), &liveness, shutdown);
     for feed in &feeds {
         board.add_camera(&feed.id, feed.health.clone());
     }

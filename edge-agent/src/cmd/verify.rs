@@ -66,7 +66,9 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     match report.first_broken_link {
         None => {
             if !args.json {
-                println!("OK: every record is signed and links to the one before; every picture and clip matches its hash");
+                println!(
+                    "OK: every record is signed and links to the one before; every picture and clip matches its hash"
+                );
             }
             Ok(())
         }

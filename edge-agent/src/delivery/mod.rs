@@ -62,8 +62,18 @@ impl Delivery {
     /// started and updates the board.
     async fn deliver(&mut self, evidenced: EvidencedFrame) {
         // Clips reach the page through the evidence folder; their chain records are among the others.
-        let EvidencedFrame { frame, results, events, snapshots, zones, actions, chain_records, chain_head, usage, clips: _ } =
-            evidenced;
+        let EvidencedFrame {
+            frame,
+            results,
+            events,
+            snapshots,
+            zones,
+            actions,
+            chain_records,
+            chain_head,
+            usage,
+            clips: _,
+        } = evidenced;
         if let Some(usage) = usage {
             self.board.set_evidence_usage(usage);
         }

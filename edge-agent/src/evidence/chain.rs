@@ -48,13 +48,7 @@ pub enum RecordContent {
     Event { event: serde_json::Value, evidence: Vec<EvidenceFile> },
     /// An event's video clip, finished after the event's messages (its post-roll): the file, its
     /// hash and the wall-clock times of its first and last pictures.
-    Clip {
-        event_id: String,
-        camera: String,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        evidence: Vec<EvidenceFile>,
-    },
+    Clip { event_id: String, camera: String, from: DateTime<Utc>, to: DateTime<Utc>, evidence: Vec<EvidenceFile> },
     /// Evidence files deleted by retention (age, disk quota, free space).
     Pruned { files: Vec<String>, reason: String },
     /// The device key changes: this record is signed by the old key, every later one by

@@ -34,9 +34,8 @@ impl Mp4ClipWriter {
             "video/x-h265" => "h265parse",
             other => return Err(format!("clips are written for H.264 and H.265; this camera sends {other:?}")),
         };
-        let make = |name: &str| {
-            gst::ElementFactory::make(name).build().map_err(|e| format!("GStreamer has no {name}: {e}"))
-        };
+        let make =
+            |name: &str| gst::ElementFactory::make(name).build().map_err(|e| format!("GStreamer has no {name}: {e}"));
         let source = gst_app::AppSrc::builder()
             .caps(&caps)
             .format(gst::Format::Time)
@@ -100,10 +99,9 @@ impl ClipSink for Mp4ClipWriter {
     fn finish(self: Box<Self>) -> Result<(), String> {
         let _ = self.source.end_of_stream();
         let bus = self.pipeline.bus().ok_or("the clip pipeline has no bus")?;
-        let outcome = match bus.timed_pop_filtered(
-            gst::ClockTime::from_seconds(20),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        ) {
+        let outcome = match bus
+            .timed_pop_filtered(gst::ClockTime::from_seconds(20), &[gst::MessageType::Eos, gst::MessageType::Error])
+        {
             Some(message) => match message.view() {
                 gst::MessageView::Error(error) => Err(format!("writing the clip failed: {}", error.error())),
                 _ => Ok(()),
@@ -157,7 +155,8 @@ mod tests {
         let encoding = gst::parse::launch(&line).unwrap();
         encoding.set_state(gst::State::Playing).unwrap();
         let bus = encoding.bus().unwrap();
-        let done = bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error]);
+        let done =
+            bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error]);
         assert!(matches!(done.map(|m| m.type_()), Some(gst::MessageType::Eos)));
         encoding.set_state(gst::State::Null).unwrap();
         Some(path)
@@ -178,7 +177,12 @@ mod tests {
                 return None;
             }
         };
-        assert!(output.status.success(), "ffprobe cannot read {}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "ffprobe cannot read {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
         let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
         let (codec, frames) = text.split_once(',').unwrap_or((&text, "0"));
         Some((codec.to_string(), frames.trim().parse().unwrap_or(0)))

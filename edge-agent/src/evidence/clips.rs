@@ -101,7 +101,13 @@ pub struct ClipRecorder {
 
 impl ClipRecorder {
     pub fn new(settings: ClipsConfig, evidence_dir: &Path, open_sink: OpenSink) -> Self {
-        Self { settings, evidence_dir: evidence_dir.to_owned(), open_sink, recordings: Vec::new(), withheld: BTreeSet::new() }
+        Self {
+            settings,
+            evidence_dir: evidence_dir.to_owned(),
+            open_sink,
+            recordings: Vec::new(),
+            withheld: BTreeSet::new(),
+        }
     }
 
     /// Clips being written now.
@@ -308,9 +314,18 @@ mod tests {
     fn feed(tap: &VideoTap, from: f64, to: f64) {
         for tenth in (from * 10.0).round() as u64..(to * 10.0).round() as u64 {
             let ns = tenth * 100_000_000;
-            let unit =
-                ArrivingUnit { pts_ns: Some(ns), dts_ns: Some(ns), duration_ns: None, keyframe: tenth % 10 == 0, data: vec![1; 10] };
-            tap.push(unit, DateTime::from_timestamp(1_700_000_000, 0).unwrap() + chrono::Duration::milliseconds(tenth as i64 * 100));
+            let unit = ArrivingUnit {
+                pts_ns: Some(ns),
+                dts_ns: Some(ns),
+                duration_ns: None,
+                keyframe: tenth % 10 == 0,
+                data: vec![1; 10],
+            };
+            tap.push(
+                unit,
+                DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+                    + chrono::Duration::milliseconds(tenth as i64 * 100),
+            );
         }
     }
 

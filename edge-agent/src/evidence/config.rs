@@ -46,7 +46,10 @@ impl ClipsConfig {
             if value.is_finite() && (low..=high).contains(&value) {
                 Ok(())
             } else {
-                Err(Invalid::new(format!("evidence.clips.{key}"), format!("is {value}; expected {low} to {high} seconds")))
+                Err(Invalid::new(
+                    format!("evidence.clips.{key}"),
+                    format!("is {value}; expected {low} to {high} seconds"),
+                ))
             }
         };
         range("pre_roll_secs", self.pre_roll_secs, 0.0, 30.0)?;

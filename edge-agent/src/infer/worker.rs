@@ -155,7 +155,13 @@ mod tests {
                 let mut sequence = 0;
                 while running.load(Ordering::Relaxed) {
                     sequence += 1;
-                    let frame = Frame { camera: id.into(), sequence, captured_at: Utc::now(), image: image.clone(), video: None };
+                    let frame = Frame {
+                        camera: id.into(),
+                        sequence,
+                        captured_at: Utc::now(),
+                        image: image.clone(),
+                        video: None,
+                    };
                     sender.send_replace(Some(frame));
                     new_frame.notify_one();
                     std::thread::sleep(std::time::Duration::from_millis(pause));

@@ -307,9 +307,7 @@ impl SourceConfig {
     pub fn may_feed_video_tap(&self) -> bool {
         match self {
             SourceConfig::Rtsp { decoder, .. } => decoder.resolved() == VideoDecoder::Gstreamer,
-            SourceConfig::File { path, decoder, .. } => {
-                !path.is_dir() && decoder.resolved() == VideoDecoder::Gstreamer
-            }
+            SourceConfig::File { path, decoder, .. } => !path.is_dir() && decoder.resolved() == VideoDecoder::Gstreamer,
             SourceConfig::Replay { .. } | SourceConfig::V4l2 { .. } => false,
         }
     }

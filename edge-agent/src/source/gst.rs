@@ -382,7 +382,8 @@ mod tests {
         assert!(matches!(done.map(|m| m.type_()), Some(gst::MessageType::Eos)));
         encoder.set_state(gst::State::Null).unwrap();
 
-        let mut source = GstSource::open("pattern", GstInput::File { path: &path, looping: false }, None, None).unwrap();
+        let mut source =
+            GstSource::open("pattern", GstInput::File { path: &path, looping: false }, None, None).unwrap();
         let picture = source.next_image().await.unwrap();
         assert_eq!(picture.dimensions(), (320, 240));
         // The SMPTE bars start with light grey on the left, blue on the right of the top row.

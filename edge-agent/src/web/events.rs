@@ -324,11 +324,10 @@ pub fn evidence_file_path(evidence_dir: &Path, name: &str) -> Option<PathBuf> {
 /// was judged (tried from the day it was first seen to the day of this message).
 pub fn clip_path(evidence_dir: &Path, view: &EventView) -> Option<PathBuf> {
     let first_seen = view.start_time().unwrap_or(view.time());
-    let days: std::collections::BTreeSet<String> =
-        [first_seen, first_seen + chrono::Duration::days(1), view.time()]
-            .iter()
-            .map(|time| time.format("%Y-%m-%d").to_string())
-            .collect();
+    let days: std::collections::BTreeSet<String> = [first_seen, first_seen + chrono::Duration::days(1), view.time()]
+        .iter()
+        .map(|time| time.format("%Y-%m-%d").to_string())
+        .collect();
     days.iter().find_map(|day| evidence_file_path(evidence_dir, &format!("{day}/{}-clip.mp4", view.id())))
 }
 

@@ -1,0 +1,194 @@
+//! Event clips end to end: the built agent reading a real GStreamer RTSP server, a real mosquitto as
+//! the platform, FFmpeg's ffprobe as a reader other than the GStreamer that wrote the clip, the
+//! agent's own `verify`, and headless Chromium playing the clip on the event's page.
+
+mod web_support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use edge_agent_tests::rtsp::{RtspServer, Stream};
+use edge_agent_tests::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use web_support::browser::*;
+use web_support::ChromeDriver;
+
+/// Two RTSP cameras on the same stream: `road` may be filmed as it is (`blur_people = false`, no
+/// privacy zones), `station` keeps the default people-blurring. Short clips: 2 s before the
+/// event, at most 6 s in all.
+fn write_config(dir: &Path, mqtt_url: &str, rtsp_url: &str) -> (std::path::PathBuf, u16) {
+    let web_port = free_port();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"device_id = "clip-box"
+state_dir = "state"
+
+[web]
+listen = "127.0.0.1:{web_port}"
+
+[mqtt]
+url = "{mqtt_url}"
+
+[[cameras]]
+id = "road"
+source = {{ kind = "rtsp", url = "{rtsp_url}", fps = 2.0, decoder = "gstreamer" }}
+
+[[cameras]]
+id = "station"
+source = {{ kind = "rtsp", url = "{rtsp_url}", fps = 2.0, decoder = "gstreamer" }}
+
+[scenes.road]
+blur_people = false
+
+[[models]]
+manifest = "{models}/nanodet.toml"
+score_threshold = 0.3
+
+[evidence.clips]
+pre_roll_secs = 2
+post_roll_secs = 1
+max_secs = 6
+"#,
+            models = repo_root().join("models").display(),
+        ),
+    )
+    .unwrap();
+    (config, web_port)
+}
+
+/// The first chain record of kind `clip` for `event_id` published on the chain topic.
+fn clip_record(platform: &Subscriber, event_id: &str) -> Option<Value> {
+    platform
+        .wait_for("/chain", Duration::from_secs(60), |proof| {
+            let record: Value = proof["record"].as_str().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default();
+            record["record"] == "clip" && record["event_id"] == event_id
+        })
+        .and_then(|proof| proof["record"].as_str().and_then(|r| serde_json::from_str(r).ok()))
+}
+
+/// codec name and pictures decoded, from ffprobe.
+fn ffprobe(path: &Path) -> (String, u64) {
+    let output = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=codec_name,nb_read_frames", "-of", "csv=p=0"])
+        .arg(path)
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(e) => panic!("ffprobe is needed (Debian's ffmpeg; scripts/test.sh installs it): {e}"),
+    };
+    assert!(output.status.success(), "ffprobe cannot read the clip: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let (codec, frames) = text.split_once(',').unwrap_or((&text, "0"));
+    (codec.to_string(), frames.trim().parse().unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truck_on_a_road_camera_gets_a_clip_that_verifies_and_plays_on_its_page() {
+    let dog = repo_root().join("models/samples/dog.jpg");
+    let Some(server) = RtspServer::start(Stream::Picture { path: &dog, fps: 5 }, None) else { return };
+    let Some(broker) = Mosquitto::start() else { return };
+    let Some((driver, chromium)) = ChromeDriver::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (config, web_port) = write_config(dir.path(), &broker.url(), &server.url());
+    let platform = Subscriber::connect(broker.port, "edge/clip-box/#");
+    let agent = Agent::start(&config, &dir.path().join("agent.log"));
+
+    let truck =
+        platform.wait_for("/events", Duration::from_secs(90), |e| e["label"] == "truck" && e["camera"] == "road");
+    let truck = truck.unwrap_or_else(|| panic!("no truck on the road camera; log:\n{}", agent.log_text()));
+    let event_id = truck["event_id"].as_str().unwrap().to_string();
+
+    // The clip is finished within its 6 s and recorded in the chain, published for the platform.
+    let record = clip_record(&platform, &event_id)
+        .unwrap_or_else(|| panic!("no clip record for {event_id}; log:\n{}", agent.log_text()));
+    assert_eq!(record["camera"], "road");
+    let file = &record["evidence"][0];
+    let path = dir.path().join("state/evidence").join(file["file"].as_str().unwrap());
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        file["sha256"].as_str().unwrap(),
+        hex::encode(Sha256::digest(&bytes)),
+        "the clip is what the chain says"
+    );
+    assert_eq!(file["bytes"].as_u64(), Some(bytes.len() as u64));
+    let from = chrono::DateTime::parse_from_rfc3339(record["from"].as_str().unwrap()).unwrap();
+    let to = chrono::DateTime::parse_from_rfc3339(record["to"].as_str().unwrap()).unwrap();
+    let seconds = (to - from).num_milliseconds() as f64 / 1000.0;
+    // 6 s at most, plus up to one group of pictures (2 s) to start at a key frame.
+    assert!((2.0..=8.5).contains(&seconds), "a clip of {seconds} s");
+    let started = chrono::DateTime::parse_from_rfc3339(truck["time"].as_str().unwrap()).unwrap();
+    assert!(from <= started, "the clip starts before the event: {from} vs {started}");
+
+    // Another reader than the writer: FFmpeg decodes every picture of it.
+    let (codec, pictures) = ffprobe(&path);
+    assert_eq!(codec, "h264");
+    assert!(pictures as f64 >= seconds * 5.0 * 0.8, "{pictures} pictures in {seconds} s at 5 frames/s");
+
+    // The masked station camera kept none, and said why.
+    let log = plain_log(&agent.log_text());
+    assert!(log.contains("camera=station") && log.contains("no event clips are kept for this camera"), "{log}");
+    let clips: Vec<_> =
+        walk(&dir.path().join("state/evidence")).into_iter().filter(|p| p.ends_with("-clip.mp4")).collect();
+    let station_events: Vec<String> = platform
+        .collect_for(Duration::from_millis(500))
+        .iter()
+        .filter(|m| m.topic.ends_with("/events"))
+        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+        .filter(|e| e["camera"] == "station")
+        .filter_map(|e| e["event_id"].as_str().map(str::to_string))
+        .collect();
+    for id in &station_events {
+        assert!(!clips.iter().any(|c| c.contains(id.as_str())), "a clip of the masked camera: {id}");
+    }
+
+    // The box's own check of its chain covers the clip.
+    let verify = std::process::Command::new(agent_binary())
+        .args(["verify", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stdout).to_string();
+    assert!(verify.status.success(), "{said}{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(!said.contains(" 0 clips"), "{said}");
+
+    // The event's page plays it.
+    let profile = tempfile::tempdir().unwrap();
+    let browser = open_browser(&driver, &chromium, profile.path(), false, "en-US,en").await;
+    browser.goto(&format!("http://127.0.0.1:{web_port}/events/{event_id}")).await.unwrap();
+    wait_until(&browser, "document.getElementById('event-clip')", "the clip on the event's page").await;
+    browser
+        .execute("const v = document.getElementById('event-clip'); v.muted = true; v.play().catch(e => window.playError = String(e));", vec![])
+        .await
+        .unwrap();
+    let played = wait_until(
+        &browser,
+        "window.playError || (() => { const v = document.getElementById('event-clip'); \
+         return v.currentTime > 0.5 && v.videoWidth === 768 && !v.error && 'playing ' + v.videoWidth + 'x' + v.videoHeight; })()",
+        "the clip playing in the page",
+    )
+    .await;
+    assert!(played.as_str().is_some_and(|s| s.starts_with("playing")), "{played}");
+    eprintln!("clip of {event_id}: {seconds} s, {pictures} pictures ({codec}), {} bytes; page: {played}", bytes.len());
+    let _ = browser.close().await;
+    drop(agent);
+}
+
+/// Every file under a folder, as text paths.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path.to_string_lossy().to_string());
+            }
+        }
+    }
+    files
+}
