@@ -64,7 +64,13 @@ fn every_documented_api_path_answers_as_documented() {
                 reply.status,
                 reply.body
             );
-            assert!((200..300).contains(&reply.status), "{method} {url}: {} {}", reply.status, reply.body);
+            if path.ends_with("/clip.mp4") {
+                // This agent's camera is a picture folder, which keeps no video: the documented 404.
+                // tests/event_clips.rs plays a real clip.
+                assert_eq!(reply.status, 404, "{method} {url}: {}", reply.body);
+            } else {
+                assert!((200..300).contains(&reply.status), "{method} {url}: {} {}", reply.status, reply.body);
+            }
             let types: Vec<&String> = documented["content"].as_object().map(|c| c.keys().collect()).unwrap_or_default();
             assert!(
                 types.iter().any(|t| reply.content_type.starts_with(t.as_str())),
@@ -78,7 +84,7 @@ fn every_documented_api_path_answers_as_documented() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 20, "every route of the API was called");
+    assert_eq!(checked, 21, "every route of the API was called");
 
     // The answers say what the box is doing, not just that it answers.
     let status: serde_json::Value = serde_json::from_str(&admin.get("/api/v1/status").body).unwrap();

@@ -7,22 +7,112 @@
 //! from GStreamer (and with it, in `clip_mp4`'s tests and end to end). When a clip is finished the
 //! evidence stage hashes it and records it in the chain ([`super::store::EvidenceStore::keep_clip`]).
 //!
-//! Privacy: a clip is the camera's picture as it came. Where the camera's pictures are masked
-//! (people blurred, privacy zones), a clip would show what its pictures hide, so none is kept; the
-//! agent says so once per camera.
+//! Privacy: the camera's video as it came shows what a masked camera's pictures hide (people,
+//! privacy zones). A masked camera's clip is therefore first cut into a private folder outside the
+//! evidence (`state_dir/clips-raw`, emptied at every start), then re-encoded on a thread of its own
+//! at `masked_width` and `masked_fps` with every picture masked ([`MaskTrack`]: the people the judge
+//! found in the camera's frames within a second of it, blurred; the whole picture blurred where
+//! the judge saw no frame that near; privacy zones black), and only that goes into the evidence.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use chrono::{DateTime, Utc};
+use image::RgbImage;
 use uuid::Uuid;
 
 use super::config::ClipsConfig;
+use crate::infer::BoundingBox;
 use crate::judge::lifecycle::LifecycleState;
+use crate::judge::zones::Zone;
 use crate::judge::{Event, PrivacyMask};
 use crate::source::video_tap::{EncodedUnit, VideoTap};
 use crate::source::Frame;
+
+/// The folder of raw clips of masked cameras, under the state folder: never served, never sent.
+pub const RAW_CLIPS_DIR: &str = "clips-raw";
+
+/// A picture of a masked clip is masked with the people of the camera's frames this near in time.
+const MASK_NEAR_MS: i64 = 1000;
+
+/// The people the judge found in one frame of a camera.
+#[derive(Debug, Clone)]
+struct MaskSample {
+    at: DateTime<Utc>,
+    people: Vec<BoundingBox>,
+    /// The frame's size, which the boxes are in.
+    frame: (u32, u32),
+}
+
+/// A masked camera's recent masks: what a clip's pictures between the judged frames must hide.
+#[derive(Debug, Clone, Default)]
+pub struct MaskTrack {
+    samples: VecDeque<MaskSample>,
+    zones: Vec<Zone>,
+    blur_people: bool,
+}
+
+impl MaskTrack {
+    fn note(&mut self, at: DateTime<Utc>, privacy: &PrivacyMask, frame: (u32, u32), keep: chrono::Duration) {
+        self.blur_people = privacy.blur_people;
+        self.zones = privacy.zones.clone();
+        self.samples.push_back(MaskSample { at, people: privacy.people.clone(), frame });
+        while self.samples.front().is_some_and(|s| s.at < at - keep) {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Masks a clip picture shown at `at`, of any size: privacy zones black; with people-blurring,
+    /// every person the judge found within a second of it blurred (boxes of all those frames, as
+    /// a person moves between them), or the whole picture when the judge saw no frame that near.
+    pub fn apply(&self, at: DateTime<Utc>, picture: &mut RgbImage) {
+        let (width, height) = picture.dimensions();
+        if self.blur_people {
+            let near: Vec<&MaskSample> =
+                self.samples.iter().filter(|s| (s.at - at).num_milliseconds().abs() <= MASK_NEAR_MS).collect();
+            if near.is_empty() {
+                super::privacy::blur_box(
+                    picture,
+                    &BoundingBox { x1: 0.0, y1: 0.0, x2: width as f32, y2: height as f32 },
+                );
+            }
+            for sample in near {
+                let (sx, sy) =
+                    (width as f32 / sample.frame.0.max(1) as f32, height as f32 / sample.frame.1.max(1) as f32);
+                for person in &sample.people {
+                    let scaled =
+                        BoundingBox { x1: person.x1 * sx, y1: person.y1 * sy, x2: person.x2 * sx, y2: person.y2 * sy };
+                    super::privacy::blur_box(picture, &scaled);
+                }
+            }
+        }
+        for zone in &self.zones {
+            super::privacy::black_out(picture, zone);
+        }
+    }
+}
+
+/// Re-encodes a masked camera's raw clip with its masks; returns the pictures written.
+pub type Reencode =
+    Arc<dyn Fn(&Path, &Path, &ClipsConfig, &MaskTrack, DateTime<Utc>) -> Result<u64, String> + Send + Sync>;
+
+/// The re-encoder of this build: GStreamer, or none.
+pub fn masked_reencoder() -> Reencode {
+    Arc::new(|raw, out, settings, masks, from| {
+        #[cfg(feature = "gstreamer")]
+        {
+            super::clip_mp4::reencode_masked(raw, out, settings.masked_width, settings.masked_fps, |offset, picture| {
+                masks.apply(from + offset, picture)
+            })
+        }
+        #[cfg(not(feature = "gstreamer"))]
+        {
+            let _ = (raw, out, settings, masks, from);
+            Err("this build writes no clips (built without the `gstreamer` feature)".to_string())
+        }
+    })
+}
 
 /// Where a clip's pictures go.
 pub trait ClipSink: Send {
@@ -69,7 +159,10 @@ struct Recording {
     event_id: Uuid,
     camera: String,
     file: String,
+    /// Where the video is cut to: the evidence file, or for a masked camera its raw file.
     path: PathBuf,
+    /// A masked camera's clip goes through re-encoding with its masks.
+    masked: bool,
     tap: Arc<VideoTap>,
     /// The last unit taken from the tap.
     cursor: u64,
@@ -90,34 +183,70 @@ struct Recording {
 /// camera went away).
 const QUIET_TAP_SECS: i64 = 10;
 
+/// A masked clip being re-encoded on its own thread.
+struct Reencoding {
+    clip: FinishedClip,
+    done: mpsc::Receiver<Result<u64, String>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
 pub struct ClipRecorder {
     settings: ClipsConfig,
     evidence_dir: PathBuf,
+    raw_dir: PathBuf,
     open_sink: OpenSink,
+    reencode: Reencode,
     recordings: Vec<Recording>,
-    /// Cameras whose clips privacy forbids, already said in the log.
-    withheld: BTreeSet<String>,
+    reencoding: Vec<Reencoding>,
+    /// The masks of each masked camera's recent frames.
+    masks: BTreeMap<String, MaskTrack>,
 }
 
 impl ClipRecorder {
-    pub fn new(settings: ClipsConfig, evidence_dir: &Path, open_sink: OpenSink) -> Self {
+    /// A recorder writing into `evidence_dir`, masked cameras' raw clips into `raw_dir` (emptied
+    /// now: a raw clip left by a crash is unmasked video and goes).
+    pub fn new(
+        settings: ClipsConfig,
+        evidence_dir: &Path,
+        raw_dir: &Path,
+        open_sink: OpenSink,
+        reencode: Reencode,
+    ) -> Self {
+        if let Ok(entries) = std::fs::read_dir(raw_dir) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Self {
             settings,
             evidence_dir: evidence_dir.to_owned(),
+            raw_dir: raw_dir.to_owned(),
             open_sink,
+            reencode,
             recordings: Vec::new(),
-            withheld: BTreeSet::new(),
+            reencoding: Vec::new(),
+            masks: BTreeMap::new(),
         }
     }
 
-    /// Clips being written now.
+    /// Clips being written or re-encoded now.
     pub fn recording(&self) -> usize {
-        self.recordings.len()
+        self.recordings.len() + self.reencoding.len()
+    }
+
+    /// How long a camera's masks are kept: from the pre-roll of a clip to its end.
+    fn mask_memory(&self) -> chrono::Duration {
+        seconds(self.settings.pre_roll_secs + self.settings.max_secs + self.settings.post_roll_secs + 15.0)
     }
 
     /// Starts a clip for each event that starts on this frame (and has pictures), plans the end of
     /// each that ends.
     pub fn observe<'a>(&mut self, frame: &Frame, events: impl Iterator<Item = &'a Event>, privacy: &PrivacyMask) {
+        if frame.video.is_some() && (privacy.blur_people || !privacy.zones.is_empty()) {
+            let keep = self.mask_memory();
+            let size = frame.image.dimensions();
+            self.masks.entry(frame.camera.to_string()).or_default().note(frame.captured_at, privacy, size, keep);
+        }
         for event in events {
             match event.state {
                 LifecycleState::Start => self.start(frame, event, privacy),
@@ -134,15 +263,7 @@ impl ClipRecorder {
 
     fn start(&mut self, frame: &Frame, event: &Event, privacy: &PrivacyMask) {
         let Some(tap) = &frame.video else { return };
-        if privacy.blur_people || !privacy.zones.is_empty() {
-            if self.withheld.insert(event.camera.clone()) {
-                tracing::warn!(
-                    camera = %event.camera,
-                    "no event clips are kept for this camera: its pictures are masked (people blurred or privacy zones) and a clip would show what they hide"
-                );
-            }
-            return;
-        }
+        let masked = privacy.blur_people || !privacy.zones.is_empty();
         if self.recordings.iter().any(|r| r.event_id == event.event_id) {
             return;
         }
@@ -153,10 +274,13 @@ impl ClipRecorder {
         };
         let day = frame.captured_at.format("%Y-%m-%d").to_string();
         let file = format!("{day}/{}-clip.mp4", event.event_id);
+        let path =
+            if masked { self.raw_dir.join(format!("{}.mp4", event.event_id)) } else { self.evidence_dir.join(&file) };
         self.recordings.push(Recording {
             event_id: event.event_id,
             camera: event.camera.clone(),
-            path: self.evidence_dir.join(&file),
+            path,
+            masked,
             file,
             tap: tap.clone(),
             cursor,
@@ -185,6 +309,39 @@ impl ClipRecorder {
                 index += 1;
             }
         }
+        finished.extend(self.collect_reencoded(false));
+        finished
+    }
+
+    /// The masked clips whose re-encoding is over (waiting for all of them when `wait`).
+    fn collect_reencoded(&mut self, wait: bool) -> Vec<FinishedClip> {
+        let mut finished = Vec::new();
+        let mut still = Vec::new();
+        for job in std::mem::take(&mut self.reencoding) {
+            let outcome = if wait { job.done.recv().ok() } else { job.done.try_recv().ok() };
+            let Some(outcome) = outcome else {
+                if wait {
+                    tracing::error!(event_id = %job.clip.event_id, "the masked clip's re-encoding stopped");
+                } else {
+                    still.push(job);
+                }
+                continue;
+            };
+            let _ = job.thread.join();
+            let mut clip = job.clip;
+            match outcome {
+                Ok(pictures) if pictures > 0 => {
+                    clip.pictures = pictures;
+                    finished.push(clip);
+                }
+                outcome => {
+                    let why = outcome.err().unwrap_or_else(|| "no picture came out".into());
+                    tracing::error!(camera = %clip.camera, event_id = %clip.event_id, "no masked clip: re-encoding failed: {why}");
+                    let _ = std::fs::remove_file(self.evidence_dir.join(&clip.file));
+                }
+            }
+        }
+        self.reencoding = still;
         finished
     }
 
@@ -197,6 +354,7 @@ impl ClipRecorder {
         for recording in std::mem::take(&mut self.recordings) {
             finished.extend(self.finish(recording));
         }
+        finished.extend(self.collect_reencoded(true));
         finished
     }
 
@@ -250,9 +408,12 @@ impl ClipRecorder {
         now > end + chrono::Duration::seconds(QUIET_TAP_SECS)
     }
 
-    fn finish(&self, recording: Recording) -> Option<FinishedClip> {
-        let Recording { event_id, camera, file, path, sink, first, last, pictures, missed, mut cut_short, .. } =
-            recording;
+    /// Ends a clip's writing: an open camera's clip is complete; a masked camera's raw clip goes
+    /// to re-encoding (and comes back from [`Self::collect_reencoded`]).
+    fn finish(&mut self, recording: Recording) -> Option<FinishedClip> {
+        let Recording {
+            event_id, camera, file, path, masked, sink, first, last, pictures, missed, mut cut_short, ..
+        } = recording;
         let sink = sink?;
         if let Err(e) = sink.finish() {
             cut_short = Some(e);
@@ -269,7 +430,28 @@ impl ClipRecorder {
             let _ = std::fs::remove_file(&path);
             return None;
         }
-        Some(FinishedClip { event_id, camera, file, from: first?, to: last?, pictures, missed, cut_short })
+        let clip = FinishedClip { event_id, camera, file, from: first?, to: last?, pictures, missed, cut_short };
+        if !masked {
+            return Some(clip);
+        }
+        let out = self.evidence_dir.join(&clip.file);
+        if let Some(parent) = out.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let masks = self.masks.get(&clip.camera).cloned().unwrap_or_default();
+        let (settings, reencode, from) = (self.settings.clone(), self.reencode.clone(), clip.from);
+        let (report, done) = mpsc::channel();
+        let spawned = std::thread::Builder::new().name("clip-mask".into()).spawn(move || {
+            let outcome = reencode(&path, &out, &settings, &masks, from);
+            // The raw clip shows what the mask hides: it goes whatever happened.
+            let _ = std::fs::remove_file(&path);
+            let _ = report.send(outcome);
+        });
+        match spawned {
+            Ok(thread) => self.reencoding.push(Reencoding { clip, done, thread }),
+            Err(e) => tracing::error!(event_id = %clip.event_id, "cannot start re-encoding the masked clip: {e}"),
+        }
+        None
     }
 }
 
@@ -307,7 +489,8 @@ mod tests {
     fn recorder(dir: &Path, written: &Written) -> ClipRecorder {
         let written = written.clone();
         let open: OpenSink = Box::new(move |path, _| Ok(Box::new(ListSink(written.clone(), path.to_owned()))));
-        ClipRecorder::new(ClipsConfig::default(), dir, open)
+        let refuse: Reencode = Arc::new(|_, _, _, _, _| Err("no re-encoding in this test".into()));
+        ClipRecorder::new(ClipsConfig::default(), dir, &dir.join("raw"), open, refuse)
     }
 
     /// 10 pictures a second, a key frame each second, from `from` to `to` seconds.
@@ -379,18 +562,54 @@ mod tests {
         assert_eq!(clips.recording(), 0);
     }
 
+    /// Sum of differences between horizontal neighbours inside a box.
+    fn detail(image: &RgbImage, b: [u32; 4]) -> u64 {
+        let mut sum = 0u64;
+        for y in b[1]..b[3] {
+            for x in b[0]..b[2] - 1 {
+                let (p, q) = (image.get_pixel(x, y), image.get_pixel(x + 1, y));
+                sum += p.0.iter().zip(q.0.iter()).map(|(a, b)| u64::from(a.abs_diff(*b))).sum::<u64>();
+            }
+        }
+        sum
+    }
+
     #[test]
-    fn a_long_event_is_cut_at_max_secs_and_a_masked_camera_keeps_no_clip() {
+    fn a_masked_picture_hides_the_people_of_frames_near_it_and_everything_where_none_was_judged() {
+        let original = crate::judge::fixtures::sample("person.jpg"); // 640×424
+        let girl = BoundingBox { x1: 175.0, y1: 92.0, x2: 267.0, y2: 368.0 };
+        let horse = [400, 140, 590, 330];
+        let mut track = MaskTrack::default();
+        let privacy = PrivacyMask { people: vec![girl], blur_people: true, zones: vec![] };
+        // Judged on the camera's 1280×848 frames at 0 s and 2 s: boxes twice as large.
+        let on_camera = PrivacyMask {
+            people: vec![BoundingBox { x1: girl.x1 * 2.0, y1: girl.y1 * 2.0, x2: girl.x2 * 2.0, y2: girl.y2 * 2.0 }],
+            ..privacy
+        };
+        for second in [0.0, 2.0] {
+            track.note(at(second), &on_camera, (1280, 848), chrono::Duration::seconds(60));
+        }
+        let girl_box = [175, 92, 267, 368];
+
+        let mut near = original.clone();
+        track.apply(at(0.6), &mut near);
+        assert!(detail(&near, girl_box) * 4 < detail(&original, girl_box), "the girl is blurred");
+        assert_eq!(detail(&near, horse), detail(&original, horse), "the horse stays as it was");
+
+        // 1.0 s from the nearest judged frame at most is near; at 1.5 s from both it is not.
+        let mut between = original.clone();
+        track.apply(at(3.5), &mut between);
+        assert!(detail(&between, horse) * 4 < detail(&original, horse), "no judged frame near: all blurred");
+    }
+
+    #[test]
+    fn a_long_event_is_cut_at_max_secs() {
         let dir = tempfile::tempdir().unwrap();
         let written = Written::default();
         let mut clips = recorder(dir.path(), &written);
         let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(10), 1 << 20));
         tap.set_format("video/x-h264");
         feed(&tap, 0.0, 10.0);
-        let masked = PrivacyMask { blur_people: true, ..open_privacy() };
-        clips.observe(&frame(&tap, 10.0), [event(Uuid::now_v7(), LifecycleState::Start)].iter(), &masked);
-        assert_eq!(clips.recording(), 0, "a masked camera's clip would show what its pictures hide");
-
         clips.observe(&frame(&tap, 10.0), [event(Uuid::now_v7(), LifecycleState::Start)].iter(), &open_privacy());
         let mut done = Vec::new();
         for second in 10..80 {

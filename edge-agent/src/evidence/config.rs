@@ -32,11 +32,22 @@ pub struct ClipsConfig {
     pub pre_roll_secs: f64,
     pub post_roll_secs: f64,
     pub max_secs: f64,
+    /// A masked camera's clip is re-encoded with its mask at this width (pixels) …
+    pub masked_width: u32,
+    /// … and at most this many pictures a second: what a Pi can afford in software.
+    pub masked_fps: u32,
 }
 
 impl Default for ClipsConfig {
     fn default() -> Self {
-        Self { enabled: true, pre_roll_secs: 5.0, post_roll_secs: 5.0, max_secs: 60.0 }
+        Self {
+            enabled: true,
+            pre_roll_secs: 5.0,
+            post_roll_secs: 5.0,
+            max_secs: 60.0,
+            masked_width: 640,
+            masked_fps: 5,
+        }
     }
 }
 
@@ -54,7 +65,20 @@ impl ClipsConfig {
         };
         range("pre_roll_secs", self.pre_roll_secs, 0.0, 30.0)?;
         range("post_roll_secs", self.post_roll_secs, 0.0, 60.0)?;
-        range("max_secs", self.max_secs, 5.0, 600.0)
+        range("max_secs", self.max_secs, 5.0, 600.0)?;
+        if !(160..=1920).contains(&self.masked_width) || self.masked_width % 2 != 0 {
+            return Err(Invalid::new(
+                "evidence.clips.masked_width",
+                format!("is {}; expected an even number of pixels from 160 to 1920", self.masked_width),
+            ));
+        }
+        if !(1..=30).contains(&self.masked_fps) {
+            return Err(Invalid::new(
+                "evidence.clips.masked_fps",
+                format!("is {}; expected 1 to 30 pictures a second", self.masked_fps),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -113,10 +113,10 @@ impl EvidenceStage {
     /// Opens the evidence store under `state_dir` (creating the device key on first start).
     pub fn open(state_dir: &Path, config: &EvidenceConfig, device: &str) -> Result<Self, EvidenceError> {
         let store = if config.enabled { Some(EvidenceStore::open(state_dir, config.clone(), device)?) } else { None };
-        let clips = store
-            .as_ref()
-            .filter(|_| config.clips.enabled)
-            .map(|store| ClipRecorder::new(config.clips.clone(), store.dir(), clips::mp4_sink()));
+        let clips = store.as_ref().filter(|_| config.clips.enabled).map(|store| {
+            let raw_dir = state_dir.join(clips::RAW_CLIPS_DIR);
+            ClipRecorder::new(config.clips.clone(), store.dir(), &raw_dir, clips::mp4_sink(), clips::masked_reencoder())
+        });
         Ok(Self {
             store,
             jpeg_quality: config.jpeg_quality,

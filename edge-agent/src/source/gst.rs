@@ -324,7 +324,7 @@ fn is_hardware_decoder(name: &str) -> bool {
 }
 
 /// The RGB picture of a sample, rows copied out of GStreamer's (possibly padded) buffer.
-fn rgb_picture(sample: &gst::Sample) -> Result<RgbImage, String> {
+pub(crate) fn rgb_picture(sample: &gst::Sample) -> Result<RgbImage, String> {
     let caps = sample.caps().ok_or("a picture without caps")?;
     let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| format!("unreadable caps: {e}"))?;
     let buffer = sample.buffer().ok_or("a sample without a buffer")?;
