@@ -20,8 +20,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-agent/target}"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # The RTSP server (Debian's python3-gi and GStreamer RTSP server), x264enc for the clip, gst-launch.
 missing=()
+# The agent is built as the .deb is, with its GStreamer source (FFmpeg's decoders, event clips).
 for package in gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-  gstreamer1.0-plugins-ugly gstreamer1.0-tools; do
+  gstreamer1.0-plugins-ugly gstreamer1.0-tools gstreamer1.0-libav libgstreamer1.0-dev \
+  libgstreamer-plugins-base1.0-dev; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -42,11 +44,11 @@ if [ -n "${EDGE_AGENT_BIN:-}" ]; then
   agent="$EDGE_AGENT_BIN"
 elif [ ${#smoke[@]} -gt 0 ]; then
   echo "== building edge-agent (debug)"
-  cargo build --locked -p edge-agent
+  cargo build --locked -p edge-agent --features gstreamer
   agent="$CARGO_TARGET_DIR/debug/edge-agent"
 else
   echo "== building edge-agent (release)"
-  cargo build --release --locked -p edge-agent
+  cargo build --release --locked -p edge-agent --features gstreamer
   agent="$CARGO_TARGET_DIR/release/edge-agent"
 fi
 

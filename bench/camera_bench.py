@@ -334,6 +334,9 @@ def run_agent(args, work, name, urls, both_models=False):
         "lagged": feed.lagged,
         "feed_error": feed.error,
         "peak_rss_kib": hwm,
+        # What decodes, and the encoded video each camera keeps for event clips (its pre-roll).
+        "decoders": sorted({c.get("decoder") or "?" for c in after["cameras"]}),
+        "video_buffered_bytes": [c.get("video_buffered_bytes", 0) for c in after["cameras"]],
     }
 
 
@@ -458,7 +461,13 @@ def tables(args, scenarios, rss_run, cpu, started, load_before, load_after):
             )
         if agent.get("feed_error"):
             missing.append(f"agent, {fps} fps, {cameras} camera(s): the event feed broke: {agent['feed_error']}")
-    by_messages = [
+    decoding = ["Agent decoder and the encoded video each camera keeps in memory for event clips "
+                "(`evidence.clips.pre_roll_secs` = 5, plus 5 s and up to a group of pictures):", ""]
+    for (fps, cameras), (agent, _) in scenarios.items():
+        held = agent.get("video_buffered_bytes") or [0]
+        decoding.append(f"- {args.height}p {fps} fps, {cameras} camera(s): {', '.join(agent.get('decoders', ['?']))}; "
+                        f"pre-roll {statistics.mean(held) / 1e6:.2f} MB per camera")  # fmt: skip
+    by_messages = decoding + [""] + [
         "Agent: frame-to-event latency by the number of event messages decided on the same frame (they are "
         "committed together; each brings its evidence pictures): median ms (frames).",
         "",

@@ -47,8 +47,10 @@ fn turned(picture: &RgbImage) -> RgbImage {
     RgbImage::from_fn(width, height, |x, y| *picture.get_pixel((x + width / 6) % width, y))
 }
 
-/// The agent's config; `learn_secs` for the first stable view (the default is a minute).
-fn write_config(dir: &Path, mqtt_url: &str, rtsp_url: &str, learn_secs: f64) -> (PathBuf, u16) {
+/// The agent's config; `learn_secs` for the first stable view (the default is a minute); `frozen`
+/// on only where the camera is live (the other tests' server loops one still picture: frozen by
+/// definition).
+fn write_config(dir: &Path, mqtt_url: &str, rtsp_url: &str, learn_secs: f64, frozen: bool) -> (PathBuf, u16) {
     let web_port = free_port();
     let config = dir.join("agent.toml");
     std::fs::write(
@@ -61,9 +63,7 @@ fn write_config(dir: &Path, mqtt_url: &str, rtsp_url: &str, learn_secs: f64) -> 
              # Only tamper events matter here.\n[rules.object]\nenabled = false\n\n\
              [tamper]\nlearn_secs = {learn_secs}\nclear_secs = {CLEAR_SECS}\n[tamper.covered]\nafter_secs = {AFTER_SECS}\n\
              [tamper.defocused]\nafter_secs = {AFTER_SECS}\n[tamper.turned_away]\nafter_secs = {AFTER_SECS}\n\
-             # The test server loops one still picture: frozen by definition, and whether the\n\
-             # encoder's artefacts make it look alive depends on the picture (unit tests cover frozen).\n\
-             [tamper.frozen]\nenabled = false\n",
+             [tamper.frozen]\nenabled = {frozen}\nafter_secs = {AFTER_SECS}\n",
             models = repo_root().join("models").display(),
         ),
     )
@@ -125,7 +125,7 @@ fn a_camera_covered_defocused_and_turned_away_starts_one_tamper_event_each_that_
     let Some(broker) = Mosquitto::start() else { return };
     let Some(mut server) = RtspServer::start(Stream::Picture { path: &dog_jpg(), fps: 5 }, None) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (config, web_port) = write_config(dir.path(), &broker.url(), &server.url(), 60.0);
+    let (config, web_port) = write_config(dir.path(), &broker.url(), &server.url(), 60.0, false);
 
     // The installer saves the view as the camera's reference.
     let output = std::process::Command::new(agent_binary())
@@ -216,7 +216,7 @@ fn a_camera_without_a_reference_learns_its_first_stable_view_and_then_reports_a_
     let Some(broker) = Mosquitto::start() else { return };
     let Some(mut server) = RtspServer::start(Stream::Picture { path: &dog_jpg(), fps: 5 }, None) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (config, _) = write_config(dir.path(), &broker.url(), &server.url(), 5.0);
+    let (config, _) = write_config(dir.path(), &broker.url(), &server.url(), 5.0, false);
     let subscriber = Subscriber::connect(broker.port, "edge/e2e-box/events");
     let agent = Agent::start(&config, &dir.path().join("agent.log"));
     let mut events = TamperEvents { subscriber: &subscriber, seen: Vec::new() };
@@ -244,5 +244,54 @@ fn a_camera_without_a_reference_learns_its_first_stable_view_and_then_reports_a_
     let end = end.unwrap_or_else(|| panic!("no tamper end: {:?}; log:\n{}", events.said(), agent.log_text()));
     assert_eq!(end["event_id"], start["event_id"]);
     assert_eq!(events.said(), [("start".to_string(), "covered".to_string()), ("end".into(), "covered".into())]);
+    drop(agent);
+}
+
+/// A live camera (fresh noise in every frame over a still scene) whose picture freezes: the same
+/// frame again and again while the stream goes on, as when a camera's encoder hangs or someone
+/// replays a recording. One `frozen` event, ended once the camera is live again.
+#[test]
+fn a_live_camera_whose_picture_freezes_starts_one_frozen_event_that_ends_when_it_is_live_again() {
+    let Some(broker) = Mosquitto::start() else { return };
+    let live = Stream::NoisyPicture { path: &dog_jpg(), fps: 5, size: (768, 576) };
+    let Some(mut server) = RtspServer::start(live, None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (config, web_port) = write_config(dir.path(), &broker.url(), &server.url(), 60.0, true);
+    let output = std::process::Command::new(agent_binary())
+        .args(["tamper", "reference", "--camera", "gate", "--secs", "3", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run edge-agent tamper reference");
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{printed}");
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/tamper/gate.json")).expect("the reference"))
+            .unwrap();
+    assert!(reference["noise"].as_f64().is_some_and(|n| n > 0.0), "the live camera's noise is learnt: {reference}");
+
+    let subscriber = Subscriber::connect(broker.port, "edge/e2e-box/events");
+    let agent = Agent::start(&config, &dir.path().join("agent.log"));
+    let mut events = TamperEvents { subscriber: &subscriber, seen: Vec::new() };
+    assert!(
+        eventually(Duration::from_secs(60), || (frames_captured(web_port) >= 4).then_some(())).is_some(),
+        "no frames from the RTSP camera; log:\n{}",
+        agent.log_text()
+    );
+    assert!(events.wait_for(Duration::from_secs(8), |_| true).is_none(), "a live camera: {:?}", events.said());
+
+    // The same picture without its noise: every frame identical.
+    server.switch_to(Stream::Picture { path: &dog_jpg(), fps: 5 });
+    let start = events.wait_for(Duration::from_secs(90), |e| e["state"] == "start");
+    let start = start.unwrap_or_else(|| panic!("no tamper start: {:?}; log:\n{}", events.said(), agent.log_text()));
+    assert_eq!(start["label"], "frozen", "{:?}", events.said());
+    let files = evidence_files(&start);
+    assert!(files.len() == 2 && files[1].ends_with("-reference.jpg"), "{files:?}");
+
+    server.switch_to(Stream::NoisyPicture { path: &dog_jpg(), fps: 5, size: (768, 576) });
+    let end = events.wait_for(Duration::from_secs(90), |e| e["state"] == "end");
+    let end = end.unwrap_or_else(|| panic!("frozen did not end: {:?}; log:\n{}", events.said(), agent.log_text()));
+    assert_eq!(end["event_id"], start["event_id"]);
+    assert!(events.wait_for(Duration::from_secs(6), |_| true).is_none(), "{:?}", events.said());
+    assert_eq!(events.said(), [("start".to_string(), "frozen".to_string()), ("end".into(), "frozen".into())]);
     drop(agent);
 }

@@ -25,6 +25,9 @@ pub struct RtspServer {
 pub enum Stream<'a> {
     /// An endless H.264 stream of one picture.
     Picture { path: &'a Path, fps: u32 },
+    /// An endless H.264 stream of one picture of `size` with fresh noise in every frame: a live
+    /// camera looking at a still scene.
+    NoisyPicture { path: &'a Path, fps: u32, size: (u32, u32) },
     /// An endless H.265 (HEVC) stream of one picture.
     PictureH265 { path: &'a Path, fps: u32 },
     /// The H.264 track of an MP4 file, once.
@@ -71,6 +74,14 @@ impl RtspServer {
                 fps.to_string(),
                 "--codec".into(),
                 "h265".into(),
+            ]),
+            Stream::NoisyPicture { path, fps, size } => args.extend([
+                "--image".into(),
+                path.display().to_string(),
+                "--fps".into(),
+                fps.to_string(),
+                "--noise".into(),
+                format!("{}x{}", size.0, size.1),
             ]),
             Stream::File(path) => args.extend(["--file".into(), path.display().to_string()]),
         }

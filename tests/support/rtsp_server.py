@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """A real RTSP server for the end-to-end tests: Debian's GStreamer RTSP server on loopback.
 
-    rtsp_server.py --port PORT --image dog.jpg [--fps 5] [--codec h264|h265] [--user U --password P]
+    rtsp_server.py --port PORT --image dog.jpg [--fps 5] [--codec h264|h265] [--noise WxH]
+                   [--user U --password P]
         serves an endless H.264 (x264, baseline) or H.265 (x265, main) stream of one picture, a
-        keyframe every 10 frames;
+        keyframe every 10 frames; with --noise (the picture's size), fresh sensor-like noise in
+        every frame, as a live camera shows a still scene;
     rtsp_server.py --port PORT --file clip.mp4
         serves the H.264 track of an MP4 file once (used for damaged streams).
 
@@ -35,14 +37,23 @@ def launch_line(args):
             "! video/x-h265,profile=main ! rtph265pay name=pay0 pt=96 config-interval=1"
         )
     else:
+        # A constant quantiser: a still picture's key frames come out identical every time, as a
+        # hung camera's would (rate control would make each one a little different).
         encoder = (
-            "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 "
+            "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 pass=quant quantizer=21 "
             "! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1"
         )
-    return (
-        f'( multifilesrc location="{args.image}" loop=true caps="{caps},framerate={args.fps}/1" '
-        f"! {decoder} ! videoconvert ! video/x-raw,format=I420 ! {encoder} )"
-    )
+    picture = f'multifilesrc location="{args.image}" loop=true caps="{caps},framerate={args.fps}/1" ! {decoder}'
+    if args.noise:
+        width, height = args.noise.split("x")
+        # GStreamer's snow at a few percent over the picture: every frame differs a little.
+        return (
+            f"( {picture} ! videoconvert ! mix.sink_0 "
+            f"videotestsrc pattern=snow ! video/x-raw,width={width},height={height},framerate={args.fps}/1 "
+            f"! mix.sink_1 compositor name=mix sink_1::alpha=0.04 ! videoconvert ! video/x-raw,format=I420 "
+            f"! {encoder} )"
+        )
+    return f"( {picture} ! videoconvert ! video/x-raw,format=I420 ! {encoder} )"
 
 
 def main():
@@ -53,6 +64,7 @@ def main():
     source.add_argument("--file")
     parser.add_argument("--fps", type=int, default=5)
     parser.add_argument("--codec", choices=["h264", "h265"], default="h264")
+    parser.add_argument("--noise", help="WIDTHxHEIGHT of the picture: add live noise to every frame")
     parser.add_argument("--user")
     parser.add_argument("--password")
     args = parser.parse_args()

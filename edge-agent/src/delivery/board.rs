@@ -49,6 +49,8 @@ pub struct CameraStatus {
     pub last_error: Option<String>,
     /// The video decoder in use (file and RTSP cameras).
     pub decoder: Option<String>,
+    /// Encoded video kept in memory for event clips (the pre-roll), in bytes.
+    pub video_buffered_bytes: u64,
     pub last_frame_at: Option<DateTime<Utc>>,
     pub frame_width: u32,
     pub frame_height: u32,
@@ -585,6 +587,7 @@ impl StatusBoard {
                     errors: view.health.errors.load(Ordering::Relaxed),
                     last_error: view.health.last_error(),
                     decoder: view.health.decoder(),
+                    video_buffered_bytes: view.health.video_buffered_bytes.load(Ordering::Relaxed),
                     last_frame_at: view.last_frame_at,
                     frame_width: view.size.0,
                     frame_height: view.size.1,

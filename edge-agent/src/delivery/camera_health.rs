@@ -90,6 +90,7 @@ mod tests {
             errors: 0,
             last_error: None,
             decoder: Some("avdec_h264 (software, GStreamer)".into()),
+            video_buffered_bytes: 0,
             last_frame_at: None,
             frame_width: 1920,
             frame_height: 1080,

@@ -69,6 +69,8 @@ pub struct CameraHealth {
     /// The video decoder making the pictures (`openh264 (software)`, `avdec_h265 (software,
     /// GStreamer)`, `nvv4l2decoder (hardware, GStreamer)`); None for pictures and USB cameras.
     pub decoder: Mutex<Option<String>>,
+    /// Encoded video the camera keeps for event clips (its pre-roll), in bytes.
+    pub video_buffered_bytes: AtomicU64,
     /// Set by `cameras[].enabled = false` or the `set` command: the task closes its source and
     /// waits until the camera is enabled again.
     pub disabled: std::sync::atomic::AtomicBool,
@@ -369,6 +371,9 @@ impl CameraTask {
                             continue;
                         }
                         sequence += 1;
+                        if let Some(tap) = &self.tap {
+                            self.health.video_buffered_bytes.store(tap.bytes() as u64, Ordering::Relaxed);
+                        }
                         let frame = Frame {
                             camera: self.id.clone(),
                             sequence,
