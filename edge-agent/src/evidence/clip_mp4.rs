@@ -119,6 +119,22 @@ impl Drop for Mp4ClipWriter {
     }
 }
 
+/// The GStreamer elements clips need that this box lacks (`masked`: also an encoder).
+pub fn missing_elements(masked: bool) -> Vec<String> {
+    if gst::init().is_err() {
+        return vec!["GStreamer itself".into()];
+    }
+    let mut missing: Vec<String> = ["mp4mux", "h264parse", "h265parse", "filesink", "appsrc"]
+        .into_iter()
+        .filter(|name| gst::ElementFactory::find(name).is_none())
+        .map(String::from)
+        .collect();
+    if masked && MASKED_ENCODERS.iter().all(|name| gst::ElementFactory::find(name).is_none()) {
+        missing.push(format!("an H.264 encoder (one of {})", MASKED_ENCODERS.join(", ")));
+    }
+    missing
+}
+
 /// Software encoders tried in this order when the box has no hardware one that takes plain
 /// pictures (`v4l2h264enc` on a Raspberry Pi, `vah264enc` on Intel); x264 is GStreamer's "ugly"
 /// plugins, OpenH264 its "bad" ones.

@@ -17,6 +17,60 @@ const MIB: u64 = 1 << 20;
 /// fsynced and removed, as the outbox and evidence will.
 /// The device's evidence key: its public key for the platform to enrol, and a key folder that
 /// only the agent's user can read.
+/// Whether event clips can be written here: which cameras keep video, and whether GStreamer has
+/// the muxer, the parsers and (for masked cameras, whose clips are re-encoded) an H.264 encoder.
+pub fn check_event_clips(config: &Config) -> Finding {
+    const CHECK: &str = "event clips";
+    if !(config.evidence.enabled && config.evidence.clips.enabled) {
+        return Finding::skipped(CHECK, "off (`evidence.clips.enabled = false` or evidence off)");
+    }
+    let cameras: Vec<&str> =
+        config.cameras.iter().filter(|c| c.source.may_feed_video_tap()).map(|c| c.id.as_str()).collect();
+    if cameras.is_empty() {
+        return Finding::skipped(
+            CHECK,
+            "no camera keeps video: clips need an RTSP or video-file camera read through GStreamer (the .deb's build)",
+        );
+    }
+    let masked: Vec<&str> = cameras
+        .iter()
+        .copied()
+        .filter(|id| {
+            let scene = config.scenes.get(*id);
+            let blur = scene.and_then(|s| s.blur_people).unwrap_or(config.privacy.blur_people);
+            let privacy_zones =
+                scene.is_some_and(|s| s.zones.iter().any(|z| z.role == crate::judge::config::ZoneRole::Privacy));
+            blur || privacy_zones
+        })
+        .collect();
+    #[cfg(feature = "gstreamer")]
+    {
+        let missing = crate::evidence::clip_mp4::missing_elements(!masked.is_empty());
+        if !missing.is_empty() {
+            return Finding::fail(
+                CHECK,
+                format!("GStreamer lacks {} for the clips of {}", missing.join(", "), cameras.join(", ")),
+                "install gstreamer1.0-plugins-good (mp4mux), gstreamer1.0-plugins-bad (parsers) and \
+                 gstreamer1.0-plugins-ugly (x264enc)",
+            );
+        }
+    }
+    let as_sent: Vec<&str> = cameras.iter().copied().filter(|id| !masked.contains(id)).collect();
+    let say = |ids: &[&str]| if ids.is_empty() { "none".to_string() } else { ids.join(", ") };
+    Finding::pass(
+        CHECK,
+        format!(
+            "{} s before to {} s after each event (at most {} s); as the camera sends it: {}; re-encoded masked at {} px: {}",
+            config.evidence.clips.pre_roll_secs,
+            config.evidence.clips.post_roll_secs,
+            config.evidence.clips.max_secs,
+            say(&as_sent),
+            config.evidence.clips.masked_width,
+            say(&masked)
+        ),
+    )
+}
+
 pub fn check_evidence_key(config: &Config) -> Finding {
     const CHECK: &str = "evidence key";
     if !config.evidence.enabled {
@@ -199,6 +253,36 @@ mod tests {
 
     fn name() -> ConfigName {
         ConfigName::new(Some(Path::new("/etc/edge-agent/edge-agent.toml")))
+    }
+
+    #[test]
+    fn event_clips_name_the_cameras_kept_as_sent_and_those_re_encoded_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cameras = r#"
+[[cameras]]
+id = "road"
+source = { kind = "rtsp", url = "rtsp://127.0.0.1:8554/road", decoder = "gstreamer" }
+
+[[cameras]]
+id = "gate"
+source = { kind = "rtsp", url = "rtsp://127.0.0.1:8554/gate", decoder = "gstreamer" }
+
+[scenes.road]
+blur_people = false
+"#;
+        if !crate::source::config::VideoDecoder::GSTREAMER_BUILT {
+            // A build without GStreamer refuses `decoder = "gstreamer"`: nothing keeps video.
+            return;
+        }
+        let config = crate::judge::fixtures::test_config(dir.path(), cameras);
+        let finding = check_event_clips(&config);
+        assert_eq!(finding.outcome, Outcome::Pass, "{finding:?}");
+        assert!(finding.detail.contains("as the camera sends it: road"), "{}", finding.detail);
+        assert!(finding.detail.contains("re-encoded masked at 640 px: gate"), "{}", finding.detail);
+
+        let off =
+            crate::judge::fixtures::test_config(dir.path(), &format!("{cameras}\n[evidence.clips]\nenabled = false\n"));
+        assert_eq!(check_event_clips(&off).outcome, Outcome::Skipped);
     }
 
     #[test]

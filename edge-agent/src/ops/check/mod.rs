@@ -196,6 +196,7 @@ pub async fn check(config_path: Option<&Path>, options: &CheckOptions) -> Report
     checks.push(host::check_disk(&config, &name));
     checks.push(host::check_clock(chrono::Utc::now(), &crate::delivery::telemetry::clock_state()));
     checks.push(host::check_evidence_key(&config));
+    checks.push(host::check_event_clips(&config));
 
     let (mut cameras, broker) = tokio::join!(
         camera::check_cameras(&config, &name, options.timeout),
