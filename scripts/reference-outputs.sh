@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Recomputes tests/fixtures/onnxruntime_reference.json: what the onnxruntime Python package (the
+# Recomputes tests/fixtures/onnxruntime_reference.json (and onnxruntime_int8_reference.json for the
+# int8 variants): what the onnxruntime Python package (the
 # reference) gives for the shipped models on the sample pictures, with our pre-processing and
 # decoders re-implemented in numpy (scripts/reference_outputs.py). JPEG samples are stored as PNG in
 # tests/fixtures/parity/ so both sides see the same pixels. Makes its own virtual environment.
@@ -20,3 +21,6 @@ fi
   onnxruntime==1.32.0 numpy==2.4.6 pillow==13.0.0
 "$venv/bin/python" scripts/reference_outputs.py --models models --images models/samples \
   --lossless tests/fixtures/parity --output tests/fixtures/onnxruntime_reference.json
+# The opt-in int8 models (models/quantize.sh) have their own fixture: int8 is compared with int8.
+"$venv/bin/python" scripts/reference_outputs.py --models models --images models/samples --variant int8 \
+  --lossless tests/fixtures/parity --output tests/fixtures/onnxruntime_int8_reference.json

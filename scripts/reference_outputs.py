@@ -175,6 +175,24 @@ def detect(outputs, manifest, transform):
     return {"detections": kept}
 
 
+# Instruction sets that change ONNX Runtime's int8 kernels (x86: AVX2's saturating VPMADDUBSW or the
+# VNNI dot products; ARM: the dot-product and int8 matrix extensions). The int8 parity test expects
+# exact agreement only on a CPU with the same ones as the machine that wrote the fixture.
+INT8_FLAGS = {"avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}
+
+
+def int8_flags():
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return sorted(INT8_FLAGS & set(value.split()))
+    return []
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=pathlib.Path, required=True, help="folder with the manifests")
@@ -188,6 +206,12 @@ def main():
         "which moves probabilities by up to 0.005: the parity tests feed both sides the same pixels)",
     )
     parser.add_argument("--root", type=pathlib.Path, default=pathlib.Path("."), help="paths in the fixture are relative to this")
+    parser.add_argument(
+        "--variant",
+        default="",
+        help="manifests to cover: the default models (`name.toml`), or an opt-in variant such as int8 "
+        "(`name.int8.toml`, made by models/quantize.sh)",
+    )
     args = parser.parse_args()
     args.lossless.mkdir(parents=True, exist_ok=True)
 
@@ -205,9 +229,16 @@ def main():
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
         "pillow": Image.__version__,
+        "variant": args.variant or "default",
+        "cpu_int8_flags": int8_flags(),
         "models": {},
     }
-    for manifest_path in sorted(args.models.glob("*.toml")):
+    # `name.toml` is a default model; `name.VARIANT.toml` an opt-in variant; taxonomies are neither.
+    pattern = f"*.{args.variant}.toml" if args.variant else "*.toml"
+    manifests = [p for p in sorted(args.models.glob(pattern)) if args.variant or "." not in p.stem]
+    if not manifests:
+        raise SystemExit(f"no manifests {pattern} in {args.models}")
+    for manifest_path in manifests:
         manifest = load_manifest(manifest_path)
         session = onnxruntime.InferenceSession(
             str(manifest["folder"] / manifest["file"]), options, providers=["CPUExecutionProvider"]
