@@ -242,6 +242,15 @@ pub fn load_fix(
         InferError::Manifest(ManifestError::Labels { path, .. }) => {
             format!("correct labels file {} (one label per line, one per class)", path.display())
         }
+        InferError::NoEmbedding { manifest } => {
+            format!("add an `[embedding]` section (output, size) to manifest {}", manifest.display())
+        }
+        InferError::Embedding { .. } => {
+            format!(
+                "correct `[embedding] output` in manifest {}: it must name a tensor of the graph",
+                manifest.display()
+            )
+        }
         InferError::Load { .. } | InferError::Run { .. } | InferError::Output { .. } | InferError::Panicked { .. } => {
             format!(
                 "the model does not run on `inference.backend` {}: use a model from models/ (see models/README.md) \

@@ -1,0 +1,354 @@
+//! The box learns its site (`edge-agent learn`): crops of the supervisors' labelled pictures, their
+//! embeddings through the shipped backbone (the same backends and pre-processing as the agent),
+//! a head trained on part of them and checked on the rest, written as a model the agent loads like
+//! any other. Offline, beside the flow: nothing in the flow imports it.
+
+pub mod head;
+pub mod report;
+pub mod train;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use crate::infer::{BoundingBox, Findings, InferError, Model};
+use crate::ops::calibrate::samples::{SampleSet, SamplesError};
+use train::{Evaluation, Head, TrainError, TrainOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LearnError {
+    #[error(transparent)]
+    Samples(#[from] SamplesError),
+    #[error(
+        "labels file {labels}: the box {bbox:?} of {file:?} ({label}) lies outside the picture ({width}×{height}); \
+         expected x1,y1,x2,y2 in the picture's pixels"
+    )]
+    Crop { labels: PathBuf, file: String, label: String, bbox: [f32; 4], width: u32, height: u32 },
+    #[error("backbone on {path}: {source}")]
+    Infer { path: PathBuf, source: InferError },
+    #[error(transparent)]
+    Train(#[from] TrainError),
+}
+
+/// One labelled thing: a picture and, when the row has one, the box to crop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledCrop {
+    pub file: String,
+    pub label: String,
+    pub bbox: Option<BoundingBox>,
+}
+
+/// Every labelled row of the set (rows `file,none` say nothing to learn from).
+pub fn labelled_crops(set: &SampleSet) -> Vec<LabelledCrop> {
+    set.truth
+        .iter()
+        .flat_map(|(file, truths)| {
+            truths.iter().map(|t| LabelledCrop { file: file.clone(), label: t.label.clone(), bbox: t.bbox })
+        })
+        .collect()
+}
+
+/// A crop's embedding, and what the backbone itself called it (top label and score).
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    pub crop: LabelledCrop,
+    pub features: Vec<f32>,
+    pub backbone_top: Option<(String, f32)>,
+}
+
+/// The pixels of `bbox` (whole pixels, clipped to the picture); refused when nothing is left.
+fn crop_of(
+    image: &image::RgbImage,
+    crop: &LabelledCrop,
+    labels: &std::path::Path,
+) -> Result<image::RgbImage, LearnError> {
+    let Some(b) = crop.bbox else { return Ok(image.clone()) };
+    let (width, height) = image.dimensions();
+    let x1 = b.x1.max(0.0).floor() as u32;
+    let y1 = b.y1.max(0.0).floor() as u32;
+    let x2 = (b.x2.ceil().max(0.0) as u32).min(width);
+    let y2 = (b.y2.ceil().max(0.0) as u32).min(height);
+    if x2 <= x1 || y2 <= y1 {
+        return Err(LearnError::Crop {
+            labels: labels.to_owned(),
+            file: crop.file.clone(),
+            label: crop.label.clone(),
+            bbox: [b.x1, b.y1, b.x2, b.y2],
+            width,
+            height,
+        });
+    }
+    Ok(image::imageops::crop_imm(image, x1, y1, x2 - x1, y2 - y1).to_image())
+}
+
+/// Runs the backbone on every crop (each picture decoded once); `progress` after each crop.
+pub fn embed_crops(
+    set: &SampleSet,
+    crops: &[LabelledCrop],
+    backbone: &mut Model,
+    mut progress: impl FnMut(&LabelledCrop),
+) -> Result<Vec<Embedded>, LearnError> {
+    let mut embedded = Vec::with_capacity(crops.len());
+    let mut current: Option<(String, image::RgbImage)> = None;
+    for crop in crops {
+        let path = set.path_of(&crop.file);
+        if current.as_ref().is_none_or(|(file, _)| file != &crop.file) {
+            let picture = crate::source::replay::decode_picture("learn", &path).map_err(SamplesError::from)?;
+            current = Some((crop.file.clone(), picture));
+        }
+        let Some((_, picture)) = &current else { continue };
+        let pixels = crop_of(picture, crop, &set.labels_file)?;
+        let (features, findings) =
+            backbone.embed(&pixels).map_err(|source| LearnError::Infer { path: path.clone(), source })?;
+        let backbone_top = match findings {
+            Findings::Classify { classes } => classes.first().map(|c| (c.label.clone(), c.score)),
+            Findings::Detect { .. } => None,
+        };
+        embedded.push(Embedded { crop: crop.clone(), features, backbone_top });
+        progress(crop);
+    }
+    Ok(embedded)
+}
+
+/// A head and how it did on crops it never saw; `baseline` is the same check for another way of
+/// labelling the crops (the ImageNet → category mapping), when there is one.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub head: Head,
+    pub counts: BTreeMap<String, usize>,
+    pub trained_on: usize,
+    pub held_out: Vec<usize>,
+    pub evaluation: Evaluation,
+    pub baseline: Option<Evaluation>,
+    /// The held-out crops the head got wrong: (index into the examples, predicted label).
+    pub mistakes: Vec<(usize, String)>,
+}
+
+/// Refuses too few crops per class or one class, splits (stratified, `held_out_share` of each
+/// class held out), trains on the rest and scores the held-out crops. `baseline` names the label
+/// another classifier would give a crop (None: none of these labels).
+pub fn train_and_check(
+    examples: &[Embedded],
+    held_out_share: f64,
+    seed: u64,
+    options: TrainOptions,
+    baseline: Option<&dyn Fn(&Embedded) -> Option<String>>,
+) -> Result<Outcome, TrainError> {
+    let labels: Vec<String> = examples.iter().map(|e| e.crop.label.clone()).collect();
+    let counts = train::check_counts(&labels)?;
+    let (train_idx, held_out) = train::stratified_split(&labels, held_out_share, seed);
+    let features: Vec<Vec<f32>> = train_idx.iter().map(|&i| examples[i].features.clone()).collect();
+    let train_labels: Vec<String> = train_idx.iter().map(|&i| labels[i].clone()).collect();
+    let head = train::fit(&features, &train_labels, options)?;
+    let index_of = |label: &str| head.labels.iter().position(|l| l == label);
+    let truth: Vec<usize> = held_out.iter().map(|&i| index_of(&labels[i]).unwrap_or(0)).collect();
+    let predicted: Vec<Option<usize>> = held_out.iter().map(|&i| Some(head.predict(&examples[i].features))).collect();
+    let mistakes = held_out
+        .iter()
+        .zip(&truth)
+        .zip(&predicted)
+        .filter(|((_, t), p)| Some(**t) != **p)
+        .map(|((&i, _), p)| (i, p.map(|p| head.labels[p].clone()).unwrap_or_default()))
+        .collect();
+    let evaluation = train::evaluate(&head.labels, &truth, &predicted);
+    let baseline = baseline.map(|name_of| {
+        let answers: Vec<Option<usize>> =
+            held_out.iter().map(|&i| name_of(&examples[i]).and_then(|l| index_of(&l))).collect();
+        train::evaluate(&head.labels, &truth, &answers)
+    });
+    Ok(Outcome { head, counts, trained_on: train_idx.len(), held_out, evaluation, baseline, mistakes })
+}
+
+/// The files a head was trained from, for the date of the newest.
+pub fn files_of(crops: &[LabelledCrop]) -> BTreeSet<String> {
+    crops.iter().map(|c| c.file.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::config::{BackendKind, InferenceConfig, ModelConfig};
+    use crate::judge::config::{default_categories, TaxonomyConfig};
+    use crate::judge::taxonomy::Taxonomy;
+    use std::path::Path;
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// No waste photos ship with the project, so the site's three classes are stand-ins made of
+    /// the real photos in calibration/example-site/samples: "residual" is the coffee cup
+    /// (coffee.png; the ImageNet mapping knows cups are residual), "recyclable" is metal
+    /// (motorcycle_left.png, rocket.jpg), "kitchen" is animals standing in for organic waste
+    /// (chelsea.png, the dog of dog.jpg). Each picture gives six crops of its region (whole, four
+    /// corners and the centre at 80 %), and a mirrored, darker copy of it six more. Held-out crops
+    /// are other crops of the same photos, not other photos.
+    pub(crate) fn stand_in_site(dir: &Path) -> SampleSet {
+        let samples = repo().join("calibration/example-site/samples");
+        let sources: [(&str, &str, Option<[u32; 4]>); 5] = [
+            ("coffee.png", "residual", None),
+            ("motorcycle_left.png", "recyclable", None),
+            ("rocket.jpg", "recyclable", None),
+            ("chelsea.png", "kitchen", None),
+            ("dog.jpg", "kitchen", Some([110, 190, 330, 550])),
+        ];
+        let mut rows = String::from("file,label,x1,y1,x2,y2\n");
+        for (file, label, region) in sources {
+            let picture = image::open(samples.join(file)).unwrap().to_rgb8();
+            let mut mirrored = image::imageops::flip_horizontal(&picture);
+            for pixel in mirrored.pixels_mut() {
+                pixel.0 = pixel.0.map(|v| (f32::from(v) * 0.8) as u8);
+            }
+            let (w, h) = picture.dimensions();
+            let [x1, y1, x2, y2] = region.unwrap_or([0, 0, w, h]);
+            let copy = format!("mirrored-{}", file.replace(".jpg", ".png"));
+            std::fs::copy(samples.join(file), dir.join(file)).unwrap();
+            mirrored.save(dir.join(&copy)).unwrap();
+            for (name, [x1, x2]) in [(file.to_string(), [x1, x2]), (copy, [w - x2, w - x1])] {
+                let (cw, ch) = ((x2 - x1) * 4 / 5, (y2 - y1) * 4 / 5);
+                let corners = [
+                    (x1, y1),
+                    (x2 - cw, y1),
+                    (x1, y2 - ch),
+                    (x2 - cw, y2 - ch),
+                    (x1 + (x2 - x1 - cw) / 2, y1 + (y2 - y1 - ch) / 2),
+                ];
+                rows.push_str(&format!("{name},{label},{x1},{y1},{x2},{y2}\n"));
+                for (cx, cy) in corners {
+                    rows.push_str(&format!("{name},{label},{cx},{cy},{},{}\n", cx + cw, cy + ch));
+                }
+            }
+        }
+        std::fs::write(dir.join("labels.csv"), rows).unwrap();
+        SampleSet::open(dir, &dir.join("labels.csv")).unwrap()
+    }
+
+    fn backbone() -> Model {
+        let config = ModelConfig {
+            manifest: repo().join("models/efficientnet_lite0.toml"),
+            score_threshold: None,
+            class_thresholds: Default::default(),
+        };
+        Model::load_embedder(&config, &InferenceConfig { backend: BackendKind::Tract, ..Default::default() }).unwrap()
+    }
+
+    /// The shipped way: the ImageNet top label, mapped to a category when it scores 0.15 or more.
+    fn imagenet_mapping() -> impl Fn(&Embedded) -> Option<String> {
+        let config = TaxonomyConfig {
+            categories: default_categories(),
+            mappings: vec![repo().join("models/efficientnet_lite0.taxonomy.toml")],
+            ..TaxonomyConfig::default()
+        };
+        let taxonomy = Taxonomy::load(&config).unwrap();
+        move |e: &Embedded| {
+            let (label, score) = e.backbone_top.as_ref()?;
+            (*score >= 0.15).then(|| taxonomy.category_of("efficientnet_lite0", label).to_string())
+        }
+    }
+
+    /// The whole way on real pictures: crops → embeddings → head → held-out figures better than the
+    /// ImageNet mapping's → an ONNX model that the agent's own loader runs and that gives the
+    /// head's answers on the held-out crops.
+    #[test]
+    fn a_head_on_real_crops_beats_the_imagenet_mapping_and_loads_as_a_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stand_in_site(dir.path());
+        let crops = labelled_crops(&set);
+        assert_eq!(crops.len(), 60);
+        let mut backbone = backbone();
+        let mut seen = 0;
+        let examples = embed_crops(&set, &crops, &mut backbone, |_| seen += 1).unwrap();
+        assert_eq!((seen, examples.len()), (60, 60));
+        let mapping = imagenet_mapping();
+        let outcome = train_and_check(&examples, 0.25, 1, TrainOptions::default(), Some(&mapping)).unwrap();
+        assert_eq!(outcome.counts.values().copied().collect::<Vec<_>>(), [24, 24, 12]);
+        assert_eq!(outcome.held_out.len(), 15);
+        let baseline = outcome.baseline.clone().unwrap();
+        eprintln!("head accuracy {:.3}, ImageNet mapping {:.3}", outcome.evaluation.accuracy, baseline.accuracy);
+        assert!(outcome.evaluation.accuracy >= 0.9, "{:?}", outcome.evaluation);
+        assert!(
+            outcome.evaluation.accuracy > baseline.accuracy + 0.3,
+            "head {:?}\nmapping {baseline:?}",
+            outcome.evaluation
+        );
+        // The mapping knows the cup, and nothing of the site's metal or animals.
+        let residual = baseline.classes.iter().find(|c| c.label == "residual").unwrap();
+        assert!(residual.recall > 0.5, "{baseline:?}");
+
+        let backbone_manifest = backbone.manifest().clone();
+        let bytes = std::fs::read(backbone_manifest.onnx_path()).unwrap();
+        let learned = crate::infer::manifest::LearnedSpec {
+            samples: set.folder.display().to_string(),
+            labels_file: set.labels_file.display().to_string(),
+            newest_sample: "2026-11-30T00:00:00Z".into(),
+            trained_at: "2026-11-30T00:00:00Z".into(),
+            backbone: "efficientnet_lite0".into(),
+            backbone_sha256: backbone_manifest.sha256.clone(),
+            held_out_share: 0.25,
+            held_out_accuracy: outcome.evaluation.accuracy,
+            counts: outcome.counts.clone(),
+            held_out: Default::default(),
+        };
+        let out = dir.path().join("model");
+        let written = head::write_model(
+            &out,
+            "site_garbage",
+            &backbone_manifest,
+            &bytes,
+            "/Reshape_output_0",
+            &outcome.head,
+            &learned,
+        )
+        .unwrap();
+        let size = std::fs::metadata(&written.onnx).unwrap().len();
+        assert!(
+            size < std::fs::metadata(backbone_manifest.onnx_path()).unwrap().len() - 4_000_000,
+            "the 1000-class layer is pruned: {size}"
+        );
+        let config = ModelConfig {
+            manifest: written.manifest.clone(),
+            score_threshold: None,
+            class_thresholds: Default::default(),
+        };
+        let mut site_model = Model::load(&config, BackendKind::Tract).unwrap();
+        assert_eq!(site_model.labels(), ["kitchen", "recyclable", "residual"]);
+        assert_eq!(site_model.manifest().learned.as_ref(), Some(&learned));
+        for &i in &outcome.held_out {
+            let crop = &examples[i].crop;
+            let picture = crate::source::replay::decode_picture("test", &set.path_of(&crop.file)).unwrap();
+            let pixels = crop_of(&picture, crop, &set.labels_file).unwrap();
+            let Findings::Classify { classes } = site_model.infer(&pixels).unwrap().findings else { panic!() };
+            let expected = &outcome.head.labels[outcome.head.predict(&examples[i].features)];
+            assert_eq!(&classes[0].label, expected, "{crop:?}: {classes:?}");
+        }
+    }
+
+    #[test]
+    fn too_few_crops_or_one_class_are_refused_before_training() {
+        let example = |label: &str| Embedded {
+            crop: LabelledCrop { file: "a.png".into(), label: label.into(), bbox: None },
+            features: vec![0.0; 4],
+            backbone_top: None,
+        };
+        let one: Vec<Embedded> = (0..20).map(|_| example("kitchen")).collect();
+        let err = train_and_check(&one, 0.25, 1, TrainOptions::default(), None).unwrap_err();
+        assert!(matches!(err, TrainError::OneClass { .. }), "{err}");
+        let mut few = one;
+        few.extend((0..3).map(|_| example("hazardous")));
+        let err = train_and_check(&few, 0.25, 1, TrainOptions::default(), None).unwrap_err().to_string();
+        assert!(err.contains("\"hazardous\" has 3, needs 5 more"), "{err}");
+    }
+
+    #[test]
+    fn a_box_outside_the_picture_is_refused_naming_it() {
+        let picture = image::RgbImage::new(100, 50);
+        let crop = LabelledCrop {
+            file: "bin.jpg".into(),
+            label: "kitchen".into(),
+            bbox: Some(BoundingBox { x1: 120.0, y1: 10.0, x2: 180.0, y2: 40.0 }),
+        };
+        let err = crop_of(&picture, &crop, Path::new("labels.csv")).unwrap_err().to_string();
+        assert!(err.contains("labels.csv") && err.contains("bin.jpg") && err.contains("100×50"), "{err}");
+        let inside = LabelledCrop { bbox: Some(BoundingBox { x1: 10.2, y1: 5.0, x2: 30.0, y2: 60.0 }), ..crop };
+        assert_eq!(crop_of(&picture, &inside, Path::new("labels.csv")).unwrap().dimensions(), (20, 45));
+    }
+}
