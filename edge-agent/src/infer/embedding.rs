@@ -3,7 +3,8 @@
 //! is also a graph output; both backends then run the same graph, pre-processing and all.
 
 use prost::Message;
-use tract_onnx::pb::{type_proto, ModelProto, TypeProto, ValueInfoProto};
+use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+use tract_onnx::pb::{type_proto, ModelProto, TensorShapeProto, TypeProto, ValueInfoProto};
 
 /// ONNX `TensorProto.DataType.FLOAT`.
 pub const ONNX_FLOAT: i32 = 1;
@@ -20,7 +21,7 @@ pub enum GraphEditError {
 
 /// `bytes` (an ONNX model) with `tensor` appended to the graph's outputs, and that output's index.
 /// An existing output of that name is used as it is.
-pub fn expose_output(bytes: &[u8], tensor: &str) -> Result<(Vec<u8>, usize), GraphEditError> {
+pub fn expose_output(bytes: &[u8], tensor: &str, size: usize) -> Result<(Vec<u8>, usize), GraphEditError> {
     let mut model = ModelProto::decode(bytes)?;
     let graph = model.graph.as_mut().ok_or(GraphEditError::NoGraph)?;
     if let Some(index) = graph.output.iter().position(|o| o.name == tensor) {
@@ -35,17 +36,24 @@ pub fn expose_output(bytes: &[u8], tensor: &str) -> Result<(Vec<u8>, usize), Gra
             hint: format!("; the last nodes produce {last:?}"),
         });
     }
-    graph.output.push(float_value(tensor));
+    graph.output.push(float_value(tensor, size));
     let index = graph.output.len() - 1;
     Ok((model.encode_to_vec(), index))
 }
 
-/// A graph value of f32 elements and unstated shape (the backends infer it).
-pub fn float_value(name: &str) -> ValueInfoProto {
+/// A graph value of f32 elements, shape [batch, `width`] (ONNX's checker wants a shape on outputs).
+pub fn float_value(name: &str, width: usize) -> ValueInfoProto {
+    let dim = |value| Dimension { value: Some(value), ..Default::default() };
+    let shape = TensorShapeProto {
+        dim: vec![dim(dimension::Value::DimParam("batch".into())), dim(dimension::Value::DimValue(width as i64))],
+    };
     ValueInfoProto {
         name: name.to_string(),
         r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: ONNX_FLOAT, shape: None })),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: ONNX_FLOAT,
+                shape: Some(shape),
+            })),
             ..Default::default()
         }),
         ..Default::default()
@@ -84,9 +92,9 @@ mod tests {
     #[test]
     fn a_tensor_no_node_makes_is_refused_naming_the_last_ones() {
         let bytes = std::fs::read(models_dir().join("efficientnet_lite0.onnx")).unwrap();
-        let err = expose_output(&bytes, "/no/such/tensor").unwrap_err().to_string();
+        let err = expose_output(&bytes, "/no/such/tensor", 1280).unwrap_err().to_string();
         assert!(err.contains("/no/such/tensor") && err.contains("/Reshape_output_0"), "{err}");
-        let (_, index) = expose_output(&bytes, "logits").unwrap();
+        let (_, index) = expose_output(&bytes, "logits", 1000).unwrap();
         assert_eq!(index, 0, "an existing output is used as it is");
     }
 

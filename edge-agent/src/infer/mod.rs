@@ -304,7 +304,7 @@ impl Model {
             manifest.embedding.clone().ok_or_else(|| InferError::NoEmbedding { manifest: manifest.path.clone() })?;
         let mut verified = manifest.verify()?;
         let bytes = std::mem::take(&mut verified.bytes);
-        let (bytes, index) = embedding::expose_output(&bytes, &spec.output)
+        let (bytes, index) = embedding::expose_output(&bytes, &spec.output, spec.size)
             .map_err(|source| InferError::Embedding { path: verified.onnx_path.clone(), source })?;
         let backend = load_backend(inference, &verified, bytes)?;
         let mut model = Self::with_backend(verified, backend, config.score_threshold);

@@ -59,7 +59,7 @@ pub fn head_graph(bytes: &[u8], embedding: &str, head: &Head) -> Result<Vec<u8>,
         }],
         ..Default::default()
     });
-    graph.output = vec![float_value(HEAD_OUTPUT)];
+    graph.output = vec![float_value(HEAD_OUTPUT, head.labels.len())];
     prune(graph);
     Ok(model.encode_to_vec())
 }

@@ -312,6 +312,11 @@ mod tests {
         let mut site_model = Model::load(&config, BackendKind::Tract).unwrap();
         assert_eq!(site_model.labels(), ["kitchen", "recyclable", "residual"]);
         assert_eq!(site_model.manifest().learned.as_ref(), Some(&learned));
+        let mut on_ort = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).filter(|p| p.is_file()).map(|path| {
+            let inference =
+                InferenceConfig { backend: BackendKind::Ort, ort_library: Some(path), ..Default::default() };
+            Model::load_with(&config, &inference).unwrap()
+        });
         for &i in &outcome.held_out {
             let crop = &examples[i].crop;
             let picture = crate::source::replay::decode_picture("test", &set.path_of(&crop.file)).unwrap();
@@ -319,6 +324,14 @@ mod tests {
             let Findings::Classify { classes } = site_model.infer(&pixels).unwrap().findings else { panic!() };
             let expected = &outcome.head.labels[outcome.head.predict(&examples[i].features)];
             assert_eq!(&classes[0].label, expected, "{crop:?}: {classes:?}");
+            // ONNX Runtime runs the written file too, with the same answer (where the library is).
+            if let Some(on_ort) = on_ort.as_mut() {
+                let Findings::Classify { classes: from_ort } = on_ort.infer(&pixels).unwrap().findings else {
+                    panic!()
+                };
+                assert_eq!(&from_ort[0].label, expected, "{crop:?}: {from_ort:?}");
+                assert!((from_ort[0].score - classes[0].score).abs() < 1e-3, "{from_ort:?} vs {classes:?}");
+            }
         }
     }
 
