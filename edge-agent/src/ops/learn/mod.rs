@@ -182,17 +182,18 @@ mod tests {
     /// (chelsea.png, the dog of dog.jpg). Each picture gives six crops of its region (whole, four
     /// corners and the centre at 80 %), and a mirrored, darker copy of it six more. Held-out crops
     /// are other crops of the same photos, not other photos.
-    pub(crate) fn stand_in_site(dir: &Path) -> SampleSet {
+    fn stand_in_site(dir: &Path, label_of: impl Fn(&str) -> Option<&'static str>) -> SampleSet {
         let samples = repo().join("calibration/example-site/samples");
-        let sources: [(&str, &str, Option<[u32; 4]>); 5] = [
-            ("coffee.png", "residual", None),
-            ("motorcycle_left.png", "recyclable", None),
-            ("rocket.jpg", "recyclable", None),
-            ("chelsea.png", "kitchen", None),
-            ("dog.jpg", "kitchen", Some([110, 190, 330, 550])),
+        let sources: [(&str, Option<[u32; 4]>); 5] = [
+            ("coffee.png", None),
+            ("motorcycle_left.png", None),
+            ("rocket.jpg", None),
+            ("chelsea.png", None),
+            ("dog.jpg", Some([110, 190, 330, 550])),
         ];
         let mut rows = String::from("file,label,x1,y1,x2,y2\n");
-        for (file, label, region) in sources {
+        for (file, region) in sources {
+            let Some(label) = label_of(file) else { continue };
             let picture = image::open(samples.join(file)).unwrap().to_rgb8();
             let mut mirrored = image::imageops::flip_horizontal(&picture);
             for pixel in mirrored.pixels_mut() {
@@ -220,6 +221,15 @@ mod tests {
         }
         std::fs::write(dir.join("labels.csv"), rows).unwrap();
         SampleSet::open(dir, &dir.join("labels.csv")).unwrap()
+    }
+
+    /// The site's words for the stand-in photos: the cup is residual, metal recyclable, animals kitchen.
+    fn categories_of(file: &str) -> Option<&'static str> {
+        match file {
+            "coffee.png" => Some("residual"),
+            "motorcycle_left.png" | "rocket.jpg" => Some("recyclable"),
+            _ => Some("kitchen"),
+        }
     }
 
     fn backbone() -> Model {
@@ -251,7 +261,7 @@ mod tests {
     #[test]
     fn a_head_on_real_crops_beats_the_imagenet_mapping_and_loads_as_a_model() {
         let dir = tempfile::tempdir().unwrap();
-        let set = stand_in_site(dir.path());
+        let set = stand_in_site(dir.path(), categories_of);
         let crops = labelled_crops(&set);
         assert_eq!(crops.len(), 60);
         let mut backbone = backbone();
@@ -333,6 +343,99 @@ mod tests {
                 assert!((from_ort[0].score - classes[0].score).abs() < 1e-3, "{from_ort:?} vs {classes:?}");
             }
         }
+    }
+
+    /// Deployment for `wrong_bin`: at a site where paper cups go into the recyclable bin, the
+    /// supervisors label the cup crops "recyclable" (and the animals "kitchen"). With the head
+    /// trained on that as the taxonomy's classifier, the cup pasted into a recyclable bin
+    /// (judge::fixtures::cup_on_pavement, a real composite) is no wrong_bin event, where the shipped
+    /// ImageNet mapping calls it residual and reports it; the head is named as the classifier.
+    #[test]
+    fn wrong_bin_judges_with_the_site_head_when_it_is_the_taxonomy_classifier() {
+        use crate::judge::config::{TrackingConfig, WrongBinRuleConfig, ZoneRole};
+        use crate::judge::fixtures::{at, cup_on_pavement, detector_result, zone};
+        use crate::judge::rules::wrong_bin::{Categoriser, WrongBinRule};
+        use crate::judge::rules::{detections_of, FrameView, SecondStage};
+        use crate::judge::tracker::TrackIds;
+        use crate::judge::zones::Scene;
+
+        let dir = tempfile::tempdir().unwrap();
+        let set = stand_in_site(dir.path(), |file| match file {
+            "coffee.png" => Some("recyclable"),
+            "chelsea.png" | "dog.jpg" => Some("kitchen"),
+            _ => None,
+        });
+        let crops = labelled_crops(&set);
+        let mut backbone = backbone();
+        let examples = embed_crops(&set, &crops, &mut backbone, |_| ()).unwrap();
+        let outcome = train_and_check(&examples, 0.25, 1, TrainOptions::default(), None).unwrap();
+        assert_eq!(outcome.evaluation.accuracy, 1.0, "{:?}", outcome.evaluation);
+        let manifest = backbone.manifest().clone();
+        let bytes = std::fs::read(manifest.onnx_path()).unwrap();
+        let learned = crate::infer::manifest::LearnedSpec {
+            samples: set.folder.display().to_string(),
+            labels_file: set.labels_file.display().to_string(),
+            newest_sample: "2026-11-30T00:00:00Z".into(),
+            trained_at: "2026-11-30T00:00:00Z".into(),
+            backbone: manifest.name.clone(),
+            backbone_sha256: manifest.sha256.clone(),
+            held_out_share: 0.25,
+            held_out_accuracy: outcome.evaluation.accuracy,
+            counts: outcome.counts.clone(),
+            held_out: Default::default(),
+        };
+        let out = dir.path().join("model");
+        let written =
+            head::write_model(&out, "site_garbage", &manifest, &bytes, "/Reshape_output_0", &outcome.head, &learned)
+                .unwrap();
+
+        let frame = cup_on_pavement();
+        let results = vec![detector_result(&frame)];
+        let scene = Scene {
+            zones: vec![zone("bin-1", ZoneRole::Bin, Some("recyclable"), [0.0, 0.6, 0.4, 1.0])],
+            ..Scene::default()
+        };
+        let found = detections_of(&results, &scene, frame.width(), frame.height(), None);
+        let cup = found.iter().find(|f| f.detection.label == "cup").expect("the detector sees the pasted cup");
+        let taxonomy = Taxonomy::load(&TaxonomyConfig {
+            mappings: vec![
+                repo().join("models/efficientnet_lite0.taxonomy.toml"),
+                repo().join("models/nanodet.taxonomy.toml"),
+            ],
+            ..TaxonomyConfig::default()
+        })
+        .unwrap();
+        let judge = |classifier: &mut SecondStage| {
+            let mut categoriser =
+                Categoriser { taxonomy: &taxonomy, classifier: Some(classifier), min_classifier_score: 0.15 };
+            let mut rule = WrongBinRule::new(&WrongBinRuleConfig::default(), &TrackingConfig::default());
+            let mut ids = TrackIds::default();
+            let mut events = Vec::new();
+            let mut category = None;
+            for i in 0..8 {
+                let view = FrameView {
+                    camera: "station",
+                    time: at(i as f64 * 0.5),
+                    image: &frame,
+                    found: &found,
+                    scene: &scene,
+                    foreground: None,
+                };
+                category.get_or_insert_with(|| categoriser.categorise(&view, cup));
+                events.extend(rule.judge(&view, &mut ids, &mut categoriser));
+            }
+            (category.unwrap_or_default(), events)
+        };
+        let mut shipped =
+            SecondStage::load(&repo().join("models/efficientnet_lite0.toml"), BackendKind::Tract).unwrap();
+        let (category, events) = judge(&mut shipped);
+        assert_eq!(category.0, "residual", "espresso → residual");
+        assert_eq!(events.len(), 1, "the shipped mapping reports the cup: {events:?}");
+        let mut site = SecondStage::load(&written.manifest, BackendKind::Tract).unwrap();
+        let (category, events) = judge(&mut site);
+        assert_eq!(category.0, "recyclable");
+        assert_eq!(category.1.map(|m| (m.name, m.sha256)), Some(("site_garbage".to_string(), written.sha256.clone())));
+        assert!(events.is_empty(), "the site's head puts the cup in the recyclable bin: {events:?}");
     }
 
     #[test]

@@ -184,8 +184,8 @@ pub fn scores_svg(e: &Evaluation) -> String {
 /// The confusion table as a grid, each cell shaded by its share of its row.
 pub fn confusion_svg(e: &Evaluation, title: &str, with_other: bool) -> String {
     let columns: Vec<&str> = e.labels.iter().map(String::as_str).chain(with_other.then_some(OTHER)).collect();
-    let (cell, left, top) = (64.0, 130.0, 80.0);
-    let w = left + cell * columns.len() as f64 + 20.0;
+    let (cell, left, top) = (64.0, 130.0, 100.0);
+    let w = (left + cell * columns.len() as f64 + 20.0).max(420.0);
     let h = top + cell * e.labels.len() as f64 + 30.0;
     let mut body = String::new();
     for (c, name) in columns.iter().enumerate() {
@@ -226,7 +226,8 @@ pub fn confusion_svg(e: &Evaluation, title: &str, with_other: bool) -> String {
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">
 <title>{t}</title>
 <rect width="{w}" height="{h}" fill="white"/>
-<text x="10" y="18">{t}: rows labelled, columns predicted; accuracy {acc:.2}</text>
+<text x="10" y="16">{t}</text>
+<text x="10" y="32">rows: labelled, columns: predicted; accuracy {acc:.2}</text>
 {body}</svg>
 "##,
         t = escape(title),
