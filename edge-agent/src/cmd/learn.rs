@@ -104,8 +104,7 @@ pub fn learn(args: LearnArgs) -> anyhow::Result<()> {
         let taxonomy = taxonomy.as_ref()?;
         (*score >= min_score).then(|| taxonomy.category_of(&backbone_name, label).to_string())
     };
-    let baseline: Option<&dyn Fn(&Embedded) -> Option<String>> =
-        (labels_are_categories && taxonomy.is_some()).then_some(&mapped as _);
+    let baseline: Option<learn::NameOf> = (labels_are_categories && taxonomy.is_some()).then_some(&mapped as _);
     let options = TrainOptions { alpha: args.alpha, ..TrainOptions::default() };
     eprintln!("Training on {} crops ({} features each)…", examples.len(), embedding.size);
     let outcome = learn::train_and_check(&examples, args.held_out, args.seed, options, baseline)?;

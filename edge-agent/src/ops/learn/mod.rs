@@ -16,18 +16,28 @@ use train::{Evaluation, Head, TrainError, TrainOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LearnError {
+    /// Boxed: a sample error carries a model error, and this type travels in every `Result` here.
     #[error(transparent)]
-    Samples(#[from] SamplesError),
+    Samples(Box<SamplesError>),
     #[error(
         "labels file {labels}: the box {bbox:?} of {file:?} ({label}) lies outside the picture ({width}×{height}); \
          expected x1,y1,x2,y2 in the picture's pixels"
     )]
     Crop { labels: PathBuf, file: String, label: String, bbox: [f32; 4], width: u32, height: u32 },
     #[error("backbone on {path}: {source}")]
-    Infer { path: PathBuf, source: InferError },
+    Infer { path: PathBuf, source: Box<InferError> },
     #[error(transparent)]
     Train(#[from] TrainError),
 }
+
+impl From<SamplesError> for LearnError {
+    fn from(error: SamplesError) -> Self {
+        LearnError::Samples(Box::new(error))
+    }
+}
+
+/// Another way of naming a crop's class (e.g. the ImageNet → category mapping); None: none of these.
+pub type NameOf<'a> = &'a dyn Fn(&Embedded) -> Option<String>;
 
 /// One labelled thing: a picture and, when the row has one, the box to crop.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,8 +107,9 @@ pub fn embed_crops(
         }
         let Some((_, picture)) = &current else { continue };
         let pixels = crop_of(picture, crop, &set.labels_file)?;
-        let (features, findings) =
-            backbone.embed(&pixels).map_err(|source| LearnError::Infer { path: path.clone(), source })?;
+        let (features, findings) = backbone
+            .embed(&pixels)
+            .map_err(|source| LearnError::Infer { path: path.clone(), source: Box::new(source) })?;
         let backbone_top = match findings {
             Findings::Classify { classes } => classes.first().map(|c| (c.label.clone(), c.score)),
             Findings::Detect { .. } => None,
@@ -131,7 +142,7 @@ pub fn train_and_check(
     held_out_share: f64,
     seed: u64,
     options: TrainOptions,
-    baseline: Option<&dyn Fn(&Embedded) -> Option<String>>,
+    baseline: Option<NameOf>,
 ) -> Result<Outcome, TrainError> {
     let labels: Vec<String> = examples.iter().map(|e| e.crop.label.clone()).collect();
     let counts = train::check_counts(&labels)?;
