@@ -449,6 +449,133 @@ mod tests {
         assert!(events.is_empty(), "the site's head puts the cup in the recyclable bin: {events:?}");
     }
 
+    /// A state classifier for `overflow`, learnt from real composites: the bin zone at the lower
+    /// right of dog.jpg (the zone of judge::rules::overflow's tests), "overflowing" with a heap
+    /// pasted over it (the horse and cow of person.jpg, the dog of dog.jpg, the cup of coffee.png,
+    /// at several sizes and places), "normal" empty (brighter and darker) or with a little muck
+    /// beside it. Then the rule, with the head as `state_classifier` and no background model, sees
+    /// the overflow of the rule's own test composite (a heap size and place not trained on) start
+    /// after `after_secs` and end once it is cleared, and nothing for the little muck.
+    #[test]
+    fn a_learnt_state_classifier_flips_overflow_on_real_composites() {
+        use crate::judge::config::{OverflowRuleConfig, StateClassifierConfig, TrackingConfig, ZoneRole};
+        use crate::judge::fixtures::{at, muck, paste, sample, zone};
+        use crate::judge::lifecycle::LifecycleState;
+        use crate::judge::rules::overflow::{OverflowRule, StateClassifier};
+        use crate::judge::rules::{FrameView, SecondStage};
+        use crate::judge::zones::Scene;
+        use image::imageops::{crop_imm, resize, FilterType};
+
+        let dir = tempfile::tempdir().unwrap();
+        let empty = sample("dog.jpg");
+        let heaps = [
+            crop_imm(&sample("person.jpg"), 393, 131, 198, 209).to_image(),
+            crop_imm(&sample("dog.jpg"), 130, 212, 180, 318).to_image(),
+            sample("coffee.png"),
+        ];
+        let mut rows = String::from("file,label,x1,y1,x2,y2\n");
+        // The zone's crop as the rule takes it (10 % margin), moved by a few pixels.
+        let jitter = [(0, 0), (-8, 6), (8, -6), (4, 8)];
+        let mut n = 0;
+        let mut add = |picture: &image::RgbImage, label: &str, rows: &mut String| {
+            let name = format!("{label}-{n}.png");
+            picture.save(dir.path().join(&name)).unwrap();
+            let (dx, dy) = jitter[n % jitter.len()];
+            rows.push_str(&format!(
+                "{name},{label},{},{},{},{}\n",
+                448 + dx,
+                259 + dy,
+                768 + dx.min(0),
+                576 + dy.min(0)
+            ));
+            n += 1;
+        };
+        for (h, heap) in heaps.iter().enumerate() {
+            for (size, x, y) in [(180, 500, 330), (290, 470, 285), (220, 540, 350), (260, 480, 300)] {
+                let heap = resize(heap, size, size * 7 / 8 + h as u32 * 10, FilterType::Triangle);
+                add(&paste(&empty, &heap, x, y), "overflowing", &mut rows);
+            }
+        }
+        for brightness in [0.8f32, 0.9, 1.0, 1.1, 1.2, 1.3] {
+            let mut lit = empty.clone();
+            lit.pixels_mut().for_each(|p| p.0 = p.0.map(|v| (f32::from(v) * brightness).min(255.0) as u8));
+            add(&lit, "normal", &mut rows);
+        }
+        for (x, y) in [(500, 320), (620, 480), (470, 500), (650, 300), (560, 420), (700, 360)] {
+            add(&paste(&empty, &muck(), x, y), "normal", &mut rows);
+        }
+        std::fs::write(dir.path().join("labels.csv"), rows).unwrap();
+        let set = SampleSet::open(dir.path(), &dir.path().join("labels.csv")).unwrap();
+        let crops = labelled_crops(&set);
+        let mut backbone = backbone();
+        let examples = embed_crops(&set, &crops, &mut backbone, |_| ()).unwrap();
+        let outcome = train_and_check(&examples, 0.25, 1, TrainOptions::default(), None).unwrap();
+        assert_eq!(outcome.counts.values().copied().collect::<Vec<_>>(), [12, 12]);
+        assert_eq!(outcome.evaluation.accuracy, 1.0, "{:?}", outcome.evaluation);
+        let manifest = backbone.manifest().clone();
+        let bytes = std::fs::read(manifest.onnx_path()).unwrap();
+        let learned = crate::infer::manifest::LearnedSpec {
+            samples: set.folder.display().to_string(),
+            labels_file: set.labels_file.display().to_string(),
+            newest_sample: "2026-11-30T00:00:00Z".into(),
+            trained_at: "2026-11-30T00:00:00Z".into(),
+            backbone: manifest.name.clone(),
+            backbone_sha256: manifest.sha256.clone(),
+            held_out_share: 0.25,
+            held_out_accuracy: outcome.evaluation.accuracy,
+            counts: outcome.counts.clone(),
+            held_out: Default::default(),
+        };
+        let written = head::write_model(
+            &dir.path().join("model"),
+            "bin_overflow",
+            &manifest,
+            &bytes,
+            "/Reshape_output_0",
+            &outcome.head,
+            &learned,
+        )
+        .unwrap();
+
+        let state = StateClassifierConfig {
+            manifest: written.manifest.clone(),
+            on_labels: vec!["overflowing".into()],
+            min_score: 0.5,
+        };
+        let config = OverflowRuleConfig { state_classifier: Some(state.clone()), ..OverflowRuleConfig::default() };
+        let scene = Scene {
+            zones: vec![zone("bin-kitchen", ZoneRole::Bin, Some("kitchen"), [0.62, 0.5, 0.98, 1.0])],
+            ..Scene::default()
+        };
+        let mut rule = OverflowRule::new(&config, &TrackingConfig::default());
+        assert!(!rule.needs_background(&scene), "the classifier decides");
+        let mut classifier =
+            StateClassifier { stage: SecondStage::load(&written.manifest, BackendKind::Tract).unwrap(), config: state };
+        // The overflow rule's own test composite: the horse-and-cow heap, 240 px, at (490, 310).
+        let heap = resize(&heaps[0], 240, 240, FilterType::Triangle);
+        let overflowing = paste(&empty, &heap, 490, 310);
+        let some_muck = paste(&empty, &muck(), 500, 320);
+        let mut run = |busy: &image::RgbImage, when: &dyn Fn(f64) -> bool| {
+            let mut all = Vec::new();
+            // A frame every 2 s: the classifier runs on every frame.
+            for i in 0..100 {
+                let t = i as f64 * 2.0;
+                let image = if when(t) { busy } else { &empty };
+                let view =
+                    FrameView { camera: "station", time: at(t), image, found: &[], scene: &scene, foreground: None };
+                all.extend(rule.judge(&view, Some(&mut classifier)));
+            }
+            all
+        };
+        let all = run(&overflowing, &|t| (30.0..150.0).contains(&t));
+        let states: Vec<_> = all.iter().map(|t| t.state).collect();
+        assert_eq!(states, [LifecycleState::Start, LifecycleState::End], "{all:?}");
+        assert_eq!(all[0].details.coverage, None, "a classifier's finding, not a coverage");
+        let started_after = crate::judge::tracker::seconds_between(at(30.0), all[0].last_seen);
+        assert!((60.0..70.0).contains(&started_after), "after_secs = 60: {started_after}");
+        assert!(run(&some_muck, &|t| t >= 30.0).is_empty(), "a little muck is normal");
+    }
+
     #[test]
     fn too_few_crops_or_one_class_are_refused_before_training() {
         let example = |label: &str| Embedded {
