@@ -174,6 +174,56 @@ pub fn files_of(crops: &[LabelledCrop]) -> BTreeSet<String> {
     crops.iter().map(|c| c.file.clone()).collect()
 }
 
+/// A head the agent is configured to use that `edge-agent learn` trained: for the page.
+#[derive(Debug, Clone)]
+pub struct SiteClassifier {
+    /// The config key that uses it.
+    pub role: &'static str,
+    pub name: String,
+    pub sha256: String,
+    pub learned: crate::infer::manifest::LearnedSpec,
+    /// Labelled pictures added to its sample folder after its newest sample (None: unreadable).
+    pub new_since_training: Option<usize>,
+}
+
+/// The configured classifiers (taxonomy, overflow state, truck cover) that have a `[learned]`
+/// section; manifests that cannot be read are left out (the agent itself reports those).
+pub fn site_classifiers(config: &crate::config::Config) -> Vec<SiteClassifier> {
+    let mut slots = vec![("taxonomy.classifier", config.taxonomy.classifier.clone())];
+    if let Some(state) = &config.rules.overflow.state_classifier {
+        slots.push(("rules.overflow.state_classifier", state.manifest.clone()));
+    }
+    if let Some(cover) = &config.rules.truck_exit.cover_classifier {
+        slots.push(("rules.truck_exit.cover_classifier", cover.manifest.clone()));
+    }
+    slots
+        .into_iter()
+        .filter_map(|(role, path)| {
+            let manifest = crate::infer::manifest::Manifest::load(&path).ok()?;
+            let learned = manifest.learned?;
+            let new_since_training = new_since_training(&learned);
+            Some(SiteClassifier { role, name: manifest.name, sha256: manifest.sha256, learned, new_since_training })
+        })
+        .collect()
+}
+
+/// Pictures in the head's sample folder changed after its newest sample: labels made since.
+pub fn new_since_training(learned: &crate::infer::manifest::LearnedSpec) -> Option<usize> {
+    let newest: std::time::SystemTime = chrono::DateTime::parse_from_rfc3339(&learned.newest_sample).ok()?.into();
+    let entries = std::fs::read_dir(&learned.samples).ok()?;
+    let newer = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_lowercase();
+            [".jpg", ".jpeg", ".png"].iter().any(|x| name.ends_with(x))
+        })
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        // The date is kept to the second.
+        .filter(|modified| modified.duration_since(newest).is_ok_and(|d| d.as_secs() >= 1))
+        .count();
+    Some(newer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,6 +624,46 @@ mod tests {
         let started_after = crate::judge::tracker::seconds_between(at(30.0), all[0].last_seen);
         assert!((60.0..70.0).contains(&started_after), "after_secs = 60: {started_after}");
         assert!(run(&some_muck, &|t| t >= 30.0).is_empty(), "a little muck is normal");
+    }
+
+    /// The page's view: the configured heads with `[learned]`, and the pictures labelled since.
+    #[test]
+    fn configured_heads_are_listed_with_the_labels_made_since_training() {
+        let dir = tempfile::tempdir().unwrap();
+        let samples = dir.path().join("samples");
+        std::fs::create_dir(&samples).unwrap();
+        for file in ["a.png", "b.jpg", "labels.csv"] {
+            std::fs::write(samples.join(file), b"x").unwrap();
+        }
+        let shipped = std::fs::read_to_string(repo().join("models/efficientnet_lite0.toml")).unwrap();
+        let learned = |newest: &str| {
+            format!(
+                "{}\n[learned]\nsamples = {:?}\nlabels_file = \"labels.csv\"\nnewest_sample = \"{newest}\"\n\
+                 trained_at = \"{newest}\"\nbackbone = \"efficientnet_lite0\"\nbackbone_sha256 = \"{}\"\n\
+                 held_out_share = 0.25\nheld_out_accuracy = 0.9\n[learned.counts]\nfull = 9\nnormal = 9\n\
+                 [learned.held_out.full]\ncrops = 2\nprecision = 1.0\nrecall = 0.5\n",
+                shipped.replace("name = \"efficientnet_lite0\"", "name = \"bin_state\""),
+                samples.display(),
+                "0".repeat(64)
+            )
+        };
+        std::fs::write(dir.path().join("old.toml"), learned("2020-01-01T00:00:00Z")).unwrap();
+        std::fs::write(dir.path().join("future.toml"), learned("2099-01-01T00:00:00Z")).unwrap();
+        let mut config = crate::config::Config::embedded_defaults();
+        assert!(site_classifiers(&config).is_empty(), "the shipped classifier was not learnt here");
+        config.taxonomy.classifier = dir.path().join("old.toml");
+        config.rules.overflow.state_classifier = Some(crate::judge::config::StateClassifierConfig {
+            manifest: dir.path().join("future.toml"),
+            on_labels: vec!["full".into()],
+            min_score: 0.5,
+        });
+        let heads = site_classifiers(&config);
+        let listed: Vec<_> = heads.iter().map(|h| (h.role, h.name.as_str(), h.new_since_training)).collect();
+        assert_eq!(
+            listed,
+            [("taxonomy.classifier", "bin_state", Some(2)), ("rules.overflow.state_classifier", "bin_state", Some(0))]
+        );
+        assert_eq!(heads[0].learned.held_out["full"].recall, 0.5);
     }
 
     #[test]
