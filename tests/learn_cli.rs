@@ -92,6 +92,10 @@ fn learn_writes_a_head_that_beats_the_imagenet_mapping_with_its_report() {
     assert!(head >= 0.9 && head > mapping + 0.3, "head {head}, mapping {mapping}\n{stdout}");
     assert!(stdout.contains("| kitchen | 24 | 6 |") && stdout.contains("| residual | 12 | 3 |"), "{stdout}");
     assert!(stdout.contains("Trained on 45 labelled crops"), "{stdout}");
+    assert!(
+        stdout.contains("15 of the 15 held-out crops are cut from pictures that also gave training crops"),
+        "{stdout}"
+    );
 
     for file in ["summary.md", "summary.json", "scores.svg", "confusion.svg", "confusion-imagenet-mapping.svg"] {
         let written = std::fs::read_to_string(out.join("report").join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));

@@ -132,6 +132,8 @@ pub struct Outcome {
     pub baseline: Option<Evaluation>,
     /// The held-out crops the head got wrong: (index into the examples, predicted label).
     pub mistakes: Vec<(usize, String)>,
+    /// Held-out crops cut from a picture that also gave training crops: their figures flatter.
+    pub held_out_from_trained_pictures: usize,
 }
 
 /// Refuses too few crops per class or one class, splits (stratified, `held_out_share` of each
@@ -166,7 +168,19 @@ pub fn train_and_check(
             held_out.iter().map(|&i| name_of(&examples[i]).and_then(|l| index_of(&l))).collect();
         train::evaluate(&head.labels, &truth, &answers)
     });
-    Ok(Outcome { head, counts, trained_on: train_idx.len(), held_out, evaluation, baseline, mistakes })
+    let trained_pictures: BTreeSet<&str> = train_idx.iter().map(|&i| examples[i].crop.file.as_str()).collect();
+    let held_out_from_trained_pictures =
+        held_out.iter().filter(|&&i| trained_pictures.contains(examples[i].crop.file.as_str())).count();
+    Ok(Outcome {
+        head,
+        counts,
+        trained_on: train_idx.len(),
+        held_out,
+        evaluation,
+        baseline,
+        mistakes,
+        held_out_from_trained_pictures,
+    })
 }
 
 /// The files a head was trained from, for the date of the newest.
@@ -333,6 +347,7 @@ mod tests {
         let outcome = train_and_check(&examples, 0.25, 1, TrainOptions::default(), Some(&mapping)).unwrap();
         assert_eq!(outcome.counts.values().copied().collect::<Vec<_>>(), [24, 24, 12]);
         assert_eq!(outcome.held_out.len(), 15);
+        assert_eq!(outcome.held_out_from_trained_pictures, 15, "every held-out crop's picture gave training crops too");
         let baseline = outcome.baseline.clone().unwrap();
         eprintln!("head accuracy {:.3}, ImageNet mapping {:.3}", outcome.evaluation.accuracy, baseline.accuracy);
         assert!(outcome.evaluation.accuracy >= 0.9, "{:?}", outcome.evaluation);

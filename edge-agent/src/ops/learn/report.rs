@@ -40,6 +40,15 @@ impl Report<'_> {
             self.samples.display(),
             o.held_out.len()
         );
+        if o.held_out_from_trained_pictures > 0 {
+            let _ = writeln!(
+                text,
+                "Note: {} of the {} held-out crops are cut from pictures that also gave training crops; \
+                 on pictures of new events the figures may be lower.\n",
+                o.held_out_from_trained_pictures,
+                o.held_out.len()
+            );
+        }
         let _ = writeln!(text, "| class | crops | held out | precision | recall |");
         let _ = writeln!(text, "|---|---:|---:|---:|---:|");
         for class in &o.evaluation.classes {
@@ -86,6 +95,7 @@ impl Report<'_> {
             "counts": o.counts,
             "trained_on": o.trained_on,
             "held_out": o.held_out.len(),
+            "held_out_from_trained_pictures": o.held_out_from_trained_pictures,
             "evaluation": o.evaluation,
             "imagenet_mapping": o.baseline,
             "model": self.model_manifest.map(|p| p.display().to_string()),
