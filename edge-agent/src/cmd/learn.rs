@@ -2,15 +2,13 @@
 //! shipped backbone), checks it on held-out crops, writes it as a model (ONNX + manifest) and a
 //! report folder with the figures and their pictures.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use edge_agent::config::site::SiteCalibration;
-use edge_agent::infer::manifest::{HeldOutFigures, LearnedSpec, Manifest};
-use edge_agent::infer::{config::ModelConfig, Model};
-use edge_agent::judge::taxonomy::Taxonomy;
 use edge_agent::ops::calibrate::samples::SampleSet;
-use edge_agent::ops::learn::{self, head, report::Report, train::TrainOptions, Embedded};
+use edge_agent::ops::learn::run::{learn_site, Request};
+use edge_agent::ops::learn::train::TrainOptions;
 
 #[derive(clap::Args)]
 pub struct LearnArgs {
@@ -72,98 +70,32 @@ pub fn learn(args: LearnArgs) -> anyhow::Result<()> {
         }
     };
     let set = SampleSet::open(&folder, &labels)?;
-    let crops = learn::labelled_crops(&set);
-    // Refuse before the slow part: counts need no embeddings.
-    let names: Vec<String> = crops.iter().map(|c| c.label.clone()).collect();
-    learn::train::check_counts(&names).with_context(|| format!("labels file {}", labels.display()))?;
-
-    let backbone_path = args.backbone.clone().unwrap_or_else(|| config.taxonomy.classifier.clone());
-    let backbone_config =
-        ModelConfig { manifest: backbone_path.clone(), score_threshold: None, class_thresholds: Default::default() };
-    let mut backbone = Model::load_embedder(&backbone_config, &config.inference)
-        .with_context(|| format!("loading the backbone {}", backbone_path.display()))?;
-    let backbone_manifest = backbone.manifest().clone();
-    let embedding = backbone_manifest.embedding.clone().context("the backbone has no [embedding]")?;
-
-    let progress = progress_bar(crops.len() as u64);
-    let examples = learn::embed_crops(&set, &crops, &mut backbone, |crop| {
+    let backbone = args.backbone.clone().unwrap_or_else(|| config.taxonomy.classifier.clone());
+    let request = Request {
+        set: &set,
+        backbone: &backbone,
+        inference: &config.inference,
+        taxonomy: &config.taxonomy,
+        out: &args.out,
+        name: &args.name,
+        held_out_share: args.held_out,
+        seed: args.seed,
+        options: TrainOptions { alpha: args.alpha, ..TrainOptions::default() },
+    };
+    let progress = progress_bar(set.truth.values().map(Vec::len).sum::<usize>() as u64);
+    let learnt = learn_site(&request, |crop| {
         progress.set_message(crop.file.clone());
         progress.inc(1);
-    })?;
+    });
     progress.finish_and_clear();
-    drop(backbone);
-
-    // The shipped way of naming a category, on the same crops, when the labels are categories.
-    let taxonomy = Taxonomy::load(&config.taxonomy).ok();
-    let categories: Vec<String> = config.taxonomy.categories.iter().map(|c| c.name.clone()).collect();
-    let labels_are_categories = names.iter().all(|n| categories.contains(n));
-    let min_score = config.taxonomy.classifier_min_score;
-    let backbone_name = backbone_manifest.name.clone();
-    let mapped = |e: &Embedded| -> Option<String> {
-        let (label, score) = e.backbone_top.as_ref()?;
-        let taxonomy = taxonomy.as_ref()?;
-        (*score >= min_score).then(|| taxonomy.category_of(&backbone_name, label).to_string())
-    };
-    let baseline: Option<learn::NameOf> = (labels_are_categories && taxonomy.is_some()).then_some(&mapped as _);
-    let options = TrainOptions { alpha: args.alpha, ..TrainOptions::default() };
-    eprintln!("Training on {} crops ({} features each)…", examples.len(), embedding.size);
-    let outcome = learn::train_and_check(&examples, args.held_out, args.seed, options, baseline)?;
-
-    let learned = LearnedSpec {
-        samples: folder.display().to_string(),
-        labels_file: labels.display().to_string(),
-        newest_sample: newest_change(&set.folder, &learn::files_of(&crops), &labels)?,
-        trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        backbone: backbone_manifest.name.clone(),
-        backbone_sha256: backbone_manifest.sha256.to_lowercase(),
-        held_out_share: args.held_out,
-        held_out_accuracy: outcome.evaluation.accuracy,
-        counts: outcome.counts.clone(),
-        held_out: outcome
-            .evaluation
-            .classes
-            .iter()
-            .map(|c| (c.label.clone(), HeldOutFigures { crops: c.held_out, precision: c.precision, recall: c.recall }))
-            .collect(),
-    };
-    let verified = Manifest::load(&backbone_path)?.verify()?;
-    let written = head::write_model(
-        &args.out,
-        &args.name,
-        &backbone_manifest,
-        &verified.bytes,
-        &embedding.output,
-        &outcome.head,
-        &learned,
-    )?;
-    let report_dir = args.out.join("report");
-    let report = Report {
-        name: &args.name,
-        outcome: &outcome,
-        examples: &examples,
-        samples: &folder,
-        model_manifest: Some(&written.manifest),
-    };
-    report.write(&report_dir)?;
-    print!("{}", report.summary_markdown());
-    println!("\nReport: {}", report_dir.display());
+    let learnt = learnt.with_context(|| format!("learning from {}", labels.display()))?;
+    print!("{}", learnt.summary);
+    println!("\nReport: {}", learnt.report_dir.display());
     println!(
         "To use it for wrong_bin, set `[taxonomy] classifier = \"{}\"` in the agent config.",
-        written.manifest.display()
+        learnt.written.manifest.display()
     );
     Ok(())
-}
-
-/// When the newest of the used pictures or the labels file last changed, RFC 3339.
-fn newest_change(folder: &Path, files: &std::collections::BTreeSet<String>, labels: &Path) -> anyhow::Result<String> {
-    let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    for path in files.iter().map(|f| folder.join(f)).chain([labels.to_owned()]) {
-        let modified = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .with_context(|| format!("reading the date of {}", path.display()))?;
-        newest = newest.max(modified);
-    }
-    Ok(chrono::DateTime::<chrono::Utc>::from(newest).to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 /// A bar over the crops on stderr; indicatif draws nothing when stderr is not a terminal.

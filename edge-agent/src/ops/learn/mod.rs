@@ -5,6 +5,7 @@
 
 pub mod head;
 pub mod report;
+pub mod run;
 pub mod train;
 
 use std::collections::{BTreeMap, BTreeSet};
