@@ -115,6 +115,26 @@ fn learn_writes_a_head_that_beats_the_imagenet_mapping_with_its_report() {
         std::fs::read_to_string(out.join("site_garbage.labels.txt")).unwrap(),
         "kitchen\nrecyclable\nresidual\n"
     );
+
+    // The agent loads it like any other model: `infer` with a config naming it, on the cup.
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("[[models]]\nmanifest = {:?}\n", out.join("site_garbage.toml").display().to_string()),
+    )
+    .unwrap();
+    let cup = repo_root().join("models/samples/coffee.png").display().to_string();
+    let mut backends = vec!["tract"];
+    if std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        backends.push("ort");
+    }
+    for backend in backends {
+        let output = agent(&["infer", "--config", config.to_str().unwrap(), "--backend", backend, "--json", &cup]);
+        let stdout = text(&output.stdout);
+        assert!(output.status.success(), "{backend}: {stdout}\n{}", text(&output.stderr));
+        let top = stdout.find("\"label\"").map(|i| &stdout[i..]).unwrap_or_default();
+        assert!(stdout.contains("site_garbage") && top.starts_with("\"label\":\"residual\""), "{backend}: {stdout}");
+    }
 }
 
 #[test]
