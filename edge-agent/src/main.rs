@@ -34,6 +34,9 @@ enum Command {
     Passwd(cmd::passwd::PasswdArgs),
     /// Fit the box to its site: per-class thresholds from labelled pictures, ground homography.
     Calibrate(cmd::calibrate::CalibrateArgs),
+    /// The box learns its site: train a classifier head on the site's labelled crops, check it on
+    /// held-out crops, write it as a model (ONNX + manifest) and a report with the figures.
+    Learn(cmd::learn::LearnArgs),
     /// Write a commented config to start from, for a garbage station or a construction site.
     Init(cmd::init::InitArgs),
     /// Measure each model on each backend: inference latency, frames/s, pre/post-processing share.
@@ -63,6 +66,7 @@ fn main() -> std::process::ExitCode {
         Command::Verify(args) => cmd::verify::verify(args),
         Command::Passwd(args) => cmd::passwd::passwd(args),
         Command::Calibrate(args) => cmd::calibrate::calibrate(args),
+        Command::Learn(args) => cmd::learn::learn(args),
         Command::Init(args) => cmd::init::init(args),
         Command::Bench(args) => cmd::bench::bench(args),
         Command::Check(args) => cmd::check::check(args),

@@ -6,6 +6,7 @@ pub mod check;
 pub mod infer;
 pub mod init;
 pub mod key;
+pub mod learn;
 pub mod passwd;
 pub mod run;
 pub mod tamper;

@@ -127,6 +127,46 @@ impl DecoderSpec {
     }
 }
 
+/// `[embedding]`: a tensor inside the graph (the layer before the logits) that the agent exposes
+/// as an extra output when asked for embeddings; the file on disk stays as its sha256 says.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingSpec {
+    /// The tensor's name in the ONNX graph, e.g. "/Reshape_output_0".
+    pub output: String,
+    /// How many values it holds for one picture, e.g. 1280.
+    pub size: usize,
+}
+
+/// `[learned]`: the provenance and held-out figures of a head trained by `edge-agent learn`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnedSpec {
+    /// The folder of labelled pictures and the labels file the crops came from.
+    pub samples: String,
+    pub labels_file: String,
+    /// When the newest labelled picture was last changed (RFC 3339): labels after it are new.
+    pub newest_sample: String,
+    pub trained_at: String,
+    pub backbone: String,
+    pub backbone_sha256: String,
+    /// Share of each class's crops held out from training and used only to check the head.
+    pub held_out_share: f64,
+    /// Share of held-out crops the head got right.
+    pub held_out_accuracy: f64,
+    /// Labelled crops per label (trained on plus held out).
+    pub counts: std::collections::BTreeMap<String, usize>,
+    pub held_out: std::collections::BTreeMap<String, HeldOutFigures>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldOutFigures {
+    pub crops: usize,
+    pub precision: f64,
+    pub recall: f64,
+}
+
 fn default_top_k() -> usize {
     5
 }
@@ -149,6 +189,12 @@ pub struct Manifest {
     pub provenance: String,
     pub input: InputSpec,
     pub decoder: DecoderSpec,
+    /// The backbone's pooled features (`edge-agent learn` trains site heads on them).
+    #[serde(default)]
+    pub embedding: Option<EmbeddingSpec>,
+    /// For a head trained on the box (`edge-agent learn`): what it learnt from and its figures.
+    #[serde(default)]
+    pub learned: Option<LearnedSpec>,
     /// Where this manifest was read from; paths above are resolved against its folder.
     #[serde(skip)]
     pub path: PathBuf,
@@ -229,6 +275,14 @@ impl Manifest {
                 "input.shape",
                 format!("is {:?}; expected 3 colour channels for layout {:?}", self.input.shape, self.input.layout),
             ));
+        }
+        if let Some(embedding) = &self.embedding {
+            if embedding.output.trim().is_empty() || embedding.size == 0 {
+                return Err(invalid(
+                    "embedding",
+                    format!("is {embedding:?}; expected a tensor name (output) and its size above 0"),
+                ));
+            }
         }
         if self.input.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
             return Err(invalid("input.std", format!("is {:?}; expected non-zero values", self.input.std)));

@@ -7,6 +7,7 @@ pub mod classify;
 pub mod config;
 pub mod control;
 pub mod detect;
+pub mod embedding;
 pub mod manifest;
 #[cfg(feature = "ort")]
 pub mod ort;
@@ -44,6 +45,13 @@ pub enum InferError {
          (scripts/fetch-onnxruntime.sh fetches one)"
     )]
     RuntimeLibrary { path: PathBuf, origin: &'static str, problem: String, needed: String },
+    #[error(
+        "model manifest {manifest} has no [embedding] section naming the tensor before the logits \
+         (e.g. output = \"/Reshape_output_0\", size = 1280)"
+    )]
+    NoEmbedding { manifest: PathBuf },
+    #[error("model file {path}: cannot expose the embedding: {source}")]
+    Embedding { path: PathBuf, source: embedding::GraphEditError },
     #[error("backend \"ort\" was asked for, but this edge-agent was built without the cargo feature `ort`")]
     OrtNotBuilt,
     #[error(
@@ -251,6 +259,8 @@ pub struct Model {
     /// Per label, over `score_threshold` (site calibration).
     class_thresholds: BTreeMap<String, f32>,
     last_stage_times: StageTimes,
+    /// Index and length of the embedding output, when loaded with [`Model::load_embedder`].
+    embedding: Option<(usize, usize)>,
 }
 
 impl Model {
@@ -282,7 +292,47 @@ impl Model {
             class_thresholds: BTreeMap::new(),
             manifest,
             last_stage_times: StageTimes::default(),
+            embedding: None,
         }
+    }
+
+    /// As [`Model::load_with`], with the manifest's `[embedding]` tensor exposed as an extra
+    /// output, for [`Model::embed`]. Only offline tools ask for it: the agent runs the file as is.
+    pub fn load_embedder(config: &ModelConfig, inference: &InferenceConfig) -> Result<Self, InferError> {
+        let manifest = Manifest::load(&config.manifest)?;
+        let spec =
+            manifest.embedding.clone().ok_or_else(|| InferError::NoEmbedding { manifest: manifest.path.clone() })?;
+        let mut verified = manifest.verify()?;
+        let bytes = std::mem::take(&mut verified.bytes);
+        let (bytes, index) = embedding::expose_output(&bytes, &spec.output, spec.size)
+            .map_err(|source| InferError::Embedding { path: verified.onnx_path.clone(), source })?;
+        let backend = load_backend(inference, &verified, bytes)?;
+        let mut model = Self::with_backend(verified, backend, config.score_threshold);
+        model.embedding = Some((index, spec.size));
+        Ok(model)
+    }
+
+    /// One run on `image`: the embedding (the pooled features) and what the model itself found.
+    pub fn embed(&mut self, image: &image::RgbImage) -> Result<(Vec<f32>, Findings), InferError> {
+        let (index, size) =
+            self.embedding.ok_or_else(|| InferError::NoEmbedding { manifest: self.manifest.path.clone() })?;
+        let (tensor, transform) = self.preprocessor.run(image);
+        self.backend.run(tensor, &self.manifest.input.shape, &mut self.outputs)?;
+        let output = self.outputs.get(index).ok_or_else(|| InferError::Output {
+            message: format!("the embedding is output {index}, but the model gave {} outputs", self.outputs.len()),
+        })?;
+        if output.data.len() != size {
+            return Err(InferError::Output {
+                message: format!(
+                    "embedding output {:?} has {} values (shape {:?}); the manifest's [embedding] size is {size}",
+                    output.name,
+                    output.data.len(),
+                    output.shape
+                ),
+            });
+        }
+        let features = output.data.clone();
+        Ok((features, self.decode(transform)?))
     }
 
     /// Keeps a finding of a listed label only from its own threshold up (other labels keep the

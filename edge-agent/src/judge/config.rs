@@ -341,13 +341,36 @@ pub struct OverflowRuleConfig {
     pub min_coverage: f32,
     pub after_secs: f64,
     pub clear_secs: f64,
+    /// Optional state classifier on each bin zone's crop (e.g. a head from `edge-agent learn`):
+    /// when set, it decides whether a bin overflows, instead of the background model's coverage.
+    pub state_classifier: Option<StateClassifierConfig>,
     pub action: Option<ActionConfig>,
 }
 
 impl Default for OverflowRuleConfig {
     fn default() -> Self {
-        Self { enabled: true, min_coverage: 0.5, after_secs: 60.0, clear_secs: 10.0, action: None }
+        Self {
+            enabled: true,
+            min_coverage: 0.5,
+            after_secs: 60.0,
+            clear_secs: 10.0,
+            state_classifier: None,
+            action: None,
+        }
     }
+}
+
+/// A classifier of a zone's state from its crop (overflowing or not, lid open or closed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateClassifierConfig {
+    /// Manifest of the classifier.
+    pub manifest: PathBuf,
+    /// Its labels that mean the state is on (e.g. "overflowing"); any other top label means off.
+    pub on_labels: Vec<String>,
+    /// The top label's score it needs to count.
+    #[serde(default = "default_cover_min_score")]
+    pub min_score: f32,
 }
 
 /// Something new and static on a road zone for `after_secs`.
@@ -729,6 +752,9 @@ impl RulesConfig {
         if let Some(cover) = &mut self.truck_exit.cover_classifier {
             absolutise(&mut cover.manifest, base);
         }
+        if let Some(state) = &mut self.overflow.state_classifier {
+            absolutise(&mut state.manifest, base);
+        }
     }
 
     pub fn validate(&self) -> Result<(), Invalid> {
@@ -749,6 +775,15 @@ impl RulesConfig {
         check_secs("rules.overflow.after_secs", r.overflow.after_secs)?;
         check_secs("rules.overflow.clear_secs", r.overflow.clear_secs)?;
         check_action("rules.overflow.action", &r.overflow.action)?;
+        if let Some(state) = &r.overflow.state_classifier {
+            check_unit("rules.overflow.state_classifier.min_score", state.min_score)?;
+            if state.on_labels.is_empty() {
+                return Err(Invalid::new(
+                    "rules.overflow.state_classifier.on_labels",
+                    "is empty; expected the classifier's labels for an overflowing bin, e.g. [\"overflowing\"]",
+                ));
+            }
+        }
         check_unit("rules.road_debris.min_score", r.road_debris.min_score)?;
         check_secs("rules.road_debris.after_secs", r.road_debris.after_secs)?;
         check_secs("rules.road_debris.clear_secs", r.road_debris.clear_secs)?;

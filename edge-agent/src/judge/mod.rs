@@ -34,7 +34,7 @@ use config::{ActionConfig, JudgeSettings, RulesConfig, ZoneRole};
 use lifecycle::{LifecycleState, Transition, UpdateReason};
 use rules::litter::LitterRule;
 use rules::object::ObjectRule;
-use rules::overflow::OverflowRule;
+use rules::overflow::{OverflowRule, StateClassifier};
 use rules::road_debris::RoadDebrisRule;
 use rules::truck_exit::{CoverClassifier, TruckExitRule};
 use rules::wrong_bin::{Categoriser, WrongBinRule};
@@ -316,6 +316,7 @@ pub struct Judge {
     cameras: HashMap<String, CameraJudge>,
     item_classifier: Option<SecondStage>,
     cover_classifier: Option<CoverClassifier>,
+    overflow_classifier: Option<StateClassifier>,
     /// Each camera's tamper reference: saved ones read at open, and those learnt since.
     tamper_references: HashMap<String, Reference>,
 }
@@ -342,6 +343,14 @@ impl Judge {
             }),
             _ => None,
         };
+        let overflow_classifier = match (&rules.overflow.state_classifier, rules.overflow.enabled) {
+            (Some(state), true) => Some(StateClassifier {
+                stage: SecondStage::load(&state.manifest, settings.backend)
+                    .map_err(|source| JudgeError::Model { key: "rules.overflow.state_classifier.manifest", source })?,
+                config: state.clone(),
+            }),
+            _ => None,
+        };
         Ok(Self {
             station_id: settings.site.station_id.clone().unwrap_or_else(|| settings.device_id.clone()),
             settings: settings.clone(),
@@ -351,6 +360,7 @@ impl Judge {
             cameras: HashMap::new(),
             item_classifier,
             cover_classifier,
+            overflow_classifier,
             tamper_references: tamper::reference::load_all(&settings.tamper_dir),
         })
     }
@@ -449,7 +459,9 @@ impl Judge {
             cam.wrong_bin.judge(&view, &mut cam.ids, &mut categoriser).into_iter().map(tag(EventKind::WrongBin)),
         );
         transitions.extend(cam.litter.judge(&view, &self.taxonomy).into_iter().map(tag(EventKind::Litter)));
-        transitions.extend(cam.overflow.judge(&view).into_iter().map(tag(EventKind::Overflow)));
+        transitions.extend(
+            cam.overflow.judge(&view, self.overflow_classifier.as_mut()).into_iter().map(tag(EventKind::Overflow)),
+        );
         transitions.extend(
             cam.road_debris.judge(&view, &debris_found, &mut cam.ids).into_iter().map(tag(EventKind::RoadDebris)),
         );

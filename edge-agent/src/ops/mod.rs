@@ -4,4 +4,5 @@
 
 pub mod calibrate;
 pub mod check;
+pub mod learn;
 pub mod tamper;

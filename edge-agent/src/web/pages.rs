@@ -345,6 +345,7 @@ pub async fn overview(State(state): State<Arc<WebState>>, session: Session, lang
                 }
             }
         }
+        (site_classifiers_card(&state, lang))
         section.card #camera-summary data-refresh="periodic" {
             h2 { a href="/cameras" { (t(T::Cameras)) } }
             div.scroll {
@@ -626,6 +627,52 @@ pub async fn event_detail(
     page.render(view.label(), content).into_response()
 }
 
+/// The heads trained on this site (`edge-agent learn`) that the config uses: their held-out
+/// figures, the date of their samples and how many labels came in since; nothing when there are none.
+fn site_classifiers_card(state: &WebState, lang: Lang) -> Markup {
+    site_classifiers_markup(&crate::ops::learn::site_classifiers(&state.settings.current()), lang)
+}
+
+fn site_classifiers_markup(heads: &[crate::ops::learn::SiteClassifier], lang: Lang) -> Markup {
+    let t = |text: T| text.in_lang(lang);
+    html! {
+        @if !heads.is_empty() {
+            section.card #site-classifiers {
+                h2 { (t(T::SiteClassifiers)) }
+                div.scroll {
+                    table {
+                        thead { tr {
+                            th { (t(T::Name)) } th { "config" } th { (t(T::Crops)) } th { (t(T::HeldOutAccuracy)) }
+                            th { "precision / recall" } th { (t(T::NewestSample)) } th { (t(T::NewSinceTraining)) }
+                            th { "sha256" }
+                        } }
+                        tbody {
+                            @for head in heads {
+                                tr.site-classifier {
+                                    td { strong { (head.name) } }
+                                    td { code { (head.role) } }
+                                    td.num { (head.learned.counts.values().sum::<usize>()) }
+                                    td.num { (format!("{:.2}", head.learned.held_out_accuracy)) }
+                                    td {
+                                        @for (label, f) in &head.learned.held_out {
+                                            (format!("{label} {:.2} / {:.2} ({}) ", f.precision, f.recall, f.crops))
+                                        }
+                                    }
+                                    td { (head.learned.newest_sample) }
+                                    td.num.new-since-training {
+                                        @match head.new_since_training { Some(n) => { (n) }, None => { "–" } }
+                                    }
+                                    td { code title=(head.sha256) { (short_hash(&head.sha256)) "…" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The event's label for the site's sample set: how it was labelled, and the form (admins).
 fn labelling_card(state: &WebState, session: &Session, view: &EventView, lang: Lang) -> Markup {
     let t = |text: T| text.in_lang(lang);
@@ -831,6 +878,38 @@ pub fn login_page(lang: Lang, device: &str, csrf: &str, next: &str, message: Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_site_classifiers_card_shows_figures_dates_and_new_labels() {
+        let learned = crate::infer::manifest::LearnedSpec {
+            samples: "samples".into(),
+            labels_file: "labels.csv".into(),
+            newest_sample: "2026-11-02T08:00:00Z".into(),
+            trained_at: "2026-11-03T08:00:00Z".into(),
+            backbone: "efficientnet_lite0".into(),
+            backbone_sha256: "0".repeat(64),
+            held_out_share: 0.25,
+            held_out_accuracy: 0.875,
+            counts: [("kitchen".to_string(), 20), ("residual".to_string(), 12)].into(),
+            held_out: [(
+                "kitchen".to_string(),
+                crate::infer::manifest::HeldOutFigures { crops: 5, precision: 1.0, recall: 0.8 },
+            )]
+            .into(),
+        };
+        let head = crate::ops::learn::SiteClassifier {
+            role: "taxonomy.classifier",
+            name: "site_garbage".into(),
+            sha256: "ab".repeat(32),
+            learned,
+            new_since_training: Some(3),
+        };
+        let html = site_classifiers_markup(&[head], Lang::Zh).into_string();
+        assert!(html.contains("站点分类器") && html.contains("site_garbage") && html.contains("0.88"), "{html}");
+        assert!(html.contains("kitchen 1.00 / 0.80 (5)") && html.contains("2026-11-02T08:00:00Z"), "{html}");
+        assert!(html.contains(r#"new-since-training">3<"#) && html.contains(">32<"), "{html}");
+        assert!(site_classifiers_markup(&[], Lang::En).into_string().is_empty(), "no card without heads");
+    }
 
     #[test]
     fn durations_read_naturally_in_both_languages() {

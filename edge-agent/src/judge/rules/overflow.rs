@@ -1,14 +1,29 @@
 //! `overflow`: a bin zone covered by static foreground (garbage piled on and around the bin) above
-//! `min_coverage` of its area for `after_secs`. The subject is the bin zone; the event ends when
-//! the coverage has stayed below the threshold for `clear_secs`.
+//! `min_coverage` of its area for `after_secs`, or, with a state classifier (a head the site
+//! trained with `edge-agent learn`), a bin whose crop it calls overflowing for `after_secs`. The
+//! subject is the bin zone; the event ends when it has stayed clear for `clear_secs`.
 
-use super::{zone_key, Finding, FrameView};
+use super::{zone_key, Finding, FrameView, SecondStage};
 use crate::infer::BoundingBox;
-use crate::judge::config::{OverflowRuleConfig, TrackingConfig, ZoneRole};
+use crate::judge::config::{OverflowRuleConfig, StateClassifierConfig, TrackingConfig, ZoneRole};
 use crate::judge::lifecycle::{Lifecycles, Sighting, Transition};
 use crate::judge::zones::Scene;
 
 pub const OVERFLOW_LABEL: &str = "overflow";
+
+/// The state classifier of `rules.overflow.state_classifier`, loaded.
+pub struct StateClassifier {
+    pub stage: SecondStage,
+    pub config: StateClassifierConfig,
+}
+
+impl StateClassifier {
+    /// The score of the crop's top label when it is an "on" label and sure enough; else None.
+    pub fn on_score(&mut self, image: &image::RgbImage, zone: &BoundingBox) -> Option<f32> {
+        let top = self.stage.top(image, zone)?;
+        (top.score >= self.config.min_score && self.config.on_labels.contains(&top.label)).then_some(top.score)
+    }
+}
 
 pub struct OverflowRule {
     config: OverflowRuleConfig,
@@ -19,25 +34,32 @@ impl OverflowRule {
     pub fn new(config: &OverflowRuleConfig, tracking: &TrackingConfig) -> Self {
         Self {
             config: config.clone(),
-            lifecycles: super::zone_lifecycles(tracking, config.min_coverage, config.after_secs, config.clear_secs),
+            lifecycles: super::zone_lifecycles(
+                tracking,
+                // With a classifier the sighting's score is its score, not a coverage.
+                config.state_classifier.as_ref().map_or(config.min_coverage, |c| c.min_score),
+                config.after_secs,
+                config.clear_secs,
+            ),
         }
     }
 
     pub fn needs_background(&self, scene: &Scene) -> bool {
-        self.config.enabled && scene.has_role(ZoneRole::Bin)
+        self.config.enabled && self.config.state_classifier.is_none() && scene.has_role(ZoneRole::Bin)
     }
 
-    pub fn judge(&mut self, view: &FrameView) -> Vec<Transition<Finding>> {
-        let Some(fg) = view.foreground.filter(|_| self.config.enabled) else {
+    /// `classifier`: the loaded `state_classifier`, when the config has one.
+    pub fn judge(
+        &mut self,
+        view: &FrameView,
+        mut classifier: Option<&mut StateClassifier>,
+    ) -> Vec<Transition<Finding>> {
+        if !self.config.enabled {
             return Vec::new();
-        };
+        }
         let (width, height) = (view.width(), view.height());
         let mut sightings = Vec::new();
         for bin in view.scene.zones_with_role(ZoneRole::Bin) {
-            let coverage = fg.coverage(&bin.grid_mask(fg.cols, fg.rows));
-            if coverage < self.config.min_coverage {
-                continue;
-            }
             let corners = bin.pixel_corners(width, height);
             let bbox = BoundingBox {
                 x1: corners.iter().map(|c| c.0).fold(f32::MAX, f32::min),
@@ -45,14 +67,28 @@ impl OverflowRule {
                 x2: corners.iter().map(|c| c.0).fold(0.0, f32::max),
                 y2: corners.iter().map(|c| c.1).fold(0.0, f32::max),
             };
+            let (score, coverage) = match (classifier.as_deref_mut(), view.foreground) {
+                (Some(classifier), _) => match classifier.on_score(view.image, &bbox) {
+                    Some(score) => (score, None),
+                    None => continue,
+                },
+                (None, Some(fg)) => {
+                    let coverage = fg.coverage(&bin.grid_mask(fg.cols, fg.rows));
+                    if coverage < self.config.min_coverage {
+                        continue;
+                    }
+                    (coverage, Some(coverage))
+                }
+                (None, None) => continue,
+            };
             sightings.push(Sighting {
                 key: zone_key(&bin.id),
-                score: coverage,
+                score,
                 zone: Some(bin.id.clone()),
                 details: Finding {
                     category: bin.category.clone(),
                     bin_category: bin.category.clone(),
-                    coverage: Some(coverage),
+                    coverage,
                     ..Finding::new(OVERFLOW_LABEL, bbox)
                 },
             });
@@ -92,7 +128,7 @@ mod tests {
             let fg = background.update(image, at(t), &[]);
             let view =
                 FrameView { camera: "station", time: at(t), image, found: &[], scene: &scene, foreground: Some(&fg) };
-            all.extend(rule.judge(&view));
+            all.extend(rule.judge(&view, None));
         }
         let states: Vec<_> = all.iter().map(|t| t.state).collect();
         assert_eq!(states, vec![LifecycleState::Start, LifecycleState::End], "{all:?}");
@@ -122,7 +158,7 @@ mod tests {
             let fg = background.update(image, at(t), &[]);
             let view =
                 FrameView { camera: "station", time: at(t), image, found: &[], scene: &scene, foreground: Some(&fg) };
-            assert!(rule.judge(&view).is_empty(), "at {t} s");
+            assert!(rule.judge(&view, None).is_empty(), "at {t} s");
         }
     }
 }

@@ -37,6 +37,9 @@ pub fn models_to_check(config: &Config) -> Vec<ModelToCheck> {
     if let (true, Some(cover)) = (config.rules.truck_exit.enabled, &config.rules.truck_exit.cover_classifier) {
         second_stage.push(("rules.truck_exit.cover_classifier.manifest", cover.manifest.clone()));
     }
+    if let (true, Some(state)) = (config.rules.overflow.enabled, &config.rules.overflow.state_classifier) {
+        second_stage.push(("rules.overflow.state_classifier.manifest", state.manifest.clone()));
+    }
     for (key, manifest) in second_stage {
         if list.iter().any(|m| same_file(&m.config.manifest, &manifest)) {
             continue;
@@ -242,6 +245,15 @@ pub fn load_fix(
         InferError::Manifest(ManifestError::Labels { path, .. }) => {
             format!("correct labels file {} (one label per line, one per class)", path.display())
         }
+        InferError::NoEmbedding { manifest } => {
+            format!("add an `[embedding]` section (output, size) to manifest {}", manifest.display())
+        }
+        InferError::Embedding { .. } => {
+            format!(
+                "correct `[embedding] output` in manifest {}: it must name a tensor of the graph",
+                manifest.display()
+            )
+        }
         InferError::Load { .. } | InferError::Run { .. } | InferError::Output { .. } | InferError::Panicked { .. } => {
             format!(
                 "the model does not run on `inference.backend` {}: use a model from models/ (see models/README.md) \
@@ -339,12 +351,22 @@ mod tests {
             "[[cameras]]\nid = \"gate\"\nsource = {{ kind = \"replay\", path = \"x\" }}\n\
              [[scenes.gate.zones]]\nid = \"bin\"\nrole = \"bin\"\ncategory = \"kitchen\"\n\
              polygon = [[0.1, 0.1], [0.5, 0.1], [0.5, 0.5]]\n\
-             [rules.truck_exit.cover_classifier]\nmanifest = \"{}\"\nuncovered_labels = [\"a\"]\ncovered_labels = [\"b\"]\n",
-            repo("models/cover.toml").display()
+             [rules.truck_exit.cover_classifier]\nmanifest = \"{}\"\nuncovered_labels = [\"a\"]\ncovered_labels = [\"b\"]\n\
+             [rules.overflow.state_classifier]\nmanifest = \"{}\"\non_labels = [\"overflowing\"]\n",
+            repo("models/cover.toml").display(),
+            repo("models/bin_state.toml").display()
         );
         let config = Config::from_toml_str(&text, Path::new("site.toml")).unwrap();
         let keys: Vec<String> = models_to_check(&config).into_iter().map(|m| m.key).collect();
         // The default classifier is not a `[[models]]` entry: it is checked as the taxonomy classifier.
-        assert_eq!(keys, ["models[0].manifest", "taxonomy.classifier", "rules.truck_exit.cover_classifier.manifest"]);
+        assert_eq!(
+            keys,
+            [
+                "models[0].manifest",
+                "taxonomy.classifier",
+                "rules.truck_exit.cover_classifier.manifest",
+                "rules.overflow.state_classifier.manifest"
+            ]
+        );
     }
 }
