@@ -291,10 +291,12 @@ mod tests {
     use crate::judge::fixtures::test_event;
     use crate::judge::lifecycle::LifecycleState;
     use crate::judge::{EventKind, PrivacyMask};
-    use crate::source::gst::{GstInput, GstSource};
+    use crate::source::gst::{GstInput, GstSource, Output};
     use crate::source::video_tap::VideoTap;
     use crate::source::{Frame, SourceError};
     use std::sync::Arc;
+
+    const FULL_SIZE: Output = Output { fps: None, max_width: 0 };
 
     /// Encodes a test pattern into a file with GStreamer's own encoder (`x264enc` or `x265enc`).
     fn encoded_file(dir: &Path, encoder: &str, parser: &str, pictures: u32) -> Option<std::path::PathBuf> {
@@ -359,7 +361,8 @@ mod tests {
         let Some(video) = encoded_file(dir.path(), encoder, parser, 80) else { return };
         let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(60), 16 << 20));
         let mut source =
-            GstSource::open("gate", GstInput::File { path: &video, looping: false }, None, Some(tap.clone())).unwrap();
+            GstSource::open("gate", GstInput::File { path: &video, looping: false }, FULL_SIZE, Some(tap.clone()))
+                .unwrap();
         let mut frames = Vec::new();
         loop {
             match source.next_image().await {
@@ -460,7 +463,7 @@ mod tests {
 
         let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(60), 16 << 20));
         let mut source =
-            GstSource::open("station", GstInput::File { path: &video, looping: false }, None, Some(tap.clone()))
+            GstSource::open("station", GstInput::File { path: &video, looping: false }, FULL_SIZE, Some(tap.clone()))
                 .unwrap();
         let evidence = dir.path().join("evidence");
         let raw = dir.path().join("raw");
@@ -492,7 +495,8 @@ mod tests {
         assert_eq!(std::fs::read_dir(&raw).map(|d| d.count()).unwrap_or(0), 0, "the raw clip is gone");
         let path = evidence.join(&done[0].file);
 
-        let mut reading = GstSource::open("check", GstInput::File { path: &path, looping: false }, None, None).unwrap();
+        let mut reading =
+            GstSource::open("check", GstInput::File { path: &path, looping: false }, FULL_SIZE, None).unwrap();
         let (girl, horse) = (people[0], crate::infer::BoundingBox { x1: 400.0, y1: 140.0, x2: 590.0, y2: 330.0 });
         let (girl_before, horse_before) = (detail(&original, &girl), detail(&original, &horse));
         let mut pictures = 0;

@@ -33,6 +33,25 @@ pub enum GstInput<'a> {
     File { path: &'a Path, looping: bool },
 }
 
+/// What the camera task gets: at most `fps` pictures a second (all when None), at most
+/// `max_width` pixels wide (0: the camera's size), scaled in the pipeline before the conversion to
+/// RGB, so a 1080p or 4K camera is not converted at full size for a 416-pixel detector.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub fps: Option<f64>,
+    pub max_width: u32,
+}
+
+/// The size a `width`×`height` picture is given: at most `max_width` wide (0: no limit), the same
+/// shape, even sides (what YUV to RGB conversion wants).
+pub fn scaled_size(width: u32, height: u32, max_width: u32) -> (u32, u32) {
+    if max_width == 0 || width <= max_width || width == 0 {
+        return (width, height);
+    }
+    let scaled_height = (f64::from(height) * f64::from(max_width) / f64::from(width)).round() as u32;
+    (max_width & !1, (scaled_height & !1).max(2))
+}
+
 /// A file that has not produced a picture for this long is broken, not slow.
 const FILE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -60,9 +79,10 @@ impl GstSource {
     pub fn open(
         camera: &str,
         input: GstInput<'_>,
-        fps: Option<f64>,
+        output: Output,
         tap: Option<Arc<VideoTap>>,
     ) -> Result<Self, SourceError> {
+        let Output { fps, max_width } = output;
         let open_error = |message: String| SourceError::Open { camera: camera.to_string(), message };
         init().map_err(open_error)?;
         let (uri, shown, credentials, stall_timeout, looping) = match &input {
@@ -93,6 +113,8 @@ impl GstSource {
             .property("drop-only", true)
             .build()
             .map_err(|e| build_error("videorate", &e))?;
+        // Scaled in the decoder's own format first: the conversion to RGB then has fewer pixels.
+        let scale = gst::ElementFactory::make("videoscale").build().map_err(|e| build_error("videoscale", &e))?;
         let convert = gst::ElementFactory::make("videoconvert").build().map_err(|e| build_error("videoconvert", &e))?;
         let mut caps = gst::Caps::builder("video/x-raw").field("format", "RGB");
         if let Some(fps) = fps {
@@ -101,15 +123,18 @@ impl GstSource {
             let fraction = gst::Fraction::approximate_f64(per_second).unwrap_or(gst::Fraction::new(1, 1));
             caps = caps.field("framerate", gst::FractionRange::new(gst::Fraction::new(0, 1), fraction));
         }
+        let caps = caps.build();
         let sink = gst_app::AppSink::builder()
-            .caps(&caps.build())
+            .caps(&caps)
             .max_buffers(1)
             .drop(true)
             // A live camera is read as fast as it comes; a file plays at its own pace.
             .sync(looping.is_some())
             .build();
-        pipeline.add_many([&source, &rate, &convert, sink.upcast_ref()]).map_err(|e| build_error("pipeline", &e))?;
-        gst::Element::link_many([&rate, &convert, sink.upcast_ref()]).map_err(|e| build_error("link", &e))?;
+        pipeline
+            .add_many([&source, &rate, &scale, &convert, sink.upcast_ref()])
+            .map_err(|e| build_error("pipeline", &e))?;
+        gst::Element::link_many([&rate, &scale, &convert, sink.upcast_ref()]).map_err(|e| build_error("link", &e))?;
 
         if let Some((user, password)) = credentials {
             // rtspsrc is made inside uridecodebin: set it up when it appears.
@@ -138,12 +163,26 @@ impl GstSource {
         });
         // uridecodebin's video pad appears once the stream is known: link it then.
         let rate_sink = rate.static_pad("sink").ok_or_else(|| build_error("videorate", &"no sink pad"))?;
+        let sized_sink = sink.clone();
         source.connect_pad_added(move |_, pad| {
-            let is_video = pad
-                .current_caps()
-                .and_then(|caps| caps.structure(0).map(|s| s.name().starts_with("video/")))
-                .unwrap_or(false);
+            let pad_caps = pad.current_caps();
+            let structure = pad_caps.as_ref().and_then(|caps| caps.structure(0));
+            let is_video = structure.is_some_and(|s| s.name().starts_with("video/"));
             if is_video && !rate_sink.is_linked() {
+                // Now the camera's size is known: ask for the scaled one.
+                let size = structure.and_then(|s| Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?)));
+                if let Some((width, height)) = size {
+                    let (width, height) = (u32::try_from(width).unwrap_or(0), u32::try_from(height).unwrap_or(0));
+                    let (to_width, to_height) = scaled_size(width, height, max_width);
+                    if (to_width, to_height) != (width, height) {
+                        let mut sized = caps.clone();
+                        if let Some(structure) = sized.make_mut().structure_mut(0) {
+                            structure.set("width", i32::try_from(to_width).unwrap_or(i32::MAX));
+                            structure.set("height", i32::try_from(to_height).unwrap_or(i32::MAX));
+                        }
+                        sized_sink.set_caps(Some(&sized));
+                    }
+                }
                 if let Err(e) = pad.link(&rate_sink) {
                     tracing::warn!("GStreamer: cannot link the decoded video: {e:?}");
                 }
@@ -347,6 +386,17 @@ pub(crate) fn rgb_picture(sample: &gst::Sample) -> Result<RgbImage, String> {
 mod tests {
     use super::*;
 
+    const FULL_SIZE: Output = Output { fps: None, max_width: 0 };
+
+    #[test]
+    fn pictures_wider_than_max_width_keep_their_shape_with_even_sides() {
+        assert_eq!(scaled_size(1920, 1080, 1280), (1280, 720));
+        assert_eq!(scaled_size(3840, 2160, 1280), (1280, 720));
+        assert_eq!(scaled_size(2560, 1440, 1000), (1000, 562));
+        assert_eq!(scaled_size(768, 576, 1280), (768, 576), "never scaled up");
+        assert_eq!(scaled_size(1920, 1080, 0), (1920, 1080), "0: the camera's size");
+    }
+
     #[test]
     fn hardware_decoders_are_named_by_their_elements() {
         assert!(is_hardware_decoder("nvv4l2decoder"));
@@ -355,6 +405,41 @@ mod tests {
         assert!(!is_hardware_decoder("avdec_h264"));
         assert!(!is_hardware_decoder("openh264dec"));
         assert!(!is_hardware_decoder("libde265dec"));
+    }
+
+    /// A 640×480 H.264 file read with `max_width = 320`: the pipeline hands over 320×240 pictures
+    /// of the same scene (the SMPTE bars in the same places).
+    #[tokio::test]
+    async fn pictures_are_scaled_in_the_pipeline_to_max_width() {
+        if init().is_err() || gst::ElementFactory::find("x264enc").is_none() {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "GStreamer's x264enc is missing");
+            eprintln!("skipped: GStreamer's x264enc is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bars.mp4");
+        let line = format!(
+            "videotestsrc num-buffers=10 pattern=smpte ! video/x-raw,width=640,height=480,framerate=10/1 ! \
+             x264enc ! h264parse ! mp4mux ! filesink location={}",
+            path.display()
+        );
+        let encoder = gst::parse::launch(&line).unwrap();
+        encoder.set_state(gst::State::Playing).unwrap();
+        let done = encoder
+            .bus()
+            .unwrap()
+            .timed_pop_filtered(gst::ClockTime::from_seconds(30), &[gst::MessageType::Eos, gst::MessageType::Error]);
+        assert!(matches!(done.map(|m| m.type_()), Some(gst::MessageType::Eos)));
+        encoder.set_state(gst::State::Null).unwrap();
+
+        let scaled = Output { fps: None, max_width: 320 };
+        let mut source = GstSource::open("bars", GstInput::File { path: &path, looping: false }, scaled, None).unwrap();
+        let picture = source.next_image().await.unwrap();
+        assert_eq!(picture.dimensions(), (320, 240));
+        // Light grey bar on the left, blue on the right of the top row, as in the full picture.
+        let (left, right) = (picture.get_pixel(10, 10), picture.get_pixel(310, 10));
+        assert!(left[0] > 150 && left[1] > 150 && left[2] > 150, "{left:?}");
+        assert!(right[2] > 150 && right[0] < 100, "{right:?}");
     }
 
     /// A real pipeline: an H.265 file made by GStreamer's own encoder from a test pattern, read
@@ -383,7 +468,7 @@ mod tests {
         encoder.set_state(gst::State::Null).unwrap();
 
         let mut source =
-            GstSource::open("pattern", GstInput::File { path: &path, looping: false }, None, None).unwrap();
+            GstSource::open("pattern", GstInput::File { path: &path, looping: false }, FULL_SIZE, None).unwrap();
         let picture = source.next_image().await.unwrap();
         assert_eq!(picture.dimensions(), (320, 240));
         // The SMPTE bars start with light grey on the left, blue on the right of the top row.

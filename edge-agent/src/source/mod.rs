@@ -207,12 +207,14 @@ impl OpenSource {
                 Self::Replay(replay::ReplaySource::open(id, path, fps.unwrap_or(2.0), *looping)?)
             }
             #[cfg(feature = "gstreamer")]
-            SourceConfig::File { path, fps, looping, decoder }
+            SourceConfig::File { path, fps, looping, decoder, max_width }
                 if decoder.resolved() == config::VideoDecoder::Gstreamer =>
             {
-                let (camera, path, looping, fps) = (id.to_string(), path.clone(), *looping, *fps);
+                let (camera, path, looping, fps, max_width) =
+                    (id.to_string(), path.clone(), *looping, *fps, *max_width);
                 let opened = off_the_workers(id, move || {
-                    gst::GstSource::open(&camera, gst::GstInput::File { path: &path, looping }, fps, tap)
+                    let input = gst::GstInput::File { path: &path, looping };
+                    gst::GstSource::open(&camera, input, gst::Output { fps, max_width }, tap)
                 });
                 Self::Gstreamer(Box::new(opened.await?))
             }
@@ -220,13 +222,14 @@ impl OpenSource {
                 Self::File(file::VideoFileSource::open(id, path, *fps, *looping).await?)
             }
             #[cfg(feature = "gstreamer")]
-            SourceConfig::Rtsp { url, fps, stall_timeout_secs, decoder }
+            SourceConfig::Rtsp { url, fps, stall_timeout_secs, decoder, max_width }
                 if decoder.resolved() == config::VideoDecoder::Gstreamer =>
             {
                 let stall_timeout = Duration::from_secs_f64(*stall_timeout_secs);
-                let (camera, url, fps) = (id.to_string(), url.clone(), *fps);
+                let (camera, url, fps, max_width) = (id.to_string(), url.clone(), *fps, *max_width);
                 let opened = off_the_workers(id, move || {
-                    gst::GstSource::open(&camera, gst::GstInput::Rtsp { url: &url, stall_timeout }, fps, tap)
+                    let input = gst::GstInput::Rtsp { url: &url, stall_timeout };
+                    gst::GstSource::open(&camera, input, gst::Output { fps, max_width }, tap)
                 });
                 Self::Gstreamer(Box::new(opened.await?))
             }
