@@ -65,7 +65,9 @@ fn clip_record(platform: &Subscriber, event_id: &str) -> Option<Value> {
     platform
         .wait_for("/chain", Duration::from_secs(60), |proof| {
             let record: Value = proof["record"].as_str().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default();
-            record["record"] == "clip" && record["event_id"] == event_id
+            let covers = |id: &Value| id.as_str() == Some(event_id);
+            record["record"] == "clip"
+                && (covers(&record["event_id"]) || record["also"].as_array().is_some_and(|a| a.iter().any(covers)))
         })
         .and_then(|proof| proof["record"].as_str().and_then(|r| serde_json::from_str(r).ok()))
 }
@@ -111,6 +113,7 @@ async fn a_truck_on_a_road_camera_gets_a_clip_that_verifies_and_plays_on_its_pag
         .unwrap_or_else(|| panic!("no clip record for {event_id}; log:\n{}", agent.log_text()));
     assert_eq!(record["camera"], "road");
     let file = &record["evidence"][0];
+    let road_sha256 = file["sha256"].as_str().unwrap().to_string();
     let path = dir.path().join("state/evidence").join(file["file"].as_str().unwrap());
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(
@@ -160,6 +163,7 @@ async fn a_truck_on_a_road_camera_gets_a_clip_that_verifies_and_plays_on_its_pag
     let browser = open_browser(&driver, &chromium, profile.path(), false, "en-US,en").await;
     browser.goto(&format!("http://127.0.0.1:{web_port}/events/{event_id}")).await.unwrap();
     wait_until(&browser, "document.getElementById('event-clip')", "the clip on the event's page").await;
+    assert_eq!(text(&browser, "#clip-hash").await, road_sha256, "the page shows the clip's hash as the chain has it");
     browser
         .execute("const v = document.getElementById('event-clip'); v.muted = true; v.play().catch(e => window.playError = String(e));", vec![])
         .await

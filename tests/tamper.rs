@@ -71,6 +71,19 @@ fn write_config(dir: &Path, mqtt_url: &str, rtsp_url: &str, learn_secs: f64, fro
     (config, web_port)
 }
 
+/// The installer saves camera `gate`'s current view as its reference (`edge-agent tamper
+/// reference`, 3 s); returns what the command printed.
+fn save_installer_reference(config: &Path) -> String {
+    let output = std::process::Command::new(agent_binary())
+        .args(["tamper", "reference", "--camera", "gate", "--secs", "3", "--config"])
+        .arg(config)
+        .output()
+        .expect("run edge-agent tamper reference");
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{printed}");
+    printed
+}
+
 fn frames_captured(web_port: u16) -> u64 {
     let Ok((200, body)) = http_get(&format!("http://127.0.0.1:{web_port}/api/status")) else { return 0 };
     let status: Value = serde_json::from_str(&body).unwrap_or_default();
@@ -128,13 +141,7 @@ fn a_camera_covered_defocused_and_turned_away_starts_one_tamper_event_each_that_
     let (config, web_port) = write_config(dir.path(), &broker.url(), &server.url(), 60.0, false);
 
     // The installer saves the view as the camera's reference.
-    let output = std::process::Command::new(agent_binary())
-        .args(["tamper", "reference", "--camera", "gate", "--secs", "3", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run edge-agent tamper reference");
-    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "{printed}");
+    let printed = save_installer_reference(&config);
     assert!(printed.contains("saved the tamper reference of camera gate"), "{printed}");
     let reference_file = dir.path().join("state/tamper/gate.json");
     let reference: Value =
@@ -257,13 +264,7 @@ fn a_live_camera_whose_picture_freezes_starts_one_frozen_event_that_ends_when_it
     let Some(mut server) = RtspServer::start(live, None) else { return };
     let dir = tempfile::tempdir().unwrap();
     let (config, web_port) = write_config(dir.path(), &broker.url(), &server.url(), 60.0, true);
-    let output = std::process::Command::new(agent_binary())
-        .args(["tamper", "reference", "--camera", "gate", "--secs", "3", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run edge-agent tamper reference");
-    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "{printed}");
+    save_installer_reference(&config);
     let reference: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("state/tamper/gate.json")).expect("the reference"))
             .unwrap();

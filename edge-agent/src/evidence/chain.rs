@@ -48,7 +48,17 @@ pub enum RecordContent {
     Event { event: serde_json::Value, evidence: Vec<EvidenceFile> },
     /// An event's video clip, finished after the event's messages (its post-roll): the file, its
     /// hash and the wall-clock times of its first and last pictures.
-    Clip { event_id: String, camera: String, from: DateTime<Utc>, to: DateTime<Utc>, evidence: Vec<EvidenceFile> },
+    Clip {
+        event_id: String,
+        /// Other events of the camera the clip covers (they started while it was recording);
+        /// each finds it under its own name too (`<day>/<event_id>-clip.mp4`, the same file).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also: Vec<String>,
+        camera: String,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        evidence: Vec<EvidenceFile>,
+    },
     /// Evidence files deleted by retention (age, disk quota, free space).
     Pruned { files: Vec<String>, reason: String },
     /// The device key changes: this record is signed by the old key, every later one by

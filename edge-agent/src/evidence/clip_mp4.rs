@@ -52,6 +52,9 @@ impl Mp4ClipWriter {
         let sink = make("filesink")?;
         sink.set_property("location", path.to_string_lossy().to_string());
         sink.set_property("async", false);
+        // Each fragment goes to the file as it is made, not into a 64 KiB stdio buffer: a crash
+        // keeps what was written (the page cache reaches the card within the kernel's writeback).
+        sink.set_property_from_str("buffer-mode", "unbuffered");
         let pipeline = gst::Pipeline::new();
         pipeline
             .add_many([source.upcast_ref(), &parser, &muxer, &sink])
@@ -273,6 +276,7 @@ fn masked_encoder(out: &Path, width: u32, height: u32, fps: u32) -> Result<(gst:
     muxer.set_property("streamable", true);
     let sink = make("filesink")?;
     sink.set_property("location", out.to_string_lossy().to_string());
+    sink.set_property_from_str("buffer-mode", "unbuffered");
     let pipeline = gst::Pipeline::new();
     pipeline
         .add_many([input.upcast_ref(), &convert, &encode, &parse, &muxer, &sink])
@@ -288,10 +292,10 @@ mod tests {
     use super::*;
     use crate::evidence::clips::{masked_reencoder, mp4_sink, ClipRecorder};
     use crate::evidence::config::ClipsConfig;
-    use crate::judge::fixtures::test_event;
+    use crate::judge::fixtures::{detail, pixels, test_event};
     use crate::judge::lifecycle::LifecycleState;
     use crate::judge::{EventKind, PrivacyMask};
-    use crate::source::gst::{GstInput, GstSource, Output};
+    use crate::source::gst::{run_to_end, GstInput, GstSource, Output};
     use crate::source::video_tap::VideoTap;
     use crate::source::{Frame, SourceError};
     use std::sync::Arc;
@@ -318,13 +322,7 @@ mod tests {
              {encoder} {options} ! {parser} ! mp4mux ! filesink location={}",
             path.display()
         );
-        let encoding = gst::parse::launch(&line).unwrap();
-        encoding.set_state(gst::State::Playing).unwrap();
-        let bus = encoding.bus().unwrap();
-        let done =
-            bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error]);
-        assert!(matches!(done.map(|m| m.type_()), Some(gst::MessageType::Eos)));
-        encoding.set_state(gst::State::Null).unwrap();
+        run_to_end(&line);
         Some(path)
     }
 
@@ -407,18 +405,6 @@ mod tests {
         }
     }
 
-    /// Detail between horizontal neighbours inside a box: how much a picture shows there.
-    fn detail(image: &image::RgbImage, b: &crate::infer::BoundingBox) -> u64 {
-        let mut sum = 0u64;
-        for y in b.y1 as u32..(b.y2 as u32).min(image.height()) {
-            for x in b.x1 as u32..(b.x2 as u32).min(image.width()) - 1 {
-                let (p, q) = (image.get_pixel(x, y), image.get_pixel(x + 1, y));
-                sum += p.0.iter().zip(q.0.iter()).map(|(a, b)| u64::from(a.abs_diff(*b))).sum::<u64>();
-            }
-        }
-        sum
-    }
-
     /// The girl of person.jpg on a 1280-pixel camera with people-blurring on: the clip is re-encoded
     /// at 640 pixels with her blurred in every picture, the horse beside her still sharp, and no
     /// raw video left behind.
@@ -439,13 +425,7 @@ mod tests {
             person_jpg.display(),
             video.display()
         );
-        let encoding = gst::parse::launch(&line).unwrap();
-        encoding.set_state(gst::State::Playing).unwrap();
-        let bus = encoding.bus().unwrap();
-        let done =
-            bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error]);
-        assert!(matches!(done.map(|m| m.type_()), Some(gst::MessageType::Eos)));
-        encoding.set_state(gst::State::Null).unwrap();
+        run_to_end(&line);
 
         let original = crate::judge::fixtures::sample("person.jpg");
         let people: Vec<crate::infer::BoundingBox> = crate::judge::fixtures::detect(&original)
@@ -498,7 +478,7 @@ mod tests {
         let mut reading =
             GstSource::open("check", GstInput::File { path: &path, looping: false }, FULL_SIZE, None).unwrap();
         let (girl, horse) = (people[0], crate::infer::BoundingBox { x1: 400.0, y1: 140.0, x2: 590.0, y2: 330.0 });
-        let (girl_before, horse_before) = (detail(&original, &girl), detail(&original, &horse));
+        let (girl_before, horse_before) = (detail(&original, pixels(&girl)), detail(&original, pixels(&horse)));
         let mut pictures = 0;
         loop {
             let picture = match reading.next_image().await {
@@ -507,7 +487,7 @@ mod tests {
                 Err(e) => panic!("{e}"),
             };
             assert_eq!(picture.dimensions(), (640, 424), "re-encoded at masked_width");
-            let (girl_after, horse_after) = (detail(&picture, &girl), detail(&picture, &horse));
+            let (girl_after, horse_after) = (detail(&picture, pixels(&girl)), detail(&picture, pixels(&horse)));
             assert!(girl_after * 4 < girl_before, "picture {pictures}: the girl shows: {girl_before} → {girl_after}");
             assert!(
                 horse_after * 2 > horse_before,
@@ -520,6 +500,39 @@ mod tests {
         if let Some((codec, probed)) = ffprobe(&path) {
             assert_eq!(codec, "h264");
             assert_eq!(probed, done[0].pictures, "every picture written is decodable");
+        }
+    }
+
+    /// The box loses power while a clip is written: the file as it is on disk at that moment (a
+    /// copy taken while the writer still runs, never finished) plays up to its last whole fragment.
+    #[tokio::test]
+    async fn a_clip_cut_off_while_it_is_written_still_plays_up_to_its_last_fragment() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(video) = encoded_file(dir.path(), "x264enc", "h264parse", 60) else { return };
+        let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(60), 16 << 20));
+        let mut source =
+            GstSource::open("gate", GstInput::File { path: &video, looping: false }, FULL_SIZE, Some(tap.clone()))
+                .unwrap();
+        while source.next_image().await.is_ok() {}
+        let units = tap.since(0).units;
+        assert!(units.len() >= 50, "{} encoded pictures", units.len());
+        let path = dir.path().join("clip.mp4");
+        let mut writer = Mp4ClipWriter::create(&path, &units[0].format).unwrap();
+        for unit in &units {
+            writer.write(unit).unwrap();
+        }
+        // Let the muxer write what it has (fragments close every second of video); then the
+        // power goes: copy the file as it is, the writer never finishes.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let cut = dir.path().join("cut.mp4");
+        std::fs::copy(&path, &cut).unwrap();
+        std::mem::forget(writer);
+        let bytes = std::fs::read(&cut).unwrap();
+        assert_eq!(&bytes[4..8], b"ftyp", "the header is written first");
+        if let Some((codec, pictures)) = ffprobe(&cut) {
+            assert_eq!(codec, "h264");
+            // 60 pictures at 10 a second in fragments of one second: all but the open one.
+            assert!(pictures >= 40, "only {pictures} of {} pictures play", units.len());
         }
     }
 

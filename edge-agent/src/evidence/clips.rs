@@ -14,7 +14,7 @@
 //! found in the camera's frames within a second of it, blurred; the whole picture blurred where
 //! the judge saw no frame that near; privacy zones black), and only that goes into the evidence.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 
@@ -142,6 +142,8 @@ pub fn mp4_sink() -> OpenSink {
 #[derive(Debug, Clone)]
 pub struct FinishedClip {
     pub event_id: Uuid,
+    /// Other events of the camera the clip covers (they started while it was recording).
+    pub also: Vec<Uuid>,
     pub camera: String,
     /// Inside the evidence folder, e.g. `2026-11-30/<event_id>-clip.mp4`.
     pub file: String,
@@ -156,7 +158,12 @@ pub struct FinishedClip {
 }
 
 struct Recording {
+    /// The event the clip was started for; it names the file.
     event_id: Uuid,
+    /// Events of the same camera that started while it was recording: the clip serves them too.
+    also: Vec<Uuid>,
+    /// Those of its events that have not ended: the clip goes on while any is open.
+    open: BTreeSet<Uuid>,
     camera: String,
     file: String,
     /// Where the video is cut to: the evidence file, or for a masked camera its raw file.
@@ -166,7 +173,7 @@ struct Recording {
     tap: Arc<VideoTap>,
     /// The last unit taken from the tap.
     cursor: u64,
-    /// Set when the event ends: the clip runs to here.
+    /// `post_roll_secs` after the latest end of its events.
     until: Option<DateTime<Utc>>,
     /// The clip never runs past this (`max_secs` after its first picture).
     cap: DateTime<Utc>,
@@ -183,10 +190,23 @@ struct Recording {
 /// camera went away).
 const QUIET_TAP_SECS: i64 = 10;
 
-/// A masked clip being re-encoded on its own thread.
-struct Reencoding {
-    clip: FinishedClip,
-    done: mpsc::Receiver<Result<u64, String>>,
+/// Masked clips waiting for their re-encoding at most: more are not kept (logged), so a busy
+/// scene cannot pile up work and memory.
+const MAX_WAITING_REENCODES: usize = 3;
+
+/// A masked clip for the re-encoding thread.
+struct ReencodeJob {
+    event_id: Uuid,
+    raw: PathBuf,
+    out: PathBuf,
+    masks: MaskTrack,
+    from: DateTime<Utc>,
+}
+
+/// The one thread that re-encodes masked clips, one after the other (started at the first).
+struct ReencodeWorker {
+    jobs: mpsc::Sender<ReencodeJob>,
+    results: mpsc::Receiver<(Uuid, Result<u64, String>)>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -197,7 +217,9 @@ pub struct ClipRecorder {
     open_sink: OpenSink,
     reencode: Reencode,
     recordings: Vec<Recording>,
-    reencoding: Vec<Reencoding>,
+    /// Masked clips handed to the worker, waiting for its answer.
+    reencoding: Vec<FinishedClip>,
+    worker: Option<ReencodeWorker>,
     /// The masks of each masked camera's recent frames.
     masks: BTreeMap<String, MaskTrack>,
 }
@@ -225,6 +247,7 @@ impl ClipRecorder {
             reencode,
             recordings: Vec::new(),
             reencoding: Vec::new(),
+            worker: None,
             masks: BTreeMap::new(),
         }
     }
@@ -252,8 +275,9 @@ impl ClipRecorder {
                 LifecycleState::Start => self.start(frame, event, privacy),
                 LifecycleState::End => {
                     let until = frame.captured_at + seconds(self.settings.post_roll_secs);
-                    if let Some(recording) = self.recordings.iter_mut().find(|r| r.event_id == event.event_id) {
-                        recording.until = Some(until);
+                    if let Some(recording) = self.recordings.iter_mut().find(|r| r.open.contains(&event.event_id)) {
+                        recording.open.remove(&event.event_id);
+                        recording.until = Some(recording.until.map_or(until, |u| u.max(until)));
                     }
                 }
                 _ => {}
@@ -264,7 +288,13 @@ impl ClipRecorder {
     fn start(&mut self, frame: &Frame, event: &Event, privacy: &PrivacyMask) {
         let Some(tap) = &frame.video else { return };
         let masked = privacy.blur_people || !privacy.zones.is_empty();
-        if self.recordings.iter().any(|r| r.event_id == event.event_id) {
+        // One clip per camera at a time: an event that starts while it records joins it (the
+        // same video, cut and encoded once).
+        if let Some(recording) = self.recordings.iter_mut().find(|r| r.camera == event.camera) {
+            if recording.event_id != event.event_id && !recording.also.contains(&event.event_id) {
+                recording.also.push(event.event_id);
+                recording.open.insert(event.event_id);
+            }
             return;
         }
         let from = frame.captured_at - seconds(self.settings.pre_roll_secs);
@@ -278,6 +308,8 @@ impl ClipRecorder {
             if masked { self.raw_dir.join(format!("{}.mp4", event.event_id)) } else { self.evidence_dir.join(&file) };
         self.recordings.push(Recording {
             event_id: event.event_id,
+            also: Vec::new(),
+            open: BTreeSet::from([event.event_id]),
             camera: event.camera.clone(),
             path,
             masked,
@@ -316,19 +348,18 @@ impl ClipRecorder {
     /// The masked clips whose re-encoding is over (waiting for all of them when `wait`).
     fn collect_reencoded(&mut self, wait: bool) -> Vec<FinishedClip> {
         let mut finished = Vec::new();
-        let mut still = Vec::new();
-        for job in std::mem::take(&mut self.reencoding) {
-            let outcome = if wait { job.done.recv().ok() } else { job.done.try_recv().ok() };
-            let Some(outcome) = outcome else {
+        while !self.reencoding.is_empty() {
+            let Some(worker) = &self.worker else { break };
+            let answer = if wait { worker.results.recv().ok() } else { worker.results.try_recv().ok() };
+            let Some((event_id, outcome)) = answer else {
                 if wait {
-                    tracing::error!(event_id = %job.clip.event_id, "the masked clip's re-encoding stopped");
-                } else {
-                    still.push(job);
+                    tracing::error!("the masked clips' re-encoding thread stopped");
+                    self.reencoding.clear();
                 }
-                continue;
+                break;
             };
-            let _ = job.thread.join();
-            let mut clip = job.clip;
+            let Some(index) = self.reencoding.iter().position(|c| c.event_id == event_id) else { continue };
+            let mut clip = self.reencoding.remove(index);
             match outcome {
                 Ok(pictures) if pictures > 0 => {
                     clip.pictures = pictures;
@@ -341,13 +372,45 @@ impl ClipRecorder {
                 }
             }
         }
-        self.reencoding = still;
+        if wait {
+            // The thread ends when its queue closes.
+            if let Some(worker) = self.worker.take() {
+                drop(worker.jobs);
+                let _ = worker.thread.join();
+            }
+        }
         finished
+    }
+
+    /// Hands a masked clip to the re-encoding thread (started at the first one).
+    fn queue_reencode(&mut self, job: ReencodeJob) -> Result<(), String> {
+        if self.worker.is_none() {
+            let (jobs, queue) = mpsc::channel::<ReencodeJob>();
+            let (answers, results) = mpsc::channel();
+            let (settings, reencode) = (self.settings.clone(), self.reencode.clone());
+            let thread = std::thread::Builder::new()
+                .name("clip-mask".into())
+                .spawn(move || {
+                    for job in queue {
+                        let outcome = reencode(&job.raw, &job.out, &settings, &job.masks, job.from);
+                        // The raw clip shows what the mask hides: it goes whatever happened.
+                        let _ = std::fs::remove_file(&job.raw);
+                        if answers.send((job.event_id, outcome)).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| format!("cannot start the re-encoding thread: {e}"))?;
+            self.worker = Some(ReencodeWorker { jobs, results, thread });
+        }
+        let worker = self.worker.as_ref().ok_or("no re-encoding thread")?;
+        worker.jobs.send(job).map_err(|_| "the re-encoding thread stopped".to_string())
     }
 
     /// Ends every clip now (the agent stops): what was written is kept.
     pub fn finish_all(&mut self, now: DateTime<Utc>) -> Vec<FinishedClip> {
         for recording in &mut self.recordings {
+            recording.open.clear();
             recording.until = Some(recording.until.map_or(now, |u| u.min(now)));
         }
         let mut finished = self.pump(now);
@@ -362,7 +425,11 @@ impl ClipRecorder {
     fn write_new(&mut self, index: usize, now: DateTime<Utc>) -> bool {
         let open_sink = &self.open_sink;
         let recording = &mut self.recordings[index];
-        let end = recording.until.map_or(recording.cap, |u| u.min(recording.cap));
+        let end = if recording.open.is_empty() {
+            recording.until.map_or(recording.cap, |u| u.min(recording.cap))
+        } else {
+            recording.cap
+        };
         let since = recording.tap.since(recording.cursor);
         if recording.pictures > 0 || recording.cursor > 0 {
             recording.missed += since.missed;
@@ -412,7 +479,19 @@ impl ClipRecorder {
     /// to re-encoding (and comes back from [`Self::collect_reencoded`]).
     fn finish(&mut self, recording: Recording) -> Option<FinishedClip> {
         let Recording {
-            event_id, camera, file, path, masked, sink, first, last, pictures, missed, mut cut_short, ..
+            event_id,
+            also,
+            camera,
+            file,
+            path,
+            masked,
+            sink,
+            first,
+            last,
+            pictures,
+            missed,
+            mut cut_short,
+            ..
         } = recording;
         let sink = sink?;
         if let Err(e) = sink.finish() {
@@ -430,7 +509,7 @@ impl ClipRecorder {
             let _ = std::fs::remove_file(&path);
             return None;
         }
-        let clip = FinishedClip { event_id, camera, file, from: first?, to: last?, pictures, missed, cut_short };
+        let clip = FinishedClip { event_id, also, camera, file, from: first?, to: last?, pictures, missed, cut_short };
         if !masked {
             return Some(clip);
         }
@@ -438,18 +517,24 @@ impl ClipRecorder {
         if let Some(parent) = out.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
-        let masks = self.masks.get(&clip.camera).cloned().unwrap_or_default();
-        let (settings, reencode, from) = (self.settings.clone(), self.reencode.clone(), clip.from);
-        let (report, done) = mpsc::channel();
-        let spawned = std::thread::Builder::new().name("clip-mask".into()).spawn(move || {
-            let outcome = reencode(&path, &out, &settings, &masks, from);
-            // The raw clip shows what the mask hides: it goes whatever happened.
+        if self.reencoding.len() >= MAX_WAITING_REENCODES {
+            tracing::warn!(
+                camera = %clip.camera,
+                event_id = %clip.event_id,
+                "masked clip not kept: {} clips are waiting to be re-encoded already",
+                self.reencoding.len()
+            );
             let _ = std::fs::remove_file(&path);
-            let _ = report.send(outcome);
-        });
-        match spawned {
-            Ok(thread) => self.reencoding.push(Reencoding { clip, done, thread }),
-            Err(e) => tracing::error!(event_id = %clip.event_id, "cannot start re-encoding the masked clip: {e}"),
+            return None;
+        }
+        let masks = self.masks.get(&clip.camera).cloned().unwrap_or_default();
+        let job = ReencodeJob { event_id: clip.event_id, raw: path.clone(), out, masks, from: clip.from };
+        match self.queue_reencode(job) {
+            Ok(()) => self.reencoding.push(clip),
+            Err(e) => {
+                tracing::error!(event_id = %clip.event_id, "masked clip not kept: {e}");
+                let _ = std::fs::remove_file(&path);
+            }
         }
         None
     }
@@ -462,6 +547,7 @@ fn seconds(value: f64) -> chrono::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::judge::fixtures::detail;
     use crate::judge::EventKind;
     use crate::source::video_tap::ArrivingUnit;
     use std::sync::Mutex;
@@ -562,18 +648,6 @@ mod tests {
         assert_eq!(clips.recording(), 0);
     }
 
-    /// Sum of differences between horizontal neighbours inside a box.
-    fn detail(image: &RgbImage, b: [u32; 4]) -> u64 {
-        let mut sum = 0u64;
-        for y in b[1]..b[3] {
-            for x in b[0]..b[2] - 1 {
-                let (p, q) = (image.get_pixel(x, y), image.get_pixel(x + 1, y));
-                sum += p.0.iter().zip(q.0.iter()).map(|(a, b)| u64::from(a.abs_diff(*b))).sum::<u64>();
-            }
-        }
-        sum
-    }
-
     #[test]
     fn a_masked_picture_hides_the_people_of_frames_near_it_and_everything_where_none_was_judged() {
         let original = crate::judge::fixtures::sample("person.jpg"); // 640×424
@@ -600,6 +674,38 @@ mod tests {
         let mut between = original.clone();
         track.apply(at(3.5), &mut between);
         assert!(detail(&between, horse) * 4 < detail(&original, horse), "no judged frame near: all blurred");
+    }
+
+    #[test]
+    fn events_that_start_while_a_camera_records_share_its_clip_which_runs_until_the_last_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = Written::default();
+        let mut clips = recorder(dir.path(), &written);
+        let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(10), 1 << 20));
+        tap.set_format("video/x-h264");
+        let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+        // The evidence stage pumps on every frame; here every second.
+        let run = |clips: &mut ClipRecorder, from: u32, to: u32| {
+            let mut done = Vec::new();
+            for second in from..to {
+                feed(&tap, f64::from(second), f64::from(second + 1));
+                done.extend(clips.pump(at(f64::from(second + 1))));
+            }
+            done
+        };
+        run(&mut clips, 0, 10);
+        clips.observe(&frame(&tap, 10.0), [event(first, LifecycleState::Start)].iter(), &open_privacy());
+        run(&mut clips, 10, 12);
+        clips.observe(&frame(&tap, 12.0), [event(second, LifecycleState::Start)].iter(), &open_privacy());
+        assert_eq!(clips.recording(), 1, "one clip for the camera");
+        run(&mut clips, 12, 14);
+        clips.observe(&frame(&tap, 14.0), [event(first, LifecycleState::End)].iter(), &open_privacy());
+        assert!(run(&mut clips, 14, 22).is_empty(), "the second event is still on");
+        clips.observe(&frame(&tap, 22.0), [event(second, LifecycleState::End)].iter(), &open_privacy());
+        let done = run(&mut clips, 22, 29);
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].event_id, done[0].also.clone()), (first, vec![second]));
+        assert_eq!((done[0].from, done[0].to), (at(5.0), at(27.0)), "5 s before the first to 5 s after the last");
     }
 
     #[test]

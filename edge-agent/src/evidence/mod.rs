@@ -436,7 +436,7 @@ mod tests {
     use crate::delivery::actions::ActionLimiter;
     use crate::delivery::stats::{DailyStats, DailyStatsKeeper};
     use crate::infer::Findings;
-    use crate::judge::fixtures::{cup_on_pavement, detector_result, inferred, paste, sample, test_config};
+    use crate::judge::fixtures::{cup_on_pavement, detail, detector_result, inferred, paste, sample, test_config};
     use crate::judge::{EventKind, Judge};
     use std::path::Path;
 
@@ -450,18 +450,6 @@ mod tests {
         let judge = Judge::open(&config.judge_settings(), &names).unwrap();
         let stage = EvidenceStage::open(&config.state_dir, &config.evidence, &config.device_id).unwrap();
         (judge, stage)
-    }
-
-    /// Sum of differences between horizontal neighbours inside a box: how much detail it shows.
-    fn detail(image: &RgbImage, b: [u32; 4]) -> u64 {
-        let mut sum = 0u64;
-        for y in b[1]..b[3] {
-            for x in b[0]..b[2] - 1 {
-                let (p, q) = (image.get_pixel(x, y), image.get_pixel(x + 1, y));
-                sum += p.0.iter().zip(q.0.iter()).map(|(a, b)| u64::from(a.abs_diff(*b))).sum::<u64>();
-            }
-        }
-        sum
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use crate::base::write_file::write_synced;
 use crate::evidence::chain::{sha256_hex, Chain, ChainError, ChainProof, EvidenceFile, RecordContent};
@@ -245,6 +246,7 @@ impl EvidenceStore {
         let file = EvidenceFile { file: clip.file.clone(), sha256, bytes };
         let content = RecordContent::Clip {
             event_id: clip.event_id.to_string(),
+            also: clip.also.iter().map(Uuid::to_string).collect(),
             camera: clip.camera.clone(),
             from: clip.from,
             to: clip.to,
@@ -259,6 +261,17 @@ impl EvidenceStore {
         }
         self.pictures.insert(picture);
         self.total_bytes += bytes;
+        // The other events' names for it: hard links (no second copy), pruned with it.
+        let day = clip.file.split('/').next().unwrap_or_default();
+        for other in &clip.also {
+            let name = format!("{day}/{other}-clip.mp4");
+            match std::fs::hard_link(&path, self.dir.join(&name)) {
+                Ok(()) => {
+                    self.pictures.insert(StoredPicture { modified: now, file: name, bytes: 0 });
+                }
+                Err(e) => tracing::warn!(event_id = %other, "cannot name the shared clip for this event: {e}"),
+            }
+        }
         self.enforce_retention(now, 0)?;
         Ok((file, proof))
     }

@@ -102,6 +102,25 @@ pub fn zone(id: &str, role: ZoneRole, category: Option<&str>, [x1, y1, x2, y2]: 
     }
 }
 
+/// How much a picture shows inside a box (pixels, clamped to the picture): the sum of the
+/// differences between horizontal neighbours. Blurring lowers it, a copy keeps it.
+pub fn detail(image: &RgbImage, [x1, y1, x2, y2]: [u32; 4]) -> u64 {
+    let (x2, y2) = (x2.min(image.width()), y2.min(image.height()));
+    let mut sum = 0u64;
+    for y in y1..y2 {
+        for x in x1..x2.saturating_sub(1) {
+            let (p, q) = (image.get_pixel(x, y), image.get_pixel(x + 1, y));
+            sum += p.0.iter().zip(q.0.iter()).map(|(a, b)| u64::from(a.abs_diff(*b))).sum::<u64>();
+        }
+    }
+    sum
+}
+
+/// A box's whole pixels, for [`detail`].
+pub fn pixels(b: &BoundingBox) -> [u32; 4] {
+    [b.x1.max(0.0) as u32, b.y1.max(0.0) as u32, b.x2.max(0.0) as u32, b.y2.max(0.0) as u32]
+}
+
 pub fn test_event(kind: EventKind, state: LifecycleState, time: DateTime<Utc>) -> Event {
     Event {
         schema_version: EVENT_SCHEMA_VERSION,

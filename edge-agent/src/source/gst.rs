@@ -356,6 +356,19 @@ fn tap_parser_output(parser: &gst::Element, tap: Arc<VideoTap>) {
     });
 }
 
+/// Runs a `gst-launch-1.0` line to its end: how tests make their video files with GStreamer's own
+/// encoders.
+#[cfg(test)]
+pub(crate) fn run_to_end(line: &str) {
+    let pipeline = gst::parse::launch(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let done =
+        bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error]);
+    assert!(matches!(done.as_ref().map(|m| m.type_()), Some(gst::MessageType::Eos)), "{line}: {done:?}");
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
 /// Decoder elements that run on the box's video hardware, by name (some do not say so in their
 /// class).
 fn is_hardware_decoder(name: &str) -> bool {
@@ -423,14 +436,7 @@ mod tests {
              x264enc ! h264parse ! mp4mux ! filesink location={}",
             path.display()
         );
-        let encoder = gst::parse::launch(&line).unwrap();
-        encoder.set_state(gst::State::Playing).unwrap();
-        let done = encoder
-            .bus()
-            .unwrap()
-            .timed_pop_filtered(gst::ClockTime::from_seconds(30), &[gst::MessageType::Eos, gst::MessageType::Error]);
-        assert!(matches!(done.map(|m| m.type_()), Some(gst::MessageType::Eos)));
-        encoder.set_state(gst::State::Null).unwrap();
+        run_to_end(&line);
 
         let scaled = Output { fps: None, max_width: 320 };
         let mut source = GstSource::open("bars", GstInput::File { path: &path, looping: false }, scaled, None).unwrap();
@@ -459,13 +465,7 @@ mod tests {
              x265enc ! h265parse ! mp4mux ! filesink location={}",
             path.display()
         );
-        let encoder = gst::parse::launch(&line).unwrap();
-        encoder.set_state(gst::State::Playing).unwrap();
-        let bus = encoder.bus().unwrap();
-        let done =
-            bus.timed_pop_filtered(gst::ClockTime::from_seconds(30), &[gst::MessageType::Eos, gst::MessageType::Error]);
-        assert!(matches!(done.map(|m| m.type_()), Some(gst::MessageType::Eos)));
-        encoder.set_state(gst::State::Null).unwrap();
+        run_to_end(&line);
 
         let mut source =
             GstSource::open("pattern", GstInput::File { path: &path, looping: false }, FULL_SIZE, None).unwrap();

@@ -520,7 +520,16 @@ pub async fn event_detail(
         Err(response) => return response,
     };
     let image = events::evidence_image(&state.state_dir, &view).await;
-    let has_clip = events::clip_path(&state.state_dir.join("evidence"), &view).is_some();
+    // The clip's hash as kept, to compare with its `clip` record in the chain.
+    let clip_hash = match events::clip_path(&state.state_dir.join("evidence"), &view) {
+        Some(path) => tokio::task::spawn_blocking(move || {
+            std::fs::read(path).ok().map(|bytes| hex::encode(Sha256::digest(&bytes)))
+        })
+        .await
+        .ok()
+        .flatten(),
+        None => None,
+    };
     let image_hash = image.as_ref().map(|bytes| hex::encode(Sha256::digest(bytes.as_slice())));
     let event = &view.record.event;
     let status = state.board.snapshot();
@@ -541,10 +550,10 @@ pub async fn event_detail(
                         }
                     }
                     figcaption { a href=(view.evidence_url()) { (t(T::OpenImage)) } }
-                    @if has_clip {
+                    @if let Some(hash) = &clip_hash {
                         h2 { (t(T::Clip)) }
                         video #event-clip controls preload="metadata" muted playsinline width=(event.frame_width) src={"/api/v1/events/" (view.id()) "/clip.mp4"} {}
-                        p.note { (t(T::ClipNote)) }
+                        p.note { (t(T::ClipNote)) " sha256 " code.hash #clip-hash { (hash) } }
                     }
                 } @else {
                     p.note { (t(T::LiveViewInstead)) }
