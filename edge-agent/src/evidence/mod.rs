@@ -136,8 +136,15 @@ impl EvidenceStage {
     pub fn process(&mut self, judgement: Judgement) -> EvidencedFrame {
         let Judgement { frame, results, events: judged, privacy, zones, tamper_reference } = judgement;
         let now = frame.captured_at;
-        let mut private: RgbImage = (*frame.image).clone();
-        privacy::apply(&mut private, &privacy);
+        // A frame with nothing to hide (no person to blur, no privacy zone) is shared as it is: no
+        // copy of the whole picture on every frame.
+        let private: Arc<RgbImage> = if privacy::hides_nothing(&privacy) {
+            frame.image.clone()
+        } else {
+            let mut masked = (*frame.image).clone();
+            privacy::apply(&mut masked, &privacy);
+            Arc::new(masked)
+        };
         if let Some(reference) = tamper_reference {
             self.keep_tamper_reference(&reference, &private);
         }
@@ -169,7 +176,7 @@ impl EvidenceStage {
         self.observe_for_clips(&frame, with_pictures, &privacy);
         let clips = self.keep_finished_clips(now, false);
         self.retention_if_due(now);
-        let frame = Frame { image: Arc::new(private), ..frame };
+        let frame = Frame { image: private, ..frame };
         self.last_frame = Some(frame.clone());
         self.evidenced(frame, results, events, snapshots, zones, actions, clips)
     }

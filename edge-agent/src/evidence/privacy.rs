@@ -13,6 +13,11 @@ const BLUR_CELLS_ACROSS: f32 = 6.0;
 /// Boxes grow by this share on each side, since detector boxes often cut off hair or hands.
 const BOX_MARGIN: f32 = 0.1;
 
+/// Whether applying `mask` would change no pixel: nobody to blur and no privacy zone.
+pub fn hides_nothing(mask: &PrivacyMask) -> bool {
+    (!mask.blur_people || mask.people.is_empty()) && mask.zones.is_empty()
+}
+
 /// Applies the judge's mask in place: blurs the people (when the camera blurs them) and blacks
 /// out the privacy zones. Every picture that is stored or leaves the box goes through here.
 pub fn apply(image: &mut RgbImage, mask: &PrivacyMask) {
@@ -87,6 +92,22 @@ mod tests {
         let horse = BoundingBox { x1: 400.0, y1: 140.0, x2: 590.0, y2: 330.0 };
         assert_eq!(detail(&private, pixels(&horse)), detail(&original, pixels(&horse)));
         assert_eq!(private.get_pixel(600, 50), original.get_pixel(600, 50));
+    }
+
+    #[test]
+    fn only_a_mask_with_someone_to_blur_or_a_zone_to_black_out_changes_pixels() {
+        let person = BoundingBox { x1: 175.0, y1: 92.0, x2: 267.0, y2: 368.0 };
+        let empty = PrivacyMask { people: vec![], blur_people: true, zones: vec![] };
+        assert!(hides_nothing(&empty));
+        assert!(hides_nothing(&PrivacyMask { people: vec![person], blur_people: false, ..empty.clone() }));
+        assert!(!hides_nothing(&PrivacyMask { people: vec![person], ..empty.clone() }));
+        let window = Zone {
+            id: "w".into(),
+            role: ZoneRole::Privacy,
+            category: None,
+            polygon: Polygon::new(&[[0.7, 0.0], [1.0, 0.0], [1.0, 0.3], [0.7, 0.3]]).unwrap(),
+        };
+        assert!(!hides_nothing(&PrivacyMask { zones: vec![window], ..empty }));
     }
 
     #[test]
