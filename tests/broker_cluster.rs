@@ -113,18 +113,23 @@ fn a_cluster_node_dies_under_the_box_and_every_event_still_arrives() {
     // cluster elects new JetStream leaders for the MQTT sessions (seen on nats-server 2.9 in CI):
     // then the box moves on to the third. Either survivor is a failover.
     let survivors = [cluster.mqtt_url(1), cluster.mqtt_url(2)];
-    let moved_to =
+    let moved =
         eventually(Duration::from_secs(30), || connected_broker(web_port).filter(|url| survivors.contains(url)));
-    let Some(moved_to) = moved_to else {
-        panic!(
-            "the box did not fail over to a surviving node; status: {:?}",
-            agent_status(web_port).map(|s| s["mqtt"].clone())
-        );
-    };
-    let online_on_second = wait_for_status(&mut arrivals, &platform, Duration::from_secs(20), |status| {
-        status["state"] == "online" && status["broker"] == moved_to.as_str()
+    assert!(
+        moved.is_some(),
+        "the box did not fail over to a surviving node; status: {:?}",
+        agent_status(web_port).map(|s| s["mqtt"].clone())
+    );
+    // The node it reached first may still drop it while the cluster settles (seen: node 2 reset
+    // the connection 4 s later and the box went on to node 3): the status names where it ends up.
+    let online_on_survivor = wait_for_status(&mut arrivals, &platform, Duration::from_secs(60), |status| {
+        status["state"] == "online" && status["broker"].as_str().is_some_and(|b| survivors.iter().any(|s| s == b))
     });
-    assert!(online_on_second.is_some(), "the status should name the node the box moved to");
+    assert!(
+        online_on_survivor.is_some(),
+        "the status should name the surviving node the box moved to; status: {:?}",
+        agent_status(web_port).map(|s| s["mqtt"].clone())
+    );
 
     assert!(wait_for_all_sources_ended(&agent, 1, Duration::from_secs(120)), "the camera did not finish");
     let queued = settled_queued_events(&agent);
