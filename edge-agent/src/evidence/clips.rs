@@ -431,9 +431,7 @@ impl ClipRecorder {
             recording.cap
         };
         let since = recording.tap.since(recording.cursor);
-        if recording.pictures > 0 || recording.cursor > 0 {
-            recording.missed += since.missed;
-        }
+        recording.missed += since.missed;
         for unit in &since.units {
             recording.cursor = unit.seq;
             if unit.received_at > end {

@@ -186,8 +186,7 @@ impl EvidenceStage {
     pub fn finish(&mut self) -> Option<EvidencedFrame> {
         let frame = self.last_frame.clone()?;
         let clips = self.keep_finished_clips(Utc::now(), true);
-        let has_records = self.store.as_ref().is_some_and(|s| s.chain().next_seq() > 0);
-        (!clips.is_empty() && has_records)
+        (!clips.is_empty())
             .then(|| self.evidenced(frame, Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), clips))
     }
 

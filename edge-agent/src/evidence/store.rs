@@ -239,10 +239,7 @@ impl EvidenceStore {
         clip: &super::clips::FinishedClip,
     ) -> Result<(EvidenceFile, ChainProof), EvidenceError> {
         let path = self.dir.join(&clip.file);
-        let (sha256, bytes) = sha256_of_file(&path).map_err(|e| self.folder_error(&path, e))?;
-        // Synced before the chain vouches for it: a power cut cannot leave a record of a file
-        // the disk never had.
-        std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| self.folder_error(&path, e))?;
+        let (sha256, bytes) = synced_sha256_of_file(&path).map_err(|e| self.folder_error(&path, e))?;
         let file = EvidenceFile { file: clip.file.clone(), sha256, bytes };
         let content = RecordContent::Clip {
             event_id: clip.event_id.to_string(),
@@ -351,22 +348,14 @@ impl EvidenceStore {
     }
 }
 
-/// The sha256 (hex) and length of a file, read in pieces (a clip may be tens of megabytes).
-fn sha256_of_file(path: &Path) -> std::io::Result<(String, u64)> {
+/// The sha256 (hex) and length of a file, read in pieces (a clip may be tens of megabytes), and the
+/// file synced: a power cut cannot leave a chain record of a file the disk never had.
+fn synced_sha256_of_file(path: &Path) -> std::io::Result<(String, u64)> {
     use sha2::{Digest, Sha256};
-    use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    let mut bytes = 0u64;
-    loop {
-        let read = file.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-        bytes += read as u64;
-    }
+    let bytes = std::io::copy(&mut file, &mut hasher)?;
+    file.sync_all()?;
     Ok((hex::encode(hasher.finalize()), bytes))
 }
 
