@@ -21,6 +21,7 @@ use crate::control::commands::CommandHandler;
 use crate::control::config_store::ConfigStore;
 use crate::control::model_update;
 use crate::control::settings::LiveSettings;
+use crate::control::site_heads::SiteHeads;
 use crate::delivery::actions::ActionLimiter;
 use crate::delivery::board::{ControlStatus, StatusBoard};
 use crate::delivery::history::EventHistory;
@@ -222,6 +223,9 @@ async fn spawn(
     let (worker, model_runs, worker_controls) = WorkerControls::channel();
     // `set`/`reload` hand new rules and zones to the judge between two frames.
     let (judge_settings, judge_settings_rx) = watch::channel(Arc::new(config.judge_settings()));
+    let (judge_control, judge_control_rx) = mpsc::channel(4);
+    let mut judge = judge;
+    judge.count_runs_in(model_runs.clone());
     let mut stages = vec![
         tokio::spawn(infer::worker::run_inference(
             models,
@@ -232,7 +236,14 @@ async fn spawn(
             shutdown.clone(),
             worker_controls,
         )),
-        tokio::spawn(judge::run_judge(judge, inferred_rx, judged_tx, judge_settings_rx, liveness.register("judge"))),
+        tokio::spawn(judge::run_judge(
+            judge,
+            inferred_rx,
+            judged_tx,
+            judge_settings_rx,
+            judge_control_rx,
+            liveness.register("judge"),
+        )),
         tokio::spawn(evidence::run_evidence(evidence, judged_rx, evidenced_tx, liveness.register("evidence"))),
         tokio::spawn(delivery::run_delivery(
             Delivery {
@@ -257,10 +268,15 @@ async fn spawn(
         board.clone(),
         judge_settings,
         worker,
+        judge_control,
         cameras,
     ));
+    // A model update and a site head deployment share one pending-switch file: one at a time.
+    let switch_busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let heads =
+        Arc::new(SiteHeads::new(settings.clone(), model_runs.clone(), config.state_dir.clone(), switch_busy.clone()));
     if config.web.enabled {
-        web::serve(config, board.clone(), settings.clone(), shutdown.clone()).await?;
+        web::serve(config, board.clone(), settings.clone(), heads, shutdown.clone()).await?;
     }
     let (command_tx, command_rx) = mpsc::channel::<IncomingCommand>(COMMAND_QUEUE);
     let authority =
@@ -283,7 +299,7 @@ async fn spawn(
         publisher_wake: publisher_wake.clone(),
         status_changed: status_changed.clone(),
         model_runs,
-        model_update_busy: Default::default(),
+        model_update_busy: switch_busy,
     });
     stages.push(tokio::spawn(handler.run(command_rx, shutdown.clone())));
     match mqtt {

@@ -153,7 +153,8 @@ pub struct CommandHandler {
     /// Republish the retained status (models changed).
     pub status_changed: Arc<Notify>,
     pub model_runs: Arc<ModelRuns>,
-    pub model_update_busy: AtomicBool,
+    /// One switch (a model, or a site head from the page) and its pending file at a time.
+    pub model_update_busy: Arc<AtomicBool>,
 }
 
 impl CommandHandler {

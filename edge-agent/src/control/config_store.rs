@@ -12,6 +12,7 @@ use toml_edit::{DocumentMut, Item, Table, Value};
 use super::preflight::check_startable;
 use crate::base::write_file::{sync_folder, temporary_path, write_synced};
 use crate::config::{Config, ConfigError};
+use crate::judge::control::ClassifierSlot;
 
 /// Keys the `set` command may change, as the error message lists them.
 pub const SETTABLE_KEYS: &str = "rules.<rule>.<field>, scenes.<camera id>.zones|blur_people|ground_homography, \
@@ -176,6 +177,37 @@ impl ConfigStore {
             let key = format!("models[{index}].manifest");
             let entry = array_entry(&mut documents.config, "models", &key, |_, i| i == index)?;
             entry.insert("manifest", Item::Value(Value::from(manifest.display().to_string())));
+            Ok(())
+        })
+    }
+
+    /// Points a second-stage classifier slot (`taxonomy.classifier`, `rules.overflow.
+    /// state_classifier.manifest`, `rules.truck_exit.cover_classifier.manifest`) at another
+    /// manifest: a site head deployed, or rolled back. The rule's other settings stay.
+    pub fn set_classifier_manifest(&self, slot: ClassifierSlot, manifest: &Path) -> Result<Applied, ChangeError> {
+        self.edit(|documents| {
+            let key = slot.manifest_key();
+            let parts: Vec<&str> = key.split('.').collect();
+            let Some((last, tables)) = parts.split_last() else { return Ok(()) };
+            let mut item = documents.config.as_item_mut();
+            for part in tables {
+                // A table the file lacks is created (`[taxonomy]`); overflow and truck_exit keep
+                // their tables, inline or not.
+                if item.get(part).is_none() {
+                    if let Some(table) = item.as_table_like_mut() {
+                        table.insert(part, Item::Table(Table::new()));
+                    }
+                }
+                item = item.get_mut(part).ok_or_else(|| ChangeError::UnknownTarget {
+                    key: key.to_string(),
+                    problem: format!("`{part}` is not a table in the config file"),
+                })?;
+            }
+            let table = item.as_table_like_mut().ok_or_else(|| ChangeError::UnknownTarget {
+                key: key.to_string(),
+                problem: "is not inside a table in the config file".to_string(),
+            })?;
+            table.insert(last, Item::Value(Value::from(manifest.display().to_string())));
             Ok(())
         })
     }

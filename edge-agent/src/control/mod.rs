@@ -10,3 +10,4 @@ pub mod config_store;
 pub mod model_update;
 pub mod preflight;
 pub mod settings;
+pub mod site_heads;

@@ -24,18 +24,20 @@ use crate::base::write_file::write_atomically;
 use crate::config::Config;
 use crate::config::ModelConfig;
 use crate::control::config_store::ConfigStore;
+use crate::control::site_heads::slot_manifest;
 use crate::delivery::mqtt::IncomingCommand;
 use crate::infer::control::{ModelRuns, RunCounts, WorkerControl};
 use crate::infer::{Findings, Model, ModelInfo};
+use crate::judge::control::ClassifierSlot;
 
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// Failures that, when they are also the majority of runs, fail a model on probation.
 const PROBATION_FAILURES: u64 = 3;
 /// Successful runs a model needs before its probation can pass: time alone (a camera that sent
 /// nothing) proves nothing.
-const PROBATION_MIN_RUNS: u64 = 3;
+pub const PROBATION_MIN_RUNS: u64 = 3;
 /// A probation without enough runs waits up to this many times `probation_secs`, then fails.
-const PROBATION_EXTENSION: u32 = 4;
+pub const PROBATION_EXTENSION: u32 = 4;
 /// One frame running this long means the model hangs.
 const PROBATION_HUNG_AFTER: Duration = Duration::from_secs(30);
 const PROBATION_CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -404,6 +406,7 @@ impl CommandHandler {
             previous_manifest: previous_manifest.clone(),
             new_manifest: prepared.manifest.clone(),
             switched_at: chrono::Utc::now(),
+            classifier: None,
         };
         pending.save(&self.state_dir).map_err(|e| {
             CommandError::new("state_unwritable", format!("cannot record the pending switch, nothing changed: {e}"))
@@ -478,17 +481,20 @@ pub struct PendingSwitch {
     pub previous_manifest: PathBuf,
     pub new_manifest: PathBuf,
     pub switched_at: chrono::DateTime<chrono::Utc>,
+    /// A second-stage classifier slot switched (a site head) instead of `[[models]]` `index`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierSlot>,
 }
 
 pub const PENDING_SWITCH_FILE: &str = "model-switch-pending.json";
 
 impl PendingSwitch {
-    fn save(&self, state_dir: &Path) -> std::io::Result<()> {
+    pub(super) fn save(&self, state_dir: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         write_atomically(&state_dir.join(PENDING_SWITCH_FILE), &json)
     }
 
-    fn clear(state_dir: &Path) {
+    pub(super) fn clear(state_dir: &Path) {
         let path = state_dir.join(PENDING_SWITCH_FILE);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -508,14 +514,21 @@ impl PendingSwitch {
     }
 }
 
-/// At start, before the models load: a switch whose probation never ended (the agent crashed, was
+/// At start, before the models load: a switch (of a model or a site head) whose probation never ended (the agent crashed, was
 /// restarted by the watchdog, or stopped) is rolled back in the config file. Returns what was done.
 pub fn roll_back_unconfirmed_switch(config_path: &Path, config: &Config) -> Result<Option<String>, String> {
     let Some(pending) = PendingSwitch::load(&config.state_dir)? else { return Ok(None) };
-    let points_at_new = config.models.get(pending.index).is_some_and(|m| m.manifest == pending.new_manifest);
+    let points_at_new = match pending.classifier {
+        Some(slot) => slot_manifest(config, slot).is_some_and(|m| m == pending.new_manifest),
+        None => config.models.get(pending.index).is_some_and(|m| m.manifest == pending.new_manifest),
+    };
     if points_at_new {
         let store = ConfigStore::new(Some(config_path.to_owned()), config.clone());
-        store.set_model_manifest(pending.index, &pending.previous_manifest).map_err(|e| {
+        let restored = match pending.classifier {
+            Some(slot) => store.set_classifier_manifest(slot, &pending.previous_manifest),
+            None => store.set_model_manifest(pending.index, &pending.previous_manifest),
+        };
+        restored.map_err(|e| {
             format!(
                 "model {:?} switched at {} was not confirmed, and rolling it back failed: {e}",
                 pending.name, pending.switched_at
@@ -778,6 +791,7 @@ mod tests {
             previous_manifest: old.clone(),
             new_manifest: new.clone(),
             switched_at: chrono::Utc::now(),
+            classifier: None,
         };
         pending.save(&state).unwrap();
         let note = roll_back_unconfirmed_switch(&path, &config).unwrap().expect("rolled back");
@@ -926,6 +940,7 @@ mod tests {
             board.clone(),
             tokio::sync::watch::channel(Arc::new(config.judge_settings())).0,
             worker,
+            tokio::sync::mpsc::channel(1).0,
             Default::default(),
         );
         let handler = CommandHandler {

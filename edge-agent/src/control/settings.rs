@@ -21,6 +21,7 @@ use crate::evidence::{draw, privacy};
 use crate::infer::control::{ModelTestRequest, WorkerControl};
 use crate::infer::ModelResult;
 use crate::judge::config::JudgeSettings;
+use crate::judge::control::JudgeControl;
 use crate::judge::PrivacyMask;
 use crate::source::CameraHealth;
 
@@ -73,6 +74,8 @@ pub struct LiveSettings {
     /// The config the judge builds its rules and zones from.
     judge: watch::Sender<Arc<JudgeSettings>>,
     worker: mpsc::Sender<WorkerControl>,
+    /// The judge's classifier switches (site heads deployed and rolled back).
+    judge_control: mpsc::Sender<JudgeControl>,
     cameras: HashMap<String, Arc<CameraHealth>>,
 }
 
@@ -82,9 +85,10 @@ impl LiveSettings {
         board: Arc<StatusBoard>,
         judge: watch::Sender<Arc<JudgeSettings>>,
         worker: mpsc::Sender<WorkerControl>,
+        judge_control: mpsc::Sender<JudgeControl>,
         cameras: HashMap<String, Arc<CameraHealth>>,
     ) -> Self {
-        Self { store, board, judge, worker, cameras }
+        Self { store, board, judge, worker, judge_control, cameras }
     }
 
     pub fn store(&self) -> &ConfigStore {
@@ -102,6 +106,11 @@ impl LiveSettings {
     /// The inference worker, for model switches.
     pub fn worker(&self) -> &mpsc::Sender<WorkerControl> {
         &self.worker
+    }
+
+    /// The judge, for switching its second-stage classifiers.
+    pub fn judge_control(&self) -> &mpsc::Sender<JudgeControl> {
+        &self.judge_control
     }
 
     pub fn cameras(&self) -> &HashMap<String, Arc<CameraHealth>> {
@@ -253,9 +262,11 @@ mod tests {
         let board = Arc::new(StatusBoard::new("box".into(), Vec::new()));
         let (judge, judge_rx) = watch::channel(Arc::new(config.judge_settings()));
         let (worker, worker_rx) = mpsc::channel(8);
+        let (judge_control, _) = mpsc::channel(1);
         let health = Arc::new(CameraHealth::default());
         let cameras = HashMap::from([("gate".to_string(), health)]);
-        let settings = LiveSettings::new(ConfigStore::new(Some(path), config), board, judge, worker, cameras);
+        let settings =
+            LiveSettings::new(ConfigStore::new(Some(path), config), board, judge, worker, judge_control, cameras);
         (dir, settings, judge_rx, worker_rx)
     }
 

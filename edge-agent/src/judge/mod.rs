@@ -8,6 +8,7 @@
 
 pub mod background;
 pub mod config;
+pub mod control;
 #[cfg(test)]
 pub mod fixtures;
 pub mod lifecycle;
@@ -27,10 +28,12 @@ use uuid::Uuid;
 
 use crate::base::blocking::off_the_workers;
 use crate::base::liveness::Heartbeat;
+use crate::infer::control::ModelRuns;
 use crate::infer::{BoundingBox, Findings, InferError, InferredFrame, ModelId, ModelResult};
 use crate::source::Frame;
 use background::BackgroundModel;
 use config::{ActionConfig, JudgeSettings, RulesConfig, ZoneRole};
+use control::{ClassifierSlot, JudgeControl, SwapRefused};
 use lifecycle::{LifecycleState, Transition, UpdateReason};
 use rules::litter::LitterRule;
 use rules::object::ObjectRule;
@@ -317,6 +320,8 @@ pub struct Judge {
     item_classifier: Option<SecondStage>,
     cover_classifier: Option<CoverClassifier>,
     overflow_classifier: Option<StateClassifier>,
+    /// Where the second-stage classifiers count their runs (probation of a deployed head).
+    runs: Option<Arc<ModelRuns>>,
     /// Each camera's tamper reference: saved ones read at open, and those learnt since.
     tamper_references: HashMap<String, Reference>,
 }
@@ -361,8 +366,63 @@ impl Judge {
             item_classifier,
             cover_classifier,
             overflow_classifier,
+            runs: None,
             tamper_references: tamper::reference::load_all(&settings.tamper_dir),
         })
+    }
+
+    /// Counts every second-stage classifier's runs in `runs` (by model name), also those loaded
+    /// or switched in later.
+    pub fn count_runs_in(&mut self, runs: Arc<ModelRuns>) {
+        let stages = [
+            self.item_classifier.as_mut(),
+            self.overflow_classifier.as_mut().map(|c| &mut c.stage),
+            self.cover_classifier.as_mut().map(|c| &mut c.stage),
+        ];
+        for stage in stages.into_iter().flatten() {
+            stage.count_runs_in(runs.clone());
+        }
+        self.runs = Some(runs);
+    }
+
+    /// Puts `stage` into `slot` (None empties it) and returns what was there. The overflow and
+    /// truck_exit slots need their rule on and its classifier table in the config (the labels
+    /// that mean "on"); otherwise `stage` comes back refused.
+    pub fn swap_classifier(
+        &mut self,
+        slot: ClassifierSlot,
+        stage: Option<Box<SecondStage>>,
+    ) -> Result<Option<Box<SecondStage>>, SwapRefused> {
+        let mut stage = stage;
+        if let (Some(stage), Some(runs)) = (stage.as_mut(), &self.runs) {
+            stage.count_runs_in(runs.clone());
+        }
+        let rules = &self.settings.rules;
+        match slot {
+            ClassifierSlot::Taxonomy => {
+                Ok(std::mem::replace(&mut self.item_classifier, stage.map(|s| *s)).map(Box::new))
+            }
+            ClassifierSlot::OverflowState => match (&rules.overflow.state_classifier, rules.overflow.enabled) {
+                (Some(config), true) => {
+                    let new = stage.map(|s| StateClassifier { stage: *s, config: config.clone() });
+                    Ok(std::mem::replace(&mut self.overflow_classifier, new).map(|old| Box::new(old.stage)))
+                }
+                _ => Err(SwapRefused {
+                    why: "`rules.overflow` is off or has no `state_classifier` table (its `on_labels`)".into(),
+                    offered: stage,
+                }),
+            },
+            ClassifierSlot::TruckCover => match (&rules.truck_exit.cover_classifier, rules.truck_exit.enabled) {
+                (Some(config), true) => {
+                    let new = stage.map(|s| CoverClassifier { stage: *s, config: config.clone() });
+                    Ok(std::mem::replace(&mut self.cover_classifier, new).map(|old| Box::new(old.stage)))
+                }
+                _ => Err(SwapRefused {
+                    why: "`rules.truck_exit` is off or has no `cover_classifier` table (its labels)".into(),
+                    offered: stage,
+                }),
+            },
+        }
     }
 
     /// Takes new rules, zones, tracking, background, tamper and privacy settings from
@@ -373,7 +433,11 @@ impl Judge {
         let (taxonomy, scenes, default_scene) = scenes_and_taxonomy(settings)?;
         // The first bin zone drawn on a running box needs the crop classifier the start skipped.
         if wants_item_classifier(settings, &scenes) && self.item_classifier.is_none() {
-            self.item_classifier = Some(load_item_classifier(settings)?);
+            let mut stage = load_item_classifier(settings)?;
+            if let Some(runs) = &self.runs {
+                stage.count_runs_in(runs.clone());
+            }
+            self.item_classifier = Some(stage);
         }
         self.scenes = scenes;
         self.default_scene = default_scene;
@@ -607,23 +671,34 @@ fn load_item_classifier(settings: &JudgeSettings) -> Result<SecondStage, JudgeEr
 
 /// The judge stage's loop: judges each inferred frame (classifiers are blocking work, so off the
 /// async workers) and passes the judgement to the evidence stage. `settings` brings new rules and
-/// zones from `set`/`reload`.
+/// zones from `set`/`reload`; `control` switches its classifiers (a site head deployed).
 pub async fn run_judge(
     mut judge: Judge,
     mut input: mpsc::Receiver<InferredFrame>,
     output: mpsc::Sender<Judgement>,
     mut settings: watch::Receiver<Arc<JudgeSettings>>,
+    mut control: mpsc::Receiver<JudgeControl>,
     heartbeat: Arc<Heartbeat>,
 ) {
     heartbeat.pause();
     settings.mark_unchanged();
     let mut settings_open = true;
+    let mut control_open = true;
     loop {
         let inferred = tokio::select! {
             inferred = input.recv() => match inferred {
                 Some(inferred) => inferred,
                 None => break,
             },
+            request = control.recv(), if control_open => {
+                match request {
+                    Some(JudgeControl::SwapClassifier { slot, stage, reply }) => {
+                        let _ = reply.send(judge.swap_classifier(slot, stage));
+                    }
+                    None => control_open = false,
+                }
+                continue;
+            }
             changed = settings.changed(), if settings_open => {
                 if changed.is_err() {
                     settings_open = false;

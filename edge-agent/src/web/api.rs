@@ -54,6 +54,10 @@ pub fn routes() -> Vec<ApiRoute> {
         route(Method::PUT, "/api/v1/zones/{camera}", put(installer::save_zones)),
         route(Method::GET, "/api/v1/settings", get(installer::settings)),
         route(Method::POST, "/api/v1/settings", post(installer::change_settings)),
+        route(Method::GET, "/api/v1/learn", get(super::learning::status)),
+        route(Method::POST, "/api/v1/learn", post(super::learning::train)),
+        route(Method::POST, "/api/v1/learn/deploy", post(super::learning::deploy)),
+        route(Method::GET, "/api/v1/learn/report/{file}", get(super::learning::report)),
         route(Method::GET, "/api/v1/config", get(config)),
         route(Method::GET, "/api/v1/openapi.json", get(openapi)),
     ]

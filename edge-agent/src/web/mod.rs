@@ -14,6 +14,7 @@ pub mod events;
 pub mod i18n;
 pub mod installer;
 pub mod labels;
+pub mod learning;
 pub mod metrics;
 pub mod pages;
 pub mod sse;
@@ -36,6 +37,7 @@ use serde_json::Value;
 use crate::base::shutdown::Shutdown;
 use crate::config::Config;
 use crate::control::settings::LiveSettings;
+use crate::control::site_heads::SiteHeads;
 use crate::delivery::board::StatusBoard;
 use auth::{Auth, ClientAddr};
 
@@ -51,6 +53,9 @@ pub struct WebState {
     pub settings: Arc<LiveSettings>,
     /// One labelling at a time: each rewrites the labels file.
     pub labelling: tokio::sync::Mutex<()>,
+    /// Site heads trained from the page, and their deployment.
+    pub learning: learning::Learning,
+    pub heads: Arc<SiteHeads>,
 }
 
 impl WebState {
@@ -58,10 +63,13 @@ impl WebState {
         config: &Config,
         board: Arc<StatusBoard>,
         settings: Arc<LiveSettings>,
+        heads: Arc<SiteHeads>,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             settings,
+            heads,
+            learning: learning::Learning::default(),
             labelling: tokio::sync::Mutex::new(()),
             board,
             auth: Auth::new(&config.web)?,
@@ -125,10 +133,11 @@ pub async fn serve(
     config: &Config,
     board: Arc<StatusBoard>,
     settings: Arc<LiveSettings>,
+    heads: Arc<SiteHeads>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let web = &config.web;
-    let state = Arc::new(WebState::new(config, board, settings, shutdown.clone())?);
+    let state = Arc::new(WebState::new(config, board, settings, heads, shutdown.clone())?);
     let tls = if web.https { Some(tls::server_config(web, &config.state_dir, &config.device_id)?) } else { None };
     let listener = tokio::net::TcpListener::bind(&web.listen)
         .await

@@ -11,10 +11,13 @@ pub mod road_debris;
 pub mod truck_exit;
 pub mod wrong_bin;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use image::RgbImage;
 
 use crate::infer::config::{BackendKind, ModelConfig};
+use crate::infer::control::ModelRuns;
 use crate::infer::{BoundingBox, Classification, Detection, Findings, InferError, Model, ModelId};
 use crate::judge::background::StaticForeground;
 use crate::judge::config::TrackingConfig;
@@ -201,6 +204,8 @@ pub fn union(boxes: impl IntoIterator<Item = BoundingBox>) -> Option<BoundingBox
 /// A classifier run on crops (the taxonomy's item classifier, the truck cover classifier).
 pub struct SecondStage {
     model: Model,
+    /// Where its runs are counted (a newly deployed head's probation reads them); None: nowhere.
+    runs: Option<Arc<ModelRuns>>,
 }
 
 /// Crops grow by this share on each side: classifiers were trained on objects with some context.
@@ -212,29 +217,40 @@ impl SecondStage {
             &ModelConfig { manifest: manifest.to_owned(), score_threshold: None, class_thresholds: Default::default() },
             backend,
         )?;
-        Ok(Self { model })
+        Ok(Self { model, runs: None })
     }
 
     pub fn id(&self) -> &ModelId {
         self.model.id()
     }
 
+    /// The model itself, e.g. for a self-test before it is deployed.
+    pub fn model_mut(&mut self) -> &mut Model {
+        &mut self.model
+    }
+
+    /// Counts each run (ok or failed) under the model's name in `runs` from now on.
+    pub fn count_runs_in(&mut self, runs: Arc<ModelRuns>) {
+        self.runs = Some(runs);
+    }
+
     /// The classifier's best class for the box's crop; None (logged) when it fails.
     pub fn top(&mut self, image: &RgbImage, b: &BoundingBox) -> Option<Classification> {
         let crop = crop_with_margin(image, b, CROP_MARGIN)?;
-        match self.model.infer(&crop) {
+        let outcome = match self.model.infer(&crop) {
             Ok(result) => match result.findings {
-                Findings::Classify { classes } => classes.into_iter().next(),
-                Findings::Detect { .. } => {
-                    tracing::error!(model = %self.id().name, "a second-stage model must be a classifier");
-                    None
-                }
+                Findings::Classify { classes } => Ok(classes.into_iter().next()),
+                Findings::Detect { .. } => Err("a second-stage model must be a classifier".to_string()),
             },
-            Err(e) => {
-                tracing::error!(model = %self.id().name, "second-stage classifier failed: {e}");
-                None
-            }
+            Err(e) => Err(format!("second-stage classifier failed: {e}")),
+        };
+        if let Some(runs) = &self.runs {
+            runs.record(&self.model.id().name, outcome.is_ok());
         }
+        outcome.unwrap_or_else(|why| {
+            tracing::error!(model = %self.id().name, "{why}");
+            None
+        })
     }
 }
 

@@ -1,0 +1,352 @@
+//! Deploying a site head (a classifier from `edge-agent learn`) into one of the judge's
+//! second-stage slots, through the same steps as a model update: load and check against the
+//! manifest → the slot's labels must be among the head's → self-test on the sample pictures →
+//! pending switch written → switched in the judge between two frames (the old classifier kept in
+//! memory) → config file points at the new manifest → probation on its runs: a head failing in its
+//! first minutes, or never running, is switched back and the config restored. A crash during the
+//! probation rolls it back at the next start ([`super::model_update::roll_back_unconfirmed_switch`]).
+//! Every refusal before the switch leaves the agent exactly as it was.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::commands::CommandError;
+use super::model_update::{self_test, watch_probation, PendingSwitch, ProbationOutcome, PROBATION_MIN_RUNS};
+use super::settings::LiveSettings;
+use crate::base::shutdown::Shutdown;
+use crate::config::Config;
+use crate::infer::control::ModelRuns;
+use crate::infer::manifest::Task;
+use crate::judge::control::{ClassifierSlot, JudgeControl};
+use crate::judge::rules::SecondStage;
+
+/// Where a deployment stands, for the page and the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentStage {
+    Probation,
+    Confirmed,
+    RolledBack,
+    /// The agent stopped during the probation; the next start rolls it back.
+    Interrupted,
+}
+
+/// The last deployment of a site head.
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployment {
+    pub slot: ClassifierSlot,
+    pub key: &'static str,
+    pub name: String,
+    pub sha256: String,
+    pub manifest: PathBuf,
+    pub previous_manifest: PathBuf,
+    pub stage: DeploymentStage,
+    pub message: String,
+    pub self_test: Value,
+    pub switched_at: DateTime<Utc>,
+    pub probation_secs: u64,
+}
+
+pub struct SiteHeads {
+    settings: Arc<LiveSettings>,
+    runs: Arc<ModelRuns>,
+    state_dir: PathBuf,
+    /// Shared with the `model` command: one switch (and its pending file) at a time.
+    switch_busy: Arc<AtomicBool>,
+    last: Mutex<Option<Deployment>>,
+}
+
+/// What a roll-back needs.
+struct Switched {
+    slot: ClassifierSlot,
+    old: Option<Box<SecondStage>>,
+    previous_manifest: PathBuf,
+}
+
+impl SiteHeads {
+    pub fn new(
+        settings: Arc<LiveSettings>,
+        runs: Arc<ModelRuns>,
+        state_dir: PathBuf,
+        switch_busy: Arc<AtomicBool>,
+    ) -> Self {
+        Self { settings, runs, state_dir, switch_busy, last: Mutex::new(None) }
+    }
+
+    /// The last deployment since start, if any.
+    pub fn last(&self) -> Option<Deployment> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record(&self, deployment: &Deployment) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(deployment.clone());
+    }
+
+    fn set_stage(&self, stage: DeploymentStage, message: String) {
+        if let Some(last) = self.last.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            last.stage = stage;
+            last.message = message;
+        }
+    }
+
+    /// Switches the head of `manifest` into `slot` and starts its probation in the background
+    /// (watch [`Self::last`]). Returns once it is switched in, or with why nothing changed.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        slot: ClassifierSlot,
+        manifest: &Path,
+        shutdown: Shutdown,
+    ) -> Result<Deployment, CommandError> {
+        if self.switch_busy.swap(true, Ordering::SeqCst) {
+            return Err(CommandError::new(
+                "busy",
+                "a model or classifier switch is in its probation; try again when it is confirmed or rolled back",
+            ));
+        }
+        match self.switch(slot, manifest).await {
+            Ok((deployment, switched)) => {
+                self.record(&deployment);
+                let heads = self.clone();
+                let name = deployment.name.clone();
+                let probation = Duration::from_secs(deployment.probation_secs);
+                tokio::spawn(async move {
+                    let mut shutdown = shutdown;
+                    heads.probation(switched, &name, probation, &mut shutdown).await;
+                    heads.switch_busy.store(false, Ordering::SeqCst);
+                });
+                Ok(deployment)
+            }
+            Err(e) => {
+                self.switch_busy.store(false, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// Everything up to and including the switch; an error here has changed nothing.
+    async fn switch(&self, slot: ClassifierSlot, manifest: &Path) -> Result<(Deployment, Switched), CommandError> {
+        let config = self.settings.store().current();
+        if self.settings.store().path().is_none() {
+            return Err(CommandError::new(
+                "no_config_file",
+                "the agent runs on its embedded defaults (no --config FILE), so a classifier switch could not be persisted",
+            ));
+        }
+        let previous_manifest = slot_manifest(&config, slot).ok_or_else(|| {
+            CommandError::new(
+                "unknown_target",
+                format!(
+                    "`{}` is not configured: its rule needs its table (labels) in the config first",
+                    slot.manifest_key()
+                ),
+            )
+        })?;
+        let self_test_folder = config.model_update.self_test_folder();
+        let (config_for_load, path) = (config.clone(), manifest.to_owned());
+        let (stage, self_test) =
+            tokio::task::spawn_blocking(move || prepare(&config_for_load, slot, &path, &self_test_folder))
+                .await
+                .map_err(|e| CommandError::new("internal", format!("classifier loading task failed: {e}")))??;
+        let (name, sha256) = (stage.id().name.clone(), stage.id().sha256.clone());
+        let pending = PendingSwitch {
+            index: 0,
+            name: name.clone(),
+            previous_manifest: previous_manifest.clone(),
+            new_manifest: manifest.to_owned(),
+            switched_at: Utc::now(),
+            classifier: Some(slot),
+        };
+        pending.save(&self.state_dir).map_err(|e| {
+            CommandError::new("state_unwritable", format!("cannot record the pending switch, nothing changed: {e}"))
+        })?;
+        let old = match self.swap_in(slot, Some(Box::new(stage))).await {
+            Ok(old) => old,
+            Err(e) => {
+                PendingSwitch::clear(&self.state_dir);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.settings.store().set_classifier_manifest(slot, manifest) {
+            // The switch must be durable, or not happen.
+            let _ = self.swap_in(slot, old).await;
+            PendingSwitch::clear(&self.state_dir);
+            return Err(CommandError::new(e.code(), format!("the new classifier was not kept: {e}")));
+        }
+        let probation_secs = config.model_update.probation_secs;
+        tracing::info!(slot = slot.manifest_key(), classifier = %name, %sha256, "site head switched in; on probation");
+        let deployment = Deployment {
+            slot,
+            key: slot.manifest_key(),
+            name,
+            sha256,
+            manifest: manifest.to_owned(),
+            previous_manifest: previous_manifest.clone(),
+            stage: DeploymentStage::Probation,
+            message: format!(
+                "on probation for {probation_secs} s: it needs {PROBATION_MIN_RUNS} successful runs on real crops"
+            ),
+            self_test,
+            switched_at: pending.switched_at,
+            probation_secs,
+        };
+        Ok((deployment, Switched { slot, old, previous_manifest }))
+    }
+
+    async fn swap_in(
+        &self,
+        slot: ClassifierSlot,
+        stage: Option<Box<SecondStage>>,
+    ) -> Result<Option<Box<SecondStage>>, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.settings
+            .judge_control()
+            .send(JudgeControl::SwapClassifier { slot, stage, reply })
+            .await
+            .map_err(|_| CommandError::new("internal", "the judge has stopped"))?;
+        match answer.await {
+            Ok(Ok(old)) => Ok(old),
+            Ok(Err(refused)) => Err(CommandError::new("unknown_target", refused.why)),
+            Err(_) => Err(CommandError::new("internal", "the judge did not answer")),
+        }
+    }
+
+    /// Watches the head's runs; switches the previous classifier back unless it passes.
+    async fn probation(&self, switched: Switched, name: &str, duration: Duration, shutdown: &mut Shutdown) {
+        // The judge's heartbeat covers a classifier that hangs: the watchdog restarts the agent
+        // and the start rolls the switch back.
+        let why = match watch_probation(&self.runs, name, duration, Duration::MAX, shutdown).await {
+            ProbationOutcome::Interrupted => {
+                let message = "the agent stopped during the probation; the next start rolls it back".to_string();
+                return self.set_stage(DeploymentStage::Interrupted, message);
+            }
+            ProbationOutcome::Passed(counts) => {
+                PendingSwitch::clear(&self.state_dir);
+                tracing::info!(classifier = %name, ok = counts.ok, "site head passed its probation");
+                let message = format!("confirmed after {} successful runs and {} failed", counts.ok, counts.failed);
+                return self.set_stage(DeploymentStage::Confirmed, message);
+            }
+            ProbationOutcome::Hung(busy) => format!("a frame ran {} s", busy.as_secs()),
+            ProbationOutcome::Failed(counts) => format!(
+                "the new classifier failed {} of {} runs during its probation; the previous one ({}) is back",
+                counts.failed,
+                counts.ok + counts.failed,
+                switched.previous_manifest.display()
+            ),
+            ProbationOutcome::TooFewRuns(counts) => format!(
+                "the new classifier ran successfully only {} times in {} s (it needs {PROBATION_MIN_RUNS}: nothing came \
+                 its way to classify); the previous one ({}) is back",
+                counts.ok,
+                (duration * super::model_update::PROBATION_EXTENSION).as_secs(),
+                switched.previous_manifest.display()
+            ),
+        };
+        tracing::error!(classifier = %name, "{why}");
+        let Switched { slot, old, previous_manifest } = switched;
+        let rolled_back = match self.swap_in(slot, old).await {
+            Ok(_new) => self
+                .settings
+                .store()
+                .set_classifier_manifest(slot, &previous_manifest)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.message),
+        };
+        match rolled_back {
+            Ok(()) => {
+                PendingSwitch::clear(&self.state_dir);
+                self.set_stage(DeploymentStage::RolledBack, why);
+            }
+            Err(e) => self.set_stage(
+                DeploymentStage::RolledBack,
+                format!("{why}; but the roll-back failed ({e}): the next start rolls it back"),
+            ),
+        }
+    }
+}
+
+/// The manifest a slot uses now; None when the slot's rule has no classifier table.
+pub fn slot_manifest(config: &Config, slot: ClassifierSlot) -> Option<PathBuf> {
+    match slot {
+        ClassifierSlot::Taxonomy => Some(config.taxonomy.classifier.clone()),
+        ClassifierSlot::OverflowState => config.rules.overflow.state_classifier.as_ref().map(|c| c.manifest.clone()),
+        ClassifierSlot::TruckCover => config.rules.truck_exit.cover_classifier.as_ref().map(|c| c.manifest.clone()),
+    }
+}
+
+/// The labels `slot` needs the head to have, and why.
+fn needed_labels(config: &Config, slot: ClassifierSlot) -> Result<Vec<String>, CommandError> {
+    let rules = &config.rules;
+    match slot {
+        ClassifierSlot::Taxonomy => Ok(Vec::new()),
+        ClassifierSlot::OverflowState => match (&rules.overflow.state_classifier, rules.overflow.enabled) {
+            (Some(state), true) => Ok(state.on_labels.clone()),
+            _ => Err(CommandError::new(
+                "unknown_target",
+                "`rules.overflow` is off or has no `state_classifier` table (`on_labels`)",
+            )),
+        },
+        ClassifierSlot::TruckCover => match (&rules.truck_exit.cover_classifier, rules.truck_exit.enabled) {
+            (Some(cover), true) => Ok(cover.uncovered_labels.iter().chain(&cover.covered_labels).cloned().collect()),
+            _ => Err(CommandError::new(
+                "unknown_target",
+                "`rules.truck_exit` is off or has no `cover_classifier` table (its labels)",
+            )),
+        },
+    }
+}
+
+/// Loads the head as the judge would, checks it fits the slot and runs it on the self-test
+/// pictures; blocking.
+fn prepare(
+    config: &Config,
+    slot: ClassifierSlot,
+    manifest: &Path,
+    self_test_folder: &Path,
+) -> Result<(SecondStage, Value), CommandError> {
+    let mut stage = SecondStage::load(manifest, config.judge_settings().backend).map_err(|e| {
+        CommandError::new(
+            "load_failed",
+            format!("the classifier {} does not load: {e}; nothing changed", manifest.display()),
+        )
+    })?;
+    let model = stage.model_mut();
+    if model.task() != Task::Classify {
+        return Err(CommandError::new(
+            "load_failed",
+            format!("{} is a detector; `{}` takes a classifier", manifest.display(), slot.manifest_key()),
+        ));
+    }
+    let labels = model.labels().to_vec();
+    let missing: Vec<String> = match slot {
+        ClassifierSlot::Taxonomy => labels
+            .iter()
+            .filter(|label| !config.taxonomy.categories.iter().any(|c| &c.name == *label))
+            .cloned()
+            .collect(),
+        _ => needed_labels(config, slot)?.into_iter().filter(|label| !labels.contains(label)).collect(),
+    };
+    if !missing.is_empty() {
+        let what = match slot {
+            ClassifierSlot::Taxonomy => format!(
+                "its labels {missing:?} are not categories of [taxonomy] ({}); a head for `taxonomy.classifier` is \
+                 trained on category labels",
+                config.taxonomy.categories.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            _ => format!(
+                "the rule's labels {missing:?} are not among the classifier's ({}); train it on crops labelled with them",
+                labels.join(", ")
+            ),
+        };
+        return Err(CommandError::new("labels_mismatch", format!("{}: {what}; nothing changed", manifest.display())));
+    }
+    let summary = self_test(model, self_test_folder)
+        .map_err(|why| CommandError::new("self_test_failed", format!("{why}; nothing changed")))?;
+    Ok((stage, summary))
+}
