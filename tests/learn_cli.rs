@@ -2,7 +2,6 @@
 //! real photos, prints and writes held-out figures better than the ImageNet mapping's, writes a
 //! model whose manifest matches its file, and refuses one class and too few crops per class.
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 use edge_agent_tests::*;
@@ -19,56 +18,6 @@ fn agent(args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_string()
-}
-
-/// No waste photos ship with the project, so the site's classes are stand-ins made of the real
-/// photos in calibration/example-site/samples: "residual" the coffee cup, "recyclable" metal (the
-/// motorcycle, the rocket), "kitchen" animals standing in for organic waste (the cat, the dog of
-/// dog.jpg). Each picture gives six crops of its region (whole, four corners and the centre at
-/// 80 %), and a mirrored, darker copy six more: 60 crops. Held-out crops are other crops of the
-/// same photos. Returns the site file.
-fn stand_in_site(dir: &Path, keep: impl Fn(&str) -> bool) -> std::path::PathBuf {
-    let samples = repo_root().join("calibration/example-site/samples");
-    let folder = dir.join("samples");
-    std::fs::create_dir_all(&folder).unwrap();
-    let sources: [(&str, &str, Option<[u32; 4]>); 5] = [
-        ("coffee.png", "residual", None),
-        ("motorcycle_left.png", "recyclable", None),
-        ("rocket.jpg", "recyclable", None),
-        ("chelsea.png", "kitchen", None),
-        ("dog.jpg", "kitchen", Some([110, 190, 330, 550])),
-    ];
-    let mut rows = String::from("file,label,x1,y1,x2,y2\n");
-    for (file, label, region) in sources.into_iter().filter(|(f, _, _)| keep(f)) {
-        let picture = image::open(samples.join(file)).unwrap().to_rgb8();
-        let mut mirrored = image::imageops::flip_horizontal(&picture);
-        for pixel in mirrored.pixels_mut() {
-            pixel.0 = pixel.0.map(|v| (f32::from(v) * 0.8) as u8);
-        }
-        let (w, h) = picture.dimensions();
-        let [x1, y1, x2, y2] = region.unwrap_or([0, 0, w, h]);
-        let copy = format!("mirrored-{}", file.replace(".jpg", ".png"));
-        std::fs::copy(samples.join(file), folder.join(file)).unwrap();
-        mirrored.save(folder.join(&copy)).unwrap();
-        for (name, [x1, x2]) in [(file.to_string(), [x1, x2]), (copy, [w - x2, w - x1])] {
-            let (cw, ch) = ((x2 - x1) * 4 / 5, (y2 - y1) * 4 / 5);
-            let corners = [
-                (x1, y1),
-                (x2 - cw, y1),
-                (x1, y2 - ch),
-                (x2 - cw, y2 - ch),
-                (x1 + (x2 - x1 - cw) / 2, y1 + (y2 - y1 - ch) / 2),
-            ];
-            rows.push_str(&format!("{name},{label},{x1},{y1},{x2},{y2}\n"));
-            for (cx, cy) in corners {
-                rows.push_str(&format!("{name},{label},{cx},{cy},{},{}\n", cx + cw, cy + ch));
-            }
-        }
-    }
-    std::fs::write(dir.join("labels.csv"), rows).unwrap();
-    let site = dir.join("site.toml");
-    std::fs::write(&site, "site = \"station-7\"\n[samples]\nfolder = \"samples\"\nlabels = \"labels.csv\"\n").unwrap();
-    site
 }
 
 /// The number after `prefix` in `text`.
