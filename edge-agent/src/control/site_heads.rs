@@ -350,3 +350,192 @@ fn prepare(
         .map_err(|why| CommandError::new("self_test_failed", format!("{why}; nothing changed")))?;
     Ok((stage, summary))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::config_store::ConfigStore;
+    use crate::control::model_update::{roll_back_unconfirmed_switch, PENDING_SWITCH_FILE};
+    use crate::delivery::board::StatusBoard;
+    use crate::judge::Judge;
+    use tokio::sync::{mpsc, watch};
+
+    fn models() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+    }
+
+    /// The shipped classifier under another name, its 1000 outputs labelled with the four
+    /// categories in turn: a real classifier whose labels are categories, like a site head's.
+    fn category_classifier(dir: &Path) -> PathBuf {
+        let shipped = std::fs::read_to_string(models().join("efficientnet_lite0.toml")).unwrap();
+        let labels: Vec<&str> = (0..1000).map(|i| ["recyclable", "hazardous", "kitchen", "residual"][i % 4]).collect();
+        std::fs::write(dir.join("categories.txt"), labels.join("\n") + "\n").unwrap();
+        let manifest = shipped
+            .replace("name = \"efficientnet_lite0\"", "name = \"site_test\"")
+            .replace(
+                "file = \"efficientnet_lite0.onnx\"",
+                &format!("file = {:?}", models().join("efficientnet_lite0.onnx").display().to_string()),
+            )
+            .replace("labels = \"imagenet_labels.txt\"", "labels = \"categories.txt\"");
+        let path = dir.join("site_test.toml");
+        std::fs::write(&path, manifest).unwrap();
+        path
+    }
+
+    /// A config file, the live settings over it and a running judge.
+    async fn agent_parts(dir: &Path, extra: &str) -> (PathBuf, Arc<LiveSettings>, Arc<ModelRuns>) {
+        let path = dir.join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "state_dir = \"state\"\n[model_update]\nprobation_secs = 1\n\
+                 [[cameras]]\nid = \"yard\"\nsource = {{ kind = \"replay\", path = \"x\" }}\n{extra}"
+            ),
+        )
+        .unwrap();
+        let config = crate::config::Config::load(&path).unwrap();
+        std::fs::create_dir_all(&config.state_dir).unwrap();
+        let runs = Arc::new(ModelRuns::default());
+        let mut judge = Judge::open(&config.judge_settings(), &[]).unwrap();
+        judge.count_runs_in(runs.clone());
+        let (judge_settings, judge_settings_rx) = watch::channel(Arc::new(config.judge_settings()));
+        let (judge_control, judge_control_rx) = mpsc::channel(4);
+        let (_inferred_tx, inferred_rx) = mpsc::channel(1);
+        let (judged_tx, _judged_rx) = mpsc::channel(1);
+        let heartbeat = Arc::new(crate::base::liveness::Liveness::default()).register("judge");
+        tokio::spawn(async move {
+            let _keep = (_inferred_tx, _judged_rx);
+            crate::judge::run_judge(judge, inferred_rx, judged_tx, judge_settings_rx, judge_control_rx, heartbeat).await
+        });
+        let board = Arc::new(StatusBoard::new("box".into(), Vec::new()));
+        let settings = Arc::new(LiveSettings::new(
+            ConfigStore::new(Some(path.clone()), config),
+            board,
+            judge_settings,
+            mpsc::channel(1).0,
+            judge_control,
+            Default::default(),
+        ));
+        (path, settings, runs)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_head_failing_its_probation_is_switched_back_and_the_config_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = category_classifier(dir.path());
+        let bin = "[[scenes.yard.zones]]\nid = \"bin\"\nrole = \"bin\"\ncategory = \"kitchen\"\n\
+                   polygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]\n";
+        let (path, settings, runs) = agent_parts(dir.path(), bin).await;
+        let state_dir = dir.path().join("state");
+        let heads = Arc::new(SiteHeads::new(settings.clone(), runs.clone(), state_dir.clone(), Default::default()));
+        let (_trigger, shutdown) = crate::base::shutdown::channel();
+
+        let deployment = heads.deploy(ClassifierSlot::Taxonomy, &head, shutdown.clone()).await.unwrap();
+        assert_eq!((deployment.name.as_str(), deployment.stage), ("site_test", DeploymentStage::Probation));
+        assert!(deployment.self_test["pictures"].as_u64().unwrap() > 0);
+        assert_eq!(crate::config::Config::load(&path).unwrap().taxonomy.classifier, head);
+        assert!(state_dir.join(PENDING_SWITCH_FILE).exists());
+        let busy = heads.deploy(ClassifierSlot::Taxonomy, &head, shutdown.clone()).await.unwrap_err();
+        assert_eq!(busy.code, "busy", "one switch at a time");
+
+        // The judge's runs of the head fail (as a broken head's would): it is switched back.
+        for _ in 0..3 {
+            runs.record("site_test", false);
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let last = heads.last().unwrap();
+                if last.stage != DeploymentStage::Probation {
+                    return last;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the probation ends");
+        assert_eq!(ended.stage, DeploymentStage::RolledBack, "{}", ended.message);
+        assert!(ended.message.contains("failed 3 of 3 runs"), "{}", ended.message);
+        let restored = crate::config::Config::load(&path).unwrap().taxonomy.classifier;
+        assert_eq!(restored, deployment.previous_manifest, "the config names the previous classifier again");
+        assert!(!state_dir.join(PENDING_SWITCH_FILE).exists());
+        // The judge holds the previous classifier: switching in nothing hands it back.
+        let (reply, answer) = oneshot::channel();
+        let control = JudgeControl::SwapClassifier { slot: ClassifierSlot::Taxonomy, stage: None, reply };
+        settings.judge_control().send(control).await.unwrap();
+        let held = answer.await.unwrap().ok().flatten().expect("a classifier in the slot");
+        assert_eq!(held.id().name, "efficientnet_lite0");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_head_whose_labels_do_not_fit_the_slot_is_refused_and_nothing_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = category_classifier(dir.path());
+        let overflow = format!(
+            "[rules.overflow]\nenabled = true\nstate_classifier = {{ manifest = {:?}, on_labels = [\"overflowing\"] }}\n",
+            head.display().to_string()
+        );
+        let (path, settings, runs) = agent_parts(dir.path(), &overflow).await;
+        let before = std::fs::read_to_string(&path).unwrap();
+        let heads = Arc::new(SiteHeads::new(settings, runs, dir.path().join("state"), Default::default()));
+        let (_trigger, shutdown) = crate::base::shutdown::channel();
+        let refused = heads.deploy(ClassifierSlot::OverflowState, &head, shutdown.clone()).await.unwrap_err();
+        assert_eq!(refused.code, "labels_mismatch", "{}", refused.message);
+        assert!(refused.message.contains("\"overflowing\""), "{}", refused.message);
+        let imagenet = models().join("efficientnet_lite0.toml");
+        let refused = heads.deploy(ClassifierSlot::Taxonomy, &imagenet, shutdown.clone()).await.unwrap_err();
+        assert_eq!(refused.code, "labels_mismatch", "ImageNet labels are not categories: {}", refused.message);
+        let detector = models().join("nanodet.toml");
+        let refused = heads.deploy(ClassifierSlot::Taxonomy, &detector, shutdown).await.unwrap_err();
+        assert_eq!(refused.code, "load_failed", "{}", refused.message);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        assert!(!dir.path().join("state").join(PENDING_SWITCH_FILE).exists());
+        assert!(heads.last().is_none());
+    }
+
+    #[test]
+    fn a_head_switch_left_pending_is_rolled_back_in_its_slot_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = category_classifier(dir.path());
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "state_dir = \"state\"\n[taxonomy]\nclassifier = {:?}\n[rules.overflow]\nenabled = true\n\
+                 state_classifier = {{ manifest = {:?}, on_labels = [\"kitchen\"] }}\n",
+                head.display().to_string(),
+                head.display().to_string()
+            ),
+        )
+        .unwrap();
+        let config = crate::config::Config::load(&path).unwrap();
+        std::fs::create_dir_all(&config.state_dir).unwrap();
+        let previous = models().join("efficientnet_lite0.toml");
+        let pending = PendingSwitch {
+            index: 0,
+            name: "site_test".into(),
+            previous_manifest: previous.clone(),
+            new_manifest: head.clone(),
+            switched_at: Utc::now(),
+            classifier: Some(ClassifierSlot::Taxonomy),
+        };
+        pending.save(&config.state_dir).unwrap();
+        let note = roll_back_unconfirmed_switch(&path, &config).unwrap().expect("rolled back");
+        assert!(note.contains("site_test"), "{note}");
+        let after = crate::config::Config::load(&path).unwrap();
+        assert_eq!(after.taxonomy.classifier, previous);
+        assert_eq!(
+            after.rules.overflow.state_classifier.as_ref().unwrap().manifest,
+            head,
+            "the other slot is untouched"
+        );
+        assert!(!config.state_dir.join(PENDING_SWITCH_FILE).exists());
+
+        // The overflow slot's inline table keeps its labels when its manifest is switched.
+        let store = ConfigStore::new(Some(path.clone()), after);
+        store.set_classifier_manifest(ClassifierSlot::OverflowState, &previous).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("on_labels = [\"kitchen\"]"), "{text}");
+        let state = crate::config::Config::load(&path).unwrap().rules.overflow.state_classifier.unwrap();
+        assert_eq!(state.manifest, previous);
+    }
+}
