@@ -173,3 +173,54 @@ fn an_admin_trains_a_site_head_on_the_page_and_deploys_it_through_probation() {
     );
     assert_eq!(named["category"], "residual", "the head calls the coffee cup residual: {named}");
 }
+
+/// The same through the page, in a real browser: the admin presses Train, watches it finish with
+/// its figures, picks the slot and presses Deploy; the probation ends confirmed on the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_installer_page_an_admin_trains_and_deploys_with_two_buttons() {
+    use fantoccini::Locator;
+    use web_support::browser::*;
+
+    let Some((driver, chromium)) = ChromeDriver::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, base) = start_agent(dir.path());
+    let profile = tempfile::tempdir().unwrap();
+    let browser = open_browser(&driver, &chromium, profile.path(), false, "en-US,en").await;
+    let shots = screenshot_dir("learning");
+    log_in(&browser, &base, ADMIN.0, ADMIN.1).await;
+    browser.goto(&format!("{base}/installer")).await.unwrap();
+    let counts = wait_until(
+        &browser,
+        "document.getElementById('learning-counts').textContent.includes('kitchen 24') && document.getElementById('learning-counts').textContent",
+        "the sample counts",
+    )
+    .await;
+    assert!(counts.as_str().unwrap().contains("residual 12"), "{counts}");
+
+    browser.find(Locator::Css("#learn-train")).await.unwrap().click().await.unwrap();
+    let trained = wait_until(
+        &browser,
+        "!document.getElementById('learn-deploy-row').hidden && document.getElementById('learn-message').textContent",
+        "the training to finish",
+    )
+    .await;
+    assert!(trained.as_str().unwrap().starts_with("Trained site_garbage · held-out accuracy"), "{trained}");
+    assert!(text(&browser, "#learn-summary").await.contains("precision"));
+    screenshot(&browser, &shots, "trained").await;
+
+    browser.find(Locator::Css("#learn-slot")).await.unwrap().select_by_value("taxonomy").await.unwrap();
+    browser.find(Locator::Css("#learn-deploy")).await.unwrap().click().await.unwrap();
+    let confirmed = wait_until(
+        &browser,
+        "document.getElementById('deploy-message').textContent.includes(': confirmed') && document.getElementById('deploy-message').textContent",
+        "the probation to end confirmed",
+    )
+    .await;
+    assert!(confirmed.as_str().unwrap().starts_with("site_garbage → taxonomy.classifier: confirmed"), "{confirmed}");
+    screenshot(&browser, &shots, "deployed").await;
+    let written = std::fs::read_to_string(dir.path().join("agent.toml")).unwrap();
+    assert!(written.contains("/state/learned/site_garbage-"), "{written}");
+    drop(agent);
+}

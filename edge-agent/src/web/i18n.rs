@@ -270,6 +270,16 @@ pub enum T {
     LabelledAs,
     OnlyAdminsLabel,
     SamplesIn,
+    LearnSite,
+    LearnNote,
+    LabelledCrops,
+    OnlyLabels,
+    Train,
+    Training,
+    TrainedHead,
+    DeployAs,
+    Deploy,
+    Report,
 }
 
 impl T {
@@ -478,6 +488,16 @@ impl T {
             T::ReallyIs => ("What it really is (model label, or none)", "实际是什么（模型标签，或 none）"),
             T::SaveLabel => ("Save label", "保存标注"),
             T::LabelledAs => ("Labelled", "已标注"),
+            T::LearnSite => ("The box learns its site", "本机学习现场"),
+            T::LearnNote => ("Trains a classifier head on this site's labelled crops and checks it on crops held out from training. Deploying it self-tests it, switches it in, and switches the previous classifier back if it fails or never runs during its probation.", "用本站已标注的截图训练分类头，并用未参与训练的截图检验。部署时先自检再切换；若在试用期内失败或未运行，自动切回原分类器。"),
+            T::LabelledCrops => ("Labelled crops", "已标注截图"),
+            T::OnlyLabels => ("Only these labels (comma-separated; empty: all)", "仅用这些标签（逗号分隔；留空为全部）"),
+            T::Train => ("Train", "训练"),
+            T::Training => ("Training…", "训练中…"),
+            T::TrainedHead => ("Trained", "已训练"),
+            T::DeployAs => ("Deploy as", "部署为"),
+            T::Deploy => ("Deploy", "部署"),
+            T::Report => ("Report", "报告"),
             T::OnlyAdminsLabel => ("Only an admin may label events.", "仅管理员可标注事件。"),
             T::SamplesIn => ("Sample set", "样本集"),
         }

@@ -469,9 +469,54 @@ pub async fn page(
                 }
             }
         }
+        (learning_card(admin, lang))
         script src="/assets/installer.js" defer {}
     };
     page.render(t(T::Installer), content)
+}
+
+/// "The box learns its site": train a head on the site's samples, read its figures, deploy it
+/// into a classifier slot; filled in by `assets/installer.js` from `GET /api/v1/learn`.
+fn learning_card(admin: bool, lang: Lang) -> Markup {
+    let t = |text: T| text.in_lang(lang);
+    html! {
+        section.card #learning-card {
+            h2 { (t(T::LearnSite)) }
+            p.muted { (t(T::LearnNote)) }
+            div #learning data-msg-training=(t(T::Training)) data-msg-trained=(t(T::TrainedHead)) {
+                p #learning-samples { (t(T::LabelledCrops)) ": " span #learning-counts { "…" } }
+                div.zone-fields {
+                    label { span { (t(T::Name)) }
+                        input #learn-name type="text" value="site_garbage" autocapitalize="none" disabled[!admin]; }
+                    label { span { (t(T::OnlyLabels)) }
+                        input #learn-labels type="text" autocapitalize="none" placeholder="recyclable, hazardous, kitchen, residual" disabled[!admin]; }
+                }
+                div.save-row {
+                    button #learn-train type="button" disabled[!admin] { (t(T::Train)) }
+                    progress #learn-progress hidden max="1" value="0" {}
+                    span #learn-message.message role="status" {}
+                }
+                pre #learn-summary hidden {}
+                p #learn-report hidden {
+                    (t(T::Report)) ": "
+                    a href="/api/v1/learn/report/confusion.svg" target="_blank" { "confusion.svg" } " · "
+                    a href="/api/v1/learn/report/scores.svg" target="_blank" { "scores.svg" } " · "
+                    a href="/api/v1/learn/report/summary.md" target="_blank" { "summary.md" }
+                }
+                div.save-row #learn-deploy-row hidden {
+                    label { span { (t(T::DeployAs)) }
+                        select #learn-slot disabled[!admin] {
+                            option value="taxonomy" { "taxonomy.classifier (wrong_bin)" }
+                            option value="overflow_state" { "rules.overflow.state_classifier" }
+                            option value="truck_cover" { "rules.truck_exit.cover_classifier" }
+                        }
+                    }
+                    button #learn-deploy type="button" disabled[!admin] { (t(T::Deploy)) }
+                }
+                p #deploy-message.message role="status" {}
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -402,4 +402,80 @@
       }
     });
   }
+
+  // ---- The box learns its site -------------------------------------------------------------
+  const learning = document.getElementById('learning');
+  if (learning) {
+    const counts = document.getElementById('learning-counts');
+    const train = document.getElementById('learn-train');
+    const progress = document.getElementById('learn-progress');
+    const message = document.getElementById('learn-message');
+    const summary = document.getElementById('learn-summary');
+    const report = document.getElementById('learn-report');
+    const deployRow = document.getElementById('learn-deploy-row');
+    const deploy = document.getElementById('learn-deploy');
+    const deployMessage = document.getElementById('deploy-message');
+    let polling = null;
+
+    function show(status) {
+      const samples = status.samples || {};
+      if (samples.error) {
+        say(counts, samples.error, false);
+      } else {
+        const parts = Object.keys(samples.counts || {}).map(function (label) { return label + ' ' + samples.counts[label]; });
+        counts.textContent = (parts.length ? parts.join(', ') : '0') + (samples.folder ? ' · ' + samples.folder : '');
+      }
+      const running = status.running;
+      progress.hidden = !running;
+      if (running) {
+        progress.max = Math.max(1, running.total);
+        progress.value = running.done;
+        say(message, learning.dataset.msgTraining + ' ' + running.done + '/' + running.total, true);
+      }
+      const last = status.last;
+      if (last && !running) {
+        if (last.error) {
+          say(message, last.error, false);
+        } else {
+          const accuracy = last.learned ? ' · held-out accuracy ' + last.learned.held_out_accuracy.toFixed(3) : '';
+          say(message, learning.dataset.msgTrained + ' ' + last.name + accuracy, true);
+        }
+        summary.textContent = last.summary || '';
+        summary.hidden = !last.summary;
+        report.hidden = !!last.error;
+        deployRow.hidden = !!last.error;
+      }
+      const deployment = status.deployment;
+      if (deployment) {
+        const good = deployment.stage === 'confirmed' || deployment.stage === 'probation';
+        say(deployMessage, deployment.name + ' → ' + deployment.key + ': ' + deployment.stage + ' · ' + deployment.message, good);
+      }
+      const busy = !!running || (deployment && deployment.stage === 'probation');
+      if (busy && !polling) polling = setInterval(refresh, 1000);
+      if (!busy && polling) { clearInterval(polling); polling = null; }
+    }
+
+    async function refresh() {
+      const answer = await send('GET', '/api/v1/learn');
+      if (answer.ok) show(answer.data); else say(message, answer.data.error || String(answer.status), false);
+    }
+
+    train.addEventListener('click', async function () {
+      const labels = document.getElementById('learn-labels').value.split(',')
+        .map(function (label) { return label.trim(); }).filter(function (label) { return label; });
+      const answer = await send('POST', '/api/v1/learn', { name: document.getElementById('learn-name').value.trim(), labels: labels });
+      if (!answer.ok) { say(message, answer.data.error || String(answer.status), false); return; }
+      refresh();
+    });
+
+    deploy.addEventListener('click', async function () {
+      deploy.disabled = true;
+      const answer = await send('POST', '/api/v1/learn/deploy', { slot: document.getElementById('learn-slot').value });
+      deploy.disabled = false;
+      if (!answer.ok) { say(deployMessage, answer.data.error || String(answer.status), false); return; }
+      refresh();
+    });
+
+    refresh();
+  }
 })();
