@@ -362,30 +362,7 @@ mod tests {
         assert!(residual.recall > 0.5, "{baseline:?}");
 
         let backbone_manifest = backbone.manifest().clone();
-        let bytes = std::fs::read(backbone_manifest.onnx_path()).unwrap();
-        let learned = crate::infer::manifest::LearnedSpec {
-            samples: set.folder.display().to_string(),
-            labels_file: set.labels_file.display().to_string(),
-            newest_sample: "2026-11-30T00:00:00Z".into(),
-            trained_at: "2026-11-30T00:00:00Z".into(),
-            backbone: "efficientnet_lite0".into(),
-            backbone_sha256: backbone_manifest.sha256.clone(),
-            held_out_share: 0.25,
-            held_out_accuracy: outcome.evaluation.accuracy,
-            counts: outcome.counts.clone(),
-            held_out: Default::default(),
-        };
-        let out = dir.path().join("model");
-        let written = head::write_model(
-            &out,
-            "site_garbage",
-            &backbone_manifest,
-            &bytes,
-            "/Reshape_output_0",
-            &outcome.head,
-            &learned,
-        )
-        .unwrap();
+        let written = write_head(&dir.path().join("model"), "site_garbage", &backbone, &set, &outcome);
         let size = std::fs::metadata(&written.onnx).unwrap().len();
         assert!(
             size < std::fs::metadata(backbone_manifest.onnx_path()).unwrap().len() - 4_000_000,
@@ -398,7 +375,10 @@ mod tests {
         };
         let mut site_model = Model::load(&config, BackendKind::Tract).unwrap();
         assert_eq!(site_model.labels(), ["kitchen", "recyclable", "residual"]);
-        assert_eq!(site_model.manifest().learned.as_ref(), Some(&learned));
+        assert_eq!(
+            site_model.manifest().learned.as_ref().map(|l| l.held_out_accuracy),
+            Some(outcome.evaluation.accuracy)
+        );
         let mut on_ort = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).filter(|p| p.is_file()).map(|path| {
             let inference =
                 InferenceConfig { backend: BackendKind::Ort, ort_library: Some(path), ..Default::default() };
@@ -447,24 +427,7 @@ mod tests {
         let examples = embed_crops(&set, &crops, &mut backbone, |_| ()).unwrap();
         let outcome = train_and_check(&examples, 0.25, 1, TrainOptions::default(), None).unwrap();
         assert_eq!(outcome.evaluation.accuracy, 1.0, "{:?}", outcome.evaluation);
-        let manifest = backbone.manifest().clone();
-        let bytes = std::fs::read(manifest.onnx_path()).unwrap();
-        let learned = crate::infer::manifest::LearnedSpec {
-            samples: set.folder.display().to_string(),
-            labels_file: set.labels_file.display().to_string(),
-            newest_sample: "2026-11-30T00:00:00Z".into(),
-            trained_at: "2026-11-30T00:00:00Z".into(),
-            backbone: manifest.name.clone(),
-            backbone_sha256: manifest.sha256.clone(),
-            held_out_share: 0.25,
-            held_out_accuracy: outcome.evaluation.accuracy,
-            counts: outcome.counts.clone(),
-            held_out: Default::default(),
-        };
-        let out = dir.path().join("model");
-        let written =
-            head::write_model(&out, "site_garbage", &manifest, &bytes, "/Reshape_output_0", &outcome.head, &learned)
-                .unwrap();
+        let written = write_head(&dir.path().join("model"), "site_garbage", &backbone, &set, &outcome);
 
         let frame = cup_on_pavement();
         let results = vec![detector_result(&frame)];
@@ -578,30 +541,7 @@ mod tests {
         let outcome = train_and_check(&examples, 0.25, 1, TrainOptions::default(), None).unwrap();
         assert_eq!(outcome.counts.values().copied().collect::<Vec<_>>(), [12, 12]);
         assert_eq!(outcome.evaluation.accuracy, 1.0, "{:?}", outcome.evaluation);
-        let manifest = backbone.manifest().clone();
-        let bytes = std::fs::read(manifest.onnx_path()).unwrap();
-        let learned = crate::infer::manifest::LearnedSpec {
-            samples: set.folder.display().to_string(),
-            labels_file: set.labels_file.display().to_string(),
-            newest_sample: "2026-11-30T00:00:00Z".into(),
-            trained_at: "2026-11-30T00:00:00Z".into(),
-            backbone: manifest.name.clone(),
-            backbone_sha256: manifest.sha256.clone(),
-            held_out_share: 0.25,
-            held_out_accuracy: outcome.evaluation.accuracy,
-            counts: outcome.counts.clone(),
-            held_out: Default::default(),
-        };
-        let written = head::write_model(
-            &dir.path().join("model"),
-            "bin_overflow",
-            &manifest,
-            &bytes,
-            "/Reshape_output_0",
-            &outcome.head,
-            &learned,
-        )
-        .unwrap();
+        let written = write_head(&dir.path().join("model"), "bin_overflow", &backbone, &set, &outcome);
 
         let state = StateClassifierConfig {
             manifest: written.manifest.clone(),
@@ -640,6 +580,130 @@ mod tests {
         let started_after = crate::judge::tracker::seconds_between(at(30.0), all[0].last_seen);
         assert!((60.0..70.0).contains(&started_after), "after_secs = 60: {started_after}");
         assert!(run(&some_muck, &|t| t >= 30.0).is_empty(), "a little muck is normal");
+    }
+
+    /// Writes the trained head as `learn` does (ONNX, labels, manifest with `[learned]`).
+    fn write_head(dir: &Path, name: &str, backbone: &Model, set: &SampleSet, outcome: &Outcome) -> head::WrittenModel {
+        let manifest = backbone.manifest().clone();
+        let bytes = std::fs::read(manifest.onnx_path()).unwrap();
+        let learned = crate::infer::manifest::LearnedSpec {
+            samples: set.folder.display().to_string(),
+            labels_file: set.labels_file.display().to_string(),
+            newest_sample: "2026-11-30T00:00:00Z".into(),
+            trained_at: "2026-11-30T00:00:00Z".into(),
+            backbone: manifest.name.clone(),
+            backbone_sha256: manifest.sha256.clone(),
+            held_out_share: 0.25,
+            held_out_accuracy: outcome.evaluation.accuracy,
+            counts: outcome.counts.clone(),
+            held_out: Default::default(),
+        };
+        let embedding = manifest.embedding.as_ref().map(|e| e.output.clone()).unwrap();
+        head::write_model(dir, name, &manifest, &bytes, &embedding, &outcome.head, &learned).unwrap()
+    }
+
+    /// A cover classifier for `truck_exit` learnt on the box. No photos of muck trucks ship, so the
+    /// classes are composites on the real truck of dog.jpg, put back into its picture: "uncovered"
+    /// with real dirt (a crop of coffee.png's ground, the fixtures' muck) heaped on its load,
+    /// "covered" with a tarp drawn over it (a plain sheet, green, blue or grey, with folds). Then the
+    /// rule, with the head as its `cover_classifier`, calls a truck with a tarp of a shade and a
+    /// heap at a place it was not trained on covered and uncovered.
+    #[test]
+    fn a_learnt_cover_classifier_tells_covered_from_uncovered_trucks_on_real_composites() {
+        use crate::judge::config::{CoverClassifierConfig, TrackingConfig, TruckExitRuleConfig, ZoneRole};
+        use crate::judge::fixtures::{at, detector_result, dog_jpg_truck, muck, paste, sample, zone};
+        use crate::judge::rules::truck_exit::{CoverClassifier, TruckExitRule};
+        use crate::judge::rules::{detections_of, FrameView, SecondStage};
+        use crate::judge::tracker::TrackIds;
+        use crate::judge::zones::Scene;
+        use image::imageops::{resize, FilterType};
+
+        let dog = sample("dog.jpg");
+        let truck = dog_jpg_truck();
+        // The load sits on the truck's upper half (the crop starts at 452, 74 in dog.jpg).
+        let tarp = |(r, g, b): (u8, u8, u8), width: u32| {
+            image::RgbImage::from_fn(width, 44, |x, y| {
+                let fold = if (x / 14 + y / 9) % 3 == 0 { 0.82 } else { 1.0 };
+                image::Rgb([r, g, b].map(|v| (f32::from(v) * fold) as u8))
+            })
+        };
+        let loaded = |load: &image::RgbImage, x: u32, y: u32| paste(&dog, &paste(&truck, load, x, y), 452, 74);
+        let dir = tempfile::tempdir().unwrap();
+        let mut rows = String::from("file,label,x1,y1,x2,y2\n");
+        // The crop the rule takes (the box with a 10 % margin), moved by a few pixels.
+        let jitter = [(0i32, 0i32), (-6, 4), (6, -4), (3, 6)];
+        let mut n = 0;
+        let mut add = |picture: &image::RgbImage, label: &str, rows: &mut String| {
+            let name = format!("{label}-{n}.png");
+            picture.save(dir.path().join(&name)).unwrap();
+            let (dx, dy) = jitter[n % jitter.len()];
+            rows.push_str(&format!(
+                "{name},{label},{},{},{},{}\n",
+                434 + dx,
+                72 + dy,
+                709 + dx.min(0),
+                169 + dy.min(0)
+            ));
+            n += 1;
+        };
+        for (i, (x, y)) in [(10, 4), (24, 8), (36, 2), (18, 10), (30, 6), (4, 8)].into_iter().enumerate() {
+            for (j, size) in [(180, 44), (160, 40), (190, 48)].into_iter().enumerate() {
+                let heap = resize(&muck(), size.0, size.1, FilterType::Triangle);
+                add(&loaded(&heap, x + j as u32 * 4, y), "uncovered", &mut rows);
+                let colour = [(34, 102, 51), (40, 60, 140), (105, 105, 100)][(i + j) % 3];
+                add(&loaded(&tarp(colour, size.0 + 10), x, y), "covered", &mut rows);
+            }
+        }
+        std::fs::write(dir.path().join("labels.csv"), rows).unwrap();
+        let set = SampleSet::open(dir.path(), &dir.path().join("labels.csv")).unwrap();
+        let crops = labelled_crops(&set);
+        let mut backbone = backbone();
+        let examples = embed_crops(&set, &crops, &mut backbone, |_| ()).unwrap();
+        let outcome = train_and_check(&examples, 0.25, 1, TrainOptions::default(), None).unwrap();
+        assert_eq!(outcome.counts.values().copied().collect::<Vec<_>>(), [18, 18]);
+        assert_eq!(outcome.evaluation.accuracy, 1.0, "{:?}", outcome.evaluation);
+        let written = write_head(&dir.path().join("model"), "truck_cover", &backbone, &set, &outcome);
+
+        let config = CoverClassifierConfig {
+            manifest: written.manifest.clone(),
+            uncovered_labels: vec!["uncovered".into()],
+            covered_labels: vec!["covered".into()],
+            min_score: 0.5,
+        };
+        let scene = Scene {
+            zones: vec![zone("gate-out", ZoneRole::SiteExit, None, [0.55, 0.1, 1.0, 0.4])],
+            ..Scene::default()
+        };
+        // A bluish-grey tarp and a heap further back on the load: neither seen in training.
+        let test_heap = resize(&muck(), 170, 42, FilterType::Triangle);
+        let trucks = [(loaded(&tarp((70, 90, 120), 185), 14, 6), false), (loaded(&test_heap, 44, 6), true)];
+        // The truck where the real detector finds it in dog.jpg: a sheet this big over a truck this
+        // small (240 px) hides it from nanodet, and the classifier is what is checked here.
+        let results = vec![detector_result(&dog)];
+        let found = detections_of(&results, &scene, dog.width(), dog.height(), None);
+        for (picture, uncovered) in trucks {
+            let mut cover = CoverClassifier {
+                stage: SecondStage::load(&written.manifest, BackendKind::Tract).unwrap(),
+                config: config.clone(),
+            };
+            let mut rule = TruckExitRule::new(&TruckExitRuleConfig::default(), &TrackingConfig::default());
+            let mut ids = TrackIds::default();
+            let mut all = Vec::new();
+            for i in 0..6 {
+                let view = FrameView {
+                    camera: "gate",
+                    time: at(i as f64 * 0.5),
+                    image: &picture,
+                    found: &found,
+                    scene: &scene,
+                    foreground: None,
+                };
+                all.extend(rule.judge(&view, &mut ids, Some(&mut cover)));
+            }
+            assert_eq!(all.len(), 1, "one truck leaving: {all:?}");
+            assert_eq!(all[0].details.uncovered, Some(uncovered), "{:?}", all[0].details);
+            assert_eq!(all[0].details.classifier.as_ref().map(|m| m.name.as_str()), Some("truck_cover"));
+        }
     }
 
     /// The page's view: the configured heads with `[learned]`, and the pictures labelled since.
