@@ -67,9 +67,14 @@ impl OverflowRule {
                 x2: corners.iter().map(|c| c.0).fold(0.0, f32::max),
                 y2: corners.iter().map(|c| c.1).fold(0.0, f32::max),
             };
+            // A classifier's finding names it (name and sha256) in the event.
+            let mut decided_by = None;
             let (score, coverage) = match (classifier.as_deref_mut(), view.foreground) {
                 (Some(classifier), _) => match classifier.on_score(view.image, &bbox) {
-                    Some(score) => (score, None),
+                    Some(score) => {
+                        decided_by = Some(classifier.stage.id().clone());
+                        (score, None)
+                    }
                     None => continue,
                 },
                 (None, Some(fg)) => {
@@ -89,6 +94,7 @@ impl OverflowRule {
                     category: bin.category.clone(),
                     bin_category: bin.category.clone(),
                     coverage,
+                    classifier: decided_by,
                     ..Finding::new(OVERFLOW_LABEL, bbox)
                 },
             });

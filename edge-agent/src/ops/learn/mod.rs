@@ -577,6 +577,8 @@ mod tests {
         let states: Vec<_> = all.iter().map(|t| t.state).collect();
         assert_eq!(states, [LifecycleState::Start, LifecycleState::End], "{all:?}");
         assert_eq!(all[0].details.coverage, None, "a classifier's finding, not a coverage");
+        let named = all[0].details.classifier.as_ref().map(|m| (m.name.as_str(), m.sha256.as_str()));
+        assert_eq!(named, Some(("bin_overflow", written.sha256.as_str())), "the event names the head");
         let started_after = crate::judge::tracker::seconds_between(at(30.0), all[0].last_seen);
         assert!((60.0..70.0).contains(&started_after), "after_secs = 60: {started_after}");
         assert!(run(&some_muck, &|t| t >= 30.0).is_empty(), "a little muck is normal");
