@@ -18,8 +18,10 @@ then measured over a window of --seconds:
   object rule's labels (the pipeline has no tracking, evidence or outbox).
 - peak RSS: VmHWM of the process when the window ends.
 
-Plus one run of the agent with both shipped models (detector and classifier) on one camera at the
-lowest frame rate, for the peak-RSS goal. Exits non-zero when any figure is missing.
+Plus, on one camera at the lowest frame rate: the agent with both shipped models (detector and
+classifier), for the peak-RSS goal, with its resident memory by part (/proc/PID/smaps: libraries,
+malloc heap, anonymous mappings); and both contenders with the int8 detector (models/nanodet.int8.toml),
+for the int8 goal (agent int8 ÷ Python fp32). Exits non-zero when any figure is missing.
 """
 
 import argparse
@@ -63,6 +65,43 @@ def cpu_seconds(pid):
     text = pathlib.Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+FP32 = "models/nanodet.toml"
+INT8 = "models/nanodet.int8.toml"
+
+
+def rss_by_part(pid):
+    """The process's resident memory now, by what it is (/proc/PID/smaps): MB per part, largest first.
+    File-backed pages are libraries' code and data (shared, dropped by the kernel when memory is
+    short); anonymous ones are what the agent allocated: the malloc heap, and mappings without a name,
+    which are allocations of 256 KB and more (frames, tensors, ONNX Runtime's arena) and thread stacks."""
+    parts = {}
+    name = None
+    for line in pathlib.Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
+            path = fields[5] if len(fields) > 5 else ""
+            base = os.path.basename(path)
+            if path == "[heap]":
+                name = "malloc heap ([heap])"
+            elif not path:
+                name = "anonymous mappings (allocations ≥ 256 KB: frames, tensors, ONNX Runtime arena; thread stacks)"
+            elif path.startswith("["):
+                name = f"kernel {path}"
+            elif base.startswith("libonnxruntime"):
+                name = "ONNX Runtime library"
+            elif base.startswith(("libgst", "libav", "libsw", "liborc", "libx264", "libopenh264", "libdav1d", "libde265")):
+                name = "GStreamer and FFmpeg libraries"
+            elif base.endswith(".onnx"):
+                name = "model files (mapped)"
+            elif base == "edge-agent":
+                name = "the agent's binary"
+            else:
+                name = "other libraries and files"
+        elif fields and fields[0] == "Rss:" and name:
+            parts[name] = parts.get(name, 0) + int(fields[1])
+    return sorted(((part, kib * 1024 / 1e6) for part, kib in parts.items()), key=lambda x: -x[1])
 
 
 def peak_rss_kib(pid):
@@ -199,9 +238,9 @@ class EventFeed:
             self.error = str(e)
 
 
-def agent_config(args, work, name, port, urls, both_models):
+def agent_config(args, work, name, port, urls, both_models, detector):
     # The Python peer's one model; with both, the classifier on whole frames too (not the default).
-    models = f'[[models]]\nmanifest = "{REPO / "models/nanodet.toml"}"\n'
+    models = f'[[models]]\nmanifest = "{REPO / detector}"\n'
     if both_models:
         models += f'[[models]]\nmanifest = "{REPO / "models/efficientnet_lite0.toml"}"\n'
 
@@ -258,9 +297,9 @@ def finish_profile(profiler):
     print(f"   profile: {summary}", flush=True)
 
 
-def run_agent(args, work, name, urls, both_models=False):
+def run_agent(args, work, name, urls, both_models=False, detector=FP32):
     port = free_port()
-    config = agent_config(args, work, name, port, urls, both_models)
+    config = agent_config(args, work, name, port, urls, both_models, detector)
     env = dict(os.environ, NO_COLOR="1", RUST_LOG="info")
     agent = Process([str(args.agent), "run", "--config", str(config)], work / f"{name}.log", env)
     try:
@@ -278,6 +317,7 @@ def run_agent(args, work, name, urls, both_models=False):
         time.sleep(args.seconds)
         after, cpu_after, t1 = api(port, "/api/v1/status"), cpu_seconds(agent.pid), time.time()
         hwm = peak_rss_kib(agent.pid)
+        parts = rss_by_part(agent.pid)
         if profiler:
             # perf ends its window on its own; stopping the agent first would cut it short.
             profiler[1].wait(timeout=args.seconds + 60)
@@ -321,7 +361,7 @@ def run_agent(args, work, name, urls, both_models=False):
         by_messages.setdefault(len(frame_latencies), []).append(max(frame_latencies))
     return {
         "contender": "agent",
-        "models": "nanodet + efficientnet_lite0" if both_models else "nanodet",
+        "models": ("nanodet + efficientnet_lite0" if both_models else "nanodet") + (" int8" if detector == INT8 else ""),
         "cameras": len(urls),
         "window_s": t1 - t0,
         "cpu_s": cpu_after - cpu_before,
@@ -334,15 +374,16 @@ def run_agent(args, work, name, urls, both_models=False):
         "lagged": feed.lagged,
         "feed_error": feed.error,
         "peak_rss_kib": hwm,
+        "rss_by_part": parts,
         # What decodes, and the encoded video each camera keeps for event clips (its pre-roll).
         "decoders": sorted({c.get("decoder") or "?" for c in after["cameras"]}),
         "video_buffered_bytes": [c.get("video_buffered_bytes", 0) for c in after["cameras"]],
     }
 
 
-def run_python(args, work, name, urls):
+def run_python(args, work, name, urls, detector=FP32):
     frames = work / f"{name}.jsonl"
-    command = [args.python, str(REPO / "bench/camera_python.py"), "--model", str(REPO / "models/nanodet.toml")]
+    command = [args.python, str(REPO / "bench/camera_python.py"), "--model", str(REPO / detector)]
     for url in urls:
         command += ["--url", url]
     command += ["--frames", str(frames), "--threads", str(args.threads)]
@@ -376,7 +417,7 @@ def run_python(args, work, name, urls):
     latencies = [(r["done"] - r["captured"]) * 1000.0 for r in records() if r["event"] and t0 <= r["captured"] <= t1]
     return {
         "contender": "python",
-        "models": "nanodet",
+        "models": "nanodet" + (" int8" if detector == INT8 else ""),
         "cameras": len(urls),
         "window_s": t1 - t0,
         "cpu_s": cpu_after - cpu_before,
@@ -410,7 +451,7 @@ def verdict(ok):
     return "met" if ok else "**missed**"
 
 
-def tables(args, scenarios, rss_run, cpu, started, load_before, load_after):
+def tables(args, scenarios, rss_run, int8, cpu, started, load_before, load_after):
     lines = []
     missing = []
     rows = [
@@ -495,6 +536,43 @@ def tables(args, scenarios, rss_run, cpu, started, load_before, load_after):
     )
     if rss_run["frames_inferred"] == 0:
         missing.append("agent with both models: no frame inferred in the window")
+    parts = [
+        f"Agent with both models, one camera: resident memory by part at the end of the window "
+        f"(/proc/PID/smaps; peak VmHWM {rss_run['peak_rss_kib'] / 1024:.0f} MiB):",
+        "",
+        "| part | MB |",
+        "|---|---|",
+        *(f"| {part} | {mb:.1f} |" for part, mb in rss_run["rss_by_part"] if mb >= 0.5),
+        f"| total | {sum(mb for _, mb in rss_run['rss_by_part']):.1f} |",
+    ]
+
+    # int8: the agent with the int8 detector against the Python pipeline with the fp32 one (the goal),
+    # and with the same int8 model (the same runtime on both sides).
+    int8_agent, int8_python, int8_fps = int8
+    i8a, i8p = figures(int8_agent), figures(int8_python)
+    fp32_python = figures(scenarios[(int8_fps, 1)][1]) if (int8_fps, 1) in scenarios else None
+    for name, run, f in (("edge-agent (ort), int8 detector", int8_agent, i8a), ("Python OpenCV + ORT, int8 detector", int8_python, i8p)):
+        captured = f" ({run['frames_captured'] / run['window_s']:.1f})" if "frames_captured" in run else ""
+        rows.append(
+            f"| {args.height}p {int8_fps} fps | 1 | {name} | {fmt(f['cores_per_camera'], 3)} | "
+            f"{fmt(f['cpu_ms_per_frame'], 1)} | {fmt(f['frames_per_second'], 1)}{captured} | "
+            f"{fmt(f['latency_median_ms'], 0)} / {fmt(f['latency_p99_ms'], 0)} ({f['latency_samples']}) | "
+            f"{fmt(run['inference_ms'], 1)} | {fmt(f['peak_rss_mb'], 0)} |"
+        )
+        if f["cpu_ms_per_frame"] is None:
+            missing.append(f"{name}: no frame inferred in the window")
+    if i8a["cpu_ms_per_frame"] and fp32_python and fp32_python["cpu_ms_per_frame"]:
+        ratio = i8a["cpu_ms_per_frame"] / fp32_python["cpu_ms_per_frame"]
+        goals.append(
+            f"| CPU per inferred frame, agent int8 ÷ Python fp32 | {int8_fps} fps | 1 | "
+            f"{i8a['cpu_ms_per_frame']:.1f} ÷ {fp32_python['cpu_ms_per_frame']:.1f} ms | {ratio:.2f} | ≤ 0.4 | {verdict(ratio <= 0.4)} |"
+        )
+    if i8a["cpu_ms_per_frame"] and i8p["cpu_ms_per_frame"]:
+        ratio = i8a["cpu_ms_per_frame"] / i8p["cpu_ms_per_frame"]
+        goals.append(
+            f"| CPU per inferred frame, agent int8 ÷ Python int8 (same model) | {int8_fps} fps | 1 | "
+            f"{i8a['cpu_ms_per_frame']:.1f} ÷ {i8p['cpu_ms_per_frame']:.1f} ms | {ratio:.2f} | — | |"
+        )
 
     load = f"load average (1, 5, 15 min) before {load_before}, after {load_after}"
     versions = subprocess.run(
@@ -518,6 +596,8 @@ def tables(args, scenarios, rss_run, cpu, started, load_before, load_after):
         *goals,
         "",
         *by_messages,
+        "",
+        *parts,
         "",
         f"lscpu Model name: {cpu['Model name']}",
         "",
@@ -567,6 +647,7 @@ def main():
     clips = {fps: make_clip(args, fps) for fps in args.fps}
     scenarios = {}
     rss_run = None
+    int8 = None
     # Logs and configs of the last run stay for a look afterwards; state folders are deleted.
     work = args.cache / "last-run"
     shutil.rmtree(work, ignore_errors=True)
@@ -595,10 +676,16 @@ def main():
                 print(f"== {fps}fps-1cam: edge-agent with both models (peak RSS)", flush=True)
                 rss_run = run_agent(args, work, f"agent-both-{fps}fps", [server.url(0)], both_models=True)
                 rss_run["fps"] = fps
+                print(f"== {fps}fps-1cam: int8 detector ({INT8}), edge-agent and Python", flush=True)
+                int8 = (
+                    run_agent(args, work, f"agent-int8-{fps}fps", [server.url(0)], detector=INT8),
+                    run_python(args, work, f"python-int8-{fps}fps", [server.url(0)], detector=INT8),
+                    fps,
+                )
         finally:
             server.process.stop()
     load_after = " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
-    body, missing = tables(args, scenarios, rss_run, cpu, started, load_before, load_after)
+    body, missing = tables(args, scenarios, rss_run, int8, cpu, started, load_before, load_after)
     print(body)
     report_file.write_section(args.results, SECTION, INTRO + body, NOTES_MARKER)
     print(f"== wrote the camera section of {args.results}")

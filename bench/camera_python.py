@@ -78,7 +78,7 @@ def main():
     parser.add_argument("--min-score", type=float, default=0.3)
     args = parser.parse_args()
 
-    manifest = baseline.load_manifest(args.model)
+    manifest = baseline.load_manifest(args.model, named=True)
     if manifest is None or manifest.get("task") != "detect":
         sys.exit(f"{args.model}: expected a detector's model manifest (name, file, sha256, input, labels, task = detect)")
     labels = (manifest["folder"] / manifest["labels"]).read_text().splitlines()

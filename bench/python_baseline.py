@@ -22,9 +22,10 @@ import numpy as np
 import onnxruntime
 
 
-def load_manifest(path):
-    """The default model manifest at `path`, or None for the other TOML files in models/."""
-    if "." in path.stem:  # opt-in variants (nanodet.int8.toml, models/quantize.sh) and taxonomies
+def load_manifest(path, named=False):
+    """The default model manifest at `path`, or None for the other TOML files in models/; `named`: a
+    manifest asked for by name, opt-in variants (nanodet.int8.toml) included."""
+    if "." in path.stem and not named:  # opt-in variants (models/quantize.sh) and taxonomies
         return None
     manifest = tomllib.loads(path.read_text())
     if not all(key in manifest for key in ("name", "file", "sha256", "input", "labels")):
