@@ -495,46 +495,29 @@ mod tests {
         use crate::judge::zones::Scene;
         use image::imageops::{crop_imm, resize, FilterType};
 
-        let dir = tempfile::tempdir().unwrap();
         let empty = sample("dog.jpg");
         let heaps = [
             crop_imm(&sample("person.jpg"), 393, 131, 198, 209).to_image(),
             crop_imm(&sample("dog.jpg"), 130, 212, 180, 318).to_image(),
             sample("coffee.png"),
         ];
-        let mut rows = String::from("file,label,x1,y1,x2,y2\n");
         // The zone's crop as the rule takes it (10 % margin), moved by a few pixels.
-        let jitter = [(0, 0), (-8, 6), (8, -6), (4, 8)];
-        let mut n = 0;
-        let mut add = |picture: &image::RgbImage, label: &str, rows: &mut String| {
-            let name = format!("{label}-{n}.png");
-            picture.save(dir.path().join(&name)).unwrap();
-            let (dx, dy) = jitter[n % jitter.len()];
-            rows.push_str(&format!(
-                "{name},{label},{},{},{},{}\n",
-                448 + dx,
-                259 + dy,
-                768 + dx.min(0),
-                576 + dy.min(0)
-            ));
-            n += 1;
-        };
+        let mut composites = Composites::new([448, 259, 768, 576], [(0, 0), (-8, 6), (8, -6), (4, 8)]);
         for (h, heap) in heaps.iter().enumerate() {
             for (size, x, y) in [(180, 500, 330), (290, 470, 285), (220, 540, 350), (260, 480, 300)] {
                 let heap = resize(heap, size, size * 7 / 8 + h as u32 * 10, FilterType::Triangle);
-                add(&paste(&empty, &heap, x, y), "overflowing", &mut rows);
+                composites.add(&paste(&empty, &heap, x, y), "overflowing");
             }
         }
         for brightness in [0.8f32, 0.9, 1.0, 1.1, 1.2, 1.3] {
             let mut lit = empty.clone();
             lit.pixels_mut().for_each(|p| p.0 = p.0.map(|v| (f32::from(v) * brightness).min(255.0) as u8));
-            add(&lit, "normal", &mut rows);
+            composites.add(&lit, "normal");
         }
         for (x, y) in [(500, 320), (620, 480), (470, 500), (650, 300), (560, 420), (700, 360)] {
-            add(&paste(&empty, &muck(), x, y), "normal", &mut rows);
+            composites.add(&paste(&empty, &muck(), x, y), "normal");
         }
-        std::fs::write(dir.path().join("labels.csv"), rows).unwrap();
-        let set = SampleSet::open(dir.path(), &dir.path().join("labels.csv")).unwrap();
+        let (dir, set) = composites.open();
         let crops = labelled_crops(&set);
         let mut backbone = backbone();
         let examples = embed_crops(&set, &crops, &mut backbone, |_| ()).unwrap();
@@ -584,6 +567,40 @@ mod tests {
         assert!(run(&some_muck, &|t| t >= 30.0).is_empty(), "a little muck is normal");
     }
 
+    /// Labelled composites written as a sample set: each picture saved, its row the crop the rule
+    /// takes (`region`), moved by a few pixels from one picture to the next (`jitter`).
+    struct Composites {
+        dir: tempfile::TempDir,
+        region: [i32; 4],
+        jitter: [(i32, i32); 4],
+        rows: String,
+        count: usize,
+    }
+
+    impl Composites {
+        fn new(region: [i32; 4], jitter: [(i32, i32); 4]) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            Self { dir, region, jitter, rows: String::from("file,label,x1,y1,x2,y2\n"), count: 0 }
+        }
+
+        fn add(&mut self, picture: &image::RgbImage, label: &str) {
+            let name = format!("{label}-{}.png", self.count);
+            picture.save(self.dir.path().join(&name)).unwrap();
+            let (dx, dy) = self.jitter[self.count % self.jitter.len()];
+            let [x1, y1, x2, y2] = self.region;
+            let row = format!("{name},{label},{},{},{},{}\n", x1 + dx, y1 + dy, x2 + dx.min(0), y2 + dy.min(0));
+            self.rows.push_str(&row);
+            self.count += 1;
+        }
+
+        /// The folder (kept while the test runs) and its sample set.
+        fn open(self) -> (tempfile::TempDir, SampleSet) {
+            std::fs::write(self.dir.path().join("labels.csv"), &self.rows).unwrap();
+            let set = SampleSet::open(self.dir.path(), &self.dir.path().join("labels.csv")).unwrap();
+            (self.dir, set)
+        }
+    }
+
     /// Writes the trained head as `learn` does (ONNX, labels, manifest with `[learned]`).
     fn write_head(dir: &Path, name: &str, backbone: &Model, set: &SampleSet, outcome: &Outcome) -> head::WrittenModel {
         let manifest = backbone.manifest().clone();
@@ -630,34 +647,17 @@ mod tests {
             })
         };
         let loaded = |load: &image::RgbImage, x: u32, y: u32| paste(&dog, &paste(&truck, load, x, y), 452, 74);
-        let dir = tempfile::tempdir().unwrap();
-        let mut rows = String::from("file,label,x1,y1,x2,y2\n");
         // The crop the rule takes (the box with a 10 % margin), moved by a few pixels.
-        let jitter = [(0i32, 0i32), (-6, 4), (6, -4), (3, 6)];
-        let mut n = 0;
-        let mut add = |picture: &image::RgbImage, label: &str, rows: &mut String| {
-            let name = format!("{label}-{n}.png");
-            picture.save(dir.path().join(&name)).unwrap();
-            let (dx, dy) = jitter[n % jitter.len()];
-            rows.push_str(&format!(
-                "{name},{label},{},{},{},{}\n",
-                434 + dx,
-                72 + dy,
-                709 + dx.min(0),
-                169 + dy.min(0)
-            ));
-            n += 1;
-        };
+        let mut composites = Composites::new([434, 72, 709, 169], [(0, 0), (-6, 4), (6, -4), (3, 6)]);
         for (i, (x, y)) in [(10, 4), (24, 8), (36, 2), (18, 10), (30, 6), (4, 8)].into_iter().enumerate() {
             for (j, size) in [(180, 44), (160, 40), (190, 48)].into_iter().enumerate() {
                 let heap = resize(&muck(), size.0, size.1, FilterType::Triangle);
-                add(&loaded(&heap, x + j as u32 * 4, y), "uncovered", &mut rows);
+                composites.add(&loaded(&heap, x + j as u32 * 4, y), "uncovered");
                 let colour = [(34, 102, 51), (40, 60, 140), (105, 105, 100)][(i + j) % 3];
-                add(&loaded(&tarp(colour, size.0 + 10), x, y), "covered", &mut rows);
+                composites.add(&loaded(&tarp(colour, size.0 + 10), x, y), "covered");
             }
         }
-        std::fs::write(dir.path().join("labels.csv"), rows).unwrap();
-        let set = SampleSet::open(dir.path(), &dir.path().join("labels.csv")).unwrap();
+        let (dir, set) = composites.open();
         let crops = labelled_crops(&set);
         let mut backbone = backbone();
         let examples = embed_crops(&set, &crops, &mut backbone, |_| ()).unwrap();
