@@ -463,16 +463,20 @@ def tables(args, scenarios, rss_run, int8, cpu, started, load_before, load_after
         "| goal | stream | cameras | figures | result | goal | |",
         "|---|---|---|---|---|---|---|",
     ]
+
+    def row(fps, cameras, name, run, f):
+        captured = f" ({run['frames_captured'] / run['window_s']:.1f})" if "frames_captured" in run else ""
+        return (
+            f"| {args.height}p {fps} fps | {cameras} | {name} | {fmt(f['cores_per_camera'], 3)} | "
+            f"{fmt(f['cpu_ms_per_frame'], 1)} | {fmt(f['frames_per_second'], 1)}{captured} | "
+            f"{fmt(f['latency_median_ms'], 0)} / {fmt(f['latency_p99_ms'], 0)} ({f['latency_samples']}) | "
+            f"{fmt(run['inference_ms'], 1)} | {fmt(f['peak_rss_mb'], 0)} |"
+        )
+
     for (fps, cameras), (agent, python) in scenarios.items():
         a, p = figures(agent), figures(python)
         for name, run, f in (("edge-agent (ort)", agent, a), ("Python OpenCV + ORT", python, p)):
-            captured = f" ({run['frames_captured'] / run['window_s']:.1f})" if "frames_captured" in run else ""
-            rows.append(
-                f"| {args.height}p {fps} fps | {cameras} | {name} | {fmt(f['cores_per_camera'], 3)} | "
-                f"{fmt(f['cpu_ms_per_frame'], 1)} | {fmt(f['frames_per_second'], 1)}{captured} | "
-                f"{fmt(f['latency_median_ms'], 0)} / {fmt(f['latency_p99_ms'], 0)} ({f['latency_samples']}) | "
-                f"{fmt(run['inference_ms'], 1)} | {fmt(f['peak_rss_mb'], 0)} |"
-            )
+            rows.append(row(fps, cameras, name, run, f))
             for key in ("cpu_ms_per_frame", "latency_median_ms", "latency_p99_ms"):
                 if f[key] is None:
                     missing.append(f"{name}, {fps} fps, {cameras} camera(s): {key}")
@@ -523,13 +527,7 @@ def tables(args, scenarios, rss_run, int8, cpu, started, load_before, load_after
         by_messages.append(f"| {args.height}p {fps} fps | {cameras} | " + " | ".join(cells) + " |")
     r = figures(rss_run)
     rss_fps = rss_run["fps"]
-    rows.append(
-        f"| {args.height}p {rss_fps} fps | 1 | edge-agent (ort), both models | {fmt(r['cores_per_camera'], 3)} | "
-        f"{fmt(r['cpu_ms_per_frame'], 1)} | {fmt(r['frames_per_second'], 1)} "
-        f"({rss_run['frames_captured'] / rss_run['window_s']:.1f}) | {fmt(r['latency_median_ms'], 0)} / "
-        f"{fmt(r['latency_p99_ms'], 0)} ({r['latency_samples']}) | {fmt(rss_run['inference_ms'], 1)} | "
-        f"{fmt(r['peak_rss_mb'], 0)} |"
-    )
+    rows.append(row(rss_fps, 1, "edge-agent (ort), both models", rss_run, r))
     goals.append(
         f"| peak RSS, both models, one camera, agent | {rss_fps} fps | 1 | VmHWM {rss_run['peak_rss_kib'] / 1024:.0f} MiB "
         f"| {r['peak_rss_mb']:.0f} MB | ≤ 100 MB | {verdict(r['peak_rss_mb'] <= 100)} |"
@@ -551,14 +549,9 @@ def tables(args, scenarios, rss_run, int8, cpu, started, load_before, load_after
     int8_agent, int8_python, int8_fps = int8
     i8a, i8p = figures(int8_agent), figures(int8_python)
     fp32_python = figures(scenarios[(int8_fps, 1)][1]) if (int8_fps, 1) in scenarios else None
-    for name, run, f in (("edge-agent (ort), int8 detector", int8_agent, i8a), ("Python OpenCV + ORT, int8 detector", int8_python, i8p)):
-        captured = f" ({run['frames_captured'] / run['window_s']:.1f})" if "frames_captured" in run else ""
-        rows.append(
-            f"| {args.height}p {int8_fps} fps | 1 | {name} | {fmt(f['cores_per_camera'], 3)} | "
-            f"{fmt(f['cpu_ms_per_frame'], 1)} | {fmt(f['frames_per_second'], 1)}{captured} | "
-            f"{fmt(f['latency_median_ms'], 0)} / {fmt(f['latency_p99_ms'], 0)} ({f['latency_samples']}) | "
-            f"{fmt(run['inference_ms'], 1)} | {fmt(f['peak_rss_mb'], 0)} |"
-        )
+    int8_runs = (("edge-agent (ort), int8 detector", int8_agent, i8a), ("Python OpenCV + ORT, int8 detector", int8_python, i8p))
+    for name, run, f in int8_runs:
+        rows.append(row(int8_fps, 1, name, run, f))
         if f["cpu_ms_per_frame"] is None:
             missing.append(f"{name}: no frame inferred in the window")
     if i8a["cpu_ms_per_frame"] and fp32_python and fp32_python["cpu_ms_per_frame"]:
