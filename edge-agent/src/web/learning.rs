@@ -79,6 +79,15 @@ impl Learning {
     }
 }
 
+/// Ends the training in progress when dropped.
+struct ClearWhenDone<'a>(&'a Learning);
+
+impl Drop for ClearWhenDone<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainRequest {
@@ -188,6 +197,8 @@ pub async fn train(State(state): State<Arc<WebState>>, Admin(session): Admin, bo
     tracing::info!(user = %session.user, name = %request.name, crops = labels.len(), out = %out.display(), "training a site head");
     let (learning, name) = (state.clone(), request.name.clone());
     tokio::task::spawn_blocking(move || {
+        // Whatever happens (a panic in training too), the next training may start.
+        let _running = ClearWhenDone(&learning.learning);
         let outcome = train_blocking(&learning, &config, &set, &name, &out);
         let trained = match outcome {
             Ok(trained) => trained,
@@ -210,7 +221,6 @@ pub async fn train(State(state): State<Arc<WebState>>, Admin(session): Admin, bo
             prune_learned(&learning.state_dir.join("learned"), &out, &learning.settings.current());
         }
         *learning.learning.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(trained);
-        *learning.learning.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
     });
     (StatusCode::ACCEPTED, Json(json!({ "started": true, "name": request.name, "crops": labels.len() })))
         .into_response()
