@@ -17,7 +17,7 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
             None => return Err(e),
         },
     };
-    keep_frame_memory_returnable();
+    edge_agent::infer::allocator::keep_frame_memory_returnable();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let outcome = runtime.block_on(async move {
         let (trigger, _) = edge_agent::base::shutdown::channel();
@@ -34,18 +34,6 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     // A camera read stuck in the kernel must not keep a stopping agent alive past systemd's timeout.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     outcome
-}
-
-/// Frames (about 1 MB each) are allocated and freed on many threads. glibc's default lets each
-/// thread's arena keep freed frame-sized blocks, so the agent's memory creeps up for hours; frames
-/// from their own mappings (returned on free) and few arenas keep it flat (tests/camera_sources.rs).
-fn keep_frame_memory_returnable() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before the runtime starts any thread.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
 }
 
 async fn wait_for_stop_signal() {

@@ -1,9 +1,11 @@
-//! The C allocator's settings for the agent. glibc keeps freed memory in one arena per thread that
-//! ever contended (up to 8 per core); with inference, decode and web threads coming and going, that
-//! let the resident size grow by ~60 MB over the first seconds of running for no use. One arena, and
-//! handing back what model loading freed, keep it near what is in use.
+//! The C allocator's settings for the agent, in one place. glibc keeps freed memory in one arena
+//! per thread that ever contended (up to 8 per core); with inference, decode and web threads coming
+//! and going, that let the resident size grow by ~60 MB over the first seconds of running for no
+//! use. Few arenas, frames in their own mappings (`run`), and handing back what model loading
+//! freed keep it near what is in use.
 
-/// Call first thing in `main`, before other threads start.
+/// Call first thing in `main`, before other threads start; `run` then allows two arenas
+/// ([`keep_frame_memory_returnable`]).
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; no pointer is involved.
@@ -16,6 +18,21 @@ pub fn limit_arenas() {
 /// on each other for it.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const ARENAS: libc::c_int = 1;
+
+/// For `run`, before its runtime starts any thread: frames (a megabyte or more each) are allocated
+/// and freed on many threads, and glibc's default lets each thread's arena keep freed frame-sized
+/// blocks, so the agent's memory crept up for hours. Blocks of 256 KB and more get their own
+/// mappings (returned on free), and two arenas instead of one keep the frame threads from waiting
+/// on each other; its memory stays flat (tests/camera_sources.rs). The price is a fresh mapping,
+/// with its page faults, for every frame (bench/RESULTS.md).
+pub fn keep_frame_memory_returnable() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; no pointer is involved.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
 
 /// Returns memory freed while loading models to the system.
 pub fn release_free_memory() {
