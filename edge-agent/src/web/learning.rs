@@ -22,6 +22,7 @@ use super::auth::Admin;
 use super::WebState;
 use crate::config::Config;
 use crate::control::commands::CommandError;
+use crate::control::model_update::PENDING_SWITCH_FILE;
 use crate::control::site_heads::slot_manifest;
 use crate::infer::manifest::{LearnedSpec, Manifest};
 use crate::judge::control::ClassifierSlot;
@@ -302,7 +303,11 @@ fn sample_counts(config: &Config) -> Result<(PathBuf, BTreeMap<String, usize>), 
 }
 
 /// Deletes training folders under `learned` that are neither `keep` nor used by a slot of `config`.
+/// Nothing while a switch is on probation: its roll-back may need the head it replaced.
 fn prune_learned(learned: &FsPath, keep: &FsPath, config: &Config) {
+    if config.state_dir.join(PENDING_SWITCH_FILE).exists() {
+        return;
+    }
     let in_use: Vec<PathBuf> = ClassifierSlot::ALL
         .into_iter()
         .filter_map(|slot| slot_manifest(config, slot))
@@ -380,5 +385,34 @@ pub async fn report(State(state): State<Arc<WebState>>, Path(file): Path<String>
             error(StatusCode::NOT_FOUND, format!("the last training wrote no {file}"))
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read {file}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_trainings_are_deleted_unless_a_slot_uses_them_or_a_switch_is_on_probation() {
+        let dir = tempfile::tempdir().unwrap();
+        let learned = dir.path().join("learned");
+        for run in ["a-1", "b-2", "c-3"] {
+            std::fs::create_dir_all(learned.join(run)).unwrap();
+            std::fs::write(learned.join(run).join("head.toml"), "x").unwrap();
+        }
+        let mut config = Config::embedded_defaults();
+        config.state_dir = dir.path().to_owned();
+        config.taxonomy.classifier = learned.join("b-2/head.toml");
+
+        // A switch on probation may roll back to any of them: nothing goes.
+        std::fs::write(dir.path().join(PENDING_SWITCH_FILE), "{}").unwrap();
+        prune_learned(&learned, &learned.join("c-3"), &config);
+        assert!(learned.join("a-1").exists() && learned.join("b-2").exists());
+
+        std::fs::remove_file(dir.path().join(PENDING_SWITCH_FILE)).unwrap();
+        prune_learned(&learned, &learned.join("c-3"), &config);
+        assert!(!learned.join("a-1").exists(), "used by nothing");
+        assert!(learned.join("b-2").exists(), "the taxonomy classifier");
+        assert!(learned.join("c-3").exists(), "the newest training");
     }
 }
