@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::RtspUrl;
+use super::frame_pool::FramePool;
 use super::video_tap::{ArrivingUnit, VideoTap};
 use super::SourceError;
 use crate::base::redact::redact_userinfo;
@@ -65,6 +66,8 @@ pub struct GstSource {
     /// Files: play again from the start at the end.
     looping: Option<bool>,
     decoder: Arc<Mutex<Option<String>>>,
+    /// Buffers of pictures the stages are done with, filled again by the next picture.
+    pool: Arc<FramePool>,
 }
 
 /// GStreamer is initialised once per process; its error is kept for every later camera.
@@ -215,11 +218,13 @@ impl GstSource {
 
         let (sender, pictures) = mpsc::channel(2);
         let camera_name = camera.to_string();
+        let pool = Arc::new(FramePool::default());
+        let idle = pool.clone();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    match rgb_picture(&sample) {
+                    match rgb_picture_into(&sample, |width, height| idle.idle(width, height)) {
                         Ok(picture) => {
                             // Full: the camera task is behind; the newest picture waits for it.
                             let _ = sender.try_send(picture);
@@ -231,7 +236,8 @@ impl GstSource {
                 .build(),
         );
         pipeline.set_state(gst::State::Playing).map_err(|_| open_error(format!("GStreamer cannot play {shown}")))?;
-        let opened = Self { camera: camera.to_string(), shown, pipeline, pictures, stall_timeout, looping, decoder };
+        let opened =
+            Self { camera: camera.to_string(), shown, pipeline, pictures, stall_timeout, looping, decoder, pool };
         // An unreachable camera or a missing file fails here, not at the first picture.
         if let Some(error) = opened.bus_problem() {
             return Err(match error {
@@ -244,6 +250,12 @@ impl GstSource {
 
     pub fn decoder(&self) -> Option<String> {
         self.decoder.lock().ok().and_then(|d| d.clone())
+    }
+
+    /// Remembers a picture given out as a frame, so that its buffer comes back once the stages are
+    /// done with it.
+    pub fn track(&self, frame: &Arc<RgbImage>) {
+        self.pool.track(frame);
     }
 
     pub async fn next_image(&mut self) -> Result<RgbImage, SourceError> {
@@ -377,6 +389,14 @@ fn is_hardware_decoder(name: &str) -> bool {
 
 /// The RGB picture of a sample, rows copied out of GStreamer's (possibly padded) buffer.
 pub(crate) fn rgb_picture(sample: &gst::Sample) -> Result<RgbImage, String> {
+    rgb_picture_into(sample, |_, _| None)
+}
+
+/// [`rgb_picture`], into a buffer `spare(width, height)` gives when it has one of that size.
+fn rgb_picture_into(
+    sample: &gst::Sample,
+    spare: impl FnOnce(u32, u32) -> Option<RgbImage>,
+) -> Result<RgbImage, String> {
     let caps = sample.caps().ok_or("a picture without caps")?;
     let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| format!("unreadable caps: {e}"))?;
     let buffer = sample.buffer().ok_or("a sample without a buffer")?;
@@ -387,6 +407,12 @@ pub(crate) fn rgb_picture(sample: &gst::Sample) -> Result<RgbImage, String> {
     let data = map.as_slice();
     if stride < row || data.len() < stride * (height as usize - 1) + row {
         return Err(format!("a {width}×{height} picture in {} bytes (stride {stride})", data.len()));
+    }
+    if let Some(mut picture) = spare(width, height) {
+        for (y, out) in picture.chunks_exact_mut(row).enumerate() {
+            out.copy_from_slice(&data[y * stride..y * stride + row]);
+        }
+        return Ok(picture);
     }
     let mut pixels = Vec::with_capacity(row * height as usize);
     for y in 0..height as usize {

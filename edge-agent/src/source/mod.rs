@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod file;
+pub mod frame_pool;
 #[cfg(feature = "gstreamer")]
 pub mod gst;
 pub mod h264;
@@ -197,6 +198,7 @@ pub enum OpenSource {
 
 impl OpenSource {
     /// Opens the camera's source; a GStreamer source also fills `tap` with its encoded video.
+    #[cfg_attr(not(feature = "gstreamer"), allow(unused_variables))]
     pub async fn open(camera: &CameraConfig, tap: Option<Arc<VideoTap>>) -> Result<Self, SourceError> {
         let id = camera.id.as_str();
         Ok(match &camera.source {
@@ -254,6 +256,17 @@ impl OpenSource {
             Self::V4l2(source) => source.next_image().await,
             #[cfg(feature = "gstreamer")]
             Self::Gstreamer(source) => source.next_image().await,
+        }
+    }
+
+    /// A picture given out as a frame: a GStreamer source fills its buffer again once the stages
+    /// are done with it (`frame_pool`).
+    #[cfg_attr(not(feature = "gstreamer"), allow(unused_variables))]
+    pub fn track(&self, frame: &Arc<RgbImage>) {
+        match self {
+            #[cfg(feature = "gstreamer")]
+            Self::Gstreamer(source) => source.track(frame),
+            _ => {}
         }
     }
 
@@ -377,11 +390,13 @@ impl CameraTask {
                         if let Some(tap) = &self.tap {
                             self.health.video_buffered_bytes.store(tap.bytes() as u64, Ordering::Relaxed);
                         }
+                        let image = Arc::new(image);
+                        source.track(&image);
                         let frame = Frame {
                             camera: self.id.clone(),
                             sequence,
                             captured_at: Utc::now(),
-                            image: Arc::new(image),
+                            image,
                             video: self.tap.clone().filter(|_| source.feeds_tap()),
                         };
                         self.sender.send_replace(Some(frame));
