@@ -51,8 +51,19 @@ pub fn agent_binary() -> PathBuf {
     }
 }
 
+/// A port nothing listens on now, and never handed out before in this test process: the tests of
+/// one file run in parallel, and a broker one test stops and restarts must find its port again, not
+/// another test's broker on it (seen in tests/broker_cluster.rs: the box "returned" to a stranger).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port =
+            TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
+        if HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 pub(crate) fn find_program(name: &str, extra_dirs: &[&str]) -> Option<PathBuf> {
