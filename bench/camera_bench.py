@@ -127,20 +127,6 @@ def percentile(samples, share):
     return ordered[max(math.ceil(share * len(ordered)) - 1, 0)]
 
 
-def lscpu():
-    info = {"Model name": "unknown", "Flags": "unknown"}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        print(f"lscpu failed: {e}", file=sys.stderr)
-        return info
-    for line in out.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in info:
-            info[key.strip()] = value.strip()
-    return info
-
-
 class Process:
     """A child process the benchmark started; stopped by its own pid only."""
 
@@ -634,7 +620,7 @@ def main():
         fail(f"no agent binary at {args.agent}; build it (`cargo build --release -p edge-agent`) or set EDGE_AGENT_BIN")
     args.cache.mkdir(parents=True, exist_ok=True)
 
-    cpu = lscpu()
+    cpu = report_file.lscpu()
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load_before = " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
     clips = {fps: make_clip(args, fps) for fps in args.fps}

@@ -45,6 +45,25 @@ def machine():
     return f"{model}, {os.cpu_count()} logical cores{memory}, {platform.system()} {platform.release()} {platform.machine()}"
 
 
+def lscpu():
+    """`lscpu`'s Model name and Flags, which every benchmark result records (the machine's CPU
+    changes from one session to the next)."""
+    import subprocess
+    import sys
+
+    info = {"Model name": platform.processor() or "unknown", "Flags": "unknown"}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"lscpu failed: {e}", file=sys.stderr)
+        return info
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in info:
+            info[key.strip()] = value.strip()
+    return info
+
+
 def best_agent(runs):
     """(model, backend) → best-of-rounds figures."""
     best = {}

@@ -357,7 +357,7 @@ def describe(row):
 
 
 def report(rows, args, calibration, parity):
-    cpu = lscpu()
+    cpu = results_file.lscpu()
     lines = [
         "Written by `models/quantize.sh` (models/quantize.py): ONNX Runtime static quantization (QDQ, per-channel "
         "int8 weights, uint8 activations, MinMax) against the fp32 model, both run by the onnxruntime Python "
@@ -377,22 +377,6 @@ def report(rows, args, calibration, parity):
         accuracy, speed, size = describe(row)
         lines.append(f"| {row['model']} | {accuracy} | {speed} | {size} |")
     return "\n".join(lines) + "\n"
-
-
-def lscpu():
-    import subprocess
-
-    info = {"Model name": platform.processor() or "unknown", "Flags": "unknown"}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        print(f"lscpu failed: {e}", file=sys.stderr)
-        return info
-    for line in out.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in info:
-            info[key.strip()] = value.strip()
-    return info
 
 
 def main():
