@@ -1,6 +1,6 @@
 //! What every part of the agent shares and that depends on no part of it: shutdown, liveness
-//! heartbeats, the pieces every config section uses, atomic file writes, reconnect backoff and
-//! secret redaction. Imports nothing from the rest of the crate.
+//! heartbeats, the pieces every config section uses, atomic file writes, redb files with a bounded
+//! cache, reconnect backoff and secret redaction. Imports nothing from the rest of the crate.
 
 pub mod backoff;
 pub mod blocking;
@@ -8,6 +8,7 @@ pub mod disk;
 pub mod ed25519;
 pub mod liveness;
 pub mod redact;
+pub mod redb_file;
 pub mod section;
 pub mod shutdown;
 pub mod write_file;

@@ -29,7 +29,8 @@ pub const RECENT_EVENTS: usize = 20;
 pub const EVENT_HISTORY: usize = 2000;
 /// Events one search of the history on disk reads at most (beyond the ones in memory).
 pub const EVENT_SEARCH_MAX: usize = 20_000;
-/// Events whose annotated frame is kept in memory as their picture (a frame is ~50-100 KB).
+/// Events whose annotated frame is kept in memory as their picture (a frame is ~50-100 KB), when
+/// they have no evidence picture on disk (see [`has_evidence_picture`]).
 pub const EVENT_FRAMES_KEPT: usize = 200;
 /// Window over which a camera's frame rate is measured.
 const FPS_WINDOW: Duration = Duration::from_secs(10);
@@ -367,10 +368,11 @@ impl StatusBoard {
     }
 
     /// Records a camera's newest frame. The frame's JPEG is made here only when it carries
-    /// events (their picture on the page); otherwise when someone asks for it.
-    pub fn record_frame(&self, camera: &str, at: DateTime<Utc>, live: LiveFrame, has_events: bool) {
+    /// events without an evidence picture (it is theirs on the page); otherwise when someone asks
+    /// for it.
+    pub fn record_frame(&self, camera: &str, at: DateTime<Utc>, live: LiveFrame, pictures_events: bool) {
         let live = Arc::new(live);
-        let event_jpeg = if has_events { live.jpeg() } else { None };
+        let event_jpeg = if pictures_events { live.jpeg() } else { None };
         let mut inner = self.lock();
         for result in &live.results {
             inner.model_latency.entry(result.model.name.clone()).or_default().observe(result.latency);
@@ -379,7 +381,9 @@ impl StatusBoard {
             // The events of this frame were recorded just before it: the frame is their picture.
             let of_this_frame = |r: &&mut EventRecord| r.event.camera == camera && r.event.time == at;
             for record in inner.event_history.iter_mut().take_while(of_this_frame) {
-                record.frame_jpeg.get_or_insert_with(|| jpeg.clone());
+                if !has_evidence_picture(&record.event) {
+                    record.frame_jpeg.get_or_insert_with(|| jpeg.clone());
+                }
             }
         }
         if let Some(view) = inner.cameras.get_mut(camera) {
@@ -633,6 +637,12 @@ impl StatusBoard {
     }
 }
 
+/// Whether the event's picture is an evidence file on disk (the page shows that file; the board
+/// need not keep the frame's JPEG for it).
+pub fn has_evidence_picture(event: &Event) -> bool {
+    event.evidence.as_ref().is_some_and(|evidence| !evidence.files.is_empty())
+}
+
 /// The event kind as it is spelled in the event JSON (`object`, ...).
 pub fn event_kind_name(event: &Event) -> String {
     match serde_json::to_value(&event.kind) {
@@ -669,5 +679,26 @@ mod tests {
         assert_eq!(all[0].event.event_id, events.last().unwrap().event_id, "newest first");
         let oldest = events[0].event_id;
         assert!(board.event_record(oldest).is_some(), "an event older than those in memory is found");
+    }
+
+    /// The page shows an event's evidence file when it has one: the board keeps the frame's JPEG
+    /// (tens of KB an event, for the last 200) only for the events without.
+    #[test]
+    fn the_board_keeps_a_frame_picture_only_for_events_without_an_evidence_file() {
+        let board = StatusBoard::new("box".into(), Vec::new());
+        let time = at(1.0);
+        let mut with_file = test_event(EventKind::Object, LifecycleState::Start, time);
+        with_file.evidence = Some(crate::judge::EvidenceRef {
+            chain_seq: 1,
+            files: vec![crate::judge::EvidenceFile { file: "day/a.jpg".into(), sha256: "ab".into(), bytes: 2 }],
+        });
+        let without = test_event(EventKind::Object, LifecycleState::Update, time);
+        board.record_events(&[with_file.clone(), without.clone()]);
+        let frame = LiveFrame::new(Arc::new(RgbImage::new(64, 48)), Vec::new(), Vec::new(), Vec::new());
+        board.record_frame(&without.camera, time, frame, true);
+        assert!(board.event_record(with_file.event_id).unwrap().frame_jpeg.is_none());
+        let kept = board.event_record(without.event_id).unwrap().frame_jpeg.expect("the frame is its picture");
+        assert!(kept.starts_with(&[0xFF, 0xD8]), "a JPEG");
+        assert!(has_evidence_picture(&with_file) && !has_evidence_picture(&without));
     }
 }

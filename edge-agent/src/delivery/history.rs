@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use crate::base::redb_file;
 use crate::judge::Event;
 
 /// Key: a sequence that only grows; value: the event message as JSON.
@@ -42,13 +43,13 @@ impl EventHistory {
     /// started (the events are in the outbox and the chain; only the page's list is affected).
     pub fn open(path: &Path, keep_days: u32) -> Result<Self, HistoryError> {
         let error = |message: String| HistoryError { path: path.to_owned(), message };
-        let db = match Database::create(path) {
+        let db = match redb_file::create(path) {
             Ok(db) => db,
             Err(e) => {
                 let aside = path.with_extension(format!("redb.damaged-{}", Utc::now().format("%Y%m%dT%H%M%S")));
                 tracing::error!(path = %path.display(), "event history unreadable ({e}); moved aside to {}", aside.display());
                 std::fs::rename(path, &aside).map_err(|e| error(format!("cannot move aside: {e}")))?;
-                Database::create(path).map_err(|e| error(e.to_string()))?
+                redb_file::create(path).map_err(|e| error(e.to_string()))?
             }
         };
         let txn = db.begin_write().map_err(|e| error(e.to_string()))?;
@@ -64,7 +65,7 @@ impl EventHistory {
     /// After an I/O error (a full disk) redb refuses every later write until the file is reopened.
     pub fn reopen(&mut self) -> Result<(), HistoryError> {
         drop(self.db.take());
-        self.db = Some(Database::create(&self.path).map_err(|e| self.error(e))?);
+        self.db = Some(redb_file::create(&self.path).map_err(|e| self.error(e))?);
         Ok(())
     }
 

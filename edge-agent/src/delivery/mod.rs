@@ -119,13 +119,14 @@ impl Delivery {
         let zones_in_use: Vec<String> = zones.iter().map(|z| z.id.clone()).collect();
         // `frame.image` is private already (people blurred, privacy zones black).
         let live = LiveFrame::new(frame.image.clone(), results, boxes, zones);
-        let has_events = !events.is_empty();
-        // The disk commit, and the JPEG of a frame with events (its events' picture on the page),
-        // are blocking work.
+        // An event's picture on the page is its evidence file; the frame is encoded for the page
+        // only for events that have none (evidence off, or a message without new pictures).
+        let needs_page_picture = events.iter().any(|event| !board::has_evidence_picture(event));
+        // The disk commit, and that JPEG, are blocking work.
         let done = tokio::task::spawn_blocking(move || {
             let queued = enqueue_batch(&outbox, batch);
             let stats = outbox.stats();
-            if has_events {
+            if needs_page_picture {
                 live.jpeg();
             }
             (queued, stats, live)
@@ -151,7 +152,7 @@ impl Delivery {
             self.board.set_outbox_stats(stats);
         }
         // Events were put on the board above; their frame's picture (encoded above) goes with them.
-        self.board.record_frame(&frame.camera, frame.captured_at, live, has_events);
+        self.board.record_frame(&frame.camera, frame.captured_at, live, needs_page_picture);
         self.board.record_scene(&frame.camera, frame.image.clone(), zones_in_use);
     }
 

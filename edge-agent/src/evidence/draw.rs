@@ -221,6 +221,9 @@ pub fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, JpegError> 
     jpeg_encoder::Encoder::new(&mut bytes, quality.clamp(1, 100))
         .encode(image.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
         .map_err(|source| JpegError::Encode { width, height, source })?;
+    // The guess above is several times what a camera picture takes; pictures are kept (the page's
+    // events, queued snapshots), so they keep only their bytes.
+    bytes.shrink_to_fit();
     Ok(bytes)
 }
 
@@ -229,6 +232,15 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    /// A kept picture holds its bytes, not the encoder's first guess (an eighth of the raw frame).
+    #[test]
+    fn an_encoded_picture_keeps_only_its_bytes() {
+        let image = RgbImage::from_fn(1280, 720, |x, y| Rgb([(x % 256) as u8, (y % 256) as u8, 90]));
+        let jpeg = encode_jpeg(&image, 75).unwrap();
+        assert!(jpeg.len() < image.len() / 8, "a smooth picture compresses well: {} bytes", jpeg.len());
+        assert_eq!(jpeg.capacity(), jpeg.len());
+    }
 
     #[test]
     fn rectangle_outlines_the_box_and_leaves_the_inside() {

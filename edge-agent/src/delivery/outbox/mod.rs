@@ -22,6 +22,8 @@ use chrono::{DateTime, Utc};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 
+use crate::base::redb_file;
+
 pub use config::OutboxConfig;
 
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
@@ -187,7 +189,7 @@ impl Outbox {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| error(format!("cannot create folder: {e}")))?;
         }
-        let db = match Database::create(path) {
+        let db = match redb_file::create(path) {
             Ok(db) => db,
             Err(e) if is_damaged_file(&e) => {
                 let why = e.to_string();
@@ -199,7 +201,7 @@ impl Outbox {
                     moved_to = %aside.display(),
                     "outbox file is corrupted beyond repair ({why}); moved aside, starting a fresh outbox"
                 );
-                Database::create(path).map_err(|e| error(e.to_string()))?
+                redb_file::create(path).map_err(|e| error(e.to_string()))?
             }
             Err(e) => return Err(error(e.to_string())),
         };
@@ -285,7 +287,7 @@ impl Outbox {
         {
             let mut guard = self.db.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             drop(guard.take());
-            let db = Database::create(&self.path).map_err(|e| self.error(e))?;
+            let db = redb_file::create(&self.path).map_err(|e| self.error(e))?;
             *guard = Some(db);
         }
         self.prepare()?;
