@@ -143,6 +143,18 @@ pub fn missing_elements(masked: bool) -> Vec<String> {
 /// plugins, OpenH264 its "bad" ones.
 const MASKED_ENCODERS: [&str; 4] = ["v4l2h264enc", "vah264enc", "x264enc", "openh264enc"];
 
+/// Masked pictures waiting for the encoder at most.
+const QUEUED_PICTURES: u64 = 4;
+
+/// The re-encoder decodes on one thread: it runs beside the cameras and inference, and each of
+/// FFmpeg's frame threads holds pictures of its own (about 20 MB more at 1080p).
+fn one_decoding_thread(element: &gst::Element) {
+    let is_ffmpeg_decoder = element.factory().is_some_and(|f| f.name().starts_with("avdec_"));
+    if is_ffmpeg_decoder && element.has_property("max-threads") {
+        element.set_property("max-threads", 1i32);
+    }
+}
+
 /// Decodes a raw clip, masks each picture (`mask` gets its time from the clip's start) at `width`
 /// pixels and at most `fps` pictures a second, and encodes the result into `out` as fragmented
 /// H.264 MP4. Returns the pictures written. Runs on the caller's thread (a thread of its own).
@@ -156,15 +168,20 @@ pub fn reencode_masked(
     gst::init().map_err(|e| format!("cannot start GStreamer: {e}"))?;
     let make =
         |name: &str| gst::ElementFactory::make(name).build().map_err(|e| format!("GStreamer has no {name}: {e}"));
-    // Decoding: the raw clip to RGB pictures of the masked size and rate.
+    // Decoding: the raw clip to RGB pictures of the masked size and rate. Pictures are dropped to
+    // the rate and scaled in the decoder's format before the conversion to RGB: converting every
+    // full-size picture first cost about 40 % more CPU (bench/RESULTS.md, camera benchmark).
     let decoding = gst::Pipeline::new();
     let source = make("filesrc")?;
     source.set_property("location", raw.to_string_lossy().to_string());
     let decode = make("decodebin")?;
-    let convert = make("videoconvert")?;
+    if let Ok(bin) = decode.clone().downcast::<gst::Bin>() {
+        bin.connect_deep_element_added(|_, _, element| one_decoding_thread(element));
+    }
     let rate = make("videorate")?;
     rate.set_property("drop-only", true);
     let scale = make("videoscale")?;
+    let convert = make("videoconvert")?;
     let caps = gst::Caps::builder("video/x-raw")
         .field("format", "RGB")
         .field("width", i32::try_from(width).unwrap_or(640))
@@ -173,15 +190,15 @@ pub fn reencode_masked(
         .build();
     let pictures = gst_app::AppSink::builder().caps(&caps).sync(false).max_buffers(4).build();
     decoding
-        .add_many([&source, &decode, &convert, &rate, &scale, pictures.upcast_ref()])
+        .add_many([&source, &decode, &rate, &scale, &convert, pictures.upcast_ref()])
         .map_err(|e| format!("cannot build the decoding pipeline: {e}"))?;
     source.link(&decode).map_err(|e| format!("cannot link the decoder: {e}"))?;
-    gst::Element::link_many([&convert, &rate, &scale, pictures.upcast_ref()])
+    gst::Element::link_many([&rate, &scale, &convert, pictures.upcast_ref()])
         .map_err(|e| format!("cannot link the decoding pipeline: {e}"))?;
-    let convert_sink = convert.static_pad("sink").ok_or("videoconvert has no sink pad")?;
+    let rate_sink = rate.static_pad("sink").ok_or("videorate has no sink pad")?;
     decode.connect_pad_added(move |_, pad| {
-        if !convert_sink.is_linked() {
-            let _ = pad.link(&convert_sink);
+        if !rate_sink.is_linked() {
+            let _ = pad.link(&rate_sink);
         }
     });
     decoding.set_state(gst::State::Playing).map_err(|e| format!("cannot decode {}: {e}", raw.display()))?;
@@ -262,13 +279,22 @@ fn masked_encoder(out: &Path, width: u32, height: u32, fps: u32) -> Result<(gst:
         .field("height", i32::try_from(height).map_err(|_| "picture too high")?)
         .field("framerate", gst::Fraction::new(fps as i32, 1))
         .build();
-    let input =
-        gst_app::AppSrc::builder().caps(&caps).format(gst::Format::Time).block(true).max_bytes(16 << 20).build();
+    // A few pictures wait for the encoder; the masking thread blocks beyond that.
+    let picture_bytes = u64::from(width) * u64::from(height) * 3;
+    let input = gst_app::AppSrc::builder()
+        .caps(&caps)
+        .format(gst::Format::Time)
+        .block(true)
+        .max_bytes(QUEUED_PICTURES * picture_bytes)
+        .build();
     let convert = make("videoconvert")?;
     let encode = make(name)?;
     if *name == "x264enc" {
         encode.set_property_from_str("speed-preset", "veryfast");
         encode.set_property("key-int-max", fps * 2);
+        // No look-ahead and no B-frames: x264 otherwise holds dozens of pictures per thread (about
+        // 50 MB at a 60 s clip's end), for a clip no one watches live. Same bitrate.
+        encode.set_property_from_str("tune", "zerolatency");
     }
     let parse = make("h264parse")?;
     let muxer = make("mp4mux")?;
