@@ -146,15 +146,6 @@ const MASKED_ENCODERS: [&str; 4] = ["v4l2h264enc", "vah264enc", "x264enc", "open
 /// Masked pictures waiting for the encoder at most.
 const QUEUED_PICTURES: u64 = 4;
 
-/// The re-encoder decodes on one thread: it runs beside the cameras and inference, and each of
-/// FFmpeg's frame threads holds pictures of its own (about 20 MB more at 1080p).
-fn one_decoding_thread(element: &gst::Element) {
-    let is_ffmpeg_decoder = element.factory().is_some_and(|f| f.name().starts_with("avdec_"));
-    if is_ffmpeg_decoder && element.has_property("max-threads") {
-        element.set_property("max-threads", 1i32);
-    }
-}
-
 /// Decodes a raw clip, masks each picture (`mask` gets its time from the clip's start) at `width`
 /// pixels and at most `fps` pictures a second, and encodes the result into `out` as fragmented
 /// H.264 MP4. Returns the pictures written. Runs on the caller's thread (a thread of its own).
@@ -176,7 +167,9 @@ pub fn reencode_masked(
     source.set_property("location", raw.to_string_lossy().to_string());
     let decode = make("decodebin")?;
     if let Ok(bin) = decode.clone().downcast::<gst::Bin>() {
-        bin.connect_deep_element_added(|_, _, element| one_decoding_thread(element));
+        bin.connect_deep_element_added(|_, _, element| {
+            crate::source::gst::tune_ffmpeg_decoder(element, crate::source::gst::FfmpegThreads::One)
+        });
     }
     let rate = make("videorate")?;
     rate.set_property("drop-only", true);

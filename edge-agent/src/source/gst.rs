@@ -206,6 +206,7 @@ impl GstSource {
                     }
                 }
                 if klass.contains("Decoder") && klass.contains("Video") {
+                    tune_ffmpeg_decoder(element, FfmpegThreads::Default);
                     let hardware = klass.contains("Hardware");
                     let name = factory.name().to_string();
                     let kind = if hardware || is_hardware_decoder(&name) { "hardware" } else { "software" };
@@ -379,6 +380,36 @@ pub(crate) fn run_to_end(line: &str) {
         bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error]);
     assert!(matches!(done.as_ref().map(|m| m.type_()), Some(gst::MessageType::Eos)), "{line}: {done:?}");
     pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// How many threads an FFmpeg decoder may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfmpegThreads {
+    /// FFmpeg's choice (one per core): a live camera's pictures come in time.
+    Default,
+    /// One: work in the background beside the cameras and inference (each of FFmpeg's frame
+    /// threads also holds pictures of its own, about 20 MB more at 1080p).
+    One,
+}
+
+/// Settings for GStreamer's FFmpeg decoders (`avdec_*`); other decoders are left as they are.
+///
+/// Direct rendering off: with it, FFmpeg keeps a reference to each output picture it will predict
+/// from, so GStreamer's decoder base copies every picture into freshly allocated memory before
+/// passing it on (at 1080p 3.1 MB and about 770 page faults a picture under `run`'s allocator
+/// settings). Without it FFmpeg decodes into its own reused pictures and the one copy goes into a
+/// pooled buffer: about 13 % less CPU for decoding and converting a 1080p camera
+/// (bench/RESULTS.md, camera benchmark).
+pub fn tune_ffmpeg_decoder(element: &gst::Element, threads: FfmpegThreads) {
+    if !element.factory().is_some_and(|f| f.name().starts_with("avdec_")) {
+        return;
+    }
+    if element.has_property("direct-rendering") {
+        element.set_property("direct-rendering", false);
+    }
+    if threads == FfmpegThreads::One && element.has_property("max-threads") {
+        element.set_property("max-threads", 1i32);
+    }
 }
 
 /// Decoder elements that run on the box's video hardware, by name (some do not say so in their
