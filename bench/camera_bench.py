@@ -299,6 +299,7 @@ def run_agent(args, work, name, urls, both_models=False, detector=FP32):
         wait_until(f"agent {name}: every camera inferring", 90, inferring, agent)
         time.sleep(args.warmup)
         before, cpu_before, t0 = api(port, "/api/v1/status"), cpu_seconds(agent.pid), time.time()
+        parts_before = rss_by_part(agent.pid)
         profiler = start_profile(args, agent.pid, name) if args.perf and not both_models else None
         time.sleep(args.seconds)
         after, cpu_after, t1 = api(port, "/api/v1/status"), cpu_seconds(agent.pid), time.time()
@@ -361,6 +362,8 @@ def run_agent(args, work, name, urls, both_models=False, detector=FP32):
         "feed_error": feed.error,
         "peak_rss_kib": hwm,
         "rss_by_part": parts,
+        # The same at the window's start: what grows with the window's events.
+        "rss_by_part_start": parts_before,
         # What decodes, and the encoded video each camera keeps for event clips (its pre-roll).
         "decoders": sorted({c.get("decoder") or "?" for c in after["cameras"]}),
         "video_buffered_bytes": [c.get("video_buffered_bytes", 0) for c in after["cameras"]],
@@ -520,15 +523,20 @@ def tables(args, scenarios, rss_run, int8, cpu, started, load_before, load_after
     )
     if rss_run["frames_inferred"] == 0:
         missing.append("agent with both models: no frame inferred in the window")
+    start = dict(rss_run["rss_by_part_start"])
+    messages = len(rss_run["latencies_ms"])
     parts = [
-        f"Agent with both models, one camera: resident memory by part at the end of the window "
-        f"(/proc/PID/smaps; peak VmHWM {rss_run['peak_rss_kib'] / 1024:.0f} MiB):",
+        f"Agent with both models, one camera: resident memory by part at the start and the end of the "
+        f"window, {messages} event messages apart (/proc/PID/smaps; peak VmHWM "
+        f"{rss_run['peak_rss_kib'] / 1024:.0f} MiB):",
         "",
-        "| part | MB |",
-        "|---|---|",
-        *(f"| {part} | {mb:.1f} |" for part, mb in rss_run["rss_by_part"] if mb >= 0.5),
-        f"| total | {sum(mb for _, mb in rss_run['rss_by_part']):.1f} |",
+        "| part | MB at the start | MB at the end |",
+        "|---|---|---|",
+        *(f"| {part} | {start.get(part, 0.0):.1f} | {mb:.1f} |" for part, mb in rss_run["rss_by_part"] if mb >= 0.5),
+        f"| total | {sum(start.values()):.1f} | {sum(mb for _, mb in rss_run['rss_by_part']):.1f} |",
     ]
+    if not start or messages == 0:
+        missing.append("agent with both models: memory at the window's start, or event messages in it")
 
     # int8: the agent with the int8 detector against the Python pipeline with the fp32 one (the goal),
     # and with the same int8 model (the same runtime on both sides).
