@@ -152,10 +152,11 @@ impl EvidenceStage {
         let mut snapshots = Vec::new();
         let mut actions = Vec::new();
         let mut pictured = Vec::new();
-        for JudgedEvent { mut event, with_pictures, caption, action } in judged {
+        let pictures = pictures_of_events(self.jpeg_quality, &private, &zones, &results, &judged);
+        for (JudgedEvent { mut event, with_pictures, caption: _, action }, (frame_jpeg, crop_jpeg)) in
+            judged.into_iter().zip(pictures)
+        {
             pictured.push(with_pictures);
-            let (frame_jpeg, crop_jpeg) =
-                if with_pictures { self.pictures(&private, &zones, &results, &event, &caption) } else { (None, None) };
             if let Some(jpeg) = &frame_jpeg {
                 event.snapshot_sha256 = Some(chain::sha256_hex(jpeg));
             }
@@ -278,44 +279,6 @@ impl EvidenceStage {
         self.store.as_ref().map(|s| (s.chain().public_key(), s.chain().head().cloned()))
     }
 
-    /// The evidence frame (zones, every detection, the event's box and caption) and the crop, as
-    /// JPEG, from the privacy-masked image. An `end` shows the scene without the subject: no crop;
-    /// nor has a tamper event, whose subject is the whole frame.
-    fn pictures(
-        &self,
-        private: &RgbImage,
-        zones: &[Zone],
-        results: &[ModelResult],
-        event: &Event,
-        caption: &str,
-    ) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
-        let mut canvas = private.clone();
-        draw::draw_zones(&mut canvas, zones);
-        let thickness = (canvas.width().max(canvas.height()) / 400).max(1);
-        for result in results {
-            if let Findings::Detect { detections } = &result.findings {
-                for d in detections {
-                    draw::draw_rectangle(&mut canvas, d.bbox, draw::DETECTION_COLOUR, thickness);
-                }
-            }
-        }
-        let bbox = BoundingBox::from(event.bbox);
-        draw::draw_labelled_box(&mut canvas, bbox, caption, draw::EVENT_COLOUR, thickness * 3);
-        let encode = |image: &RgbImage| match draw::encode_jpeg(image, self.jpeg_quality) {
-            Ok(jpeg) => Some(jpeg),
-            Err(e) => {
-                tracing::error!(event_id = %event.event_id, "cannot encode evidence JPEG: {e}");
-                None
-            }
-        };
-        let crop = if event.state == LifecycleState::End || event.kind == EventKind::Tamper {
-            None
-        } else {
-            crop_with_margin(private, &bbox, EVIDENCE_CROP_MARGIN).and_then(|crop| encode(&crop))
-        };
-        (encode(&canvas), crop)
-    }
-
     /// Writes a reference the judge learnt, with the frame it was learnt on (privacy applied);
     /// one the installer saved meanwhile (`edge-agent tamper reference`) stays.
     fn keep_tamper_reference(&self, reference: &Reference, private: &RgbImage) {
@@ -435,6 +398,85 @@ pub async fn run_evidence(
     heartbeat.retire();
 }
 
+/// The pictures of a frame's events (the frame with its boxes, and a crop), in `judged`'s order;
+/// none for events without pictures. Two or more are drawn and encoded on two threads: a frame's
+/// messages wait for all of its pictures, each a JPEG of the whole frame (bench/RESULTS.md: latency
+/// by messages per frame).
+fn pictures_of_events(
+    quality: u8,
+    private: &RgbImage,
+    zones: &[Zone],
+    results: &[ModelResult],
+    judged: &[JudgedEvent],
+) -> Vec<EventPictures> {
+    let draw = |judged: &JudgedEvent| event_pictures(quality, private, zones, results, &judged.event, &judged.caption);
+    let wanted: Vec<usize> = (0..judged.len()).filter(|&i| judged[i].with_pictures).collect();
+    let mut pictures: Vec<EventPictures> = judged.iter().map(|_| (None, None)).collect();
+    if wanted.len() < 2 {
+        for i in wanted {
+            pictures[i] = draw(&judged[i]);
+        }
+        return pictures;
+    }
+    // Alternate events between this thread and a helper.
+    let there: Vec<usize> = wanted.iter().copied().skip(1).step_by(2).collect();
+    let here: Vec<usize> = wanted.iter().copied().step_by(2).collect();
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(|| there.iter().map(|&i| (i, draw(&judged[i]))).collect::<Vec<_>>());
+        for &i in &here {
+            pictures[i] = draw(&judged[i]);
+        }
+        match helper.join() {
+            Ok(drawn) => drawn.into_iter().for_each(|(i, drawn)| pictures[i] = drawn),
+            // Drawing does not panic on any input (tests); if it ever did, the events keep their
+            // messages and go without pictures, as when encoding fails.
+            Err(_) => tracing::error!("the thread drawing evidence pictures failed; its events have none"),
+        }
+    });
+    pictures
+}
+
+/// An event's evidence pictures: the frame (JPEG) and, for a start or update, a crop around it.
+type EventPictures = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// The evidence frame (zones, every detection, the event's box and caption) and the crop, as
+/// JPEG, from the privacy-masked image. An `end` shows the scene without the subject: no crop;
+/// nor has a tamper event, whose subject is the whole frame.
+fn event_pictures(
+    quality: u8,
+    private: &RgbImage,
+    zones: &[Zone],
+    results: &[ModelResult],
+    event: &Event,
+    caption: &str,
+) -> EventPictures {
+    let mut canvas = private.clone();
+    draw::draw_zones(&mut canvas, zones);
+    let thickness = (canvas.width().max(canvas.height()) / 400).max(1);
+    for result in results {
+        if let Findings::Detect { detections } = &result.findings {
+            for d in detections {
+                draw::draw_rectangle(&mut canvas, d.bbox, draw::DETECTION_COLOUR, thickness);
+            }
+        }
+    }
+    let bbox = BoundingBox::from(event.bbox);
+    draw::draw_labelled_box(&mut canvas, bbox, caption, draw::EVENT_COLOUR, thickness * 3);
+    let encode = |image: &RgbImage| match draw::encode_jpeg(image, quality) {
+        Ok(jpeg) => Some(jpeg),
+        Err(e) => {
+            tracing::error!(event_id = %event.event_id, "cannot encode evidence JPEG: {e}");
+            None
+        }
+    };
+    let crop = if event.state == LifecycleState::End || event.kind == EventKind::Tamper {
+        None
+    } else {
+        crop_with_margin(private, &bbox, EVIDENCE_CROP_MARGIN).and_then(|crop| encode(&crop))
+    };
+    (encode(&canvas), crop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +498,37 @@ mod tests {
         let judge = Judge::open(&config.judge_settings(), &names).unwrap();
         let stage = EvidenceStage::open(&config.state_dir, &config.evidence, &config.device_id).unwrap();
         (judge, stage)
+    }
+
+    /// A frame's events are drawn on two threads: each still gets its own pictures, the same bytes
+    /// as drawn one after the other, and an event without pictures gets none.
+    #[test]
+    fn each_event_of_a_frame_gets_its_own_pictures_when_they_are_drawn_in_parallel() {
+        let dog = sample("dog.jpg");
+        let results = vec![detector_result(&Arc::new(dog.clone()))];
+        let judged: Vec<JudgedEvent> = (0..5)
+            .map(|i| {
+                let state = if i == 3 { LifecycleState::End } else { LifecycleState::Start };
+                let mut event = crate::judge::fixtures::test_event(EventKind::Object, state, chrono::Utc::now());
+                let x = 40 + 100 * i;
+                event.bbox = crate::judge::EventBox { x1: x, y1: 50, x2: x + 90, y2: 200 };
+                JudgedEvent { event, with_pictures: i != 2, caption: format!("event {i}"), action: None }
+            })
+            .collect();
+        let drawn = pictures_of_events(90, &dog, &[], &results, &judged);
+        assert_eq!(drawn.len(), judged.len());
+        for (i, (judged, (frame, crop))) in judged.iter().zip(&drawn).enumerate() {
+            if !judged.with_pictures {
+                assert!(frame.is_none() && crop.is_none(), "event {i} has no pictures");
+                continue;
+            }
+            let alone = event_pictures(90, &dog, &[], &results, &judged.event, &judged.caption);
+            assert_eq!(frame.as_ref(), alone.0.as_ref(), "event {i}: its own frame picture");
+            assert_eq!(crop.as_ref(), alone.1.as_ref(), "event {i}: its own crop");
+            assert_eq!(crop.is_none(), i == 3, "an end has no crop");
+        }
+        let frames: std::collections::HashSet<_> = drawn.iter().filter_map(|(frame, _)| frame.clone()).collect();
+        assert_eq!(frames.len(), 4, "four different pictures");
     }
 
     #[test]
