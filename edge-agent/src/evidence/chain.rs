@@ -101,6 +101,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The sha256 (hex) and length of what `reader` gives, read in pieces: a clip may be tens of
+/// megabytes, and is hashed where it is kept and each time its page is shown.
+pub fn sha256_of_reader(reader: &mut impl std::io::Read) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let bytes = std::io::copy(reader, &mut hasher)?;
+    Ok((hex::encode(hasher.finalize()), bytes))
+}
+
 /// How far a chain has reached: published in the retained status and telemetry, so a chain that
 /// was cut short or rolled back on the box shows up on the platform.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -649,6 +657,14 @@ mod tests {
     }
 
     use super::*;
+
+    /// A clip hashed in pieces has the hash of its bytes, past io::copy's buffer and not a multiple of it.
+    #[test]
+    fn a_file_hashed_in_pieces_has_the_hash_of_its_bytes() {
+        let bytes: Vec<u8> = (0..300_001u32).map(|i| (i % 251) as u8).collect();
+        let (hash, length) = sha256_of_reader(&mut bytes.as_slice()).unwrap();
+        assert_eq!((hash, length), (sha256_hex(&bytes), bytes.len() as u64));
+    }
 
     fn event_record(dir: &Path, name: &str, bytes: &[u8]) -> RecordContent {
         std::fs::write(dir.join(name), bytes).unwrap();

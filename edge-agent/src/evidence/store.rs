@@ -351,12 +351,10 @@ impl EvidenceStore {
 /// The sha256 (hex) and length of a file, read in pieces (a clip may be tens of megabytes), and the
 /// file synced: a power cut cannot leave a chain record of a file the disk never had.
 fn synced_sha256_of_file(path: &Path) -> std::io::Result<(String, u64)> {
-    use sha2::{Digest, Sha256};
     let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let bytes = std::io::copy(&mut file, &mut hasher)?;
+    let hashed = super::chain::sha256_of_reader(&mut file)?;
     file.sync_all()?;
-    Ok((hex::encode(hasher.finalize()), bytes))
+    Ok(hashed)
 }
 
 /// The pictures already in the evidence folder (`<day>/<name>.jpg`), with their modification times.

@@ -22,6 +22,7 @@ use super::stats::{self, NO_CATEGORY};
 use super::system::{cpu_temperature, disk_space, human_bytes};
 use super::WebState;
 use crate::delivery::board::Status;
+use crate::evidence::chain::sha256_of_reader;
 
 /// Events on the overview.
 const OVERVIEW_EVENTS: usize = 6;
@@ -520,10 +521,12 @@ pub async fn event_detail(
         Err(response) => return response,
     };
     let image = events::evidence_image(&state.state_dir, &view).await;
-    // The clip's hash as kept, to compare with its `clip` record in the chain.
+    // The clip's hash as kept now, to compare with its `clip` record in the chain: computed from
+    // the file at each view (never remembered: a file changed behind the page must show), in pieces.
     let clip_hash = match events::clip_path(&state.state_dir.join("evidence"), &view) {
         Some(path) => tokio::task::spawn_blocking(move || {
-            std::fs::read(path).ok().map(|bytes| hex::encode(Sha256::digest(&bytes)))
+            let hashed = std::fs::File::open(path).and_then(|mut file| sha256_of_reader(&mut file));
+            hashed.ok().map(|(hash, _)| hash)
         })
         .await
         .ok()
