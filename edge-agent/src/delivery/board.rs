@@ -367,12 +367,11 @@ impl StatusBoard {
         self.lock().models = models;
     }
 
-    /// Records a camera's newest frame. The frame's JPEG is made here only when it carries
-    /// events without an evidence picture (it is theirs on the page); otherwise when someone asks
-    /// for it.
-    pub fn record_frame(&self, camera: &str, at: DateTime<Utc>, live: LiveFrame, pictures_events: bool) {
+    /// Records a camera's newest frame. The frame's JPEG is made here only when it is the picture
+    /// of some of its events (those without an evidence picture); otherwise when someone asks for it.
+    pub fn record_frame(&self, camera: &str, at: DateTime<Utc>, live: LiveFrame, pictures_its_events: bool) {
         let live = Arc::new(live);
-        let event_jpeg = if pictures_events { live.jpeg() } else { None };
+        let event_jpeg = if pictures_its_events { live.jpeg() } else { None };
         let mut inner = self.lock();
         for result in &live.results {
             inner.model_latency.entry(result.model.name.clone()).or_default().observe(result.latency);
