@@ -22,6 +22,7 @@ use crate::control::config_store::ConfigStore;
 use crate::control::model_update;
 use crate::control::settings::LiveSettings;
 use crate::control::site_heads::SiteHeads;
+use crate::control::switch;
 use crate::delivery::actions::ActionLimiter;
 use crate::delivery::board::{ControlStatus, StatusBoard};
 use crate::delivery::history::EventHistory;
@@ -56,7 +57,7 @@ pub async fn run(
     let shutdown = trigger.handle();
     if let Some(path) = &config_path {
         // A model switch whose probation never ended is undone before the models load.
-        match model_update::roll_back_unconfirmed_switch(path, &config) {
+        match switch::roll_back_unconfirmed_switch(path, &config) {
             Ok(Some(note)) => {
                 tracing::warn!("{note}");
                 config = Config::load(path)

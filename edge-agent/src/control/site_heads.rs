@@ -1,11 +1,9 @@
 //! Deploying a site head (a classifier from `edge-agent learn`) into one of the judge's
-//! second-stage slots, through the same steps as a model update: load and check against the
-//! manifest → the slot's labels must be among the head's → self-test on the sample pictures →
-//! pending switch written → switched in the judge between two frames (the old classifier kept in
-//! memory) → config file points at the new manifest → probation on its runs: a head failing in its
-//! first minutes, or never running, is switched back and the config restored. A crash during the
-//! probation rolls it back at the next start ([`super::model_update::roll_back_unconfirmed_switch`]).
-//! Every refusal before the switch leaves the agent exactly as it was.
+//! second-stage slots: load and check against the manifest → the slot's labels must be among the
+//! head's → the switch (`switch.rs`: self-test, swap in the judge between two frames, config,
+//! probation on its runs, roll-back then or at the next start). A head failing in its first
+//! minutes, or never running, is switched back. Every refusal before the switch leaves the agent
+//! exactly as it was.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +16,11 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::commands::CommandError;
-use super::model_update::{self_test, watch_probation, PendingSwitch, ProbationOutcome, PROBATION_MIN_RUNS};
 use super::settings::LiveSettings;
+use super::switch::{
+    self_test, slot_manifest, watch_probation, PendingSwitch, ProbationOutcome, Stage, SwitchTarget, Switched,
+    PROBATION_EXTENSION, PROBATION_MIN_RUNS,
+};
 use crate::base::shutdown::Shutdown;
 use crate::config::Config;
 use crate::infer::control::ModelRuns;
@@ -63,12 +64,32 @@ pub struct SiteHeads {
     last: Mutex<Option<Deployment>>,
 }
 
-/// What a roll-back needs.
-struct Switched {
+/// A classifier slot of the judge, as the stage a head switch swaps a classifier in.
+struct JudgeSlot<'a> {
+    settings: &'a LiveSettings,
     slot: ClassifierSlot,
-    old: Option<Box<SecondStage>>,
-    previous_manifest: PathBuf,
 }
+
+impl Stage for JudgeSlot<'_> {
+    type Part = Option<Box<SecondStage>>;
+
+    async fn swap_in(&self, stage: Self::Part) -> Result<Self::Part, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.settings
+            .judge_control()
+            .send(JudgeControl::SwapClassifier { slot: self.slot, stage, reply })
+            .await
+            .map_err(|_| CommandError::new("internal", "the judge has stopped"))?;
+        match answer.await {
+            Ok(Ok(old)) => Ok(old),
+            Ok(Err(refused)) => Err(CommandError::new("unknown_target", refused.why)),
+            Err(_) => Err(CommandError::new("internal", "the judge did not answer")),
+        }
+    }
+}
+
+/// A head switched into its slot, on probation.
+type HeadSwitch = Switched<Option<Box<SecondStage>>>;
 
 impl SiteHeads {
     pub fn new(
@@ -118,7 +139,7 @@ impl SiteHeads {
                 let probation = Duration::from_secs(deployment.probation_secs);
                 tokio::spawn(async move {
                     let mut shutdown = shutdown;
-                    heads.probation(switched, &name, probation, &mut shutdown).await;
+                    heads.probation(slot, switched, &name, probation, &mut shutdown).await;
                     heads.switch_busy.store(false, Ordering::SeqCst);
                 });
                 Ok(deployment)
@@ -131,7 +152,7 @@ impl SiteHeads {
     }
 
     /// Everything up to and including the switch; an error here has changed nothing.
-    async fn switch(&self, slot: ClassifierSlot, manifest: &Path) -> Result<(Deployment, Switched), CommandError> {
+    async fn switch(&self, slot: ClassifierSlot, manifest: &Path) -> Result<(Deployment, HeadSwitch), CommandError> {
         let config = self.settings.store().current();
         if self.settings.store().path().is_none() {
             return Err(CommandError::new(
@@ -156,29 +177,15 @@ impl SiteHeads {
                 .map_err(|e| CommandError::new("internal", format!("classifier loading task failed: {e}")))??;
         let (name, sha256) = (stage.id().name.clone(), stage.id().sha256.clone());
         let pending = PendingSwitch {
-            index: 0,
+            target: SwitchTarget::Classifier(slot),
             name: name.clone(),
             previous_manifest: previous_manifest.clone(),
             new_manifest: manifest.to_owned(),
             switched_at: Utc::now(),
-            classifier: Some(slot),
         };
-        pending.save(&self.state_dir).map_err(|e| {
-            CommandError::new("state_unwritable", format!("cannot record the pending switch, nothing changed: {e}"))
-        })?;
-        let old = match self.swap_in(slot, Some(Box::new(stage))).await {
-            Ok(old) => old,
-            Err(e) => {
-                PendingSwitch::clear(&self.state_dir);
-                return Err(e);
-            }
-        };
-        if let Err(e) = self.settings.store().set_classifier_manifest(slot, manifest) {
-            // The switch must be durable, or not happen.
-            let _ = self.swap_in(slot, old).await;
-            PendingSwitch::clear(&self.state_dir);
-            return Err(CommandError::new(e.code(), format!("the new classifier was not kept: {e}")));
-        }
+        let judge = JudgeSlot { settings: &self.settings, slot };
+        let new = Some(Box::new(stage));
+        let switched = pending.switch_in(&judge, new, self.settings.store(), &self.state_dir).await?;
         let probation_secs = config.model_update.probation_secs;
         tracing::info!(slot = slot.manifest_key(), classifier = %name, %sha256, "site head switched in; on probation");
         let deployment = Deployment {
@@ -187,38 +194,27 @@ impl SiteHeads {
             name,
             sha256,
             manifest: manifest.to_owned(),
-            previous_manifest: previous_manifest.clone(),
+            previous_manifest,
             stage: DeploymentStage::Probation,
             message: format!(
                 "on probation for {probation_secs} s: it needs {PROBATION_MIN_RUNS} successful runs on real crops"
             ),
             self_test,
-            switched_at: pending.switched_at,
+            switched_at: switched.pending.switched_at,
             probation_secs,
         };
-        Ok((deployment, Switched { slot, old, previous_manifest }))
+        Ok((deployment, switched))
     }
 
-    async fn swap_in(
+    /// Watches the head's runs; switches the previous classifier back into `slot` unless it passes.
+    async fn probation(
         &self,
         slot: ClassifierSlot,
-        stage: Option<Box<SecondStage>>,
-    ) -> Result<Option<Box<SecondStage>>, CommandError> {
-        let (reply, answer) = oneshot::channel();
-        self.settings
-            .judge_control()
-            .send(JudgeControl::SwapClassifier { slot, stage, reply })
-            .await
-            .map_err(|_| CommandError::new("internal", "the judge has stopped"))?;
-        match answer.await {
-            Ok(Ok(old)) => Ok(old),
-            Ok(Err(refused)) => Err(CommandError::new("unknown_target", refused.why)),
-            Err(_) => Err(CommandError::new("internal", "the judge did not answer")),
-        }
-    }
-
-    /// Watches the head's runs; switches the previous classifier back unless it passes.
-    async fn probation(&self, switched: Switched, name: &str, duration: Duration, shutdown: &mut Shutdown) {
+        switched: HeadSwitch,
+        name: &str,
+        duration: Duration,
+        shutdown: &mut Shutdown,
+    ) {
         // The judge's heartbeat covers a classifier that hangs: the watchdog restarts the agent
         // and the start rolls the switch back.
         let why = match watch_probation(&self.runs, name, duration, Duration::MAX, shutdown).await {
@@ -227,7 +223,7 @@ impl SiteHeads {
                 return self.set_stage(DeploymentStage::Interrupted, message);
             }
             ProbationOutcome::Passed(counts) => {
-                PendingSwitch::clear(&self.state_dir);
+                switched.confirm(&self.state_dir);
                 tracing::info!(classifier = %name, ok = counts.ok, "site head passed its probation");
                 let message = format!("confirmed after {} successful runs and {} failed", counts.ok, counts.failed);
                 return self.set_stage(DeploymentStage::Confirmed, message);
@@ -237,46 +233,25 @@ impl SiteHeads {
                 "the new classifier failed {} of {} runs during its probation; the previous one ({}) is back",
                 counts.failed,
                 counts.ok + counts.failed,
-                switched.previous_manifest.display()
+                switched.pending.previous_manifest.display()
             ),
             ProbationOutcome::TooFewRuns(counts) => format!(
                 "the new classifier ran successfully only {} times in {} s (it needs {PROBATION_MIN_RUNS}: nothing came \
                  its way to classify); the previous one ({}) is back",
                 counts.ok,
-                (duration * super::model_update::PROBATION_EXTENSION).as_secs(),
-                switched.previous_manifest.display()
+                (duration * PROBATION_EXTENSION).as_secs(),
+                switched.pending.previous_manifest.display()
             ),
         };
         tracing::error!(classifier = %name, "{why}");
-        let Switched { slot, old, previous_manifest } = switched;
-        let rolled_back = match self.swap_in(slot, old).await {
-            Ok(_new) => self
-                .settings
-                .store()
-                .set_classifier_manifest(slot, &previous_manifest)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.message),
-        };
-        match rolled_back {
-            Ok(()) => {
-                PendingSwitch::clear(&self.state_dir);
-                self.set_stage(DeploymentStage::RolledBack, why);
-            }
+        let judge = JudgeSlot { settings: &self.settings, slot };
+        match switched.roll_back(&judge, self.settings.store(), &self.state_dir, || {}).await {
+            Ok(()) => self.set_stage(DeploymentStage::RolledBack, why),
             Err(e) => self.set_stage(
                 DeploymentStage::RolledBack,
                 format!("{why}; but the roll-back failed ({e}): the next start rolls it back"),
             ),
         }
-    }
-}
-
-/// The manifest a slot uses now; None when the slot's rule has no classifier table.
-pub fn slot_manifest(config: &Config, slot: ClassifierSlot) -> Option<PathBuf> {
-    match slot {
-        ClassifierSlot::Taxonomy => Some(config.taxonomy.classifier.clone()),
-        ClassifierSlot::OverflowState => config.rules.overflow.state_classifier.as_ref().map(|c| c.manifest.clone()),
-        ClassifierSlot::TruckCover => config.rules.truck_exit.cover_classifier.as_ref().map(|c| c.manifest.clone()),
     }
 }
 
@@ -355,7 +330,7 @@ fn prepare(
 mod tests {
     use super::*;
     use crate::control::config_store::ConfigStore;
-    use crate::control::model_update::{roll_back_unconfirmed_switch, PENDING_SWITCH_FILE};
+    use crate::control::switch::{roll_back_unconfirmed_switch, PENDING_SWITCH_FILE};
     use crate::delivery::board::StatusBoard;
     use crate::judge::Judge;
     use tokio::sync::{mpsc, watch};
@@ -511,12 +486,11 @@ mod tests {
         std::fs::create_dir_all(&config.state_dir).unwrap();
         let previous = models().join("efficientnet_lite0.toml");
         let pending = PendingSwitch {
-            index: 0,
+            target: SwitchTarget::Classifier(ClassifierSlot::Taxonomy),
             name: "site_test".into(),
             previous_manifest: previous.clone(),
             new_manifest: head.clone(),
             switched_at: Utc::now(),
-            classifier: Some(ClassifierSlot::Taxonomy),
         };
         pending.save(&config.state_dir).unwrap();
         let note = roll_back_unconfirmed_switch(&path, &config).unwrap().expect("rolled back");

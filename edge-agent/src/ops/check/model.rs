@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::camera::GrabbedFrame;
 use super::{ConfigName, Finding};
 use crate::config::{Config, InferenceConfig, ModelConfig};
-use crate::control::model_update::self_test;
+use crate::control::switch::self_test;
 use crate::infer::manifest::ManifestError;
 use crate::infer::{Findings, InferError, Model, ModelResult};
 use crate::judge::config::ZoneRole;
