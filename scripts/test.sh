@@ -20,6 +20,9 @@ command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(n
 # with the rest of the file system read-only in a private mount namespace (unshare, setpriv).
 command -v adduser >/dev/null || missing+=(adduser)
 { command -v unshare >/dev/null && command -v setpriv >/dev/null; } || missing+=(util-linux)
+# The power-cut tests mount a filesystem that forgets what was not fsynced (tests/support/crashfs,
+# FUSE): fuse3's fusermount3 mounts it where the mount system call is refused.
+command -v fusermount3 >/dev/null || missing+=(fuse3)
 # The web page's browser tests: Debian's chromium driven through chromedriver.
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub mod arrivals;
 pub mod cluster;
+pub mod crashfs;
 pub mod fleet;
 pub mod platform;
 pub use platform::PlatformKey;
