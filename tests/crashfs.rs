@@ -2,6 +2,7 @@
 //! keeps is exactly what was fsynced (a file's data by its fsync, a name by its folder's fsync), the
 //! agent's atomic write survives, and a redb file keeps its durable commits and loses the rest.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
@@ -109,13 +110,16 @@ fn a_truncation_without_fsync_is_undone() {
     let old: Vec<u8> = (0..10_000u32).map(|i| (i % 7) as u8 + 1).collect();
     let Some((_backing, fs)) = mounted(&[("segment", &old)]) else { return };
     let path = fs.mount_point().join("segment");
-    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+    // An unsynced write in the page the truncation cuts through, then the cut and growth again:
+    // the bytes past the cut point read as zeros, not as old bytes (unsynced or durable).
+    file.write_all(&[b'x'; 50]).unwrap();
     file.set_len(100).unwrap();
-    // Grown again: the bytes past the cut point read as zeros, not as the old durable bytes.
     file.set_len(10_000).unwrap();
     let live = fs::read(&path).unwrap();
-    assert_eq!(&live[..100], &old[..100]);
-    assert!(live[100..].iter().all(|&b| b == 0), "a truncation hides the durable bytes past it");
+    assert_eq!(&live[..50], &[b'x'; 50]);
+    assert_eq!(&live[50..100], &old[50..100]);
+    assert!(live[100..].iter().all(|&b| b == 0), "a truncation hides the bytes past it");
     assert_eq!(fs.pending().truncations_dropped, 2);
     drop(file);
     fs.power_cut();
@@ -346,6 +350,31 @@ fn the_agents_atomic_write_survives_a_cut_and_one_without_the_folder_fsync_does_
 }
 
 #[test]
+fn another_process_killed_mid_work_keeps_only_what_it_synced() {
+    let Some((_backing, fs)) = mounted(&[("log", b"durable\n"), ("state", b"old")]) else { return };
+    let mnt = fs.mount_point();
+    // As the agent will: a separate process writes (dd's conv=fsync fsyncs its output), is killed
+    // and reaped, then the power goes.
+    let script = "dd if=/dev/zero of=state bs=512 count=2 conv=notrunc,fsync 2>/dev/null \
+                  && echo unsynced >> log && echo started && sleep 60";
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(mnt)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut started = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut started).unwrap();
+    assert_eq!(started, "started\n");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let report = fs.power_cut();
+    assert_eq!((report.files_dropped, report.bytes_dropped), (1, 9), "{report:?}");
+    assert_eq!(fs::read(mnt.join("log")).unwrap(), b"durable\n");
+    assert_eq!(fs::read(mnt.join("state")).unwrap(), vec![0u8; 1024]);
+}
+
+#[test]
 fn a_torn_cut_keeps_a_sector_aligned_prefix_of_the_last_write() {
     let Some((_backing, fs)) = mounted(&[("chain.jsonl", b"")]) else { return };
     let path = fs.mount_point().join("chain.jsonl");
@@ -445,4 +474,151 @@ fn a_redb_file_whose_folder_was_never_fsynced_is_gone_after_a_cut() {
     drop(db);
     fs.power_cut();
     assert!(!path.exists(), "a durable commit in a file with no durable name is lost with the file");
+}
+
+/// Random work over a few folders and names with cuts between, checking that the model never fails
+/// an operation with EIO (its durable and live trees stay consistent through renames, links and
+/// removals) and that a file sealed (fsynced, then each folder up to the root fsynced, untouched
+/// since, nor written through another name) survives every later cut with its content.
+#[test]
+fn random_work_with_cuts_keeps_every_sealed_file() {
+    let mut checked = 0;
+    for seed in 0..4 {
+        let Some(count) = random_work(seed) else { return };
+        checked += count;
+    }
+    assert!(checked > 150, "too few sealed files checked after cuts: {checked}");
+}
+
+/// One run of random work; returns how many sealed files it checked after cuts.
+fn random_work(seed: u64) -> Option<usize> {
+    let (_backing, fs) = mounted(&[])?;
+    let mnt = fs.mount_point().to_owned();
+    let dirs = ["", "d1", "d2", "d1/e"];
+    let files = ["a", "b", "c"];
+    let mut rng = 0x5eed_u64 ^ seed;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    let in_dir = |dir: &str, name: &str| if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
+    // Sealed files by path: the content they must have after any cut, and their inode now.
+    let mut sealed: BTreeMap<String, (Vec<u8>, u64)> = BTreeMap::new();
+    // A name changed: whatever was sealed at or under it no longer is.
+    let renamed = |sealed: &mut BTreeMap<String, (Vec<u8>, u64)>, path: &str| {
+        sealed.retain(|p, _| p != path && !p.starts_with(&format!("{path}/")));
+    };
+    // A file's content changed: every name of it is no longer sealed.
+    let written = |sealed: &mut BTreeMap<String, (Vec<u8>, u64)>, path: &Path| {
+        let ino = fs::metadata(path).unwrap().ino();
+        sealed.retain(|_, (_, sealed_ino)| *sealed_ino != ino);
+    };
+    let fine = |e: &std::io::Error| {
+        let code = e.raw_os_error().unwrap_or(0);
+        assert!(code != libc::EIO && code != libc::ESTALE, "the model failed an operation: {e}");
+    };
+    let (mut cuts, mut seals, mut checked) = (0, 0, 0);
+    for step in 0..3000 {
+        let dir = dirs[next(dirs.len())];
+        let file = in_dir(dir, files[next(files.len())]);
+        let other_dir = dirs[next(dirs.len())];
+        let other = in_dir(other_dir, files[next(files.len())]);
+        match next(12) {
+            0 | 1 => {
+                let bytes = vec![(step % 251) as u8; 1 + next(9000)];
+                match OpenOptions::new().create(true).append(true).open(mnt.join(&file)) {
+                    Ok(mut f) => {
+                        written(&mut sealed, &mnt.join(&file));
+                        f.write_all(&bytes).unwrap();
+                    }
+                    Err(e) => fine(&e),
+                }
+            }
+            2 => {
+                if let Ok(f) = OpenOptions::new().write(true).open(mnt.join(&file)) {
+                    written(&mut sealed, &mnt.join(&file));
+                    f.set_len(next(5000) as u64).unwrap();
+                }
+            }
+            3 => match File::open(mnt.join(&file)) {
+                Ok(f) => f.sync_all().unwrap(),
+                Err(e) => fine(&e),
+            },
+            4 => match fs::rename(mnt.join(&file), mnt.join(&other)) {
+                Ok(()) => {
+                    renamed(&mut sealed, &file);
+                    renamed(&mut sealed, &other);
+                }
+                Err(e) => fine(&e),
+            },
+            5 => match fs::remove_file(mnt.join(&file)) {
+                Ok(()) => renamed(&mut sealed, &file),
+                Err(e) => fine(&e),
+            },
+            6 => match fs::hard_link(mnt.join(&file), mnt.join(&other)) {
+                Ok(()) => renamed(&mut sealed, &other),
+                Err(e) => fine(&e),
+            },
+            7 => match fs::create_dir(mnt.join(dir)) {
+                Ok(()) => renamed(&mut sealed, dir),
+                Err(e) => fine(&e),
+            },
+            8 => {
+                // A folder removed when empty, or moved.
+                let moved = if next(2) == 0 {
+                    fs::remove_dir(mnt.join(dir))
+                } else {
+                    fs::rename(mnt.join(dir), mnt.join(other_dir))
+                };
+                match moved {
+                    Ok(()) => {
+                        renamed(&mut sealed, dir);
+                        renamed(&mut sealed, other_dir);
+                    }
+                    Err(e) => fine(&e),
+                }
+            }
+            9 => match File::open(mnt.join(dir)) {
+                Ok(d) => d.sync_all().unwrap(),
+                Err(e) => fine(&e),
+            },
+            10 => {
+                // Seal a file: its data, then each folder up to the root.
+                if let Ok(f) = File::open(mnt.join(&file)) {
+                    f.sync_all().unwrap();
+                    let mut at = Path::new(&file).parent();
+                    while let Some(folder) = at {
+                        File::open(mnt.join(folder)).unwrap().sync_all().unwrap();
+                        at = folder.parent();
+                    }
+                    let ino = f.metadata().unwrap().ino();
+                    sealed.insert(file.clone(), (fs::read(mnt.join(&file)).unwrap(), ino));
+                    seals += 1;
+                }
+            }
+            _ => {
+                if next(4) == 0 {
+                    if next(2) == 0 {
+                        fs.power_cut();
+                    } else {
+                        fs.power_cut_torn(step as u64);
+                    }
+                    cuts += 1;
+                    for (path, (content, ino)) in sealed.iter_mut() {
+                        let found = fs::read(mnt.join(path.as_str()));
+                        let what = found.as_ref().map_or_else(|e| e.to_string(), |c| format!("{} bytes", c.len()));
+                        assert!(found.is_ok_and(|c| c == *content), "step {step}: sealed {path} lost ({what})");
+                        // Inode numbers are new after a cut.
+                        *ino = fs::metadata(mnt.join(path.as_str())).unwrap().ino();
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("random work {seed}: {cuts} cuts, {seals} seals, {checked} checked after cuts, {:?}", fs.totals());
+    assert!(cuts > 50 && seals > 100, "too little work to judge: {cuts} cuts, {seals} seals");
+    Some(checked)
 }
