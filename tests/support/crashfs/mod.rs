@@ -2,35 +2,37 @@
 //! FUSE mount (the `fuser` crate, served by a thread of the test process) over a backing folder
 //! that holds only the durable state; `power_cut()` throws away everything else.
 //!
-//! The model, what is durable when (the strictest a POSIX filesystem may be, per file and folder):
-//! - A file's content, size and mode are durable after an fsync or fdatasync of it, not before.
-//!   Until then its writes and truncations live in memory (4 KiB pages over the durable content);
-//!   reads see them, so a program sees its own writes.
+//! The model, what is durable when (as strict as POSIX allows, per file and per folder, but for
+//! renames, which are whole as on a journaling filesystem):
+//! - A file's content, size, mode, owner and modification time are durable after an fsync or
+//!   fdatasync of it, not before. Until then its writes and truncations live in memory (4 KiB pages
+//!   over the durable content); reads see them, so a program sees its own writes.
 //! - A folder's entries are durable after an fsync of that folder: every name it holds then names
-//!   durably what it names live (created, replaced, renamed in, hard-linked) and every name it no
-//!   longer holds is durably gone (unlinked, renamed out, rmdir). An fsync of a file does not make
-//!   its name durable, nor does an fsync of a folder make the folder's own name durable (its
-//!   parent's fsync does). So a file created and fsynced in a folder never fsynced vanishes at a cut,
-//!   and a rename is undone unless its folder was fsynced.
+//!   durably what it names live (created, replaced, renamed in, hard-linked, symlinked) and every
+//!   name it no longer holds is durably gone (unlinked, renamed out, rmdir). An fsync of a file does
+//!   not make its name durable, nor does an fsync of a folder make the folder's own name durable
+//!   (its parent's fsync does). So a file created and fsynced in a folder never fsynced vanishes at
+//!   a cut, and a rename is undone unless a folder it touched was fsynced.
 //! - A rename is one operation: made durable in its new folder it is gone from the old one, and the
-//!   other way round (as a journaling filesystem commits it whole), so a cut never leaves a renamed
-//!   file under both names or under neither. Its content is durable only as far as it was fsynced:
-//!   a rename of a file whose folder was fsynced but whose data was not leaves it empty after a cut.
-//! - A new file whose name is made durable before its content is fsynced is empty after a cut; a
-//!   file fsynced before its folder is kept aside (`.crashfs-orphans/` in the backing folder, hidden
-//!   from the mount) until the folder's fsync gives it its name, and thrown away at a cut.
-//! - A file's mode, owner and modification time are durable with its content (a folder's mode with
-//!   its entries); other times and extended attributes are not modelled. mmap is untested here: redb (4.x) reads and
-//!   writes with pread/pwrite, set_len and fdatasync, and locks with flock/fcntl (kept by the kernel).
+//!   other way round (the fsync of either folder carries it to the other, if that folder has a
+//!   durable place), so a cut never leaves a renamed file under both names. Its content is durable
+//!   only as far as it was fsynced: a new file renamed into a synced folder, its data never synced,
+//!   is empty after a cut.
+//! - A file fsynced before its folder is kept aside (`.crashfs-orphans/` in the backing folder,
+//!   hidden from the mount) until a folder's fsync gives it a name, and thrown away at a cut.
 //! - A power cut (`power_cut`): the mount shows the backing folder as it is, nothing else. Every
 //!   handle opened before it fails with EIO (the program that held it is gone), and inode numbers
-//!   are never reused. Kill and reap the program first: its in-flight requests are then answered.
+//!   are never reused; the kernel caches nothing across requests (TTL 0, pages dropped at each
+//!   open). Kill and reap the program first: its in-flight requests are then answered.
 //!   `power_cut_torn(seed)` is a harsher cut for appenders: each file with unsynced data either loses
-//!   all of it or (at random) keeps all of it but for the tail of its last write, cut at a 512-byte
-//!   sector boundary inside it (as a disk that wrote back its cache and lost power mid-write).
-//! - Not modelled: the backing folder's own fsync (the machine running the test does not lose power),
-//!   a partial order among unsynced writes other than the torn one, a folder moved durably into its
-//!   own subfolder (its fsync fails with EIO).
+//!   all of it or (at random) keeps all of it but for the tail of its last write request (the kernel
+//!   splits a program's write at page boundaries), cut at a 512-byte sector boundary inside it (a
+//!   disk that wrote back its cache and lost power mid-write).
+//! - Not modelled: the backing folder's own fsync (the machine running the test keeps power), other
+//!   orders of unsynced writes reaching the disk, access times and extended attributes, a folder
+//!   moved durably into its own subfolder (that fsync fails with EIO). mmap is untested: redb (4.x)
+//!   reads and writes with pread/pwrite, set_len and fdatasync, and locks with flock/fcntl, which the
+//!   kernel keeps for a FUSE mount.
 
 use std::ffi::OsStr;
 use std::io;
