@@ -9,6 +9,8 @@
 //!
 //! Beside the flow: [`control`] (commands, model updates, live settings), [`web`], [`config`]
 //! (loading, validation, site files), [`ops`] (check, calibrate) and [`base`] (what all share).
+//! [`wire`] is what goes to the platform (the event message, the signed chain and its one
+//! verifier): every part may use it, and it uses only `base`.
 //! [`app`] wires them together for `edge-agent run`. docs/ARCHITECTURE.md is the map.
 
 pub mod app;
@@ -22,6 +24,7 @@ pub mod judge;
 pub mod ops;
 pub mod source;
 pub mod web;
+pub mod wire;
 
 #[cfg(test)]
 mod fuzz_tests;

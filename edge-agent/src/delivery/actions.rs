@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::judge::config::ActionConfig;
 use crate::judge::tracker::seconds_between;
-use crate::judge::{Event, EventKind};
+use crate::wire::{Event, EventKind};
 
 #[derive(Default)]
 pub struct ActionLimiter {
@@ -69,7 +69,7 @@ pub fn run(command: &[String], event: &Event) {
 mod tests {
     use super::*;
     use crate::judge::fixtures::{at, test_event};
-    use crate::judge::lifecycle::LifecycleState;
+    use crate::wire::LifecycleState;
 
     fn action(interval: f64) -> ActionConfig {
         ActionConfig { command: vec!["aplay".into(), "/prompts/{kind}-{zone}.wav".into()], min_interval_secs: interval }

@@ -17,11 +17,11 @@ use crate::delivery::held::HeldReport;
 use crate::delivery::history::EventHistory;
 use crate::delivery::outbox::OutboxStats;
 use crate::delivery::stats::DailyStats;
-use crate::evidence::chain::ChainHead;
 use crate::evidence::store::EvidenceUsage;
 use crate::infer::{ModelInfo, ModelResult};
-use crate::judge::Event;
 use crate::source::CameraHealth;
+use crate::wire::ChainHead;
+use crate::wire::Event;
 
 /// Events kept for the page; the outbox keeps them all for the platform.
 pub const RECENT_EVENTS: usize = 20;
@@ -654,8 +654,8 @@ pub fn event_kind_name(event: &Event) -> String {
 mod tests {
     use super::*;
     use crate::judge::fixtures::{at, test_event};
-    use crate::judge::lifecycle::LifecycleState;
-    use crate::judge::EventKind;
+    use crate::wire::EventKind;
+    use crate::wire::LifecycleState;
 
     #[test]
     fn the_page_searches_the_history_on_disk_beyond_the_events_in_memory() {
@@ -687,9 +687,9 @@ mod tests {
         let board = StatusBoard::new("box".into(), Vec::new());
         let time = at(1.0);
         let mut with_file = test_event(EventKind::Object, LifecycleState::Start, time);
-        with_file.evidence = Some(crate::judge::EvidenceRef {
+        with_file.evidence = Some(crate::wire::EvidenceRef {
             chain_seq: 1,
-            files: vec![crate::judge::EvidenceFile { file: "day/a.jpg".into(), sha256: "ab".into(), bytes: 2 }],
+            files: vec![crate::wire::EvidenceFile { file: "day/a.jpg".into(), sha256: "ab".into(), bytes: 2 }],
         });
         let without = test_event(EventKind::Object, LifecycleState::Update, time);
         board.record_events(&[with_file.clone(), without.clone()]);

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::outbox::QueuedMessage;
-use crate::judge::Event;
+use crate::wire::Event;
 
 /// What is held, for the page and telemetry.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -112,8 +112,8 @@ impl Held {
 mod tests {
     use super::*;
     use crate::judge::fixtures::{at, test_event};
-    use crate::judge::lifecycle::LifecycleState;
-    use crate::judge::EventKind;
+    use crate::wire::EventKind;
+    use crate::wire::LifecycleState;
 
     fn picture(bytes: usize) -> (QueuedMessage, Option<Event>) {
         (QueuedMessage { topic_suffix: "snapshots/x".into(), payload: vec![0; bytes] }, None)

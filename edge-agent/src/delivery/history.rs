@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::base::redb_file;
-use crate::judge::Event;
+use crate::wire::Event;
 
 /// Key: a sequence that only grows; value: the event message as JSON.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -201,8 +201,8 @@ impl EventHistory {
 mod tests {
     use super::*;
     use crate::judge::fixtures::{at, test_event};
-    use crate::judge::lifecycle::LifecycleState;
-    use crate::judge::EventKind;
+    use crate::wire::EventKind;
+    use crate::wire::LifecycleState;
 
     #[test]
     fn events_survive_reopening_and_old_ones_are_pruned_by_age() {

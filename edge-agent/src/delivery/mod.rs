@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::base::liveness::Heartbeat;
 use crate::evidence::EvidencedFrame;
 use crate::infer::BoundingBox;
-use crate::judge::Event;
+use crate::wire::Event;
 use actions::ActionLimiter;
 use board::{LiveFrame, StatusBoard};
 use held::Held;
@@ -62,41 +62,33 @@ impl Delivery {
     /// started and updates the board.
     async fn deliver(&mut self, evidenced: EvidencedFrame) {
         // Clips reach the page through the evidence folder; their chain records are among the others.
-        let EvidencedFrame {
-            frame,
-            results,
-            events,
-            snapshots,
-            zones,
-            actions,
-            chain_records,
-            chain_head,
-            usage,
-            clips: _,
-        } = evidenced;
+        let EvidencedFrame { frame, results, events, snapshots, zones, actions, chain_records, chain_head, usage } =
+            evidenced;
         if let Some(usage) = usage {
             self.board.set_evidence_usage(usage);
         }
         let StatsUpdate { today, to_publish } = self.stats.record(&events, frame.captured_at);
-        // Events and other chain records in chain order, so the platform sees one rising sequence.
+        // Events and other chain records in chain order, so the platform sees one rising sequence;
+        // each event message goes with its event, for the log, the board and the history.
         let mut chained = event_messages(&events);
         chained.extend(chain_records.iter().filter_map(|record| match serde_json::to_vec(record) {
-            Ok(payload) => Some((record.seq, QueuedMessage { topic_suffix: "chain".into(), payload })),
+            Ok(payload) => Some((record.seq, QueuedMessage { topic_suffix: "chain".into(), payload }, None)),
             Err(e) => {
                 tracing::error!(seq = record.seq, "cannot encode chain record: {e}");
                 None
             }
         }));
-        chained.sort_by_key(|(seq, _)| *seq);
-        let mut messages: Vec<QueuedMessage> = chained.into_iter().map(|(_, message)| message).collect();
+        chained.sort_by_key(|(seq, _, _)| *seq);
+        let mut messages: Vec<(QueuedMessage, Option<Event>)> =
+            chained.into_iter().map(|(_, message, event)| (message, event)).collect();
         // The evidence picture of each event message, and the station's daily statistics.
-        messages.extend(snapshots.iter().map(|snapshot| QueuedMessage {
-            topic_suffix: format!("snapshots/{}", snapshot.event_id),
-            payload: snapshot.jpeg.as_ref().clone(),
+        messages.extend(snapshots.iter().map(|snapshot| {
+            let topic_suffix = format!("snapshots/{}", snapshot.event_id);
+            (QueuedMessage { topic_suffix, payload: snapshot.jpeg.as_ref().clone() }, None)
         }));
 
         messages.extend(to_publish.iter().filter_map(|stats| match serde_json::to_vec(stats) {
-            Ok(payload) => Some(QueuedMessage { topic_suffix: "stats".into(), payload }),
+            Ok(payload) => Some((QueuedMessage { topic_suffix: "stats".into(), payload }, None)),
             Err(e) => {
                 tracing::error!("cannot encode statistics: {e}");
                 None
@@ -106,14 +98,8 @@ impl Delivery {
             self.board.set_daily_stats(today);
         }
         // What the outbox refused before goes first, so the order stays the order of the judge.
-        let event_of = |message: &QueuedMessage| -> Option<Event> {
-            (message.topic_suffix == "events").then(|| serde_json::from_slice::<Event>(&message.payload).ok()).flatten()
-        };
         let mut batch = self.held.take();
-        batch.extend(messages.into_iter().map(|m| {
-            let event = event_of(&m);
-            (m, event)
-        }));
+        batch.extend(messages);
         let outbox = self.outbox.clone();
         let boxes: Vec<BoundingBox> = events.iter().map(|e| BoundingBox::from(e.bbox)).collect();
         let zones_in_use: Vec<String> = zones.iter().map(|z| z.id.clone()).collect();
@@ -236,15 +222,16 @@ fn enqueue_batch(
     }
 }
 
-/// The `events` messages of a frame with their chain sequence numbers (0 without evidence); an
-/// event that cannot be encoded is logged.
-fn event_messages(events: &[Event]) -> Vec<(u64, QueuedMessage)> {
+/// The `events` messages of a frame with their chain sequence numbers (0 without evidence) and
+/// their events; an event that cannot be encoded is logged.
+fn event_messages(events: &[Event]) -> Vec<(u64, QueuedMessage, Option<Event>)> {
     events
         .iter()
         .filter_map(|event| match serde_json::to_vec(event) {
             Ok(payload) => Some((
                 event.chain.as_ref().map_or(0, |c| c.seq),
                 QueuedMessage { topic_suffix: "events".into(), payload },
+                Some(event.clone()),
             )),
             Err(e) => {
                 tracing::error!(event_id = %event.event_id, "cannot encode event: {e}");

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{parse_utc_offset, StatsConfig};
 use crate::base::write_file::write_atomically;
-use crate::judge::lifecycle::LifecycleState;
 use crate::judge::tracker::seconds_between;
-use crate::judge::{Event, EventKind};
+use crate::wire::LifecycleState;
+use crate::wire::{Event, EventKind};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KindCounts {

@@ -39,7 +39,7 @@ pub struct Telemetry {
     /// Times the link moved to another of the configured brokers since start.
     pub mqtt_broker_switches: u64,
     /// How far the evidence chain has reached (null when evidence is off or empty).
-    pub chain_head: Option<crate::evidence::chain::ChainHead>,
+    pub chain_head: Option<crate::wire::ChainHead>,
     /// Messages the outbox refused (a full disk), held in memory and retried.
     pub held: super::held::HeldReport,
     /// Times the outbox file was reopened after an I/O error since start.

@@ -4,12 +4,11 @@
 //! with a `chain_pruned` record saying which records went. Each record holds the sha256 of the previous record and of its evidence files, and is
 //! signed with the device key, so changing, removing or inserting a record or a picture breaks the
 //! chain at that point. Retention does not break it: deleting old pictures appends a `pruned`
-//! record naming them. [`verify`] walks a chain and reports the first broken link.
+//! record naming them. [`verify`] feeds the files to [`ChainVerifier`] and checks the pictures.
 //!
 //! A line is `{"body": {...}, "sha256": hex, "signature": hex}`; the hash and the signature are over
-//! the exact bytes of `body` as written.
+//! the exact bytes of `body` as written (the record formats are `wire::chain`'s).
 
-use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -18,15 +17,15 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::base::write_file::sync_folder;
-use crate::evidence::signing::{verify_hex, DeviceKey};
-pub use crate::judge::ChainProof;
+use crate::evidence::signing::DeviceKey;
+use crate::wire::chain::{sha256_hex, NO_PREVIOUS};
+use crate::wire::verify::{Break, ChainVerifier, Outcome, SignedRecord};
+use crate::wire::{ChainHead, ChainProof, EvidenceFile, RecordBody, RecordContent};
 
 /// The single chain file of older versions; moved into [`SEGMENTS_DIR`] as its first segment.
 pub const CHAIN_FILE: &str = "chain.jsonl";
 /// The folder of chain segments inside the evidence folder.
 pub const SEGMENTS_DIR: &str = "chain";
-/// `prev_sha256` of the first record.
-pub const NO_PREVIOUS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// The last record is found in the file's tail; no record is anywhere near this long.
 const TAIL_BYTES: u64 = 1 << 20;
 
@@ -34,52 +33,6 @@ const TAIL_BYTES: u64 = 1 << 20;
 pub enum ChainError {
     #[error("evidence chain {path}: {message}")]
     File { path: PathBuf, message: String },
-}
-
-/// A file of evidence and its hash, as the chain records it (part of the event message).
-pub use crate::judge::EvidenceFile;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "record", rename_all = "snake_case")]
-pub enum RecordContent {
-    /// The first record: which key signs this chain.
-    Genesis { public_key: String },
-    /// An event message and its evidence files.
-    Event { event: serde_json::Value, evidence: Vec<EvidenceFile> },
-    /// An event's video clip, finished after the event's messages (its post-roll): the file, its
-    /// hash and the wall-clock times of its first and last pictures.
-    Clip {
-        event_id: String,
-        /// Other events of the camera the clip covers (they started while it was recording);
-        /// each finds it under its own name too (`<day>/<event_id>-clip.mp4`, the same file).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        also: Vec<String>,
-        camera: String,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        evidence: Vec<EvidenceFile>,
-    },
-    /// Evidence files deleted by retention (age, disk quota, free space).
-    Pruned { files: Vec<String>, reason: String },
-    /// The device key changes: this record is signed by the old key, every later one by
-    /// `public_key`.
-    KeyRotated { public_key: String },
-    /// The first record of a new segment (a new day): names the key that signs it, so a chain whose
-    /// oldest segments retention deleted can still be read from here.
-    SegmentStarted { public_key: String },
-    /// Retention deleted whole old segments: the records `first_seq..=last_seq` (from 1: it deletes
-    /// from the oldest on) are gone by policy.
-    ChainPruned { segments: Vec<String>, first_seq: u64, last_seq: u64, reason: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordBody {
-    pub seq: u64,
-    pub time: DateTime<Utc>,
-    pub device: String,
-    pub prev_sha256: String,
-    #[serde(flatten)]
-    pub content: RecordContent,
 }
 
 #[derive(Serialize)]
@@ -97,25 +50,12 @@ struct StoredLine<'a> {
     signature: String,
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 /// The sha256 (hex) and length of what `reader` gives, read in pieces: a clip may be tens of
 /// megabytes, and is hashed where it is kept and each time its page is shown.
 pub fn sha256_of_reader(reader: &mut impl std::io::Read) -> std::io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let bytes = std::io::copy(reader, &mut hasher)?;
     Ok((hex::encode(hasher.finalize()), bytes))
-}
-
-/// How far a chain has reached: published in the retained status and telemetry, so a chain that
-/// was cut short or rolled back on the box shows up on the platform.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChainHead {
-    pub seq: u64,
-    pub sha256: String,
-    pub time: DateTime<Utc>,
 }
 
 /// The writing end of a device's chain.
@@ -377,20 +317,6 @@ impl Chain {
     }
 }
 
-/// Whether the ranges (retention's `chain_pruned` records) together cover `first..=last`.
-pub fn covers(ranges: &[(u64, u64)], first: u64, last: u64) -> bool {
-    let mut sorted = ranges.to_vec();
-    sorted.sort_unstable();
-    let mut next = first;
-    for (from, to) in sorted {
-        if from > next {
-            break;
-        }
-        next = next.max(to.saturating_add(1));
-    }
-    next > last
-}
-
 fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:010}.jsonl")
 }
@@ -482,7 +408,6 @@ pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyR
         let keep = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
         text.truncate(keep);
     }
-    let lines: Vec<&str> = text.lines().collect();
     let mut report = VerifyReport {
         chain: segments_dir,
         public_key: expected_key.map(str::to_string),
@@ -493,160 +418,172 @@ pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyR
         evidence_files_pruned: 0,
         first_broken_link: None,
     };
-    // Pictures and chain segments deleted by retention are named by later records; collect them first.
-    let mut pruned: HashSet<String> = HashSet::new();
-    let mut pruned_records: Vec<(u64, u64)> = Vec::new();
-    for line in &lines {
-        let Ok(stored) = serde_json::from_str::<StoredLine>(line) else { continue };
-        match serde_json::from_str::<RecordBody>(stored.body.get()).map(|b| b.content) {
-            Ok(RecordContent::Pruned { files, .. }) => pruned.extend(files),
-            Ok(RecordContent::ChainPruned { first_seq, last_seq, .. }) => pruned_records.push((first_seq, last_seq)),
-            _ => {}
-        }
-    }
-    let mut previous: Option<(u64, String)> = None;
-    let mut signing_key: Option<String> = None;
-    for (i, line) in lines.iter().enumerate() {
+    let mut verifier = ChainVerifier::whole_chain(expected_key);
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut broken: Option<Found> = None;
+    for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
-        let broken = |seq: Option<u64>, problem: String| Some(BrokenLink { line: line_no, seq, problem });
         let stored = match serde_json::from_str::<StoredLine>(line) {
             Ok(stored) => stored,
             Err(e) => {
-                report.first_broken_link = broken(None, format!("not a chain record: {e}"));
-                return Ok(report);
+                broken = broken.or_else(|| Some(Found::at(&report, line_no, None, format!("not a chain record: {e}"))));
+                continue;
             }
         };
-        let body: RecordBody = match serde_json::from_str(stored.body.get()) {
-            Ok(body) => body,
-            Err(e) => {
-                report.first_broken_link = broken(None, format!("record body is not readable: {e}"));
-                return Ok(report);
-            }
+        let checked = verifier.push(SignedRecord {
+            body: stored.body.get(),
+            sha256: &stored.sha256,
+            signature: &stored.signature,
+        });
+        // Past the first broken link the records are read only for what retention deleted.
+        if broken.is_some() {
+            continue;
+        }
+        let seq = checked.seq;
+        let jumped = |from: u64| {
+            format!("sequence jumps from {from} to {} (a record was removed or inserted)", seq.unwrap_or_default())
         };
-        let seq = Some(body.seq);
-        let actual = sha256_hex(stored.body.get().as_bytes());
-        if actual != stored.sha256 {
-            report.first_broken_link =
-                broken(seq, format!("record was changed: its sha256 is {actual}, the record says {}", stored.sha256));
-            return Ok(report);
-        }
-        if previous.is_none() {
-            match &body.content {
-                // The oldest segments were deleted by retention: a later record must say so.
-                RecordContent::SegmentStarted { .. } if body.seq > 1 => {
-                    let explained = covers(&pruned_records, 1, body.seq - 1);
-                    if !explained {
-                        report.first_broken_link = broken(
-                            seq,
-                            format!(
-                                "records 1 to {} are missing and no chain_pruned record says retention deleted them",
-                                body.seq - 1
-                            ),
-                        );
-                        return Ok(report);
-                    }
-                }
-                _ => {}
+        let record = match (checked.outcome, checked.record) {
+            (Outcome::Broken(why), _) => {
+                report.public_key = report.public_key.or_else(|| verifier.chain_key().map(str::to_string));
+                broken = Some(Found::at(&report, line_no, seq, described(why, seq.unwrap_or_default())));
+                continue;
             }
-            match &body.content {
-                RecordContent::Genesis { public_key } | RecordContent::SegmentStarted { public_key } => {
-                    match &report.public_key {
-                        Some(expected) if expected.trim() != public_key => {
-                            report.first_broken_link = broken(
-                                seq,
-                                format!("chain is signed by key {public_key}, not by the expected {}", expected.trim()),
-                            );
-                            return Ok(report);
-                        }
-                        Some(_) => {}
-                        None => report.public_key = Some(public_key.clone()),
-                    }
-                }
-                _ => {
-                    report.first_broken_link = broken(
-                        seq,
-                        "the first record is neither the genesis nor a segment start naming the device key".into(),
-                    );
-                    return Ok(report);
-                }
+            (Outcome::Duplicate, _) => {
+                broken = Some(Found::at(&report, line_no, seq, jumped(seq.unwrap_or_default())));
+                continue;
             }
-        }
-        let key = signing_key.clone().or_else(|| report.public_key.clone()).unwrap_or_default();
-        if let Err(problem) = verify_hex(&key, stored.body.get().as_bytes(), &stored.signature) {
-            report.first_broken_link = broken(seq, problem);
-            return Ok(report);
-        }
-        // Signed by the old key: every later record is the new key's.
-        if let RecordContent::KeyRotated { public_key } = &body.content {
-            signing_key = Some(public_key.clone());
-        }
-        let (expected_seq, expected_prev) = match &previous {
-            Some((prev_seq, prev_sha)) => (prev_seq + 1, prev_sha.clone()),
-            // The first record left after pruning links to a record that is gone.
-            None if body.seq > 1 => (body.seq, body.prev_sha256.clone()),
-            None => (body.seq, NO_PREVIOUS.to_string()),
+            // The oldest segments were deleted by retention: a record, perhaps a later one, must say so.
+            (Outcome::AfterGap { first_seq: 1, last_seq }, Some(record)) if report.records == 0 => {
+                let problem = format!(
+                    "records 1 to {last_seq} are missing and no chain_pruned record says retention deleted them"
+                );
+                pending.push(Pending::Start { last_seq, found: Found::at(&report, line_no, seq, problem) });
+                record
+            }
+            (Outcome::AfterGap { first_seq, .. }, _) => {
+                broken = Some(Found::at(&report, line_no, seq, jumped(first_seq - 1)));
+                continue;
+            }
+            (Outcome::Linked, Some(record)) => record,
+            (Outcome::Linked, None) => continue,
         };
-        if body.seq != expected_seq {
-            report.first_broken_link = broken(
-                seq,
-                format!("sequence jumps from {} to {} (a record was removed or inserted)", expected_seq - 1, body.seq),
-            );
-            return Ok(report);
-        }
-        if body.prev_sha256 != expected_prev {
-            report.first_broken_link = broken(
-                seq,
-                format!("does not link to the previous record: prev_sha256 {} ≠ {expected_prev}", body.prev_sha256),
-            );
-            return Ok(report);
-        }
-        let evidence = match &body.content {
+        report.public_key = report.public_key.or_else(|| verifier.chain_key().map(str::to_string));
+        let evidence: &[EvidenceFile] = match &record.content {
             RecordContent::Event { evidence, .. } => {
                 report.events += 1;
-                Some(evidence)
+                evidence
             }
             RecordContent::Clip { evidence, .. } => {
                 report.clips += 1;
-                Some(evidence)
+                evidence
             }
-            _ => None,
+            _ => &[],
         };
-        if let Some(evidence) = evidence {
-            for file in evidence {
-                let on_disk = evidence_dir.join(&file.file);
-                match std::fs::read(&on_disk) {
-                    Ok(bytes) => {
-                        report.evidence_files_checked += 1;
-                        let actual = sha256_hex(&bytes);
-                        if actual != file.sha256 {
-                            report.first_broken_link = broken(
-                                seq,
-                                format!(
-                                    "evidence file {} was changed: sha256 {actual}, recorded {}",
-                                    file.file, file.sha256
-                                ),
-                            );
-                            return Ok(report);
-                        }
-                    }
-                    Err(_) if pruned.contains(&file.file) => report.evidence_files_pruned += 1,
-                    Err(e) => {
-                        report.first_broken_link = broken(
-                            seq,
-                            format!("evidence file {} is missing ({e}) and no retention record removed it", file.file),
+        for file in evidence {
+            match std::fs::read(evidence_dir.join(&file.file)) {
+                Ok(bytes) => {
+                    report.evidence_files_checked += 1;
+                    let actual = sha256_hex(&bytes);
+                    if actual != file.sha256 {
+                        let problem = format!(
+                            "evidence file {} was changed: sha256 {actual}, recorded {}",
+                            file.file, file.sha256
                         );
-                        return Ok(report);
+                        broken = Some(Found::at(&report, line_no, seq, problem));
+                        break;
                     }
+                }
+                Err(e) => {
+                    let problem =
+                        format!("evidence file {} is missing ({e}) and no retention record removed it", file.file);
+                    pending.push(Pending::Missing {
+                        file: file.file.clone(),
+                        found: Found::at(&report, line_no, seq, problem),
+                    });
                 }
             }
         }
-        report.records += 1;
-        previous = Some((body.seq, stored.sha256.clone()));
+        if broken.is_none() {
+            report.records += 1;
+        }
     }
-    if previous.is_none() {
+    // What retention deleted is known now: the first link it does not explain is the broken one.
+    let gaps = verifier.gaps();
+    let mut pruned = 0;
+    for pending in pending {
+        match pending {
+            Pending::Start { last_seq, found } => {
+                let explained =
+                    gaps.iter().any(|g| (g.first_seq, g.last_seq) == (1, last_seq) && g.pruned_by_policy.is_some());
+                if !explained {
+                    return Ok(found.report(pruned));
+                }
+            }
+            Pending::Missing { file, found } => {
+                if !verifier.is_pruned_file(&file) {
+                    return Ok(found.report(pruned));
+                }
+                pruned += 1;
+            }
+        }
+    }
+    if let Some(found) = broken {
+        return Ok(found.report(pruned));
+    }
+    report.evidence_files_pruned = pruned;
+    if report.records == 0 {
         report.first_broken_link = Some(BrokenLink { line: 1, seq: None, problem: "the chain is empty".into() });
     }
     Ok(report)
+}
+
+/// A broken link, with the report as it stood when it was found.
+struct Found {
+    link: BrokenLink,
+    report: VerifyReport,
+}
+
+impl Found {
+    fn at(report: &VerifyReport, line: usize, seq: Option<u64>, problem: String) -> Self {
+        Self { link: BrokenLink { line, seq, problem }, report: report.clone() }
+    }
+
+    /// The report ending at this link, with the pictures retention deleted before it.
+    fn report(self, pruned: u64) -> VerifyReport {
+        VerifyReport { evidence_files_pruned: pruned, first_broken_link: Some(self.link), ..self.report }
+    }
+}
+
+/// What breaks the chain unless a retention record, perhaps a later one, explains it.
+enum Pending {
+    /// Records 1 to `last_seq`, before the first one.
+    Start { last_seq: u64, found: Found },
+    /// A picture missing from the disk.
+    Missing { file: String, found: Found },
+}
+
+/// What is wrong with a broken record, in the words of `edge-agent verify`.
+fn described(broken: Break, seq: u64) -> String {
+    match broken {
+        Break::Altered { actual, stated } => {
+            format!("record was changed: its sha256 is {actual}, the record says {stated}")
+        }
+        Break::Unreadable(e) => format!("record body is not readable: {e}"),
+        Break::NoKeyRecord => {
+            "the first record is neither the genesis nor a segment start naming the device key".into()
+        }
+        Break::WrongKey { named, expected } => {
+            format!("chain is signed by key {named}, not by the expected {expected}")
+        }
+        Break::Forged(why) => why,
+        Break::Reordered { after } => {
+            format!("sequence jumps from {after} to {seq} (a record was removed or inserted)")
+        }
+        Break::Unlinked { prev_sha256, expected, .. } => {
+            format!("does not link to the previous record: prev_sha256 {prev_sha256} ≠ {expected}")
+        }
+    }
 }
 
 #[cfg(test)]

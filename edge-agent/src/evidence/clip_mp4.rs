@@ -312,11 +312,12 @@ mod tests {
     use crate::evidence::clips::{masked_reencoder, mp4_sink, ClipRecorder};
     use crate::evidence::config::ClipsConfig;
     use crate::judge::fixtures::{detail, pixels, test_event};
-    use crate::judge::lifecycle::LifecycleState;
-    use crate::judge::{EventKind, PrivacyMask};
+    use crate::judge::PrivacyMask;
     use crate::source::gst::{run_to_end, GstInput, GstSource, Output};
     use crate::source::video_tap::VideoTap;
     use crate::source::{Frame, SourceError};
+    use crate::wire::EventKind;
+    use crate::wire::LifecycleState;
     use std::sync::Arc;
 
     const FULL_SIZE: Output = Output { fps: None, max_width: 0 };

@@ -24,11 +24,12 @@ use uuid::Uuid;
 
 use super::config::ClipsConfig;
 use crate::infer::BoundingBox;
-use crate::judge::lifecycle::LifecycleState;
 use crate::judge::zones::Zone;
-use crate::judge::{Event, PrivacyMask};
+use crate::judge::PrivacyMask;
 use crate::source::video_tap::{EncodedUnit, VideoTap};
 use crate::source::Frame;
+use crate::wire::Event;
+use crate::wire::LifecycleState;
 
 /// The folder of raw clips of masked cameras, under the state folder: never served, never sent.
 pub const RAW_CLIPS_DIR: &str = "clips-raw";
@@ -546,8 +547,8 @@ fn seconds(value: f64) -> chrono::Duration {
 mod tests {
     use super::*;
     use crate::judge::fixtures::detail;
-    use crate::judge::EventKind;
     use crate::source::video_tap::ArrivingUnit;
+    use crate::wire::EventKind;
     use std::sync::Mutex;
 
     fn at(seconds: f64) -> DateTime<Utc> {

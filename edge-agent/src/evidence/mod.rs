@@ -3,8 +3,8 @@
 //! [`signing`]); frames and events safe to show or send out ([`EvidencedFrame`], to delivery).
 //! It also keeps the tamper references the judge learns (`state_dir/tamper`), and adds a camera's
 //! reference picture to the evidence of its tamper events.
-//! Imports the judge's message types (and through them infer's and source's), never delivery or
-//! the side rooms. Pixel work and disk writes are blocking: the loop runs them off the async workers.
+//! Imports the judge's message types (and through them infer's and source's) and `wire` (the event
+//! and chain formats), never delivery or the side rooms. Pixel work and disk writes are blocking: the loop runs them off the async workers.
 
 pub mod chain;
 #[cfg(feature = "gstreamer")]
@@ -29,14 +29,14 @@ use crate::base::blocking::off_the_workers;
 use crate::base::liveness::Heartbeat;
 use crate::infer::{BoundingBox, Findings, ModelResult};
 use crate::judge::config::ActionConfig;
-use crate::judge::lifecycle::LifecycleState;
 use crate::judge::rules::crop_with_margin;
 use crate::judge::tamper::reference::{self as tamper_reference, Reference, TAMPER_DIR};
 use crate::judge::tracker::seconds_between;
 use crate::judge::zones::Zone;
-use crate::judge::{Event, EventKind, EvidenceRef, JudgedEvent, Judgement};
+use crate::judge::{JudgedEvent, Judgement};
 use crate::source::Frame;
-use chain::{ChainHead, ChainProof};
+use crate::wire::chain::sha256_hex;
+use crate::wire::{ChainHead, ChainProof, Event, EventKind, EvidenceRef, LifecycleState};
 use clips::ClipRecorder;
 use config::EvidenceConfig;
 use store::{EvidenceError, EvidenceStore, Picture};
@@ -77,20 +77,6 @@ pub struct EvidencedFrame {
     pub chain_head: Option<ChainHead>,
     /// What the evidence takes of its budget (None when evidence is off).
     pub usage: Option<store::EvidenceUsage>,
-    /// Event clips finished on this frame, each recorded in the chain (its record is among
-    /// `chain_records`).
-    pub clips: Vec<KeptClip>,
-}
-
-/// A finished event clip as the chain recorded it: for the event history and the page.
-#[derive(Debug, Clone)]
-pub struct KeptClip {
-    pub event_id: Uuid,
-    pub camera: String,
-    pub file: chain::EvidenceFile,
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    pub chain_seq: u64,
 }
 
 /// A clip is started only while the disk has room for about this much beside `min_free_mb`.
@@ -158,7 +144,7 @@ impl EvidenceStage {
         {
             pictured.push(with_pictures);
             if let Some(jpeg) = &frame_jpeg {
-                event.snapshot_sha256 = Some(chain::sha256_hex(jpeg));
+                event.snapshot_sha256 = Some(sha256_hex(jpeg));
             }
             // A tamper event shows what the camera sees beside what it was set up to see.
             let reference_jpeg = (with_pictures && event.kind == EventKind::Tamper)
@@ -175,23 +161,22 @@ impl EvidenceStage {
         }
         let with_pictures = events.iter().zip(&pictured).filter(|(_, p)| **p).map(|(e, _)| e);
         self.observe_for_clips(&frame, with_pictures, &privacy);
-        let clips = self.keep_finished_clips(now, false);
+        // A finished clip's record goes out with this frame's other chain records.
+        self.keep_finished_clips(now, false);
         self.retention_if_due(now);
         let frame = Frame { image: private, ..frame };
         self.last_frame = Some(frame.clone());
-        self.evidenced(frame, results, events, snapshots, zones, actions, clips)
+        self.evidenced(frame, results, events, snapshots, zones, actions)
     }
 
     /// Ends the clips still being written (the agent stops) and records them; the message to send
     /// them on, if any finished.
     pub fn finish(&mut self) -> Option<EvidencedFrame> {
         let frame = self.last_frame.clone()?;
-        let clips = self.keep_finished_clips(Utc::now(), true);
-        (!clips.is_empty())
-            .then(|| self.evidenced(frame, Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), clips))
+        let kept = self.keep_finished_clips(Utc::now(), true);
+        (kept > 0).then(|| self.evidenced(frame, Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn evidenced(
         &mut self,
         frame: Frame,
@@ -200,7 +185,6 @@ impl EvidenceStage {
         snapshots: Vec<Snapshot>,
         zones: Vec<Zone>,
         actions: Vec<(Uuid, ActionConfig)>,
-        clips: Vec<KeptClip>,
     ) -> EvidencedFrame {
         let (chain_records, chain_head) = match self.store.as_mut() {
             Some(store) => {
@@ -220,7 +204,6 @@ impl EvidenceStage {
             chain_records,
             chain_head,
             usage: self.store.as_ref().map(EvidenceStore::usage),
-            clips,
         }
     }
 
@@ -237,20 +220,19 @@ impl EvidenceStage {
         }
         let room = store.has_room_for_clip(CLIP_ROOM_BYTES);
         // Without room no clip starts; the ends of those already running are still planned.
-        let events: Vec<&Event> =
-            events.filter(|e| room || e.state != crate::judge::lifecycle::LifecycleState::Start).collect();
+        let events: Vec<&Event> = events.filter(|e| room || e.state != LifecycleState::Start).collect();
         recorder.observe(frame, events.into_iter(), privacy);
     }
 
     /// Writes the clips' new video; hashes and records in the chain those that are complete (all
-    /// of them when `all`).
-    fn keep_finished_clips(&mut self, now: DateTime<Utc>, all: bool) -> Vec<KeptClip> {
-        let (Some(recorder), Some(store)) = (self.clips.as_mut(), self.store.as_mut()) else { return Vec::new() };
+    /// of them when `all`). Returns how many it kept.
+    fn keep_finished_clips(&mut self, now: DateTime<Utc>, all: bool) -> usize {
+        let (Some(recorder), Some(store)) = (self.clips.as_mut(), self.store.as_mut()) else { return 0 };
         let finished = if all { recorder.finish_all(now) } else { recorder.pump(now) };
-        let mut kept = Vec::new();
+        let mut kept = 0;
         for clip in finished {
             match store.keep_clip(now, &clip) {
-                Ok((file, proof)) => {
+                Ok((file, _)) => {
                     tracing::info!(
                         camera = %clip.camera,
                         event_id = %clip.event_id,
@@ -259,14 +241,7 @@ impl EvidenceStage {
                         pictures = clip.pictures,
                         "event clip kept"
                     );
-                    kept.push(KeptClip {
-                        event_id: clip.event_id,
-                        camera: clip.camera,
-                        file,
-                        from: clip.from,
-                        to: clip.to,
-                        chain_seq: proof.seq,
-                    });
+                    kept += 1;
                 }
                 Err(e) => tracing::error!(event_id = %clip.event_id, "cannot keep the event clip: {e}"),
             }
@@ -337,10 +312,7 @@ impl EvidenceStage {
         let name = format!("{}-r{}", event.event_id, event.revision);
         let recorded = store.keep(now, &name, &pictures, |files, seq| {
             event.evidence = Some(EvidenceRef { chain_seq: seq, files: files.to_vec() });
-            // Through the bytes the message will have: numbers (f32 scores) read back the same.
-            serde_json::to_vec(&*event)
-                .and_then(|bytes| serde_json::from_slice(&bytes))
-                .unwrap_or(serde_json::Value::Null)
+            event.signed_form().unwrap_or(serde_json::Value::Null)
         });
         match recorded {
             // The record holds the event as sent, without its proof: the proof is added after.
@@ -485,7 +457,8 @@ mod tests {
     use crate::delivery::stats::{DailyStats, DailyStatsKeeper};
     use crate::infer::Findings;
     use crate::judge::fixtures::{cup_on_pavement, detail, detector_result, inferred, paste, sample, test_config};
-    use crate::judge::{EventKind, Judge};
+    use crate::judge::Judge;
+    use crate::wire::EventKind;
     use std::path::Path;
 
     fn config(state_dir: &Path, extra: &str) -> Config {
@@ -511,7 +484,7 @@ mod tests {
                 let state = if i == 3 { LifecycleState::End } else { LifecycleState::Start };
                 let mut event = crate::judge::fixtures::test_event(EventKind::Object, state, chrono::Utc::now());
                 let x = 40 + 100 * i;
-                event.bbox = crate::judge::EventBox { x1: x, y1: 50, x2: x + 90, y2: 200 };
+                event.bbox = crate::wire::EventBox { x1: x, y1: 50, x2: x + 90, y2: 200 };
                 JudgedEvent { event, with_pictures: i != 2, caption: format!("event {i}"), action: None }
             })
             .collect();
@@ -557,8 +530,8 @@ mod tests {
         let evidence = truck.evidence.as_ref().expect("evidence kept");
         assert_eq!(evidence.files.len(), 2, "frame and crop");
         let snapshot = snapshots.iter().find(|s| s.event_id == truck.event_id).expect("a snapshot");
-        assert_eq!(truck.snapshot_sha256.as_deref(), Some(chain::sha256_hex(&snapshot.jpeg).as_str()));
-        assert_eq!(evidence.files[0].sha256, chain::sha256_hex(&snapshot.jpeg), "the snapshot is the evidence frame");
+        assert_eq!(truck.snapshot_sha256.as_deref(), Some(sha256_hex(&snapshot.jpeg).as_str()));
+        assert_eq!(evidence.files[0].sha256, sha256_hex(&snapshot.jpeg), "the snapshot is the evidence frame");
         let picture = image::load_from_memory(&snapshot.jpeg).unwrap().to_rgb8();
         assert_eq!(picture.dimensions(), (768, 576));
         let report = chain::verify(stage.dir().unwrap(), None).unwrap();

@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::base::ed25519::{self, SigningKey};
+use crate::base::ed25519::SigningKey;
 
 pub const KEY_FILE: &str = "device.key";
 pub const PUBLIC_KEY_FILE: &str = "device.pub";
@@ -150,26 +150,10 @@ fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Checks a hex signature of `message` against a hex public key.
-pub fn verify_hex(public_hex: &str, message: &[u8], signature_hex: &str) -> Result<(), String> {
-    let public: [u8; 32] = hex::decode(public_hex.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| format!("public key {public_hex:?} is not 64 hex digits"))?;
-    let signature: [u8; 64] = hex::decode(signature_hex)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| "signature is not 128 hex digits".to_string())?;
-    if ed25519::verify(&public, message, &signature) {
-        Ok(())
-    } else {
-        Err("signature does not match the record and the device's public key".to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::verify::verify_hex;
 
     #[test]
     fn a_key_is_created_once_and_then_reused() {

@@ -11,9 +11,11 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::base::write_file::write_synced;
-use crate::evidence::chain::{sha256_hex, Chain, ChainError, ChainProof, EvidenceFile, RecordContent};
+use crate::evidence::chain::{Chain, ChainError};
 use crate::evidence::config::EvidenceConfig;
 use crate::evidence::signing::{DeviceKey, KeyError};
+use crate::wire::chain::sha256_hex;
+use crate::wire::{ChainProof, EvidenceFile, RecordContent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvidenceError {
@@ -538,12 +540,9 @@ mod tests {
         assert_ne!(first_key, second_key);
         let after = store.keep(Utc::now(), "b", &[], |_, _| event(2)).unwrap();
         assert_eq!(after.proof.seq, rotation.seq + 1);
-        assert!(crate::evidence::signing::verify_hex(
-            &second_key,
-            after.proof.record.as_bytes(),
-            &after.proof.signature
-        )
-        .is_ok());
+        assert!(
+            crate::wire::verify::verify_hex(&second_key, after.proof.record.as_bytes(), &after.proof.signature).is_ok()
+        );
         let report = verify(store.dir(), Some(&first_key)).unwrap();
         assert_eq!(report.first_broken_link, None, "{report:?}");
         assert_eq!(report.events, 2);

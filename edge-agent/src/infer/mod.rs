@@ -81,6 +81,19 @@ pub struct BoundingBox {
     pub y2: f32,
 }
 
+/// An event's box is rounded to whole pixels for the wire.
+impl From<BoundingBox> for crate::wire::EventBox {
+    fn from(b: BoundingBox) -> Self {
+        Self { x1: b.x1.round() as i32, y1: b.y1.round() as i32, x2: b.x2.round() as i32, y2: b.y2.round() as i32 }
+    }
+}
+
+impl From<crate::wire::EventBox> for BoundingBox {
+    fn from(b: crate::wire::EventBox) -> Self {
+        Self { x1: b.x1 as f32, y1: b.y1 as f32, x2: b.x2 as f32, y2: b.y2 as f32 }
+    }
+}
+
 impl BoundingBox {
     pub fn width(&self) -> f32 {
         (self.x2 - self.x1).max(0.0)
@@ -203,12 +216,8 @@ pub enum Findings {
     Classify { classes: Vec<Classification> },
 }
 
-/// Name and hash that identify the exact model an event came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ModelId {
-    pub name: String,
-    pub sha256: String,
-}
+/// Name and hash that identify the exact model a result (and an event) came from.
+pub use crate::wire::ModelId;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelResult {

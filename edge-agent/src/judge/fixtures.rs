@@ -11,10 +11,10 @@ use image::RgbImage;
 use crate::infer::config::{BackendKind, ModelConfig};
 use crate::infer::{BoundingBox, Detection, Findings, InferredFrame, Model, ModelResult};
 use crate::judge::config::ZoneRole;
-use crate::judge::lifecycle::LifecycleState;
 use crate::judge::zones::{Polygon, Zone};
-use crate::judge::{Event, EventBox, EventKind, EVENT_SCHEMA_VERSION};
 use crate::source::Frame;
+use crate::wire::LifecycleState;
+use crate::wire::{Event, EventBox, EventKind, EVENT_SCHEMA_VERSION};
 
 pub fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")

@@ -7,10 +7,10 @@
 use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::judge::tracker::seconds_between;
+use crate::wire::{LifecycleState, UpdateReason};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LifecycleSettings {
@@ -29,21 +29,6 @@ pub struct LifecycleSettings {
 
 /// How much better a sighting's score must be than the last snapshot's to be worth an update.
 const BETTER_SNAPSHOT_GAIN: f32 = 0.1;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LifecycleState {
-    Start,
-    Update,
-    End,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UpdateReason {
-    BetterSnapshot,
-    ZoneChange,
-}
 
 /// What a rule saw of one subject in one frame.
 #[derive(Debug, Clone, PartialEq)]

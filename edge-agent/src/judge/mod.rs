@@ -1,10 +1,10 @@
-//! The judge stage: inferred frames in; events worth reporting, and what must stay private, out
-//! ([`Judgement`], to the evidence stage). Per camera: zones ([`zones`]), a background model for
+//! The judge stage: inferred frames in; events worth reporting (the [`crate::wire::Event`] messages),
+//! and what must stay private, out ([`Judgement`], to the evidence stage). Per camera: zones ([`zones`]), a background model for
 //! static foreground ([`background`]), and the rules ([`rules`]) with their trackers ([`tracker`])
 //! and event lifecycles ([`lifecycle`]), and camera tamper detection ([`tamper`]); per device the
 //! taxonomy ([`taxonomy`]). Pure and driven by frame times: it writes no file (a tamper reference
 //! it learns goes to the evidence stage to keep), draws no picture and runs no program. Imports the infer and
-//! source message types, never evidence, delivery or the side rooms.
+//! source message types and `wire`, never evidence, delivery or the side rooms.
 
 pub mod background;
 pub mod config;
@@ -22,19 +22,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
-use uuid::Uuid;
 
 use crate::base::blocking::off_the_workers;
 use crate::base::liveness::Heartbeat;
 use crate::infer::control::ModelRuns;
-use crate::infer::{BoundingBox, Findings, InferError, InferredFrame, ModelId, ModelResult};
+use crate::infer::{BoundingBox, Findings, InferError, InferredFrame, ModelResult};
 use crate::source::Frame;
+use crate::wire::{Event, EventKind, LifecycleState, EVENT_SCHEMA_VERSION};
 use background::BackgroundModel;
 use config::{ActionConfig, JudgeSettings, RulesConfig, ZoneRole};
 use control::{ClassifierSlot, JudgeControl, SwapRefused};
-use lifecycle::{LifecycleState, Transition, UpdateReason};
+use lifecycle::Transition;
 use rules::litter::LitterRule;
 use rules::object::ObjectRule;
 use rules::overflow::{OverflowRule, StateClassifier};
@@ -47,155 +46,6 @@ use tamper::TamperWatch;
 use taxonomy::{Taxonomy, TaxonomyError};
 use tracker::{seconds_between, TrackIds};
 use zones::{Scene, Zone};
-
-/// Version of the event JSON; bump when a field changes meaning or goes away. 2: events have a
-/// lifecycle (`state`, `revision`: one incident sends start, updates and end under one `event_id`).
-pub const EVENT_SCHEMA_VERSION: u32 = 2;
-
-/// One message about an event: the message from judge to report, and the JSON the platform
-/// receives. `event_id` names the incident; (`event_id`, `revision`) names the message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub schema_version: u32,
-    /// UUID v7: unique, and sorts by creation time; the same for every message of one incident.
-    pub event_id: Uuid,
-    /// 0 for `start`, one more for each following message of the same event.
-    pub revision: u32,
-    pub state: LifecycleState,
-    /// Why an `update` was sent.
-    pub reason: Option<UpdateReason>,
-    pub device: String,
-    pub station_id: String,
-    pub grid_cell: Option<String>,
-    pub camera: String,
-    pub zone: Option<String>,
-    /// RFC 3339 capture time of the frame this message was decided on.
-    pub time: DateTime<Utc>,
-    /// When the subject was first seen.
-    pub start_time: DateTime<Utc>,
-    /// When it was last seen; only on `end`.
-    pub end_time: Option<DateTime<Utc>>,
-    /// From `start_time` to `end_time` (on `end`: the time to clear) or to `time`.
-    pub duration_secs: f64,
-    pub kind: EventKind,
-    pub label: String,
-    /// The item's category (taxonomy), or the bin's for `overflow`.
-    pub category: Option<String>,
-    /// `wrong_bin`: the category of the bin the item is in.
-    pub bin_category: Option<String>,
-    /// Median score over the recent sightings (`overflow`: coverage; background model: contrast).
-    pub score: f32,
-    /// In frame pixels.
-    #[serde(rename = "box")]
-    pub bbox: EventBox,
-    pub frame_width: u32,
-    pub frame_height: u32,
-    pub track_id: Option<u64>,
-    /// The model whose detection this is; null when the background model found it.
-    pub model: Option<ModelId>,
-    /// The second-stage classifier (item category, truck cover), if one was used.
-    pub classifier: Option<ModelId>,
-    pub area_px: Option<f64>,
-    pub area_m2: Option<f64>,
-    /// With the camera's ground homography: where the subject stands (the middle of its box's
-    /// bottom edge) on the ground plane, in metres; distances between events follow from it.
-    #[serde(default)]
-    pub ground_position_m: Option<[f64; 2]>,
-    /// With the ground homography: the width of the box's bottom edge on the ground, in metres.
-    #[serde(default)]
-    pub ground_width_m: Option<f64>,
-    pub coverage: Option<f32>,
-    /// `truck_exit`: true uncovered, false covered, null unknown (no or unsure classifier).
-    pub uncovered: Option<bool>,
-    /// sha256 of the JPEG published on `snapshots/{event_id}` with this message.
-    pub snapshot_sha256: Option<String>,
-    /// Where the evidence of this message is kept in the device's chain.
-    pub evidence: Option<EvidenceRef>,
-    /// This message's record in the device's signed chain, so the platform can check it (and its
-    /// snapshot, through `snapshot_sha256`) from MQTT alone; absent when evidence is off (and in
-    /// the record itself, which holds the event without it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chain: Option<ChainProof>,
-}
-
-/// A chain record as it travels: the exact bytes that were hashed and signed (`record`, the record
-/// body as JSON text), their sha256, the device's Ed25519 signature over them, and, for reading
-/// without parsing `record`, its sequence number and the previous record's hash. For an event
-/// message, `record` holds the event as sent minus this `chain` field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChainProof {
-    pub seq: u64,
-    pub prev_sha256: String,
-    pub sha256: String,
-    /// Hex Ed25519 signature of `record`'s bytes.
-    pub signature: String,
-    pub record: String,
-}
-
-/// A file of evidence and its hash, as the chain records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EvidenceFile {
-    /// Path relative to the evidence folder, `/`-separated.
-    pub file: String,
-    pub sha256: String,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvidenceRef {
-    /// Sequence number of the chain record holding this message.
-    pub chain_seq: u64,
-    pub files: Vec<EvidenceFile>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// The plain rule: a detection of a configured label.
-    Object,
-    WrongBin,
-    Litter,
-    Overflow,
-    RoadDebris,
-    TruckExit,
-    /// The camera's view is no longer what the installer set up; `label` is the condition.
-    Tamper,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Object => "object",
-            EventKind::WrongBin => "wrong_bin",
-            EventKind::Litter => "litter",
-            EventKind::Overflow => "overflow",
-            EventKind::RoadDebris => "road_debris",
-            EventKind::TruckExit => "truck_exit",
-            EventKind::Tamper => "tamper",
-        }
-    }
-}
-
-/// A box rounded to whole pixels for the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventBox {
-    pub x1: i32,
-    pub y1: i32,
-    pub x2: i32,
-    pub y2: i32,
-}
-
-impl From<BoundingBox> for EventBox {
-    fn from(b: BoundingBox) -> Self {
-        Self { x1: b.x1.round() as i32, y1: b.y1.round() as i32, x2: b.x2.round() as i32, y2: b.y2.round() as i32 }
-    }
-}
-
-impl From<EventBox> for BoundingBox {
-    fn from(b: EventBox) -> Self {
-        Self { x1: b.x1 as f32, y1: b.y1 as f32, x2: b.x2 as f32, y2: b.y2 as f32 }
-    }
-}
 
 /// An event the judge decided, with what the evidence and delivery stages need to handle it.
 #[derive(Debug, Clone)]

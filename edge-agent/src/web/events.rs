@@ -130,7 +130,7 @@ impl EventView {
         // The message as it went out: through its bytes, so f32 scores read as they were signed.
         let message: Value =
             serde_json::to_vec(&self.record.event).ok().and_then(|b| serde_json::from_slice(&b).ok())?;
-        crate::evidence::messages::check_event_message(&message, key)
+        crate::wire::messages::check_event_message(&message, key)
     }
 
     pub fn acknowledged(&self) -> Option<&Acknowledgement> {
@@ -348,7 +348,7 @@ pub async fn evidence_image(state_dir: &Path, view: &EventView) -> Option<Arc<Ve
 mod tests {
     use super::*;
     use crate::infer::ModelId;
-    use crate::judge::{Event, EventBox, EventKind};
+    use crate::wire::{Event, EventBox, EventKind};
 
     fn record(camera: &str, label: &str, minutes_ago: i64) -> EventRecord {
         let time = Utc::now() - chrono::Duration::minutes(minutes_ago);
@@ -369,11 +369,7 @@ mod tests {
                 frame_width: 10,
                 frame_height: 10,
                 model: Some(ModelId { name: "nanodet".into(), sha256: "ab".into() }),
-                ..crate::judge::fixtures::test_event(
-                    EventKind::Object,
-                    crate::judge::lifecycle::LifecycleState::Start,
-                    time,
-                )
+                ..crate::judge::fixtures::test_event(EventKind::Object, crate::wire::LifecycleState::Start, time)
             },
             frame_jpeg: None,
             acknowledged: None,

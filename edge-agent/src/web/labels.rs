@@ -31,8 +31,8 @@ use crate::infer::manifest::{read_labels, Manifest};
 use crate::infer::BoundingBox;
 use crate::judge::config::UNKNOWN_CATEGORY;
 use crate::judge::rules::crop_rect;
-use crate::judge::Event;
 use crate::ops::calibrate::labelling::{add_sample, is_plain_label, LabelRow, SampleSetPaths};
+use crate::wire::Event;
 
 /// Labels of the model an event came from, for the page's suggestions and the check.
 pub fn model_labels(config: &Config, model: Option<&str>) -> Vec<String> {
@@ -285,7 +285,7 @@ pub async fn label_from_page(
 mod tests {
     use super::*;
     use crate::infer::ModelId;
-    use crate::judge::{EventBox, EventKind};
+    use crate::wire::{EventBox, EventKind};
 
     fn event(label: &str, bbox: EventBox) -> Event {
         Event {
@@ -299,11 +299,7 @@ mod tests {
             frame_width: 768,
             frame_height: 576,
             model: Some(ModelId { name: "nanodet".into(), sha256: "ab".into() }),
-            ..crate::judge::fixtures::test_event(
-                EventKind::Object,
-                crate::judge::lifecycle::LifecycleState::Start,
-                Utc::now(),
-            )
+            ..crate::judge::fixtures::test_event(EventKind::Object, crate::wire::LifecycleState::Start, Utc::now())
         }
     }
 

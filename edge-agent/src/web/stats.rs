@@ -73,7 +73,7 @@ mod tests {
     use super::*;
     use crate::delivery::board::EventRecord;
     use crate::infer::ModelId;
-    use crate::judge::{Event, EventBox, EventKind};
+    use crate::wire::{Event, EventBox, EventKind};
     use chrono::{TimeZone, Utc};
 
     fn view(local: (i32, u32, u32, u32), extra: serde_json::Value) -> EventView {
@@ -90,11 +90,7 @@ mod tests {
                 frame_width: 1,
                 frame_height: 1,
                 model: Some(ModelId { name: "m".into(), sha256: "s".into() }),
-                ..crate::judge::fixtures::test_event(
-                    EventKind::Object,
-                    crate::judge::lifecycle::LifecycleState::Start,
-                    time,
-                )
+                ..crate::judge::fixtures::test_event(EventKind::Object, crate::wire::LifecycleState::Start, time)
             },
             frame_jpeg: None,
             acknowledged: None,

@@ -98,10 +98,10 @@ mod tests {
     use crate::judge::background::BackgroundModel;
     use crate::judge::config::BackgroundConfig;
     use crate::judge::fixtures::{at, cup_on_pavement, detector_result, muck, paste, sample, zone};
-    use crate::judge::lifecycle::LifecycleState;
     use crate::judge::rules::detections_of;
     use crate::judge::tracker::seconds_between;
     use crate::judge::zones::Scene;
+    use crate::wire::LifecycleState;
 
     /// A drop area over the lower half of dog.jpg, with a bin at `bin` (normalised rectangle).
     fn scene(bin: [f64; 4]) -> Scene {

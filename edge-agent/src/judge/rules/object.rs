@@ -66,9 +66,9 @@ impl ObjectRule {
 mod tests {
     use super::*;
     use crate::judge::fixtures::{at, detector_result, sample, zone};
-    use crate::judge::lifecycle::LifecycleState;
     use crate::judge::rules::detections_of;
     use crate::judge::zones::Scene;
+    use crate::wire::LifecycleState;
 
     fn judge_frames(
         rule: &mut ObjectRule,

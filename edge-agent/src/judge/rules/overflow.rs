@@ -109,8 +109,8 @@ mod tests {
     use crate::judge::background::BackgroundModel;
     use crate::judge::config::BackgroundConfig;
     use crate::judge::fixtures::{at, muck, paste, sample, zone};
-    use crate::judge::lifecycle::LifecycleState;
     use crate::judge::tracker::seconds_between;
+    use crate::wire::LifecycleState;
 
     #[test]
     fn a_bin_buried_under_a_pile_overflows_and_is_cleared() {

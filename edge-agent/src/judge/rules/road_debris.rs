@@ -118,9 +118,9 @@ mod tests {
     use crate::judge::background::BackgroundModel;
     use crate::judge::config::BackgroundConfig;
     use crate::judge::fixtures::{at, cup_on_pavement, detector_result, dog_jpg_truck, muck, paste, sample, zone};
-    use crate::judge::lifecycle::LifecycleState;
     use crate::judge::rules::detections_of;
     use crate::judge::zones::Homography;
+    use crate::wire::LifecycleState;
 
     /// A road over the lower 40 % of dog.jpg.
     fn road() -> Scene {

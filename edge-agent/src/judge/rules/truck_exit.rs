@@ -140,9 +140,9 @@ mod tests {
     use super::*;
     use crate::infer::ModelResult;
     use crate::judge::fixtures::{at, detector_result, dog_jpg_truck, models_dir, paste, sample, zone};
-    use crate::judge::lifecycle::LifecycleState;
     use crate::judge::rules::detections_of;
     use crate::judge::zones::Scene;
+    use crate::wire::LifecycleState;
 
     fn exit_scene() -> Scene {
         // Around the truck of dog.jpg: x 0.55–1, y 0.1–0.4.

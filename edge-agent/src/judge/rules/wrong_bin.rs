@@ -125,9 +125,9 @@ mod tests {
     use super::*;
     use crate::judge::config::TaxonomyConfig;
     use crate::judge::fixtures::{at, cup_on_pavement, detector_result, models_dir, zone};
-    use crate::judge::lifecycle::LifecycleState;
     use crate::judge::rules::detections_of;
     use crate::judge::zones::Scene;
+    use crate::wire::LifecycleState;
 
     fn taxonomy() -> Taxonomy {
         Taxonomy::load(&TaxonomyConfig {

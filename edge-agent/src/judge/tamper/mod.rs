@@ -15,10 +15,11 @@ use uuid::Uuid;
 
 use crate::infer::BoundingBox;
 use crate::judge::config::TamperConfig;
-use crate::judge::lifecycle::{LifecycleState, Transition};
+use crate::judge::lifecycle::Transition;
 use crate::judge::rules::Finding;
 use crate::judge::tracker::seconds_between;
 use crate::source::Frame;
+use crate::wire::LifecycleState;
 use measure::{change, measure, similarity, FrameStats};
 use reference::{Reference, ReferenceOrigin, REFERENCE_VERSION};
 

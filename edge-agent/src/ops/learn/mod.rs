@@ -489,10 +489,10 @@ mod tests {
     fn a_learnt_state_classifier_flips_overflow_on_real_composites() {
         use crate::judge::config::{OverflowRuleConfig, StateClassifierConfig, TrackingConfig, ZoneRole};
         use crate::judge::fixtures::{at, muck, paste, sample, zone};
-        use crate::judge::lifecycle::LifecycleState;
         use crate::judge::rules::overflow::{OverflowRule, StateClassifier};
         use crate::judge::rules::{FrameView, SecondStage};
         use crate::judge::zones::Scene;
+        use crate::wire::LifecycleState;
         use image::imageops::{crop_imm, resize, FilterType};
 
         let empty = sample("dog.jpg");
