@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use argon2::password_hash::PasswordHash;
 use serde::{Deserialize, Serialize};
 
 use crate::base::section::{absolutise, Invalid};
@@ -158,7 +159,7 @@ impl WebConfig {
             if !names.insert(user.name.as_str()) {
                 return Err(Invalid::new(format!("{key}.name"), format!("{:?} is used twice", user.name)));
             }
-            if let Err(problem) = super::auth::check_password_hash(&user.password_hash) {
+            if let Err(problem) = check_password_hash(&user.password_hash) {
                 return Err(Invalid::new(
                     format!("{key}.password_hash"),
                     format!("{problem}; expected an argon2 hash as printed by `edge-agent passwd`"),
@@ -202,6 +203,18 @@ impl WebConfig {
     }
 }
 
+/// Whether a config value is an argon2 PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`).
+pub fn check_password_hash(hash: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(hash).map_err(|e| format!("is not a password hash ({e})"))?;
+    if !parsed.algorithm.as_str().starts_with("argon2") {
+        return Err(format!("uses {}, not argon2", parsed.algorithm));
+    }
+    if parsed.hash.is_none() {
+        return Err("has no hash part".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +254,13 @@ mod tests {
     fn a_certificate_without_its_key_is_refused() {
         let err = parse("https = true\ntls_cert = \"cert.pem\"\n").unwrap_err();
         assert_eq!(err.key, "web.tls_key");
+    }
+
+    #[test]
+    fn plain_text_and_other_algorithms_are_not_password_hashes() {
+        assert!(check_password_hash("hunter2").is_err());
+        let err = check_password_hash("$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA").unwrap_err();
+        assert!(err.contains("pbkdf2"), "{err}");
     }
 
     #[test]
