@@ -1,6 +1,6 @@
 //! What every part of the agent shares and that depends on no part of it: shutdown, liveness
 //! heartbeats, the pieces every config section uses, atomic file writes, redb files with a bounded
-//! cache, reconnect backoff and secret redaction. Imports nothing from the rest of the crate.
+//! cache, reconnect backoff, secret redaction, SVG pictures. Imports nothing from the rest of the crate.
 
 pub mod backoff;
 pub mod blocking;
@@ -11,4 +11,5 @@ pub mod redact;
 pub mod redb_file;
 pub mod section;
 pub mod shutdown;
+pub mod svg;
 pub mod write_file;

@@ -2,9 +2,9 @@
 //! browser, and they scale to a phone's width. Colours are SVG attributes, not styles, so the
 //! page's content security policy needs no `unsafe-inline`.
 
-use maud::{html, Markup};
+use maud::{html, Markup, PreEscaped};
 
-pub const PALETTE: [&str; 8] = ["#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#64748b"];
+use crate::base::svg::{Svg, PALETTE};
 
 // A small canvas, so text stays readable when a phone scales the chart down.
 const WIDTH: f64 = 480.0;
@@ -63,7 +63,32 @@ pub fn bar_chart(title: &str, labels: &[String], series: &[Series], layout: Layo
     let y = |value: f64| TOP + plot_height * (1.0 - value / top_value);
     let label_every = slots.div_ceil(7);
     let ticks: Vec<f64> = (0..=((top_value / step).round() as usize)).map(|i| i as f64 * step).collect();
-    let mut bars = Vec::new();
+    let mut svg = Svg::in_page(WIDTH, HEIGHT, title);
+    for tick in &ticks {
+        let y = y(*tick);
+        svg.shape(
+            "line",
+            &[
+                ("x1", &LEFT),
+                ("x2", &(WIDTH - RIGHT)),
+                ("y1", &y),
+                ("y2", &y),
+                ("stroke", &"#e5e7eb"),
+                ("stroke-width", &"1"),
+            ],
+        );
+        svg.text(
+            "text",
+            &[
+                ("x", &(LEFT - 6.0)),
+                ("y", &(y + 4.0)),
+                ("text-anchor", &"end"),
+                ("font-size", &"13"),
+                ("fill", &"#6b7280"),
+            ],
+            &format_tick(*tick),
+        );
+    }
     for (i, label) in labels.iter().enumerate() {
         let slot_left = LEFT + slot_width * i as f64;
         let mut stacked = 0.0;
@@ -81,29 +106,51 @@ pub fn bar_chart(title: &str, labels: &[String], series: &[Series], layout: Layo
             if layout == Layout::Stacked {
                 stacked = top;
             }
-            bars.push((x, y(top), width, y(bottom) - y(top), PALETTE[s % PALETTE.len()], label, &one.name, value));
+            let (top_y, height) = (y(top), (y(bottom) - y(top)).max(0.5));
+            svg.titled(
+                "rect",
+                &[
+                    ("class", &"bar"),
+                    ("x", &format_args!("{x:.1}")),
+                    ("y", &format_args!("{top_y:.1}")),
+                    ("width", &format_args!("{width:.1}")),
+                    ("height", &format_args!("{height:.1}")),
+                    ("fill", &PALETTE[s % PALETTE.len()]),
+                ],
+                &format_args!("{label} · {}: {}", one.name, format_tick(value)),
+            );
         }
     }
+    for (i, label) in labels.iter().enumerate().filter(|(i, _)| i % label_every == 0) {
+        let x = LEFT + slot_width * (i as f64 + 0.5);
+        svg.text(
+            "text",
+            &[
+                ("x", &format_args!("{x:.1}")),
+                ("y", &(HEIGHT - 7.0)),
+                ("text-anchor", &"middle"),
+                ("font-size", &"13"),
+                ("fill", &"#374151"),
+            ],
+            label,
+        );
+    }
+    let base = y(0.0);
+    svg.shape(
+        "line",
+        &[
+            ("x1", &LEFT),
+            ("x2", &(WIDTH - RIGHT)),
+            ("y1", &base),
+            ("y2", &base),
+            ("stroke", &"#9ca3af"),
+            ("stroke-width", &"1"),
+        ],
+    );
     html! {
         figure.chart {
             figcaption { (title) }
-            svg viewBox={"0 0 " (WIDTH) " " (HEIGHT)} role="img" aria-label=(title) preserveAspectRatio="xMidYMid meet" {
-                @for tick in &ticks {
-                    line x1=(LEFT) x2=(WIDTH - RIGHT) y1=(y(*tick)) y2=(y(*tick)) stroke="#e5e7eb" stroke-width="1" {}
-                    text x=(LEFT - 6.0) y=(y(*tick) + 4.0) text-anchor="end" font-size="13" fill="#6b7280" { (format_tick(*tick)) }
-                }
-                @for (x, top, width, height, colour, label, name, value) in &bars {
-                    rect.bar x=(format!("{x:.1}")) y=(format!("{top:.1}")) width=(format!("{width:.1}")) height=(format!("{:.1}", height.max(0.5))) fill=(colour) {
-                        title { (label) " · " (name) ": " (format_tick(*value)) }
-                    }
-                }
-                @for (i, label) in labels.iter().enumerate() {
-                    @if i % label_every == 0 {
-                        text x=(format!("{:.1}", LEFT + slot_width * (i as f64 + 0.5))) y=(HEIGHT - 7.0) text-anchor="middle" font-size="13" fill="#374151" { (label) }
-                    }
-                }
-                line x1=(LEFT) x2=(WIDTH - RIGHT) y1=(y(0.0)) y2=(y(0.0)) stroke="#9ca3af" stroke-width="1" {}
-            }
+            (PreEscaped(svg.finish()))
             @if series.len() > 1 || series.first().is_some_and(|s| !s.name.is_empty()) {
                 ul.legend {
                     @for (s, one) in series.iter().enumerate() {

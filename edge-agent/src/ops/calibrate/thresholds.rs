@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::base::svg::Svg;
 use crate::infer::detect::iou;
 use crate::infer::BoundingBox;
 
@@ -291,38 +292,54 @@ pub fn curve_svg(class: &ClassCalibration, target: f64) -> String {
     let (w, h, m) = (320.0, 240.0, 36.0);
     let x = |recall: f64| m + recall * (w - 2.0 * m);
     let y = |precision: f64| h - m - precision * (h - 2.0 * m);
+    let (bottom, right, middle, target_y) = (h - m, w - m, h / 2.0, y(target));
     let points: Vec<String> = class.curve.iter().map(|p| format!("{:.1},{:.1}", x(p.recall), y(p.precision))).collect();
-    let label = escape_xml(&class.label);
-    format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">
-<title>precision-recall of {label}</title>
-<rect width="{w}" height="{h}" fill="white"/>
-<line x1="{m}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{m}" y1="{m}" x2="{m}" y2="{b}" stroke="black"/>
-<text x="{cx}" y="{tb}" text-anchor="middle">recall</text><text x="10" y="{cy}" transform="rotate(-90 10 {cy})" text-anchor="middle">precision</text>
-<text x="{m}" y="20">{label}: threshold {t:.3}, precision {p:.2}, recall {rc:.2}</text>
-<line x1="{m}" y1="{ty}" x2="{r}" y2="{ty}" stroke="#999" stroke-dasharray="4 3"/>
-<polyline fill="none" stroke="#1565c0" stroke-width="2" points="{points}"/>
-<circle cx="{px:.1}" cy="{py:.1}" r="4" fill="#c62828"/>
-</svg>
-"##,
-        b = h - m,
-        r = w - m,
-        cx = w / 2.0,
-        tb = h - 8.0,
-        cy = h / 2.0,
-        t = class.threshold,
-        p = class.precision,
-        rc = class.recall,
-        ty = y(target),
-        points = points.join(" "),
-        px = x(class.recall),
-        py = y(class.precision),
+    let mut svg = Svg::file(w, h, 11, &format!("precision-recall of {}", class.label));
+    svg.shape("line", &[("x1", &m), ("y1", &bottom), ("x2", &right), ("y2", &bottom), ("stroke", &"black")]);
+    svg.shape("line", &[("x1", &m), ("y1", &m), ("x2", &m), ("y2", &bottom), ("stroke", &"black")]).newline();
+    svg.text("text", &[("x", &(w / 2.0)), ("y", &(h - 8.0)), ("text-anchor", &"middle")], &"recall");
+    svg.text(
+        "text",
+        &[
+            ("x", &"10"),
+            ("y", &middle),
+            ("transform", &format_args!("rotate(-90 10 {middle})")),
+            ("text-anchor", &"middle"),
+        ],
+        &"precision",
     )
-}
-
-/// Escapes text for SVG/XML content and attributes.
-fn escape_xml(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    .newline();
+    let (threshold, precision, recall) = (class.threshold, class.precision, class.recall);
+    svg.text(
+        "text",
+        &[("x", &m), ("y", &"20")],
+        &format_args!("{}: threshold {threshold:.3}, precision {precision:.2}, recall {recall:.2}", class.label),
+    )
+    .newline();
+    svg.shape(
+        "line",
+        &[
+            ("x1", &m),
+            ("y1", &target_y),
+            ("x2", &right),
+            ("y2", &target_y),
+            ("stroke", &"#999"),
+            ("stroke-dasharray", &"4 3"),
+        ],
+    )
+    .newline();
+    svg.shape(
+        "polyline",
+        &[("fill", &"none"), ("stroke", &"#1565c0"), ("stroke-width", &"2"), ("points", &points.join(" "))],
+    )
+    .newline();
+    let (px, py) = (x(recall), y(precision));
+    svg.shape(
+        "circle",
+        &[("cx", &format_args!("{px:.1}")), ("cy", &format_args!("{py:.1}")), ("r", &"4"), ("fill", &"#c62828")],
+    )
+    .newline();
+    svg.finish()
 }
 
 #[cfg(test)]

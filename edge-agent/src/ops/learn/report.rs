@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::train::Evaluation;
 use super::{Embedded, Outcome};
+use crate::base::svg::{Svg, PALETTE};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write the report file {path}: {source}")]
@@ -143,52 +144,65 @@ fn confusion_markdown(e: &Evaluation, with_other: bool) -> String {
     text
 }
 
-/// Escapes text for SVG content and attributes.
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
 /// Precision and recall per class as bars from 0 to 1.
 pub fn scores_svg(e: &Evaluation) -> String {
     let (m, bar_h, gap) = (150.0, 14.0, 12.0);
     let (w, plot) = (520.0, 320.0);
     let h = 50.0 + e.classes.len() as f64 * (2.0 * bar_h + gap) + 30.0;
-    let mut body = String::new();
+    let (bottom, one) = (h - 20.0, m + plot);
+    let mut svg = Svg::file(w, h, 12, "held-out precision and recall per class");
+    svg.text(
+        "text",
+        &[("x", &"10"), ("y", &"20")],
+        &format_args!("Held-out precision (blue) and recall (orange), accuracy {:.2}; (n) crops held out", e.accuracy),
+    )
+    .newline();
+    svg.shape("line", &[("x1", &m), ("y1", &"30"), ("x2", &m), ("y2", &bottom), ("stroke", &"black")]);
+    svg.shape(
+        "line",
+        &[
+            ("x1", &one),
+            ("y1", &"30"),
+            ("x2", &one),
+            ("y2", &bottom),
+            ("stroke", &"#999"),
+            ("stroke-dasharray", &"4 3"),
+        ],
+    )
+    .newline();
     for (i, class) in e.classes.iter().enumerate() {
         let top = 40.0 + i as f64 * (2.0 * bar_h + gap);
-        let _ = write!(
-            body,
-            r##"<text x="{tx}" y="{ty:.1}" text-anchor="end">{label} ({n})</text>
-<rect x="{m}" y="{top:.1}" width="{pw:.1}" height="{bar_h}" fill="#2563eb"><title>precision {p:.2}</title></rect><text x="{pe:.1}" y="{py:.1}">{p:.2}</text>
-<rect x="{m}" y="{rt:.1}" width="{rw:.1}" height="{bar_h}" fill="#f97316"><title>recall {r:.2}</title></rect><text x="{re:.1}" y="{ry:.1}">{r:.2}</text>
-"##,
-            tx = m - 8.0,
-            ty = top + bar_h + 4.0,
-            label = escape(&class.label),
-            n = class.held_out,
-            pw = class.precision * plot,
-            p = class.precision,
-            pe = m + class.precision * plot + 4.0,
-            py = top + bar_h - 3.0,
-            rt = top + bar_h,
-            rw = class.recall * plot,
-            r = class.recall,
-            re = m + class.recall * plot + 4.0,
-            ry = top + 2.0 * bar_h - 3.0,
-        );
+        let label_y = top + bar_h + 4.0;
+        svg.text(
+            "text",
+            &[("x", &(m - 8.0)), ("y", &format_args!("{label_y:.1}")), ("text-anchor", &"end")],
+            &format_args!("{} ({})", class.label, class.held_out),
+        )
+        .newline();
+        // Precision in the series' first colour, recall in the second, each with its figure after it.
+        for (row, (name, value)) in [("precision", class.precision), ("recall", class.recall)].into_iter().enumerate() {
+            let (bar_y, width, figure_x) = (top + row as f64 * bar_h, value * plot, m + value * plot + 4.0);
+            let figure_y = bar_y + bar_h - 3.0;
+            svg.titled(
+                "rect",
+                &[
+                    ("x", &m),
+                    ("y", &format_args!("{bar_y:.1}")),
+                    ("width", &format_args!("{width:.1}")),
+                    ("height", &bar_h),
+                    ("fill", &PALETTE[row]),
+                ],
+                &format_args!("{name} {value:.2}"),
+            );
+            svg.text(
+                "text",
+                &[("x", &format_args!("{figure_x:.1}")), ("y", &format_args!("{figure_y:.1}"))],
+                &format_args!("{value:.2}"),
+            )
+            .newline();
+        }
     }
-    format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">
-<title>held-out precision and recall per class</title>
-<rect width="{w}" height="{h}" fill="white"/>
-<text x="10" y="20">Held-out precision (blue) and recall (orange), accuracy {acc:.2}; (n) crops held out</text>
-<line x1="{m}" y1="30" x2="{m}" y2="{b}" stroke="black"/><line x1="{one}" y1="30" x2="{one}" y2="{b}" stroke="#999" stroke-dasharray="4 3"/>
-{body}</svg>
-"##,
-        acc = e.accuracy,
-        b = h - 20.0,
-        one = m + plot,
-    )
+    svg.finish()
 }
 
 /// The confusion table as a grid, each cell shaded by its share of its row.
@@ -197,52 +211,66 @@ pub fn confusion_svg(e: &Evaluation, title: &str, with_other: bool) -> String {
     let (cell, left, top) = (64.0, 130.0, 100.0);
     let w = (left + cell * columns.len() as f64 + 20.0).max(420.0);
     let h = top + cell * e.labels.len() as f64 + 30.0;
-    let mut body = String::new();
+    let mut svg = Svg::file(w, h, 12, title);
+    svg.text("text", &[("x", &"10"), ("y", &"16")], &title).newline();
+    svg.text(
+        "text",
+        &[("x", &"10"), ("y", &"32")],
+        &format_args!("rows: labelled, columns: predicted; accuracy {:.2}", e.accuracy),
+    )
+    .newline();
     for (c, name) in columns.iter().enumerate() {
-        let x = left + cell * (c as f64 + 0.5);
-        let _ = writeln!(
-            body,
-            r#"<text x="{x:.1}" y="{y}" text-anchor="start" transform="rotate(-35 {x:.1} {y})">{}</text>"#,
-            escape(name),
-            y = top - 8.0
-        );
+        let (x, y) = (left + cell * (c as f64 + 0.5), top - 8.0);
+        svg.text(
+            "text",
+            &[
+                ("x", &format_args!("{x:.1}")),
+                ("y", &y),
+                ("text-anchor", &"start"),
+                ("transform", &format_args!("rotate(-35 {x:.1} {y})")),
+            ],
+            name,
+        )
+        .newline();
     }
     for (r, (label, row)) in e.labels.iter().zip(&e.confusion).enumerate() {
         let y = top + cell * r as f64;
         let total: usize = row.iter().sum();
-        let _ = writeln!(
-            body,
-            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
-            left - 8.0,
-            y + cell / 2.0 + 4.0,
-            escape(label)
-        );
+        let label_y = y + cell / 2.0 + 4.0;
+        svg.text("text", &[("x", &(left - 8.0)), ("y", &format_args!("{label_y:.1}")), ("text-anchor", &"end")], label)
+            .newline();
         for (c, &count) in row.iter().take(columns.len()).enumerate() {
             let share = if total == 0 { 0.0 } else { count as f64 / total as f64 };
             // Right answers in green, wrong ones in red, darker for a larger share of the row.
             let (red, green) =
                 if c == r { (255.0 * (1.0 - share * 0.7), 255.0) } else { (255.0, 255.0 * (1.0 - share * 0.7)) };
             let blue = 255.0 * (1.0 - share * 0.7);
-            let _ = writeln!(
-                body,
-                r##"<rect x="{x:.1}" y="{y:.1}" width="{cell}" height="{cell}" fill="rgb({red:.0},{green:.0},{blue:.0})" stroke="#999"/><text x="{tx:.1}" y="{ty:.1}" text-anchor="middle" font-size="16">{count}</text>"##,
-                x = left + cell * c as f64,
-                tx = left + cell * (c as f64 + 0.5),
-                ty = y + cell / 2.0 + 6.0,
+            let (x, text_x, text_y) = (left + cell * c as f64, left + cell * (c as f64 + 0.5), y + cell / 2.0 + 6.0);
+            svg.shape(
+                "rect",
+                &[
+                    ("x", &format_args!("{x:.1}")),
+                    ("y", &format_args!("{y:.1}")),
+                    ("width", &cell),
+                    ("height", &cell),
+                    ("fill", &format_args!("rgb({red:.0},{green:.0},{blue:.0})")),
+                    ("stroke", &"#999"),
+                ],
             );
+            svg.text(
+                "text",
+                &[
+                    ("x", &format_args!("{text_x:.1}")),
+                    ("y", &format_args!("{text_y:.1}")),
+                    ("text-anchor", &"middle"),
+                    ("font-size", &"16"),
+                ],
+                &count,
+            )
+            .newline();
         }
     }
-    format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">
-<title>{t}</title>
-<rect width="{w}" height="{h}" fill="white"/>
-<text x="10" y="16">{t}</text>
-<text x="10" y="32">rows: labelled, columns: predicted; accuracy {acc:.2}</text>
-{body}</svg>
-"##,
-        t = escape(title),
-        acc = e.accuracy,
-    )
+    svg.finish()
 }
 
 #[cfg(test)]
