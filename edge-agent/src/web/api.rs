@@ -100,7 +100,7 @@ async fn cameras(State(state): State<Arc<WebState>>) -> Response {
         .cameras
         .into_iter()
         .map(|camera| {
-            let frame_url = format!("/api/v1/cameras/{}/frame.jpg", events::url_encode(&camera.id));
+            let frame_url = format!("/api/v1/cameras/{}/frame.jpg", events::path_segment(&camera.id));
             json!({ "camera": camera, "frame_url": frame_url })
         })
         .collect();

@@ -392,20 +392,7 @@ fn login_required(request: &Request) -> Response {
         return response;
     }
     let next = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let query = serde_urlencoded_pair("next", next);
-    Redirect::to(&format!("/login?{query}")).into_response()
-}
-
-fn serde_urlencoded_pair(key: &str, value: &str) -> String {
-    let mut encoded = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
-            encoded.push(byte as char);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    format!("{key}={encoded}")
+    Redirect::to(&format!("/login?next={}", super::events::query_value(next))).into_response()
 }
 
 /// Whether the request carries `expected` as its CSRF token; returns the request rebuilt (its

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use url::form_urlencoded;
 use uuid::Uuid;
 
 use crate::delivery::board::{Acknowledgement, EventRecord};
@@ -218,25 +219,20 @@ impl EventFilter {
             ("since", self.since()),
             ("until", self.until()),
         ];
-        pairs
-            .iter()
-            .filter_map(|(key, value)| value.map(|v| format!("{key}={}", url_encode(v))))
-            .collect::<Vec<_>>()
-            .join("&")
+        let present = pairs.into_iter().filter_map(|(key, value)| value.map(|v| (key, v)));
+        form_urlencoded::Serializer::new(String::new()).extend_pairs(present).finish()
     }
 }
 
-/// Percent-encoding for a query value.
-pub fn url_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+/// A query value, form-encoded as the page's forms send it.
+pub fn query_value(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// One path segment (a camera id): form encoding with a space as `%20`, since a `+` in a path is a
+/// plus (form encoding writes a real `+` as `%2B`).
+pub fn path_segment(value: &str) -> String {
+    query_value(value).replace('+', "%20")
 }
 
 /// A bad filter value, named.

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::api::error;
 use super::auth::{Admin, Session};
 use super::config::Role;
-use super::events::url_encode;
+use super::events::{path_segment, query_value};
 use super::i18n::{Lang, T};
 use super::pages::{Nav, Page};
 use super::WebState;
@@ -348,13 +348,13 @@ pub async fn page(
         Lang::En => format!("{} · {}", c.en, c.name),
         Lang::Zh => format!("{} · {}", c.zh, c.name),
     };
-    let camera_url = url_encode(&camera);
+    let camera_url = path_segment(&camera);
     let content = html! {
         h1 { (t(T::Installer)) }
         @if status.cameras.len() > 1 {
             nav.range #camera-choice {
                 @for c in &status.cameras {
-                    a.active[c.id == camera] href={"/installer?camera=" (url_encode(&c.id))} { (c.id) }
+                    a.active[c.id == camera] href={"/installer?camera=" (query_value(&c.id))} { (c.id) }
                 }
             }
         }

@@ -176,7 +176,7 @@ async fn healthz() -> &'static str {
 
 /// The walking skeleton's frame address, kept working for existing bookmarks and scripts.
 async fn legacy_frame(Path(camera): Path<String>) -> Redirect {
-    Redirect::permanent(&format!("/api/v1/cameras/{}/frame.jpg", events::url_encode(&camera)))
+    Redirect::permanent(&format!("/api/v1/cameras/{}/frame.jpg", events::path_segment(&camera)))
 }
 
 /// No scripts or styles from elsewhere, no framing, no sniffing; pages are not cached.

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::auth::{Admin, Session, CSRF_FIELD, LOCAL_USER};
 use super::charts::{bar_chart, Layout, Series};
 use super::config::Role;
-use super::events::{self, url_encode, EventFilter, EventView};
+use super::events::{self, path_segment, query_value, EventFilter, EventView};
 use super::i18n::{Lang, T};
 use super::stats::{self, NO_CATEGORY};
 use super::system::{cpu_temperature, disk_space, human_bytes};
@@ -186,7 +186,7 @@ fn short_hash(hash: &str) -> &str {
 }
 
 fn camera_frame_url(camera: &str) -> String {
-    format!("/api/v1/cameras/{}/frame.jpg", url_encode(camera))
+    format!("/api/v1/cameras/{}/frame.jpg", path_segment(camera))
 }
 
 fn event_card(view: &EventView, lang: Lang) -> Markup {
@@ -854,7 +854,7 @@ pub async fn statistics(
 /// The login page (no session yet, so no navigation).
 pub fn login_page(lang: Lang, device: &str, csrf: &str, next: &str, message: Option<&str>) -> Markup {
     let t = |text: T| text.in_lang(lang);
-    let switch = |code: &str| format!("/login?next={}&lang={code}", url_encode(next));
+    let switch = |code: &str| format!("/login?next={}&lang={code}", query_value(next));
     html! {
         (DOCTYPE)
         html lang=(lang.code()) {
