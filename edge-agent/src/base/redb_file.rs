@@ -1,17 +1,12 @@
 //! How the agent opens its redb files (the outbox, the event history): with a bounded cache.
-//!
-//! redb caches up to 1 GiB of a file's pages by default, and keeps what it read or wrote until
-//! that bound. On a box whose outbox grows by every event for weeks, that is memory growing with
-//! the file, up to a gigabyte, on a board that has one. The kernel's page cache already keeps the
-//! file's hot pages; a few MiB here are enough for a transaction's writes and the pages of a
-//! replay (bench/RESULTS.md, camera benchmark: memory by part).
 
 use std::path::Path;
 
 use redb::{Database, DatabaseError};
 
 /// Bytes of pages redb keeps in memory per open file (half of it at most for a transaction's
-/// writes before they go to the file).
+/// writes before they go to the file). redb's default, 1 GiB, would grow with an outbox that grows
+/// for weeks; the kernel's page cache keeps the hot pages anyway (bench/RESULTS.md, memory by part).
 pub const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Opens the file, or creates it, with the agent's cache bound.

@@ -1,9 +1,6 @@
-//! The agent's configuration: what the user writes in TOML, with a documented default for every key,
-//! so an empty file (or no file at all) runs the embedded demo. Each stage owns its section's types
-//! (`source::config`, `infer::config`, `judge::config`, `evidence::config`, `delivery::*::config`,
-//! `control::config`, `web::config`); this folder puts them together, reads the file and the site
-//! calibration file ([`site`]), and turns serde's and the sections' complaints into errors that
-//! name the file, line and key. It imports every section; no section imports it.
+//! The agent's configuration: puts together the sections each stage owns (`<stage>/config.rs`),
+//! reads the file and the site calibration file ([`site`]), and turns serde's and the sections'
+//! complaints into errors that name the file, line and key. No section imports this loader.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

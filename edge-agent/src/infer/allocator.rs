@@ -1,8 +1,6 @@
-//! The C allocator's settings for the agent, in one place. glibc keeps freed memory in one arena
-//! per thread that ever contended (up to 8 per core); with inference, decode and web threads coming
-//! and going, that let the resident size grow by ~60 MB over the first seconds of running for no
-//! use. Few arenas, frames in their own mappings (`run`), and handing back what model loading
-//! freed keep it near what is in use.
+//! The C allocator's settings for the agent, in one place: few arenas, frames in their own
+//! mappings (`run`), and what model loading freed handed back, so the resident size stays near
+//! what is in use (glibc's defaults let it grow ~60 MB in the first seconds, and creep for hours).
 
 /// Call first thing in `main`, before other threads start; `run` then allows two arenas
 /// ([`keep_frame_memory_returnable`]).

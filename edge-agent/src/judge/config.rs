@@ -1,8 +1,6 @@
-//! What the user writes about judging: `[site]`, `[taxonomy]`, `[scenes.<camera>]` (zones, privacy
-//! switch, ground calibration), `[tracking]`, `[background]`, `[rules.*]`, `[tamper]` (camera
-//! tamper detection, per camera overridable) and `[privacy]` (which labels are people; the
-//! evidence stage applies what the judge decides). Every key has a default, so an empty file still runs the demo (the plain `object`
-//! rule, no zones).
+//! What the user writes about judging: `[site]`, `[taxonomy]`, `[scenes.<camera>]`, `[tracking]`,
+//! `[background]`, `[rules.*]`, `[tamper]` (per camera overridable) and `[privacy]`. Every key has
+//! a default, so an empty file still runs the demo (the plain `object` rule, no zones).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

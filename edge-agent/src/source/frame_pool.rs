@@ -1,8 +1,6 @@
-//! Picture buffers handed back for the next frame. `run` gives every allocation of 256 KB or more
-//! its own mapping (so a long-running box's memory stays flat: `infer/allocator.rs`), which makes
-//! each new 1280×720 frame 2.8 MB of fresh pages to fault in. A camera's pool remembers the frames
-//! it gave out; once no stage holds one any more, its buffer is filled with the next picture
-//! instead. At most one such idle buffer is kept, so the pool costs one frame of memory at most.
+//! Picture buffers handed back for the next frame: frames get their own mappings
+//! (`infer/allocator.rs`), so a fresh 1280×720 frame is 2.8 MB of new pages to fault in. A camera's
+//! pool refills a buffer no stage holds any more, and keeps at most one idle (one frame of memory).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

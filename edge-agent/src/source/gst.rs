@@ -1,14 +1,6 @@
 //! RTSP cameras and video files through GStreamer (feature `gstreamer`): `uridecodebin` picks the
-//! demuxer and the best decoder the box has — a hardware one where its plugin is installed
-//! (`nvv4l2decoder` on a Jetson, `v4l2slh264dec`/`v4l2h264dec` on a Raspberry Pi, `vah264dec` on
-//! Intel), else FFmpeg's (`avdec_h264`, `avdec_h265`) or OpenH264 — for H.264 and H.265 alike;
-//! `videoconvert` turns pictures into RGB in GStreamer's threads and an `appsink` that keeps only
-//! the newest picture hands them to the camera task.
-//!
-//! The RTSP password goes to `rtspsrc`'s `user-pw` property, never into the URI, so GStreamer's
-//! own messages cannot show it; every message is still passed through the one redaction. Stalls
-//! (no picture for `stall_timeout_secs`), errors and the end of a stream come back as
-//! [`SourceError`]s, so the camera task reconnects exactly as with the built-in path.
+//! best decoder the box has (hardware where its plugin is installed, else FFmpeg or OpenH264) for
+//! H.264 and H.265; an `appsink` keeping only the newest RGB picture hands them to the camera task.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -140,7 +132,8 @@ impl GstSource {
         gst::Element::link_many([&rate, &scale, &convert, sink.upcast_ref()]).map_err(|e| build_error("link", &e))?;
 
         if let Some((user, password)) = credentials {
-            // rtspsrc is made inside uridecodebin: set it up when it appears.
+            // rtspsrc is made inside uridecodebin: set it up when it appears. The password goes in
+            // `user-pw`, never the URI, so GStreamer's own messages cannot show it.
             source.connect("source-setup", false, move |values| {
                 if let Some(element) = values.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
                     if element.has_property("user-id") {

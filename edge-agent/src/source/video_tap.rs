@@ -1,13 +1,6 @@
 //! A camera's recent encoded video, kept in memory exactly as it arrived (no re-encode), so an
-//! event clip can begin before the event did: the pre-roll. The GStreamer source copies each
-//! access unit the parser hands its decoder into the camera's [`VideoTap`]; the evidence stage
-//! reads from it through the frames ([`super::Frame::video`]) and writes clips.
-//!
-//! The tap keeps whole groups of pictures: it always starts at a key frame at least `keep` old, so
-//! a clip cut from it decodes from its first picture. Its size is capped (`max_bytes`) against a
-//! camera that sends key frames rarely or a stream that is much larger than promised. Timestamps
-//! are moved onto one continuous timeline (a looping file or a reconnected camera starts again from
-//! zero), so a clip's pictures never go back in time.
+//! event clip can begin before the event did: the GStreamer source pushes each access unit into the
+//! camera's [`VideoTap`]; the evidence stage reads it through [`super::Frame::video`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -158,7 +151,8 @@ impl VideoTap {
 
 impl TapState {
     /// Moves a unit's times onto the continuous timeline: a stream that goes back in time or jumps
-    /// far ahead is joined one picture after the last one.
+    /// far ahead (a looping file, a reconnected camera) is joined one picture after the last one,
+    /// so a clip's pictures never go back in time.
     fn retime(
         &mut self,
         pts_ns: Option<u64>,
@@ -186,8 +180,9 @@ impl TapState {
         (pts_ns.map(|p| shifted(p, self.offset_ns)), dts_ns.map(|d| shifted(d, self.offset_ns)))
     }
 
-    /// Drops whole groups of pictures older than `keep_from`, keeping the last key frame before it;
-    /// then, while over `max_bytes`, the oldest group (or units, when only one group is left).
+    /// Drops whole groups of pictures older than `keep_from`, keeping the last key frame before it
+    /// (a clip cut from the tap decodes from its first picture); then, while over `max_bytes` (a
+    /// camera that sends key frames rarely), the oldest group (or units, when only one is left).
     fn trim(&mut self, keep_from: DateTime<Utc>, max_bytes: usize) {
         // The newest key frame at or before `keep_from`: everything before it can go.
         let cut = self.units.iter().rposition(|u| u.keyframe && u.received_at <= keep_from).unwrap_or(0);

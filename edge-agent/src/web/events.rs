@@ -1,13 +1,6 @@
 //! Events as the page and the API show them: filters and paging over the board's history, and
 //! the evidence picture — a file in the evidence store when the event names one, else the
 //! annotated frame the board kept in memory.
-//!
-//! Events are read as JSON so that fields other stages add show up without a change here. The
-//! page shows these when present: `category`, `zone`, `track_id`, lifecycle `state`
-//! (`start`/`update`/`end`), `start_time`, `end_time`, `duration_secs` (time to clear),
-//! `evidence: { file, sha256 }` (`file` relative to `state_dir/evidence`), and `chain` (the signed
-//! chain record, verified with the device key on the page). A lifecycle sends one message per state with the same `event_id`; the page shows
-//! the newest.
 
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
@@ -29,6 +22,7 @@ pub const MAX_LIMIT: usize = 200;
 #[derive(Debug, Clone)]
 pub struct EventView {
     pub record: EventRecord,
+    /// The event as JSON, so fields other stages add show up without a change here.
     pub json: Value,
 }
 
@@ -166,7 +160,7 @@ pub struct ApiEvent {
     pub evidence_url: Option<String>,
 }
 
-/// The newest record of each event id, newest first.
+/// The newest record of each event id (a lifecycle sends one per state), newest first.
 pub fn latest_per_event(records: Vec<EventRecord>) -> Vec<EventView> {
     let mut seen = HashSet::new();
     records.into_iter().filter(|r| seen.insert(r.event.event_id)).map(EventView::new).collect()

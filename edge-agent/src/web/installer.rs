@@ -1,9 +1,6 @@
 //! Installer tools: draw and edit a camera's zones (privacy zones too) on its current frame, edit
-//! thresholds, and test the models on the current frame. Changes go through the same
-//! [`LiveSettings`](crate::control::settings::LiveSettings) as the MQTT `set` command: validated as a
-//! whole config, written atomically (zones into the site calibration file when it holds the
-//! camera's zones), and applied live. Everyone logged in sees the tools; only admins may save or
-//! run the models. The drawing itself is `assets/installer.js`.
+//! thresholds and test the models on it, through the same
+//! [`LiveSettings`](crate::control::settings::LiveSettings) as the MQTT `set` command.
 
 use std::sync::Arc;
 
@@ -128,7 +125,8 @@ pub async fn camera_zones(State(state): State<Arc<WebState>>, Path(camera): Path
     Json(camera_zones_json(&state, &state.settings.current(), &camera)).into_response()
 }
 
-/// `PUT /api/v1/zones/{camera}` with `{"zones": [...]}`: the camera's whole list of zones.
+/// `PUT /api/v1/zones/{camera}` with `{"zones": [...]}`: the camera's whole list of zones, written
+/// into the site calibration file when that holds the camera's zones.
 pub async fn save_zones(
     State(state): State<Arc<WebState>>,
     Admin(session): Admin,
@@ -314,7 +312,8 @@ pub struct InstallerQuery {
     camera: Option<String>,
 }
 
-/// `GET /installer?camera=ID`: the tools for one camera.
+/// `GET /installer?camera=ID`: the tools for one camera, seen by everyone logged in, used by admins;
+/// the drawing itself is `assets/installer.js`.
 pub async fn page(
     State(state): State<Arc<WebState>>,
     session: Session,

@@ -1,11 +1,6 @@
 //! Labelling from the page: on an event's detail page an admin says whether the event was right,
 //! what the subject really is (a model label, or `none`) and its category; the event's evidence
-//! crop goes into the site's sample set with that row (see [`crate::ops::calibrate::labelling`]), so
-//! `edge-agent calibrate thresholds` learns from daily use.
-//!
-//! Why the crop: it is the subject cut from the privacy-masked frame with nothing drawn on it (the
-//! evidence frame has boxes and captions drawn in, which would teach the models the drawings).
-//! The row carries the event's box inside the crop, so the detector's find must overlap it.
+//! crop goes into the site's sample set (see [`crate::ops::calibrate::labelling`]).
 
 use std::sync::Arc;
 
@@ -89,7 +84,8 @@ fn refused(status: StatusCode, message: impl Into<String>) -> Refused {
     Refused { status, message: message.into() }
 }
 
-/// The newest kept revision with an evidence crop, the crop's file name in the evidence store.
+/// The newest kept revision with an evidence crop, the crop's file name in the evidence store. The
+/// crop, not the evidence frame: it has no boxes or captions drawn in to teach the models.
 fn revision_with_crop(revisions: &[EventRecord]) -> Option<(&Event, String)> {
     revisions.iter().find_map(|record| {
         let files = &record.event.evidence.as_ref()?.files;
@@ -98,7 +94,8 @@ fn revision_with_crop(revisions: &[EventRecord]) -> Option<(&Event, String)> {
     })
 }
 
-/// The event's box in the crop's pixels, when the crop is the one the judge cut for that box.
+/// The event's box in the crop's pixels, when the crop is the one the judge cut for that box (the
+/// row carries it, so the detector's find must overlap it).
 pub fn box_in_crop(event: &Event, crop_size: (u32, u32)) -> Option<[u32; 4]> {
     let b = BoundingBox::from(event.bbox);
     let (x1, y1, x2, y2) = crop_rect(event.frame_width, event.frame_height, &b, EVIDENCE_CROP_MARGIN)?;

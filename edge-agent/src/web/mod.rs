@@ -1,9 +1,6 @@
 //! The local web page and JSON API for supervisors and installers, served by axum from the status
-//! board: pages (`pages`), JSON under `/api/v1` (`api`, documented in `assets/openapi.json`),
-//! installer tools (`installer`: zones, thresholds, model test, through the shared
-//! [`LiveSettings`]), labelling events for the site's sample set (`labels`), live events (`sse`),
-//! Prometheus `/metrics` (`metrics`), login and sessions (`auth`), optional HTTPS (`tls`).
-//! Everything it sends is embedded in the binary (`assets`).
+//! board: pages, `/api/v1` (documented in `assets/openapi.json`), installer tools, labelling, live
+//! events, `/metrics`, login and optional HTTPS; everything it sends is embedded in the binary.
 
 pub mod api;
 pub mod assets;

@@ -1,11 +1,6 @@
-//! Camera tamper detection, per camera: is the view still what the installer set up? Four
-//! conditions, each checked at most twice a second on cheap statistics ([`measure`]): `covered`
-//! (black or uniform), `turned_away` (the edges no longer line up with the reference's),
-//! `defocused` (fine detail gone, compared with the reference) and `frozen` (frames keep coming
-//! but differ less than the camera's own noise). A condition becomes an event after it has held
-//! for its `after_secs` and ends after it has been gone for `clear_secs`. The reference
-//! ([`reference`]) is the installer's, or else learnt from the first stable `learn_secs`. Pure
-//! and driven by frame times; only [`reference`] touches files, and the judge only reads them.
+//! Camera tamper detection, per camera: is the view still what the installer set up? Each
+//! [`Condition`] is checked at most twice a second on cheap statistics ([`measure`]) against the
+//! camera's [`reference`]. Pure and driven by frame times; only [`reference`] touches files.
 
 pub mod measure;
 pub mod reference;
@@ -31,9 +26,13 @@ const MIN_LEARNING_CHECKS: usize = 5;
 /// What is wrong with a camera's view; the event's `label`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Condition {
+    /// Black or uniform.
     Covered,
+    /// Fine detail gone, compared with the reference.
     Defocused,
+    /// The edges no longer line up with the reference's.
     TurnedAway,
+    /// Frames keep coming but differ less than the camera's own noise.
     Frozen,
 }
 

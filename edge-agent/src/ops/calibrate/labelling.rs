@@ -1,11 +1,6 @@
-//! Growing a site's sample set from daily use: a supervisor's verdict on an event (from the web
-//! page) becomes a picture in the sample folder and its rows in the labels CSV, in the format
-//! `edge-agent calibrate thresholds` reads (calibration/README.md). Labelling the same picture
-//! again replaces its rows. Files are written atomically.
-//!
-//! Where the samples go: the site file's `[samples]`; a site file without that section gets
-//! `<site name>/samples/` and `<site name>/labels.csv` beside it (and a `[samples]` section naming
-//! them); without a site file, `state_dir/samples/` with `state_dir/samples/labels.csv`.
+//! Growing a site's sample set from daily use: a supervisor's verdict on an event becomes a picture
+//! in the sample folder and its rows in the labels CSV that `edge-agent calibrate thresholds` reads
+//! (calibration/README.md); labelling a picture again replaces its rows. Written atomically.
 
 use std::path::{Path, PathBuf};
 
@@ -41,7 +36,9 @@ pub struct SampleSetPaths {
 }
 
 impl SampleSetPaths {
-    /// Where labelled samples of this config go (see the module's notes). Reads the site file.
+    /// Where labelled samples of this config go: the site file's `[samples]`; without that section,
+    /// `<site name>/samples/` and `<site name>/labels.csv` beside it (and the section added naming
+    /// them); without a site file, `state_dir/samples/` and its `labels.csv`. Reads the site file.
     pub fn of(config: &Config) -> Result<Self, SiteError> {
         let Some(site_path) = &config.site.calibration else {
             let folder = config.state_dir.join("samples");
