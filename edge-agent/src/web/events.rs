@@ -435,6 +435,24 @@ mod tests {
     }
 
     #[test]
+    fn a_filter_goes_into_the_page_links_and_comes_back_unchanged() {
+        let filter = EventFilter {
+            kind: Some("object".into()),
+            camera: Some("gate 1&2".into()),
+            since: Some("2024-05-01T08:30".into()),
+            before: Some("not in links".into()),
+            ..Default::default()
+        };
+        let query = filter.query_without_paging();
+        assert_eq!(query, "kind=object&camera=gate+1%262&since=2024-05-01T08%3A30");
+        let back: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let expected = [("kind", "object"), ("camera", "gate 1&2"), ("since", "2024-05-01T08:30")];
+        assert_eq!(back, expected.map(|(k, v)| (k.to_string(), v.to_string())));
+        // In a path a + is a plus: a space there is %20.
+        assert_eq!(path_segment("gate 1+/ü"), "gate%201%2B%2F%C3%BC");
+    }
+
+    #[test]
     fn lifecycle_fields_show_when_present() {
         let mut view = EventView::new(record("gate", "cup", 0));
         assert_eq!(view.state(), Some("start"));
