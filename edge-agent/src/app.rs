@@ -23,7 +23,7 @@ use crate::control::model_update;
 use crate::control::settings::LiveSettings;
 use crate::control::site_heads::SiteHeads;
 use crate::control::switch;
-use crate::delivery::actions::ActionLimiter;
+use crate::delivery::actions::OnSiteActions;
 use crate::delivery::board::{ControlStatus, StatusBoard};
 use crate::delivery::history::EventHistory;
 use crate::delivery::mqtt::{IncomingCommand, MqttSettings, Publisher};
@@ -126,6 +126,10 @@ async fn build(config: &Config) -> anyhow::Result<Parts> {
     let models: Vec<Model> = tokio::task::spawn_blocking(move || infer::load_models(&model_configs, &inference))
         .await
         .context("model loading task failed")??;
+    let mut models = models;
+    for model in &mut models {
+        model.set_people(config.privacy.people_finder());
+    }
     let model_names: Vec<String> = models.iter().map(|m| m.id().name.clone()).collect();
     let judge_settings = config.judge_settings();
     let judge = tokio::task::spawn_blocking(move || Judge::open(&judge_settings, &model_names))
@@ -252,7 +256,7 @@ async fn spawn(
                 board: board.clone(),
                 publisher_wake: publisher_wake.clone(),
                 stats,
-                actions: ActionLimiter::default(),
+                actions: OnSiteActions::new(config.actions.folder.clone()),
                 status_changed: status_changed.clone(),
                 last_head_announced: None,
                 held: delivery::held::Held::new(delivery::HELD_MAX_BYTES),

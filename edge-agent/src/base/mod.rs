@@ -7,6 +7,7 @@ pub mod blocking;
 pub mod disk;
 pub mod ed25519;
 pub mod liveness;
+pub mod parse_error;
 pub mod redact;
 pub mod redb_file;
 pub mod section;

@@ -5,16 +5,23 @@
 use serde_json::Value;
 
 /// Replaces the password of every `scheme://user:password@` in `text` with `***`, for text that may
-/// quote a config line or a URL.
+/// quote a config line or a URL. The userinfo ends at the last `@` before the path, so a password
+/// with spaces, quotes or `@` in it is hidden whole.
 pub fn redact_userinfo(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
         let (head, tail) = rest.split_at(at + 3);
         out.push_str(head);
-        let authority_end = tail.find(['/', '"', '\'', ' ', '?', '#']).unwrap_or(tail.len());
+        // The authority surely ends at the path, query, fragment or line; a space or a quote ends
+        // it only when no `@` follows before that (it then held no userinfo).
+        let hard_end = tail.find(['/', '?', '#', '\n']).unwrap_or(tail.len());
+        let (authority_end, at_sign) = match tail[..hard_end].rfind('@') {
+            Some(at_sign) => (hard_end, Some(at_sign)),
+            None => (tail[..hard_end].find(['"', '\'', ' ', '\t']).unwrap_or(hard_end), None),
+        };
         let authority = &tail[..authority_end];
-        match authority.rfind('@') {
+        match at_sign {
             Some(at_sign) => {
                 let userinfo = &authority[..at_sign];
                 let user = userinfo.split(':').next().unwrap_or_default();
@@ -29,6 +36,42 @@ pub fn redact_userinfo(text: &str) -> String {
         rest = &tail[authority_end..];
     }
     out.push_str(rest);
+    out
+}
+
+/// [`redact_userinfo`], and the value of every assignment to a secret-named key (`password = …`,
+/// `"metrics_token": …`, quoted or not, up to the end of the line, a comma or a brace) replaced by
+/// [`REDACTED`]: for free text that may quote a config line or a JSON object.
+pub fn redact_text(text: &str) -> String {
+    let text = redact_userinfo(text);
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (sign, _) in text.match_indices(['=', ':']) {
+        if sign < copied {
+            continue;
+        }
+        // The name before the sign, past spaces and a closing quote.
+        let before = text[..sign].trim_end_matches([' ', '\t', '"', '\'']);
+        let name_start = before.rfind(|c: char| !is_name_char(c)).map_or(0, |i| i + 1);
+        let name = before[name_start..].rsplit('.').next().unwrap_or_default();
+        if name.is_empty() || !is_secret_key(name) {
+            continue;
+        }
+        let value = text[sign + 1..].trim_start_matches([' ', '\t']);
+        let value_start = text.len() - value.len();
+        let value_len = match value.chars().next() {
+            Some(quote @ ('"' | '\'')) => value[1..].find(quote).map_or(value.len(), |i| i + 2),
+            _ => value.find([',', '}', '\n']).unwrap_or(value.len()),
+        };
+        if value_len == 0 {
+            continue;
+        }
+        out.push_str(&text[copied..value_start]);
+        out.push_str(REDACTED);
+        copied = value_start + value_len;
+    }
+    out.push_str(&text[copied..]);
     out
 }
 
@@ -70,6 +113,32 @@ mod tests {
             r#"source = { url = "rtsp://u:***@h:1/x", other = "rtsp://h/y" }"#
         );
         assert_eq!(redact_userinfo("rtsp://only-user@h/x"), "rtsp://only-user@h/x");
+    }
+
+    #[test]
+    fn a_password_with_spaces_quotes_or_at_signs_is_hidden_whole() {
+        assert_eq!(redact_userinfo("rtsp://user:S3cret PW@host/x"), "rtsp://user:***@host/x");
+        assert_eq!(redact_userinfo(r#"rtsp://user:a"b'c@d@host:554/x"#), "rtsp://user:***@host:554/x");
+        assert_eq!(redact_userinfo("url rtsp://host:554/x and mail a@b"), "url rtsp://host:554/x and mail a@b");
+        // Without a path, an `@` further on may belong to the URL: hiding too much is the safe side.
+        assert!(!redact_userinfo("rtsp://u:p w@host").contains("p w"));
+        assert_eq!(redact_userinfo(r#"url = "rtsp://host/a@b""#), r#"url = "rtsp://host/a@b""#);
+    }
+
+    #[test]
+    fn secret_assignments_in_free_text_lose_their_values() {
+        for (text, secret) in [
+            ("password = MqttS3cretPW", "MqttS3cretPW"),
+            ("mqtt.password = \"quoted secret\" # note", "quoted secret"),
+            (r#"{"metrics_token": "t0k3n", "id": 1}"#, "t0k3n"),
+            ("client_key: /etc/box.key, next", "/etc/box.key"),
+            ("SECRET=abc\nother = 1", "abc"),
+        ] {
+            let shown = redact_text(text);
+            assert!(!shown.contains(secret) && shown.contains(REDACTED), "{text} → {shown}");
+        }
+        assert_eq!(redact_text("the key folder is missing"), "the key folder is missing");
+        assert_eq!(redact_text("keyframes = 4, id = 2"), "keyframes = 4, id = 2");
     }
 
     #[test]

@@ -10,10 +10,11 @@ use serde::Deserialize;
 pub mod last_good;
 pub mod site;
 
-use crate::base::redact::redact_userinfo;
+use crate::base::parse_error::{position_in_toml, without_values, Position};
+use crate::base::redact::redact_text;
 pub use crate::base::section::{absolutise, data_dir, is_valid_topic_level, Invalid};
 pub use crate::control::config::{CommandsConfig, ModelUpdateConfig};
-pub use crate::delivery::config::StatsConfig;
+pub use crate::delivery::config::{ActionsConfig, StatsConfig};
 pub use crate::delivery::mqtt::config::{parse_mqtt_url, MqttConfig};
 pub use crate::delivery::outbox::config::OutboxConfig;
 pub use crate::evidence::config::EvidenceConfig;
@@ -31,8 +32,9 @@ pub use crate::web::config::WebConfig;
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}, line {line}, column {column}: {message}\n    {line_text}")]
-    Parse { path: PathBuf, line: usize, column: usize, message: String, line_text: String },
+    /// Names the place and what was expected; never quotes the file (a line may hold a secret).
+    #[error("config file {path}, {position}: {message}")]
+    Parse { path: PathBuf, position: Position, message: String },
     #[error("config file {path}: `{key}` {problem}")]
     Invalid { path: PathBuf, key: String, problem: String },
     /// The site calibration file named by `site.calibration`.
@@ -84,6 +86,8 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     #[serde(default)]
     pub stats: StatsConfig,
+    #[serde(default)]
+    pub actions: ActionsConfig,
     #[serde(default)]
     pub service: ServiceConfig,
     #[serde(default)]
@@ -150,7 +154,7 @@ fn default_state_dir() -> PathBuf {
 /// Ties a section's complaint to the file it was found in. Complaints quote the value they refuse,
 /// which may be a URL with a password in the wrong key: redacted here, once for every section.
 fn in_file(invalid: Invalid, path: &Path) -> ConfigError {
-    ConfigError::Invalid { path: path.to_owned(), key: invalid.key, problem: redact_userinfo(&invalid.problem) }
+    ConfigError::Invalid { path: path.to_owned(), key: invalid.key, problem: redact_text(&invalid.problem) }
 }
 
 impl Config {
@@ -185,13 +189,8 @@ impl Config {
     /// Parses without touching the file system, for tests and for the defaults.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str::<Config>(text).map_err(|e| {
-            let (line, column, line_text) = match e.span() {
-                Some(span) => line_and_column(text, span.start),
-                None => (0, 0, String::new()),
-            };
-            // The quoted line may hold an RTSP URL with a password.
-            let (message, line_text) = (redact_userinfo(e.message()), redact_userinfo(&line_text));
-            ConfigError::Parse { path: path.to_owned(), line, column, message, line_text }
+            let position = position_in_toml(text, e.span().map_or(0, |span| span.start));
+            ConfigError::Parse { path: path.to_owned(), position, message: without_values(e.message()) }
         })
     }
 
@@ -204,6 +203,7 @@ impl Config {
             model.resolve_paths(base);
         }
         absolutise(&mut self.state_dir, base);
+        absolutise(&mut self.actions.folder, base);
         self.taxonomy.resolve_paths(base);
         self.rules.resolve_paths(base);
         self.web.resolve_paths(base);
@@ -301,17 +301,6 @@ impl Config {
     pub fn mqtt_client_id(&self) -> String {
         self.mqtt.client_id(&self.device_id)
     }
-}
-
-/// 1-based line and column of a byte offset, and the text of that line.
-fn line_and_column(text: &str, offset: usize) -> (usize, usize, String) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let column = before[line_start..].chars().count() + 1;
-    let line_text = text[line_start..].lines().next().unwrap_or_default().to_string();
-    (line, column, line_text)
 }
 
 #[cfg(test)]

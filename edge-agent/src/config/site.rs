@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::Config;
+use crate::base::parse_error::describe_toml_error;
 use crate::base::section::{absolutise, Invalid};
 use crate::infer::manifest::{read_labels, Manifest};
 use crate::judge::config::{SceneConfig, ZoneConfig};
@@ -79,8 +80,8 @@ impl SiteCalibration {
     /// Reads the file; the sample paths come back relative to the current folder.
     pub fn load(path: &Path) -> Result<Self, SiteError> {
         let text = std::fs::read_to_string(path).map_err(|source| SiteError::Read { path: path.to_owned(), source })?;
-        let mut site: Self =
-            toml::from_str(&text).map_err(|e| SiteError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let mut site: Self = toml::from_str(&text)
+            .map_err(|e| SiteError::Parse { path: path.to_owned(), message: describe_toml_error(&text, &e) })?;
         let base = path.parent().unwrap_or(Path::new(""));
         if let Some(samples) = &mut site.samples {
             absolutise(&mut samples.folder, base);

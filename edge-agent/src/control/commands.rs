@@ -24,15 +24,14 @@ use tokio::sync::{mpsc, Notify};
 
 use super::authority::Authority;
 use super::config_store::Change;
+use super::settable::Actor;
 use super::settings::{LiveSettings, Outcome};
-use crate::base::redact::redact_userinfo;
+use crate::base::redact::redact_text;
 use crate::base::shutdown::Shutdown;
-use crate::config::Config;
 use crate::delivery::board::StatusBoard;
 use crate::delivery::mqtt::IncomingCommand;
 use crate::delivery::outbox::{Outbox, QueuedMessage};
 use crate::infer::control::ModelRuns;
-use crate::judge::config::{ZoneConfig, ZoneRole};
 
 /// Version of the ack JSON; bump when a field changes meaning or goes away.
 pub const ACK_SCHEMA_VERSION: u32 = 1;
@@ -235,7 +234,7 @@ impl CommandHandler {
         let (ok, result, error) = match outcome {
             Ok(result) => (true, Some(result), None),
             // Messages may quote a URL or a config line: no password leaves through an ack.
-            Err(error) => (false, None, Some(CommandError { message: redact_userinfo(&error.message), ..error })),
+            Err(error) => (false, None, Some(CommandError { message: redact_text(&error.message), ..error })),
         };
         match &error {
             None => tracing::info!(command, correlation_id = ?correlation_id, "command done"),
@@ -276,17 +275,9 @@ impl CommandHandler {
         if values.is_empty() {
             return Err(CommandError::new("invalid_request", "`values` is empty; expected at least one key"));
         }
-        let current = self.settings.current();
-        for (key, value) in &values {
-            if let Some(why) = local_only(key, value, &current) {
-                return Err(CommandError::new(
-                    "local_only",
-                    format!("`{key}` {why}; only the config file or an admin on the box's page may change it"),
-                ));
-            }
-        }
         let changes: Vec<Change> = values.into_iter().map(|(key, value)| Change { key, value }).collect();
-        let outcome = self.settings.set(&changes).map_err(|e| CommandError::new(e.code(), e.to_string()))?;
+        let outcome =
+            self.settings.set(Actor::Platform, &changes).map_err(|e| CommandError::new(e.code(), e.to_string()))?;
         Ok(outcome_json(&outcome))
     }
 
@@ -336,34 +327,6 @@ impl CommandHandler {
         }
         self.publisher_wake.notify_one();
         Ok(json!({ "snapshots": sent }))
-    }
-}
-
-/// Why a key may not be changed from afar, if it may not: what runs a program on the box, and
-/// what would weaken privacy (blurring, person labels, privacy zones), stays local.
-fn local_only(key: &str, value: &Value, current: &Config) -> Option<String> {
-    let parts: Vec<&str> = key.split('.').collect();
-    match parts.as_slice() {
-        ["rules", _, "action", ..] => Some("runs a program on the box".into()),
-        ["privacy", ..] => Some("decides what the pictures show of people".into()),
-        ["scenes", .., "blur_people"] => Some("decides whether people are blurred".into()),
-        ["scenes", camera @ .., "zones"] => {
-            let camera = camera.join(".");
-            let privacy_zones = |zones: &[ZoneConfig]| -> Vec<(String, Vec<[f64; 2]>)> {
-                zones
-                    .iter()
-                    .filter(|z| z.role == ZoneRole::Privacy)
-                    .map(|z| (z.id.clone(), z.polygon.clone()))
-                    .collect()
-            };
-            let before = current.scenes.get(&camera).map(|s| privacy_zones(&s.zones)).unwrap_or_default();
-            // A value that is not a zone list is refused by the config store, naming what is wrong.
-            let after: Vec<ZoneConfig> = serde_json::from_value(value.clone()).ok()?;
-            (privacy_zones(&after) != before).then(|| {
-                format!("would change the privacy zones of camera {camera:?}, which black out what must not be seen")
-            })
-        }
-        _ => None,
     }
 }
 

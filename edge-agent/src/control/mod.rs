@@ -9,6 +9,7 @@ pub mod config;
 pub mod config_store;
 pub mod model_update;
 pub mod preflight;
+pub mod settable;
 pub mod settings;
 pub mod site_heads;
 pub mod switch;

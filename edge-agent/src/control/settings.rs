@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::config_store::{Applied, Change, ChangeError, ConfigStore, ZonesHome};
+use super::settable::{self, Actor};
 use crate::config::Config;
 use crate::delivery::board::StatusBoard;
 use crate::evidence::{draw, privacy};
@@ -122,9 +123,10 @@ impl LiveSettings {
         self.board.snapshot().models.into_iter().map(|m| m.name).collect()
     }
 
-    /// Validates, writes and applies `changes`, all or nothing. Blocking (file I/O and fsync).
-    pub fn set(&self, changes: &[Change]) -> Result<Outcome, ChangeError> {
-        let applied = self.store.set(changes, &self.model_names())?;
+    /// Checks `changes` against the table of settable keys for `actor`, then validates, writes and
+    /// applies them, all or nothing. Blocking (file I/O and fsync).
+    pub fn set(&self, actor: Actor, changes: &[Change]) -> Result<Outcome, ChangeError> {
+        let applied = set_checked(&self.store, actor, changes, &self.model_names())?;
         Ok(self.apply(applied))
     }
 
@@ -233,10 +235,26 @@ impl LiveSettings {
     }
 }
 
+/// The one way a page admin's or the platform's change reaches the config: every key checked
+/// against the table of settable keys for `actor` (nothing is written when one is refused), then
+/// validated and written as a whole config.
+pub fn set_checked(
+    store: &ConfigStore,
+    actor: Actor,
+    changes: &[Change],
+    model_names: &[String],
+) -> Result<Applied, ChangeError> {
+    let current = store.current();
+    for change in changes {
+        settable::check(actor, &change.key, &change.value, &current, model_names)?;
+    }
+    store.set(changes, model_names)
+}
+
 /// Blurs the people the models found (unless the camera may show them) and blacks out the
 /// camera's privacy zones, as the evidence stage does for every picture it lets out.
 pub fn mask_private(image: &mut image::RgbImage, results: &[ModelResult], config: &Config, camera: &str) {
-    let mask = PrivacyMask::from_results(&config.scene_of(camera), results, &config.privacy.person_labels);
+    let mask = PrivacyMask::from_results(&config.scene_of(camera), results);
     privacy::apply(image, &mask);
 }
 
@@ -278,7 +296,8 @@ mod tests {
         judge.mark_unchanged();
         let zones =
             serde_json::json!([{ "id": "road", "role": "road", "polygon": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]] }]);
-        let outcome = settings.set(&[Change { key: "scenes.gate.zones".into(), value: zones }]).unwrap();
+        let outcome =
+            settings.set(Actor::PageAdmin, &[Change { key: "scenes.gate.zones".into(), value: zones }]).unwrap();
         assert_eq!(outcome.changed, ["scenes"], "a section new to the file is named whole");
         assert_eq!(
             (outcome.applied.as_slice(), outcome.restart_required.len()),
@@ -292,7 +311,9 @@ mod tests {
     fn cameras_switch_and_other_keys_wait_for_a_restart() {
         let (dir, settings, mut judge, _worker) = settings(GATE);
         judge.mark_unchanged();
-        let outcome = settings.set(&[Change { key: "cameras.gate.enabled".into(), value: false.into() }]).unwrap();
+        let outcome = settings
+            .set(Actor::Platform, &[Change { key: "cameras.gate.enabled".into(), value: false.into() }])
+            .unwrap();
         assert_eq!(outcome.applied, ["cameras[0].enabled"]);
         assert!(settings.cameras()["gate"].disabled.load(Ordering::Relaxed));
         assert!(!judge.has_changed().unwrap(), "the judge has nothing new");

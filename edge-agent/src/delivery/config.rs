@@ -1,4 +1,7 @@
-//! `[stats]`: the daily statistics the delivery stage counts and publishes.
+//! `[stats]`: the daily statistics the delivery stage counts and publishes; `[actions]`: where the
+//! programs of on-site actions live.
+
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -48,5 +51,19 @@ impl StatsConfig {
             parse_utc_offset(offset).map_err(|problem| Invalid::new("stats.utc_offset", problem))?;
         }
         Ok(())
+    }
+}
+
+/// `[actions]`: the folder whose programs the rules' `action.program` may name. Root-owned, not
+/// writable by others: the agent refuses to run anything from it otherwise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionsConfig {
+    pub folder: PathBuf,
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        Self { folder: PathBuf::from(super::actions::DEFAULT_FOLDER) }
     }
 }

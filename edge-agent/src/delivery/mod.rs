@@ -23,7 +23,7 @@ use crate::base::liveness::Heartbeat;
 use crate::evidence::EvidencedFrame;
 use crate::infer::BoundingBox;
 use crate::wire::Event;
-use actions::ActionLimiter;
+use actions::OnSiteActions;
 use board::{LiveFrame, StatusBoard};
 use held::Held;
 use history::EventHistory;
@@ -37,7 +37,7 @@ pub struct Delivery {
     /// Woken after each commit so the publisher sends without polling.
     pub publisher_wake: Arc<Notify>,
     pub stats: DailyStatsKeeper,
-    pub actions: ActionLimiter,
+    pub actions: OnSiteActions,
     /// Republishes the retained status (the chain head moved), at most every `STATUS_HEAD_EVERY`.
     pub status_changed: Arc<Notify>,
     pub last_head_announced: Option<std::time::Instant>,
@@ -197,10 +197,7 @@ impl Delivery {
     ) {
         for (event_id, action) in actions {
             let Some(event) = events.iter().find(|e| e.event_id == *event_id) else { continue };
-            if let Some(command) = self.actions.command_for(action, event, now) {
-                tracing::info!(event_id = %event.event_id, "on-site action: {}", command.join(" "));
-                actions::run(&command, event);
-            }
+            self.actions.run_if_due(action, event, now);
         }
     }
 }

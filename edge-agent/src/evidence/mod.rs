@@ -453,7 +453,7 @@ fn event_pictures(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::delivery::actions::ActionLimiter;
+    use crate::delivery::actions::OnSiteActions;
     use crate::delivery::stats::{DailyStats, DailyStatsKeeper};
     use crate::infer::Findings;
     use crate::judge::fixtures::{cup_on_pavement, detail, detector_result, inferred, paste, sample, test_config};
@@ -548,6 +548,16 @@ mod tests {
     fn a_station_camera_reports_a_wrong_bin_with_private_pictures_stats_and_an_action() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("prompts.log");
+        // The actions folder: one program, protected as the agent requires.
+        use std::os::unix::fs::PermissionsExt;
+        let actions = dir.path().join("actions");
+        std::fs::create_dir(&actions).unwrap();
+        std::fs::set_permissions(&actions, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let prompt = actions.join("prompt");
+        let script = format!("#!/bin/sh\necho \"$EDGE_EVENT_KIND $EDGE_EVENT_ZONE\" >> {}\n", marker.display());
+        std::fs::write(&prompt, script).unwrap();
+        std::fs::set_permissions(&prompt, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let actions = actions.display();
         let extra = format!(
             r#"
 [site]
@@ -558,8 +568,11 @@ grid_cell = "grid-3"
 publish_interval_secs = 0
 utc_offset = "+08:00"
 
+[actions]
+folder = "{actions}"
+
 [rules.wrong_bin]
-action = {{ command = ["sh", "-c", "echo {{kind}} {{zone}} >> {marker}"], min_interval_secs = 60 }}
+action = {{ program = "prompt", min_interval_secs = 60 }}
 
 [[scenes.station.zones]]
 id = "bin-recyclable"
@@ -571,8 +584,7 @@ polygon = [[0.0, 0.6], [0.4, 0.6], [0.4, 1.0], [0.0, 1.0]]
 id = "neighbour-window"
 role = "privacy"
 polygon = [[0.0, 0.0], [0.2, 0.0], [0.2, 0.15], [0.0, 0.15]]
-"#,
-            marker = marker.display()
+"#
         );
         let config = config(dir.path(), &extra);
         let (mut judge, mut stage) = stages(&config);
@@ -638,13 +650,11 @@ polygon = [[0.0, 0.0], [0.2, 0.0], [0.2, 0.15], [0.0, 0.15]]
         assert_eq!(last.utc_offset, "+08:00");
 
         // The on-site action (delivery's) ran once.
-        let mut limiter = ActionLimiter::default();
+        let mut on_site = OnSiteActions::new(config.actions.folder.clone());
         for judgement in &judgements {
             for (event_id, action) in &judgement.actions {
                 let event = judgement.events.iter().find(|e| e.event_id == *event_id).unwrap();
-                if let Some(command) = limiter.command_for(action, event, event.time) {
-                    crate::delivery::actions::run(&command, event);
-                }
+                on_site.run_if_due(action, event, event.time);
             }
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -112,6 +112,9 @@ pub fn apply(request: WorkerControl, models: &mut [Model]) -> Option<ModelTestRe
             let name = model.id().name.clone();
             let outcome = match models.iter_mut().find(|m| m.id().name == name) {
                 Some(slot) => {
+                    // The slot's people finder stays: privacy is the config file's, not the model's.
+                    let mut model = model;
+                    model.set_people(slot.people().clone());
                     let old = std::mem::replace(slot, *model);
                     tracing::info!(model = %name, sha256 = %slot.id().sha256, "model switched");
                     Ok(Box::new(old))

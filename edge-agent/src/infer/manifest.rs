@@ -11,6 +11,8 @@ use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
 use tract_onnx::pb::type_proto::Value as TypeValue;
 use tract_onnx::pb::ValueInfoProto;
 
+use crate::base::parse_error::describe_toml_error;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read {path}: {source}")]
@@ -229,8 +231,8 @@ impl Manifest {
 
     /// Reads a manifest's text as if it were the file at `path` (its files are relative to it).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ManifestError> {
-        let mut manifest: Manifest =
-            toml::from_str(text).map_err(|e| ManifestError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let mut manifest: Manifest = toml::from_str(text)
+            .map_err(|e| ManifestError::Parse { path: path.to_owned(), message: describe_toml_error(text, &e) })?;
         manifest.path = path.to_owned();
         manifest.check_fields()?;
         Ok(manifest)

@@ -225,6 +225,28 @@ pub struct ModelResult {
     pub findings: Findings,
     #[serde(serialize_with = "serialize_millis")]
     pub latency: Duration,
+    /// Where people are, for privacy: found by the model's [`PeopleFinder`], whatever threshold
+    /// decides events, so no event setting can make a person sharp.
+    #[serde(skip)]
+    pub people: Vec<BoundingBox>,
+}
+
+/// Which detections are people, for privacy: every box of these labels from `min_score` up
+/// (`privacy.person_labels`, `privacy.person_min_score`, config file only). Low on purpose: a
+/// box that may be a person is blurred.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeopleFinder {
+    pub labels: Vec<String>,
+    pub min_score: f32,
+}
+
+/// `privacy.person_min_score` unless the config file says otherwise.
+pub const DEFAULT_PERSON_MIN_SCORE: f32 = 0.15;
+
+impl Default for PeopleFinder {
+    fn default() -> Self {
+        Self { labels: vec!["person".into()], min_score: DEFAULT_PERSON_MIN_SCORE }
+    }
 }
 
 fn serialize_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -256,6 +278,9 @@ pub struct StageTimes {
     pub post: Duration,
 }
 
+/// Most people boxes one frame keeps for blurring (a crowd beyond this is blurred as far as found).
+const MAX_PEOPLE: usize = 300;
+
 pub struct Model {
     id: ModelId,
     manifest: Manifest,
@@ -270,6 +295,7 @@ pub struct Model {
     last_stage_times: StageTimes,
     /// Index and length of the embedding output, when loaded with [`Model::load_embedder`].
     embedding: Option<(usize, usize)>,
+    people: PeopleFinder,
 }
 
 impl Model {
@@ -302,6 +328,7 @@ impl Model {
             manifest,
             last_stage_times: StageTimes::default(),
             embedding: None,
+            people: PeopleFinder::default(),
         }
     }
 
@@ -378,6 +405,15 @@ impl Model {
         &self.id
     }
 
+    /// Sets who counts as a person for privacy (from the config file's `[privacy]`).
+    pub fn set_people(&mut self, people: PeopleFinder) {
+        self.people = people;
+    }
+
+    pub fn people(&self) -> &PeopleFinder {
+        &self.people
+    }
+
     /// Overrides the manifest's score threshold; None returns to it (the `set` command).
     pub fn set_score_threshold(&mut self, threshold: Option<f32>) {
         self.score_threshold = threshold.unwrap_or(self.manifest.decoder.score_threshold());
@@ -422,35 +458,54 @@ impl Model {
         let pre_done = Instant::now();
         self.backend.run(tensor, &self.manifest.input.shape, &mut self.outputs)?;
         let run_done = Instant::now();
-        let findings = self.decode(transform)?;
+        let (findings, people) = self.decode_with_people(transform)?;
         let finished = Instant::now();
         self.last_stage_times =
             StageTimes { pre: pre_done - started, run: run_done - pre_done, post: finished - run_done };
-        Ok(ModelResult { model: self.id.clone(), findings, latency: finished - started })
+        Ok(ModelResult { model: self.id.clone(), findings, latency: finished - started, people })
     }
 
     fn decode(&self, transform: preprocess::FrameTransform) -> Result<Findings, InferError> {
+        Ok(self.decode_with_people(transform)?.0)
+    }
+
+    /// The findings, and the boxes of people at the privacy threshold (none for a classifier).
+    fn decode_with_people(
+        &self,
+        transform: preprocess::FrameTransform,
+    ) -> Result<(Findings, Vec<BoundingBox>), InferError> {
         let outputs = &self.outputs;
         let labels = &self.labels;
-        // Decoding keeps everything a class threshold might still want; `keeps` then decides.
+        // Decoding keeps everything a class threshold or the privacy threshold might still want;
+        // `keeps` and the people finder then decide.
         let threshold = self.decode_threshold();
+        let detect_threshold = threshold.min(self.people.min_score);
         let (raw, nms_iou, max_detections) = match &self.manifest.decoder {
             DecoderSpec::Softmax { top_k, .. } => {
                 let mut classes = classify::top_k(outputs, labels, *top_k, threshold)?;
                 classes.retain(|c| self.keeps(&c.label, c.score));
-                return Ok(Findings::Classify { classes });
+                return Ok((Findings::Classify { classes }, Vec::new()));
             }
             DecoderSpec::Nanodet { bins, nms_iou, max_detections, .. } => {
-                let raw = detect::decode_nanodet(outputs, self.manifest.input_size(), *bins, labels, threshold)?;
+                let raw = detect::decode_nanodet(outputs, self.manifest.input_size(), *bins, labels, detect_threshold)?;
                 (raw, *nms_iou, *max_detections)
             }
             DecoderSpec::Yolov5 { nms_iou, max_detections, .. } => {
-                (detect::decode_yolov5(outputs, labels, threshold)?, *nms_iou, *max_detections)
+                (detect::decode_yolov5(outputs, labels, detect_threshold)?, *nms_iou, *max_detections)
             }
             DecoderSpec::Yolov8 { nms_iou, max_detections, .. } => {
-                (detect::decode_yolov8(outputs, labels, threshold)?, *nms_iou, *max_detections)
+                (detect::decode_yolov8(outputs, labels, detect_threshold)?, *nms_iou, *max_detections)
             }
         };
+        let people: Vec<Detection> = raw
+            .iter()
+            .filter(|d| d.score >= self.people.min_score && self.people.labels.contains(&d.label))
+            .cloned()
+            .collect();
+        let people = detect::non_maximum_suppression(people, nms_iou, MAX_PEOPLE)
+            .into_iter()
+            .map(|d| transform.to_frame(d.bbox))
+            .collect();
         // Class-aware NMS only lets a box suppress a better-scoring one of its class, so filtering
         // per class before it gives what filtering after it would.
         let raw = raw.into_iter().filter(|d| self.keeps(&d.label, d.score)).collect();
@@ -458,7 +513,7 @@ impl Model {
         for d in &mut detections {
             d.bbox = transform.to_frame(d.bbox);
         }
-        Ok(Findings::Detect { detections })
+        Ok((Findings::Detect { detections }, people))
     }
 }
 

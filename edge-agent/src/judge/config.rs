@@ -182,16 +182,23 @@ impl Default for BackgroundConfig {
     }
 }
 
-/// An on-site action (宣教), e.g. a voice prompt with `aplay`, run when an event of a rule starts.
+/// An on-site action (宣教), e.g. a voice prompt, run when an event of a rule starts: the name of a
+/// program in the actions folder (`[actions] folder`, root-owned), never a command line. The
+/// program gets the event's kind, camera, zone, label, category and id as `EDGE_EVENT_*` variables.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionConfig {
-    /// Program and arguments; `{kind}`, `{camera}`, `{zone}`, `{label}`, `{category}` and
-    /// `{event_id}` are replaced.
-    pub command: Vec<String>,
+    pub program: String,
     /// At most one run per camera in this time.
     #[serde(default = "default_action_interval")]
     pub min_interval_secs: f64,
+}
+
+/// Whether a program name is a plain file name of the actions folder (no folder, no hidden file).
+pub fn is_program_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn default_action_interval() -> f64 {
@@ -644,11 +651,25 @@ pub struct PrivacyConfig {
     pub blur_people: bool,
     /// Detector labels that are people.
     pub person_labels: Vec<String>,
+    /// A detection of a person label from this score up is blurred, whatever threshold decides
+    /// events: low, so a box that may be a person is blurred. Set in this file only.
+    pub person_min_score: f32,
+}
+
+impl PrivacyConfig {
+    /// The people finder every detector runs with (see [`crate::infer::PeopleFinder`]).
+    pub fn people_finder(&self) -> crate::infer::PeopleFinder {
+        crate::infer::PeopleFinder { labels: self.person_labels.clone(), min_score: self.person_min_score }
+    }
 }
 
 impl Default for PrivacyConfig {
     fn default() -> Self {
-        Self { blur_people: true, person_labels: vec!["person".into()] }
+        Self {
+            blur_people: true,
+            person_labels: vec!["person".into()],
+            person_min_score: crate::infer::DEFAULT_PERSON_MIN_SCORE,
+        }
     }
 }
 
@@ -701,10 +722,11 @@ fn check_secs(key: &str, value: f64) -> Result<(), Invalid> {
 
 fn check_action(key: &str, action: &Option<ActionConfig>) -> Result<(), Invalid> {
     if let Some(action) = action {
-        if action.command.first().is_none_or(|program| program.trim().is_empty()) {
+        if !is_program_name(&action.program) {
             return Err(Invalid::new(
-                format!("{key}.command"),
-                "is empty; expected a program and its arguments, e.g. [\"aplay\", \"/opt/prompts/sort.wav\"]",
+                format!("{key}.program"),
+                "is not a program name; expected the name of a file in the actions folder (letters, digits, \
+                 '.', '_', '-'), not a path or a command line",
             ));
         }
         check_secs(&format!("{key}.min_interval_secs"), action.min_interval_secs)?;
@@ -880,6 +902,10 @@ impl JudgeSections<'_> {
                 ));
             }
             scene.validate(&key, &categories)?;
+        }
+        // Zero would blur every box of a person label, however unsure; still privacy, never less.
+        if !(0.0..=1.0).contains(&self.privacy.person_min_score) {
+            return Err(Invalid::new("privacy.person_min_score", "is out of range; expected a score from 0 to 1"));
         }
         let t = self.tracking;
         check_unit("tracking.match_iou", t.match_iou)?;

@@ -72,10 +72,10 @@ pub struct PrivacyMask {
 }
 
 impl PrivacyMask {
-    /// The mask of `scene` with the people among the models' findings (`person_labels`), also those
-    /// in `ignore` zones.
-    pub fn from_results(scene: &Scene, results: &[ModelResult], person_labels: &[String]) -> Self {
-        let people = all_detections(results).filter(|d| person_labels.contains(&d.label)).map(|d| d.bbox).collect();
+    /// The mask of `scene` with the people the models found at the privacy threshold
+    /// ([`ModelResult::people`]), whatever threshold decides events.
+    pub fn from_results(scene: &Scene, results: &[ModelResult]) -> Self {
+        let people = results.iter().flat_map(|r| r.people.iter().copied()).collect();
         Self::with_people(scene, people)
     }
 
@@ -309,7 +309,7 @@ impl Judge {
         let InferredFrame { frame, results } = inferred;
         let camera = frame.camera.to_string();
         let scene = self.scenes.get(&camera).unwrap_or(&self.default_scene);
-        let privacy = PrivacyMask::from_results(scene, &results, &self.settings.privacy.person_labels);
+        let privacy = PrivacyMask::from_results(scene, &results);
         let zones = scene.zones.clone();
         let mut transitions = self.run_rules(&camera, &frame, &results);
         let tamper_reference = self.watch_tamper(&camera, &frame, &mut transitions);

@@ -90,6 +90,31 @@ impl Polygon {
         inside
     }
 
+    /// Whether every point of `other` lies inside this polygon or on its edge. Both are simple
+    /// polygons, so it is enough that `other`'s boundary does: each edge of `other` is cut where it
+    /// meets this polygon's edges, and every cut point and the middle of every piece must be inside.
+    pub fn covers(&self, other: &Polygon) -> bool {
+        let n = other.points.len();
+        (0..n).all(|i| self.covers_segment(other.points[i], other.points[(i + 1) % n]))
+    }
+
+    fn covers_segment(&self, a: Point, b: Point) -> bool {
+        let n = self.points.len();
+        let mut cuts = vec![0.0, 1.0];
+        for i in 0..n {
+            cuts.extend(meeting_params((a, b), (self.points[i], self.points[(i + 1) % n])));
+        }
+        cuts.sort_by(f64::total_cmp);
+        let at = |t: f64| Point { x: a.x + (b.x - a.x) * t, y: a.y + (b.y - a.y) * t };
+        cuts.iter().all(|&t| self.contains_or_touches(at(t)))
+            && cuts.windows(2).all(|w| self.contains_or_touches(at((w[0] + w[1]) / 2.0)))
+    }
+
+    fn contains_or_touches(&self, p: Point) -> bool {
+        let n = self.points.len();
+        self.contains(p) || (0..n).any(|i| on_segment(p, (self.points[i], self.points[(i + 1) % n])))
+    }
+
     /// The first pair of non-adjacent edges that cross, if any.
     fn first_crossing(&self) -> Option<(usize, usize)> {
         let n = self.points.len();
@@ -114,6 +139,44 @@ fn segments_cross((a, b): (Point, Point), (c, d): (Point, Point)) -> bool {
     let (d1, d2) = (orientation(a, b, c), orientation(a, b, d));
     let (d3, d4) = (orientation(c, d, a), orientation(c, d, b));
     (d1 * d2 < 0.0) && (d3 * d4 < 0.0)
+}
+
+/// Within this distance (a millionth of the frame) a point counts as on an edge.
+const TOUCH: f64 = 1e-9;
+
+fn on_segment(p: Point, (a, b): (Point, Point)) -> bool {
+    let length = ((b.x - a.x).powi(2) + (b.y - a.y).powi(2)).sqrt();
+    let distance = orientation(a, b, p).abs() / length.max(f64::MIN_POSITIVE);
+    distance <= TOUCH
+        && p.x >= a.x.min(b.x) - TOUCH
+        && p.x <= a.x.max(b.x) + TOUCH
+        && p.y >= a.y.min(b.y) - TOUCH
+        && p.y <= a.y.max(b.y) + TOUCH
+}
+
+/// Where along `a→b` (0..1) the segment `c→d` meets it: the crossing point, or the ends of an
+/// overlap when the two lie on one line.
+fn meeting_params((a, b): (Point, Point), (c, d): (Point, Point)) -> Vec<f64> {
+    let r = Point { x: b.x - a.x, y: b.y - a.y };
+    let s = Point { x: d.x - c.x, y: d.y - c.y };
+    let cross = r.x * s.y - r.y * s.x;
+    let ac = Point { x: c.x - a.x, y: c.y - a.y };
+    let length2 = r.x * r.x + r.y * r.y;
+    if cross.abs() < 1e-15 {
+        // Parallel: only collinear overlaps cut the segment, at the other segment's ends.
+        if (ac.x * r.y - ac.y * r.x).abs() > 1e-15 || length2 == 0.0 {
+            return Vec::new();
+        }
+        let project = |p: Point| ((p.x - a.x) * r.x + (p.y - a.y) * r.y) / length2;
+        return [project(c), project(d)].into_iter().filter(|t| (0.0..=1.0).contains(t)).collect();
+    }
+    let t = (ac.x * s.y - ac.y * s.x) / cross;
+    let u = (ac.x * r.y - ac.y * r.x) / cross;
+    if (0.0..=1.0).contains(&t) && (-1e-12..=1.0 + 1e-12).contains(&u) {
+        vec![t]
+    } else {
+        Vec::new()
+    }
 }
 
 /// A zone as the judge uses it.
@@ -326,6 +389,27 @@ mod tests {
         // A bow tie: edges 0 and 2 cross.
         let err = Polygon::new(&[[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]]).unwrap_err();
         assert!(err.contains("crosses"), "{err}");
+    }
+
+    #[test]
+    fn a_polygon_covers_what_lies_inside_it_and_nothing_that_sticks_out() {
+        let p = |corners: &[[f64; 2]]| Polygon::new(corners).unwrap();
+        let window = p(&[[0.2, 0.2], [0.4, 0.2], [0.4, 0.5], [0.2, 0.5]]);
+        // The same zone, a larger one, one with the same edges touched: covered.
+        assert!(window.covers(&window));
+        assert!(p(&[[0.1, 0.1], [0.5, 0.1], [0.5, 0.6], [0.1, 0.6]]).covers(&window));
+        assert!(p(&[[0.2, 0.2], [0.4, 0.2], [0.4, 0.6], [0.2, 0.6]]).covers(&window));
+        // Shrunk, moved, moved to a corner, one corner pulled in: not covered.
+        assert!(!p(&[[0.2, 0.2], [0.4, 0.2], [0.4, 0.45], [0.2, 0.45]]).covers(&window));
+        assert!(!p(&[[0.25, 0.2], [0.45, 0.2], [0.45, 0.5], [0.25, 0.5]]).covers(&window));
+        assert!(!p(&[[0.0, 0.0], [0.02, 0.0], [0.02, 0.02], [0.0, 0.02]]).covers(&window));
+        assert!(!p(&[[0.2, 0.2], [0.4, 0.2], [0.39, 0.5], [0.2, 0.5]]).covers(&window));
+        // A U shape around the window's middle: every corner of the window is inside, its middle is not.
+        let u =
+            p(&[[0.1, 0.1], [0.5, 0.1], [0.5, 0.6], [0.35, 0.6], [0.35, 0.3], [0.25, 0.3], [0.25, 0.6], [0.1, 0.6]]);
+        assert!(!u.covers(&window));
+        let thin = p(&[[0.2, 0.2], [0.4, 0.2], [0.4, 0.22], [0.2, 0.22]]);
+        assert!(u.covers(&thin));
     }
 
     #[test]

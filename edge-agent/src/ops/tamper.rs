@@ -141,12 +141,11 @@ fn people_in(
     let mut detectors = 0;
     for model_config in &config.models {
         let mut model = Model::load_with(model_config, &config.inference).map_err(|e| privacy_error(e.to_string()))?;
+        model.set_people(config.privacy.people_finder());
         let result = model.infer(image).map_err(|e| privacy_error(e.to_string()))?;
-        if let Findings::Detect { detections } = result.findings {
+        if let Findings::Detect { .. } = result.findings {
             detectors += 1;
-            people.extend(
-                detections.into_iter().filter(|d| config.privacy.person_labels.contains(&d.label)).map(|d| d.bbox),
-            );
+            people.extend(result.people);
         }
     }
     if detectors == 0 {

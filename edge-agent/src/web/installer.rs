@@ -23,6 +23,7 @@ use super::pages::{Nav, Page};
 use super::WebState;
 use crate::config::Config;
 use crate::control::config_store::{Change, ChangeError, ZonesHome};
+use crate::control::settable::Actor;
 use crate::control::settings::ModelTestError;
 use crate::evidence::draw;
 use crate::infer::manifest::Manifest;
@@ -67,6 +68,7 @@ pub fn change_error(e: ChangeError) -> Response {
     let status = match &e {
         ChangeError::NoConfigFile => StatusCode::CONFLICT,
         ChangeError::NotSettable { .. } | ChangeError::UnknownTarget { .. } => StatusCode::BAD_REQUEST,
+        ChangeError::LocalOnly { .. } => StatusCode::FORBIDDEN,
         ChangeError::OutOfRange { .. } | ChangeError::InvalidValue(_) | ChangeError::WouldNotStart(_) => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
@@ -74,6 +76,7 @@ pub fn change_error(e: ChangeError) -> Response {
     };
     let key = match &e {
         ChangeError::NotSettable { key }
+        | ChangeError::LocalOnly { key, .. }
         | ChangeError::UnknownTarget { key, .. }
         | ChangeError::OutOfRange { key, .. } => Some(key.clone()),
         _ => None,
@@ -145,7 +148,7 @@ pub async fn save_zones(
     };
     let change = Change { key: format!("scenes.{camera}.zones"), value: zones };
     let settings = state.settings.clone();
-    let outcome = match tokio::task::spawn_blocking(move || settings.set(&[change])).await {
+    let outcome = match tokio::task::spawn_blocking(move || settings.set(Actor::PageAdmin, &[change])).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => return change_error(e),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("the save failed: {e}")),
@@ -256,7 +259,7 @@ pub async fn change_settings(State(state): State<Arc<WebState>>, Admin(session):
     }
     let changes: Vec<Change> = request.values.into_iter().map(|(key, value)| Change { key, value }).collect();
     let settings = state.settings.clone();
-    let outcome = match tokio::task::spawn_blocking(move || settings.set(&changes)).await {
+    let outcome = match tokio::task::spawn_blocking(move || settings.set(Actor::PageAdmin, &changes)).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => return change_error(e),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("the save failed: {e}")),

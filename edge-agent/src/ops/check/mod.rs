@@ -255,7 +255,7 @@ fn config_failure(error: &ConfigError, name: &ConfigName) -> Finding {
         ConfigError::Read { .. } => "give the path of an existing config file with --config FILE \
                                      (`edge-agent init` writes one to start from)"
             .to_string(),
-        ConfigError::Parse { path, line, .. } => format!("correct line {line} of {}", path.display()),
+        ConfigError::Parse { path, position, .. } => format!("correct line {} of {}", position.line, path.display()),
         ConfigError::Invalid { key, .. } => name.key(key),
         ConfigError::Site(site) => match site {
             SiteError::Invalid { path, key, .. } => format!("correct `{key}` in site file {}", path.display()),
@@ -314,13 +314,8 @@ mod tests {
         let error = ConfigError::Invalid { path: "site.toml".into(), key: "mqtt.url".into(), problem: "bad".into() };
         let finding = config_failure(&error, &ConfigName::new(Some(Path::new("site.toml"))));
         assert_eq!(finding.fix.as_deref(), Some("change `mqtt.url` in site.toml"));
-        let parse = ConfigError::Parse {
-            path: "site.toml".into(),
-            line: 3,
-            column: 1,
-            message: "x".into(),
-            line_text: "y".into(),
-        };
+        let position = crate::base::parse_error::Position { line: 3, column: 1, key: None };
+        let parse = ConfigError::Parse { path: "site.toml".into(), position, message: "x".into() };
         let finding = config_failure(&parse, &ConfigName::new(Some(Path::new("site.toml"))));
         assert_eq!(finding.fix.as_deref(), Some("correct line 3 of site.toml"));
         assert!(!finding.detail.contains('\n'), "one line in the table: {}", finding.detail);

@@ -62,8 +62,8 @@ pub fn check_models(config: &Config, name: &ConfigName, frames: &mut [GrabbedFra
     let mut loaded_names = Vec::new();
     let mut all_loaded = true;
     for (index, model) in models_to_check(config).iter().enumerate() {
-        let people = &config.privacy.person_labels;
-        let (finding, loaded) = check_model(model, &config.inference, &samples, frames, people, name);
+        let people = config.privacy.people_finder();
+        let (finding, loaded) = check_model(model, &config.inference, &samples, frames, &people, name);
         findings.push(finding);
         match loaded {
             Some(model_name) if index < config.models.len() => loaded_names.push(model_name),
@@ -89,7 +89,7 @@ pub fn check_model(
     inference: &InferenceConfig,
     samples: &Path,
     frames: &mut [GrabbedFrame],
-    person_labels: &[String],
+    people: &crate::infer::PeopleFinder,
     name: &ConfigName,
 ) -> (Finding, Option<String>) {
     let manifest = &model.config.manifest;
@@ -103,6 +103,7 @@ pub fn check_model(
             return (Finding::fail(check, error.to_string(), fix), None);
         }
     };
+    loaded.set_people(people.clone());
     let id = loaded.id().clone();
     // The backend actually used: `inference.fallback` may have stood in for the configured one.
     let info = loaded.info();
@@ -141,9 +142,8 @@ pub fn check_model(
     for frame in frames.iter_mut() {
         match loaded.infer(&frame.image) {
             Ok(result) => {
-                if let Findings::Detect { detections } = &result.findings {
-                    let people = frame.people.get_or_insert_with(Vec::new);
-                    people.extend(detections.iter().filter(|d| person_labels.contains(&d.label)).map(|d| d.bbox));
+                if let Findings::Detect { .. } = &result.findings {
+                    frame.people.get_or_insert_with(Vec::new).extend(result.people.iter().copied());
                 }
                 seen.push(format!("camera {}: {}", frame.camera, summarise(&result)));
             }
@@ -306,7 +306,7 @@ mod tests {
         };
         let mut frames = [frame("gate", "dog.jpg"), frame("path", "person.jpg")];
         let model = nanodet_at(repo("models/nanodet.toml"));
-        let people = ["person".to_string()];
+        let people = crate::infer::PeopleFinder::default();
         let (finding, loaded) =
             check_model(&model, &InferenceConfig::default(), &repo("models/samples"), &mut frames, &people, &name());
         assert_eq!(finding.outcome, crate::ops::check::Outcome::Pass, "{finding:?}");
@@ -327,8 +327,14 @@ mod tests {
         std::fs::copy(repo("models/coco_labels.txt"), dir.path().join("coco_labels.txt")).unwrap();
         std::fs::copy(repo("models/nanodet.toml"), dir.path().join("nanodet.toml")).unwrap();
         let model = nanodet_at(dir.path().join("nanodet.toml"));
-        let (finding, loaded) =
-            check_model(&model, &InferenceConfig::default(), &repo("models/samples"), &mut [], &[], &name());
+        let (finding, loaded) = check_model(
+            &model,
+            &InferenceConfig::default(),
+            &repo("models/samples"),
+            &mut [],
+            &Default::default(),
+            &name(),
+        );
         assert!(loaded.is_none());
         assert_eq!(finding.check, "model nanodet");
         assert!(finding.detail.contains("sha256") && finding.detail.contains("nanodet.onnx"), "{finding:?}");
@@ -339,8 +345,14 @@ mod tests {
     #[test]
     fn a_missing_manifest_names_the_config_key() {
         let model = nanodet_at("/nonexistent/model.toml".into());
-        let (finding, _) =
-            check_model(&model, &InferenceConfig::default(), Path::new("/nonexistent"), &mut [], &[], &name());
+        let (finding, _) = check_model(
+            &model,
+            &InferenceConfig::default(),
+            Path::new("/nonexistent"),
+            &mut [],
+            &Default::default(),
+            &name(),
+        );
         assert!(finding.detail.contains("/nonexistent/model.toml"), "{finding:?}");
         assert!(finding.fix.unwrap().contains("`models[0].manifest` in site.toml"));
     }
