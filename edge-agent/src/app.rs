@@ -284,8 +284,9 @@ async fn spawn(
         web::serve(config, board.clone(), settings.clone(), heads, shutdown.clone()).await?;
     }
     let (command_tx, command_rx) = mpsc::channel::<IncomingCommand>(COMMAND_QUEUE);
-    let authority =
-        Authority::new(&config.device_id, &config.commands, &config.state_dir).map_err(anyhow::Error::msg)?;
+    let authority = Arc::new(
+        Authority::new(&config.device_id, &config.commands, &config.state_dir).map_err(anyhow::Error::msg)?,
+    );
     authority.log_policy();
     if !config.model_update.signature_required() {
         tracing::warn!(
@@ -305,13 +306,15 @@ async fn spawn(
         status_changed: status_changed.clone(),
         model_runs,
         model_update_busy: switch_busy,
+        refusals: Default::default(),
     });
+    let screen: Arc<dyn crate::delivery::mqtt::CommandScreen> = handler.clone();
     stages.push(tokio::spawn(handler.run(command_rx, shutdown.clone())));
     match mqtt {
         Some(mqtt) => {
             let telemetry = TelemetrySampler::new(board.clone(), outbox.clone(), config.state_dir.clone());
             let mut publisher = Publisher::new(mqtt, outbox.clone(), board.clone(), publisher_wake)
-                .with_commands(command_tx)
+                .with_commands(command_tx, screen)
                 .with_status_changed(status_changed);
             if config.mqtt.telemetry_interval_secs > 0 {
                 publisher = publisher.with_telemetry(telemetry);

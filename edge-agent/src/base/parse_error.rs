@@ -4,11 +4,14 @@
 
 /// Where in a text an error is: line and column from 1, and the dotted key written on that line
 /// (its table header included) when the line has a plain one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Position {
     pub line: usize,
     pub column: usize,
     pub key: Option<String>,
+    /// The keys of an inline table on that line (`source = { kind = …, fps = … }`), where the
+    /// error may lie in any of them.
+    pub inner_keys: Vec<String>,
 }
 
 impl std::fmt::Display for Position {
@@ -16,6 +19,9 @@ impl std::fmt::Display for Position {
         write!(f, "line {}, column {}", self.line, self.column)?;
         if let Some(key) = &self.key {
             write!(f, ", key `{key}`")?;
+            if !self.inner_keys.is_empty() {
+                write!(f, " {{{}}}", self.inner_keys.join(", "))?;
+            }
         }
         Ok(())
     }
@@ -40,7 +46,38 @@ pub fn position_in_toml(text: &str, offset: usize) -> Position {
         (None, Some(k)) => Some(k.to_string()),
         _ => None,
     };
-    Position { line, column, key: key.filter(|k| is_plain_key(k)) }
+    let inner_keys = match this_line.split_once('=') {
+        Some((_, value)) if value.trim_start().starts_with('{') => inline_keys(value),
+        _ => Vec::new(),
+    };
+    Position { line, column, key: key.filter(|k| is_plain_key(k)), inner_keys }
+}
+
+/// The plain names written before `=` in an inline table, skipping everything quoted.
+fn inline_keys(text: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut word = String::new();
+    let mut quote: Option<char> = None;
+    for c in text.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => {
+                quote = Some(c);
+                word.clear();
+            }
+            None if c == '=' => {
+                let name = word.trim().to_string();
+                if is_plain_key(&name) && !keys.contains(&name) {
+                    keys.push(name);
+                }
+                word.clear();
+            }
+            None if c == '{' || c == ',' => word.clear(),
+            None => word.push(c),
+        }
+    }
+    keys
 }
 
 /// A dotted key of plain names (letters, digits, `_`, `-`), short enough to name in an error.
@@ -94,8 +131,9 @@ pub fn without_values(message: &str) -> String {
         None => (message, None),
     };
     let found = describe_found(found);
+    // What was expected comes from the agent's own types, never from the input.
     let mut out = match expected {
-        Some(expected) => format!("{found}, {}", strip_quoted(expected)),
+        Some(expected) => format!("{found}, {expected}"),
         None => found,
     };
     out = out.replace('\n', "; ");
@@ -203,6 +241,9 @@ mod tests {
         let (position, message) = toml_error("[mqtt]\nurl = \"mqtt://b\"\nport = MqttS3cretPW\n");
         assert_eq!(position.line, 3);
         assert_eq!(position.key.as_deref(), Some("mqtt.port"));
+        let inline = position_in_toml("[[cameras]]\nsource = { kind = \"rtsp\", url = \"rtsp://u:p=w@h\", fps = 2 }\n", 20);
+        assert_eq!(inline.inner_keys, vec!["kind", "url", "fps"]);
+        assert_eq!(inline.to_string(), "line 2, column 9, key `cameras.source` {kind, url, fps}");
         assert!(!message.contains("MqttS3cretPW") && !message.is_empty(), "{message}");
     }
 

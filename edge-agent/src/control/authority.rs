@@ -27,6 +27,7 @@ use serde_json::{Map, Value};
 use super::commands::CommandError;
 use super::config::CommandsConfig;
 use crate::base::ed25519;
+use crate::base::parse_error::describe_json_error;
 use crate::base::write_file::write_atomically;
 
 /// Larger command payloads are refused before they are parsed; real commands are a few hundred bytes.
@@ -40,6 +41,12 @@ const MAX_NONCES: usize = 10_000;
 
 /// Where the nonces of accepted commands are kept, so a restart does not reopen the window.
 pub const NONCE_FILE: &str = "command-nonces.json";
+
+/// An envelope whose signature holds (its command's fields), or an unsigned payload let in.
+enum Verified {
+    Signed(Map<String, Value>),
+    Unsigned(Vec<u8>),
+}
 
 /// A command that passed the authority check: its JSON object without the envelope fields.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +101,12 @@ impl Authority {
         self.accept_unsigned
     }
 
+    /// The checks that need no state, done before a command is queued: size, JSON, envelope and
+    /// signature (or the unsigned policy). Cheap enough for every message a flood brings.
+    pub fn screen(&self, name: &str, payload: &[u8]) -> Result<(), (Option<String>, CommandError)> {
+        self.verify(name, payload).map(|_| ())
+    }
+
     /// Opens the envelope of command `name` received at `now`: the authorised command, or why it was
     /// refused (with the correlation id when one could be read, for the error ack).
     pub fn open(
@@ -102,6 +115,37 @@ impl Authority {
         payload: &[u8],
         now: DateTime<Utc>,
     ) -> Result<Authorised, (Option<String>, CommandError)> {
+        let mut fields = match self.verify(name, payload)? {
+            Verified::Unsigned(payload) => return Ok(Authorised { payload, signed: false }),
+            Verified::Signed(fields) => fields,
+        };
+        let correlation_id = fields.get("correlation_id").and_then(Value::as_str).map(String::from);
+        let with_id = |error: CommandError| (correlation_id.clone(), error);
+        let issued_at = take_issued_at(&mut fields).map_err(with_id)?;
+        let nonce = take_nonce(&mut fields).map_err(with_id)?;
+        let age = now - issued_at;
+        if age > self.max_age || -age > self.max_age {
+            return Err(with_id(CommandError::new(
+                "expired",
+                format!(
+                    "`issued_at` is {} s from the box's clock ({}); commands are accepted within {} s",
+                    age.num_seconds(),
+                    now.to_rfc3339(),
+                    self.max_age.num_seconds()
+                ),
+            )));
+        }
+        let mut nonces = self.nonces.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        nonces.forget_before(now - self.max_age - self.max_age);
+        nonces.remember(&nonce, issued_at).map_err(with_id)?;
+        let payload = serde_json::to_vec(&Value::Object(fields))
+            .map_err(|e| with_id(CommandError::new("internal", format!("cannot re-encode the command: {e}"))))?;
+        Ok(Authorised { payload, signed: true })
+    }
+
+    /// Size, JSON, envelope and signature: the signed command's fields, or an unsigned payload the
+    /// policy lets in. Errors name what was wrong, never what was sent.
+    fn verify(&self, name: &str, payload: &[u8]) -> Result<Verified, (Option<String>, CommandError)> {
         if payload.len() > COMMAND_MAX_BYTES {
             return Err((
                 None,
@@ -111,20 +155,20 @@ impl Authority {
                 ),
             ));
         }
-        let value: Value = serde_json::from_slice(payload)
-            .map_err(|e| (None, CommandError::new("malformed_json", format!("the payload is not valid JSON: {e}"))))?;
+        let value: Value = serde_json::from_slice(payload).map_err(|e| {
+            (None, CommandError::new("malformed_json", format!("the payload is not valid JSON: {}", describe_json_error(&e))))
+        })?;
         let Value::Object(outer) = value else {
             return Err((None, CommandError::new("invalid_request", "expected a JSON object")));
         };
         if !outer.contains_key("signed") && !outer.contains_key("signature") {
-            return self.unsigned(payload, &outer);
+            return self.unsigned(payload, &outer).map(|a| Verified::Unsigned(a.payload));
         }
         let refuse = |code: &'static str, message: String| Err((None, CommandError::new(code, message)));
         if outer.len() != 2 {
-            let keys: Vec<&String> = outer.keys().collect();
             return refuse(
                 "malformed_envelope",
-                format!("the envelope has keys {keys:?}; expected exactly `signed` and `signature`"),
+                format!("the envelope has {} keys; expected exactly `signed` and `signature`", outer.len()),
             );
         }
         let (Some(Value::String(signed)), Some(Value::String(signature))) =
@@ -134,9 +178,10 @@ impl Authority {
         };
         let command = base64::engine::general_purpose::STANDARD
             .decode(signed)
-            .map_err(|e| (None, CommandError::new("malformed_envelope", format!("`signed` is not base64: {e}"))))?;
-        let signature = ed25519::decode_key_material(signature, 64)
-            .map_err(|e| (None, CommandError::new("malformed_envelope", format!("`signature` {e}"))))?;
+            .map_err(|_| (None, CommandError::new("malformed_envelope", "`signed` is not standard base64")))?;
+        let signature = ed25519::decode_key_material(signature, 64).map_err(|_| {
+            (None, CommandError::new("malformed_envelope", "`signature` is not 64 bytes in base64 or hex"))
+        })?;
         let Some(key) = &self.platform_key else {
             return refuse(
                 "signature_unverifiable",
@@ -153,34 +198,13 @@ impl Authority {
             );
         }
         let value: Value = serde_json::from_slice(&command).map_err(|e| {
-            (None, CommandError::new("malformed_json", format!("the signed command is not valid JSON: {e}")))
+            let problem = describe_json_error(&e);
+            (None, CommandError::new("malformed_json", format!("the signed command is not valid JSON: {problem}")))
         })?;
-        let Value::Object(mut fields) = value else {
+        let Value::Object(fields) = value else {
             return refuse("invalid_request", "the signed command is not a JSON object".into());
         };
-        let correlation_id = fields.get("correlation_id").and_then(Value::as_str).map(String::from);
-        let with_id = |error: CommandError| (correlation_id.clone(), error);
-        let issued_at = take_issued_at(&mut fields).map_err(with_id)?;
-        let nonce = take_nonce(&mut fields).map_err(with_id)?;
-        let age = now - issued_at;
-        if age > self.max_age || -age > self.max_age {
-            return Err(with_id(CommandError::new(
-                "expired",
-                format!(
-                    "`issued_at` {} is {} s from the box's clock ({}); commands are accepted within {} s",
-                    issued_at.to_rfc3339(),
-                    age.num_seconds(),
-                    now.to_rfc3339(),
-                    self.max_age.num_seconds()
-                ),
-            )));
-        }
-        let mut nonces = self.nonces.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        nonces.forget_before(now - self.max_age - self.max_age);
-        nonces.remember(&nonce, issued_at).map_err(with_id)?;
-        let payload = serde_json::to_vec(&Value::Object(fields))
-            .map_err(|e| with_id(CommandError::new("internal", format!("cannot re-encode the command: {e}"))))?;
-        Ok(Authorised { payload, signed: true })
+        Ok(Verified::Signed(fields))
     }
 
     fn unsigned(
@@ -212,12 +236,10 @@ pub fn signed_message(device: &str, name: &str, command: &[u8]) -> Vec<u8> {
 
 fn take_issued_at(fields: &mut Map<String, Value>) -> Result<DateTime<Utc>, CommandError> {
     match fields.remove("issued_at") {
-        Some(Value::String(text)) => DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc)).map_err(|e| {
-            CommandError::new("invalid_request", format!("`issued_at` is {text:?} ({e}); expected an RFC 3339 time"))
-        }),
-        Some(other) => {
-            Err(CommandError::new("invalid_request", format!("`issued_at` is {other}; expected an RFC 3339 time")))
-        }
+        Some(Value::String(text)) => DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| CommandError::new("invalid_request", "`issued_at` is not an RFC 3339 time")),
+        Some(_) => Err(CommandError::new("invalid_request", "`issued_at` is not a string; expected an RFC 3339 time")),
         None => Err(CommandError::new("invalid_request", "`issued_at` is missing; a signed command needs one")),
     }
 }
@@ -225,10 +247,7 @@ fn take_issued_at(fields: &mut Map<String, Value>) -> Result<DateTime<Utc>, Comm
 fn take_nonce(fields: &mut Map<String, Value>) -> Result<String, CommandError> {
     match fields.remove("nonce") {
         Some(Value::String(nonce)) if (8..=128).contains(&nonce.len()) => Ok(nonce),
-        Some(other) => Err(CommandError::new(
-            "invalid_request",
-            format!("`nonce` is {other}; expected a string of 8 to 128 characters"),
-        )),
+        Some(_) => Err(CommandError::new("invalid_request", "`nonce` is not a string of 8 to 128 characters")),
         None => Err(CommandError::new("invalid_request", "`nonce` is missing; a signed command needs one")),
     }
 }

@@ -29,7 +29,7 @@ use super::settings::{LiveSettings, Outcome};
 use crate::base::redact::redact_text;
 use crate::base::shutdown::Shutdown;
 use crate::delivery::board::StatusBoard;
-use crate::delivery::mqtt::IncomingCommand;
+use crate::delivery::mqtt::{CommandScreen, IncomingCommand};
 use crate::delivery::outbox::{Outbox, QueuedMessage};
 use crate::infer::control::ModelRuns;
 
@@ -139,7 +139,7 @@ fn correlation_id_of(payload: &[u8]) -> Option<String> {
 pub struct CommandHandler {
     pub device_id: String,
     /// Checks that each command comes from the platform (signed envelope, clock window, nonce).
-    pub authority: Authority,
+    pub authority: Arc<Authority>,
     pub topic_prefix: String,
     pub state_dir: PathBuf,
     /// Backend, ONNX Runtime library and threads for models the `model` command loads.
@@ -154,6 +154,74 @@ pub struct CommandHandler {
     pub model_runs: Arc<ModelRuns>,
     /// One switch (a model, or a site head from the page) and its pending file at a time.
     pub model_update_busy: Arc<AtomicBool>,
+    /// How many refusals were answered and logged lately (see [`Refusals`]).
+    pub refusals: std::sync::Mutex<Refusals>,
+}
+
+impl CommandScreen for CommandHandler {
+    /// Size, envelope and signature before the queue; nonce and clock after it, in order.
+    fn admits(&self, name: &str, payload: &[u8]) -> bool {
+        match self.authority.screen(name, payload) {
+            Ok(()) => true,
+            Err((correlation_id, error)) => {
+                self.refused_before_queueing(name, correlation_id, error);
+                false
+            }
+        }
+    }
+}
+
+/// Refusal acks allowed at once, and how fast the allowance comes back: a platform that sends a
+/// few bad commands hears about each, a flood gets a handful of answers.
+const REFUSAL_ACK_BURST: f64 = 20.0;
+const REFUSAL_ACKS_PER_SEC: f64 = 1.0 / 3.0;
+/// One log line per refusal reason in this time; the others are counted in it.
+const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The allowance of refusal acks (a token bucket) and when each reason was last logged.
+pub struct Refusals {
+    acks: f64,
+    refilled_at: std::time::Instant,
+    logged: std::collections::HashMap<&'static str, (std::time::Instant, u64)>,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self { acks: REFUSAL_ACK_BURST, refilled_at: std::time::Instant::now(), logged: Default::default() }
+    }
+}
+
+impl Refusals {
+    fn may_ack(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
+        self.acks = (self.acks + elapsed * REFUSAL_ACKS_PER_SEC).min(REFUSAL_ACK_BURST);
+        self.refilled_at = now;
+        if self.acks >= 1.0 {
+            self.acks -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Some(refusals of this reason not logged since the last line) when this one is to be logged.
+    fn may_log(&mut self, code: &'static str, now: std::time::Instant) -> Option<u64> {
+        match self.logged.get_mut(code) {
+            Some((last, suppressed)) if now.saturating_duration_since(*last) < REFUSAL_LOG_INTERVAL => {
+                *suppressed += 1;
+                None
+            }
+            Some((last, suppressed)) => {
+                let earlier = std::mem::take(suppressed);
+                *last = now;
+                Some(earlier)
+            }
+            None => {
+                self.logged.insert(code, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 impl CommandHandler {
@@ -231,17 +299,48 @@ impl CommandHandler {
 
     /// Queues the ack in the outbox (QoS 1, survives outages) and logs the outcome.
     pub fn ack(&self, command: &str, correlation_id: Option<String>, outcome: Result<Value, CommandError>) {
+        match &outcome {
+            Ok(_) => tracing::info!(command, correlation_id = ?correlation_id, "command done"),
+            Err(e) => tracing::warn!(
+                command,
+                correlation_id = ?correlation_id,
+                code = e.code,
+                "command refused: {}",
+                redact_text(&e.message)
+            ),
+        }
+        self.queue_ack(command, correlation_id, outcome);
+    }
+
+    /// A command the screen refused: counted by reason, answered and logged only within the limits of
+    /// [`Refusals`], so a flood costs the box little and fills neither the outbox nor the log.
+    fn refused_before_queueing(&self, command: &str, correlation_id: Option<String>, error: CommandError) {
+        self.board.count_refused_command(error.code);
+        let (ack, log) = {
+            let mut refusals = self.refusals.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let now = std::time::Instant::now();
+            (refusals.may_ack(now), refusals.may_log(error.code, now))
+        };
+        if let Some(suppressed) = log {
+            tracing::warn!(
+                command,
+                code = error.code,
+                suppressed,
+                "command refused before queueing: {} (refusals of this kind are logged once a minute)",
+                redact_text(&error.message)
+            );
+        }
+        if ack {
+            self.queue_ack(command, correlation_id, Err(error));
+        }
+    }
+
+    fn queue_ack(&self, command: &str, correlation_id: Option<String>, outcome: Result<Value, CommandError>) {
         let (ok, result, error) = match outcome {
             Ok(result) => (true, Some(result), None),
             // Messages may quote a URL or a config line: no password leaves through an ack.
             Err(error) => (false, None, Some(CommandError { message: redact_text(&error.message), ..error })),
         };
-        match &error {
-            None => tracing::info!(command, correlation_id = ?correlation_id, "command done"),
-            Some(e) => {
-                tracing::warn!(command, correlation_id = ?correlation_id, code = e.code, "command refused: {}", e.message)
-            }
-        }
         let ack = Ack {
             schema_version: ACK_SCHEMA_VERSION,
             correlation_id,
@@ -338,6 +437,20 @@ fn outcome_json(outcome: &Outcome) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_refusals_gets_a_handful_of_acks_and_one_log_line_a_minute() {
+        let mut refusals = Refusals::default();
+        let start = std::time::Instant::now();
+        let acked = (0..3000).filter(|_| refusals.may_ack(start)).count();
+        assert_eq!(acked, REFUSAL_ACK_BURST as usize);
+        assert!(refusals.may_ack(start + std::time::Duration::from_secs(3)), "the allowance comes back");
+        let logged: Vec<Option<u64>> = (0..3000).map(|_| refusals.may_log("unsigned_refused", start)).collect();
+        assert_eq!(logged.iter().filter(|l| l.is_some()).count(), 1);
+        assert_eq!(refusals.may_log("signature_invalid", start), Some(0), "each reason has its own line");
+        let later = start + REFUSAL_LOG_INTERVAL;
+        assert_eq!(refusals.may_log("unsigned_refused", later), Some(2999), "the next line says how many it skipped");
+    }
 
     #[test]
     fn a_request_needs_json_an_object_and_a_correlation_id() {

@@ -599,7 +599,9 @@ mod tests {
         );
         let handler = CommandHandler {
             device_id: "box".into(),
-            authority: crate::control::authority::Authority::new("box", &Default::default(), dir.path()).unwrap(),
+            authority: Arc::new(
+                crate::control::authority::Authority::new("box", &Default::default(), dir.path()).unwrap(),
+            ),
             topic_prefix: "edge".into(),
             state_dir: dir.path().join("state"),
             inference: crate::config::InferenceConfig::default(),
@@ -610,6 +612,7 @@ mod tests {
             status_changed: Default::default(),
             model_runs: model_runs.clone(),
             model_update_busy: Default::default(),
+            refusals: Default::default(),
         };
         let previous_info = board.snapshot().models[0].clone();
 

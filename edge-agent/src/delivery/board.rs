@@ -74,6 +74,9 @@ pub struct MqttStatus {
     pub connected: bool,
     pub last_error: Option<String>,
     pub published: u64,
+    /// Commands refused before they were queued (not the platform's, malformed), by ack code,
+    /// since start.
+    pub commands_refused: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -330,6 +333,7 @@ impl StatusBoard {
                     connected: false,
                     last_error: None,
                     published: 0,
+                    commands_refused: BTreeMap::new(),
                 },
                 outbox_depth: 0,
                 outbox: OutboxStats::default(),
@@ -549,6 +553,11 @@ impl StatusBoard {
         let mut inner = self.lock();
         inner.mqtt.broker = Some(broker.to_string());
         inner.mqtt.connection_attempts += 1;
+    }
+
+    /// A command was refused before it was queued, for `code` (`unsigned_refused`, `signature_invalid`…).
+    pub fn count_refused_command(&self, code: &str) {
+        *self.lock().mqtt.commands_refused.entry(code.to_string()).or_insert(0) += 1;
     }
 
     /// The link connected to another broker than the one it used before.

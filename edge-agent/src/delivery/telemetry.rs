@@ -44,6 +44,8 @@ pub struct Telemetry {
     pub held: super::held::HeldReport,
     /// Times the outbox file was reopened after an I/O error since start.
     pub outbox_reopens: u64,
+    /// Commands refused before they were queued, by ack code, since start.
+    pub commands_refused: std::collections::BTreeMap<String, u64>,
     /// The state folder's budget: each part's size and quota, what was pruned and when.
     pub storage: StorageReport,
 }
@@ -220,6 +222,7 @@ impl TelemetrySampler {
             storage,
             held: status.held,
             outbox_reopens: self.outbox.reopens(),
+            commands_refused: status.mqtt.commands_refused.clone(),
         }
     }
 }

@@ -526,8 +526,9 @@ mod tests {
         assert!(err.contains("pixel_format") || err.contains("mjpeg"), "{err}");
         let err = parse(&camera(r#"{ kind = "v4l2", device = -1 }"#)).unwrap_err();
         assert!(err.contains("/dev/video0"), "{err}");
+        // An unknown kind is named by its key and the kinds there are, not quoted.
         let err = parse(&camera(r#"{ kind = "usb", device = 0 }"#)).unwrap_err();
-        assert!(err.contains("usb") && err.contains("rtsp"), "{err}");
+        assert!(err.contains("kind") && err.contains("rtsp") && !err.contains("usb"), "{err}");
     }
 
     #[test]

@@ -305,6 +305,13 @@ async fn broker_answers(broker: BrokerUrl) -> bool {
     matches!(tokio::time::timeout(FAILBACK_PROBE_TIMEOUT, connect).await, Ok(Ok(_)))
 }
 
+/// Looks at each command before it is queued, so that a flood of commands that are not the
+/// platform's cannot crowd out one that is: control implements it (size, envelope, signature) and
+/// answers what it refuses; only admitted commands take a place in the queue.
+pub trait CommandScreen: Send + Sync {
+    fn admits(&self, name: &str, payload: &[u8]) -> bool;
+}
+
 pub struct Publisher {
     settings: MqttSettings,
     outbox: Arc<Outbox>,
@@ -313,7 +320,7 @@ pub struct Publisher {
     wake: Arc<Notify>,
     /// Fired when what the status says has changed (models switched): republish it.
     status_changed: Arc<Notify>,
-    commands: Option<mpsc::Sender<IncomingCommand>>,
+    commands: Option<(mpsc::Sender<IncomingCommand>, Arc<dyn CommandScreen>)>,
     telemetry: Option<TelemetrySampler>,
     /// Index into `settings.brokers` of the broker in use or being tried.
     broker: usize,
@@ -337,9 +344,9 @@ impl Publisher {
         self.settings.brokers.get(self.broker).map(BrokerUrl::name).unwrap_or_default()
     }
 
-    /// Commands received on `cmd/+` go to this channel.
-    pub fn with_commands(mut self, commands: mpsc::Sender<IncomingCommand>) -> Self {
-        self.commands = Some(commands);
+    /// Commands received on `cmd/+` that `screen` admits go to this channel.
+    pub fn with_commands(mut self, commands: mpsc::Sender<IncomingCommand>, screen: Arc<dyn CommandScreen>) -> Self {
+        self.commands = Some((commands, screen));
         self
     }
 
@@ -610,9 +617,13 @@ impl Publisher {
             tracing::debug!(topic, "MQTT message outside the command topics ignored");
             return;
         };
-        let Some(commands) = &self.commands else {
+        let Some((commands, screen)) = &self.commands else {
             return;
         };
+        // Refused here, a flood never reaches the queue the platform's commands wait in.
+        if !screen.admits(name, payload) {
+            return;
+        }
         let command = IncomingCommand { name: name.to_string(), payload: payload.to_vec() };
         if let Err(e) = commands.try_send(command) {
             tracing::warn!(command = name, "command dropped: the command queue is full or closed ({e})");

@@ -314,7 +314,7 @@ mod tests {
         let error = ConfigError::Invalid { path: "site.toml".into(), key: "mqtt.url".into(), problem: "bad".into() };
         let finding = config_failure(&error, &ConfigName::new(Some(Path::new("site.toml"))));
         assert_eq!(finding.fix.as_deref(), Some("change `mqtt.url` in site.toml"));
-        let position = crate::base::parse_error::Position { line: 3, column: 1, key: None };
+        let position = crate::base::parse_error::Position { line: 3, column: 1, ..Default::default() };
         let parse = ConfigError::Parse { path: "site.toml".into(), position, message: "x".into() };
         let finding = config_failure(&parse, &ConfigName::new(Some(Path::new("site.toml"))));
         assert_eq!(finding.fix.as_deref(), Some("correct line 3 of site.toml"));
