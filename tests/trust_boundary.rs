@@ -144,15 +144,17 @@ fn nobody_but_the_platform_can_command_the_box_and_nothing_remote_runs_a_program
     let ack = signed(&site, &subscriber, "model", model);
     refused_with(&ack, "signature_required");
 
-    // 7. A change that would stop the next start is refused, not written.
+    // 7. A change that would stop the next start (a rule naming a model that is not configured) is
+    //    refused by the table's check of the value, before the config is touched.
     let ack = signed(
         &site,
         &subscriber,
         "set",
         json!({ "correlation_id": "w1", "values": { "rules.road_debris.model": "no-such-model" } }),
     );
-    refused_with(&ack, "would_not_start");
+    refused_with(&ack, "out_of_range");
     assert!(ack["error"]["message"].as_str().unwrap().contains("rules.road_debris.model"), "{ack}");
+    assert!(!ack["error"]["message"].as_str().unwrap().contains("no-such-model"), "the value is not quoted: {ack}");
 
     // Nothing changed but the one signed threshold; no program ran; the agent is up.
     let text = std::fs::read_to_string(&site.config).unwrap();
@@ -183,7 +185,9 @@ fn camera_passwords_never_leave_through_the_config_api_or_the_log() {
     let Some(broker) = Mosquitto::start() else {
         return;
     };
-    let camera = "\n[[cameras]]\nid = \"gate\"\nsource = { kind = \"rtsp\", url = \"rtsp://admin:s3cret-pw@127.0.0.1:9/live\" }\n";
+    // A second camera whose password holds a space and a quote: redaction must not stop at them.
+    let camera = "\n[[cameras]]\nid = \"gate\"\nsource = { kind = \"rtsp\", url = \"rtsp://admin:s3cret-pw@127.0.0.1:9/live\" }\n\
+                  \n[[cameras]]\nid = \"dock\"\nsource = { kind = \"rtsp\", url = \"rtsp://admin:S3cret PW'x@127.0.0.1:9/dock\" }\n";
     let site = site(&broker, camera);
     let agent = Agent::start(&site.config, &site.root.join("agent.log"));
     assert!(wait_for_port(site.web_port, Duration::from_secs(60)), "no page");
@@ -198,6 +202,7 @@ fn camera_passwords_never_leave_through_the_config_api_or_the_log() {
     let error = health.expect("the unreachable camera reports an error");
     for text in [body, error, agent.log_text()] {
         assert!(!text.contains("s3cret-pw"), "the password leaked: {text}");
+        assert!(!text.contains("S3cret PW") && !text.contains("PW'x"), "the spaced password leaked: {text}");
     }
 }
 
@@ -216,9 +221,13 @@ fn a_config_file_broken_by_hand_starts_on_the_last_good_one_and_says_so() {
 
     // A hand edit that does not parse, then one that parses but names a model that is not there.
     let good = std::fs::read_to_string(&site.config).unwrap();
-    for (broken, problem) in
-        [(format!("{good}\n[rules.object\n"), "line"), (good.replace("nanodet.toml", "gone.toml"), "gone.toml")]
-    {
+    // The third: a password typed without quotes, which must not reach the retained status.
+    let unquoted_password = good.replacen("[mqtt]\n", "[mqtt]\npassword = MqttS3cretPW\n", 1);
+    for (broken, problem) in [
+        (format!("{good}\n[rules.object\n"), "line"),
+        (good.replace("nanodet.toml", "gone.toml"), "gone.toml"),
+        (unquoted_password, "mqtt.password"),
+    ] {
         std::fs::write(&site.config, &broken).unwrap();
         let mut agent = Agent::start(&site.config, &site.root.join("agent-broken.log"));
         let online = subscriber.wait_for("/status", Duration::from_secs(60), |s| {
@@ -229,6 +238,10 @@ fn a_config_file_broken_by_hand_starts_on_the_last_good_one_and_says_so() {
         events_still_flow(&subscriber, chrono::Utc::now());
         let (_, page) = http_get(&format!("http://127.0.0.1:{}/", site.web_port)).unwrap();
         assert!(page.contains("id=\"config-problem\""), "the page does not say so");
+        let (_, status) = http_get(&format!("http://127.0.0.1:{}/api/v1/status", site.web_port)).unwrap();
+        for shown in [online.to_string(), page, status, agent.log_text()] {
+            assert!(!shown.contains("MqttS3cretPW"), "the config line leaked: {shown}");
+        }
         assert!(log_contains(&agent.log, "starting on the last config"));
         assert!(agent.is_running());
         drop(agent);
@@ -260,4 +273,301 @@ fn forty_parallel_login_guesses_get_no_more_checks_than_the_lockout_allows() {
     assert_eq!(locked.map(|r| r.status), Some(429));
     let health = web_support::anonymous_get(&format!("{base}/healthz"), &[]);
     assert_eq!(health.status, 200);
+}
+
+/// The mean absolute difference of neighbouring grey values inside `area` (x1, y1, x2, y2): a
+/// blurred person is smooth, a sharp one is not.
+fn mean_gradient(picture: &image::RgbImage, area: [f64; 4]) -> f64 {
+    let grey = image::DynamicImage::ImageRgb8(picture.clone()).to_luma8();
+    let (w, h) = grey.dimensions();
+    // The box's middle only: its edges may carry a drawn frame.
+    let (dx, dy) = ((area[2] - area[0]) * 0.15, (area[3] - area[1]) * 0.15);
+    let area = [area[0] + dx, area[1] + dy, area[2] - dx, area[3] - dy];
+    let clamp = |v: f64, max: u32| (v.max(0.0) as u32).min(max.saturating_sub(2));
+    let (x1, y1, x2, y2) = (clamp(area[0], w), clamp(area[1], h), clamp(area[2], w), clamp(area[3], h));
+    let (mut sum, mut n) = (0.0, 0u64);
+    for y in y1..y2 {
+        for x in x1..x2 {
+            let here = f64::from(grey.get_pixel(x, y)[0]);
+            sum += (here - f64::from(grey.get_pixel(x + 1, y)[0])).abs();
+            sum += (here - f64::from(grey.get_pixel(x, y + 1)[0])).abs();
+            n += 2;
+        }
+    }
+    sum / n.max(1) as f64
+}
+
+/// The boxes of people the shipped detector finds in `picture`, from `edge-agent infer --json`.
+fn people_in(picture: &std::path::Path) -> Vec<[f64; 4]> {
+    let output = std::process::Command::new(agent_binary())
+        .args(["infer", "--json"])
+        .arg(picture)
+        .output()
+        .expect("edge-agent infer runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let mut boxes = Vec::new();
+    fn walk(value: &Value, boxes: &mut Vec<[f64; 4]>) {
+        match value {
+            Value::Object(map) => {
+                if map.get("label") == Some(&json!("person")) {
+                    let b = &map["bbox"];
+                    let f = |k: &str| b[k].as_f64().unwrap_or_default();
+                    boxes.push([f("x1"), f("y1"), f("x2"), f("y2")]);
+                }
+                map.values().for_each(|v| walk(v, boxes));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, boxes)),
+            _ => {}
+        }
+    }
+    walk(&json, &mut boxes);
+    boxes
+}
+
+/// No 12-character run of the file's text appears in `answer` (the whole answer of an ack, a page).
+fn quotes_nothing_of(answer: &str, file: &std::path::Path) -> bool {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let chars: Vec<char> = text.chars().filter(|c| !c.is_whitespace()).collect();
+    chars.windows(12).all(|w| !answer.contains(&w.iter().collect::<String>()))
+}
+
+#[test]
+fn the_platforms_key_or_the_pages_admin_cannot_read_a_file_unblur_people_remove_privacy_or_run_a_program() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let frames = frames_folder(&root, "yard", "person.jpg", 1);
+    let actions = root.join("actions");
+    std::fs::create_dir(&actions).unwrap();
+    std::fs::set_permissions(&actions, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(actions.join("prompt"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(actions.join("prompt"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let platform = PlatformKey::from_seed(12);
+    let users = format!(
+        "users = [\n  {{ name = \"{}\", password_hash = \"{}\", role = \"admin\" }},\n  \
+         {{ name = \"{}\", password_hash = \"{}\", role = \"viewer\" }},\n]\n",
+        web_support::ADMIN.0,
+        web_support::password_hash(web_support::ADMIN.1),
+        web_support::VIEWER.0,
+        web_support::password_hash(web_support::VIEWER.1)
+    );
+    let extra = format!(
+        "[actions]\nfolder = \"{}\"\n\n[rules.object]\nmin_duration_secs = 0.0\n\n\
+         [[scenes.yard.zones]]\nid = \"window\"\nrole = \"privacy\"\n\
+         polygon = [[0.0, 0.0], [0.2, 0.0], [0.2, 0.2], [0.0, 0.2]]\n\n{}",
+        actions.display(),
+        platform.config_section()
+    );
+    let cameras = [ReplayCamera { id: "yard", frames: &frames, fps: 2.0, looping: true }];
+    let (config, web_port) =
+        write_agent_config(&root, DEVICE, &format!("url = \"{}\"", broker.url()), &cameras, &extra);
+    // The page's users go into `[web]`, which write_agent_config opened.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replacen("[web]\n", &format!("[web]\n{users}"), 1)).unwrap();
+    let site = Site { _dir: dir, root: root.clone(), config: config.clone(), web_port, platform };
+    let subscriber = Subscriber::connect(broker.port, &format!("edge/{DEVICE}/#"));
+    let agent = Agent::start(&site.config, &site.root.join("agent.log"));
+    assert!(wait_for_port(web_port, Duration::from_secs(60)), "no page; log:\n{}", agent.log_text());
+    // Online on the broker: its command subscription is in place.
+    let online = subscriber.wait_for("/status", Duration::from_secs(60), |s| s["state"] == "online");
+    assert!(online.is_some(), "the agent never came online; log:\n{}", agent.log_text());
+    let device_key = root.join("state/keys/device.key");
+    assert!(eventually(Duration::from_secs(30), || device_key.is_file().then_some(())).is_some(), "no device key");
+    let config_before = std::fs::read_to_string(&config).unwrap();
+
+    // The platform's key holder.
+    // 1. A classifier slot pointed at the device's private key, or at a manifest without a signature.
+    for (id, key, value) in [
+        ("f1", "rules.truck_exit.cover_classifier.manifest", json!(device_key)),
+        ("f2", "rules.overflow.state_classifier", json!({ "manifest": "/etc/shadow", "on_labels": ["a"] })),
+        (
+            "f3",
+            "rules.truck_exit.cover_classifier",
+            json!({ "manifest": repo_root().join("models/efficientnet_lite0.toml"), "uncovered_labels": ["garbage truck"],
+                 "covered_labels": ["tow truck"] }),
+        ),
+        ("f4", "models.nanodet.manifest", json!(repo_root().join("models/efficientnet_lite0.toml"))),
+    ] {
+        let ack = signed(&site, &subscriber, "set", json!({ "correlation_id": id, "values": { key: value } }));
+        assert_eq!(ack["ok"], false, "{ack}");
+        assert!(["local_only", "not_settable"].contains(&ack["error"]["code"].as_str().unwrap()), "{ack}");
+        assert!(quotes_nothing_of(&ack.to_string(), &device_key), "the ack quotes the key: {ack}");
+        assert!(quotes_nothing_of(&ack.to_string(), std::path::Path::new("/etc/shadow")), "{ack}");
+    }
+    // 2. The privacy zone removed, moved to a corner with an unknown field, or renamed.
+    for (id, zones) in [
+        ("z1", json!(null)),
+        (
+            "z2",
+            json!([{ "id": "window", "role": "privacy", "polygon": [[0.98, 0.98], [1.0, 0.98], [1.0, 1.0]], "x": null }]),
+        ),
+        (
+            "z3",
+            json!([{ "id": "other", "role": "privacy", "polygon": [[0.0, 0.0], [0.2, 0.0], [0.2, 0.2], [0.0, 0.2]] }]),
+        ),
+    ] {
+        let ack = signed(
+            &site,
+            &subscriber,
+            "set",
+            json!({ "correlation_id": id, "values": { "scenes.yard.zones": zones } }),
+        );
+        refused_with(&ack, "out_of_range");
+    }
+    // 3. People unblurred through an event threshold: accepted, and the person stays blurred.
+    let ack = signed(
+        &site,
+        &subscriber,
+        "set",
+        json!({ "correlation_id": "u1", "values": { "models.nanodet.score_threshold": 1.0 } }),
+    );
+    assert_eq!(ack["ok"], true, "an event threshold may change: {ack}");
+    std::thread::sleep(Duration::from_secs(2));
+    let original = image::open(repo_root().join("models/samples/person.jpg")).unwrap().to_rgb8();
+    let people = people_in(&repo_root().join("models/samples/person.jpg"));
+    assert!(!people.is_empty(), "the detector finds the person in person.jpg");
+    // Snapshots on their own subscriber: the ack's wait passes over other topics.
+    let snapshots = Subscriber::connect(broker.port, &format!("edge/{DEVICE}/snapshots/#"));
+    std::thread::sleep(Duration::from_millis(500));
+    let ack = signed(&site, &subscriber, "snapshot", json!({ "correlation_id": "s1", "camera": "yard" }));
+    assert_eq!(ack["ok"], true, "{ack}");
+    let topic = ack["result"]["snapshots"][0]["topic"].as_str().unwrap().to_string();
+    let snapshot = eventually(Duration::from_secs(30), || {
+        snapshots.messages.recv_timeout(Duration::from_secs(1)).ok().filter(|m| m.topic == topic)
+    })
+    .expect("the snapshot arrives");
+    let sent = image::load_from_memory(&snapshot.payload).unwrap().to_rgb8();
+    let admin = web_support::HttpSession::login(
+        &format!("http://127.0.0.1:{web_port}"),
+        web_support::ADMIN.0,
+        web_support::ADMIN.1,
+    )
+    .unwrap_or_else(|r| panic!("admin login: {} {}", r.status, r.body));
+    let (status, scene) = admin.get_bytes("/api/v1/cameras/yard/scene.jpg");
+    assert_eq!(status, 200);
+    let scene = image::load_from_memory(&scene).unwrap().to_rgb8();
+    for person in &people {
+        let sharp = mean_gradient(&original, *person);
+        for (what, picture) in [("snapshot", &sent), ("scene.jpg", &scene)] {
+            let shown = mean_gradient(picture, *person);
+            eprintln!("person {person:?}: gradient {sharp:.2} in the photo, {shown:.2} in the {what}");
+            assert!(shown < sharp * 0.5, "the person is sharp in the {what}: {shown:.2} vs {sharp:.2}");
+        }
+    }
+
+    // The page's admin.
+    let shadow = admin.send_json(
+        "post",
+        "/api/v1/settings",
+        &json!({ "values": { "rules.overflow.state_classifier.manifest": "/etc/shadow" } }),
+        Some(&admin.csrf),
+    );
+    assert_eq!(shadow.status, 403, "{}", shadow.body);
+    assert!(quotes_nothing_of(&shadow.body, std::path::Path::new("/etc/shadow")), "{}", shadow.body);
+    for action in
+        [json!({ "command": ["/bin/sh", "-c", "id"] }), json!({ "program": "/bin/sh" }), json!({ "program": "sh" })]
+    {
+        let reply = admin.send_json(
+            "post",
+            "/api/v1/settings",
+            &json!({ "values": { "rules.object.action": action } }),
+            Some(&admin.csrf),
+        );
+        assert!([400, 422].contains(&reply.status), "{action}: {} {}", reply.status, reply.body);
+    }
+    let unblur = admin.send_json(
+        "post",
+        "/api/v1/settings",
+        &json!({ "values": { "privacy.blur_people": false } }),
+        Some(&admin.csrf),
+    );
+    assert_eq!(unblur.status, 403, "{}", unblur.body);
+    let zones = admin.send_json("put", "/api/v1/zones/yard", &json!({ "zones": [] }), Some(&admin.csrf));
+    assert!([400, 422].contains(&zones.status), "the admin removed the privacy zone: {} {}", zones.status, zones.body);
+    // An action named from the folder is fine.
+    let prompt = admin.send_json(
+        "post",
+        "/api/v1/settings",
+        &json!({ "values": { "rules.object.action": { "program": "prompt", "min_interval_secs": 60 } } }),
+        Some(&admin.csrf),
+    );
+    assert_eq!(prompt.status, 200, "{}", prompt.body);
+
+    // The page's viewer changes nothing.
+    let viewer = web_support::HttpSession::login(
+        &format!("http://127.0.0.1:{web_port}"),
+        web_support::VIEWER.0,
+        web_support::VIEWER.1,
+    )
+    .unwrap_or_else(|r| panic!("viewer login: {}", r.status));
+    let reply = viewer.send_json(
+        "post",
+        "/api/v1/settings",
+        &json!({ "values": { "rules.object.min_score": 0.9 } }),
+        Some(&viewer.csrf),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.body);
+
+    // What changed: the threshold and the admin's action, nothing else.
+    let now = std::fs::read_to_string(&config).unwrap();
+    let expected = config_before
+        .replace("manifest = ", "score_threshold = 1.0\nmanifest = ")
+        .replace("[rules.object]\n", "[rules.object]\naction = { min_interval_secs = 60, program = \"prompt\" }\n");
+    let normalise = |t: &str| {
+        let mut l: Vec<&str> = t.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        l.sort();
+        l.join("\n")
+    };
+    assert_eq!(normalise(&now), normalise(&expected), "the config changed beyond the two allowed changes:\n{now}");
+    let mut agent = agent;
+    assert!(agent.is_running() && admin.get("/api/v1/status").status == 200, "the agent is up");
+}
+
+#[test]
+fn a_flood_of_commands_that_are_not_the_platforms_does_not_crowd_out_one_that_is() {
+    // A broker that queues the whole flood for the box (mosquitto drops beyond 1,000 by default,
+    // which docs/SECURITY.md tells deployments to raise): what the box does with it is the test.
+    let Some(broker) = Mosquitto::start_with(BrokerOptions { quiet_log: true, ..Default::default() }) else {
+        return;
+    };
+    let site = site(&broker, "");
+    let subscriber = Subscriber::connect(broker.port, &format!("edge/{DEVICE}/#"));
+    let agent = Agent::start(&site.config, &site.root.join("agent.log"));
+    assert!(subscriber.wait_for("/events", Duration::from_secs(30), |_| true).is_some(), "no event at start");
+    let flooder = Subscriber::connect(broker.port, "flood/none");
+    let unsigned = json!({ "correlation_id": "flood", "values": { "rules.object.min_score": 0.9 } }).to_string();
+    let forged = PlatformKey::from_seed(77).envelope(
+        DEVICE,
+        "set",
+        &json!({ "correlation_id": "forged", "values": { "rules.object.min_score": 0.9 } }),
+    );
+    for i in 0..3000 {
+        let payload = if i % 2 == 0 { unsigned.clone().into_bytes() } else { forged.clone() };
+        flooder.publish(&format!("edge/{DEVICE}/cmd/set"), payload);
+        if i == 1500 {
+            let good = json!({ "correlation_id": "platform", "values": { "rules.object.min_score": 0.42 } });
+            flooder.publish(&format!("edge/{DEVICE}/cmd/set"), site.platform.envelope(DEVICE, "set", &good));
+        }
+    }
+    let ack = subscriber.wait_for("/cmd/set/ack", Duration::from_secs(120), |a| a["correlation_id"] == "platform");
+    let ack = ack.unwrap_or_else(|| {
+        let refused = agent_status(site.web_port).map(|s| s["mqtt"]["commands_refused"].clone());
+        panic!("the platform's command got no ack in the flood (refused: {refused:?}); log:\n{}", agent.log_text())
+    });
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert!(std::fs::read_to_string(&site.config).unwrap().contains("min_score = 0.42"), "not applied");
+    // Counted by reason, answered and logged sparingly.
+    let status = eventually(Duration::from_secs(30), || {
+        let status = agent_status(site.web_port)?;
+        let refused = &status["mqtt"]["commands_refused"];
+        (refused["unsigned_refused"].as_u64()? + refused["signature_invalid"].as_u64()? >= 3000).then_some(status)
+    });
+    assert!(status.is_some(), "the refusals are not counted: {:?}", agent_status(site.web_port));
+    let refusal_lines = agent.log_text().lines().filter(|l| l.contains("refused before queueing")).count();
+    assert!(refusal_lines <= 4, "{refusal_lines} log lines for the flood");
+    events_still_flow(&subscriber, chrono::Utc::now());
 }

@@ -284,9 +284,8 @@ async fn spawn(
         web::serve(config, board.clone(), settings.clone(), heads, shutdown.clone()).await?;
     }
     let (command_tx, command_rx) = mpsc::channel::<IncomingCommand>(COMMAND_QUEUE);
-    let authority = Arc::new(
-        Authority::new(&config.device_id, &config.commands, &config.state_dir).map_err(anyhow::Error::msg)?,
-    );
+    let authority =
+        Arc::new(Authority::new(&config.device_id, &config.commands, &config.state_dir).map_err(anyhow::Error::msg)?);
     authority.log_policy();
     if !config.model_update.signature_required() {
         tracing::warn!(

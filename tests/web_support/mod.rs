@@ -214,6 +214,15 @@ impl HttpSession {
         reply(response.unwrap_or_else(|e| panic!("GET {path}: {e}")), true)
     }
 
+    /// GET of a binary answer (a picture): status and bytes.
+    pub fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let response = self.agent.get(format!("{}{path}", self.base)).header("Cookie", &self.cookie).call();
+        let mut response = response.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        let bytes = response.body_mut().read_to_vec().unwrap_or_default();
+        (status, bytes)
+    }
+
     /// GET that reads only the head (for endless streams).
     pub fn get_head_only(&self, path: &str) -> Reply {
         let response = self.agent.get(format!("{}{path}", self.base)).header("Cookie", &self.cookie).call();

@@ -101,6 +101,22 @@ pub fn describe_json_error(error: &serde_json::Error) -> String {
     without_values(&error.to_string())
 }
 
+/// A section's complaint without the value it refuses: complaints read "is <value>; expected …"
+/// (or "is <value>, which …; expected …"), and the value may be a line of anything. The value goes,
+/// what was expected stays; any other complaint loses what it quotes.
+pub fn without_refused_value(problem: &str) -> String {
+    let Some(rest) = problem.strip_prefix("is ") else {
+        return strip_quoted(problem);
+    };
+    let end = rest.find("; ").unwrap_or(rest.len());
+    let (found, after) = rest.split_at(end);
+    match found.find(", which ") {
+        Some(at) => format!("is a value which {}{after}", strip_quoted(&found[at + ", which ".len()..])),
+        None if after.is_empty() => "is not accepted".to_string(),
+        None => format!("is not accepted{after}"),
+    }
+}
+
 /// serde's found-value words, kept when an error says which type it found instead.
 const TYPE_WORDS: [&str; 16] = [
     "string",
@@ -241,7 +257,8 @@ mod tests {
         let (position, message) = toml_error("[mqtt]\nurl = \"mqtt://b\"\nport = MqttS3cretPW\n");
         assert_eq!(position.line, 3);
         assert_eq!(position.key.as_deref(), Some("mqtt.port"));
-        let inline = position_in_toml("[[cameras]]\nsource = { kind = \"rtsp\", url = \"rtsp://u:p=w@h\", fps = 2 }\n", 20);
+        let inline =
+            position_in_toml("[[cameras]]\nsource = { kind = \"rtsp\", url = \"rtsp://u:p=w@h\", fps = 2 }\n", 20);
         assert_eq!(inline.inner_keys, vec!["kind", "url", "fps"]);
         assert_eq!(inline.to_string(), "line 2, column 9, key `cameras.source` {kind, url, fps}");
         assert!(!message.contains("MqttS3cretPW") && !message.is_empty(), "{message}");
@@ -270,6 +287,20 @@ mod tests {
         let shown = format!("{position}: {message}");
         assert!(!shown.contains("d4a1f00d") && !shown.contains("0123456789"), "{shown}");
         assert_eq!(position.line, 1);
+    }
+
+    #[test]
+    fn a_sections_complaint_keeps_what_was_expected_and_loses_the_value() {
+        assert_eq!(without_refused_value("is 7; expected 1 to 100"), "is not accepted; expected 1 to 100");
+        assert_eq!(
+            without_refused_value("is \"S3cret PW\"; expected a topic prefix without wildcards"),
+            "is not accepted; expected a topic prefix without wildcards"
+        );
+        assert_eq!(
+            without_refused_value("is \"gate-2\", which no scene defines; expected the id of a zone"),
+            "is a value which no scene defines; expected the id of a zone"
+        );
+        assert_eq!(without_refused_value("names no camera \"x y\""), "names no camera …");
     }
 
     #[test]

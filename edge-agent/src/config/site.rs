@@ -99,7 +99,11 @@ pub fn apply(config: &mut Config, config_path: &Path) -> Result<(), SiteError> {
     absolutise(path, config_path.parent().unwrap_or(Path::new("")));
     let path = path.clone();
     let site = SiteCalibration::load(&path)?;
-    let invalid = |Invalid { key, problem }| SiteError::Invalid { path: path.clone(), key, problem };
+    let invalid = |Invalid { key, problem }| SiteError::Invalid {
+        path: path.clone(),
+        key,
+        problem: crate::base::parse_error::without_refused_value(&problem),
+    };
     site.check_scenes(config).map_err(invalid)?;
     let thresholds = site.check_thresholds(config).map_err(invalid)?;
     for (index, labels) in thresholds {

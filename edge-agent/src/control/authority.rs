@@ -156,7 +156,13 @@ impl Authority {
             ));
         }
         let value: Value = serde_json::from_slice(payload).map_err(|e| {
-            (None, CommandError::new("malformed_json", format!("the payload is not valid JSON: {}", describe_json_error(&e))))
+            (
+                None,
+                CommandError::new(
+                    "malformed_json",
+                    format!("the payload is not valid JSON: {}", describe_json_error(&e)),
+                ),
+            )
         })?;
         let Value::Object(outer) = value else {
             return Err((None, CommandError::new("invalid_request", "expected a JSON object")));

@@ -26,6 +26,7 @@ use super::authority::Authority;
 use super::config_store::Change;
 use super::settable::Actor;
 use super::settings::{LiveSettings, Outcome};
+use crate::base::parse_error::describe_json_error;
 use crate::base::redact::redact_text;
 use crate::base::shutdown::Shutdown;
 use crate::delivery::board::StatusBoard;
@@ -96,19 +97,21 @@ struct SetRequest {
 /// Reads the common envelope: JSON object with a `correlation_id`, then the command's own fields.
 /// The correlation id is returned even when the rest is refused, so the error ack can carry it.
 pub fn parse_request<T: DeserializeOwned>(payload: &[u8]) -> Result<(String, T), (Option<String>, CommandError)> {
-    let value: Value = serde_json::from_slice(payload)
-        .map_err(|e| (None, CommandError::new("malformed_json", format!("the payload is not valid JSON: {e}"))))?;
+    let value: Value = serde_json::from_slice(payload).map_err(|e| {
+        let problem = describe_json_error(&e);
+        (None, CommandError::new("malformed_json", format!("the payload is not valid JSON: {problem}")))
+    })?;
     let Value::Object(fields) = &value else {
         return Err((None, CommandError::new("invalid_request", "expected a JSON object with a `correlation_id`")));
     };
     let correlation_id = match fields.get("correlation_id") {
         Some(Value::String(id)) if !id.is_empty() && id.len() <= CORRELATION_ID_MAX => id.clone(),
-        Some(other) => {
+        Some(_) => {
             return Err((
                 None,
                 CommandError::new(
                     "invalid_request",
-                    format!("`correlation_id` is {other}; expected a string of 1 to {CORRELATION_ID_MAX} characters"),
+                    format!("`correlation_id` is not a string of 1 to {CORRELATION_ID_MAX} characters"),
                 ),
             ))
         }
@@ -121,7 +124,7 @@ pub fn parse_request<T: DeserializeOwned>(payload: &[u8]) -> Result<(String, T),
     };
     match serde_json::from_value::<T>(value) {
         Ok(request) => Ok((correlation_id, request)),
-        Err(e) => Err((Some(correlation_id), CommandError::new("invalid_request", e.to_string()))),
+        Err(e) => Err((Some(correlation_id), CommandError::new("invalid_request", describe_json_error(&e)))),
     }
 }
 
@@ -331,38 +334,19 @@ impl CommandHandler {
             );
         }
         if ack {
-            self.queue_ack(command, correlation_id, Err(error));
+            // Off the MQTT loop: the outbox's durable commit must not slow the reading of a flood.
+            let (outbox, wake, device) = (self.outbox.clone(), self.publisher_wake.clone(), self.device_id.clone());
+            let command = command.to_string();
+            let queue = move || queue_ack(&outbox, &wake, &device, &command, correlation_id, Err(error));
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(queue)),
+                Err(_) => queue(),
+            }
         }
     }
 
     fn queue_ack(&self, command: &str, correlation_id: Option<String>, outcome: Result<Value, CommandError>) {
-        let (ok, result, error) = match outcome {
-            Ok(result) => (true, Some(result), None),
-            // Messages may quote a URL or a config line: no password leaves through an ack.
-            Err(error) => (false, None, Some(CommandError { message: redact_text(&error.message), ..error })),
-        };
-        let ack = Ack {
-            schema_version: ACK_SCHEMA_VERSION,
-            correlation_id,
-            command: command.to_string(),
-            device: self.device_id.clone(),
-            time: Utc::now(),
-            ok,
-            result,
-            error,
-        };
-        let payload = match serde_json::to_vec(&ack) {
-            Ok(payload) => payload,
-            Err(e) => {
-                tracing::error!("cannot encode ack: {e}");
-                return;
-            }
-        };
-        let message = QueuedMessage { topic_suffix: format!("cmd/{command}/ack"), payload };
-        match self.outbox.enqueue(&[message]) {
-            Ok(_) => self.publisher_wake.notify_one(),
-            Err(e) => tracing::error!("{e}; the ack of {command} is lost"),
-        }
+        queue_ack(&self.outbox, &self.publisher_wake, &self.device_id, command, correlation_id, outcome);
     }
 
     fn reload(&self) -> Result<Value, CommandError> {
@@ -387,7 +371,10 @@ impl CommandHandler {
             Some(id) => {
                 let mut known: Vec<&String> = health.keys().collect();
                 known.sort();
-                return Err(CommandError::new("unknown_target", format!("no camera {id:?}; cameras: {known:?}")));
+                return Err(CommandError::new(
+                    "unknown_target",
+                    format!("`camera` names no camera here; cameras: {known:?}"),
+                ));
             }
             None => {
                 let mut all: Vec<String> = health.keys().cloned().collect();
@@ -426,6 +413,44 @@ impl CommandHandler {
         }
         self.publisher_wake.notify_one();
         Ok(json!({ "snapshots": sent }))
+    }
+}
+
+/// Queues an ack in the outbox (QoS 1, survives outages) and wakes the publisher.
+fn queue_ack(
+    outbox: &Outbox,
+    wake: &Notify,
+    device: &str,
+    command: &str,
+    correlation_id: Option<String>,
+    outcome: Result<Value, CommandError>,
+) {
+    let (ok, result, error) = match outcome {
+        Ok(result) => (true, Some(result), None),
+        // Messages may quote a URL or a config line: no password leaves through an ack.
+        Err(error) => (false, None, Some(CommandError { message: redact_text(&error.message), ..error })),
+    };
+    let ack = Ack {
+        schema_version: ACK_SCHEMA_VERSION,
+        correlation_id,
+        command: command.to_string(),
+        device: device.to_string(),
+        time: Utc::now(),
+        ok,
+        result,
+        error,
+    };
+    let payload = match serde_json::to_vec(&ack) {
+        Ok(payload) => payload,
+        Err(e) => {
+            tracing::error!("cannot encode ack: {e}");
+            return;
+        }
+    };
+    let message = QueuedMessage { topic_suffix: format!("cmd/{command}/ack"), payload };
+    match outbox.enqueue(&[message]) {
+        Ok(_) => wake.notify_one(),
+        Err(e) => tracing::error!("{e}; the ack of {command} is lost"),
     }
 }
 

@@ -393,7 +393,7 @@ fn apply_change(documents: &mut Documents, change: &Change, model_names: &[Strin
                 let index =
                     model_names.iter().position(|name| name == target).ok_or_else(|| ChangeError::UnknownTarget {
                         key: key.into(),
-                        problem: format!("no model named {target:?}; configured: {}", model_names.join(", ")),
+                        problem: format!("names no configured model; configured: {}", model_names.join(", ")),
                     })?;
                 array_entry(document, "models", key, |_, i| i == index)?
             };
@@ -736,7 +736,10 @@ manifest = "models/nanodet.toml"
         let err = store.set(&[change("cameras.dock.enabled", json!(false))], &[]).unwrap_err();
         assert_eq!(err.code(), "unknown_target");
         let err = store.set(&[change("models.yolo.score_threshold", json!(0.5))], &["nanodet".into()]).unwrap_err();
-        assert!(err.to_string().contains("yolo") && err.to_string().contains("nanodet"), "{err}");
+        assert!(
+            err.to_string().contains("models.yolo.score_threshold") && err.to_string().contains("nanodet"),
+            "{err}"
+        );
     }
 
     #[test]

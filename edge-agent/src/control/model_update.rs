@@ -259,16 +259,10 @@ impl CommandHandler {
         }
         let sha256 = request.sha256.to_lowercase();
         if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(CommandError::new(
-                "invalid_request",
-                format!("`sha256` is {:?}; expected 64 hex digits", request.sha256),
-            ));
+            return Err(CommandError::new("invalid_request", "`sha256` is not 64 hex digits"));
         }
         if !(request.url.starts_with("http://") || request.url.starts_with("https://")) {
-            return Err(CommandError::new(
-                "invalid_request",
-                format!("`url` is {:?}; expected an http:// or https:// URL", request.url),
-            ));
+            return Err(CommandError::new("invalid_request", "`url` is not an http:// or https:// URL"));
         }
         let policy = &config.model_update;
         let (signature, public_key) = signature_and_key(request, config)?;

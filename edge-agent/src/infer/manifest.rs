@@ -256,7 +256,12 @@ impl Manifest {
     }
 
     fn check_fields(&self) -> Result<(), ManifestError> {
-        let invalid = |field, problem: String| ManifestError::Invalid { path: self.path.clone(), field, problem };
+        // The value refused goes: a manifest may be any file a config names.
+        let invalid = |field, problem: String| ManifestError::Invalid {
+            path: self.path.clone(),
+            field,
+            problem: crate::base::parse_error::without_refused_value(&problem),
+        };
         if self.sha256.len() != 64 || !self.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(invalid("sha256", format!("is {:?}; expected 64 hex digits", self.sha256)));
         }

@@ -253,7 +253,7 @@ impl Homography {
         }
         let h = Self { m };
         if h.determinant().abs() < 1e-12 {
-            return Err("is singular (determinant 0); expected an invertible 3×3 matrix".into());
+            return Err("has determinant 0 (singular); expected an invertible 3×3 matrix".into());
         }
         Ok(h)
     }

@@ -228,11 +228,13 @@ fn settings_json(state: &WebState) -> Value {
                     "score_threshold": m.configured, "default": m.default, "class_thresholds": m.class_thresholds })
         })
         .collect();
+    let programs = crate::delivery::actions::list_programs(&config.actions.folder).unwrap_or_default();
     json!({
         "config_file": state.settings.store().path(),
         "site_file": config.site.calibration,
         "rules": rules,
         "models": models,
+        "action_programs": programs,
     })
 }
 
@@ -471,10 +473,48 @@ pub async fn page(
                 }
             }
         }
+        (actions_card(&config, lang))
         (learning_card(admin, lang))
         script src="/assets/installer.js" defer {}
     };
     page.render(t(T::Installer), content)
+}
+
+/// The programs an on-site action may name (the actions folder's), and which rule runs which: an
+/// admin sets `rules.<rule>.action` to one of them; nothing else runs.
+fn actions_card(config: &Config, lang: Lang) -> Markup {
+    let t = |text: T| text.in_lang(lang);
+    let folder = &config.actions.folder;
+    let programs = crate::delivery::actions::list_programs(folder);
+    let r = &config.rules;
+    let used: Vec<(&str, &str)> = [
+        ("object", &r.object.action),
+        ("wrong_bin", &r.wrong_bin.action),
+        ("litter", &r.litter.action),
+        ("overflow", &r.overflow.action),
+        ("road_debris", &r.road_debris.action),
+        ("truck_exit", &r.truck_exit.action),
+    ]
+    .into_iter()
+    .filter_map(|(rule, action)| action.as_ref().map(|a| (rule, a.program.as_str())))
+    .collect();
+    html! {
+        section.card #actions-card {
+            h2 { (t(T::Actions)) }
+            p.muted { (t(T::ActionsNote)) " " code { (folder.display()) } }
+            @match &programs {
+                Ok(programs) if programs.is_empty() => p #action-programs { (t(T::NoActionPrograms)) }
+                Ok(programs) => ul #action-programs { @for program in programs { li { code { (program) } } } }
+                Err(e) => p #action-programs.message { (e.to_string()) }
+            }
+            @if !used.is_empty() {
+                table #actions-used {
+                    thead { tr { th { (t(T::Rule)) } th { (t(T::Program)) } } }
+                    tbody { @for (rule, program) in &used { tr { td { (rule) } td { code { (program) } } } } }
+                }
+            }
+        }
+    }
 }
 
 /// "The box learns its site": train a head on the site's samples, read its figures, deploy it
