@@ -368,7 +368,7 @@ impl CommandHandler {
         let health = self.settings.cameras();
         let cameras: Vec<String> = match camera {
             Some(id) if health.contains_key(id) => vec![id.to_string()],
-            Some(id) => {
+            Some(_) => {
                 let mut known: Vec<&String> = health.keys().collect();
                 known.sort();
                 return Err(CommandError::new(

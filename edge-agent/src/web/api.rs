@@ -256,7 +256,7 @@ struct StatsQuery {
 async fn statistics(State(state): State<Arc<WebState>>, Query(query): Query<StatsQuery>) -> Response {
     let days = query.days.unwrap_or(14);
     if !(1..=366).contains(&days) {
-        return error(StatusCode::BAD_REQUEST, format!("`days` is {days}; expected 1 to 366"));
+        return error(StatusCode::BAD_REQUEST, "`days` is out of range; expected 1 to 366".to_string());
     }
     // Every kept revision, as the page does: a lifecycle counts at its start, its time to clear
     // comes with its end (the newest revision alone would lose the start of an ended incident).

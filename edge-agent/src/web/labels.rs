@@ -117,14 +117,17 @@ pub fn box_in_crop(event: &Event, crop_size: (u32, u32)) -> Option<[u32; 4]> {
 fn check(config: &Config, event: &Event, request: &LabelRequest) -> Result<(String, Option<String>), Refused> {
     let label = request.label.as_deref().map(str::trim).filter(|l| !l.is_empty()).unwrap_or(&event.label).to_string();
     if !is_plain_label(&label) {
-        return Err(refused(StatusCode::BAD_REQUEST, format!("`label` is {label:?}; expected a label without , or #")));
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            "`label` is not accepted; expected a label without , or #".to_string(),
+        ));
     }
     let known = model_labels(config, event.model.as_ref().map(|m| m.name.as_str()));
     if label != "none" && label != event.label && !known.is_empty() && !known.contains(&label) {
         let model = event.model.as_ref().map(|m| m.name.as_str()).unwrap_or("the model");
         return Err(refused(
             StatusCode::BAD_REQUEST,
-            format!("`label` is {label:?}, which {model} cannot give; expected one of its labels, or none"),
+            format!("`label` is not one {model} can give; expected one of its labels, or none"),
         ));
     }
     let category = request.category.as_deref().map(str::trim).filter(|c| !c.is_empty()).map(str::to_string);
@@ -134,7 +137,7 @@ fn check(config: &Config, event: &Event, request: &LabelRequest) -> Result<(Stri
             let names: Vec<&str> = config.taxonomy.category_names().collect();
             return Err(refused(
                 StatusCode::BAD_REQUEST,
-                format!("`category` is {category:?}; expected one of: {}, {UNKNOWN_CATEGORY}", names.join(", ")),
+                format!("`category` is not accepted; expected one of: {}, {UNKNOWN_CATEGORY}", names.join(", ")),
             ));
         }
     }
