@@ -204,9 +204,15 @@ pub fn check(
             problem: format!("may not be changed by {}: {}", actor.name(), local_reason(row)),
         });
     }
-    let invalid = |problem: &str| ChangeError::OutOfRange {
-        key: printable_key(key),
-        problem: format!("{problem}; expected {}", row.shape.describe()),
+    // A value of the wrong type is `invalid_value` (as the config file's parser says it), one of the
+    // right type the shape refuses is `out_of_range`: the platform's tools tell them apart.
+    let invalid = |problem: &str| {
+        let problem = format!("{problem}; expected {}", row.shape.describe());
+        if problem.starts_with("is not ") {
+            ChangeError::InvalidValue(format!("`{}` {problem}", printable_key(key)))
+        } else {
+            ChangeError::OutOfRange { key: printable_key(key), problem }
+        }
     };
     match row.shape {
         Shape::Bool => value.as_bool().map(|_| ()).ok_or_else(|| invalid("is not true or false")),
@@ -217,7 +223,9 @@ pub fn check(
             Value::Null => Ok(()),
             _ => match value.as_u64() {
                 Some(n) if (min..=max).contains(&n) => Ok(()),
-                _ => Err(invalid("is not a whole number in range")),
+                Some(_) => Err(invalid("is out of range")),
+                None if value.is_number() => Err(invalid("is out of range")),
+                None => Err(invalid("is not a whole number")),
             },
         },
         Shape::Names => names(value).map_err(|p| invalid(p)),
@@ -677,22 +685,26 @@ polygon = [[0.5, 0.5], [0.9, 0.5], [0.9, 0.9], [0.5, 0.9]]
     #[test]
     fn values_must_have_their_rows_shape_and_errors_quote_none_of_them() {
         let (_dir, store) = yard();
-        for (key, value) in [
-            ("rules.object.min_score", json!(1.5)),
-            ("rules.object.min_score", json!("S3cretValue")),
-            ("rules.object.enabled", json!("yes")),
-            ("rules.object.labels", json!(["S3cretValue\n"])),
-            ("rules.object.labels", json!(vec!["x"; 300])),
-            ("tracking.score_window", json!(0)),
-            ("tracking.max_lost_secs", json!(1e9)),
-            ("rules.truck_exit.leaving_direction", json!("S3cretValue")),
-            ("rules.road_debris.model", json!("S3cretValue")),
-            ("scenes.gate.ground_homography", json!([[1, 0], [0, 1]])),
-            ("models.nanodet.score_threshold", json!(-0.1)),
+        // Wrong type: `invalid_value`; the right type out of the row's bounds: `out_of_range`.
+        for (key, value, code) in [
+            ("rules.object.min_score", json!(1.5), "out_of_range"),
+            ("rules.object.min_score", json!("S3cretValue"), "invalid_value"),
+            ("rules.object.enabled", json!("yes"), "invalid_value"),
+            ("rules.object.labels", json!(["S3cretValue\n"]), "out_of_range"),
+            ("rules.object.labels", json!(vec!["x"; 300]), "out_of_range"),
+            ("tracking.score_window", json!(0), "out_of_range"),
+            ("tracking.score_window", json!(2.5), "out_of_range"),
+            ("tracking.score_window", json!("S3cretValue"), "invalid_value"),
+            ("tracking.max_lost_secs", json!(1e9), "out_of_range"),
+            ("rules.truck_exit.leaving_direction", json!("S3cretValue"), "invalid_value"),
+            ("rules.road_debris.model", json!("S3cretValue"), "out_of_range"),
+            ("scenes.gate.ground_homography", json!([[1, 0], [0, 1]]), "invalid_value"),
+            ("models.nanodet.score_threshold", json!(-0.1), "out_of_range"),
         ] {
             let err = set(&store, Actor::Platform, key, value).unwrap_err();
-            assert_eq!(err.code(), "out_of_range", "{key}: {err}");
+            assert_eq!(err.code(), code, "{key}: {err}");
             assert!(!err.to_string().contains("S3cretValue"), "{err}");
+            assert!(err.to_string().contains(key), "{err}");
         }
     }
 
