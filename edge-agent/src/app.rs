@@ -114,7 +114,7 @@ struct Parts {
 /// Opens the state folder, the outbox, the models (blocking: off the async workers), the judge
 /// and the evidence store. Any failure here stops the start with a message naming what failed.
 async fn build(config: &Config) -> anyhow::Result<Parts> {
-    std::fs::create_dir_all(&config.state_dir)
+    crate::base::write_file::create_folder_durably(&config.state_dir)
         .with_context(|| format!("cannot create state folder {} (config `state_dir`)", config.state_dir.display()))?;
     let outbox_path = config.state_dir.join("outbox.redb");
     let outbox = Arc::new(

@@ -9,9 +9,12 @@ use redb::{Database, DatabaseError};
 /// for weeks; the kernel's page cache keeps the hot pages anyway (bench/RESULTS.md, memory by part).
 pub const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Opens the file, or creates it, with the agent's cache bound.
+/// Opens the file, or creates it, with the agent's cache bound. Its folder is synced: a file redb
+/// created, its commits fsynced, is still gone after a power cut until its name is durable.
 pub fn create(path: &Path) -> Result<Database, DatabaseError> {
-    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+    let db = Database::builder().set_cache_size(CACHE_BYTES).create(path)?;
+    crate::base::write_file::sync_folder(path)?;
+    Ok(db)
 }
 
 #[cfg(test)]

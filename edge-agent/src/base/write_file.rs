@@ -1,6 +1,7 @@
 //! Writing a file so that a crash or a power cut leaves the old content or the new, never half of
 //! one: a temporary file beside the target, written and fsynced, renamed over the target, and the
-//! folder fsynced so the rename itself is durable. Every file the agent replaces goes through here.
+//! folder fsynced so the rename itself is durable. Every file the agent replaces goes through here,
+//! and every folder it makes: a folder's name is durable only after its parent's fsync.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,7 +23,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// (0600 for secrets: never readable by others, not even briefly).
 pub fn write_atomically_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let folder = folder_of(path);
-    std::fs::create_dir_all(folder)?;
+    create_folder_durably(folder)?;
     let temporary = temporary_path(path);
     let written = write_synced_with_mode(&temporary, bytes, mode).and_then(|()| std::fs::rename(&temporary, path));
     if let Err(e) = written {
@@ -47,6 +48,34 @@ fn write_synced_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Resu
 /// Makes a rename or a new file in `path`'s folder durable: fsync the folder.
 pub fn sync_folder(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(folder_of(path))?.sync_all()
+}
+
+/// Creates `dir` and the folders above it that are missing, each fsynced into its parent, so a file
+/// synced in it survives a power cut; syncs the folder holding `dir` when it was there already (a
+/// process killed between making it and syncing may have left it only in memory).
+pub fn create_folder_durably(dir: &Path) -> std::io::Result<()> {
+    create_folder_durably_with_mode(dir, 0o777)
+}
+
+/// Like [`create_folder_durably`], with the mode (before the umask) of the folders it makes.
+pub fn create_folder_durably_with_mode(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(folder) = at.filter(|f| !f.as_os_str().is_empty() && !f.is_dir()) {
+        missing.push(folder);
+        at = folder.parent();
+    }
+    if missing.is_empty() {
+        return sync_folder(dir);
+    }
+    for folder in missing.iter().rev() {
+        match std::fs::DirBuilder::new().mode(mode).create(folder) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => sync_folder(folder)?,
+        }
+    }
+    Ok(())
 }
 
 fn folder_of(path: &Path) -> &Path {
@@ -75,6 +104,21 @@ mod tests {
         let path = dir.path().join("key.pem");
         write_atomically_with_mode(&path, b"secret", 0o600).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_folder_is_made_with_the_folders_above_it_and_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("state/keys");
+        create_folder_durably_with_mode(&keys, 0o700).unwrap();
+        for folder in [dir.path().join("state"), keys.clone()] {
+            assert_eq!(std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+        // Again on what is there: only the sync.
+        create_folder_durably(&keys).unwrap();
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        assert!(create_folder_durably(&dir.path().join("file/below")).is_err(), "a file is in the way");
     }
 
     #[test]

@@ -334,7 +334,7 @@ impl NewModel {
     /// Download, verify, write the manifest, load and self-test; blocking. Files of a refused model
     /// are removed again.
     fn prepare(self) -> Result<Prepared, CommandError> {
-        std::fs::create_dir_all(&self.folder)
+        crate::base::write_file::create_folder_durably(&self.folder)
             .map_err(|e| CommandError::new("internal", format!("cannot create {}: {e}", self.folder.display())))?;
         let stem = format!("{}-{}", self.name, &self.sha256[..12]);
         let onnx = self.folder.join(format!("{stem}.onnx"));

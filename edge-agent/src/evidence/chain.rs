@@ -85,7 +85,8 @@ impl Chain {
     pub fn open(dir: &Path, key: DeviceKey, device: &str) -> Result<Self, ChainError> {
         let segments_dir = dir.join(SEGMENTS_DIR);
         let error = |message: String| ChainError::File { path: segments_dir.clone(), message };
-        std::fs::create_dir_all(&segments_dir).map_err(|e| error(format!("cannot create folder: {e}")))?;
+        crate::base::write_file::create_folder_durably(&segments_dir)
+            .map_err(|e| error(format!("cannot create folder: {e}")))?;
         let legacy = dir.join(CHAIN_FILE);
         if legacy.is_file() && segment_files(&segments_dir).map_err(|e| error(e.to_string()))?.is_empty() {
             std::fs::rename(&legacy, segments_dir.join(segment_name(1)))
@@ -97,6 +98,7 @@ impl Chain {
             .pop()
             .unwrap_or_else(|| segments_dir.join(segment_name(1)));
         let mut file = open_segment(&path).map_err(|e| error(format!("cannot open {}: {e}", path.display())))?;
+        sync_folder(&path).map_err(|e| error(format!("cannot sync the folder of {}: {e}", path.display())))?;
         let last = last_line(&mut file).map_err(|e| error(format!("cannot read: {e}")))?;
         let mut chain = Self {
             path: path.clone(),

@@ -5,7 +5,6 @@
 //! A rotation writes the new key as `device.key.next` first; the chain records it, signed by the old
 //! key; then the new key takes the old one's place (see `Chain::rotate_key`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::base::ed25519::SigningKey;
@@ -31,15 +30,10 @@ impl DeviceKey {
     /// The key folder, made private (0700) when the agent creates it. A key left by an older
     /// version in `legacy_dir` (the state folder, beside the evidence) is moved in first.
     pub fn prepare_dir(dir: &Path, legacy_dir: &Path) -> Result<(), KeyError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        use std::os::unix::fs::PermissionsExt;
         let error = |message: String| KeyError::File { path: dir.to_owned(), message };
-        if !dir.is_dir() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| error(format!("cannot create the key folder: {e}")))?;
-        }
+        crate::base::write_file::create_folder_durably_with_mode(dir, 0o700)
+            .map_err(|e| error(format!("cannot create the key folder: {e}")))?;
         let mode = std::fs::metadata(dir).map_err(|e| error(e.to_string()))?.permissions().mode();
         if mode & 0o077 != 0 {
             tracing::warn!(dir = %dir.display(), "the key folder is readable by others (mode {:o}); expected 0700", mode & 0o777);
@@ -74,8 +68,11 @@ impl DeviceKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut seed = [0u8; 32];
                 getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
-                std::fs::create_dir_all(dir).map_err(|e| error(format!("cannot create folder: {e}")))?;
-                write_secret(&path, &hex::encode(seed)).map_err(|e| error(format!("cannot write: {e}")))?;
+                crate::base::write_file::create_folder_durably_with_mode(dir, 0o700)
+                    .map_err(|e| error(format!("cannot create folder: {e}")))?;
+                // Whole or not there after a crash, and durable before a chain record it signs.
+                crate::base::write_file::write_atomically_with_mode(&path, hex::encode(seed).as_bytes(), 0o600)
+                    .map_err(|e| error(format!("cannot write: {e}")))?;
                 tracing::info!(path = %path.display(), "created the device's evidence signing key");
                 SigningKey::from_seed(&seed)
             }
@@ -85,7 +82,7 @@ impl DeviceKey {
         let public_path = dir.join(PUBLIC_KEY_FILE);
         let public = format!("{}\n", device_key.public_hex());
         if std::fs::read_to_string(&public_path).ok().as_deref() != Some(public.as_str()) {
-            std::fs::write(&public_path, public)
+            crate::base::write_file::write_atomically(&public_path, public.as_bytes())
                 .map_err(|e| KeyError::File { path: public_path.clone(), message: format!("cannot write: {e}") })?;
         }
         Ok(device_key)
@@ -140,14 +137,6 @@ impl DeviceKey {
     pub fn sign_hex(&self, message: &[u8]) -> String {
         hex::encode(self.key.sign(message))
     }
-}
-
-/// The secret is readable by the agent's user only, from the moment it exists.
-fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
 }
 
 #[cfg(test)]

@@ -187,7 +187,8 @@ impl Outbox {
     pub fn open(path: &Path) -> Result<Self, OutboxError> {
         let error = |message: String| OutboxError::Store { path: path.to_owned(), message };
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| error(format!("cannot create folder: {e}")))?;
+            crate::base::write_file::create_folder_durably(parent)
+                .map_err(|e| error(format!("cannot create folder: {e}")))?;
         }
         let db = match redb_file::create(path) {
             Ok(db) => db,
