@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::base::write_file::write_synced;
+use crate::base::write_file::{create_folder_durably, sync_folder, write_synced};
 use crate::evidence::chain::{Chain, ChainError};
 use crate::evidence::config::EvidenceConfig;
 use crate::evidence::signing::{DeviceKey, KeyError};
@@ -137,7 +137,7 @@ impl EvidenceStore {
     ) -> Result<Self, EvidenceError> {
         let dir = state_dir.join("evidence");
         let folder_error = |message: String| EvidenceError::Folder { path: dir.clone(), message };
-        std::fs::create_dir_all(&dir).map_err(|e| folder_error(format!("cannot create: {e}")))?;
+        create_folder_durably(&dir).map_err(|e| folder_error(format!("cannot create: {e}")))?;
         let lock_path = dir.join(".writer.lock");
         let writer_lock = std::fs::OpenOptions::new()
             .create(true)
@@ -145,6 +145,8 @@ impl EvidenceStore {
             .write(true)
             .open(&lock_path)
             .map_err(|e| folder_error(format!("cannot open {}: {e}", lock_path.display())))?;
+        // The day folders a process killed before its sync may have left only in memory.
+        sync_folder(&lock_path).map_err(|e| folder_error(format!("cannot sync: {e}")))?;
         rustix::fs::flock(&writer_lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
             folder_error("is in use by another edge-agent (a running agent?): one writer of the chain at a time".into())
         })?;
@@ -211,7 +213,9 @@ impl EvidenceStore {
         if self.has_room_for(incoming) {
             let day = now.format("%Y-%m-%d").to_string();
             let folder = self.dir.join(&day);
-            std::fs::create_dir_all(&folder).map_err(|e| self.folder_error(&folder, e))?;
+            if !folder.is_dir() {
+                create_folder_durably(&folder).map_err(|e| self.folder_error(&folder, e))?;
+            }
             for picture in pictures {
                 let file = format!("{day}/{name}-{}.jpg", picture.role);
                 let path = self.dir.join(&file);
@@ -220,6 +224,11 @@ impl EvidenceStore {
                 self.pictures.insert(StoredPicture { modified: now, file: file.clone(), bytes });
                 self.total_bytes += bytes;
                 files.push(EvidenceFile { file, sha256: sha256_hex(picture.jpeg), bytes });
+            }
+            // The pictures' names durable before the chain record that names them.
+            if let Some(first) = files.first() {
+                let path = self.dir.join(&first.file);
+                sync_folder(&path).map_err(|e| self.folder_error(&folder, e))?;
             }
         } else {
             tracing::warn!(
@@ -242,6 +251,7 @@ impl EvidenceStore {
     ) -> Result<(EvidenceFile, ChainProof), EvidenceError> {
         let path = self.dir.join(&clip.file);
         let (sha256, bytes) = synced_sha256_of_file(&path).map_err(|e| self.folder_error(&path, e))?;
+        sync_folder(&path).map_err(|e| self.folder_error(&path, e))?;
         let file = EvidenceFile { file: clip.file.clone(), sha256, bytes };
         let content = RecordContent::Clip {
             event_id: clip.event_id.to_string(),
@@ -269,6 +279,11 @@ impl EvidenceStore {
                     self.pictures.insert(StoredPicture { modified: now, file: name, bytes: 0 });
                 }
                 Err(e) => tracing::warn!(event_id = %other, "cannot name the shared clip for this event: {e}"),
+            }
+        }
+        if !clip.also.is_empty() {
+            if let Err(e) = sync_folder(&path) {
+                tracing::warn!(file = %path.display(), "cannot sync the names of a shared clip: {e}");
             }
         }
         self.enforce_retention(now, 0)?;
