@@ -257,13 +257,15 @@ impl PendingSwitch {
         write_atomically(&state_dir.join(PENDING_SWITCH_FILE), &json)
     }
 
+    /// Removes the record, durably: one back after a power cut would roll a confirmed switch back.
     fn clear(state_dir: &Path) {
         let path = state_dir.join(PENDING_SWITCH_FILE);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::error!(path = %path.display(), "cannot clear the pending model switch: {e}")
-            }
-            _ => {}
+        let removed = match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            removed => removed.and_then(|()| crate::base::write_file::sync_folder(&path)),
+        };
+        if let Err(e) = removed {
+            tracing::error!(path = %path.display(), "cannot clear the pending model switch: {e}");
         }
     }
 
