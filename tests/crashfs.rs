@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use edge_agent::base::write_file::{sync_folder, write_atomically, write_atomically_with_mode};
+use edge_agent::base::write_file::{create_folder_durably, sync_folder, write_atomically, write_atomically_with_mode};
 use edge_agent_tests::crashfs::{self, CrashFs};
 use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -464,16 +464,46 @@ fn redb_keeps_its_durable_commit_and_loses_what_was_not_synced() {
 }
 
 #[test]
-fn a_redb_file_whose_folder_was_never_fsynced_is_gone_after_a_cut() {
+fn a_redb_file_whose_folder_was_never_fsynced_is_gone_after_a_cut_but_not_one_the_agent_creates() {
     let Some((_backing, fs)) = mounted(&[]) else { return };
     let path = fs.mount_point().join("history.redb");
-    let db = edge_agent::base::redb_file::create(&path).unwrap();
+    let db = redb::Database::create(&path).unwrap();
     let txn = db.begin_write().unwrap();
     txn.open_table(ROWS).unwrap().insert(1, [1u8; 10].as_slice()).unwrap();
     txn.commit().unwrap();
     drop(db);
     fs.power_cut();
     assert!(!path.exists(), "a durable commit in a file with no durable name is lost with the file");
+
+    // The agent's way (base::redb_file) syncs the folder after creating the file.
+    let db = edge_agent::base::redb_file::create(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(ROWS).unwrap().insert(1, [1u8; 10].as_slice()).unwrap();
+    txn.commit().unwrap();
+    drop(db);
+    fs.power_cut();
+    assert_eq!(rows(&path), [1]);
+}
+
+#[test]
+fn folders_the_agent_makes_survive_a_cut_with_what_was_synced_in_them() {
+    let Some((_backing, fs)) = mounted(&[]) else { return };
+    let mnt = fs.mount_point();
+    // A file written atomically into folders that do not exist yet (a first start's state folder).
+    let key = mnt.join("state/keys/device.key");
+    write_atomically_with_mode(&key, b"seed", 0o600).unwrap();
+    // A folder made on its own, then a file synced in it as the evidence store does.
+    let day = mnt.join("state/evidence/2026-01-02");
+    create_folder_durably(&day).unwrap();
+    let mut picture = File::create(day.join("e1.jpg")).unwrap();
+    picture.write_all(b"jpeg").unwrap();
+    picture.sync_all().unwrap();
+    drop(picture);
+    sync_folder(&day.join("e1.jpg")).unwrap();
+    fs.power_cut();
+    assert_eq!(fs::read(&key).unwrap(), b"seed");
+    assert_eq!(fs::read(day.join("e1.jpg")).unwrap(), b"jpeg");
+    assert_eq!(names(&mnt.join("state")), ["evidence", "keys"]);
 }
 
 /// Random work over a few folders and names with cuts between, checking that the model never fails
