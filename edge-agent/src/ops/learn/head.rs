@@ -119,11 +119,12 @@ pub fn write_model(
     let onnx_bytes = head_graph(backbone_bytes, embedding, head)
         .map_err(|message| HeadError::Backbone { path: backbone.onnx_path(), message })?;
     let sha256 = hex::encode(Sha256::digest(&onnx_bytes));
+    // Whole and durable: a site head switch points the config at these files.
     let write = |path: PathBuf, bytes: &[u8]| {
-        std::fs::write(&path, bytes).map_err(|source| HeadError::Write { path: path.clone(), source })?;
+        crate::base::write_file::write_atomically(&path, bytes)
+            .map_err(|source| HeadError::Write { path: path.clone(), source })?;
         Ok::<_, HeadError>(path)
     };
-    std::fs::create_dir_all(dir).map_err(|source| HeadError::Write { path: dir.to_owned(), source })?;
     let onnx = write(dir.join(format!("{name}.onnx")), &onnx_bytes)?;
     let labels = write(dir.join(format!("{name}.labels.txt")), format!("{}\n", head.labels.join("\n")).as_bytes())?;
     let input = &backbone.input;
