@@ -661,6 +661,10 @@ fn power_cuts_at_random_moments_lose_no_committed_event_and_the_agent_starts_by_
         }
         run.restart();
         seen_ready = false;
+        if round % 100 == 99 {
+            let f = &run.figures;
+            eprintln!("power cuts: {} rounds, {} cuts, {} starts seen ready", round + 1, f.cuts, f.restarts_ready);
+        }
     }
     if !run.broker.is_running() {
         run.broker.restart();
