@@ -170,7 +170,9 @@ impl CommandHandler {
         shutdown: &mut Shutdown,
     ) -> Probation {
         let ModelSwitch { switched, previous_info, .. } = switch;
-        let why = match watch_probation(&self.model_runs, name, duration, PROBATION_HUNG_AFTER, shutdown).await {
+        let baseline = self.model_runs.get(name);
+        let outcome = watch_probation(&self.model_runs, name, baseline, duration, PROBATION_HUNG_AFTER, shutdown).await;
+        let why = match outcome {
             ProbationOutcome::Interrupted => return Probation::Interrupted,
             ProbationOutcome::Passed(_) => {
                 switched.confirm(&self.state_dir);

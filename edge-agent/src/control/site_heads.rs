@@ -23,7 +23,7 @@ use super::switch::{
 };
 use crate::base::shutdown::Shutdown;
 use crate::config::Config;
-use crate::infer::control::ModelRuns;
+use crate::infer::control::{ModelRuns, RunCounts};
 use crate::infer::manifest::Task;
 use crate::judge::control::{ClassifierSlot, JudgeControl};
 use crate::judge::rules::SecondStage;
@@ -137,9 +137,12 @@ impl SiteHeads {
                 let heads = self.clone();
                 let name = deployment.name.clone();
                 let probation = Duration::from_secs(deployment.probation_secs);
+                // Counted from here, not from when the spawned task first runs: the head's first
+                // runs may come before that.
+                let baseline = self.runs.get(&name);
                 tokio::spawn(async move {
                     let mut shutdown = shutdown;
-                    heads.probation(slot, switched, &name, probation, &mut shutdown).await;
+                    heads.probation(slot, switched, &name, baseline, probation, &mut shutdown).await;
                     heads.switch_busy.store(false, Ordering::SeqCst);
                 });
                 Ok(deployment)
@@ -212,12 +215,13 @@ impl SiteHeads {
         slot: ClassifierSlot,
         switched: HeadSwitch,
         name: &str,
+        baseline: RunCounts,
         duration: Duration,
         shutdown: &mut Shutdown,
     ) {
         // The judge's heartbeat covers a classifier that hangs: the watchdog restarts the agent
         // and the start rolls the switch back.
-        let why = match watch_probation(&self.runs, name, duration, Duration::MAX, shutdown).await {
+        let why = match watch_probation(&self.runs, name, baseline, duration, Duration::MAX, shutdown).await {
             ProbationOutcome::Interrupted => {
                 let message = "the agent stopped during the probation; the next start rolls it back".to_string();
                 return self.set_stage(DeploymentStage::Interrupted, message);

@@ -111,15 +111,16 @@ pub enum ProbationOutcome {
     Interrupted,
 }
 
-/// Watches a model's runs for `duration` (longer while it has run too few times to judge).
+/// Watches a model's runs for `duration` (longer while it has run too few times to judge), counting
+/// from `baseline`: its counts taken at the switch, before a run of it can have been judged.
 pub async fn watch_probation(
     runs: &ModelRuns,
     model: &str,
+    baseline: RunCounts,
     duration: Duration,
     hung_after: Duration,
     shutdown: &mut Shutdown,
 ) -> ProbationOutcome {
-    let baseline = runs.get(model);
     let started = Instant::now();
     loop {
         if shutdown.sleep(PROBATION_CHECK_EVERY).await {
@@ -386,8 +387,10 @@ mod tests {
         let (_trigger, mut shutdown) = crate::base::shutdown::channel();
         runs.record("nanodet", true);
         runs.frame_started();
+        let since = runs.get("nanodet");
         let outcome =
-            watch_probation(&runs, "nanodet", Duration::from_secs(5), Duration::from_millis(700), &mut shutdown).await;
+            watch_probation(&runs, "nanodet", since, Duration::from_secs(5), Duration::from_millis(700), &mut shutdown)
+                .await;
         let ProbationOutcome::Hung(busy) = outcome else { panic!("not hung: {outcome:?}") };
         assert!(busy >= Duration::from_millis(700));
     }
@@ -489,7 +492,8 @@ mod tests {
             runs.record("nanodet", true);
         }
         // Runs before the switch do not count: without runs of its own, time alone passes nothing.
-        let idle = watch_probation(&runs, "nanodet", Duration::from_millis(300), HUNG, &mut shutdown).await;
+        let since = runs.get("nanodet");
+        let idle = watch_probation(&runs, "nanodet", since, Duration::from_millis(300), HUNG, &mut shutdown).await;
         assert_eq!(idle, ProbationOutcome::TooFewRuns(RunCounts { ok: 0, failed: 0 }));
         let working = async {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -497,8 +501,11 @@ mod tests {
                 runs.record("nanodet", true);
             }
         };
-        let (verdict, ()) =
-            tokio::join!(watch_probation(&runs, "nanodet", Duration::from_millis(600), HUNG, &mut shutdown), working);
+        let since = runs.get("nanodet");
+        let (verdict, ()) = tokio::join!(
+            watch_probation(&runs, "nanodet", since, Duration::from_millis(600), HUNG, &mut shutdown),
+            working
+        );
         assert_eq!(verdict, ProbationOutcome::Passed(RunCounts { ok: 3, failed: 0 }));
         let failing = async {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -506,8 +513,11 @@ mod tests {
                 runs.record("nanodet", false);
             }
         };
-        let (verdict, ()) =
-            tokio::join!(watch_probation(&runs, "nanodet", Duration::from_secs(5), HUNG, &mut shutdown), failing);
+        let since = runs.get("nanodet");
+        let (verdict, ()) = tokio::join!(
+            watch_probation(&runs, "nanodet", since, Duration::from_secs(5), HUNG, &mut shutdown),
+            failing
+        );
         assert_eq!(verdict, ProbationOutcome::Failed(RunCounts { ok: 0, failed: 4 }));
     }
 
