@@ -48,6 +48,8 @@ enum Command {
     Key(cmd::key::KeyArgs),
     /// Camera tamper detection: save a camera's current view as its reference (or forget it).
     Tamper(cmd::tamper::TamperArgs),
+    /// Licence plates: read them in pictures, or score the reader on a labelled set.
+    Plates(cmd::plates::PlatesArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,6 +74,7 @@ fn main() -> std::process::ExitCode {
         Command::Check(args) => cmd::check::check(args),
         Command::Key(args) => cmd::key::key(args),
         Command::Tamper(args) => cmd::tamper::tamper(args),
+        Command::Plates(args) => cmd::plates::plates(args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ pub mod init;
 pub mod key;
 pub mod learn;
 pub mod passwd;
+pub mod plates;
 pub mod run;
 pub mod tamper;
 pub mod verify;

@@ -11,6 +11,7 @@ pub mod embedding;
 pub mod manifest;
 #[cfg(feature = "ort")]
 pub mod ort;
+pub mod plates;
 pub mod preprocess;
 pub mod tract;
 pub mod worker;
@@ -172,16 +173,28 @@ pub fn load_backend(
     model: &VerifiedModel,
     bytes: Vec<u8>,
 ) -> Result<Box<dyn Backend>, InferError> {
+    load_graph_backend(inference, &model.manifest.name, &model.onnx_path, &model.manifest.input.shape, bytes)
+}
+
+/// As [`load_backend`] for a model without a manifest (the plate models): `name` is for the log,
+/// `path` for errors, `input_shape` the first input's shape (tract fixes it when it plans the graph).
+pub fn load_graph_backend(
+    inference: &InferenceConfig,
+    name: &str,
+    path: &std::path::Path,
+    input_shape: &[usize],
+    bytes: Vec<u8>,
+) -> Result<Box<dyn Backend>, InferError> {
+    let tract = |bytes| -> Result<Box<dyn Backend>, InferError> {
+        Ok(Box::new(tract::TractBackend::load_graph(path, bytes, input_shape, inference.intra_op_threads)?))
+    };
     match inference.backend {
-        BackendKind::Tract => load_tract(inference, model, bytes),
-        BackendKind::Ort => match load_ort(inference, model, &bytes) {
+        BackendKind::Tract => tract(bytes),
+        BackendKind::Ort => match load_ort(inference, path, &bytes) {
             Err(e) if e.is_backend_unavailable() => match inference.fallback {
                 Some(BackendKind::Tract) => {
-                    tracing::warn!(
-                        model = %model.manifest.name,
-                        "{e}; using backend \"tract\" instead (`inference.fallback`)"
-                    );
-                    load_tract(inference, model, bytes)
+                    tracing::warn!(model = %name, "{e}; using backend \"tract\" instead (`inference.fallback`)");
+                    tract(bytes)
                 }
                 _ => Err(e),
             },
@@ -190,21 +203,13 @@ pub fn load_backend(
     }
 }
 
-fn load_tract(
-    inference: &InferenceConfig,
-    model: &VerifiedModel,
-    bytes: Vec<u8>,
-) -> Result<Box<dyn Backend>, InferError> {
-    Ok(Box::new(tract::TractBackend::load(model, bytes, inference.intra_op_threads)?))
-}
-
 #[cfg(feature = "ort")]
-fn load_ort(inference: &InferenceConfig, model: &VerifiedModel, bytes: &[u8]) -> Result<Box<dyn Backend>, InferError> {
-    Ok(Box::new(ort::OrtBackend::load(model, bytes, inference)?))
+fn load_ort(inference: &InferenceConfig, path: &std::path::Path, bytes: &[u8]) -> Result<Box<dyn Backend>, InferError> {
+    Ok(Box::new(ort::OrtBackend::load_graph(path, bytes, inference)?))
 }
 
 #[cfg(not(feature = "ort"))]
-fn load_ort(_: &InferenceConfig, _: &VerifiedModel, _: &[u8]) -> Result<Box<dyn Backend>, InferError> {
+fn load_ort(_: &InferenceConfig, _: &std::path::Path, _: &[u8]) -> Result<Box<dyn Backend>, InferError> {
     Err(InferError::OrtNotBuilt)
 }
 
@@ -557,7 +562,7 @@ pub fn infer_frame(models: &mut [Model], frame: Frame) -> (InferredFrame, Vec<(M
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::Path;
 
@@ -615,7 +620,7 @@ mod tests {
 
     /// The ONNX Runtime library to test with: required in CI, skipped with a message elsewhere.
     #[cfg(feature = "ort")]
-    fn ort_inference() -> Option<InferenceConfig> {
+    pub(crate) fn ort_inference() -> Option<InferenceConfig> {
         match std::env::var_os("ORT_DYLIB_PATH").map(std::path::PathBuf::from) {
             Some(path) if path.is_file() => Some(InferenceConfig {
                 backend: BackendKind::Ort,

@@ -117,8 +117,14 @@ pub struct OrtBackend {
 
 impl OrtBackend {
     pub fn load(model: &VerifiedModel, bytes: &[u8], inference: &InferenceConfig) -> Result<Self, InferError> {
+        Self::load_graph(&model.onnx_path, bytes, inference)
+    }
+
+    /// As [`OrtBackend::load`] for a model without a manifest (the plate models); `path` names the
+    /// file in errors.
+    pub fn load_graph(path: &Path, bytes: &[u8], inference: &InferenceConfig) -> Result<Self, InferError> {
         let runtime = runtime(inference)?;
-        let load_error = |message: String| InferError::Load { path: model.onnx_path.clone(), backend: "ort", message };
+        let load_error = |message: String| InferError::Load { path: path.to_owned(), backend: "ort", message };
         // Threads come from the environment's pool, shared by every model (see `runtime`).
         // Threads come from the environment's pool, shared by every model (see `runtime`). No memory
         // pattern: it keeps a block for every intermediate tensor of the last run, about 20 MB more

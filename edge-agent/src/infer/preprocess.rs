@@ -32,13 +32,13 @@ impl FrameTransform {
 
 /// Per output column (or row): the two source pixels to blend and the weight of the second.
 #[derive(Debug, Clone, Copy)]
-struct Tap {
-    low: u32,
-    high: u32,
-    weight: f32,
+pub(crate) struct Tap {
+    pub(crate) low: u32,
+    pub(crate) high: u32,
+    pub(crate) weight: f32,
 }
 
-fn taps(source_len: u32, content_len: u32) -> Vec<Tap> {
+pub(crate) fn taps(source_len: u32, content_len: u32) -> Vec<Tap> {
     let ratio = source_len as f32 / content_len as f32;
     let last = source_len.saturating_sub(1);
     (0..content_len)

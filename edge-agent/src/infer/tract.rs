@@ -3,6 +3,7 @@
 //! that asks for the same count.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Mutex;
 
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
@@ -43,20 +44,26 @@ impl TractBackend {
     /// Builds the plan from the model file's `bytes`, freeing them (and each intermediate form) as
     /// soon as the next exists: several copies of the weights at once would set the agent's peak memory.
     pub fn load(model: &VerifiedModel, bytes: Vec<u8>, intra_op_threads: usize) -> Result<Self, InferError> {
-        let manifest = &model.manifest;
-        let context = |e: TractError| InferError::Load {
-            path: model.onnx_path.clone(),
-            backend: "tract",
-            message: format!("{e:#}"),
-        };
+        Self::load_graph(&model.onnx_path, bytes, &model.manifest.input.shape, intra_op_threads)
+    }
+
+    /// As [`TractBackend::load`] for a model without a manifest (the plate models): `path` names the
+    /// file in errors, `input_shape` fixes the graph's first input.
+    pub fn load_graph(
+        path: &Path,
+        bytes: Vec<u8>,
+        input_shape: &[usize],
+        intra_op_threads: usize,
+    ) -> Result<Self, InferError> {
+        let context =
+            |e: TractError| InferError::Load { path: path.to_owned(), backend: "tract", message: format!("{e:#}") };
         let onnx = tract_onnx::onnx();
-        let proto = <tract_onnx::pb::ModelProto as prost::Message>::decode(bytes.as_slice()).map_err(|e| {
-            InferError::Load { path: model.onnx_path.clone(), backend: "tract", message: e.to_string() }
-        })?;
+        let proto = <tract_onnx::pb::ModelProto as prost::Message>::decode(bytes.as_slice())
+            .map_err(|e| InferError::Load { path: path.to_owned(), backend: "tract", message: e.to_string() })?;
         drop(bytes);
         let graph = onnx.model_for_proto_model(&proto).map_err(context)?;
         drop(proto);
-        let graph = graph.with_input_fact(0, f32::fact(manifest.input.shape.clone()).into()).map_err(context)?;
+        let graph = graph.with_input_fact(0, f32::fact(input_shape).into()).map_err(context)?;
         let typed = graph.into_optimized().map_err(context)?;
         let output_names = typed
             .output_outlets()
