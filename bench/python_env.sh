@@ -9,5 +9,5 @@ if [ ! -x "$bench_venv/bin/python" ]; then
   python3 -m venv "$bench_venv"
 fi
 "$bench_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  onnxruntime==1.32.0 numpy==2.4.6 opencv-python-headless==5.0.0.93
+  onnxruntime==1.32.0 numpy==2.4.6 opencv-python-headless==5.0.0.93 pillow==13.0.0
 BENCH_PYTHON="$bench_venv/bin/python"

@@ -88,10 +88,12 @@ cargo test --workspace --locked --features "$features" "$@"
 if [ "${SKIP_BENCH_SMOKE:-}" = 1 ] && [ "${CI:-}" != true ] && [ "${CI:-}" != 1 ]; then
   echo "== SKIPPED: benchmark smoke runs (SKIP_BENCH_SMOKE=1; CI never skips them)"
 else
-  echo "== benchmark smoke runs (bench/camera.sh --smoke, bench/compare.sh --smoke, bench/decoders.sh --smoke, models/quantize.sh --smoke)"
+  echo "== benchmark smoke runs (bench/camera.sh --smoke, bench/compare.sh --smoke, bench/decoders.sh --smoke, bench/plates.sh --smoke, models/quantize.sh --smoke)"
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/camera.sh --smoke
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/compare.sh --smoke
   bash bench/decoders.sh --smoke
+  # The plate reader against the reference pipeline on a sample of ../shared/lpr.
+  EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/plates.sh --smoke
   # Rebuilds the int8 models and checks they are the committed ones, then times them against fp32.
   bash models/quantize.sh --smoke
 fi

@@ -15,10 +15,11 @@ use super::syntax::Line;
 use super::PlateError;
 
 pub const HEIGHT: usize = 48;
-/// The input's width. PaddleOCR pads a line to at least 320; on the dev half of ../shared/lpr a
-/// plate (about 3:1, 150 pixels wide at this height) read as well or better at 256 (crops 324 of
-/// 331 right against 320's 320, scenes at 640 194 against 193) in 0.75 of the time, and one width
-/// keeps tract's plan fixed. Wider lines are squeezed into it.
+/// The input's width. PaddleOCR pads a line to at least 320; a plate (about 3:1) is about 150 pixels
+/// wide at this height, and in a Python prototype of this reader on the dev half of ../shared/lpr it
+/// read as well or better padded to 256 (crops 324 of 331 right against 320's 320, scenes with the
+/// 640 detector 194 of 200 against 193) in 0.75 of the time; narrower, it read far worse (crops 304
+/// of 331 unpadded). One width also keeps tract's plan fixed. Wider lines are squeezed into it.
 pub const WIDTH: usize = 256;
 
 pub struct Recogniser {

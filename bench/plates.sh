@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The plate-reader benchmark of issue 28, in one run, on the same pictures (../shared/lpr) and with one
+# thread for every contender: the reference pipeline (../shared/lpr/reference/evaluate.py, ONNX Runtime
+# and OpenCV in Python) against `edge-agent plates eval` with the 320 and the 640 detector, each on the
+# ort and the tract backend. Accuracy side by side, time per plate as a ratio to the reference's with
+# the same detector, the reader's peak RSS, the machine (lscpu). Writes the "Licence plates" section of
+# bench/RESULTS.md (bench/plates_report.py).
+#
+#   bash bench/plates.sh           # the whole set, BENCH_ROUNDS rounds (default 1; times are the best
+#                                  # of the rounds), about 6 minutes a round on a 2-core machine
+#   bash bench/plates.sh --smoke   # debug binary, every 40th picture, the reference on 12 labels:
+#                                  # checks that it runs end to end (scripts/test.sh); writes nothing
+# EDGE_AGENT_BIN=path uses that binary instead of building one; LPR_DIR=path another set shaped the same.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+smoke=false
+if [ "${1:-}" = "--smoke" ]; then smoke=true; fi
+lpr="${LPR_DIR:-$PWD/../shared/lpr}"
+if [ ! -f "$lpr/labels.csv" ] || [ ! -f "$lpr/reference/evaluate.py" ]; then
+  echo "no licence-plate set at $lpr (labels.csv, images/, models/, reference/); set LPR_DIR" >&2
+  exit 1
+fi
+lpr="$(cd "$lpr" && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-agent/target}"
+rounds="${BENCH_ROUNDS:-1}"
+every=1 limit=0
+if $smoke; then every=40 limit=12 rounds=1; fi
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+echo "== ONNX Runtime library"
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(bash scripts/fetch-onnxruntime.sh 1.32.0)}"
+echo "$ORT_DYLIB_PATH"
+
+echo "== Python reference environment"
+# shellcheck source=bench/python_env.sh
+source bench/python_env.sh
+
+if [ -n "${EDGE_AGENT_BIN:-}" ]; then
+  agent="$EDGE_AGENT_BIN"
+elif $smoke; then
+  echo "== building edge-agent (debug)"
+  cargo build --locked -p edge-agent
+  agent="$CARGO_TARGET_DIR/debug/edge-agent"
+else
+  echo "== building edge-agent (release)"
+  cargo build --release --locked -p edge-agent
+  agent="$CARGO_TARGET_DIR/release/edge-agent"
+fi
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+args=()
+for round in $(seq 1 "$rounds"); do
+  echo "== round $round of $rounds: reference pipeline (evaluate.py, 1 thread)"
+  "$BENCH_PYTHON" "$lpr/reference/evaluate.py" --set "$lpr" --threads 1 --limit "$limit" \
+    --out "$work/reference-$round" >"$work/reference-$round.log"
+  args+=(--reference "$work/reference-$round/results")
+  # Alternating with the reference, so a burst of other work on the machine hits them alike.
+  for backend in ort tract; do
+    for detector in 320 640; do
+      echo "== round $round of $rounds: edge-agent plates eval, $backend, detector $detector, 1 thread"
+      out="$work/agent-$backend-$detector-$round"
+      RUST_LOG=warn /usr/bin/time -f "%M" -o "$out.rss" "$agent" plates eval --labels "$lpr/labels.csv" --images "$lpr/images" \
+        --models "$lpr/models" --backend "$backend" --detector "$detector" --threads 1 --every "$every" --json >"$out.json"
+      args+=(--agent "$backend,$detector,$out.json,$(tail -n 1 "$out.rss")")
+    done
+  done
+done
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+report=(python3 bench/plates_report.py "${args[@]}" --load "$load_before / $load_after" --every "$every")
+if $smoke; then
+  "${report[@]}" --check
+  echo "== smoke run complete"
+  exit 0
+fi
+"${report[@]}" --results bench/RESULTS.md
+echo "== wrote the licence plates section of bench/RESULTS.md"
