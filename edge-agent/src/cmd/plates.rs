@@ -157,8 +157,8 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
     }
     let labels = eval::read_labels(&args.labels)?;
     // Every K-th picture, with all of its labels.
-    let mut files: Vec<&str> = labels.iter().map(|l| l.file.as_str()).collect();
-    files.dedup();
+    let mut seen = std::collections::HashSet::new();
+    let files: Vec<&str> = labels.iter().map(|l| l.file.as_str()).filter(|f| seen.insert(*f)).collect();
     let kept: std::collections::HashSet<&str> = files.iter().step_by(args.every).copied().collect();
     let labels: Vec<_> = labels.iter().filter(|l| kept.contains(l.file.as_str())).cloned().collect();
     let mut reader = load_reader(&args.reader)?;

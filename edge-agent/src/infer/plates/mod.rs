@@ -58,6 +58,10 @@ const CROP_BORDER: f32 = 0.5;
 const WINDOW_MARGIN: f32 = 1.0;
 /// A plate found in the window is the one found in the picture when their boxes overlap this much.
 const WINDOW_MIN_IOU: f32 = 0.1;
+/// The window is worth a second detection only when the detector sees the plate in it at least this
+/// many times larger than in the whole picture (a plate filling much of the picture is as sharp as
+/// it gets).
+const WINDOW_MIN_GAIN: f32 = 1.5;
 
 /// One plate read from a picture.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -143,9 +147,10 @@ impl PlateReader {
         let (objectness, nms_iou, max_plates) = (s.objectness, s.nms_iou, s.max_plates);
         let detector = self.scene_detector.as_mut().unwrap_or(&mut self.window_detector);
         let found = detector.detect(picture, objectness, nms_iou, max_plates)?;
+        let scene_size = detector.size();
         let mut reads = Vec::with_capacity(found.len());
         for plate in found {
-            let plate = if self.settings.refine { self.refine(picture, plate)? } else { plate };
+            let plate = if self.settings.refine { self.refine(picture, plate, scene_size)? } else { plate };
             if let Some(read) = self.read_found(picture, &plate)? {
                 reads.push(read);
             }
@@ -177,8 +182,9 @@ impl PlateReader {
     }
 
     /// The same plate found again in a window around it, where it is larger for the detector; the
-    /// plate as first found when the window shows none that overlaps it.
-    fn refine(&mut self, picture: &RgbImage, plate: Found) -> Result<Found, PlateError> {
+    /// plate as first found when the window would not show it much larger than the picture did to a
+    /// detector of `scene_size`, or shows none that overlaps it.
+    fn refine(&mut self, picture: &RgbImage, plate: Found, scene_size: usize) -> Result<Found, PlateError> {
         let b = plate.bbox;
         let margin = b.width().max(b.height()) * WINDOW_MARGIN;
         let (pw, ph) = (picture.width() as f32, picture.height() as f32);
@@ -187,6 +193,11 @@ impl PlateReader {
         let x2 = (b.x2 + margin).clamp(0.0, pw) as u32;
         let y2 = (b.y2 + margin).clamp(0.0, ph) as u32;
         if x2 < x1 + 4 || y2 < y1 + 4 {
+            return Ok(plate);
+        }
+        let window_scale = self.window_detector.size() as f32 / (x2 - x1).max(y2 - y1) as f32;
+        let scene_scale = scene_size as f32 / pw.max(ph);
+        if window_scale < WINDOW_MIN_GAIN * scene_scale {
             return Ok(plate);
         }
         let window = image::imageops::crop_imm(picture, x1, y1, x2 - x1, y2 - y1).to_image();
