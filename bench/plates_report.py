@@ -78,16 +78,24 @@ def share(pair):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reference", action="append", required=True, help="evaluate.py results/ folder, per round")
+    ap.add_argument("--reference", action="append", required=True,
+                    help="RESULTS_DIR,PEAK_RSS_KIB per round (evaluate.py's results/ folder)")
     ap.add_argument("--agent", action="append", required=True, help="BACKEND,DETECTOR,JSON,PEAK_RSS_KIB per run")
     ap.add_argument("--load", default="?")
     ap.add_argument("--every", type=int, default=1)
+    ap.add_argument("--build", default="release", help="the agent binary's build profile, as said in the text")
     ap.add_argument("--results", help="RESULTS.md to write the section into")
     ap.add_argument("--check", action="store_true", help="only check that every figure is there (smoke run)")
     a = ap.parse_args()
 
-    references = [reference_figures(r) for r in a.reference]
+    references = []
+    for spec in a.reference:
+        path, rss = spec.rsplit(",", 1)
+        figures = reference_figures(path)
+        figures["rss_kib"] = int(rss) if rss.strip().isdigit() else 0
+        references.append(figures)
     ref = references[0]
+    ref["rss_kib"] = max(r["rss_kib"] for r in references)
     agents = {}
     for spec in a.agent:
         backend, detector, path, rss = spec.split(",", 3)
@@ -147,16 +155,17 @@ def main():
     rows.append("| " + " | ".join(cells + ["≤ 1"]) + " |")
     line("time per picture (scenes)", lambda r, d: f"{r[d]['ms_per_picture']:.0f} ms",
          lambda f: f"{f['ms_per_picture']:.0f} ms", "")
-    line("peak RSS of `plates eval`", lambda r, d: "", lambda f: f"{f['rss_kib'] / 1024:.0f} MB", "")
+    line("peak RSS of the process", lambda r, d: f"{r['rss_kib'] / 1024:.0f} MB",
+         lambda f: f"{f['rss_kib'] / 1024:.0f} MB", "")
 
-    subset = "the whole set" if a.every == 1 else f"every {a.every}th picture"
+    subset = "the whole set" if a.every == 1 else f"every {a.every}th picture (`BENCH_EVERY={a.every}`)"
     section = f"""{SECTION}
 
-Written by `bash bench/plates.sh` on {now}: {subset} of `../shared/lpr` (the dev half: 200 plates in
-scenes, 331 crops), {len(references)} round(s), one thread for every contender (ONNX Runtime intra-op
+Written by `bash bench/plates.sh` on {now}: {subset} of `../shared/lpr`, the dev half ({ref[320]['all'][1]}
+plates in scenes, {ref['crops'][1]} crops here), {len(references)} round(s), one thread for every contender (ONNX Runtime intra-op
 threads = 1; tract single-threaded), times the best of the rounds. The reference is
 `../shared/lpr/reference/evaluate.py` (Python, ONNX Runtime, OpenCV); the agent is `edge-agent plates
-eval` (release build). Machine: {cpu['Model name']}, {os.cpu_count()} logical cores, load average
+eval` ({a.build} build). Machine: {cpu['Model name']}, {os.cpu_count()} logical cores, load average
 before / after {a.load}.
 
 | figure | reference 320 | agent 320 ort | agent 320 tract | reference 640 | agent 640 ort | agent 640 tract | goal |
@@ -166,7 +175,8 @@ before / after {a.load}.
 tract and ort give the same texts on every picture: 320 {'yes' if same_texts[320] else 'NO'}, 640
 {'yes' if same_texts[640] else 'NO'}. The reference reads crops directly (its crop figure does not
 depend on the detector); the agent reads a crop through the 320 detector inside a black border, so its
-crop time is not comparable and is not shown. Time per plate is evaluate.py's figure: per picture,
+crop time is not comparable and is not shown. The reference's peak RSS is that of one process running
+both detectors and the crops, the agent's that of one `plates eval` run. Time per plate is evaluate.py's figure: per picture,
 the time to read it (decoding excluded) over the plates found, averaged over the pictures.
 
 lscpu Flags: {cpu['Flags']}
