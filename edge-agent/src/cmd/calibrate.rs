@@ -127,7 +127,7 @@ fn calibrate_thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
         }
     }
 
-    let progress = progress_bar(set.truth.len() as u64);
+    let progress = super::progress_bar("pictures", set.truth.len() as u64);
     let predictions = set.predict(&mut models, |file| {
         progress.set_message(file.to_string());
         progress.inc(1);
@@ -161,15 +161,6 @@ fn calibrate_thresholds(args: ThresholdsArgs) -> anyhow::Result<()> {
         None => println!("No --site file given: thresholds not written."),
     }
     Ok(())
-}
-
-/// A bar over the pictures on stderr; indicatif draws nothing when stderr is not a terminal.
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
-    let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} pictures  {msg}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar
 }
 
 fn calibrate_ground(args: GroundArgs) -> anyhow::Result<()> {

@@ -82,7 +82,7 @@ pub fn learn(args: LearnArgs) -> anyhow::Result<()> {
         seed: args.seed,
         options: TrainOptions { alpha: args.alpha, ..TrainOptions::default() },
     };
-    let progress = progress_bar(set.truth.values().map(Vec::len).sum::<usize>() as u64);
+    let progress = super::progress_bar("crops", set.truth.values().map(Vec::len).sum::<usize>() as u64);
     let learnt = learn_site(&request, |crop| {
         progress.set_message(crop.file.clone());
         progress.inc(1);
@@ -96,13 +96,4 @@ pub fn learn(args: LearnArgs) -> anyhow::Result<()> {
         learnt.written.manifest.display()
     );
     Ok(())
-}
-
-/// A bar over the crops on stderr; indicatif draws nothing when stderr is not a terminal.
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
-    let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} crops  {msg}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar
 }

@@ -24,3 +24,13 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
         None => Ok(Config::embedded_defaults()),
     }
 }
+
+/// A bar over `len` `things` (pictures, crops) on stderr; indicatif draws nothing when stderr is not a
+/// terminal.
+pub fn progress_bar(things: &str, len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
+    let style = indicatif::ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} {things}  {{msg}}"))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}

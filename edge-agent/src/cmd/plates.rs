@@ -162,7 +162,7 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
     let kept: std::collections::HashSet<&str> = files.iter().step_by(args.every).copied().collect();
     let labels: Vec<_> = labels.iter().filter(|l| kept.contains(l.file.as_str())).cloned().collect();
     let mut reader = load_reader(&args.reader)?;
-    let bar = progress_bar(kept.len() as u64);
+    let bar = super::progress_bar("pictures", kept.len() as u64);
     let report = eval::evaluate(&mut reader, &labels, &args.images, &mut |p: Progress<'_>| {
         bar.set_position(p.done as u64);
         bar.set_message(p.file.to_string());
@@ -190,13 +190,4 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// A bar over the pictures on stderr; indicatif draws nothing when stderr is not a terminal.
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
-    let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} pictures  {msg}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
 use tract_onnx::pb::type_proto::Value as TypeValue;
-use tract_onnx::pb::ValueInfoProto;
+use tract_onnx::pb::{StringStringEntryProto, ValueInfoProto};
 
 use crate::base::parse_error::describe_toml_error;
 
@@ -394,26 +394,29 @@ impl Manifest {
     }
 }
 
-/// The parts of an ONNX `ModelProto` the input check reads (same field tags as onnx.proto). Decoding
-/// only these skips the weights without copying them, so checking a model costs no second copy of it.
+/// The parts of an ONNX `ModelProto` read before loading (same field tags as onnx.proto): the input
+/// check here, the plate models' metadata and folding (`infer::plates::model`). Decoding only these
+/// skips the weights without copying them, so checking a model costs no second copy of it.
 #[derive(Clone, PartialEq, prost::Message)]
-struct OnnxHeader {
+pub(crate) struct OnnxHeader {
     #[prost(message, optional, tag = "7")]
-    graph: Option<GraphHeader>,
+    pub graph: Option<GraphHeader>,
+    #[prost(message, repeated, tag = "14")]
+    pub metadata_props: Vec<StringStringEntryProto>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct GraphHeader {
+pub(crate) struct GraphHeader {
     #[prost(message, repeated, tag = "5")]
-    initializer: Vec<NamedTensor>,
+    pub initializer: Vec<NamedTensor>,
     #[prost(message, repeated, tag = "11")]
-    input: Vec<ValueInfoProto>,
+    pub input: Vec<ValueInfoProto>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct NamedTensor {
+pub(crate) struct NamedTensor {
     #[prost(string, tag = "8")]
-    name: String,
+    pub name: String,
 }
 
 pub fn read_labels(path: &Path) -> Result<Vec<String>, ManifestError> {

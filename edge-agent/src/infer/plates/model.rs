@@ -6,36 +6,13 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 use sha2::{Digest, Sha256};
-use tract_onnx::pb::{ModelProto, StringStringEntryProto, ValueInfoProto};
+use tract_onnx::pb::ModelProto;
 
 use crate::infer::config::InferenceConfig;
+use crate::infer::manifest::OnnxHeader as Header;
 use crate::infer::{load_graph_backend, Backend, InferError, ModelId, Output};
 
 use super::PlateError;
-
-/// The parts of an ONNX `ModelProto` read before loading (same field tags as onnx.proto); the
-/// weights are skipped without a copy.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Header {
-    #[prost(message, optional, tag = "7")]
-    graph: Option<GraphHeader>,
-    #[prost(message, repeated, tag = "14")]
-    metadata_props: Vec<StringStringEntryProto>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct GraphHeader {
-    #[prost(message, repeated, tag = "5")]
-    initializer: Vec<NamedTensor>,
-    #[prost(message, repeated, tag = "11")]
-    input: Vec<ValueInfoProto>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct NamedTensor {
-    #[prost(string, tag = "8")]
-    name: String,
-}
 
 /// A plate model loaded into a backend, with its input shape and reused output buffers.
 pub struct PlateModel {
