@@ -5,7 +5,7 @@
 //! the device key rotates. After each cut: the chain verifies, the config, nonce store, key and
 //! pending switch are whole, what was acknowledged before the cut is still so, the agent starts by
 //! itself, and every event the outbox had committed before the cut reaches the broker.
-//! `POWER_CUTS=1000` runs the long form (default 50 rounds); `POWER_CUTS_SEED` replays a run.
+//! `POWER_CUTS=1000` runs the long form (default 25 rounds, CI's form); `POWER_CUTS_SEED` replays a run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -601,7 +601,7 @@ fn check_state_files(state: &Path, round: u64) {
 
 #[test]
 fn power_cuts_at_random_moments_lose_no_committed_event_and_the_agent_starts_by_itself() {
-    let rounds: u64 = std::env::var("POWER_CUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let rounds: u64 = std::env::var("POWER_CUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(25);
     let seed: u64 = std::env::var("POWER_CUTS_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64
     });
