@@ -61,6 +61,16 @@ if ! "$SCHEMA_VENV/bin/python" -c "import jsonschema, yaml, rfc3339_validator" 2
   "$SCHEMA_VENV/bin/pip" install -q "jsonschema==4.26.0" "pyyaml==6.0.3" "rfc3339-validator==0.1.4"
 fi
 export EDGE_AGENT_SCHEMA_PYTHON="$SCHEMA_VENV/bin/python"
+# Schemathesis (in its own venv: it pins its own jsonschema) runs the JSON API against its OpenAPI
+# document (tests/api_contract.rs). A failed install fails here: CI never skips that test.
+SCHEMATHESIS_VENV="$CARGO_TARGET_DIR/schemathesis-venv"
+if ! "$SCHEMATHESIS_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "version 4.32.5"; then
+  echo "== creating $SCHEMATHESIS_VENV (schemathesis)"
+  rm -rf "$SCHEMATHESIS_VENV"
+  python3 -m venv "$SCHEMATHESIS_VENV"
+  "$SCHEMATHESIS_VENV/bin/pip" install -q "schemathesis==4.32.5"
+fi
+export EDGE_AGENT_SCHEMATHESIS="$SCHEMATHESIS_VENV/bin/schemathesis"
 # ONNX Runtime for the ort backend's tests: the C library from the PyPI wheel, cached. An older
 # release too, for the test that a too-old library is refused naming both versions. A failed fetch
 # leaves the variable unset: the ort tests then fail in CI and are skipped on a developer's machine.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put, MethodRouter};
@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::auth::{Admin, Session};
 use super::events::{self, ApiEvent, EventFilter, EventView};
+use super::extract::{ApiPath as Path, ApiQuery as Query};
 use super::stats;
 use super::system::{cpu_temperature, disk_space, DiskSpace};
 use super::WebState;
@@ -68,9 +69,22 @@ pub fn router() -> Router<Arc<WebState>> {
     routes().into_iter().fold(Router::new(), |router, route| router.route(route.path, route.handler))
 }
 
-/// `{"error": "..."}` with a status code: what every API failure looks like.
-pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+/// `{"code": "...", "message": "..."}` with a status code: what every API failure looks like. The
+/// code is stable (clients branch on it); the message names what was wrong, never quoting input.
+pub fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "code": code, "message": message.into() }))).into_response()
+}
+
+/// An event id as the API takes it: a UUID in its hyphenated form, nothing else near a lookup.
+pub fn parse_event_id(event_id: &str) -> Result<Uuid, Response> {
+    Uuid::try_parse(event_id).ok().filter(|_| event_id.len() == 36).ok_or_else(|| {
+        error(StatusCode::BAD_REQUEST, "invalid_path", "the path's `event_id` is not accepted; expected a UUID")
+    })
+}
+
+/// The answer for an event id the box does not keep.
+pub fn no_such_event(id: Uuid) -> Response {
+    error(StatusCode::NOT_FOUND, "no_such_event", format!("no event {id} among those this box keeps"))
 }
 
 #[derive(Serialize)]
@@ -118,9 +132,9 @@ async fn latest_frame(State(state): State<Arc<WebState>>, Path(camera): Path<Str
                 .into_response()
         }
         None if state.board.camera_ids().contains(&camera) => {
-            error(StatusCode::NOT_FOUND, format!("camera {camera:?} has no frame yet"))
+            error(StatusCode::NOT_FOUND, "no_frame_yet", "the camera has no frame yet")
         }
-        None => error(StatusCode::NOT_FOUND, format!("no camera {camera:?}")),
+        None => super::installer::no_such_camera(&state),
     }
 }
 
@@ -133,7 +147,32 @@ struct EventList {
     next_before: Option<Uuid>,
 }
 
+/// The API takes times in RFC 3339 only, as its document says (the page's form also sends a
+/// browser's local time, which the page's own list accepts), and no empty values for absent ones.
+fn strict_filter(filter: &EventFilter) -> Result<(), Response> {
+    let refused = |field: &str, expected: &str| {
+        let message = format!("the query string's `{field}` is not accepted; expected {expected}");
+        error(StatusCode::BAD_REQUEST, "invalid_query", message)
+    };
+    for (field, value) in [("since", &filter.since), ("until", &filter.until)] {
+        let rfc3339 = |text: &str| {
+            text.as_bytes().get(10).is_some_and(|c| matches!(c, b'T' | b't'))
+                && chrono::DateTime::parse_from_rfc3339(text).is_ok()
+        };
+        if value.as_deref().is_some_and(|text| !rfc3339(text)) {
+            return Err(refused(field, "an RFC 3339 time such as 2024-05-01T08:30:00+08:00"));
+        }
+    }
+    if filter.before.as_deref().is_some_and(|id| parse_event_id(id).is_err()) {
+        return Err(refused("before", "an event id (a UUID), the previous page's next_before"));
+    }
+    Ok(())
+}
+
 async fn list_events(State(state): State<Arc<WebState>>, Query(filter): Query<EventFilter>) -> Response {
+    if let Err(refused) = strict_filter(&filter) {
+        return refused;
+    }
     let all = events::latest_per_event(state.board.event_history());
     match events::query(all, &filter) {
         Ok(page) => Json(EventList {
@@ -142,19 +181,14 @@ async fn list_events(State(state): State<Arc<WebState>>, Query(filter): Query<Ev
             next_before: page.next_before,
         })
         .into_response(),
-        Err(bad) => error(StatusCode::BAD_REQUEST, bad.to_string()),
+        Err(bad) => error(StatusCode::BAD_REQUEST, "invalid_query", bad.to_string()),
     }
 }
 
 /// The event a path names; ids are UUIDs, nothing else gets near a lookup.
 fn find(state: &WebState, event_id: &str) -> Result<EventView, Response> {
-    let id = Uuid::parse_str(event_id)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, format!("{event_id:?} is not an event id (a UUID)")))?;
-    state
-        .board
-        .event_record(id)
-        .map(EventView::new)
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no event {id} among those this box keeps")))
+    let id = parse_event_id(event_id)?;
+    state.board.event_record(id).map(EventView::new).ok_or_else(|| no_such_event(id))
 }
 
 async fn event(State(state): State<Arc<WebState>>, Path(event_id): Path<String>) -> Response {
@@ -172,7 +206,7 @@ struct RevisionQuery {
 async fn evidence(
     State(state): State<Arc<WebState>>,
     Path(event_id): Path<String>,
-    axum::extract::Query(query): axum::extract::Query<RevisionQuery>,
+    Query(query): Query<RevisionQuery>,
 ) -> Response {
     let view = match find(&state, &event_id) {
         Ok(view) => view,
@@ -181,7 +215,14 @@ async fn evidence(
     let view = match query.revision {
         Some(revision) => match state.board.event_revision(view.record.event.event_id, Some(revision)) {
             Some(record) => EventView::new(record),
-            None => return error(StatusCode::NOT_FOUND, format!("event {event_id} has no kept revision {revision}")),
+            None => {
+                let id = view.id();
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "no_such_revision",
+                    format!("event {id} has no kept revision {revision}"),
+                );
+            }
         },
         None => view,
     };
@@ -191,7 +232,9 @@ async fn evidence(
             jpeg.as_ref().clone(),
         )
             .into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no evidence image is kept for event {}", view.id())),
+        None => {
+            error(StatusCode::NOT_FOUND, "no_evidence", format!("no evidence image is kept for event {}", view.id()))
+        }
     }
 }
 
@@ -204,11 +247,18 @@ async fn clip(State(state): State<Arc<WebState>>, Path(event_id): Path<String>) 
         Err(response) => return response,
     };
     let Some(path) = events::clip_path(&state.state_dir.join("evidence"), &view) else {
-        return error(StatusCode::NOT_FOUND, format!("no video clip is kept for event {}", view.id()));
+        return error(StatusCode::NOT_FOUND, "no_clip", format!("no video clip is kept for event {}", view.id()));
     };
     let file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
-        Err(e) => return error(StatusCode::NOT_FOUND, format!("the clip of event {} cannot be read: {e}", view.id())),
+        Err(e) => {
+            let id = view.id();
+            return error(
+                StatusCode::NOT_FOUND,
+                "no_clip",
+                format!("the clip of event {id} cannot be read: {}", e.kind()),
+            );
+        }
     };
     // In pieces: a clip may be tens of megabytes.
     let pieces = futures_util::stream::unfold(Some(file), |file| async move {
@@ -244,7 +294,7 @@ async fn acknowledge(
             tracing::info!(event_id = %view.id(), user = %session.user, "event acknowledged");
             Json(json!({ "event_id": view.id(), "acknowledged": ack })).into_response()
         }
-        None => error(StatusCode::NOT_FOUND, format!("no event {} among those this box keeps", view.id())),
+        None => no_such_event(view.id()),
     }
 }
 
@@ -256,7 +306,11 @@ struct StatsQuery {
 async fn statistics(State(state): State<Arc<WebState>>, Query(query): Query<StatsQuery>) -> Response {
     let days = query.days.unwrap_or(14);
     if !(1..=366).contains(&days) {
-        return error(StatusCode::BAD_REQUEST, "`days` is out of range; expected 1 to 366".to_string());
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "the query string's `days` is out of range; expected 1 to 366",
+        );
     }
     // Every kept revision, as the page does: a lifecycle counts at its start, its time to clear
     // comes with its end (the newest revision alone would lose the start of an ended incident).
@@ -303,6 +357,47 @@ mod tests {
             routes().iter().map(|r| (r.method.as_str().to_string(), r.path.to_string())).collect();
         served.sort();
         assert_eq!(served, documented());
+    }
+
+    #[test]
+    fn the_documents_event_is_the_mqtt_events_schema() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let text = include_str!("../../../docs/schemas/event.schema.json")
+            .replace("#/definitions/model", "#/components/schemas/EventModel")
+            .replace("#/definitions/nullableNumber", "#/components/schemas/NullableNumber");
+        let mqtt: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(schemas["Event"]["properties"], mqtt["properties"], "Event's fields as docs/schemas has them");
+        assert_eq!(schemas["Event"]["required"], mqtt["required"]);
+        assert_eq!(schemas["EventModel"], mqtt["definitions"]["model"]);
+        assert_eq!(schemas["NullableNumber"], mqtt["definitions"]["nullableNumber"]);
+        for field in ["category", "zone"] {
+            assert_eq!(schemas["Event"]["properties"][field]["type"], serde_json::json!(["string", "null"]), "{field}");
+        }
+    }
+
+    #[test]
+    fn every_refusal_is_documented_as_the_json_error() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let responses = operation["responses"].as_object().unwrap();
+                let takes_input = operation["parameters"].is_array() || operation["requestBody"].is_object();
+                assert!(
+                    !takes_input || responses.contains_key("400"),
+                    "{method} {path}: a refused input is not documented"
+                );
+                for (status, response) in responses.iter().filter(|(status, _)| status.as_str() >= "400") {
+                    let schema = response["content"]["application/json"]["schema"]["$ref"].as_str();
+                    assert!(
+                        matches!(schema, Some("#/components/schemas/Error" | "#/components/schemas/ChangeError")),
+                        "{method} {path} {status}: {schema:?}"
+                    );
+                }
+            }
+        }
+        let error = &doc["components"]["schemas"]["Error"];
+        assert_eq!(error["required"], serde_json::json!(["code", "message"]));
     }
 
     #[test]

@@ -345,31 +345,40 @@ fn is_cross_site(headers: &HeaderMap) -> bool {
 /// token (header `X-CSRF-Token`, or form field `csrf`). Puts the [`Session`] into the request.
 pub async fn require_login(State(state): State<Arc<WebState>>, request: Request, next: Next) -> Response {
     let auth = &state.auth;
+    // The API answers its refusals in its own JSON error; pages in text.
+    let api = request.uri().path().starts_with("/api/");
+    let refuse = |status: StatusCode, code: &'static str, text: &str| {
+        if api {
+            super::api::error(status, code, text.trim_end())
+        } else {
+            (status, text.to_string()).into_response()
+        }
+    };
     let lang = Lang::from_request(request.uri().query(), request.headers());
     let existing = cookie(request.headers(), SESSION_COOKIE).and_then(|token| auth.session(token));
     let (session, new_cookie) = match existing {
         Some(session) => (session, None),
         None if auth.is_open() => match auth.start_session(LOCAL_USER, Role::Admin) {
             Ok((token, session)) => (session, Some(auth.session_cookie(&token))),
-            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+            Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", &format!("{e}\n")),
         },
         None => return login_required(&request),
     };
     let mut request = request;
     if is_state_changing(request.method()) {
         if is_cross_site(request.headers()) {
-            return (StatusCode::FORBIDDEN, "cross-site request refused\n").into_response();
+            return refuse(StatusCode::FORBIDDEN, "cross_site", "cross-site request refused\n");
         }
         let (ok, rebuilt) = carries_csrf_token(request, &session.csrf).await;
         let Some(rebuilt) = rebuilt else {
-            return (StatusCode::BAD_REQUEST, "request body too large or unreadable\n").into_response();
+            return refuse(StatusCode::BAD_REQUEST, "invalid_body", "request body too large or unreadable\n");
         };
         if !ok {
             let text = match lang {
                 Lang::En => "missing or wrong CSRF token; reload the page and try again\n",
                 Lang::Zh => "CSRF 令牌缺失或错误；请刷新页面后重试\n",
             };
-            return (StatusCode::FORBIDDEN, text).into_response();
+            return refuse(StatusCode::FORBIDDEN, "csrf_token", text);
         }
         request = rebuilt;
     }
@@ -384,8 +393,7 @@ pub async fn require_login(State(state): State<Arc<WebState>>, request: Request,
 fn login_required(request: &Request) -> Response {
     let path = request.uri().path();
     if path.starts_with("/api/") {
-        let mut response =
-            (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({"error": "login required"}))).into_response();
+        let mut response = super::api::error(StatusCode::UNAUTHORIZED, "login_required", "login required");
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Cookie realm=\"edge-agent\""));
@@ -430,7 +438,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
             .extensions
             .get::<Session>()
             .cloned()
-            .ok_or_else(|| (StatusCode::UNAUTHORIZED, "login required\n").into_response())
+            .ok_or_else(|| super::api::error(StatusCode::UNAUTHORIZED, "login_required", "login required"))
     }
 }
 
@@ -447,7 +455,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
         }
         let lang = Lang::from_request(parts.uri.query(), &parts.headers);
         let message = T::Forbidden.in_lang(lang);
-        Err((StatusCode::FORBIDDEN, axum::Json(serde_json::json!({ "error": message }))).into_response())
+        Err(super::api::error(StatusCode::FORBIDDEN, "admin_only", message))
     }
 }
 

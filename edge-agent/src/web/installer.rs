@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,6 +18,7 @@ use super::api::error;
 use super::auth::{Admin, Session};
 use super::config::Role;
 use super::events::{path_segment, query_value};
+use super::extract::{json_body, ApiPath as Path};
 use super::i18n::{Lang, T};
 use super::pages::{Nav, Page};
 use super::WebState;
@@ -81,13 +82,17 @@ pub fn change_error(e: ChangeError) -> Response {
         | ChangeError::OutOfRange { key, .. } => Some(key.clone()),
         _ => None,
     };
-    (status, Json(json!({ "error": e.to_string(), "code": e.code(), "key": key }))).into_response()
+    (status, Json(json!({ "code": e.code(), "message": e.to_string(), "key": key }))).into_response()
+}
+
+/// The answer for a camera id this box does not have: the ones it has, not the one asked for.
+pub fn no_such_camera(state: &WebState) -> Response {
+    let cameras = state.board.camera_ids();
+    error(StatusCode::NOT_FOUND, "no_such_camera", format!("no such camera; cameras: {}", cameras.join(", ")))
 }
 
 fn unknown_camera(state: &WebState, camera: &str) -> Option<Response> {
-    let cameras = state.board.camera_ids();
-    (!cameras.iter().any(|c| c == camera))
-        .then(|| error(StatusCode::NOT_FOUND, format!("no camera {camera:?}; cameras: {}", cameras.join(", "))))
+    (!state.board.camera_ids().iter().any(|c| c == camera)).then(|| no_such_camera(state))
 }
 
 /// A camera's zones as the running config has them, where they are saved, and which of them the
@@ -139,19 +144,26 @@ pub async fn save_zones(
     if let Some(response) = unknown_camera(&state, &camera) {
         return response;
     }
-    let zones = match serde_json::from_slice::<Value>(&body) {
+    let shape = "a JSON object {\"zones\": [...]}";
+    let zones = match json_body::<Value>(&body, shape) {
         Ok(Value::Object(mut fields)) if fields.len() == 1 && fields.get("zones").is_some_and(Value::is_array) => {
             fields.remove("zones").unwrap_or_default()
         }
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "expected a JSON object {\"zones\": [...]}"),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")),
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("the body is not accepted; expected {shape}"),
+            )
+        }
+        Err(refused) => return refused,
     };
     let change = Change { key: format!("scenes.{camera}.zones"), value: zones };
     let settings = state.settings.clone();
     let outcome = match tokio::task::spawn_blocking(move || settings.set(Actor::PageAdmin, &[change])).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => return change_error(e),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("the save failed: {e}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the save failed: {e}")),
     };
     tracing::info!(camera = %camera, user = %session.user, written = ?outcome.written, "zones saved from the web page");
     let mut answer = camera_zones_json(&state, &outcome.config, &camera);
@@ -252,19 +264,23 @@ struct SettingsChange {
 /// `POST /api/v1/settings` with `{"values": {key: value}}`: the keys and rules of the MQTT `set`
 /// command, all or nothing.
 pub async fn change_settings(State(state): State<Arc<WebState>>, Admin(session): Admin, body: Bytes) -> Response {
-    let request: SettingsChange = match serde_json::from_slice(&body) {
+    let request: SettingsChange = match json_body(&body, "{\"values\": {key: value}}") {
         Ok(request) => request,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected {{\"values\": {{key: value}}}}: {e}")),
+        Err(refused) => return refused,
     };
     if request.values.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "`values` is empty; expected at least one key");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body's `values` is empty; expected at least one key",
+        );
     }
     let changes: Vec<Change> = request.values.into_iter().map(|(key, value)| Change { key, value }).collect();
     let settings = state.settings.clone();
     let outcome = match tokio::task::spawn_blocking(move || settings.set(Actor::PageAdmin, &changes)).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => return change_error(e),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("the save failed: {e}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the save failed: {e}")),
     };
     tracing::info!(user = %session.user, changed = ?outcome.changed, "settings changed from the web page");
     let mut answer = settings_json(&state);
@@ -289,8 +305,8 @@ pub async fn test_models(State(state): State<Arc<WebState>>, Admin(_): Admin, Pa
             answer["image"] = json!(image);
             Json(answer).into_response()
         }
-        Err(e @ ModelTestError::NoFrame(_)) => error(StatusCode::CONFLICT, e.to_string()),
-        Err(e @ ModelTestError::WorkerGone) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e @ ModelTestError::NoFrame(_)) => error(StatusCode::CONFLICT, "no_frame_yet", e.to_string()),
+        Err(e @ ModelTestError::WorkerGone) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
     }
 }
 
@@ -301,14 +317,14 @@ pub async fn scene(State(state): State<Arc<WebState>>, Path(camera): Path<String
         return response;
     }
     let Some(image) = state.board.latest_scene(&camera) else {
-        return error(StatusCode::NOT_FOUND, format!("camera {camera:?} has no frame yet"));
+        return error(StatusCode::NOT_FOUND, "no_frame_yet", "the camera has no frame yet");
     };
     match tokio::task::spawn_blocking(move || draw::encode_jpeg(&image, SCENE_JPEG_QUALITY)).await {
         Ok(Ok(jpeg)) => {
             ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-store")], jpeg).into_response()
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the frame: {e}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the frame: {e}")),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("cannot encode the frame: {e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("cannot encode the frame: {e}")),
     }
 }
 

@@ -13,9 +13,10 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::api::error;
+use super::api::{error, no_such_event, parse_event_id};
 use super::auth::Admin;
 use super::events::evidence_file_path;
+use super::extract::{json_body, ApiPath};
 use super::i18n::{Lang, T};
 use super::pages::{Nav, Page};
 use super::WebState;
@@ -77,11 +78,13 @@ pub struct LabelForm {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     pub status: StatusCode,
+    /// Stable, for the API's error answer.
+    pub code: &'static str,
     pub message: String,
 }
 
-fn refused(status: StatusCode, message: impl Into<String>) -> Refused {
-    Refused { status, message: message.into() }
+fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refused {
+    Refused { status, code, message: message.into() }
 }
 
 /// The newest kept revision with an evidence crop, the crop's file name in the evidence store. The
@@ -119,6 +122,7 @@ fn check(config: &Config, event: &Event, request: &LabelRequest) -> Result<(Stri
     if !is_plain_label(&label) {
         return Err(refused(
             StatusCode::BAD_REQUEST,
+            "invalid_label",
             "`label` is not accepted; expected a label without , or #".to_string(),
         ));
     }
@@ -127,6 +131,7 @@ fn check(config: &Config, event: &Event, request: &LabelRequest) -> Result<(Stri
         let model = event.model.as_ref().map(|m| m.name.as_str()).unwrap_or("the model");
         return Err(refused(
             StatusCode::BAD_REQUEST,
+            "invalid_label",
             format!("`label` is not one {model} can give; expected one of its labels, or none"),
         ));
     }
@@ -137,6 +142,7 @@ fn check(config: &Config, event: &Event, request: &LabelRequest) -> Result<(Stri
             let names: Vec<&str> = config.taxonomy.category_names().collect();
             return Err(refused(
                 StatusCode::BAD_REQUEST,
+                "invalid_category",
                 format!("`category` is not accepted; expected one of: {}, {UNKNOWN_CATEGORY}", names.join(", ")),
             ));
         }
@@ -152,26 +158,32 @@ pub async fn label_event(
     event_id: &str,
     request: LabelRequest,
 ) -> Result<SampleLabel, Refused> {
-    let id = Uuid::parse_str(event_id)
-        .map_err(|_| refused(StatusCode::BAD_REQUEST, format!("{event_id:?} is not an event id (a UUID)")))?;
+    let id = Uuid::try_parse(event_id).ok().filter(|_| event_id.len() == 36).ok_or_else(|| {
+        refused(StatusCode::BAD_REQUEST, "invalid_path", "the path's `event_id` is not accepted; expected a UUID")
+    })?;
     let revisions = state.board.event_revisions(id);
-    let newest = revisions
-        .first()
-        .map(|r| r.event.clone())
-        .ok_or_else(|| refused(StatusCode::NOT_FOUND, format!("no event {id} among those this box keeps")))?;
+    let newest = revisions.first().map(|r| r.event.clone()).ok_or_else(|| {
+        refused(StatusCode::NOT_FOUND, "no_such_event", format!("no event {id} among those this box keeps"))
+    })?;
     let config = state.settings.current();
     let (label, category) = check(&config, &newest, &request)?;
     let (event, crop_file) = revision_with_crop(&revisions).map(|(e, f)| (e.clone(), f)).ok_or_else(|| {
         refused(
             StatusCode::CONFLICT,
+            "no_crop",
             format!("no crop of event {id} is kept (evidence is off, or the picture was pruned): nothing to label"),
         )
     })?;
     let crop_path = evidence_file_path(&state.state_dir.join("evidence"), &crop_file).ok_or_else(|| {
-        refused(StatusCode::CONFLICT, format!("the crop {crop_file} of event {id} is no longer in the evidence store"))
+        refused(
+            StatusCode::CONFLICT,
+            "no_crop",
+            format!("the crop {crop_file} of event {id} is no longer in the evidence store"),
+        )
     })?;
-    let paths = SampleSetPaths::of(&config)
-        .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot find the sample set: {e}")))?;
+    let paths = SampleSetPaths::of(&config).map_err(|e| {
+        refused(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("cannot find the sample set: {e}"))
+    })?;
     let right = request.verdict == Verdict::Right;
     let picture = format!("{id}.jpg");
     let comment = format!(
@@ -202,8 +214,8 @@ pub async fn label_event(
     };
     match written {
         Ok(Ok(())) => {}
-        Ok(Err(message)) => return Err(refused(StatusCode::INTERNAL_SERVER_ERROR, message)),
-        Err(e) => return Err(refused(StatusCode::INTERNAL_SERVER_ERROR, format!("labelling failed: {e}"))),
+        Ok(Err(message)) => return Err(refused(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)),
+        Err(e) => return Err(refused(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("labelling failed: {e}"))),
     }
     let sample = SampleLabel {
         right,
@@ -221,12 +233,13 @@ pub async fn label_event(
 
 /// `GET /api/v1/events/{event_id}/label`: how the event was labelled (null: not yet), and where
 /// labels go.
-pub async fn get_label(State(state): State<Arc<WebState>>, Path(event_id): Path<String>) -> Response {
-    let Ok(id) = Uuid::parse_str(&event_id) else {
-        return error(StatusCode::BAD_REQUEST, format!("{event_id:?} is not an event id (a UUID)"));
+pub async fn get_label(State(state): State<Arc<WebState>>, ApiPath(event_id): ApiPath<String>) -> Response {
+    let id = match parse_event_id(&event_id) {
+        Ok(id) => id,
+        Err(refused) => return refused,
     };
     if state.board.event_record(id).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no event {id} among those this box keeps"));
+        return no_such_event(id);
     }
     let samples = SampleSetPaths::of(&state.settings.current())
         .map(|p| json!({ "folder": p.folder, "labels": p.labels }))
@@ -238,21 +251,17 @@ pub async fn get_label(State(state): State<Arc<WebState>>, Path(event_id): Path<
 pub async fn post_label(
     State(state): State<Arc<WebState>>,
     Admin(session): Admin,
-    Path(event_id): Path<String>,
+    ApiPath(event_id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let request: LabelRequest = match serde_json::from_slice(&body) {
+    let shape = "{\"verdict\": \"right\"|\"wrong\", \"label\"?, \"category\"?}";
+    let request: LabelRequest = match json_body(&body, shape) {
         Ok(request) => request,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"verdict\": \"right\"|\"wrong\", \"label\"?, \"category\"?}}: {e}"),
-            )
-        }
+        Err(refused) => return refused,
     };
     match label_event(&state, &session.user, &event_id, request).await {
         Ok(label) => Json(json!({ "event_id": event_id, "label": label })).into_response(),
-        Err(Refused { status, message }) => error(status, message),
+        Err(Refused { status, code, message }) => error(status, code, message),
     }
 }
 
@@ -268,7 +277,7 @@ pub async fn label_from_page(
     let request = LabelRequest { verdict: form.verdict, label: form.label, category: form.category };
     match label_event(&state, &session.user, &event_id, request).await {
         Ok(_) => Redirect::to(&format!("/events/{event_id}#labelling")).into_response(),
-        Err(Refused { status, message }) => {
+        Err(Refused { status, message, .. }) => {
             let page = Page { lang, session: &session, state: &state, uri: &uri, nav: Nav::Events };
             let title = T::LabelForSamples.in_lang(lang);
             let content = maud::html! {

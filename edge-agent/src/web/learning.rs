@@ -9,7 +9,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,6 +19,7 @@ use serde_json::json;
 
 use super::api::error;
 use super::auth::Admin;
+use super::extract::{json_body, ApiPath};
 use super::WebState;
 use crate::config::Config;
 use crate::control::commands::CommandError;
@@ -142,14 +143,10 @@ pub async fn status(State(state): State<Arc<WebState>>) -> Response {
 /// `POST /api/v1/learn` (admins): starts training on the site's samples; 202 at once, progress on
 /// `GET /api/v1/learn`. Too few crops or one class are refused here, before anything runs.
 pub async fn train(State(state): State<Arc<WebState>>, Admin(session): Admin, body: Bytes) -> Response {
-    let request: TrainRequest = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
+    let shape = "{\"name\": \"site_garbage\", \"labels\": [..]}";
+    let request: TrainRequest = match json_body(if body.is_empty() { b"{}" } else { &body }, shape) {
         Ok(request) => request,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"name\": \"site_garbage\", \"labels\": [..]}}: {e}"),
-            )
-        }
+        Err(refused) => return refused,
     };
     if request.name.is_empty()
         || request.name.len() > 64
@@ -157,10 +154,8 @@ pub async fn train(State(state): State<Arc<WebState>>, Admin(session): Admin, bo
     {
         return error(
             StatusCode::BAD_REQUEST,
-            format!(
-                "`name` {:?}: expected 1 to 64 letters, digits, '_' or '-' (it names the model's files)",
-                request.name
-            ),
+            "invalid_body",
+            "the body's `name` is not accepted; expected 1 to 64 letters, digits, '_' or '-' (it names the model's files)",
         );
     }
     let config = state.settings.current();
@@ -172,18 +167,21 @@ pub async fn train(State(state): State<Arc<WebState>>, Admin(session): Admin, bo
     .await
     {
         Ok(Ok(set)) => set,
-        Ok(Err(why)) => return error(StatusCode::UNPROCESSABLE_ENTITY, why),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the samples failed: {e}")),
+        Ok(Err(why)) => return error(StatusCode::UNPROCESSABLE_ENTITY, "samples_unusable", why),
+        Err(e) => {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("reading the samples failed: {e}"))
+        }
     };
     let labels: Vec<String> = labelled_crops(&set).into_iter().map(|c| c.label).collect();
     if let Err(refused) = check_counts(&labels) {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, format!("{}: {refused}", set.labels_file.display()));
+        let file = set.labels_file.display();
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "samples_unusable", format!("{file}: {refused}"));
     }
     let started_at = Utc::now();
     {
         let mut running = state.learning.running.lock().unwrap_or_else(|p| p.into_inner());
         if running.is_some() {
-            return error(StatusCode::CONFLICT, "a training is already running; wait for it to finish");
+            return error(StatusCode::CONFLICT, "busy", "a training is already running; wait for it to finish");
         }
         *running = Some(Progress {
             name: request.name.clone(),
@@ -330,19 +328,21 @@ fn prune_learned(learned: &FsPath, keep: &FsPath, config: &Config) {
 /// `POST /api/v1/learn/deploy` (admins): deploys the last trained head into `slot`; answers once
 /// it is switched in (probation then runs: `GET /api/v1/learn`).
 pub async fn deploy(State(state): State<Arc<WebState>>, Admin(session): Admin, body: Bytes) -> Response {
-    let request: DeployRequest = match serde_json::from_slice(&body) {
+    let request: DeployRequest = match json_body(&body, "{\"slot\": \"taxonomy\"}") {
         Ok(request) => request,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected {{\"slot\": \"taxonomy\"}}: {e}")),
+        Err(refused) => return refused,
     };
     let Some(slot) = ClassifierSlot::from_name(&request.slot) else {
         let names: Vec<&str> = ClassifierSlot::ALL.iter().map(|s| s.name()).collect();
         return error(
             StatusCode::BAD_REQUEST,
-            format!("`slot` {:?}: expected one of {}", request.slot, names.join(", ")),
+            "invalid_body",
+            format!("the body's `slot` is not accepted; expected one of {}", names.join(", ")),
         );
     };
     let Some(manifest) = state.learning.last().and_then(|t| t.manifest) else {
-        return error(StatusCode::CONFLICT, "no site head has been trained since the agent started; train one first");
+        let message = "no site head has been trained since the agent started; train one first";
+        return error(StatusCode::CONFLICT, "not_trained", message);
     };
     tracing::info!(user = %session.user, slot = slot.manifest_key(), manifest = %manifest.display(), "deploying a site head");
     match state.heads.deploy(slot, &manifest, state.shutdown.clone()).await {
@@ -357,19 +357,17 @@ fn deploy_error(e: CommandError) -> Response {
         "internal" | "state_unwritable" | "config_file_error" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
-    (status, Json(json!({ "error": e.message, "code": e.code }))).into_response()
+    (status, Json(json!({ "code": e.code, "message": e.message }))).into_response()
 }
 
 /// `GET /api/v1/learn/report/{file}`: a file of the last training's report folder.
-pub async fn report(State(state): State<Arc<WebState>>, Path(file): Path<String>) -> Response {
+pub async fn report(State(state): State<Arc<WebState>>, ApiPath(file): ApiPath<String>) -> Response {
     if !REPORT_FILES.contains(&file.as_str()) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no report file {file:?}; expected one of {}", REPORT_FILES.join(", ")),
-        );
+        let message = format!("no such report file; expected one of {}", REPORT_FILES.join(", "));
+        return error(StatusCode::NOT_FOUND, "no_such_file", message);
     }
     let Some(folder) = state.learning.last().and_then(|t| t.report_dir) else {
-        return error(StatusCode::NOT_FOUND, "no site head has been trained since the agent started");
+        return error(StatusCode::NOT_FOUND, "not_trained", "no site head has been trained since the agent started");
     };
     let content_type = match file.rsplit('.').next() {
         Some("svg") => "image/svg+xml",
@@ -381,9 +379,9 @@ pub async fn report(State(state): State<Arc<WebState>>, Path(file): Path<String>
             ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-store")], bytes).into_response()
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            error(StatusCode::NOT_FOUND, format!("the last training wrote no {file}"))
+            error(StatusCode::NOT_FOUND, "no_such_file", format!("the last training wrote no {file}"))
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read {file}: {e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("cannot read {file}: {}", e.kind())),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod charts;
 pub mod config;
 pub mod events;
+pub mod extract;
 pub mod i18n;
 pub mod installer;
 pub mod labels;

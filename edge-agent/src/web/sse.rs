@@ -29,7 +29,8 @@ pub async fn event_stream(State(state): State<Arc<WebState>>) -> Sse<impl Stream
                 .event("event")
                 .id(event.event_id.to_string())
                 .json_data(&event)
-                .unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string())),
+                // Not a message (the document lists event and lagged only): a comment a reader skips.
+                .unwrap_or_else(|e| SseEvent::default().comment(format!("an event could not be written: {e}"))),
             // A slow reader missed some: say how many, so a page can reload its list.
             Err(RecvError::Lagged(missed)) => SseEvent::default().event("lagged").data(missed.to_string()),
             Err(RecvError::Closed) => return None,

@@ -160,7 +160,7 @@
 
     async function load() {
       const answer = await send('GET', '/api/v1/zones/' + encodeURIComponent(camera));
-      if (!answer.ok) { say(message, answer.data.error || String(answer.status), false); return; }
+      if (!answer.ok) { say(message, answer.data.message || String(answer.status), false); return; }
       zones = (answer.data.zones || []).map(function (z) {
         return { id: z.id, role: z.role, category: z.category || null, polygon: z.polygon.slice() };
       });
@@ -287,7 +287,7 @@
         draw();
         say(message, editor.dataset.msgSaved + (written ? ' ' + written : ''), true);
       } else {
-        const text = answer.data.error || String(answer.status);
+        const text = answer.data.message || String(answer.status);
         say(message, editor.dataset.msgNotSaved + ' ' + text, false);
         // The server names the zone it refused, e.g. `scenes.gate.zones[2].polygon`.
         const named = /zones\[(\d+)\]/.exec(text);
@@ -321,7 +321,7 @@
         for (const input of thresholds.querySelectorAll('input[data-key]')) input.dataset.initial = input.value.trim();
         say(message, thresholds.dataset.msgSaved + ' ' + (answer.data.written || []).join(', '), true);
       } else {
-        say(message, thresholds.dataset.msgNotSaved + ' ' + (answer.data.error || answer.status), false);
+        say(message, thresholds.dataset.msgNotSaved + ' ' + (answer.data.message || answer.status), false);
       }
     });
   }
@@ -341,7 +341,7 @@
       say(message, test.dataset.msgRunning, true);
       try {
         const answer = await send('POST', '/api/v1/cameras/' + encodeURIComponent(test.dataset.camera) + '/test');
-        if (!answer.ok) { say(message, answer.data.error || String(answer.status), false); return; }
+        if (!answer.ok) { say(message, answer.data.message || String(answer.status), false); return; }
         const run = answer.data;
         picture.src = run.image;
         picture.width = run.width;
@@ -457,14 +457,14 @@
 
     async function refresh() {
       const answer = await send('GET', '/api/v1/learn');
-      if (answer.ok) show(answer.data); else say(message, answer.data.error || String(answer.status), false);
+      if (answer.ok) show(answer.data); else say(message, answer.data.message || String(answer.status), false);
     }
 
     train.addEventListener('click', async function () {
       const labels = document.getElementById('learn-labels').value.split(',')
         .map(function (label) { return label.trim(); }).filter(function (label) { return label; });
       const answer = await send('POST', '/api/v1/learn', { name: document.getElementById('learn-name').value.trim(), labels: labels });
-      if (!answer.ok) { say(message, answer.data.error || String(answer.status), false); return; }
+      if (!answer.ok) { say(message, answer.data.message || String(answer.status), false); return; }
       refresh();
     });
 
@@ -472,7 +472,7 @@
       deploy.disabled = true;
       const answer = await send('POST', '/api/v1/learn/deploy', { slot: document.getElementById('learn-slot').value });
       deploy.disabled = false;
-      if (!answer.ok) { say(deployMessage, answer.data.error || String(answer.status), false); return; }
+      if (!answer.ok) { say(deployMessage, answer.data.message || String(answer.status), false); return; }
       refresh();
     });
 
