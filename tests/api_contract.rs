@@ -44,14 +44,16 @@ fn the_api_answers_as_its_document_says_under_schemathesis() {
     let work = tempfile::tempdir().expect("temp dir");
     let document = work.path().join("openapi.json");
     std::fs::write(&document, &served.body).expect("write the served document");
+    // A fixed seed and a bounded run by default (CI); set these to search longer.
     let seed = std::env::var("EDGE_AGENT_SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".to_string());
+    let examples = std::env::var("EDGE_AGENT_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "40".to_string());
     let started = Instant::now();
     let output = Command::new(&program)
         .arg("--config-file")
         .arg(repo_root().join("tests/fixtures/schemathesis.toml"))
         .arg("run")
         .arg(&document)
-        .args(["--url", &web.base, "--checks", "all", "--max-examples", "12", "--seed", &seed])
+        .args(["--url", &web.base, "--checks", "all", "--max-examples", &examples, "--seed", &seed])
         // The stream never ends; the test below reads it.
         .args(["--exclude-path", "/api/v1/events/stream"])
         .args(["--workers", "1", "--request-timeout", "20", "--no-color"])
@@ -61,7 +63,10 @@ fn the_api_answers_as_its_document_says_under_schemathesis() {
         .output()
         .expect("run schemathesis");
     let report = String::from_utf8_lossy(&output.stdout);
-    eprintln!("schemathesis (seed {seed}) took {:.0} s:\n{report}", started.elapsed().as_secs_f64());
+    eprintln!(
+        "schemathesis (seed {seed}, {examples} examples) took {:.0} s:\n{report}",
+        started.elapsed().as_secs_f64()
+    );
     assert!(
         output.status.success(),
         "schemathesis found the API answering other than documented:\n{report}\n{}\nagent log:\n{}",

@@ -154,6 +154,62 @@ fn bad_ids_and_paths_are_refused_without_touching_the_disk() {
 }
 
 #[test]
+fn every_refusal_is_json_with_a_stable_code_and_quotes_nothing_it_was_sent() {
+    let web = WebAgent::start("");
+    let admin = HttpSession::login(&web.base, ADMIN.0, ADMIN.1).unwrap_or_else(|r| panic!("login: {}", r.body));
+    let viewer = HttpSession::login(&web.base, VIEWER.0, VIEWER.1).unwrap_or_else(|r| panic!("login: {}", r.body));
+    let event_id = first_event_id(&admin);
+    let sent = "Q7xSENT";
+    let check = |what: &str, reply: Reply, status: u16, code: &str| {
+        assert_eq!(reply.status, status, "{what}: {}", reply.body);
+        assert!(reply.content_type.starts_with("application/json"), "{what}: {} {}", reply.content_type, reply.body);
+        let answer: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(answer["code"], code, "{what}: {answer}");
+        assert!(
+            answer["message"].as_str().is_some_and(|m| m.len() > 10),
+            "{what}: the message says too little: {answer}"
+        );
+        assert!(!reply.body.contains(sent), "{what}: the answer quotes the request: {answer}");
+    };
+    // axum's own rejections were text/plain ("Failed to deserialize query string") and quoted.
+    for (path, status, code) in [
+        (format!("/api/v1/events?limit={sent}"), 400, "invalid_query"),
+        ("/api/v1/events?limit=500".to_string(), 400, "invalid_query"),
+        (format!("/api/v1/events?since={sent}"), 400, "invalid_query"),
+        (format!("/api/v1/stats?days={sent}"), 400, "invalid_query"),
+        (format!("/api/v1/events/{event_id}/evidence.jpg?revision={sent}"), 400, "invalid_query"),
+        (format!("/api/v1/events/{sent}"), 400, "invalid_path"),
+        (format!("/api/v1/events/{sent}/clip.mp4"), 400, "invalid_path"),
+        (format!("/api/v1/events/{sent}/label"), 400, "invalid_path"),
+        ("/api/v1/cameras/%FF%FE/frame.jpg".to_string(), 400, "invalid_path"),
+        (format!("/api/v1/cameras/{sent}/frame.jpg"), 404, "no_such_camera"),
+        (format!("/api/v1/zones/{sent}"), 404, "no_such_camera"),
+        ("/api/v1/events/01890a5d-ac96-774b-bcce-b302099a8057".to_string(), 404, "no_such_event"),
+        (format!("/api/v1/learn/report/{sent}"), 404, "no_such_file"),
+    ] {
+        check(&path, admin.get(&path), status, code);
+    }
+    let label = format!("/api/v1/events/{event_id}/label");
+    for (method, path, body, status, code) in [
+        ("post", "/api/v1/settings", r#"{"values": {}}"#.to_string(), 400, "invalid_body"),
+        ("post", "/api/v1/settings", format!(r#"{{"values": "{sent}"}}"#), 400, "invalid_body"),
+        ("post", "/api/v1/settings", format!(r#"{{"values": {{}}, "{sent}": 1}}"#), 400, "invalid_body"),
+        ("post", "/api/v1/settings", format!("{{\"values\": {sent}"), 400, "invalid_body"),
+        ("post", &label, format!(r#"{{"verdict": "{sent}"}}"#), 400, "invalid_body"),
+        ("post", &label, format!(r#"{{"verdict": "wrong", "category": "{sent}"}}"#), 400, "invalid_category"),
+        ("post", "/api/v1/learn", format!(r#"{{"name": "{sent}!"}}"#), 400, "invalid_body"),
+        ("post", "/api/v1/learn/deploy", format!(r#"{{"slot": "{sent}"}}"#), 400, "invalid_body"),
+        ("put", "/api/v1/zones/yard", format!(r#"{{"zones": "{sent}"}}"#), 400, "invalid_body"),
+    ] {
+        check(&format!("{method} {path} {body}"), admin.send_raw(method, path, &body, Some(&admin.csrf)), status, code);
+    }
+    let acknowledge = format!("/api/v1/events/{event_id}/acknowledge");
+    check("no CSRF token", admin.post(&acknowledge, None), 403, "csrf_token");
+    check("a viewer", viewer.post(&acknowledge, Some(&viewer.csrf)), 403, "admin_only");
+    check("no login", anonymous_get(&format!("{}/api/v1/status", web.base), &[]), 401, "login_required");
+}
+
+#[test]
 fn state_changes_need_the_sessions_csrf_token_and_an_admin() {
     let web = WebAgent::start("");
     let admin = HttpSession::login(&web.base, ADMIN.0, ADMIN.1).unwrap_or_else(|r| panic!("login: {}", r.body));

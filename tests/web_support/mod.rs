@@ -257,6 +257,23 @@ impl HttpSession {
     }
 }
 
+impl HttpSession {
+    /// A request with `body` as it is, sent as JSON (for bodies that are not).
+    pub fn send_raw(&self, method: &str, path: &str, body: &str, csrf: Option<&str>) -> Reply {
+        let url = format!("{}{path}", self.base);
+        let mut request = match method {
+            "put" => self.agent.put(url),
+            _ => self.agent.post(url),
+        }
+        .header("Cookie", &self.cookie)
+        .header("Content-Type", "application/json");
+        if let Some(token) = csrf {
+            request = request.header("X-CSRF-Token", token);
+        }
+        reply(request.send(body.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}")), true)
+    }
+}
+
 /// GET without any session.
 pub fn anonymous_get(url: &str, headers: &[(&str, &str)]) -> Reply {
     let mut request = plain_agent().get(url);
