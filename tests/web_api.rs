@@ -203,6 +203,9 @@ fn every_refusal_is_json_with_a_stable_code_and_quotes_nothing_it_was_sent() {
     ] {
         check(&format!("{method} {path} {body}"), admin.send_raw(method, path, &body, Some(&admin.csrf)), status, code);
     }
+    check("a path no route has", admin.get(&format!("/api/v1/{sent}")), 404, "no_such_route");
+    let put_status = admin.send_raw("put", "/api/v1/status", "{}", Some(&admin.csrf));
+    check("PUT on a GET route", put_status, 405, "method_not_allowed");
     let acknowledge = format!("/api/v1/events/{event_id}/acknowledge");
     check("no CSRF token", admin.post(&acknowledge, None), 403, "csrf_token");
     check("a viewer", viewer.post(&acknowledge, Some(&viewer.csrf)), 403, "admin_only");

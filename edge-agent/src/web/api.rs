@@ -66,7 +66,26 @@ pub fn routes() -> Vec<ApiRoute> {
 
 pub fn router() -> Router<Arc<WebState>> {
     // axum merges two methods of one path into one route.
-    routes().into_iter().fold(Router::new(), |router, route| router.route(route.path, route.handler))
+    let router = routes().into_iter().fold(Router::new(), |router, route| router.route(route.path, route.handler));
+    // After the routes: it applies to those present. axum still adds the Allow header.
+    router.method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not take this method; see the Allow header",
+    )
+}
+
+/// Paths under `/api/` that no route has: the API's JSON error; elsewhere a plain 404.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        error(StatusCode::NOT_FOUND, "no_such_route", "no such API path; the paths are in /api/v1/openapi.json")
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
 }
 
 /// `{"code": "...", "message": "..."}` with a status code: what every API failure looks like. The

@@ -118,6 +118,7 @@ pub fn router(state: Arc<WebState>, loopback: bool) -> Router {
         .route("/assets/{name}", get(assets::asset))
         .route("/metrics", get(metrics::metrics))
         .merge(needs_login)
+        .fallback(api::not_found)
         .layer(middleware::from_fn(i18n::remember_language))
         .layer(middleware::from_fn(security_headers));
     let router = if loopback { router.layer(middleware::from_fn(loopback_hosts_only)) } else { router };
