@@ -10,6 +10,7 @@ use axum::response::Response;
 use serde::de::DeserializeOwned;
 
 use super::api::error;
+use crate::base::parse_error::without_values;
 
 /// A query string deserialized into `T`; refused with code `invalid_query`.
 pub struct ApiQuery<T>(pub T);
@@ -106,25 +107,21 @@ fn field_path(path: &serde_path_to_error::Path, message: &str) -> String {
     }
 }
 
-/// What a serde error says was expected, without the input it quotes: serde's messages end in
-/// `, expected WHAT` where WHAT comes from the type, never from the input.
+/// What a serde error says was wrong and what was expected, without the input it quotes (the
+/// project's `without_values`; an unknown field's name is the input's, so it goes too).
 fn expectation(message: &str) -> String {
     // serde_json adds the position; the caller says where instead.
     let message = message.rsplit_once(" at line ").map_or(message, |(text, _)| text);
     if let Some(field) = message.strip_prefix("missing field ") {
         return format!("lacks the required field {field}");
     }
-    let expected = message.rsplit_once(", expected ").map(|(_, expected)| expected);
-    match (message.starts_with("unknown field"), expected) {
-        (true, Some(expected)) => format!("has a field that is not accepted; expected {expected}"),
-        (true, None) => "has a field that is not accepted".to_string(),
-        (false, Some(expected)) => format!("is not accepted; expected {expected}"),
-        // Number parsing says what is wrong in fixed words (`invalid digit found in string`).
-        (false, None) if !message.contains(['`', '"', '\'']) && message.len() <= 60 => {
-            format!("is not accepted: {message}")
-        }
-        (false, None) => "is not accepted".to_string(),
+    if message.starts_with("unknown field") {
+        return match message.rsplit_once(", expected ") {
+            Some((_, expected)) => format!("has a field that is not accepted; expected {expected}"),
+            None => "has a field that is not accepted".to_string(),
+        };
     }
+    format!("is not accepted: {}", without_values(message))
 }
 
 #[cfg(test)]
@@ -153,8 +150,11 @@ mod tests {
     #[tokio::test]
     async fn bad_bodies_name_the_field_and_never_quote_the_input() {
         let cases: [(&[u8], &str); 5] = [
-            (br#"{"verdict": "SECRET-1"}"#, "the body's `verdict` is not accepted; expected `right`"),
-            (br#"{"verdict": "right", "limit": "SECRET-1"}"#, "`limit` is not accepted; expected u32"),
+            (br#"{"verdict": "SECRET-1"}"#, "the body's `verdict` is not accepted: unknown variant, expected `right`"),
+            (
+                br#"{"verdict": "right", "limit": "SECRET-1"}"#,
+                "`limit` is not accepted: invalid type: string, expected u32",
+            ),
             (br#"{"verdict": "right", "SECRET-1": 1}"#, "has a field that is not accepted"),
             (br#"{"limit": 1}"#, "lacks the required field `verdict`"),
             (br#"{"verdict": "SECRET-1"#, "the body is not JSON (line 1, column"),
