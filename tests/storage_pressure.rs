@@ -229,7 +229,7 @@ fn dozens_of_kills_at_random_moments_leave_an_outbox_that_opens_a_chain_that_ver
 
 /// Event ids the page lists (`/api/v1/events`).
 fn listed_events(web_port: u16) -> BTreeSet<String> {
-    let Ok((200, body)) = http_get(&format!("http://127.0.0.1:{web_port}/api/v1/events?limit=500")) else {
+    let Ok((200, body)) = http_get(&format!("http://127.0.0.1:{web_port}/api/v1/events?limit=200")) else {
         return BTreeSet::new();
     };
     let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);

@@ -167,7 +167,7 @@ struct EventList {
 }
 
 /// The API takes times in RFC 3339 only, as its document says (the page's form also sends a
-/// browser's local time, which the page's own list accepts), and no empty values for absent ones.
+/// browser's local time, which the page's own list accepts), a limit in range and a real cursor.
 fn strict_filter(filter: &EventFilter) -> Result<(), Response> {
     let refused = |field: &str, expected: &str| {
         let message = format!("the query string's `{field}` is not accepted; expected {expected}");
@@ -181,6 +181,10 @@ fn strict_filter(filter: &EventFilter) -> Result<(), Response> {
         if value.as_deref().is_some_and(|text| !rfc3339(text)) {
             return Err(refused(field, "an RFC 3339 time such as 2024-05-01T08:30:00+08:00"));
         }
+    }
+    // The page's list clamps a limit; the API holds to the documented range.
+    if filter.limit.is_some_and(|limit| !(1..=events::MAX_LIMIT).contains(&limit)) {
+        return Err(refused("limit", "1 to 200 events per page"));
     }
     if filter.before.as_deref().is_some_and(|id| parse_event_id(id).is_err()) {
         return Err(refused("before", "an event id (a UUID), the previous page's next_before"));

@@ -266,10 +266,7 @@ pub fn query(events: Vec<EventView>, filter: &EventFilter) -> Result<EventPage, 
         .before()
         .map(|id| Uuid::parse_str(id).map_err(|_| BadFilter { field: "before", expected: "an event id (UUID)" }))
         .transpose()?;
-    let limit = filter.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(BadFilter { field: "limit", expected: "1 to 200 events per page" });
-    }
+    let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let matching: Vec<EventView> = events
         .into_iter()
         .filter(|e| filter.kind().is_none_or(|k| e.kind() == k))
