@@ -32,25 +32,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-echo "== ONNX Runtime library"
-export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(bash scripts/fetch-onnxruntime.sh 1.32.0)}"
-echo "$ORT_DYLIB_PATH"
-
-echo "== Python peer environment"
-# shellcheck source=bench/python_env.sh
-source bench/python_env.sh
-
-if [ -n "${EDGE_AGENT_BIN:-}" ]; then
-  agent="$EDGE_AGENT_BIN"
-elif [ ${#smoke[@]} -gt 0 ]; then
-  echo "== building edge-agent (debug)"
-  cargo build --locked -p edge-agent --features gstreamer
-  agent="$CARGO_TARGET_DIR/debug/edge-agent"
-else
-  echo "== building edge-agent (release)"
-  cargo build --release --locked -p edge-agent --features gstreamer
-  agent="$CARGO_TARGET_DIR/release/edge-agent"
-fi
+bench_smoke=false
+if [ ${#smoke[@]} -gt 0 ]; then bench_smoke=true; fi
+bench_features=gstreamer
+# shellcheck source=bench/agent_env.sh
+source bench/agent_env.sh
 
 results=bench/RESULTS.md
 if [ ${#smoke[@]} -gt 0 ]; then

@@ -46,25 +46,9 @@ with open(sys.argv[2], "w", newline="", encoding="utf-8") as out:
     w.writerows(r for r in rows if r["file"] in kept)
 PY
 
-echo "== ONNX Runtime library"
-export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(bash scripts/fetch-onnxruntime.sh 1.32.0)}"
-echo "$ORT_DYLIB_PATH"
-
-echo "== Python reference environment"
-# shellcheck source=bench/python_env.sh
-source bench/python_env.sh
-
-if [ -n "${EDGE_AGENT_BIN:-}" ]; then
-  agent="$EDGE_AGENT_BIN"
-elif $smoke; then
-  echo "== building edge-agent (debug)"
-  cargo build --locked -p edge-agent
-  agent="$CARGO_TARGET_DIR/debug/edge-agent"
-else
-  echo "== building edge-agent (release)"
-  cargo build --release --locked -p edge-agent
-  agent="$CARGO_TARGET_DIR/release/edge-agent"
-fi
+bench_smoke=$smoke bench_features=""
+# shellcheck source=bench/agent_env.sh
+source bench/agent_env.sh
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 args=()

@@ -206,41 +206,45 @@ pub fn check(
     }
     // A value of the wrong type is `invalid_value` (as the config file's parser says it), one of the
     // right type the shape refuses is `out_of_range`: the platform's tools tell them apart.
-    let invalid = |problem: &str| {
-        let problem = format!("{problem}; expected {}", row.shape.describe());
-        if problem.starts_with("is not ") {
-            ChangeError::InvalidValue(format!("`{}` {problem}", printable_key(key)))
-        } else {
-            ChangeError::OutOfRange { key: printable_key(key), problem }
+    let refuse = |misfit: Misfit| {
+        let expected = row.shape.describe();
+        match misfit {
+            Misfit::WrongType(problem) => {
+                ChangeError::InvalidValue(format!("`{}` {problem}; expected {expected}", printable_key(key)))
+            }
+            Misfit::OutOfBounds(problem) => {
+                ChangeError::OutOfRange { key: printable_key(key), problem: format!("{problem}; expected {expected}") }
+            }
         }
     };
+    use Misfit::{OutOfBounds, WrongType};
     match row.shape {
-        Shape::Bool => value.as_bool().map(|_| ()).ok_or_else(|| invalid("is not true or false")),
-        Shape::Fraction => number_in(value, 0.0, 1.0).map_err(|p| invalid(p)),
-        Shape::Seconds => number_in(value, 0.0, DAY_SECS).map_err(|p| invalid(p)),
-        Shape::Number { max } => number_in(value, 0.0, max).map_err(|p| invalid(p)),
+        Shape::Bool => value.as_bool().map(|_| ()).ok_or_else(|| refuse(WrongType("is not true or false"))),
+        Shape::Fraction => number_in(value, 0.0, 1.0).map_err(refuse),
+        Shape::Seconds => number_in(value, 0.0, DAY_SECS).map_err(refuse),
+        Shape::Number { max } => number_in(value, 0.0, max).map_err(refuse),
         Shape::Count { min, max } => match value {
             Value::Null => Ok(()),
             _ => match value.as_u64() {
                 Some(n) if (min..=max).contains(&n) => Ok(()),
-                Some(_) => Err(invalid("is out of range")),
-                None if value.is_number() => Err(invalid("is out of range")),
-                None => Err(invalid("is not a whole number")),
+                Some(_) => Err(refuse(OutOfBounds("is out of range"))),
+                None if value.is_number() => Err(refuse(OutOfBounds("is out of range"))),
+                None => Err(refuse(WrongType("is not a whole number"))),
             },
         },
-        Shape::Names => names(value).map_err(|p| invalid(p)),
+        Shape::Names => names(value).map_err(refuse),
         Shape::Direction => match value {
             Value::Null => Ok(()),
             Value::String(s) if ["up", "down", "left", "right"].contains(&s.as_str()) => Ok(()),
-            _ => Err(invalid("is not a direction")),
+            _ => Err(refuse(WrongType("is not a direction"))),
         },
         Shape::ModelName => match value {
             Value::Null => Ok(()),
             Value::String(name) if model_names.iter().any(|m| m == name) => Ok(()),
-            Value::String(_) => Err(invalid("names no configured model")),
-            _ => Err(invalid("is not a model name")),
+            Value::String(_) => Err(refuse(OutOfBounds("names no configured model"))),
+            _ => Err(refuse(WrongType("is not a model name"))),
         },
-        Shape::Homography => homography(value).map_err(|p| invalid(p)),
+        Shape::Homography => homography(value).map_err(refuse),
         Shape::Zones => {
             let camera = target.unwrap_or_default();
             zones(value, camera, current)
@@ -324,14 +328,23 @@ pub fn printable_key(key: &str) -> String {
     }
 }
 
-fn number_in(value: &Value, min: f64, max: f64) -> Result<(), &'static str> {
+/// Why a value does not fit its row's shape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Misfit {
+    /// Not the type the shape takes (`invalid_value`).
+    WrongType(&'static str),
+    /// The right type, outside what the shape allows (`out_of_range`).
+    OutOfBounds(&'static str),
+}
+
+fn number_in(value: &Value, min: f64, max: f64) -> Result<(), Misfit> {
     match value {
         Value::Null => Ok(()),
         Value::Number(n) => match n.as_f64() {
             Some(x) if x.is_finite() && (min..=max).contains(&x) => Ok(()),
-            _ => Err("is out of range"),
+            _ => Err(Misfit::OutOfBounds("is out of range")),
         },
-        _ => Err("is not a number"),
+        _ => Err(Misfit::WrongType("is not a number")),
     }
 }
 
@@ -340,20 +353,20 @@ fn is_name(text: &str) -> bool {
     (1..=MAX_NAME_CHARS).contains(&chars) && !text.chars().any(char::is_control)
 }
 
-fn names(value: &Value) -> Result<(), &'static str> {
+fn names(value: &Value) -> Result<(), Misfit> {
     match value {
         Value::Null => Ok(()),
         Value::Array(items) if items.len() <= MAX_NAMES => items
             .iter()
             .all(|item| item.as_str().is_some_and(is_name))
             .then_some(())
-            .ok_or("holds something that is not a name"),
-        Value::Array(_) => Err("is too long a list"),
-        _ => Err("is not a list of names"),
+            .ok_or(Misfit::OutOfBounds("holds something that is not a name")),
+        Value::Array(_) => Err(Misfit::OutOfBounds("is too long a list")),
+        _ => Err(Misfit::WrongType("is not a list of names")),
     }
 }
 
-fn homography(value: &Value) -> Result<(), &'static str> {
+fn homography(value: &Value) -> Result<(), Misfit> {
     match value {
         Value::Null => Ok(()),
         Value::Array(rows) if rows.len() == 3 => rows
@@ -364,8 +377,8 @@ fn homography(value: &Value) -> Result<(), &'static str> {
                 })
             })
             .then_some(())
-            .ok_or("is not 3 rows of 3 finite numbers"),
-        _ => Err("is not a 3×3 matrix"),
+            .ok_or(Misfit::WrongType("is not 3 rows of 3 finite numbers")),
+        _ => Err(Misfit::WrongType("is not a 3×3 matrix")),
     }
 }
 

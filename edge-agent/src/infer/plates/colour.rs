@@ -8,10 +8,10 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::infer::config::InferenceConfig;
-use crate::infer::manifest::{ColourOrder, InputSpec, Layout, ResizeMode};
+use crate::infer::manifest::{ColourOrder, ResizeMode};
 use crate::infer::preprocess::Preprocessor;
 
-use super::model::PlateModel;
+use super::model::{unit_scaled_square_input, PlateModel};
 use super::PlateError;
 
 const SIZE: usize = 96;
@@ -45,17 +45,8 @@ impl ColourClassifier {
     pub fn load(path: &Path, inference: &InferenceConfig) -> Result<Self, PlateError> {
         let shape = vec![1, 3, SIZE, SIZE];
         let (model, _) = PlateModel::load(path, &shape, inference, None)?;
-        let spec = InputSpec {
-            name: "data".into(),
-            shape,
-            layout: Layout::Nchw,
-            colour_order: ColourOrder::Bgr,
-            resize: ResizeMode::Stretch,
-            mean: [0.0; 3],
-            std: [255.0; 3],
-            pad_value: 0,
-        };
-        Ok(Self { model, preprocessor: Preprocessor::new(spec, (SIZE, SIZE)) })
+        let preprocessor = unit_scaled_square_input("data", SIZE, ColourOrder::Bgr, ResizeMode::Stretch);
+        Ok(Self { model, preprocessor })
     }
 
     /// The colour of a straightened plate.

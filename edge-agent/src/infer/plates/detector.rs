@@ -8,11 +8,11 @@ use image::RgbImage;
 
 use crate::infer::config::InferenceConfig;
 use crate::infer::detect::iou;
-use crate::infer::manifest::{ColourOrder, InputSpec, Layout, ResizeMode};
+use crate::infer::manifest::{ColourOrder, ResizeMode};
 use crate::infer::preprocess::Preprocessor;
 use crate::infer::BoundingBox;
 
-use super::model::PlateModel;
+use super::model::{unit_scaled_square_input, PlateModel};
 use super::warp::Corners;
 use super::PlateError;
 
@@ -40,17 +40,8 @@ impl Detector {
     pub fn load(path: &Path, size: usize, inference: &InferenceConfig) -> Result<Self, PlateError> {
         let shape = vec![1, 3, size, size];
         let (model, _) = PlateModel::load(path, &shape, inference, None)?;
-        let spec = InputSpec {
-            name: "input".into(),
-            shape,
-            layout: Layout::Nchw,
-            colour_order: ColourOrder::Rgb,
-            resize: ResizeMode::Letterbox,
-            mean: [0.0; 3],
-            std: [255.0; 3],
-            pad_value: 0,
-        };
-        Ok(Self { model, preprocessor: Preprocessor::new(spec, (size, size)), size })
+        let preprocessor = unit_scaled_square_input("input", size, ColourOrder::Rgb, ResizeMode::Letterbox);
+        Ok(Self { model, preprocessor, size })
     }
 
     pub fn size(&self) -> usize {

@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 use tract_onnx::pb::ModelProto;
 
 use crate::infer::config::InferenceConfig;
-use crate::infer::manifest::OnnxHeader as Header;
+use crate::infer::manifest::{ColourOrder, InputSpec, Layout, OnnxHeader as Header, ResizeMode};
+use crate::infer::preprocess::Preprocessor;
 use crate::infer::{load_graph_backend, Backend, InferError, ModelId, Output};
 
 use super::PlateError;
@@ -95,6 +96,27 @@ fn fold_initialised_inputs(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let initialised: std::collections::HashSet<String> = graph.initializer.iter().map(|t| t.name.clone()).collect();
     graph.input.retain(|i| !initialised.contains(&i.name));
     Ok(model.encode_to_vec())
+}
+
+/// The preprocessor of a plate model's square NCHW input with pixels scaled to 0..1: the models
+/// differ only in the input's name, colour order and how a picture is fitted.
+pub(super) fn unit_scaled_square_input(
+    name: &str,
+    size: usize,
+    colour_order: ColourOrder,
+    resize: ResizeMode,
+) -> Preprocessor {
+    let spec = InputSpec {
+        name: name.into(),
+        shape: vec![1, 3, size, size],
+        layout: Layout::Nchw,
+        colour_order,
+        resize,
+        mean: [0.0; 3],
+        std: [255.0; 3],
+        pad_value: 0,
+    };
+    Preprocessor::new(spec, (size, size))
 }
 
 #[cfg(test)]
