@@ -269,8 +269,15 @@ fn corrupt_rtsp_stream_then_a_good_one(decoder: &str, decode_errors_expected: bo
     } else {
         assert!(counter(&camera, "frames_captured") > 0, "no picture from the damaged stream: {camera}");
     }
-    let decoder_in_use = camera["decoder"].as_str().unwrap_or_default().to_string();
-    assert!(decoder_in_use.contains(if decoder == "gstreamer" { "GStreamer" } else { "openh264" }), "{camera}");
+    // The decoder is named while a stream is open; between a stall and the reconnect it is not.
+    let decoder_in_use = eventually(Duration::from_secs(30), || {
+        camera_status(web_port, "gate").and_then(|c| c["decoder"].as_str().map(str::to_string))
+    })
+    .unwrap_or_default();
+    assert!(
+        decoder_in_use.contains(if decoder == "gstreamer" { "GStreamer" } else { "openh264" }),
+        "decoder {decoder_in_use:?}; {camera}"
+    );
 
     // The same camera serving a good stream again: pictures flow.
     let captured = counter(&camera_status(web_port, "gate").unwrap(), "frames_captured");
