@@ -23,6 +23,9 @@ command -v adduser >/dev/null || missing+=(adduser)
 # The power-cut tests mount a filesystem that forgets what was not fsynced (tests/support/crashfs,
 # FUSE): fuse3's fusermount3 mounts it where the mount system call is refused.
 command -v fusermount3 >/dev/null || missing+=(fuse3)
+# The platform tool's tests store into a PostgreSQL cluster of their own (initdb and pg_ctl on a free
+# port, run as the package's `postgres` user when the tests run as root).
+{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing+=(postgresql)
 # The web page's browser tests: Debian's chromium driven through chromedriver.
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
@@ -98,7 +101,7 @@ cargo test --workspace --locked --features "$features" "$@"
 if [ "${SKIP_BENCH_SMOKE:-}" = 1 ] && [ "${CI:-}" != true ] && [ "${CI:-}" != 1 ]; then
   echo "== SKIPPED: benchmark smoke runs (SKIP_BENCH_SMOKE=1; CI never skips them)"
 else
-  echo "== benchmark smoke runs (bench/camera.sh --smoke, bench/compare.sh --smoke, bench/decoders.sh --smoke, bench/plates.sh --smoke, models/quantize.sh --smoke)"
+  echo "== benchmark smoke runs (bench/camera.sh --smoke, bench/compare.sh --smoke, bench/decoders.sh --smoke, bench/plates.sh --smoke, models/quantize.sh --smoke, platform_watch --smoke)"
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/camera.sh --smoke
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/compare.sh --smoke
   bash bench/decoders.sh --smoke
@@ -106,4 +109,6 @@ else
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/plates.sh --smoke
   # Rebuilds the int8 models and checks they are the committed ones, then times them against fp32.
   bash models/quantize.sh --smoke
+  # `edge-platform watch` on 12 boxes with signed chains into SQLite and PostgreSQL (benches/platform_watch.rs).
+  cargo bench --profile dev --locked --features "$features" --bench platform_watch -- --smoke
 fi

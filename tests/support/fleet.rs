@@ -19,6 +19,9 @@ use edge_agent::delivery::board::StatusBoard;
 use edge_agent::delivery::mqtt::{MqttSettings, Publisher};
 use edge_agent::delivery::outbox::{Outbox, QueuedMessage};
 use edge_agent::delivery::telemetry::TelemetrySampler;
+use edge_agent::evidence::chain::Chain;
+use edge_agent::evidence::signing::DeviceKey;
+use edge_agent::wire::RecordContent;
 
 use crate::{repo_root, BrokerOptions, Mosquitto, Subscriber};
 
@@ -100,7 +103,7 @@ struct BoxStack {
 }
 
 /// CPU seconds (user + system) a process has used, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
+pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
@@ -151,8 +154,8 @@ fn event_record(device: &str, n: u64, picture_sha: &str) -> Vec<u8> {
 /// Runs the fleet against a mosquitto it starts; the figures say what happened.
 pub fn run(options: &FleetOptions, work: &Path) -> Option<FleetFigures> {
     let mut broker = Mosquitto::start_with(BrokerOptions { persistence: true, quiet_log: true, ..Default::default() })?;
-    let picture = std::fs::read(repo_root().join("models/samples/dog.jpg")).expect("models/samples/dog.jpg");
-    let picture_sha = crate::sha256_hex(&picture);
+    let picture_bytes =
+        std::fs::metadata(repo_root().join("models/samples/dog.jpg")).map(|m| m.len() as usize).unwrap_or(0);
 
     // The platform: one persistent subscriber to everything the fleet sends.
     let view = Arc::new(Mutex::new(PlatformView::default()));
@@ -191,60 +194,10 @@ pub fn run(options: &FleetOptions, work: &Path) -> Option<FleetFigures> {
     };
     std::thread::sleep(Duration::from_millis(500));
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let (trigger, shutdown) = edge_agent::base::shutdown::channel();
-    let made = Arc::new(AtomicU64::new(0));
-    let producing = Arc::new(AtomicBool::new(true));
-    let mut stacks = Vec::new();
     let started = Instant::now();
-    runtime.block_on(async {
-        for i in 0..options.boxes {
-            let device = format!("fleet-box-{i:03}");
-            let state_dir = work.join(&device);
-            let outbox = Arc::new(Outbox::open(&state_dir.join("outbox.redb")).expect("outbox"));
-            let settings = MqttSettings {
-                telemetry_interval: Some(options.telemetry_every),
-                reconnect_max: options.reconnect_max,
-                ..MqttSettings::single("127.0.0.1", broker.port, &device)
-            };
-            let board = Arc::new(StatusBoard::new(device.clone(), settings.broker_names()));
-            let wake = Arc::new(tokio::sync::Notify::new());
-            let telemetry = TelemetrySampler::new(board.clone(), outbox.clone(), state_dir.clone());
-            let publisher =
-                Publisher::new(settings, outbox.clone(), board.clone(), wake.clone()).with_telemetry(telemetry);
-            tokio::spawn(publisher.run(shutdown.clone()));
-            // The station: an event with its picture every `event_every`, the first at a random
-            // moment so the fleet is not in step.
-            let (outbox_for_events, made, producing) = (outbox.clone(), made.clone(), producing.clone());
-            let (every, picture, picture_sha) = (options.event_every, picture.clone(), picture_sha.clone());
-            let offset = every.mul_f64(f64::from(station_phase(i)));
-            tokio::spawn(async move {
-                tokio::time::sleep(offset).await;
-                let mut tick = tokio::time::interval(every);
-                let mut n = 0u64;
-                while producing.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                    if !producing.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let record = event_record(&device, n, &picture_sha);
-                    let messages = [
-                        QueuedMessage { topic_suffix: "events".into(), payload: record },
-                        QueuedMessage { topic_suffix: format!("snapshots/{device}-{n:08}"), payload: picture.clone() },
-                    ];
-                    let outbox = outbox_for_events.clone();
-                    let queued = tokio::task::spawn_blocking(move || outbox.enqueue(&messages)).await;
-                    if matches!(queued, Ok(Ok(_))) {
-                        made.fetch_add(1, Ordering::Relaxed);
-                        n += 1;
-                        wake.notify_one();
-                    }
-                }
-            });
-            stacks.push(BoxStack { board, outbox });
-        }
-    });
-
+    let boxes = Boxes::start(options, work, broker.port, false);
+    let (made, producing) = (boxes.made.clone(), boxes.producing.clone());
+    let stacks = &boxes.stacks;
     let all_connected = |stacks: &[BoxStack]| stacks.iter().all(|s| s.board.snapshot().mqtt.connected);
     let wait_all_connected = |stacks: &[BoxStack], timeout: Duration| -> Option<Instant> {
         let deadline = Instant::now() + timeout;
@@ -256,8 +209,8 @@ pub fn run(options: &FleetOptions, work: &Path) -> Option<FleetFigures> {
         }
         None
     };
-    let mut figures = FleetFigures { boxes: options.boxes, picture_bytes: picture.len(), ..Default::default() };
-    let connected_at = wait_all_connected(&stacks, Duration::from_secs(120)).expect("every box connects at first");
+    let mut figures = FleetFigures { boxes: options.boxes, picture_bytes, ..Default::default() };
+    let connected_at = wait_all_connected(stacks, Duration::from_secs(120)).expect("every box connects at first");
     figures.first_all_connected = connected_at - started;
 
     // Steady load.
@@ -281,7 +234,7 @@ pub fn run(options: &FleetOptions, work: &Path) -> Option<FleetFigures> {
     // The broker restarts; the boxes keep making events into their outboxes meanwhile.
     let attempts =
         |stacks: &[BoxStack]| stacks.iter().map(|s| s.board.snapshot().mqtt.connection_attempts).sum::<u64>();
-    let attempts_before = attempts(&stacks);
+    let attempts_before = attempts(stacks);
     let log_before = broker.log_text().len();
     broker.stop_gracefully();
     std::thread::sleep(options.outage);
@@ -290,9 +243,9 @@ pub fn run(options: &FleetOptions, work: &Path) -> Option<FleetFigures> {
     let restarted_unix = chrono::Utc::now().timestamp();
     let pid = broker.pid().expect("broker pid");
     let cpu_restart = cpu_seconds(pid);
-    let back = wait_all_connected(&stacks, options.reconnect_max * 3).expect("every box reconnects");
+    let back = wait_all_connected(stacks, options.reconnect_max * 3).expect("every box reconnects");
     figures.reconnect_all = back - restarted;
-    figures.client_attempts_during_outage = attempts(&stacks) - attempts_before;
+    figures.client_attempts_during_outage = attempts(stacks) - attempts_before;
     figures.broker_cores_during_reconnect =
         (cpu_seconds(pid) - cpu_restart) / restarted.elapsed().as_secs_f64().max(0.001);
     // Connections per second the broker logged ("1764467000: New client connected from ...").
@@ -333,8 +286,7 @@ pub fn run(options: &FleetOptions, work: &Path) -> Option<FleetFigures> {
     };
     figures.drained_after_restart = drained - restarted;
     std::thread::sleep(Duration::from_secs(1));
-    trigger.trigger();
-    runtime.shutdown_timeout(Duration::from_secs(5));
+    boxes.stop();
     collecting.store(false, Ordering::Relaxed);
     let _ = collector.join();
 
@@ -345,6 +297,159 @@ pub fn run(options: &FleetOptions, work: &Path) -> Option<FleetFigures> {
     figures.duplicates = view.duplicates;
     figures.duplicates_differing = view.duplicates_differing;
     Some(figures)
+}
+
+/// The fleet's boxes reporting into a broker: each box's outbox, MQTT publisher and telemetry in
+/// this process, and a station making an event with its picture every `event_every`.
+pub struct Boxes {
+    runtime: tokio::runtime::Runtime,
+    trigger: edge_agent::base::shutdown::ShutdownTrigger,
+    stacks: Vec<BoxStack>,
+    /// Events made (queued in an outbox) so far.
+    pub made: Arc<AtomicU64>,
+    /// Cleared: the stations stop making events.
+    pub producing: Arc<AtomicBool>,
+}
+
+impl Boxes {
+    /// Starts `options.boxes` boxes against the broker on `port`. `signed`: each box keeps a real
+    /// evidence chain (the agent's chain writer and key file in its folder) and its event messages
+    /// carry their records, its other records go out on `chain`, as the agent's do.
+    pub fn start(options: &FleetOptions, work: &Path, port: u16, signed: bool) -> Self {
+        let picture = std::fs::read(repo_root().join("models/samples/dog.jpg")).expect("models/samples/dog.jpg");
+        let picture_sha = crate::sha256_hex(&picture);
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+        let (trigger, shutdown) = edge_agent::base::shutdown::channel();
+        let made = Arc::new(AtomicU64::new(0));
+        let producing = Arc::new(AtomicBool::new(true));
+        let mut stacks = Vec::new();
+        runtime.block_on(async {
+            for i in 0..options.boxes {
+                let device = format!("fleet-box-{i:03}");
+                let state_dir = work.join(&device);
+                let outbox = Arc::new(Outbox::open(&state_dir.join("outbox.redb")).expect("outbox"));
+                let settings = MqttSettings {
+                    telemetry_interval: Some(options.telemetry_every),
+                    reconnect_max: options.reconnect_max,
+                    ..MqttSettings::single("127.0.0.1", port, &device)
+                };
+                let board = Arc::new(StatusBoard::new(device.clone(), settings.broker_names()));
+                let wake = Arc::new(tokio::sync::Notify::new());
+                let mut chain = signed.then(|| {
+                    let key = DeviceKey::load_or_create(&state_dir.join("keys")).expect("device key");
+                    board.set_evidence_identity(Some(key.public_hex()), None);
+                    Chain::open(&state_dir.join("evidence"), key, &device).expect("evidence chain")
+                });
+                if let Some(chain) = chain.as_mut() {
+                    let records: Vec<QueuedMessage> = chain
+                        .take_unpublished()
+                        .iter()
+                        .map(|r| QueuedMessage {
+                            topic_suffix: "chain".into(),
+                            payload: serde_json::to_vec(r).expect("a record"),
+                        })
+                        .collect();
+                    outbox.enqueue(&records).expect("queue the genesis record");
+                }
+                let telemetry = TelemetrySampler::new(board.clone(), outbox.clone(), state_dir.clone());
+                let publisher =
+                    Publisher::new(settings, outbox.clone(), board.clone(), wake.clone()).with_telemetry(telemetry);
+                tokio::spawn(publisher.run(shutdown.clone()));
+                // The station: an event with its picture every `event_every`, the first at a random
+                // moment so the fleet is not in step.
+                let (outbox_for_events, made, producing) = (outbox.clone(), made.clone(), producing.clone());
+                let (every, picture, picture_sha) = (options.event_every, picture.clone(), picture_sha.clone());
+                let offset = every.mul_f64(f64::from(station_phase(i)));
+                let board_for_events = board.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(offset).await;
+                    let mut tick = tokio::time::interval(every);
+                    let mut n = 0u64;
+                    let mut chain = chain;
+                    while producing.load(Ordering::Relaxed) {
+                        tick.tick().await;
+                        if !producing.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let record = match chain.as_mut() {
+                            Some(chain) => {
+                                let message = signed_event_message(chain, &device, n, &picture_sha);
+                                if let Some(head) = chain.head() {
+                                    board_for_events.set_chain_head(head.clone());
+                                }
+                                message
+                            }
+                            None => event_record(&device, n, &picture_sha),
+                        };
+                        let messages = [
+                            QueuedMessage { topic_suffix: "events".into(), payload: record },
+                            QueuedMessage {
+                                topic_suffix: format!("snapshots/{device}-{n:08}"),
+                                payload: picture.clone(),
+                            },
+                        ];
+                        let outbox = outbox_for_events.clone();
+                        let queued = tokio::task::spawn_blocking(move || outbox.enqueue(&messages)).await;
+                        if matches!(queued, Ok(Ok(_))) {
+                            made.fetch_add(1, Ordering::Relaxed);
+                            n += 1;
+                            wake.notify_one();
+                        }
+                    }
+                });
+                stacks.push(BoxStack { board, outbox });
+            }
+        });
+        Self { runtime, trigger, stacks, made, producing }
+    }
+
+    pub fn all_connected(&self) -> bool {
+        self.stacks.iter().all(|s| s.board.snapshot().mqtt.connected)
+    }
+
+    /// Whether every outbox is empty (everything made reached the broker).
+    pub fn drained(&self) -> bool {
+        self.stacks.iter().all(|s| s.outbox.depth().unwrap_or(u64::MAX) == 0)
+    }
+
+    /// Stops every box (the publishers end, the runtime with them).
+    pub fn stop(self) {
+        self.producing.store(false, Ordering::Relaxed);
+        self.trigger.trigger();
+        self.runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+/// An event message as the agent sends one: the event (its id names the station and number, its
+/// picture's hash), with its record appended to the box's chain in `chain`.
+fn signed_event_message(chain: &mut Chain, device: &str, n: u64, picture_sha: &str) -> Vec<u8> {
+    let now = chrono::Utc::now();
+    let event = serde_json::json!({
+        "schema_version": edge_agent::wire::EVENT_SCHEMA_VERSION,
+        "event_id": format!("{device}-{n:08}"),
+        "revision": 0,
+        "state": "start",
+        "reason": null,
+        "device": device,
+        "station_id": device,
+        "camera": "gate",
+        "time": now,
+        "start_time": now,
+        "duration_secs": 0.0,
+        "kind": "wrong_bin",
+        "label": "bottle",
+        "category": "recyclable",
+        "score": 0.81,
+        "box": {"x1": 457, "y1": 80, "x2": 686, "y2": 161},
+        "frame_width": 1920,
+        "frame_height": 1080,
+        "snapshot_sha256": picture_sha,
+    });
+    let content = RecordContent::Event { event: event.clone(), evidence: vec![] };
+    let proof = chain.append(now, content).expect("append the event's record");
+    let mut message = event;
+    message["chain"] = serde_json::to_value(proof).expect("a record");
+    serde_json::to_vec(&message).expect("an event message")
 }
 
 /// A fraction in [0, 1) per box, so the stations' first events spread over one period.

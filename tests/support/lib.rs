@@ -14,7 +14,9 @@ pub mod arrivals;
 pub mod cluster;
 pub mod crashfs;
 pub mod fleet;
+pub mod mqtt_proxy;
 pub mod platform;
+pub mod postgres;
 pub use platform::PlatformKey;
 pub mod rtsp;
 
@@ -47,6 +49,23 @@ pub fn agent_binary() -> PathBuf {
         _ => panic!(
             "the edge-agent binary is not built next to {}; run `cargo build -p edge-agent` first \
              (scripts/test.sh does) or set EDGE_AGENT_BIN",
+            exe.display()
+        ),
+    }
+}
+
+/// The platform tool built next to this test (`target/<profile>/edge-platform`), or $EDGE_PLATFORM_BIN.
+pub fn platform_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("EDGE_PLATFORM_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let candidate = exe.parent().and_then(Path::parent).map(|p| p.join("edge-platform"));
+    match candidate {
+        Some(path) if path.is_file() => path,
+        _ => panic!(
+            "the edge-platform binary is not built next to {}; run `cargo build --workspace --bins` first \
+             (scripts/test.sh does) or set EDGE_PLATFORM_BIN",
             exe.display()
         ),
     }

@@ -107,6 +107,17 @@ fn matches_record(proof: &ChainProof, event: Option<&Value>, record: &RecordBody
     }
 }
 
+/// Where a received message differs from the record its proof carries, for a consumer that feeds
+/// a [`ChainVerifier`] itself (the platform's live one): None when the proof's `seq` and
+/// `prev_sha256` and, for an event message, the event are what was signed.
+pub fn differs_from_record(proof: &ChainProof, event: Option<&Value>, record: &RecordBody) -> Option<String> {
+    match matches_record(proof, event, record) {
+        Ok(()) => None,
+        Err(Mismatch::Proof) => Some("`seq` or `prev_sha256` differ from the signed record".to_string()),
+        Err(Mismatch::Event(field)) => Some(format!("the event message differs from its signed record (at `{field}`)")),
+    }
+}
+
 /// Checks `text` (the captured messages) against `public_key` (hex), and each event's snapshot
 /// against `snapshot_hashes` (the sha256 of every snapshot received) when given.
 pub fn verify_messages(
@@ -261,8 +272,9 @@ fn problem_of(line: usize, seq: u64, outcome: &Outcome) -> Option<MessageProblem
     problem(line, Some(seq), kind, &why)
 }
 
-/// The kind of a broken record and what is wrong with it.
-fn described(seq: u64, broken: &Break) -> (&'static str, String) {
+/// The kind of a broken record (`altered`, `forged`, `reordered`) and what is wrong with it, as
+/// `verify --messages` and the platform's live check name it.
+pub fn described(seq: u64, broken: &Break) -> (&'static str, String) {
     match broken {
         Break::Altered { .. } => ("altered", "the record's bytes do not match its sha256".to_string()),
         Break::Unreadable(e) => ("altered", format!("not a chain record: {e}")),
