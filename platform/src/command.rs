@@ -175,6 +175,8 @@ pub struct Target {
     pub attempts: Vec<String>,
     /// `returns` when we last sent: a return since means the command may have missed it.
     sent_at_return: u64,
+    /// After a `no_frame` refusal (a box just back, its camera not yet running): not before then.
+    retry_at: Option<Instant>,
     pub progress: Progress,
 }
 
@@ -203,6 +205,7 @@ impl Fleet {
                     returns: 0,
                     attempts: Vec::new(),
                     sent_at_return: 0,
+                    retry_at: None,
                     progress: Progress::Waiting,
                 };
                 (device, target)
@@ -228,7 +231,9 @@ impl Fleet {
         let mut sends = Vec::new();
         for target in self.targets.values_mut() {
             let due = match target.progress {
-                Progress::Waiting => target.online != Some(false),
+                Progress::Waiting => {
+                    target.online != Some(false) && target.retry_at.is_none_or(|at| Instant::now() >= at)
+                }
                 // It went away with our command and came back: the queued one is stale by now.
                 Progress::Sent => target.online == Some(true) && target.returns != target.sent_at_return,
                 Progress::OnProbation { .. } | Progress::Done(_) => false,
@@ -247,8 +252,19 @@ impl Fleet {
     /// An ack from a box; true when it counted (it answers one of our attempts).
     pub fn ack(&mut self, device: &str, ack: &Value, now: Instant) -> bool {
         let Some(target) = self.targets.get_mut(device) else { return false };
-        let Some(id) = ack["correlation_id"].as_str() else { return false };
-        let Some(attempt) = target.attempts.iter().position(|a| a == id) else { return false };
+        let code = ack["error"]["code"].as_str().unwrap_or_default();
+        // A box refuses a bad signature before it reads the command, so that ack has no
+        // correlation id: while we wait on this box it is taken as the answer to our newest attempt.
+        let unsigned_refusal = ack["correlation_id"].is_null()
+            && matches!(code, "signature_invalid" | "signature_unverifiable")
+            && !target.attempts.is_empty();
+        let attempt = if unsigned_refusal {
+            target.attempts.len() - 1
+        } else {
+            let Some(id) = ack["correlation_id"].as_str() else { return false };
+            let Some(attempt) = target.attempts.iter().position(|a| a == id) else { return false };
+            attempt
+        };
         if matches!(target.progress, Progress::Done(_)) {
             return false;
         }
@@ -272,6 +288,12 @@ impl Fleet {
             }
         } else {
             let message = ack["error"]["message"].as_str().unwrap_or_default().to_string();
+            // A camera with no frame yet (the box has just started): asked again in a second.
+            if code == "no_frame" {
+                target.retry_at = Some(now + Duration::from_secs(1));
+                target.progress = Progress::Waiting;
+                return true;
+            }
             Progress::Done(Outcome::Refused { code, message })
         };
         true

@@ -396,5 +396,10 @@ mod tests {
         let tables = statements.iter().filter(|s| s.contains("CREATE TABLE")).count();
         assert_eq!(tables, 11, "{statements:#?}");
         assert!(statements.iter().all(|s| s.contains("CREATE")));
+        // The splitter cuts at every `;`: a comment must not hold one.
+        for (version, sql) in schema::MIGRATIONS {
+            let cut = sql.lines().find(|l| l.trim().starts_with("--") && l.contains(';'));
+            assert_eq!(cut, None, "migration {version}");
+        }
     }
 }

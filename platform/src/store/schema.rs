@@ -38,7 +38,7 @@ CREATE TABLE events (
     camera TEXT NOT NULL,
     time TEXT NOT NULL,
     epoch BIGINT NOT NULL,
-    -- its record in the box's chain; NULL when the box sends no chain (evidence off)
+    -- its record in the box's chain, NULL when the box sends no chain (evidence off)
     chain_seq BIGINT,
     -- the message as received, for fields added later (a plate) and for evidence
     message TEXT NOT NULL,
@@ -62,7 +62,7 @@ CREATE TABLE chain_records (
     PRIMARY KEY (device, epoch, seq)
 );
 
--- Records the platform never received; pruned_by_policy names the box's retention record when
+-- Records the platform never received, pruned_by_policy names the box's retention record when
 -- one covers the gap.
 CREATE TABLE gaps (
     device TEXT NOT NULL,
