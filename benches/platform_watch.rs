@@ -35,7 +35,7 @@ impl CpuMeter {
                     let seconds = cpu_seconds(pid);
                     let mut peaks = shared.lock().expect("cpu samples");
                     let peak = peaks.entry(pid).or_insert(0.0);
-                    *peak = peak.max(seconds);
+                    *peak = f64::max(*peak, seconds);
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -113,7 +113,7 @@ fn run_store(
     let work = tempfile::tempdir().expect("temp dir");
     let client_id = format!("bench-{name}");
     let watch_started = Instant::now();
-    let mut watcher = watch(broker, store, &client_id, false);
+    let watcher = watch(broker, store, &client_id, false);
     std::thread::sleep(Duration::from_secs(2));
     let boxes = Boxes::start(options, work.path(), broker.port, true);
     let deadline = Instant::now() + Duration::from_secs(120);
