@@ -313,7 +313,35 @@ fn watch_stores_every_event_once_across_broker_and_box_restarts_and_both_stores_
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let (from_sqlite, from_pg) = (report(&sqlite), report(&pg));
-    assert_eq!(from_sqlite, from_pg, "SQLite and PostgreSQL give the same report");
+    // The presence each watcher saw: box statuses as they arrived (a last will is dated on arrival).
+    let presence = |store: &str| -> Vec<(String, String)> {
+        let mut opened = edge_platform::store::open(store).unwrap();
+        let rows = opened.query("SELECT device, state FROM presence ORDER BY device, time, state", &[]).unwrap();
+        rows.iter().map(|r| (r[0].text().unwrap().to_string(), r[1].text().unwrap().to_string())).collect()
+    };
+    // Offline time is what each watcher saw, and two watchers need not see the same: at a
+    // broker's shutdown the boxes' last wills reach a watcher still connected and not one already
+    // cut off. So the reports are compared without it, and it is checked on its own: a few seconds
+    // at most (the broker was away 3 s), and the restarted box's stop and return seen by both.
+    let without_offline = |report: &str, store: &str| {
+        let mut parsed: Value = serde_json::from_str(report).unwrap();
+        for b in parsed["boxes"].as_array_mut().unwrap() {
+            let offline = b["offline_secs"].as_u64().unwrap();
+            assert!(offline <= 20, "{}: offline {offline} s in {store}: {:?}", b["device"], presence(store));
+            b["offline_secs"] = Value::Null;
+        }
+        parsed
+    };
+    assert_eq!(
+        without_offline(&from_sqlite, &sqlite),
+        without_offline(&from_pg, &pg),
+        "SQLite and PostgreSQL give the same report (but for offline time):\n{from_sqlite}\n{from_pg}"
+    );
+    for store in [&sqlite, &pg] {
+        let states: Vec<String> = presence(store).into_iter().filter(|(d, _)| d == "wb-2").map(|(_, s)| s).collect();
+        let stop_then_back = states.windows(2).any(|w| w[0] == "stopped" && w[1] == "online");
+        assert!(stop_then_back, "the restarted box was seen to stop and come back in {store}: {states:?}");
+    }
     let parsed: Value = serde_json::from_str(&from_sqlite).unwrap();
     let messages: u64 = parsed["boxes"]
         .as_array()
@@ -324,8 +352,6 @@ fn watch_stores_every_event_once_across_broker_and_box_restarts_and_both_stores_
         .map(|k| k["messages"].as_u64().unwrap())
         .sum();
     assert_eq!(messages, sent.len() as u64, "{from_sqlite}");
-    let restarted = parsed["boxes"].as_array().unwrap().iter().find(|b| b["device"] == "wb-2").unwrap();
-    assert!(restarted["offline_secs"].as_u64().unwrap() >= 1, "the restarted box was offline a moment: {restarted}");
 }
 
 #[test]

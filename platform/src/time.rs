@@ -16,6 +16,11 @@ pub fn normalized(time: &str) -> Option<String> {
     DateTime::parse_from_rfc3339(time).ok().map(|t| text(t.with_timezone(&Utc)))
 }
 
+/// The store's time one microsecond after `time` (None when it is not RFC 3339).
+pub fn just_after(time: &str) -> Option<String> {
+    DateTime::parse_from_rfc3339(time).ok().map(|t| text(t.with_timezone(&Utc) + chrono::Duration::microseconds(1)))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

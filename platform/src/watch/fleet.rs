@@ -64,6 +64,10 @@ pub struct BoxState {
     /// A key the box announces that its chain has not rotated to.
     announced_key: Option<String>,
     pub online: Option<bool>,
+    /// The time of the last presence change written (this run of watch).
+    last_presence: Option<String>,
+    /// The latest `connected_at` of the box's statuses (this run of watch).
+    latest_connection: Option<String>,
     pub last_event: Option<String>,
     pub announced_head: Option<ChainHead>,
     pub events: u64,
@@ -94,6 +98,8 @@ impl BoxState {
             expected_order: VecDeque::new(),
             announced_key: None,
             online: None,
+            last_presence: None,
+            latest_connection: None,
             last_event: None,
             announced_head: None,
             events: 0,
@@ -366,11 +372,31 @@ impl Fleet {
     fn status(&mut self, device: &str, message: &Value, now: &str, decision: &mut Decision) {
         let Some(state) = self.boxes.get_mut(device) else { return };
         let status_state = message["state"].as_str().unwrap_or("unknown").to_string();
+        // A will of a connection older than one the box has spoken on since says nothing about now
+        // (the broker may hand it over after the box's next `online`).
+        let connected_at = message["connected_at"].as_str().and_then(time::normalized);
+        if let Some(connected_at) = &connected_at {
+            let latest = state.latest_connection.as_ref();
+            if status_state == "offline" && latest.is_some_and(|latest| connected_at < latest) {
+                return;
+            }
+            if latest.is_none_or(|latest| connected_at > latest) {
+                state.latest_connection = Some(connected_at.clone());
+            }
+        }
         // The last will carries the time the box connected; the platform dates it on arrival.
         let time = match status_state.as_str() {
             "offline" => now.to_string(),
             _ => message["time"].as_str().and_then(time::normalized).unwrap_or_else(|| now.to_string()),
         };
+        // Presence keeps the order of arrival: a will dated on arrival can come after the box's
+        // next `online` was written with the box's own (earlier) time — a broker restart hands a
+        // returning watcher the will and the new `online` together — and must not end up after it.
+        let time = match state.last_presence.as_deref() {
+            Some(last) if time.as_str() <= last => time::just_after(last).unwrap_or(time),
+            _ => time,
+        };
+        state.last_presence = Some(time.clone());
         decision.writes.push(Write::Presence { device: device.into(), time, state: status_state.clone() });
         state.online = Some(status_state == "online");
         state.row.state = Some(status_state);
@@ -618,8 +644,9 @@ fn unsigned_event(state: &mut BoxState, device: &str, message: &Value, decision:
 fn snapshot(state: &mut BoxState, device: &str, id: &str, payload: &[u8], decision: &mut Decision) {
     let sha = sha256_hex(payload);
     let checked = match state.expected_snapshots.get_mut(id) {
+        // Kept after a match: a box sends at least once, and a picture resent after a restart
+        // is the same picture (the store keeps it once).
         Some(hashes) if hashes.contains(&sha) => {
-            hashes.retain(|h| *h != sha);
             state.snapshots_checked += 1;
             "matches its event"
         }
@@ -953,6 +980,46 @@ mod tests {
     }
 
     #[test]
+    fn presence_keeps_the_order_of_arrival_and_a_late_will_of_an_earlier_connection_changes_nothing() {
+        let device = TestBox::new();
+        let mut fleet = Fleet::new(Trust::FirstUse);
+        let presence = |decision: &Decision| -> Vec<(String, String)> {
+            decision
+                .writes
+                .iter()
+                .filter_map(|w| match w {
+                    Write::Presence { time, state, .. } => Some((time.clone(), state.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        // The box said online at 07:59:00 (its clock); after a broker restart the watcher gets the
+        // old connection's will at 08:00:05 and then the box's new online, written at 08:00:02.
+        let first = presence(&fleet.receive("box-1", "status", &device.status(), "2026-12-06T07:59:00.100000Z"));
+        let will = serde_json::to_vec(&json!({ "state": "offline", "time": "2026-12-06T07:59:00Z" })).unwrap();
+        let offline = presence(&fleet.receive("box-1", "status", &will, "2026-12-06T08:00:05.000000Z"));
+        let back = serde_json::to_vec(&json!({ "state": "online", "time": "2026-12-06T08:00:02Z" })).unwrap();
+        let online = presence(&fleet.receive("box-1", "status", &back, "2026-12-06T08:00:05.100000Z"));
+        assert_eq!(first, vec![("2026-12-06T07:59:00.000000Z".to_string(), "online".to_string())]);
+        assert_eq!(offline, vec![("2026-12-06T08:00:05.000000Z".to_string(), "offline".to_string())]);
+        assert_eq!(online, vec![("2026-12-06T08:00:05.000001Z".to_string(), "online".to_string())]);
+        // With `connected_at` (boxes from this version on): the will of an earlier connection that
+        // arrives after the box spoke on a later one is stale, and changes nothing.
+        let status = |state: &str, connected_at: &str| {
+            serde_json::to_vec(&json!({ "state": state, "time": "2026-12-06T08:01:00Z", "connected_at": connected_at }))
+                .unwrap()
+        };
+        fleet.receive("box-1", "status", &status("online", "2026-12-06T08:00:59Z"), "2026-12-06T08:01:00.000000Z");
+        let late_will = fleet.receive("box-1", "status", &status("offline", "2026-12-06T08:00:01Z"), "2026-12-06T08:01:01.000000Z");
+        assert!(presence(&late_will).is_empty(), "{:?}", late_will.writes);
+        assert_eq!(fleet.boxes["box-1"].online, Some(true));
+        // The will of the connection in use is the box going away.
+        let will = fleet.receive("box-1", "status", &status("offline", "2026-12-06T08:00:59Z"), "2026-12-06T08:01:02.000000Z");
+        assert_eq!(presence(&will), vec![("2026-12-06T08:01:02.000000Z".to_string(), "offline".to_string())]);
+        assert_eq!(fleet.boxes["box-1"].online, Some(false));
+    }
+
+    #[test]
     fn a_picture_is_checked_against_its_event_and_a_box_outside_the_keys_file_is_kept_apart() {
         let mut device = TestBox::new();
         let mut fleet = Fleet::new(Trust::FirstUse);
@@ -967,6 +1034,9 @@ mod tests {
             .writes
             .iter()
             .any(|w| matches!(w, Write::Snapshot { checked, .. } if checked == "matches its event")));
+        // Sent again (the box restarted before the broker's acknowledgement): the same picture, no alarm.
+        let again = feed(&mut fleet, "snapshots/0190-0001", &picture);
+        assert!(alarms(&again).is_empty(), "{:?}", again.notes);
         feed(&mut fleet, "events", &device.event(Some(&picture)));
         let decision = feed(&mut fleet, "snapshots/0190-0002", b"\xff\xd8 another picture");
         assert!(alarms(&decision).iter().any(|a| a.contains("0190-0002")), "{:?}", decision.notes);

@@ -324,6 +324,10 @@ pub struct Publisher {
     telemetry: Option<TelemetrySampler>,
     /// Index into `settings.brokers` of the broker in use or being tried.
     broker: usize,
+    /// When the connection in use (or being tried) began: its last will and every status sent on
+    /// it carry this as `connected_at`, so the platform tells a late will of an earlier
+    /// connection from the end of this one.
+    connection_started: chrono::DateTime<chrono::Utc>,
 }
 
 impl Publisher {
@@ -337,6 +341,7 @@ impl Publisher {
             commands: None,
             telemetry: None,
             broker: 0,
+            connection_started: chrono::Utc::now(),
         }
     }
 
@@ -396,6 +401,7 @@ impl Publisher {
             "version": status.version,
             "time": chrono::Utc::now(),
             "started_at": status.started_at,
+            "connected_at": self.connection_started,
             "models": status.models,
             "cameras": cameras,
             "control": status.control,
@@ -455,6 +461,7 @@ impl Publisher {
         backoff: &mut Backoff,
         last_connected: &mut Option<usize>,
     ) -> ConnectionEnd {
+        self.connection_started = chrono::Utc::now();
         let (client, mut eventloop) = AsyncClient::new(self.options(), WINDOW * 2);
         let mut tracker = InflightTracker::default();
         let mut acked: Vec<u64> = Vec::new();
