@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edge_agent_tests::fleet::{cpu_seconds, Boxes, FleetOptions};
-use edge_agent_tests::postgres::Postgres;
+use edge_agent_tests::postgres::{server_pids_in, Postgres};
 use edge_agent_tests::{platform_binary, BrokerOptions, Mosquitto};
 
 /// CPU seconds of a changing set of processes, sampled often so processes that exit still count.
@@ -154,16 +154,12 @@ fn run_store(
     let drainer = watch(broker, store, &client_id, true);
     let pid = drainer.id();
     let meter = CpuMeter::start(move || vec![pid]);
+    // The server's processes are listed again at every sample: the backend that serves watch's
+    // connection starts after watch does.
     let server_meter = server.map(|s| {
-        let data = s.server_pids();
-        let before: f64 = data.iter().map(|p| cpu_seconds(*p)).sum();
-        (
-            before,
-            CpuMeter::start({
-                let pids = Arc::new(Mutex::new(data));
-                move || pids.lock().expect("pids").clone()
-            }),
-        )
+        let before: f64 = s.server_pids().iter().map(|p| cpu_seconds(*p)).sum();
+        let data = s.data_dir().to_path_buf();
+        (before, CpuMeter::start(move || server_pids_in(&data)))
     });
     let out = drainer.wait_with_output().expect("watch --once exits");
     // `--once` waits 2 s of quiet before it stops.

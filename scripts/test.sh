@@ -101,7 +101,7 @@ cargo test --workspace --locked --features "$features" "$@"
 if [ "${SKIP_BENCH_SMOKE:-}" = 1 ] && [ "${CI:-}" != true ] && [ "${CI:-}" != 1 ]; then
   echo "== SKIPPED: benchmark smoke runs (SKIP_BENCH_SMOKE=1; CI never skips them)"
 else
-  echo "== benchmark smoke runs (bench/camera.sh --smoke, bench/compare.sh --smoke, bench/decoders.sh --smoke, bench/plates.sh --smoke, models/quantize.sh --smoke)"
+  echo "== benchmark smoke runs (bench/camera.sh --smoke, bench/compare.sh --smoke, bench/decoders.sh --smoke, bench/plates.sh --smoke, models/quantize.sh --smoke, platform_watch --smoke)"
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/camera.sh --smoke
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/compare.sh --smoke
   bash bench/decoders.sh --smoke
@@ -109,4 +109,6 @@ else
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/plates.sh --smoke
   # Rebuilds the int8 models and checks they are the committed ones, then times them against fp32.
   bash models/quantize.sh --smoke
+  # `edge-platform watch` on 12 boxes with signed chains into SQLite and PostgreSQL (benches/platform_watch.rs).
+  cargo bench --profile dev --locked --features "$features" --bench platform_watch -- --smoke
 fi

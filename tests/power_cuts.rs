@@ -140,7 +140,10 @@ fn where_committed(log: &str, key: &(String, u64)) -> String {
     for (n, line) in lines.iter().enumerate() {
         start += usize::from(line.contains("edge-agent ") && line.contains(" starting"));
         let queued = line.contains("edge_agent::delivery") && line.contains(" event ");
-        if queued && field(line, "event_id").as_deref() == Some(&key.0) && field(line, "revision") == Some(key.1.to_string()) {
+        if queued
+            && field(line, "event_id").as_deref() == Some(&key.0)
+            && field(line, "revision") == Some(key.1.to_string())
+        {
             let after: Vec<&str> = lines[n + 1..].iter().take(6).copied().collect();
             return format!("line {} (start {start}); the lines after it:\n  {}", n + 1, after.join("\n  "));
         }

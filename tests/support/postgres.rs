@@ -109,23 +109,12 @@ impl Postgres {
 
     /// The server's processes now: the postmaster and its children (one backend per connection).
     pub fn server_pids(&self) -> Vec<u32> {
-        let Some(main) = std::fs::read_to_string(self.data.join("postmaster.pid"))
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
-        else {
-            return Vec::new();
-        };
-        let mut pids = vec![main];
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            let parent =
-                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-            if parent == Some(main) {
-                pids.push(pid);
-            }
-        }
-        pids
+        server_pids_in(&self.data)
+    }
+
+    /// The data folder: [`server_pids_in`] lists the server's processes from it.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data
     }
 
     /// A new empty database; its URL.
@@ -140,4 +129,25 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         let _ = self.run("pg_ctl", &["-D", &self.data.display().to_string(), "-m", "immediate", "stop"]);
     }
+}
+
+/// The server's processes (the postmaster and its children: a backend per connection, started as
+/// clients connect) of the cluster in `data`.
+pub fn server_pids_in(data: &std::path::Path) -> Vec<u32> {
+    let Some(main) = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    else {
+        return Vec::new();
+    };
+    let mut pids = vec![main];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if parent == Some(main) {
+            pids.push(pid);
+        }
+    }
+    pids
 }

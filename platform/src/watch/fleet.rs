@@ -1010,11 +1010,13 @@ mod tests {
                 .unwrap()
         };
         fleet.receive("box-1", "status", &status("online", "2026-12-06T08:00:59Z"), "2026-12-06T08:01:00.000000Z");
-        let late_will = fleet.receive("box-1", "status", &status("offline", "2026-12-06T08:00:01Z"), "2026-12-06T08:01:01.000000Z");
+        let late_will =
+            fleet.receive("box-1", "status", &status("offline", "2026-12-06T08:00:01Z"), "2026-12-06T08:01:01.000000Z");
         assert!(presence(&late_will).is_empty(), "{:?}", late_will.writes);
         assert_eq!(fleet.boxes["box-1"].online, Some(true));
         // The will of the connection in use is the box going away.
-        let will = fleet.receive("box-1", "status", &status("offline", "2026-12-06T08:00:59Z"), "2026-12-06T08:01:02.000000Z");
+        let will =
+            fleet.receive("box-1", "status", &status("offline", "2026-12-06T08:00:59Z"), "2026-12-06T08:01:02.000000Z");
         assert_eq!(presence(&will), vec![("2026-12-06T08:01:02.000000Z".to_string(), "offline".to_string())]);
         assert_eq!(fleet.boxes["box-1"].online, Some(false));
     }
