@@ -74,6 +74,11 @@ struct Figures {
     window_max: u64,
     /// The most frames those events came from, at one cut.
     window_frames_max: u64,
+    /// Time spent checking the durable state after the cuts: `edge-agent verify`, and the rest.
+    verify_time: Duration,
+    other_checks_time: Duration,
+    /// Time from a start to its status page answering, over the starts seen ready.
+    start_time: Duration,
 }
 
 /// What the platform's subscriber saw, across every round (it stays connected).
@@ -121,14 +126,79 @@ impl Platform {
     }
 }
 
-/// (event id, revision) of every event the agent logged as queued: the line comes after the
-/// outbox's durable commit, and the log lives outside the filesystem that is cut.
-fn committed(log: &str) -> BTreeSet<(String, u64)> {
-    plain_log(log)
-        .lines()
-        .filter(|line| line.contains("edge_agent::delivery") && line.contains(" event "))
-        .filter_map(|line| Some((field(line, "event_id")?, field(line, "revision")?.parse().ok()?)))
-        .collect()
+/// What the agent's log (outside the filesystem that is cut) has said so far, read on from where
+/// the last look stopped: the long form's log grows to tens of megabytes, and reading it whole at
+/// every cut made each round slower than the one before.
+struct LogSoFar {
+    path: PathBuf,
+    /// Bytes taken in: up to the end of the last whole line.
+    read: u64,
+    /// (event id, revision) of every event the agent logged as queued: the line comes after the
+    /// outbox's durable commit.
+    committed: BTreeSet<(String, u64)>,
+    /// The model the agent confirmed last (`None`: the one of its first start), and a switch on
+    /// probation: (previous, new).
+    confirmed_model: Option<String>,
+    probation: Option<(String, String)>,
+}
+
+impl LogSoFar {
+    fn new(path: &Path) -> Self {
+        Self { path: path.to_owned(), read: 0, committed: BTreeSet::new(), confirmed_model: None, probation: None }
+    }
+
+    /// Takes in the whole lines the log gained since the last look.
+    fn catch_up(&mut self) {
+        let text = log_since(&self.path, self.read);
+        let Some(end) = text.rfind('\n') else { return };
+        self.read += end as u64 + 1;
+        for line in plain_log(&text[..=end]).lines() {
+            self.take_in(line);
+        }
+    }
+
+    fn take_in(&mut self, line: &str) {
+        if line.contains("edge_agent::delivery") && line.contains(" event ") {
+            if let (Some(id), Some(revision)) = (field(line, "event_id"), field(line, "revision")) {
+                if let Ok(revision) = revision.parse() {
+                    self.committed.insert((id, revision));
+                }
+            }
+        } else if line.contains("model updated") {
+            if let (Some(new), Some(previous)) = (field(line, "sha256"), field(line, "previous")) {
+                self.probation = Some((previous, new));
+            }
+        } else if line.contains("new model passed its probation") {
+            self.confirmed_model = Some(field(line, "sha256").unwrap_or_default());
+            self.probation = None;
+        } else if line.contains("never finished its probation") || line.contains(") is back") {
+            if let Some((previous, _)) = self.probation.take() {
+                self.confirmed_model = Some(previous);
+            }
+        }
+    }
+
+    /// The model the agent must run at its next start, from what it logged up to a cut: the one it
+    /// confirmed, or while a switch was on probation, the previous one (rolled back at the start)
+    /// or the new one (confirmed in the instant before its log line).
+    fn model_after_cut(&self, original: &str) -> ModelAfterCut {
+        match &self.probation {
+            Some((previous, new)) => ModelAfterCut::Either { previous: previous.clone(), new: new.clone() },
+            None => ModelAfterCut::Exactly(self.confirmed_model.clone().unwrap_or_else(|| original.to_string())),
+        }
+    }
+}
+
+/// The log from byte `offset` on (lossy where a line is cut mid-character).
+fn log_since(path: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        if file.seek(SeekFrom::Start(offset)).is_ok() {
+            let _ = file.read_to_end(&mut bytes);
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Where in the agent's log an event was committed: which start of the agent (counted from 1), and
@@ -168,36 +238,11 @@ fn field(line: &str, name: &str) -> Option<String> {
     line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).map(str::to_string)
 }
 
-/// The model the agent must run at its next start, from what it logged up to a cut: the one it
-/// confirmed, or while a switch was on probation, the previous one (rolled back at the start) or
-/// the new one (confirmed in the instant before its log line).
+/// The model the agent must run at its next start (see [`LogSoFar::model_after_cut`]).
 #[derive(Debug, Clone, PartialEq)]
 enum ModelAfterCut {
     Exactly(String),
     Either { previous: String, new: String },
-}
-
-fn model_after_cut(log: &str, original: &str) -> ModelAfterCut {
-    let mut current = original.to_string();
-    let mut probation: Option<(String, String)> = None;
-    for line in plain_log(log).lines() {
-        if line.contains("model updated") {
-            if let (Some(new), Some(previous)) = (field(line, "sha256"), field(line, "previous")) {
-                probation = Some((previous, new));
-            }
-        } else if line.contains("new model passed its probation") {
-            current = field(line, "sha256").unwrap_or_default();
-            probation = None;
-        } else if line.contains("never finished its probation") || line.contains(") is back") {
-            if let Some((previous, _)) = probation.take() {
-                current = previous;
-            }
-        }
-    }
-    match probation {
-        Some((previous, new)) => ModelAfterCut::Either { previous, new },
-        None => ModelAfterCut::Exactly(current),
-    }
 }
 
 /// One event record of the chain on disk.
@@ -208,25 +253,62 @@ struct ChainEvent {
     frame: (String, String),
 }
 
-/// The event records of the chain segments on disk: (event id, revision) → record.
-fn chain_events(state: &Path) -> BTreeMap<(String, u64), ChainEvent> {
-    let mut events = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(state.join("evidence/chain")) else { return events };
-    for entry in entries.flatten() {
-        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        for line in text.lines() {
-            let Ok(stored) = serde_json::from_str::<Value>(line) else { continue };
-            let body = &stored["body"];
-            if body["record"] != "event" {
+/// The event records of the chain segments on disk, (event id, revision) → record, read again
+/// only where a segment's length changed: segments are only ever appended to (or lose a torn last
+/// line at a start), and parsing every segment at every cut made the long form's rounds slow.
+#[derive(Default)]
+struct ChainOnDisk {
+    /// Segment file name → its length when read and its event records.
+    segments: BTreeMap<std::ffi::OsString, (u64, BTreeMap<(String, u64), ChainEvent>)>,
+}
+
+impl ChainOnDisk {
+    fn refresh(&mut self, state: &Path) {
+        let Ok(entries) = std::fs::read_dir(state.join("evidence/chain")) else {
+            self.segments.clear();
+            return;
+        };
+        let mut present = BTreeSet::new();
+        for entry in entries.flatten() {
+            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            present.insert(entry.file_name());
+            if self.segments.get(&entry.file_name()).is_some_and(|(read, _)| *read == len) {
                 continue;
             }
-            let id = body["event"]["event_id"].as_str().unwrap_or_default().to_string();
-            let sha256 = stored["sha256"].as_str().unwrap_or_default().to_string();
-            let event = &body["event"];
-            let frame = (event["camera"].to_string(), event["time"].to_string());
-            let record = ChainEvent { seq: body["seq"].as_u64().unwrap_or(0), sha256, frame };
-            events.insert((id, body["event"]["revision"].as_u64().unwrap_or(0)), record);
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            self.segments.insert(entry.file_name(), (text.len() as u64, segment_events(&text)));
         }
+        self.segments.retain(|name, _| present.contains(name));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&(String, u64), &ChainEvent)> {
+        self.segments.values().flat_map(|(_, events)| events.iter())
+    }
+
+    fn get(&self, key: &(String, u64)) -> Option<&ChainEvent> {
+        self.segments.values().find_map(|(_, events)| events.get(key))
+    }
+
+    fn len(&self) -> usize {
+        self.segments.values().map(|(_, events)| events.len()).sum()
+    }
+}
+
+/// The event records of one chain segment's text.
+fn segment_events(text: &str) -> BTreeMap<(String, u64), ChainEvent> {
+    let mut events = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(stored) = serde_json::from_str::<Value>(line) else { continue };
+        let body = &stored["body"];
+        if body["record"] != "event" {
+            continue;
+        }
+        let id = body["event"]["event_id"].as_str().unwrap_or_default().to_string();
+        let sha256 = stored["sha256"].as_str().unwrap_or_default().to_string();
+        let event = &body["event"];
+        let frame = (event["camera"].to_string(), event["time"].to_string());
+        let record = ChainEvent { seq: body["seq"].as_u64().unwrap_or(0), sha256, frame };
+        events.insert((id, body["event"]["revision"].as_u64().unwrap_or(0)), record);
     }
     events
 }
@@ -312,8 +394,10 @@ fn site(broker: &Mosquitto) -> Option<Site> {
     let platform = PlatformKey::from_seed(7);
     let models = ModelSigner::new();
     // A second camera reads a video through GStreamer: its events get clips in the evidence folder.
+    // The evidence has the quota of a small card, so retention deletes pictures between the cuts
+    // (and the state, which the checks read after every cut, stops growing but for the chain).
     let extra = format!(
-        "{every_arrival}\n[[cameras]]\nid = \"video\"\nsource = {{ kind = \"file\", path = \"{video}\", fps = 2.0, \
+        "{every_arrival}\n[evidence]\nmax_disk_mb = 160\n\n[[cameras]]\nid = \"video\"\nsource = {{ kind = \"file\", path = \"{video}\", fps = 2.0, \
          looping = true }}\n\n[scenes.video]\nblur_people = false\n\n[evidence.clips]\npre_roll_secs = 1\n\
          post_roll_secs = 1\nmax_secs = 5\n\n[model_update]\npublic_key = \"{model_key}\"\nprobation_secs = 3\n\n\
          {commands}",
@@ -365,10 +449,13 @@ struct Run {
     switch: Option<String>,
     /// Where this run of the agent starts in the log.
     log_offset: u64,
+    /// What the log said so far, and the chain's event records on disk.
+    log: LogSoFar,
+    chain: ChainOnDisk,
 }
 
 impl Run {
-    fn log(&self) -> String {
+    fn whole_log(&self) -> String {
         std::fs::read_to_string(&self.site.log).unwrap_or_default()
     }
 
@@ -381,7 +468,8 @@ impl Run {
     /// Waits until this run of the agent answers its status page (two minutes at most), and checks
     /// it started with nothing repaired; returns its status.
     fn wait_ready(&mut self, round: u64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let began = Instant::now();
+        let deadline = began + Duration::from_secs(120);
         let status = loop {
             assert!(self.agent.is_running(), "round {round}: the agent exited by itself after a power cut");
             if let Some(status) = agent_status(self.site.web_port) {
@@ -390,12 +478,12 @@ impl Run {
             assert!(Instant::now() < deadline, "round {round}: the agent did not start within two minutes");
             std::thread::sleep(Duration::from_millis(100));
         };
-        let log = self.log();
-        let this_run = plain_log(log.get(self.log_offset as usize..).unwrap_or_default());
+        let this_run = plain_log(&log_since(&self.site.log, self.log_offset));
         for repair in REPAIRS {
             assert!(!this_run.contains(repair), "round {round}: the agent repaired its state at the start: {repair:?}");
         }
         self.figures.restarts_ready += 1;
+        self.figures.start_time += began.elapsed();
         status
     }
 
@@ -488,7 +576,8 @@ impl Run {
             .as_ref()
             .filter(|set| self.platform.ack(&set.id, |a| a["ok"] == true).is_some())
             .map(|set| set.value);
-        let model = model_after_cut(&self.log(), &self.original_model);
+        self.log.catch_up();
+        let model = self.log.model_after_cut(&self.original_model);
         if self.rng.chance(3) {
             self.figures.torn_cuts += 1;
             let seed = self.rng.next();
@@ -503,12 +592,28 @@ impl Run {
 
     /// The checks on the durable state alone (the agent is dead): the chain verifies, the config
     /// is whole and holds an acknowledged `set`, the small state files are whole.
+    ///
+    /// The chain is verified in the backing folder: after a cut it is exactly what the mount shows
+    /// (checked here for the chain's own folder), and reading the growing evidence through the
+    /// test's FUSE server at every cut made the long form's rounds slower and slower.
     fn check_after_cut(&mut self, round: u64, acknowledged_min_score: Option<f64>) {
+        let began = Instant::now();
+        self.log.catch_up();
         let site = &self.site;
-        let committed = committed(&self.log());
-        let output = Command::new(agent_binary()).args(["verify", "--state-dir"]).arg(&site.state).output().unwrap();
+        let durable_state = site.fs.backing().join("state");
+        let chain_folder = |state: &Path| listing(&state.join("evidence/chain"));
+        assert_eq!(
+            chain_folder(&site.state),
+            chain_folder(&durable_state),
+            "round {round}: after a cut the mount shows another chain folder than the backing folder holds"
+        );
+        let verifying = Instant::now();
+        let output = Command::new(agent_binary()).args(["verify", "--state-dir"]).arg(&durable_state).output().unwrap();
+        let verify_time = verifying.elapsed();
+        self.figures.verify_time += verify_time;
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         // An empty chain is a box that never got as far as its first record.
+        let committed = &self.log.committed;
         let never_started = text.contains("the chain is empty") && committed.is_empty();
         assert!(
             output.status.success() || never_started,
@@ -524,8 +629,8 @@ impl Run {
         }
         check_state_files(&site.state, round);
         // What the chain holds that the outbox never committed: decided in the commit window.
-        let chain = chain_events(&site.state);
-        let window: Vec<_> = chain.iter().filter(|(k, _)| !committed.contains(*k)).collect();
+        self.chain.refresh(&durable_state);
+        let window: Vec<_> = self.chain.iter().filter(|(k, _)| !committed.contains(*k)).collect();
         let new: Vec<_> = window.iter().filter(|(k, _)| !self.window.contains(*k)).collect();
         let frames: BTreeSet<_> = new.iter().map(|(_, record)| &record.frame).collect();
         assert!(
@@ -537,7 +642,9 @@ impl Run {
         );
         self.figures.window_max = self.figures.window_max.max(new.len() as u64);
         self.figures.window_frames_max = self.figures.window_frames_max.max(frames.len() as u64);
-        self.window.extend(window.into_iter().map(|(k, _)| k.clone()));
+        let window: Vec<(String, u64)> = window.into_iter().map(|(k, _)| k.clone()).collect();
+        self.window.extend(window);
+        self.figures.other_checks_time += began.elapsed().saturating_sub(verify_time);
     }
 
     /// `edge-agent key rotate` while the agent is stopped; half the time the power goes in the
@@ -638,6 +745,7 @@ fn power_cuts_at_random_moments_lose_no_committed_event_and_the_agent_starts_by_
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64
     });
     eprintln!("power cuts: {rounds} rounds, POWER_CUTS_SEED={seed}");
+    let (began, progress_every) = (Instant::now(), (rounds / 10).clamp(10, 100));
     let Some(broker) = Mosquitto::start_with(BrokerOptions { persistence: true, ..Default::default() }) else {
         return;
     };
@@ -645,6 +753,7 @@ fn power_cuts_at_random_moments_lose_no_committed_event_and_the_agent_starts_by_
     let subscriber = Subscriber::connect_persistent(broker.port, &format!("edge/{DEVICE}/#"), "cut-platform");
     std::thread::sleep(Duration::from_millis(300));
     let agent = Agent::start(&site.config, &site.log);
+    let log_path = site.log.clone();
     let mut run = Run {
         site,
         broker,
@@ -658,6 +767,8 @@ fn power_cuts_at_random_moments_lose_no_committed_event_and_the_agent_starts_by_
         last_set: None,
         switch: None,
         log_offset: 0,
+        log: LogSoFar::new(&log_path),
+        chain: ChainOnDisk::default(),
     };
     let status = run.wait_ready(0);
     run.original_model = status["models"][0]["sha256"].as_str().unwrap_or_default().to_string();
@@ -693,9 +804,19 @@ fn power_cuts_at_random_moments_lose_no_committed_event_and_the_agent_starts_by_
         }
         run.restart();
         seen_ready = false;
-        if round % 100 == 99 {
+        if (round + 1) % progress_every == 0 {
             let f = &run.figures;
-            eprintln!("power cuts: {} rounds, {} cuts, {} starts seen ready", round + 1, f.cuts, f.restarts_ready);
+            eprintln!(
+                "power cuts: {} rounds, {} cuts, {} starts seen ready, {:.0} s so far; checks {:.1} s ({:.1} s verify), \
+                 starts {:.1} s",
+                round + 1,
+                f.cuts,
+                f.restarts_ready,
+                began.elapsed().as_secs_f64(),
+                (f.verify_time + f.other_checks_time).as_secs_f64(),
+                f.verify_time.as_secs_f64(),
+                f.start_time.as_secs_f64()
+            );
         }
     }
     if !run.broker.is_running() {
@@ -710,7 +831,8 @@ fn power_cuts_at_random_moments_lose_no_committed_event_and_the_agent_starts_by_
     // event committed after that is not yet due: counting it lost was a race of this test).
     let deadline = Instant::now() + Duration::from_secs(120);
     let committed = loop {
-        let committed = committed(&run.log());
+        run.log.catch_up();
+        let committed = run.log.committed.clone();
         run.platform.take(&run.subscriber, Duration::from_millis(500));
         if committed.iter().all(|k| run.platform.events.contains_key(k)) || Instant::now() > deadline {
             break committed;
@@ -720,7 +842,8 @@ fn power_cuts_at_random_moments_lose_no_committed_event_and_the_agent_starts_by_
     let delivered: BTreeSet<(String, u64)> = platform.events.keys().cloned().collect();
     let lost: Vec<&(String, u64)> = committed.difference(&delivered).collect();
     let duplicates: u64 = platform.events.values().map(|n| n - 1).sum();
-    let chain = chain_events(&run.site.state);
+    run.chain.refresh(&run.site.state);
+    let chain = &run.chain;
     let never_committed = run.window.iter().filter(|k| !delivered.contains(*k)).count();
     let acked = |prefix: &str, n: u64, accept: &dyn Fn(&Value) -> bool| {
         (1..=n).filter(|i| platform.ack(&format!("{prefix}-{i}"), accept).is_some()).count()
@@ -785,7 +908,7 @@ fn power_cuts_at_random_moments_lose_no_committed_event_and_the_agent_starts_by_
         let outbox = agent_status(run.site.web_port).map(|s| s["outbox"].clone()).unwrap_or_default();
         eprintln!("power cuts: the outbox at the end: {outbox}");
         for key in &lost {
-            eprintln!("power cuts: lost {key:?}: {}", where_committed(&run.log(), key));
+            eprintln!("power cuts: lost {key:?}: {}", where_committed(&run.whole_log(), key));
         }
         keep_for_inspection(&run);
     }

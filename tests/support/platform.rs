@@ -1,31 +1,27 @@
-//! The platform's side of the trust boundary, for tests: an Ed25519 key that signs command
-//! envelopes exactly as docs/SECURITY.md describes (the same bytes a real platform signs).
+//! The platform's side of the trust boundary, for tests: the platform tool's own key
+//! (`edge_platform::keys`), so the tests sign command envelopes with the very code a real platform
+//! runs (docs/SECURITY.md), plus what tests need around it (fixed seeds, non-object payloads).
 
-use base64::Engine as _;
-use ring::signature::{Ed25519KeyPair, KeyPair};
-use serde_json::{json, Value};
-
-/// What a signature covers before the command's bytes (see `control::authority` in the agent).
-const DOMAIN: &str = "edge-agent/cmd/v1";
+use edge_platform::keys::{fresh_nonce, PlatformKey as ToolKey};
+use serde_json::Value;
 
 pub struct PlatformKey {
-    pair: Ed25519KeyPair,
+    key: ToolKey,
 }
 
 impl PlatformKey {
     /// A key from a fixed seed, so a test can also make "another platform" with another seed.
     pub fn from_seed(seed: u8) -> Self {
-        let pair = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).expect("a 32-byte seed");
-        Self { pair }
+        Self { key: ToolKey::from_seed(&[seed; 32]) }
     }
 
     pub fn public_key_hex(&self) -> String {
-        hex::encode(self.pair.public_key().as_ref())
+        self.key.public_hex()
     }
 
     /// A raw Ed25519 signature of `bytes` (a forger re-signing records with this key).
     pub fn sign_bytes(&self, bytes: &[u8]) -> Vec<u8> {
-        self.pair.sign(bytes).as_ref().to_vec()
+        hex::decode(self.key.sign_bytes_hex(bytes)).expect("the tool's signatures are hex")
     }
 
     /// The `[commands]` section of an agent that trusts this key.
@@ -47,16 +43,7 @@ impl PlatformKey {
         issued_at: chrono::DateTime<chrono::Utc>,
         nonce: &str,
     ) -> Vec<u8> {
-        let mut command = command.clone();
-        command["issued_at"] = json!(issued_at.to_rfc3339());
-        command["nonce"] = json!(nonce);
-        let bytes = serde_json::to_vec(&command).expect("a JSON command");
-        let mut message = format!("{DOMAIN}\n{device}\n{name}\n").into_bytes();
-        message.extend_from_slice(&bytes);
-        let signature = self.pair.sign(&message);
-        let b64 = base64::engine::general_purpose::STANDARD;
-        serde_json::to_vec(&json!({ "signed": b64.encode(&bytes), "signature": b64.encode(signature.as_ref()) }))
-            .expect("an envelope")
+        self.key.envelope(device, name, command, issued_at, nonce).expect("a test's command is a JSON object")
     }
 
     /// `payload` signed when it is a JSON object; anything else (broken JSON, an array) is sent as it is.
@@ -66,11 +53,4 @@ impl PlatformKey {
             _ => payload.to_vec(),
         }
     }
-}
-
-fn fresh_nonce() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{}-{}-{n}", std::process::id(), chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default())
 }

@@ -242,18 +242,7 @@ impl HttpSession {
 impl HttpSession {
     /// A request with a JSON body (`method` as in the OpenAPI document: post, put).
     pub fn send_json(&self, method: &str, path: &str, body: &serde_json::Value, csrf: Option<&str>) -> Reply {
-        let url = format!("{}{path}", self.base);
-        let text = body.to_string();
-        let mut request = match method {
-            "put" => self.agent.put(url),
-            _ => self.agent.post(url),
-        }
-        .header("Cookie", &self.cookie)
-        .header("Content-Type", "application/json");
-        if let Some(token) = csrf {
-            request = request.header("X-CSRF-Token", token);
-        }
-        reply(request.send(text.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}")), true)
+        self.send_raw(method, path, &body.to_string(), csrf)
     }
 }
 

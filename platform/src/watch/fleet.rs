@@ -829,6 +829,14 @@ mod tests {
             serde_json::to_vec(&message).unwrap()
         }
 
+        /// The box comes online: its status, then the chain records it has not published yet.
+        fn introduce(&mut self, fleet: &mut Fleet) {
+            feed(fleet, "status", &self.status());
+            for message in self.chain_messages() {
+                feed(fleet, "chain", &message);
+            }
+        }
+
         fn status(&self) -> Vec<u8> {
             let head = self.chain.head().map(|h| serde_json::to_value(h).unwrap());
             serde_json::to_vec(&json!({ "state": "online", "time": "2026-12-06T07:59:00Z",
@@ -877,10 +885,7 @@ mod tests {
     fn a_changed_event_a_missing_record_and_a_late_one_are_each_named() {
         let mut device = TestBox::new();
         let mut fleet = Fleet::new(Trust::FirstUse);
-        feed(&mut fleet, "status", &device.status());
-        for message in device.chain_messages() {
-            feed(&mut fleet, "chain", &message);
-        }
+        device.introduce(&mut fleet);
         let events: Vec<Vec<u8>> = (0..5).map(|_| device.event(None)).collect();
         feed(&mut fleet, "events", &events[0]);
         // The label changed on the way, the record untouched.
@@ -916,10 +921,7 @@ mod tests {
     fn a_rotation_the_chain_records_is_followed_and_a_new_key_without_one_is_an_alarm() {
         let mut device = TestBox::new();
         let mut fleet = Fleet::new(Trust::FirstUse);
-        feed(&mut fleet, "status", &device.status());
-        for message in device.chain_messages() {
-            feed(&mut fleet, "chain", &message);
-        }
+        device.introduce(&mut fleet);
         feed(&mut fleet, "events", &device.event(None));
         let rotated = device.chain.rotate_key(&device.dir.path().join("keys")).unwrap();
         let decision = feed(&mut fleet, "chain", &serde_json::to_vec(&rotated).unwrap());
@@ -946,10 +948,7 @@ mod tests {
     fn watch_goes_on_from_the_stored_record_after_a_restart() {
         let mut device = TestBox::new();
         let mut fleet = Fleet::new(Trust::FirstUse);
-        feed(&mut fleet, "status", &device.status());
-        for message in device.chain_messages() {
-            feed(&mut fleet, "chain", &message);
-        }
+        device.introduce(&mut fleet);
         feed(&mut fleet, "events", &device.event(None));
         let rows: Vec<BoxRow> = fleet
             .changed_boxes()
@@ -1025,10 +1024,7 @@ mod tests {
     fn a_picture_is_checked_against_its_event_and_a_box_outside_the_keys_file_is_kept_apart() {
         let mut device = TestBox::new();
         let mut fleet = Fleet::new(Trust::FirstUse);
-        feed(&mut fleet, "status", &device.status());
-        for message in device.chain_messages() {
-            feed(&mut fleet, "chain", &message);
-        }
+        device.introduce(&mut fleet);
         let picture = b"\xff\xd8 a picture".to_vec();
         feed(&mut fleet, "events", &device.event(Some(&picture)));
         let decision = feed(&mut fleet, "snapshots/0190-0001", &picture);
