@@ -18,6 +18,11 @@ use web_support::ChromeDriver;
 /// privacy zones), `station` keeps the default people-blurring (its clips are re-encoded masked,
 /// at 320 pixels here). Short clips: 2 s before the event, at most 6 s in all.
 fn write_config(dir: &Path, mqtt_url: &str, rtsp_url: &str) -> (std::path::PathBuf, u16) {
+    write_config_with(dir, mqtt_url, rtsp_url, 6)
+}
+
+/// [`write_config`] with clips of at most `max_secs`.
+fn write_config_with(dir: &Path, mqtt_url: &str, rtsp_url: &str, max_secs: u32) -> (std::path::PathBuf, u16) {
     let web_port = free_port();
     let config = dir.join("agent.toml");
     std::fs::write(
@@ -50,7 +55,7 @@ score_threshold = 0.3
 [evidence.clips]
 pre_roll_secs = 2
 post_roll_secs = 1
-max_secs = 6
+max_secs = {max_secs}
 masked_width = 320
 "#,
             models = repo_root().join("models").display(),
@@ -179,6 +184,108 @@ async fn a_truck_on_a_road_camera_gets_a_clip_that_verifies_and_plays_on_its_pag
     eprintln!("clip of {event_id}: {seconds} s, {pictures} pictures ({codec}), {} bytes; page: {played}", bytes.len());
     let _ = browser.close().await;
     drop(agent);
+}
+
+/// The clip records of a stopped agent's chain, from its files.
+fn chain_clip_records(state: &Path) -> Vec<Value> {
+    let mut records = Vec::new();
+    for file in walk(&state.join("evidence/chain")) {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for line in text.lines() {
+            let record: Value = serde_json::from_str(line).unwrap_or_default();
+            if record["body"]["record"] == "clip" {
+                records.push(record["body"].clone());
+            }
+        }
+    }
+    records
+}
+
+/// A camera whose encoder sends a key frame every 25 s with B-frames (x265's defaults, as the
+/// "smart" H.265+ modes of IP cameras): its clips are recorded on the chain while the agent
+/// runs, each within its `max_secs`, the masked one re-encoded too; and a stop while both
+/// cameras' clips are being written ends within systemd's stop timeout (TimeoutStopSec = 20 s),
+/// the clips cut short, recorded so, and playable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_gop_h265_camera_gets_clips_while_running_and_a_stop_cuts_them_short_in_time() {
+    let dog = repo_root().join("models/samples/dog.jpg");
+    let Some(server) = RtspServer::start(Stream::LongGopH265 { path: &dog, fps: 10 }, None) else { return };
+    let Some(broker) = Mosquitto::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config_with(dir.path(), &broker.url(), &server.url(), 6);
+    let platform = Subscriber::connect(broker.port, "edge/clip-box/#");
+    let station_platform = Subscriber::connect(broker.port, "edge/clip-box/#");
+    let mut agent = Agent::start(&config, &dir.path().join("agent.log"));
+
+    let truck =
+        platform.wait_for("/events", Duration::from_secs(90), |e| e["label"] == "truck" && e["camera"] == "road");
+    let truck = truck.unwrap_or_else(|| panic!("no truck on the road camera; log:\n{}", agent.log_text()));
+    let seen_at = std::time::Instant::now();
+    let event_id = truck["event_id"].as_str().unwrap().to_string();
+    // The truck stays in view: its clip ends at max_secs (6 s), not when the agent stops.
+    let record = clip_record(&platform, &event_id)
+        .unwrap_or_else(|| panic!("no clip while the agent runs for {event_id}; log:\n{}", agent.log_text()));
+    let waited = seen_at.elapsed();
+    assert!(waited < Duration::from_secs(6 + 20), "the clip came {waited:?} after the event");
+    assert!(record["cut_short"].is_null(), "{record}");
+    let path = dir.path().join("state/evidence").join(record["evidence"][0]["file"].as_str().unwrap());
+    let (codec, width, pictures) = ffprobe(&path);
+    assert_eq!((codec.as_str(), width), ("hevc", 768), "the road camera's video as it came");
+    assert!(pictures >= 10, "{pictures} pictures");
+    let station = station_platform
+        .wait_for("/events", Duration::from_secs(60), |e| e["camera"] == "station" && e["label"] == "truck");
+    let station_id = station.expect("an event on the station camera")["event_id"].as_str().unwrap().to_string();
+    let record = clip_record(&station_platform, &station_id)
+        .unwrap_or_else(|| panic!("no masked clip for {station_id}; log:\n{}", agent.log_text()));
+    let masked = dir.path().join("state/evidence").join(record["evidence"][0]["file"].as_str().unwrap());
+    let (codec, width, masked_pictures) = ffprobe(&masked);
+    assert_eq!((codec.as_str(), width), ("h264", 320), "re-encoded at masked_width");
+    assert!(masked_pictures >= 5, "{masked_pictures} masked pictures");
+    // Joined between two key frames, the camera's first pictures are not grey guesses.
+    let log = agent.log_text();
+    assert!(!log.contains("event tamper"), "a picture decoded without its key frame looked covered:\n{log}");
+    agent.signal("TERM");
+    assert!(agent.wait_exit(Duration::from_secs(20)).is_some(), "no stop; log:\n{}", agent.log_text());
+    let before = chain_clip_records(&dir.path().join("state")).len();
+
+    // Again with clips of up to a minute: the stop comes while both are being written.
+    let (config, _) = write_config_with(dir.path(), &broker.url(), &server.url(), 60);
+    // One listener per camera: waiting for one camera's messages passes over the other's.
+    let listeners = [
+        ("road", Subscriber::connect(broker.port, "edge/clip-box/#")),
+        ("station", Subscriber::connect(broker.port, "edge/clip-box/#")),
+    ];
+    let mut agent = Agent::start(&config, &dir.path().join("agent-2.log"));
+    for (camera, platform) in &listeners {
+        let started = platform.wait_for("/events", Duration::from_secs(90), |e| e["camera"] == *camera);
+        assert!(started.is_some(), "no event on {camera}; log:\n{}", agent.log_text());
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    let raw = walk(&dir.path().join("state/clips-raw"));
+    assert_eq!(raw.len(), 1, "the station camera's raw clip is being written: {raw:?}");
+    let stop_at = std::time::Instant::now();
+    agent.signal("TERM");
+    let exited = agent.wait_exit(Duration::from_secs(20));
+    assert!(exited.is_some(), "the agent did not stop within 20 s; log:\n{}", agent.log_text());
+    let took = stop_at.elapsed();
+    let records = chain_clip_records(&dir.path().join("state"));
+    let cut: Vec<&Value> = records[before..].iter().collect();
+    assert_eq!(cut.len(), 2, "both clips are recorded at the stop: {cut:?}\nlog:\n{}", agent.log_text());
+    for record in &cut {
+        let why = record["cut_short"].as_str().unwrap_or_default();
+        assert!(why.contains("stopped"), "{record}");
+        let file = dir.path().join("state/evidence").join(record["evidence"][0]["file"].as_str().unwrap());
+        let (_, _, pictures) = ffprobe(&file);
+        assert!(pictures > 0, "{record}: the cut clip plays");
+    }
+    assert!(walk(&dir.path().join("state/clips-raw")).is_empty(), "no raw video stays");
+    let verify = std::process::Command::new(agent_binary())
+        .args(["verify", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    eprintln!("long-GOP clip after {waited:?}; stop with two clips being written took {took:?}");
 }
 
 /// Every file under a folder, as text paths.

@@ -333,13 +333,26 @@ async fn spawn(
     Ok(Running { stages, outbox, config_problem })
 }
 
+/// The stages get this long to drain and end (the evidence stage cuts the clips it writes at its
+/// own, shorter deadline): systemd's `TimeoutStopSec` is 20 s, and the runtime's shutdown may take
+/// 5 s more (cmd/run.rs).
+const STOP_LIMIT: Duration = Duration::from_secs(13);
+
 /// Waits for the tasks in flow order: inference stops on shutdown, then judge, evidence and
-/// delivery drain what is in their queues, then commands and the publisher end.
+/// delivery drain what is in their queues, then commands and the publisher end; for
+/// [`STOP_LIMIT`] at most, so a stage stuck on a device or a pipeline cannot hold the stop.
 async fn stop(running: Running) {
-    for stage in running.stages {
-        let _ = stage.await;
+    let Running { stages, outbox, .. } = running;
+    let drained = tokio::time::timeout(STOP_LIMIT, async {
+        for stage in stages {
+            let _ = stage.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::error!("the stages did not end within {} s of the stop; stopping without them", STOP_LIMIT.as_secs());
     }
-    tracing::info!(outbox_depth = running.outbox.depth().unwrap_or(0), "stopped");
+    tracing::info!(outbox_depth = outbox.depth().unwrap_or(0), "stopped");
 }
 
 /// The event history on disk, its newest events loaded onto the board; None (logged) when it

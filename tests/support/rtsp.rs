@@ -30,6 +30,9 @@ pub enum Stream<'a> {
     NoisyPicture { path: &'a Path, fps: u32, size: (u32, u32) },
     /// An endless H.265 (HEVC) stream of one picture.
     PictureH265 { path: &'a Path, fps: u32 },
+    /// An endless H.265 stream of one picture with x265's own groups of pictures: a key frame
+    /// every 250 pictures (25 s at 10 frames/s), B-frames, as "smart" H.265+ cameras send.
+    LongGopH265 { path: &'a Path, fps: u32 },
     /// The H.264 track of an MP4 file, once.
     File(&'a Path),
 }
@@ -74,6 +77,15 @@ impl RtspServer {
                 fps.to_string(),
                 "--codec".into(),
                 "h265".into(),
+            ]),
+            Stream::LongGopH265 { path, fps } => args.extend([
+                "--image".into(),
+                path.display().to_string(),
+                "--fps".into(),
+                fps.to_string(),
+                "--codec".into(),
+                "h265".into(),
+                "--long-gop".into(),
             ]),
             Stream::NoisyPicture { path, fps, size } => args.extend([
                 "--image".into(),

@@ -2,10 +2,11 @@
 """A real RTSP server for the end-to-end tests: Debian's GStreamer RTSP server on loopback.
 
     rtsp_server.py --port PORT --image dog.jpg [--fps 5] [--codec h264|h265] [--noise WxH]
-                   [--user U --password P]
+                   [--long-gop] [--user U --password P]
         serves an endless H.264 (x264, baseline) or H.265 (x265, main) stream of one picture, a
         keyframe every 10 frames; with --noise (the picture's size), fresh sensor-like noise in
-        every frame, as a live camera shows a still scene;
+        every frame, as a live camera shows a still scene; with --long-gop (H.265), x265's own
+        defaults: a key frame every 250 pictures, open groups, B-frames, as "smart" H.265+ cameras;
     rtsp_server.py --port PORT --file clip.mp4
         serves the H.264 track of an MP4 file once (used for damaged streams).
 
@@ -31,7 +32,12 @@ def launch_line(args):
         )
     decoder = "pngdec" if args.image.lower().endswith(".png") else "jpegdec"
     caps = "image/png" if decoder == "pngdec" else "image/jpeg"
-    if args.codec == "h265":
+    if args.codec == "h265" and args.long_gop:
+        encoder = (
+            "x265enc speed-preset=ultrafast key-int-max=250 "
+            "! video/x-h265,profile=main ! rtph265pay name=pay0 pt=96 config-interval=1"
+        )
+    elif args.codec == "h265":
         encoder = (
             "x265enc tune=zerolatency speed-preset=ultrafast key-int-max=10 "
             "! video/x-h265,profile=main ! rtph265pay name=pay0 pt=96 config-interval=1"
@@ -64,6 +70,7 @@ def main():
     source.add_argument("--file")
     parser.add_argument("--fps", type=int, default=5)
     parser.add_argument("--codec", choices=["h264", "h265"], default="h264")
+    parser.add_argument("--long-gop", action="store_true", help="H.265 with x265's key frame every 250 pictures")
     parser.add_argument("--noise", help="WIDTHxHEIGHT of the picture: add live noise to every frame")
     parser.add_argument("--user")
     parser.add_argument("--password")

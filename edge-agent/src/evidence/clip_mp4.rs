@@ -5,12 +5,13 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
-use super::clips::ClipSink;
+use super::clips::{ClipSink, Reencoded, StopDeadline, REENCODE_GRACE};
 use crate::source::video_tap::EncodedUnit;
 
 /// Each fragment holds this much video: what a crash can cost at the end of a clip.
@@ -99,17 +100,11 @@ impl ClipSink for Mp4ClipWriter {
         self.source.push_buffer(buffer).map(|_| ()).map_err(|e| format!("the clip writer stopped: {e:?}"))
     }
 
-    fn finish(self: Box<Self>) -> Result<(), String> {
+    fn finish(self: Box<Self>, by: Instant) -> Result<(), String> {
         let _ = self.source.end_of_stream();
-        let bus = self.pipeline.bus().ok_or("the clip pipeline has no bus")?;
-        let outcome = match bus
-            .timed_pop_filtered(gst::ClockTime::from_seconds(20), &[gst::MessageType::Eos, gst::MessageType::Error])
-        {
-            Some(message) => match message.view() {
-                gst::MessageView::Error(error) => Err(format!("writing the clip failed: {}", error.error())),
-                _ => Ok(()),
-            },
-            None => Err("the clip writer did not finish within 20 s".into()),
+        let outcome = match wait_for_end(&self.pipeline, by) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(format!("writing the clip: {e}")),
         };
         let _ = self.pipeline.set_state(gst::State::Null);
         outcome
@@ -120,6 +115,35 @@ impl Drop for Mp4ClipWriter {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
+}
+
+/// Waits until `by` at most for a pipeline's end of stream; an error or the time running out is
+/// the error. The caller then sets it to NULL (what was written stays: fragments are whole).
+fn wait_for_end(pipeline: &gst::Pipeline, by: Instant) -> Result<(), String> {
+    let bus = pipeline.bus().ok_or("the pipeline has no bus")?;
+    let left = by.saturating_duration_since(Instant::now());
+    let wait = gst::ClockTime::from_nseconds(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX));
+    match bus.timed_pop_filtered(wait, &[gst::MessageType::Eos, gst::MessageType::Error]) {
+        Some(message) => match message.view() {
+            gst::MessageView::Error(error) => Err(format!("{} (from {})", error.error(), source_name(&message))),
+            _ => Ok(()),
+        },
+        None => Err(format!("the file did not end within {:.1} s; cut there", left.as_secs_f64())),
+    }
+}
+
+/// The first error a pipeline has posted, if any (without waiting).
+fn pipeline_error(pipeline: &gst::Pipeline) -> Option<String> {
+    let bus = pipeline.bus()?;
+    let message = bus.timed_pop_filtered(gst::ClockTime::ZERO, &[gst::MessageType::Error])?;
+    match message.view() {
+        gst::MessageView::Error(error) => Some(format!("{} (from {})", error.error(), source_name(&message))),
+        _ => None,
+    }
+}
+
+fn source_name(message: &gst::Message) -> String {
+    message.src().map(|s| s.name().to_string()).unwrap_or_default()
 }
 
 /// The GStreamer elements clips need that this box lacks (`masked`: also an encoder).
@@ -146,16 +170,26 @@ const MASKED_ENCODERS: [&str; 4] = ["v4l2h264enc", "vah264enc", "x264enc", "open
 /// Masked pictures waiting for the encoder at most.
 const QUEUED_PICTURES: u64 = 4;
 
-/// Decodes a raw clip, masks each picture (`mask` gets its time from the clip's start) at `width`
-/// pixels and at most `fps` pictures a second, and encodes the result into `out` as fragmented
-/// H.264 MP4. Returns the pictures written. Runs on the caller's thread (a thread of its own).
+/// A raw clip whose decoder gives no picture for this long is broken (a pipeline that stopped
+/// without an end of stream): the re-encoding ends instead of waiting for it.
+const DECODER_SILENT_LIMIT: Duration = Duration::from_secs(30);
+
+/// How often the re-encoding looks at its pipelines' buses and the stop deadline while it waits.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Decodes a raw clip, masks each picture (`mask` gets its time from the clip's start) at `size`
+/// (width in pixels, at most that many pictures a second), and encodes the result into `out` as
+/// fragmented H.264 MP4. Runs on the caller's thread (a thread of its own). Never waits on a
+/// pipeline for ever: an error posted on either pipeline ends it, and at the `stop` deadline it
+/// ends the file with the pictures written so far (`Reencoded::stopped`).
 pub fn reencode_masked(
     raw: &Path,
     out: &Path,
-    width: u32,
-    fps: u32,
+    size: (u32, u32),
+    stop: &StopDeadline,
     mut mask: impl FnMut(chrono::Duration, &mut image::RgbImage),
-) -> Result<u64, String> {
+) -> Result<Reencoded, String> {
+    let (width, fps) = size;
     gst::init().map_err(|e| format!("cannot start GStreamer: {e}"))?;
     let make =
         |name: &str| gst::ElementFactory::make(name).build().map_err(|e| format!("GStreamer has no {name}: {e}"));
@@ -196,67 +230,119 @@ pub fn reencode_masked(
     });
     decoding.set_state(gst::State::Playing).map_err(|e| format!("cannot decode {}: {e}", raw.display()))?;
 
-    let mut encoder: Option<(gst::Pipeline, gst_app::AppSrc)> = None;
-    let mut written = 0u64;
+    let mut encoder: Option<MaskedEncoder> = None;
+    let mut made = Reencoded { pictures: 0, shown: chrono::Duration::zero(), stopped: false };
+    let mut last_picture = Instant::now();
+    // Pictures may come out of the decoder in any order of time (a clip cut mid-group); the
+    // encoder gets them on one rising timeline.
+    let mut last_pts: Option<u64> = None;
     let outcome = loop {
-        let sample = match pictures.pull_sample() {
-            Ok(sample) => sample,
-            // The end of the clip (or an error, found on the bus below).
-            Err(_) => break Ok(()),
+        if stop.passed() {
+            made.stopped = true;
+            break Ok(());
+        }
+        let Some(sample) = pictures.try_pull_sample(gst::ClockTime::from_nseconds(POLL.as_nanos() as u64)) else {
+            if pictures.is_eos() {
+                break Ok(());
+            }
+            if let Some(error) = pipeline_error(&decoding) {
+                break Err(format!("the raw clip cannot be decoded: {error}"));
+            }
+            if last_picture.elapsed() >= DECODER_SILENT_LIMIT {
+                break Err(format!("the raw clip's decoder gave no picture for {} s", DECODER_SILENT_LIMIT.as_secs()));
+            }
+            continue;
         };
+        last_picture = Instant::now();
         let mut picture = match crate::source::gst::rgb_picture(&sample) {
             Ok(picture) => picture,
             Err(e) => break Err(format!("a picture of the raw clip: {e}")),
         };
-        let pts = sample.buffer().and_then(|b| b.pts()).map(gst::ClockTime::nseconds).unwrap_or(0);
-        mask(chrono::Duration::nanoseconds(i64::try_from(pts).unwrap_or(i64::MAX)), &mut picture);
+        let Some(pts) = sample.buffer().and_then(|b| b.pts()).map(gst::ClockTime::nseconds) else {
+            // A picture without a time cannot be placed in the clip, nor masked by time.
+            continue;
+        };
+        if last_pts.is_some_and(|last| pts <= last) {
+            continue;
+        }
+        last_pts = Some(pts);
+        let offset = chrono::Duration::nanoseconds(i64::try_from(pts).unwrap_or(i64::MAX));
+        mask(offset, &mut picture);
         if encoder.is_none() {
-            match masked_encoder(out, picture.width(), picture.height(), fps) {
-                Ok(made) => encoder = Some(made),
+            match MaskedEncoder::start(out, picture.width(), picture.height(), fps) {
+                Ok(started) => encoder = Some(started),
                 Err(e) => break Err(e),
             }
         }
-        let Some((_, input)) = &encoder else { break Err("no encoder".into()) };
+        let Some(encoding) = &encoder else { break Err("no encoder".into()) };
+        match encoding.push(picture, pts, stop) {
+            Ok(true) => {
+                made.pictures += 1;
+                made.shown = offset;
+            }
+            Ok(false) => {
+                made.stopped = true;
+                break Ok(());
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = decoding.set_state(gst::State::Null);
+    let finished = match encoder {
+        Some(encoding) => encoding.finish(stop.within(Duration::from_secs(60)) + REENCODE_GRACE),
+        None => Ok(()),
+    };
+    outcome?;
+    finished?;
+    Ok(made)
+}
+
+/// The masked clip's encoding pipeline and its input.
+struct MaskedEncoder {
+    pipeline: gst::Pipeline,
+    input: gst_app::AppSrc,
+    /// Bytes of pictures the input may hold before the masking waits (`QUEUED_PICTURES`).
+    most_queued: u64,
+}
+
+impl MaskedEncoder {
+    fn start(out: &Path, width: u32, height: u32, fps: u32) -> Result<Self, String> {
+        let (pipeline, input) = masked_encoder(out, width, height, fps)?;
+        Ok(Self { pipeline, input, most_queued: QUEUED_PICTURES * u64::from(width) * u64::from(height) * 3 })
+    }
+
+    /// Hands a picture to the encoder once it has room for it; false when the stop deadline came
+    /// first (the picture is not written).
+    fn push(&self, picture: image::RgbImage, pts: u64, stop: &StopDeadline) -> Result<bool, String> {
+        // The input does not block: a pipeline that stopped on an error would hold the masking
+        // thread for ever. Wait here instead, watching for errors and the deadline.
+        while self.input.current_level_bytes() >= self.most_queued {
+            if let Some(error) = pipeline_error(&self.pipeline) {
+                return Err(format!("encoding the masked clip failed: {error}"));
+            }
+            if stop.passed() {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(error) = pipeline_error(&self.pipeline) {
+            return Err(format!("encoding the masked clip failed: {error}"));
+        }
         let mut buffer = gst::Buffer::from_mut_slice(picture.into_raw());
         if let Some(buffer) = buffer.get_mut() {
             buffer.set_pts(gst::ClockTime::from_nseconds(pts));
         }
-        if let Err(e) = input.push_buffer(buffer) {
-            break Err(format!("the encoder stopped: {e:?}"));
-        }
-        written += 1;
-    };
-    let decode_error = decoding.bus().and_then(|bus| {
-        bus.timed_pop_filtered(gst::ClockTime::ZERO, &[gst::MessageType::Error]).and_then(|m| match m.view() {
-            gst::MessageView::Error(e) => Some(e.error().to_string()),
-            _ => None,
-        })
-    });
-    let _ = decoding.set_state(gst::State::Null);
-    let finished = match encoder {
-        Some((pipeline, input)) => {
-            let _ = input.end_of_stream();
-            let ended = pipeline.bus().and_then(|bus| {
-                bus.timed_pop_filtered(
-                    gst::ClockTime::from_seconds(60),
-                    &[gst::MessageType::Eos, gst::MessageType::Error],
-                )
-            });
-            let _ = pipeline.set_state(gst::State::Null);
-            match ended.as_ref().map(|m| m.view()) {
-                Some(gst::MessageView::Eos(_)) => Ok(()),
-                Some(gst::MessageView::Error(e)) => Err(format!("encoding the masked clip failed: {}", e.error())),
-                _ => Err("the masked clip's encoder did not finish within 60 s".into()),
-            }
-        }
-        None => Ok(()),
-    };
-    outcome?;
-    if let Some(error) = decode_error {
-        return Err(format!("the raw clip cannot be decoded: {error}"));
+        self.input.push_buffer(buffer).map_err(|e| format!("the encoder stopped: {e:?}"))?;
+        Ok(true)
     }
-    finished?;
-    Ok(written)
+
+    /// Ends the file: the encoder's last pictures and the last fragment, until `by` at most.
+    fn finish(self, by: Instant) -> Result<(), String> {
+        let _ = self.input.end_of_stream();
+        let ended = wait_for_end(&self.pipeline, by);
+        let _ = self.pipeline.set_state(gst::State::Null);
+        ended.map_err(|e| format!("encoding the masked clip: {e}"))
+    }
 }
 
 /// `appsrc (RGB) ! videoconvert ! <encoder> ! h264parse ! mp4mux (fragments) ! filesink`, playing.
@@ -272,12 +358,12 @@ fn masked_encoder(out: &Path, width: u32, height: u32, fps: u32) -> Result<(gst:
         .field("height", i32::try_from(height).map_err(|_| "picture too high")?)
         .field("framerate", gst::Fraction::new(fps as i32, 1))
         .build();
-    // A few pictures wait for the encoder; the masking thread blocks beyond that.
+    // A few pictures wait for the encoder; the masking thread waits beyond that (`MaskedEncoder`).
     let picture_bytes = u64::from(width) * u64::from(height) * 3;
     let input = gst_app::AppSrc::builder()
         .caps(&caps)
         .format(gst::Format::Time)
-        .block(true)
+        .block(false)
         .max_bytes(QUEUED_PICTURES * picture_bytes)
         .build();
     let convert = make("videoconvert")?;
@@ -407,7 +493,8 @@ mod tests {
         clips.observe(&frames[30], [event.clone()].iter(), &open);
         event.state = LifecycleState::End;
         clips.observe(&frames[60], [event.clone()].iter(), &open);
-        let done = clips.finish_all(frames.last().unwrap().captured_at + chrono::Duration::seconds(30));
+        let stop_by = Instant::now() + Duration::from_secs(60);
+        let done = clips.finish_all(frames.last().unwrap().captured_at + chrono::Duration::seconds(30), stop_by);
         assert_eq!(done.len(), 1);
         let clip = &done[0];
         assert!(clip.cut_short.is_none(), "{:?}", clip.cut_short);
@@ -490,7 +577,8 @@ mod tests {
             clips.observe(&frame, starting.iter(), &masked);
             clips.pump(frame.captured_at);
         }
-        let done = clips.finish_all(chrono::Utc::now() + chrono::Duration::seconds(30));
+        let done = clips
+            .finish_all(chrono::Utc::now() + chrono::Duration::seconds(30), Instant::now() + Duration::from_secs(60));
         assert_eq!(done.len(), 1, "one masked clip");
         assert_eq!(std::fs::read_dir(&raw).map(|d| d.count()).unwrap_or(0), 0, "the raw clip is gone");
         let path = evidence.join(&done[0].file);

@@ -16,7 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use image::RgbImage;
@@ -94,22 +95,62 @@ impl MaskTrack {
     }
 }
 
-/// Re-encodes a masked camera's raw clip with its masks; returns the pictures written.
-pub type Reencode =
-    Arc<dyn Fn(&Path, &Path, &ClipsConfig, &MaskTrack, DateTime<Utc>) -> Result<u64, String> + Send + Sync>;
+/// When the clips' work must be over: set when the agent stops (systemd waits `TimeoutStopSec`
+/// for it), read by the writers and the re-encoding thread, so nothing waits on a GStreamer
+/// pipeline past it.
+#[derive(Debug, Clone, Default)]
+pub struct StopDeadline(Arc<Mutex<Option<Instant>>>);
+
+impl StopDeadline {
+    pub fn set(&self, at: Instant) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+
+    pub fn get(&self) -> Option<Instant> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn passed(&self) -> bool {
+        self.get().is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// `limit` from now, or the deadline when that comes first.
+    pub fn within(&self, limit: Duration) -> Instant {
+        let by = Instant::now() + limit;
+        self.get().map_or(by, |at| at.min(by))
+    }
+}
+
+/// What a masked clip's re-encoding made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reencoded {
+    pub pictures: u64,
+    /// The last picture written, from the clip's start.
+    pub shown: chrono::Duration,
+    /// Ended at the stop deadline before the raw clip's end.
+    pub stopped: bool,
+}
+
+/// Re-encodes a masked camera's raw clip with its masks, stopping at the deadline.
+pub type Reencode = Arc<
+    dyn Fn(&Path, &Path, &ClipsConfig, &MaskTrack, DateTime<Utc>, &StopDeadline) -> Result<Reencoded, String>
+        + Send
+        + Sync,
+>;
 
 /// The re-encoder of this build: GStreamer, or none.
 pub fn masked_reencoder() -> Reencode {
-    Arc::new(|raw, out, settings, masks, from| {
+    Arc::new(|raw, out, settings, masks, from, stop| {
         #[cfg(feature = "gstreamer")]
         {
-            super::clip_mp4::reencode_masked(raw, out, settings.masked_width, settings.masked_fps, |offset, picture| {
+            let size = (settings.masked_width, settings.masked_fps);
+            super::clip_mp4::reencode_masked(raw, out, size, stop, |offset, picture| {
                 masks.apply(from + offset, picture)
             })
         }
         #[cfg(not(feature = "gstreamer"))]
         {
-            let _ = (raw, out, settings, masks, from);
+            let _ = (raw, out, settings, masks, from, stop);
             Err("this build writes no clips (built without the `gstreamer` feature)".to_string())
         }
     })
@@ -118,7 +159,8 @@ pub fn masked_reencoder() -> Reencode {
 /// Where a clip's pictures go.
 pub trait ClipSink: Send {
     fn write(&mut self, unit: &EncodedUnit) -> Result<(), String>;
-    fn finish(self: Box<Self>) -> Result<(), String>;
+    /// Ends the file, waiting until `by` at most (what was written stays playable).
+    fn finish(self: Box<Self>, by: Instant) -> Result<(), String>;
 }
 
 /// Opens the writer of a clip file for a stream format.
@@ -195,6 +237,16 @@ const QUIET_TAP_SECS: i64 = 10;
 /// scene cannot pile up work and memory.
 const MAX_WAITING_REENCODES: usize = 3;
 
+/// A clip writer is given this long to end its file.
+const FINISH_LIMIT: Duration = Duration::from_secs(20);
+
+/// After the stop deadline the re-encoder still ends its file (its encoder's last pictures and
+/// the MP4's last fragment): this long at most.
+pub const REENCODE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a clip ends before its planned end when the agent stops.
+const STOPPED: &str = "the agent stopped before the clip's planned end";
+
 /// A masked clip for the re-encoding thread.
 struct ReencodeJob {
     event_id: Uuid,
@@ -207,7 +259,7 @@ struct ReencodeJob {
 /// The one thread that re-encodes masked clips, one after the other (started at the first).
 struct ReencodeWorker {
     jobs: mpsc::Sender<ReencodeJob>,
-    results: mpsc::Receiver<(Uuid, Result<u64, String>)>,
+    results: mpsc::Receiver<(Uuid, Result<Reencoded, String>)>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -223,6 +275,8 @@ pub struct ClipRecorder {
     worker: Option<ReencodeWorker>,
     /// The masks of each masked camera's recent frames.
     masks: BTreeMap<String, MaskTrack>,
+    /// Set when the agent stops.
+    stop: StopDeadline,
 }
 
 impl ClipRecorder {
@@ -250,6 +304,7 @@ impl ClipRecorder {
             reencoding: Vec::new(),
             worker: None,
             masks: BTreeMap::new(),
+            stop: StopDeadline::default(),
         }
     }
 
@@ -299,10 +354,13 @@ impl ClipRecorder {
             return;
         }
         let from = frame.captured_at - seconds(self.settings.pre_roll_secs);
-        let Some(cursor) = tap.start_before(from) else {
-            tracing::warn!(camera = %event.camera, event_id = %event.event_id, "no clip: the camera's video has no key frame yet");
-            return;
-        };
+        // A camera that sends key frames rarely may have sent none since the box joined its
+        // stream: the clip then starts at its next one (a clip reaching into the event is better
+        // than none), or is not made when none comes before the clip's end.
+        let cursor = tap.start_before(from).unwrap_or_else(|| {
+            tracing::warn!(camera = %event.camera, event_id = %event.event_id, "the camera's video has no key frame yet: the clip starts at its next one");
+            tap.newest()
+        });
         let day = frame.captured_at.format("%Y-%m-%d").to_string();
         let file = format!("{day}/{}-clip.mp4", event.event_id);
         let path =
@@ -342,28 +400,40 @@ impl ClipRecorder {
                 index += 1;
             }
         }
-        finished.extend(self.collect_reencoded(false));
+        finished.extend(self.collect_reencoded(None));
         finished
     }
 
-    /// The masked clips whose re-encoding is over (waiting for all of them when `wait`).
-    fn collect_reencoded(&mut self, wait: bool) -> Vec<FinishedClip> {
+    /// The masked clips whose re-encoding is over (when `wait_until`, waiting for all of them
+    /// until then: those not done by then are not kept).
+    fn collect_reencoded(&mut self, wait_until: Option<Instant>) -> Vec<FinishedClip> {
         let mut finished = Vec::new();
         while !self.reencoding.is_empty() {
             let Some(worker) = &self.worker else { break };
-            let answer = if wait { worker.results.recv().ok() } else { worker.results.try_recv().ok() };
+            let answer = match wait_until {
+                Some(until) => worker.results.recv_timeout(until.saturating_duration_since(Instant::now())).ok(),
+                None => worker.results.try_recv().ok(),
+            };
             let Some((event_id, outcome)) = answer else {
-                if wait {
-                    tracing::error!("the masked clips' re-encoding thread stopped");
-                    self.reencoding.clear();
+                if wait_until.is_some() {
+                    for clip in self.reencoding.drain(..) {
+                        tracing::error!(camera = %clip.camera, event_id = %clip.event_id, "masked clip not kept: its re-encoding did not end by the stop deadline");
+                    }
                 }
                 break;
             };
             let Some(index) = self.reencoding.iter().position(|c| c.event_id == event_id) else { continue };
             let mut clip = self.reencoding.remove(index);
             match outcome {
-                Ok(pictures) if pictures > 0 => {
-                    clip.pictures = pictures;
+                Ok(made) if made.pictures > 0 => {
+                    clip.pictures = made.pictures;
+                    if made.stopped {
+                        clip.to = clip.from + made.shown;
+                        clip.cut_short = Some(format!(
+                            "the agent stopped while the masked clip was re-encoded ({:.1} s of it kept)",
+                            made.shown.num_milliseconds() as f64 / 1000.0
+                        ));
+                    }
                     finished.push(clip);
                 }
                 outcome => {
@@ -373,11 +443,13 @@ impl ClipRecorder {
                 }
             }
         }
-        if wait {
-            // The thread ends when its queue closes.
+        if wait_until.is_some() {
+            // The thread ends when its queue closes; one still busy is left to the process's end.
             if let Some(worker) = self.worker.take() {
                 drop(worker.jobs);
-                let _ = worker.thread.join();
+                if worker.thread.is_finished() {
+                    let _ = worker.thread.join();
+                }
             }
         }
         finished
@@ -388,12 +460,12 @@ impl ClipRecorder {
         if self.worker.is_none() {
             let (jobs, queue) = mpsc::channel::<ReencodeJob>();
             let (answers, results) = mpsc::channel();
-            let (settings, reencode) = (self.settings.clone(), self.reencode.clone());
+            let (settings, reencode, stop) = (self.settings.clone(), self.reencode.clone(), self.stop.clone());
             let thread = std::thread::Builder::new()
                 .name("clip-mask".into())
                 .spawn(move || {
                     for job in queue {
-                        let outcome = reencode(&job.raw, &job.out, &settings, &job.masks, job.from);
+                        let outcome = reencode(&job.raw, &job.out, &settings, &job.masks, job.from, &stop);
                         // The raw clip shows what the mask hides: it goes whatever happened.
                         let _ = std::fs::remove_file(&job.raw);
                         if answers.send((job.event_id, outcome)).is_err() {
@@ -408,9 +480,15 @@ impl ClipRecorder {
         worker.jobs.send(job).map_err(|_| "the re-encoding thread stopped".to_string())
     }
 
-    /// Ends every clip now (the agent stops): what was written is kept.
-    pub fn finish_all(&mut self, now: DateTime<Utc>) -> Vec<FinishedClip> {
+    /// Ends every clip now (the agent stops), by `deadline` whatever a clip is doing (then
+    /// [`REENCODE_GRACE`] for a masked clip's file): what was written is kept, and a clip that
+    /// ends before its planned end says so.
+    pub fn finish_all(&mut self, now: DateTime<Utc>, deadline: Instant) -> Vec<FinishedClip> {
+        self.stop.set(deadline);
         for recording in &mut self.recordings {
+            if recording.planned_end() > now {
+                recording.cut_short.get_or_insert_with(|| STOPPED.to_string());
+            }
             recording.open.clear();
             recording.until = Some(recording.until.map_or(now, |u| u.min(now)));
         }
@@ -418,7 +496,7 @@ impl ClipRecorder {
         for recording in std::mem::take(&mut self.recordings) {
             finished.extend(self.finish(recording));
         }
-        finished.extend(self.collect_reencoded(true));
+        finished.extend(self.collect_reencoded(Some(deadline + REENCODE_GRACE)));
         finished
     }
 
@@ -426,11 +504,7 @@ impl ClipRecorder {
     fn write_new(&mut self, index: usize, now: DateTime<Utc>) -> bool {
         let open_sink = &self.open_sink;
         let recording = &mut self.recordings[index];
-        let end = if recording.open.is_empty() {
-            recording.until.map_or(recording.cap, |u| u.min(recording.cap))
-        } else {
-            recording.cap
-        };
+        let end = recording.planned_end();
         let since = recording.tap.since(recording.cursor);
         recording.missed += since.missed;
         for unit in &since.units {
@@ -493,7 +567,7 @@ impl ClipRecorder {
             ..
         } = recording;
         let sink = sink?;
-        if let Err(e) = sink.finish() {
+        if let Err(e) = sink.finish(self.stop.within(FINISH_LIMIT)) {
             cut_short = Some(e);
         }
         if let Some(why) = &cut_short {
@@ -539,6 +613,18 @@ impl ClipRecorder {
     }
 }
 
+impl Recording {
+    /// Where the clip ends as things stand: `max_secs` while any of its events is open, else the
+    /// post-roll after the last one ended.
+    fn planned_end(&self) -> DateTime<Utc> {
+        if self.open.is_empty() {
+            self.until.map_or(self.cap, |u| u.min(self.cap))
+        } else {
+            self.cap
+        }
+    }
+}
+
 fn seconds(value: f64) -> chrono::Duration {
     chrono::Duration::milliseconds((value * 1000.0).round() as i64)
 }
@@ -566,7 +652,7 @@ mod tests {
             self.0 .0.lock().unwrap().push((unit.seq, unit.keyframe));
             std::fs::write(&self.1, b"video").map_err(|e| e.to_string())
         }
-        fn finish(self: Box<Self>) -> Result<(), String> {
+        fn finish(self: Box<Self>, _by: Instant) -> Result<(), String> {
             Ok(())
         }
     }
@@ -574,7 +660,7 @@ mod tests {
     fn recorder(dir: &Path, written: &Written) -> ClipRecorder {
         let written = written.clone();
         let open: OpenSink = Box::new(move |path, _| Ok(Box::new(ListSink(written.clone(), path.to_owned()))));
-        let refuse: Reencode = Arc::new(|_, _, _, _, _| Err("no re-encoding in this test".into()));
+        let refuse: Reencode = Arc::new(|_, _, _, _, _, _| Err("no re-encoding in this test".into()));
         ClipRecorder::new(ClipsConfig::default(), dir, &dir.join("raw"), open, refuse)
     }
 
@@ -724,6 +810,106 @@ mod tests {
         assert_eq!(done.len(), 1, "the event never ended, the clip did");
         let length = (done[0].to - done[0].from).num_milliseconds();
         assert!((59_000..=60_000).contains(&length), "{length} ms");
+    }
+
+    /// The agent stops while one clip runs and while a masked camera's clip is re-encoded by a
+    /// re-encoder that would take a minute: both end by the deadline (and its grace), the one cut
+    /// short says so, and a re-encoding that never answers is not waited for.
+    #[test]
+    fn a_stop_ends_every_clip_by_its_deadline_and_says_which_were_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = Written::default();
+        let open: OpenSink = {
+            let written = written.clone();
+            Box::new(move |path, _| Ok(Box::new(ListSink(written.clone(), path.to_owned()))))
+        };
+        // Masks until the stop deadline, then ends with what it has (as the real one does).
+        let slow: Reencode = Arc::new(|_, out, _, _, _, stop| {
+            let started = Instant::now();
+            while !stop.passed() && started.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::fs::write(out, b"masked").map_err(|e| e.to_string())?;
+            Ok(Reencoded { pictures: 12, shown: chrono::Duration::seconds(3), stopped: stop.passed() })
+        });
+        let mut clips = ClipRecorder::new(ClipsConfig::default(), dir.path(), &dir.path().join("raw"), open, slow);
+        let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(10), 1 << 20));
+        tap.set_format("video/x-h264");
+        feed(&tap, 0.0, 12.0);
+        let (open_id, masked_id) = (Uuid::now_v7(), Uuid::now_v7());
+        clips.observe(&frame(&tap, 12.0), [event(open_id, LifecycleState::Start)].iter(), &open_privacy());
+        let mut masked_frame = frame(&tap, 12.0);
+        masked_frame.camera = "station".into();
+        let mut masked_event = event(masked_id, LifecycleState::Start);
+        masked_event.camera = "station".into();
+        let masked = PrivacyMask { people: vec![], blur_people: true, zones: vec![] };
+        clips.observe(&masked_frame, [masked_event].iter(), &masked);
+        assert_eq!(clips.recording(), 2);
+        feed(&tap, 12.0, 15.0);
+        assert!(clips.pump(at(15.0)).is_empty(), "both events are still on");
+
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let done = clips.finish_all(at(15.0), deadline);
+        assert!(Instant::now() <= deadline + REENCODE_GRACE, "the stop waited past its deadline");
+        assert_eq!(done.len(), 2, "{done:?}");
+        for clip in &done {
+            let why = clip.cut_short.as_deref().unwrap_or_default();
+            assert!(why.contains("stopped"), "{}: {why:?}", clip.camera);
+        }
+        let masked_clip = done.iter().find(|c| c.event_id == masked_id).unwrap();
+        assert_eq!(masked_clip.to - masked_clip.from, chrono::Duration::seconds(3), "it ends where the masking did");
+        assert_eq!(clips.recording(), 0);
+    }
+
+    #[test]
+    fn a_reencoding_that_never_answers_is_not_waited_for_past_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = Written::default();
+        let open: OpenSink = {
+            let written = written.clone();
+            Box::new(move |path, _| Ok(Box::new(ListSink(written.clone(), path.to_owned()))))
+        };
+        // A pipeline stuck for good: it ignores the deadline.
+        let stuck: Reencode = Arc::new(|_, _, _, _, _, _| {
+            std::thread::sleep(Duration::from_secs(30));
+            Err("stuck".into())
+        });
+        let mut clips = ClipRecorder::new(ClipsConfig::default(), dir.path(), &dir.path().join("raw"), open, stuck);
+        let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(10), 1 << 20));
+        tap.set_format("video/x-h264");
+        feed(&tap, 0.0, 12.0);
+        let masked = PrivacyMask { people: vec![], blur_people: true, zones: vec![] };
+        let id = Uuid::now_v7();
+        clips.observe(&frame(&tap, 12.0), [event(id, LifecycleState::Start)].iter(), &masked);
+        clips.observe(&frame(&tap, 12.0), [event(id, LifecycleState::End)].iter(), &masked);
+        feed(&tap, 12.0, 18.0);
+        assert!(clips.pump(at(18.0)).is_empty(), "handed to the re-encoding thread");
+        let started = Instant::now();
+        let done = clips.finish_all(at(18.0), started + Duration::from_millis(300));
+        assert!(started.elapsed() < Duration::from_millis(300) + REENCODE_GRACE + Duration::from_millis(500));
+        assert!(done.is_empty(), "nothing masked came out: nothing is kept");
+    }
+
+    /// A camera that sends a key frame every 25 s, joined between two: an event before the
+    /// first key frame gets a clip from that key frame on.
+    #[test]
+    fn an_event_before_the_first_key_frame_gets_a_clip_from_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = Written::default();
+        let mut clips = recorder(dir.path(), &written);
+        let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(10), 1 << 20));
+        tap.set_format("video/x-h264");
+        feed(&tap, 0.5, 0.9); // the pictures before the key frame of 1 s
+        let id = Uuid::now_v7();
+        clips.observe(&frame(&tap, 0.9), [event(id, LifecycleState::Start)].iter(), &open_privacy());
+        assert_eq!(clips.recording(), 1, "the clip waits for the key frame");
+        feed(&tap, 0.9, 3.0);
+        clips.observe(&frame(&tap, 3.0), [event(id, LifecycleState::End)].iter(), &open_privacy());
+        feed(&tap, 3.0, 10.0);
+        let done = clips.pump(at(10.0));
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].from, done[0].to), (at(1.0), at(8.0)));
+        assert!(written.0.lock().unwrap()[0].1, "the clip starts with a key frame");
     }
 
     #[test]

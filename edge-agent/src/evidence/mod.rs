@@ -82,6 +82,10 @@ pub struct EvidencedFrame {
 /// A clip is started only while the disk has room for about this much beside `min_free_mb`.
 const CLIP_ROOM_BYTES: u64 = 32 << 20;
 
+/// At a stop, clips being written or re-encoded end within this (and `clips::REENCODE_GRACE`),
+/// cut short where they must: systemd gives the whole agent `TimeoutStopSec` (20 s) to stop.
+const CLIPS_STOP_BUDGET: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// Applies privacy and keeps evidence; its store is None when `evidence.enabled` is off.
 pub struct EvidenceStage {
     store: Option<EvidenceStore>,
@@ -162,7 +166,7 @@ impl EvidenceStage {
         let with_pictures = events.iter().zip(&pictured).filter(|(_, p)| **p).map(|(e, _)| e);
         self.observe_for_clips(&frame, with_pictures, &privacy);
         // A finished clip's record goes out with this frame's other chain records.
-        self.keep_finished_clips(now, false);
+        self.keep_finished_clips(now, None);
         self.retention_if_due(now);
         let frame = Frame { image: private, ..frame };
         self.last_frame = Some(frame.clone());
@@ -173,7 +177,8 @@ impl EvidenceStage {
     /// them on, if any finished.
     pub fn finish(&mut self) -> Option<EvidencedFrame> {
         let frame = self.last_frame.clone()?;
-        let kept = self.keep_finished_clips(Utc::now(), true);
+        let deadline = std::time::Instant::now() + CLIPS_STOP_BUDGET;
+        let kept = self.keep_finished_clips(Utc::now(), Some(deadline));
         (kept > 0).then(|| self.evidenced(frame, Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()))
     }
 
@@ -225,10 +230,13 @@ impl EvidenceStage {
     }
 
     /// Writes the clips' new video; hashes and records in the chain those that are complete (all
-    /// of them when `all`). Returns how many it kept.
-    fn keep_finished_clips(&mut self, now: DateTime<Utc>, all: bool) -> usize {
+    /// of them, by `stop_deadline`, when the agent stops). Returns how many it kept.
+    fn keep_finished_clips(&mut self, now: DateTime<Utc>, stop_deadline: Option<std::time::Instant>) -> usize {
         let (Some(recorder), Some(store)) = (self.clips.as_mut(), self.store.as_mut()) else { return 0 };
-        let finished = if all { recorder.finish_all(now) } else { recorder.pump(now) };
+        let finished = match stop_deadline {
+            Some(deadline) => recorder.finish_all(now, deadline),
+            None => recorder.pump(now),
+        };
         let mut kept = 0;
         for clip in finished {
             match store.keep_clip(now, &clip) {

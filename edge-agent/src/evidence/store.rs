@@ -260,6 +260,7 @@ impl EvidenceStore {
             from: clip.from,
             to: clip.to,
             evidence: vec![file.clone()],
+            cut_short: clip.cut_short.clone(),
         };
         let proof = self.chain.append(now, content)?;
         let picture = StoredPicture { modified: now, file: clip.file.clone(), bytes };

@@ -48,6 +48,54 @@ pub fn scaled_size(width: u32, height: u32, max_width: u32) -> (u32, u32) {
 /// A file that has not produced a picture for this long is broken, not slow.
 const FILE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A stream joined between two key frames waits this long at most for its first one (cameras
+/// send one every 1 to 25 s); one that never marks a key frame is decoded as it comes after that.
+const KEYFRAME_PATIENCE: Duration = Duration::from_secs(40);
+
+/// The first key frame of a stream: nothing before it reaches the decoder, which would make
+/// grey guesses of it (pictures that look like a covered lens to the tamper check).
+#[derive(Debug)]
+struct FirstKeyframe {
+    opened: std::time::Instant,
+    seen: std::sync::atomic::AtomicBool,
+    /// When the first key frame passed: the stall clock starts again from there.
+    seen_at: Mutex<Option<std::time::Instant>>,
+    units: std::sync::atomic::AtomicU64,
+}
+
+impl FirstKeyframe {
+    fn new() -> Self {
+        Self { opened: std::time::Instant::now(), seen: false.into(), seen_at: Mutex::new(None), units: 0.into() }
+    }
+
+    /// Whether an arriving unit goes on to the decoder.
+    fn pass(&self, keyframe: bool) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.units.fetch_add(1, Relaxed);
+        if self.seen.load(Relaxed) {
+            return true;
+        }
+        let open = keyframe || self.opened.elapsed() >= KEYFRAME_PATIENCE;
+        if open {
+            self.seen.store(true, Relaxed);
+            if let Ok(mut at) = self.seen_at.lock() {
+                *at = Some(std::time::Instant::now());
+            }
+        }
+        open
+    }
+
+    /// No picture for `stall_timeout` is no stall while the stream's pictures arrive but wait for
+    /// their first key frame, nor within `stall_timeout` after it came.
+    fn excuses_silence(&self, stall_timeout: Duration) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.seen.load(Relaxed) {
+            return self.units.load(Relaxed) > 0 && self.opened.elapsed() < KEYFRAME_PATIENCE;
+        }
+        self.seen_at.lock().ok().and_then(|at| *at).is_some_and(|at| at.elapsed() < stall_timeout)
+    }
+}
+
 pub struct GstSource {
     camera: String,
     /// The URI with the password replaced by `***`, for messages.
@@ -60,6 +108,7 @@ pub struct GstSource {
     decoder: Arc<Mutex<Option<String>>>,
     /// Buffers of pictures the stages are done with, filled again by the next picture.
     pool: Arc<FramePool>,
+    first_keyframe: Arc<FirstKeyframe>,
 }
 
 /// GStreamer is initialised once per process; its error is kept for every later camera.
@@ -187,6 +236,8 @@ impl GstSource {
         // The decoder uridecodebin chose, for health and the page.
         let decoder = Arc::new(Mutex::new(None));
         let chosen = decoder.clone();
+        let first_keyframe = Arc::new(FirstKeyframe::new());
+        let gate = first_keyframe.clone();
         if let Ok(bin) = source.clone().downcast::<gst::Bin>() {
             bin.connect_deep_element_added(move |_, _, element| {
                 let Some(factory) = element.factory() else {
@@ -194,9 +245,7 @@ impl GstSource {
                 };
                 let klass = factory.metadata("klass").unwrap_or_default();
                 if klass.contains("Parser") && klass.contains("Video") {
-                    if let Some(tap) = &tap {
-                        tap_parser_output(element, tap.clone());
-                    }
+                    watch_parser_output(element, tap.clone(), gate.clone());
                 }
                 if klass.contains("Decoder") && klass.contains("Video") {
                     tune_ffmpeg_decoder(element, FfmpegThreads::Default);
@@ -230,8 +279,17 @@ impl GstSource {
                 .build(),
         );
         pipeline.set_state(gst::State::Playing).map_err(|_| open_error(format!("GStreamer cannot play {shown}")))?;
-        let opened =
-            Self { camera: camera.to_string(), shown, pipeline, pictures, stall_timeout, looping, decoder, pool };
+        let opened = Self {
+            camera: camera.to_string(),
+            shown,
+            pipeline,
+            pictures,
+            stall_timeout,
+            looping,
+            decoder,
+            pool,
+            first_keyframe,
+        };
         // An unreachable camera or a missing file fails here, not at the first picture.
         if let Some(error) = opened.bus_problem() {
             return Err(match error {
@@ -261,7 +319,7 @@ impl GstSource {
             match tokio::time::timeout(Duration::from_millis(200), self.pictures.recv()).await {
                 Ok(Some(picture)) => return Ok(picture),
                 Ok(None) => return Err(self.lost("the pipeline stopped".into())),
-                Err(_) if Instant::now() >= deadline => {
+                Err(_) if Instant::now() >= deadline && !self.first_keyframe.excuses_silence(self.stall_timeout) => {
                     return Err(SourceError::Stalled {
                         camera: self.camera.clone(),
                         message: format!("no picture from {} for {} s", self.shown, self.stall_timeout.as_secs_f64()),
@@ -332,28 +390,33 @@ impl Drop for GstSource {
     }
 }
 
-/// Copies what a video parser (`h264parse`, `h265parse`) hands the decoder into the tap: its caps
-/// when they are set, each access unit as it passes. The copy is of the compressed picture (a few
-/// kilobytes), taken in GStreamer's streaming thread.
-fn tap_parser_output(parser: &gst::Element, tap: Arc<VideoTap>) {
+/// Watches what a video parser (`h264parse`, `h265parse`) hands the decoder: copies it into the
+/// tap, if any (its caps when they are set, each access unit as it passes: the compressed
+/// picture, a few kilobytes, in GStreamer's streaming thread), and holds back what comes before
+/// the stream's first key frame.
+fn watch_parser_output(parser: &gst::Element, tap: Option<Arc<VideoTap>>, first_keyframe: Arc<FirstKeyframe>) {
     let Some(pad) = parser.static_pad("src") else { return };
     pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
         match &info.data {
             Some(gst::PadProbeData::Event(event)) => {
-                if let gst::EventView::Caps(caps) = event.view() {
+                if let (gst::EventView::Caps(caps), Some(tap)) = (event.view(), &tap) {
                     tap.set_format(&caps.caps().to_string());
                 }
             }
             Some(gst::PadProbeData::Buffer(buffer)) => {
-                if let Ok(map) = buffer.map_readable() {
+                let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                if let (Some(tap), Ok(map)) = (&tap, buffer.map_readable()) {
                     let unit = ArrivingUnit {
                         pts_ns: buffer.pts().map(gst::ClockTime::nseconds),
                         dts_ns: buffer.dts().map(gst::ClockTime::nseconds),
                         duration_ns: buffer.duration().map(gst::ClockTime::nseconds),
-                        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+                        keyframe,
                         data: map.as_slice().to_vec(),
                     };
                     tap.push(unit, chrono::Utc::now());
+                }
+                if !first_keyframe.pass(keyframe) {
+                    return gst::PadProbeReturn::Drop;
                 }
             }
             _ => {}
@@ -386,6 +449,7 @@ pub enum FfmpegThreads {
 }
 
 /// Settings for GStreamer's FFmpeg decoders (`avdec_*`); other decoders are left as they are.
+/// Pictures FFmpeg knows to be damaged are not passed on.
 ///
 /// Direct rendering off: with it, FFmpeg keeps a reference to each output picture it will predict
 /// from, so GStreamer's decoder base copies every picture into freshly allocated memory before
@@ -399,6 +463,11 @@ pub fn tune_ffmpeg_decoder(element: &gst::Element, threads: FfmpegThreads) {
     }
     if element.has_property("direct-rendering") {
         element.set_property("direct-rendering", false);
+    }
+    // A stream joined between two key frames (a camera that sends one every 25 s) decodes into
+    // grey guesses until the next: not pictures of the scene (they looked like a covered lens).
+    if element.has_property("output-corrupt") {
+        element.set_property("output-corrupt", false);
     }
     if threads == FfmpegThreads::One && element.has_property("max-threads") {
         element.set_property("max-threads", 1i32);

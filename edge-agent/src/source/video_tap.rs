@@ -50,6 +50,13 @@ pub struct Since {
 const LARGEST_GAP_NS: u64 = 10_000_000_000;
 /// The step put between two streams joined on the timeline: a picture at 25 frames/s.
 const JOIN_STEP_NS: u64 = 40_000_000;
+/// Pictures a stream without decoding times may show ahead of their decoding order (B-frames
+/// between two references, pyramids included): its decoding times run this many pictures behind.
+const REORDER_DEPTH: usize = 4;
+/// Without decoding times (RTP brings presentation times only) a picture other than a key frame
+/// may show this much before one that came earlier: B-frames reordered, not a stream that started
+/// again (a key frame never shows before a picture decoded ahead of it).
+const REORDER_WINDOW_NS: u64 = 2_000_000_000;
 
 pub struct VideoTap {
     keep: chrono::Duration,
@@ -68,6 +75,9 @@ struct TapState {
     /// The last decoding time given out and the duration of that unit.
     last_out_ns: Option<u64>,
     last_step_ns: u64,
+    /// A stream without decoding times: the presentation times of its last pictures, in order
+    /// (decoding times are made from them).
+    reorder: Vec<u64>,
 }
 
 impl std::fmt::Debug for VideoTap {
@@ -102,7 +112,7 @@ impl VideoTap {
     pub fn push(&self, unit: ArrivingUnit, received_at: DateTime<Utc>) {
         let mut state = self.state();
         let Some(format) = state.format.clone() else { return };
-        let (pts_ns, dts_ns) = state.retime(unit.pts_ns, unit.dts_ns, unit.duration_ns);
+        let (pts_ns, dts_ns) = state.retime(unit.pts_ns, unit.dts_ns, unit.duration_ns, unit.keyframe);
         state.last_seq += 1;
         let seq = state.last_seq;
         state.bytes += unit.data.len();
@@ -138,6 +148,11 @@ impl VideoTap {
         Some(start.seq - 1)
     }
 
+    /// The place after the newest unit: a reader from here gets what comes next.
+    pub fn newest(&self) -> u64 {
+        self.state().last_seq
+    }
+
     /// Bytes of video held now.
     pub fn bytes(&self) -> usize {
         self.state().bytes
@@ -158,12 +173,21 @@ impl TapState {
         pts_ns: Option<u64>,
         dts_ns: Option<u64>,
         duration_ns: Option<u64>,
+        keyframe: bool,
     ) -> (Option<u64>, Option<u64>) {
         let Some(decode_ns) = dts_ns.or(pts_ns) else { return (None, None) };
         let shifted = |ns: u64, offset: i128| u64::try_from(i128::from(ns) + offset).unwrap_or(0);
+        if self.last_out_ns.is_none() && dts_ns.is_none() {
+            // Room before the first picture for the decoding times made below.
+            let lead = (REORDER_DEPTH as u64 + 1) * JOIN_STEP_NS;
+            self.offset_ns = i128::from(lead.saturating_sub(decode_ns));
+        }
+        // Presentation times alone go back within a group of pictures with B-frames.
+        let may_step_back = if dts_ns.is_some() || keyframe { 0 } else { REORDER_WINDOW_NS };
         if let Some(last) = self.last_out_ns {
             let candidate = shifted(decode_ns, self.offset_ns);
-            if candidate < last || candidate > last.saturating_add(LARGEST_GAP_NS) {
+            let back_in_time = candidate < last.saturating_sub(may_step_back) || (keyframe && candidate <= last);
+            if back_in_time || candidate > last.saturating_add(LARGEST_GAP_NS) {
                 self.offset_ns = i128::from(last) + i128::from(self.last_step_ns) - i128::from(decode_ns);
             }
         }
@@ -176,8 +200,31 @@ impl TapState {
         if let Some(duration) = duration_ns.filter(|d| *d > 0) {
             self.last_step_ns = duration;
         }
-        self.last_out_ns = Some(out_decode);
-        (pts_ns.map(|p| shifted(p, self.offset_ns)), dts_ns.map(|d| shifted(d, self.offset_ns)))
+        // The latest time so far: a reordered picture does not move the timeline back.
+        self.last_out_ns = Some(self.last_out_ns.map_or(out_decode, |last| last.max(out_decode)));
+        let pts_out = pts_ns.map(|p| shifted(p, self.offset_ns));
+        let dts_out = match dts_ns {
+            Some(dts) => Some(shifted(dts, self.offset_ns)),
+            None => Some(self.decoding_time(out_decode)),
+        };
+        (pts_out, dts_out)
+    }
+
+    /// A decoding time for a picture that came without one (FFmpeg's way for RTP): the earliest
+    /// presentation time among the last `REORDER_DEPTH + 1` pictures, so decoding times rise and
+    /// never come after a picture's presentation (an MP4 needs both). The first pictures take
+    /// theirs a step apart before the first one's.
+    fn decoding_time(&mut self, pts: u64) -> u64 {
+        let at = self.reorder.partition_point(|&p| p <= pts);
+        self.reorder.insert(at, pts);
+        let made = if self.reorder.len() > REORDER_DEPTH {
+            self.reorder.remove(0)
+        } else {
+            let early = (REORDER_DEPTH + 1 - self.reorder.len()) as u64 * JOIN_STEP_NS;
+            self.reorder[0].saturating_sub(early)
+        };
+        self.reorder.truncate(REORDER_DEPTH);
+        made
     }
 
     /// Drops whole groups of pictures older than `keep_from`, keeping the last key frame before it
@@ -278,6 +325,40 @@ mod tests {
         assert!(times.windows(2).all(|w| w[1] > w[0]), "decoding times always go forward: {times:?}");
         assert!(times.windows(2).all(|w| w[1] - w[0] <= 100 * MS), "joined one picture apart: {times:?}");
         assert_eq!(times[0], 5_000 * MS, "the first stream keeps its own times");
+    }
+
+    /// An RTSP camera with B-frames: the parser passes presentation times only, and they go back
+    /// within each group of pictures. They are reordering, kept as they came; a stream that
+    /// starts again from zero is still joined on.
+    #[test]
+    fn b_frames_without_decoding_times_keep_their_presentation_order() {
+        let tap = VideoTap::new(Duration::from_secs(60), 64 << 20);
+        tap.set_format("video/x-h265");
+        // Decoding order I0 P4 B2 B1 B3 P8 B6 B5 B7 (times in tenths of a second), twice over:
+        // the second time from zero again, as a camera that reconnected.
+        let order = [0u64, 4, 2, 1, 3, 8, 6, 5, 7];
+        for (round, start) in [(0, 0.0), (1, 1.0)] {
+            for (i, tenth) in order.iter().enumerate() {
+                let unit = ArrivingUnit {
+                    pts_ns: Some(tenth * 100 * MS),
+                    dts_ns: None,
+                    duration_ns: None,
+                    keyframe: i == 0,
+                    data: vec![round; 10],
+                };
+                tap.push(unit, at(start + i as f64 * 0.1));
+            }
+        }
+        let units = tap.since(0).units;
+        let shown: Vec<u64> = units.iter().map(|u| u.pts_ns.unwrap()).collect();
+        let relative = |times: &[u64]| -> Vec<u64> { times.iter().map(|ns| (ns - times[0]) / (100 * MS)).collect() };
+        assert_eq!(relative(&shown[..9]), order, "the first stream keeps its order: {shown:?}");
+        assert!(shown[9] > shown[..9].iter().copied().max().unwrap(), "the second stream comes after: {shown:?}");
+        assert_eq!(relative(&shown[9..]), order, "and keeps its order: {shown:?}");
+        // Decoding times, made up, rise and never come after the picture's presentation.
+        let decoded: Vec<u64> = units.iter().map(|u| u.dts_ns.unwrap()).collect();
+        assert!(decoded.windows(2).all(|w| w[1] > w[0]), "decoding times rise: {decoded:?}");
+        assert!(units.iter().all(|u| u.dts_ns <= u.pts_ns), "{decoded:?} vs {shown:?}");
     }
 
     #[test]

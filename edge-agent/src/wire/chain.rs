@@ -60,6 +60,9 @@ pub enum RecordContent {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         evidence: Vec<EvidenceFile>,
+        /// Why the clip ends before its planned end (the agent stopped, the stream changed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cut_short: Option<String>,
     },
     /// Evidence files deleted by retention (age, disk quota, free space).
     Pruned { files: Vec<String>, reason: String },
