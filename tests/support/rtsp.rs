@@ -25,6 +25,11 @@ pub struct RtspServer {
 pub enum Stream<'a> {
     /// An endless H.264 stream of one picture.
     Picture { path: &'a Path, fps: u32 },
+    /// An endless H.264 stream of one picture scaled to `size`: a camera's substream alone.
+    PictureAt { path: &'a Path, fps: u32, size: (u32, u32) },
+    /// A camera with two streams: the picture at its size on `/cam` (the main stream, `main`'s
+    /// codec) and scaled to `substream` on `/sub` (H.264), as IP cameras serve them.
+    TwoStreams { path: &'a Path, fps: u32, substream: (u32, u32), main_h265: bool },
     /// An endless H.264 stream of one picture of `size` with fresh noise in every frame: a live
     /// camera looking at a still scene.
     NoisyPicture { path: &'a Path, fps: u32, size: (u32, u32) },
@@ -78,6 +83,27 @@ impl RtspServer {
                 "--codec".into(),
                 "h265".into(),
             ]),
+            Stream::PictureAt { path, fps, size } => args.extend([
+                "--image".into(),
+                path.display().to_string(),
+                "--fps".into(),
+                fps.to_string(),
+                "--size".into(),
+                format!("{}x{}", size.0, size.1),
+            ]),
+            Stream::TwoStreams { path, fps, substream, main_h265 } => {
+                args.extend([
+                    "--image".into(),
+                    path.display().to_string(),
+                    "--fps".into(),
+                    fps.to_string(),
+                    "--substream".into(),
+                    format!("{}x{}", substream.0, substream.1),
+                ]);
+                if main_h265 {
+                    args.extend(["--codec".into(), "h265".into()]);
+                }
+            }
             Stream::LongGopH265 { path, fps } => args.extend([
                 "--image".into(),
                 path.display().to_string(),
@@ -105,6 +131,11 @@ impl RtspServer {
 
     pub fn url(&self) -> String {
         format!("rtsp://127.0.0.1:{}/cam", self.port)
+    }
+
+    /// The substream of [`Stream::TwoStreams`].
+    pub fn substream_url(&self) -> String {
+        format!("rtsp://127.0.0.1:{}/sub", self.port)
     }
 
     pub fn url_with(&self, user: &str, password: &str) -> String {

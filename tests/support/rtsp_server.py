@@ -2,11 +2,14 @@
 """A real RTSP server for the end-to-end tests: Debian's GStreamer RTSP server on loopback.
 
     rtsp_server.py --port PORT --image dog.jpg [--fps 5] [--codec h264|h265] [--noise WxH]
-                   [--long-gop] [--user U --password P]
+                   [--long-gop] [--size WxH] [--substream WxH] [--user U --password P]
         serves an endless H.264 (x264, baseline) or H.265 (x265, main) stream of one picture, a
         keyframe every 10 frames; with --noise (the picture's size), fresh sensor-like noise in
         every frame, as a live camera shows a still scene; with --long-gop (H.265), x265's own
         defaults: a key frame every 250 pictures, open groups, B-frames, as "smart" H.265+ cameras;
+        with --size, the picture scaled to that size; with --substream, also the camera's
+        substream at rtsp://127.0.0.1:PORT/sub: the same picture at that size, H.264, as IP
+        cameras serve a low-resolution stream for detection beside the main one;
     rtsp_server.py --port PORT --file clip.mp4
         serves the H.264 track of an MP4 file once (used for damaged streams).
 
@@ -24,7 +27,9 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
-def launch_line(args):
+def launch_line(args, size=None, codec=None):
+    codec = codec or args.codec
+    size = size or args.size
     if args.file:
         return (
             f'( filesrc location="{args.file}" ! qtdemux ! h264parse config-interval=-1 '
@@ -32,12 +37,12 @@ def launch_line(args):
         )
     decoder = "pngdec" if args.image.lower().endswith(".png") else "jpegdec"
     caps = "image/png" if decoder == "pngdec" else "image/jpeg"
-    if args.codec == "h265" and args.long_gop:
+    if codec == "h265" and args.long_gop:
         encoder = (
             "x265enc speed-preset=ultrafast key-int-max=250 "
             "! video/x-h265,profile=main ! rtph265pay name=pay0 pt=96 config-interval=1"
         )
-    elif args.codec == "h265":
+    elif codec == "h265":
         encoder = (
             "x265enc tune=zerolatency speed-preset=ultrafast key-int-max=10 "
             "! video/x-h265,profile=main ! rtph265pay name=pay0 pt=96 config-interval=1"
@@ -50,6 +55,9 @@ def launch_line(args):
             "! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1"
         )
     picture = f'multifilesrc location="{args.image}" loop=true caps="{caps},framerate={args.fps}/1" ! {decoder}'
+    if size:
+        width, height = size.split("x")
+        picture += f" ! videoscale ! video/x-raw,width={width},height={height}"
     if args.noise:
         width, height = args.noise.split("x")
         # GStreamer's snow at a few percent over the picture: every frame differs a little.
@@ -70,6 +78,8 @@ def main():
     source.add_argument("--file")
     parser.add_argument("--fps", type=int, default=5)
     parser.add_argument("--codec", choices=["h264", "h265"], default="h264")
+    parser.add_argument("--size", help="WIDTHxHEIGHT: the picture scaled to this size")
+    parser.add_argument("--substream", help="WIDTHxHEIGHT: also serve the picture at this size (H.264) at /sub")
     parser.add_argument("--long-gop", action="store_true", help="H.265 with x265's key frame every 250 pictures")
     parser.add_argument("--noise", help="WIDTHxHEIGHT of the picture: add live noise to every frame")
     parser.add_argument("--user")
@@ -95,6 +105,13 @@ def main():
         )
         factory.set_permissions(permissions)
     server.get_mount_points().add_factory("/cam", factory)
+    if args.substream:
+        substream = GstRtspServer.RTSPMediaFactory()
+        substream.set_launch(launch_line(args, size=args.substream, codec="h264"))
+        substream.set_shared(True)
+        if args.user:
+            substream.set_permissions(permissions)
+        server.get_mount_points().add_factory("/sub", substream)
     if server.attach(None) == 0:
         print(f"cannot listen on 127.0.0.1:{args.port}", file=sys.stderr)
         sys.exit(1)

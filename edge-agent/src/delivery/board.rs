@@ -58,6 +58,42 @@ pub struct CameraStatus {
     pub inference_ms: f64,
     /// Frames judged per second over the last few seconds.
     pub fps: f64,
+    /// A camera with a `detect_url`: its main stream, kept for clips without being decoded (the
+    /// fields above are its detect stream's). None for a camera with one stream.
+    pub record_stream: Option<RecordStreamStatus>,
+}
+
+/// A camera's record stream (its main stream when it detects on a substream).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordStreamStatus {
+    /// `online` (video arrives and is kept), `starting` (opening, nothing yet), `offline` (it
+    /// fails now: see `last_error`) or `disabled`.
+    pub state: &'static str,
+    /// Encoded pictures kept since the start.
+    pub pictures_kept: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+impl RecordStreamStatus {
+    pub fn of(health: &crate::source::record::RecordStreamHealth, enabled: bool) -> Self {
+        let last_error = health.last_error();
+        let state = if !enabled {
+            "disabled"
+        } else if health.is_online() {
+            "online"
+        } else if last_error.is_some() {
+            "offline"
+        } else {
+            "starting"
+        };
+        Self {
+            state,
+            pictures_kept: health.units.load(Ordering::Relaxed),
+            errors: health.errors.load(Ordering::Relaxed),
+            last_error,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -605,6 +641,11 @@ impl StatusBoard {
                     frame_height: view.size.1,
                     inference_ms: view.inference_ms,
                     fps: view.fps(),
+                    record_stream: view
+                        .health
+                        .record
+                        .as_ref()
+                        .map(|record| RecordStreamStatus::of(record, !view.health.disabled.load(Ordering::Relaxed))),
                 })
                 .collect(),
             models: inner.models.clone(),

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::board::CameraStatus;
+use super::board::{CameraStatus, RecordStreamStatus};
 
 /// Version of the camera health JSON; bump when a field changes meaning or goes away.
 pub const CAMERA_HEALTH_SCHEMA_VERSION: u32 = 1;
@@ -33,6 +33,10 @@ pub struct CameraHealthReport {
     pub errors: u64,
     pub frame_width: u32,
     pub frame_height: u32,
+    /// A camera that detects on a substream: its main stream, kept for clips (the fields above
+    /// are the detect stream's); absent for a camera with one stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_stream: Option<RecordStreamStatus>,
 }
 
 impl CameraHealthReport {
@@ -61,12 +65,17 @@ impl CameraHealthReport {
             errors: camera.errors,
             frame_width: camera.frame_width,
             frame_height: camera.frame_height,
+            record_stream: camera.record_stream.clone(),
         }
     }
 
     /// Whether a supervisor would see a difference (rates and counters aside).
     pub fn changed_from(&self, before: &Self) -> bool {
-        self.state != before.state || self.decoder != before.decoder || self.last_error != before.last_error
+        let stream = |report: &Self| report.record_stream.as_ref().map(|r| (r.state, r.last_error.clone()));
+        self.state != before.state
+            || self.decoder != before.decoder
+            || self.last_error != before.last_error
+            || stream(self) != stream(before)
     }
 
     /// The topic suffix under `{prefix}/{device}/`.
@@ -96,6 +105,7 @@ mod tests {
             frame_height: 1080,
             inference_ms: 40.0,
             fps: 9.876,
+            record_stream: None,
         }
     }
 
@@ -112,6 +122,28 @@ mod tests {
         let disabled = CameraHealthReport::from_status("box-1", &CameraStatus { enabled: false, ..failing });
         assert_eq!(disabled.state, "disabled");
         assert_eq!(online.topic_suffix(), "cameras/gate/health");
+    }
+
+    /// A camera detecting on its substream: its main stream failing alone is a change the
+    /// supervisors see, though pictures still arrive.
+    #[test]
+    fn a_record_stream_that_fails_alone_is_reported_and_is_a_change() {
+        let kept = RecordStreamStatus { state: "online", pictures_kept: 500, errors: 0, last_error: None };
+        let both =
+            CameraHealthReport::from_status("box-1", &CameraStatus { record_stream: Some(kept.clone()), ..camera() });
+        let failing = RecordStreamStatus {
+            state: "offline",
+            last_error: Some("camera gate: lost: record stream rtsp://cam/main".into()),
+            ..kept
+        };
+        let main_down =
+            CameraHealthReport::from_status("box-1", &CameraStatus { record_stream: Some(failing), ..camera() });
+        assert_eq!(main_down.state, "online", "the detect stream still delivers");
+        assert!(main_down.changed_from(&both));
+        let json = serde_json::to_value(&main_down).unwrap();
+        assert_eq!(json["record_stream"]["state"], "offline");
+        let one = serde_json::to_value(CameraHealthReport::from_status("box-1", &camera())).unwrap();
+        assert!(one.get("record_stream").is_none(), "a camera with one stream reports as before");
     }
 
     #[test]

@@ -51,9 +51,14 @@ pub enum SourceConfig {
         #[serde(default = "default_max_width")]
         max_width: u32,
     },
-    /// An IP camera: RTSP over TCP (interleaved), H.264 video (with GStreamer also H.265).
+    /// An IP camera: RTSP over TCP (interleaved), H.264 video (with GStreamer also H.265). With a
+    /// `detect_url` (the camera's substream, e.g. 640×360), that stream is decoded and judged and
+    /// `url` (the main stream) is only kept, as it came, for event clips: never decoded.
     Rtsp {
         url: RtspUrl,
+        /// The stream to detect on; `url` is then the record stream (GStreamer path only).
+        #[serde(default)]
+        detect_url: Option<RtspUrl>,
         /// Most pictures per second handed to inference; default: every decoded frame.
         #[serde(default)]
         fps: Option<f64>,
@@ -310,6 +315,14 @@ pub fn default_cameras(data_dir: &Path) -> Vec<CameraConfig> {
 }
 
 impl SourceConfig {
+    /// A camera with two streams: the URL of its record stream (main stream), kept for clips only.
+    pub fn record_only_url(&self) -> Option<&RtspUrl> {
+        match self {
+            SourceConfig::Rtsp { url, detect_url: Some(_), .. } => Some(url),
+            _ => None,
+        }
+    }
+
     /// Whether this source is read through GStreamer in this build, whose encoded video can be
     /// kept for event clips (RTSP and video files; not picture folders or USB cameras).
     pub fn may_feed_video_tap(&self) -> bool {
@@ -413,6 +426,15 @@ impl CameraConfig {
                 ));
             }
         }
+        if let SourceConfig::Rtsp { detect_url: Some(_), decoder, .. } = &self.source {
+            if decoder.resolved() != VideoDecoder::Gstreamer {
+                return Err(Invalid::new(
+                    format!("{key}.source.detect_url"),
+                    "needs the GStreamer path (the main stream is kept for clips without decoding only there); \
+                     remove `decoder = \"openh264\"`, or detect on `url` alone",
+                ));
+            }
+        }
         if let SourceConfig::Rtsp { stall_timeout_secs, .. } = &self.source {
             if !(*stall_timeout_secs >= 1.0 && *stall_timeout_secs <= 600.0) {
                 return Err(Invalid::new(
@@ -476,7 +498,9 @@ mod tests {
         ))
         .unwrap();
         assert!(matches!(&config.cameras[0].source, SourceConfig::File { fps: None, looping: true, .. }));
-        let SourceConfig::Rtsp { url, fps, stall_timeout_secs, decoder, max_width } = &config.cameras[1].source else {
+        let SourceConfig::Rtsp { url, detect_url: None, fps, stall_timeout_secs, decoder, max_width } =
+            &config.cameras[1].source
+        else {
             panic!()
         };
         assert_eq!((*decoder, *max_width), (VideoDecoder::Auto, DEFAULT_MAX_WIDTH));
@@ -529,6 +553,31 @@ mod tests {
         // An unknown kind is named by its key and the kinds there are, not quoted.
         let err = parse(&camera(r#"{ kind = "usb", device = 0 }"#)).unwrap_err();
         assert!(err.contains("kind") && err.contains("rtsp") && !err.contains("usb"), "{err}");
+    }
+
+    /// The acceptance config's shape: the main stream recorded, the substream detected on.
+    #[test]
+    fn a_camera_with_a_detect_stream_keeps_its_main_stream_for_clips_only() {
+        if !VideoDecoder::GSTREAMER_BUILT {
+            let err = parse(&camera(r#"{ kind = "rtsp", url = "rtsp://h/main", detect_url = "rtsp://h/sub" }"#));
+            assert!(err.unwrap_err().contains("detect_url"));
+            return;
+        }
+        let config = parse(&camera(
+            r#"{ kind = "rtsp", url = "rtsp://10.0.0.9/main", detect_url = "rtsp://admin:pw@10.0.0.9/sub" }"#,
+        ))
+        .unwrap();
+        let source = &config.cameras[0].source;
+        assert_eq!(source.record_only_url().map(ToString::to_string).as_deref(), Some("rtsp://10.0.0.9/main"));
+        let SourceConfig::Rtsp { detect_url: Some(detect), .. } = source else { panic!() };
+        assert_eq!(detect.to_string(), "rtsp://admin:***@10.0.0.9/sub");
+        let one = parse(&camera(r#"{ kind = "rtsp", url = "rtsp://10.0.0.9/main" }"#)).unwrap();
+        assert!(one.cameras[0].source.record_only_url().is_none(), "one stream: detected and recorded");
+        let err = parse(&camera(
+            r#"{ kind = "rtsp", url = "rtsp://h/main", detect_url = "rtsp://h/sub", decoder = "openh264" }"#,
+        ))
+        .unwrap_err();
+        assert!(err.contains("cameras[0].source.detect_url") && err.contains("GStreamer"), "{err}");
     }
 
     #[test]

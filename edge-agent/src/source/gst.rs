@@ -55,7 +55,7 @@ const KEYFRAME_PATIENCE: Duration = Duration::from_secs(40);
 /// The first key frame of a stream: nothing before it reaches the decoder, which would make
 /// grey guesses of it (pictures that look like a covered lens to the tamper check).
 #[derive(Debug)]
-struct FirstKeyframe {
+pub(super) struct FirstKeyframe {
     opened: std::time::Instant,
     seen: std::sync::atomic::AtomicBool,
     /// When the first key frame passed: the stall clock starts again from there.
@@ -64,8 +64,13 @@ struct FirstKeyframe {
 }
 
 impl FirstKeyframe {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self { opened: std::time::Instant::now(), seen: false.into(), seen_at: Mutex::new(None), units: 0.into() }
+    }
+
+    /// Encoded pictures that came out of the parser so far.
+    pub(super) fn units(&self) -> u64 {
+        self.units.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether an arriving unit goes on to the decoder.
@@ -112,7 +117,7 @@ pub struct GstSource {
 }
 
 /// GStreamer is initialised once per process; its error is kept for every later camera.
-fn init() -> Result<(), String> {
+pub(super) fn init() -> Result<(), String> {
     static INIT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     INIT.get_or_init(|| gst::init().map_err(|e| format!("cannot start GStreamer: {e}"))).clone()
 }
@@ -180,32 +185,7 @@ impl GstSource {
             .map_err(|e| build_error("pipeline", &e))?;
         gst::Element::link_many([&rate, &scale, &convert, sink.upcast_ref()]).map_err(|e| build_error("link", &e))?;
 
-        if let Some((user, password)) = credentials {
-            // rtspsrc is made inside uridecodebin: set it up when it appears. The password goes in
-            // `user-pw`, never the URI, so GStreamer's own messages cannot show it.
-            source.connect("source-setup", false, move |values| {
-                if let Some(element) = values.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
-                    if element.has_property("user-id") {
-                        element.set_property("user-id", &user);
-                        element.set_property("user-pw", &password);
-                    }
-                }
-                None
-            });
-        }
-        let tcp_timeout_us = u64::try_from(stall_timeout.as_micros()).unwrap_or(u64::MAX);
-        source.connect("source-setup", false, move |values| {
-            if let Some(element) = values.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
-                if element.has_property("protocols") {
-                    // TCP interleaved: no UDP ports to open through the site's firewall.
-                    element.set_property_from_str("protocols", "tcp");
-                    element.set_property("latency", 200u32);
-                    // A camera that stops answering is given up after the stall time, not 20 s.
-                    element.set_property("tcp-timeout", tcp_timeout_us);
-                }
-            }
-            None
-        });
+        set_up_rtsp_source(&source, credentials, stall_timeout);
         // uridecodebin's video pad appears once the stream is known: link it then.
         let rate_sink = rate.static_pad("sink").ok_or_else(|| build_error("videorate", &"no sink pad"))?;
         let sized_sink = sink.clone();
@@ -390,11 +370,44 @@ impl Drop for GstSource {
     }
 }
 
+/// Sets up the `rtspsrc` that `uridecodebin` makes for an RTSP URI, when it appears: TCP, the
+/// stall time as its timeout, the password as a property (never in the URI, so GStreamer's own
+/// messages cannot show it). Other sources are left as they are.
+pub(super) fn set_up_rtsp_source(
+    source: &gst::Element,
+    credentials: Option<(String, String)>,
+    stall_timeout: Duration,
+) {
+    let tcp_timeout_us = u64::try_from(stall_timeout.as_micros()).unwrap_or(u64::MAX);
+    source.connect("source-setup", false, move |values| {
+        if let Some(element) = values.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
+            // rtspsrc is made inside uridecodebin: set up when it appears. The password goes in
+            // `user-pw`, never the URI, so GStreamer's own messages cannot show it.
+            if let (Some((user, password)), true) = (&credentials, element.has_property("user-id")) {
+                element.set_property("user-id", user);
+                element.set_property("user-pw", password);
+            }
+            if element.has_property("protocols") {
+                // TCP interleaved: no UDP ports to open through the site's firewall.
+                element.set_property_from_str("protocols", "tcp");
+                element.set_property("latency", 200u32);
+                // A camera that stops answering is given up after the stall time, not 20 s.
+                element.set_property("tcp-timeout", tcp_timeout_us);
+            }
+        }
+        None
+    });
+}
+
 /// Watches what a video parser (`h264parse`, `h265parse`) hands the decoder: copies it into the
 /// tap, if any (its caps when they are set, each access unit as it passes: the compressed
 /// picture, a few kilobytes, in GStreamer's streaming thread), and holds back what comes before
 /// the stream's first key frame.
-fn watch_parser_output(parser: &gst::Element, tap: Option<Arc<VideoTap>>, first_keyframe: Arc<FirstKeyframe>) {
+pub(super) fn watch_parser_output(
+    parser: &gst::Element,
+    tap: Option<Arc<VideoTap>>,
+    first_keyframe: Arc<FirstKeyframe>,
+) {
     let Some(pad) = parser.static_pad("src") else { return };
     pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
         match &info.data {

@@ -9,6 +9,7 @@ pub mod frame_pool;
 pub mod gst;
 pub mod h264;
 pub mod motion;
+pub mod record;
 pub mod replay;
 pub mod rtsp;
 pub mod v4l2;
@@ -75,6 +76,8 @@ pub struct CameraHealth {
     /// Set by `cameras[].enabled = false` or the `set` command: the task closes its source and
     /// waits until the camera is enabled again.
     pub disabled: std::sync::atomic::AtomicBool,
+    /// A camera with a `detect_url`: its main stream, kept for clips (when clips are kept).
+    pub record: Option<Arc<record::RecordStreamHealth>>,
 }
 
 impl CameraHealth {
@@ -153,12 +156,26 @@ pub fn start_cameras(
         .iter()
         .map(|camera| {
             let (sender, receiver) = watch::channel(None);
-            let health = Arc::new(CameraHealth::default());
-            health.disabled.store(!camera.enabled, Ordering::Relaxed);
             let id: Arc<str> = Arc::from(camera.id.as_str());
             let tap = video_pre_roll
                 .filter(|_| camera.source.may_feed_video_tap())
                 .map(|keep| Arc::new(VideoTap::new(keep + VIDEO_TAP_SLACK, VIDEO_TAP_MAX_BYTES)));
+            // The main stream of a camera with two is opened only to keep it for clips.
+            let record = camera.source.record_only_url().and(tap.as_ref()).map(|_| Arc::default());
+            let health = Arc::new(CameraHealth { record: record.clone(), ..CameraHealth::default() });
+            health.disabled.store(!camera.enabled, Ordering::Relaxed);
+            #[cfg(feature = "gstreamer")]
+            if let (Some(url), Some(tap), Some(stream)) = (camera.source.record_only_url(), &tap, &record) {
+                let task = RecordTask {
+                    camera: id.clone(),
+                    url: url.clone(),
+                    backoff_cap: camera.source.reopen_backoff_cap(),
+                    tap: tap.clone(),
+                    health: stream.clone(),
+                    camera_health: health.clone(),
+                };
+                tokio::spawn(task.run(shutdown.clone()));
+            }
             let task = CameraTask {
                 tap,
                 camera: camera.clone(),
@@ -224,10 +241,15 @@ impl OpenSource {
                 Self::File(file::VideoFileSource::open(id, path, *fps, *looping).await?)
             }
             #[cfg(feature = "gstreamer")]
-            SourceConfig::Rtsp { url, fps, stall_timeout_secs, decoder, max_width }
+            SourceConfig::Rtsp { url, detect_url, fps, stall_timeout_secs, decoder, max_width }
                 if decoder.resolved() == config::VideoDecoder::Gstreamer =>
             {
                 let stall_timeout = Duration::from_secs_f64(*stall_timeout_secs);
+                // Two streams: the detect stream is decoded; the main one is kept by `RecordTask`.
+                let (url, tap) = match detect_url {
+                    Some(detect_url) => (detect_url, None),
+                    None => (url, tap),
+                };
                 let (camera, url, fps, max_width) = (id.to_string(), url.clone(), *fps, *max_width);
                 let opened = off_the_workers(id, move || {
                     let input = gst::GstInput::Rtsp { url: &url, stall_timeout };
@@ -392,13 +414,12 @@ impl CameraTask {
                         }
                         let image = Arc::new(image);
                         source.track(&image);
-                        let frame = Frame {
-                            camera: self.id.clone(),
-                            sequence,
-                            captured_at: Utc::now(),
-                            image,
-                            video: self.tap.clone().filter(|_| source.feeds_tap()),
+                        // A second stream feeds the tap: its clips only while it delivers.
+                        let video = match &self.health.record {
+                            Some(record) => self.tap.clone().filter(|_| record.is_online()),
+                            None => self.tap.clone().filter(|_| source.feeds_tap()),
                         };
+                        let frame = Frame { camera: self.id.clone(), sequence, captured_at: Utc::now(), image, video };
                         self.sender.send_replace(Some(frame));
                         self.new_frame.notify_one();
                     }
@@ -424,6 +445,65 @@ impl CameraTask {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A camera's record stream (its main stream when it has a `detect_url`): open, keep in the tap
+/// until it fails, back off, reopen; until shutdown. Closed while the camera is disabled.
+#[cfg(feature = "gstreamer")]
+struct RecordTask {
+    camera: Arc<str>,
+    url: config::RtspUrl,
+    backoff_cap: Duration,
+    tap: Arc<VideoTap>,
+    health: Arc<record::RecordStreamHealth>,
+    camera_health: Arc<CameraHealth>,
+}
+
+#[cfg(feature = "gstreamer")]
+impl RecordTask {
+    async fn run(self, mut shutdown: Shutdown) {
+        let mut backoff = Backoff::new(Duration::from_millis(500).min(self.backoff_cap), self.backoff_cap);
+        loop {
+            while self.camera_health.disabled.load(Ordering::Relaxed) {
+                self.health.online.store(false, Ordering::Relaxed);
+                if shutdown.sleep(Duration::from_millis(250)).await {
+                    return;
+                }
+            }
+            let (camera, url, tap, stall) =
+                (self.camera.to_string(), self.url.clone(), self.tap.clone(), self.backoff_cap);
+            let opening = off_the_workers(&self.camera, move || record::RecordStream::open(&camera, &url, stall, tap));
+            let opened = tokio::select! {
+                opened = opening => opened,
+                _ = shutdown.wait() => return,
+            };
+            let failed = match opened {
+                Ok(mut stream) => {
+                    tracing::info!(camera = %self.camera, "record stream open (kept for clips, not decoded)");
+                    let failed = tokio::select! {
+                        failed = stream.run(&self.health) => failed,
+                        _ = shutdown.wait() => return,
+                        _ = self.wait_until_disabled() => continue,
+                    };
+                    backoff.reset();
+                    failed
+                }
+                Err(error) => error,
+            };
+            tracing::error!(camera = %self.camera, "{failed}; reopening the record stream");
+            self.health.record_error(&failed);
+            self.camera_health.video_buffered_bytes.store(self.tap.bytes() as u64, Ordering::Relaxed);
+            if shutdown.sleep(backoff.next_delay()).await {
+                return;
+            }
+        }
+    }
+
+    async fn wait_until_disabled(&self) {
+        while !self.camera_health.disabled.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 }

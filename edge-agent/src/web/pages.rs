@@ -408,6 +408,13 @@ pub async fn cameras(State(state): State<Arc<WebState>>, session: Session, lang:
                         @if camera.last_frame_at.is_none() { span.muted { (t(T::NoFrameYet)) } }
                         @if let Some(error) = &camera.last_error { span.error { (error) } }
                     }
+                    p.stats.streams #{"camera-streams-" (i)} data-refresh="periodic" {
+                        @if let Some(decoder) = &camera.decoder { span { (t(T::Decoder)) " " b { (decoder) } } }
+                        @if let Some(record) = &camera.record_stream {
+                            span { (t(T::MainStreamKept)) " " b { (record.state) } " (" (record.pictures_kept) ")" }
+                            @if let Some(error) = &record.last_error { span.error { (error) } }
+                        }
+                    }
                 }
             }
         }

@@ -59,10 +59,77 @@ pub async fn check_camera(index: usize, camera: &CameraConfig, name: &ConfigName
         }
         Ok(Ok(image)) => image,
     };
-    let seen =
+    let mut seen =
         format!("{source}: frame {}×{} in {:.1} s", image.width(), image.height(), started.elapsed().as_secs_f64());
     let frame = GrabbedFrame { camera: camera.id.clone(), image, people: None };
+    if let Some(url) = camera.source.record_only_url() {
+        match record_stream(camera, url, timeout).await {
+            Ok(format) => seen.push_str(&format!("; main stream {url}: {format}, kept for clips, not decoded")),
+            Err(error) => {
+                let detail = format!("{seen}; but the main stream {url}, kept for clips, gives nothing: {error}");
+                let fix = source_fix(&camera.source, &key, name);
+                return CameraOutcome { finding: Finding::warn(check, detail, fix), frame: Some(frame) };
+            }
+        }
+    }
     CameraOutcome { finding: Finding::pass(check, seen), frame: Some(frame) }
+}
+
+/// Opens a camera's record stream as the agent does (parsed, not decoded) and waits for its
+/// first picture; its codec and size.
+#[cfg(feature = "gstreamer")]
+async fn record_stream(
+    camera: &CameraConfig,
+    url: &crate::source::config::RtspUrl,
+    timeout: Duration,
+) -> Result<String, String> {
+    use crate::source::record::{RecordStream, RecordStreamHealth};
+    use crate::source::video_tap::VideoTap;
+    let tap = std::sync::Arc::new(VideoTap::new(Duration::from_secs(1), 8 << 20));
+    let (id, url, kept) = (camera.id.clone(), url.clone(), tap.clone());
+    let opened = tokio::task::spawn_blocking(move || RecordStream::open(&id, &url, timeout, kept))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = opened.map_err(|e| without_camera_prefix(&e.to_string(), &camera.id))?;
+    let health = RecordStreamHealth::default();
+    let first = async {
+        loop {
+            if let Some(unit) = tap.since(0).units.first() {
+                return Ok(describe_format(&unit.format));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        format = first => format,
+        failed = stream.run(&health) => Err(without_camera_prefix(&failed.to_string(), &camera.id)),
+        _ = tokio::time::sleep(timeout) => Err(format!("no picture within {} s", timeout.as_secs_f64())),
+    }
+}
+
+#[cfg(not(feature = "gstreamer"))]
+async fn record_stream(_: &CameraConfig, _: &crate::source::config::RtspUrl, _: Duration) -> Result<String, String> {
+    Err("this agent was built without GStreamer".into())
+}
+
+/// `H.265 1920×1080` from a stream's caps (`video/x-h265, …, width=(int)1920, height=(int)1080`).
+fn describe_format(caps: &str) -> String {
+    let codec = if caps.starts_with("video/x-h265") {
+        "H.265"
+    } else if caps.starts_with("video/x-h264") {
+        "H.264"
+    } else {
+        "video"
+    };
+    let field = |name: &str| {
+        caps.split(", ")
+            .find_map(|f| f.strip_prefix(&format!("{name}=(int)")))
+            .and_then(|v| v.trim_end_matches(';').parse::<u32>().ok())
+    };
+    match (field("width"), field("height")) {
+        (Some(w), Some(h)) => format!("{codec} {w}×{h}"),
+        _ => codec.to_string(),
+    }
 }
 
 /// Saves the camera's frame for the installer with the privacy every stored picture gets: people
@@ -133,7 +200,8 @@ pub fn describe_source(source: &SourceConfig) -> String {
         SourceConfig::Replay { path, .. } => format!("replay folder {}", path.display()),
         SourceConfig::File { path, .. } if path.is_dir() => format!("picture folder {}", path.display()),
         SourceConfig::File { path, .. } => format!("video file {}", path.display()),
-        SourceConfig::Rtsp { url, .. } => format!("RTSP {url}"),
+        SourceConfig::Rtsp { url, detect_url: None, .. } => format!("RTSP {url}"),
+        SourceConfig::Rtsp { detect_url: Some(detect), .. } => format!("RTSP {detect} (detect stream)"),
         SourceConfig::V4l2 { device, .. } => format!("V4L2 device {device}"),
     }
 }
@@ -169,6 +237,13 @@ fn without_camera_prefix(message: &str, camera: &str) -> String {
 mod tests {
     use super::*;
     use crate::ops::check::Outcome;
+
+    #[test]
+    fn a_stream_format_is_named_by_codec_and_size() {
+        let caps = "video/x-h265, stream-format=(string)hvc1, alignment=(string)au, width=(int)1920, height=(int)1080, parsed=(boolean)true";
+        assert_eq!(describe_format(caps), "H.265 1920×1080");
+        assert_eq!(describe_format("video/x-h264, parsed=(boolean)true"), "H.264");
+    }
 
     fn camera(source: &str) -> CameraConfig {
         let text = format!("[[cameras]]\nid = \"gate\"\nsource = {source}\n");
