@@ -44,8 +44,12 @@ pub struct CameraStatus {
     pub frames_captured: u64,
     pub frames_inferred: u64,
     pub frames_dropped: u64,
-    /// Kept from inference by the camera's motion gate: nothing had changed.
+    /// Kept from inference by the camera's motion detection: nothing had moved.
     pub frames_still: u64,
+    /// Inferred on the regions where something moved rather than whole (part of `frames_inferred`).
+    pub frames_by_region: u64,
+    /// What inference looks at on this camera, in words.
+    pub inference_plan: String,
     pub errors: u64,
     pub last_error: Option<String>,
     /// The video decoder in use (file and RTSP cameras).
@@ -632,6 +636,8 @@ impl StatusBoard {
                     frames_inferred: view.health.frames_inferred.load(Ordering::Relaxed),
                     frames_dropped: view.health.frames_dropped.load(Ordering::Relaxed),
                     frames_still: view.health.frames_still.load(Ordering::Relaxed),
+                    frames_by_region: view.health.frames_by_region.load(Ordering::Relaxed),
+                    inference_plan: view.health.inference_plan.clone(),
                     errors: view.health.errors.load(Ordering::Relaxed),
                     last_error: view.health.last_error(),
                     decoder: view.health.decoder(),

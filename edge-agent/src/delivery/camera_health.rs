@@ -96,6 +96,8 @@ mod tests {
             frames_inferred: 110,
             frames_dropped: 10,
             frames_still: 0,
+            frames_by_region: 0,
+            inference_plan: String::new(),
             errors: 0,
             last_error: None,
             decoder: Some("avdec_h264 (software, GStreamer)".into()),

@@ -476,6 +476,7 @@ mod tests {
                     captured_at: chrono::Utc::now(),
                     image: Arc::new(image),
                     video: Some(tap.clone()),
+                    motion: None,
                 }),
                 Err(SourceError::Ended { .. }) => break,
                 Err(e) => panic!("{e}"),
@@ -572,6 +573,7 @@ mod tests {
                 captured_at: chrono::Utc::now(),
                 image: Arc::new(image),
                 video: Some(tap.clone()),
+                motion: None,
             };
             let starting = (sequence == 5).then(|| event.clone());
             clips.observe(&frame, starting.iter(), &masked);

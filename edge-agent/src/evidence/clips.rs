@@ -690,6 +690,7 @@ mod tests {
             captured_at: at(seconds),
             image: Arc::new(image::RgbImage::new(4, 4)),
             video: Some(tap.clone()),
+            motion: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod ort;
 pub mod plates;
 pub mod preprocess;
+pub mod regions;
 pub mod tract;
 pub mod worker;
 
@@ -532,7 +533,7 @@ pub fn load_models(configs: &[ModelConfig], inference: &InferenceConfig) -> Resu
 
 /// One model's run on a frame; a panic inside the backend (a hostile or broken model) becomes a
 /// failed run instead of ending the inference task for good.
-fn run_catching_panics(model: &mut Model, image: &Arc<image::RgbImage>) -> Result<ModelResult, InferError> {
+fn run_catching_panics(model: &mut Model, image: &image::RgbImage) -> Result<ModelResult, InferError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(image))) {
         Ok(outcome) => outcome,
         Err(payload) => {
@@ -547,18 +548,73 @@ fn run_catching_panics(model: &mut Model, image: &Arc<image::RgbImage>) -> Resul
     }
 }
 
-/// Runs every model on a frame: the infer stage's unit of work.
+/// Runs every model on the whole of a frame: the infer stage's unit of work.
 pub fn infer_frame(models: &mut [Model], frame: Frame) -> (InferredFrame, Vec<(ModelId, InferError)>) {
+    let (inferred, failures, _) = infer_frame_where(models, frame, None);
+    (inferred, failures)
+}
+
+/// Runs every model on a frame; detectors on the crops around `wanted` (frame pixels) when given
+/// ([`regions`]), classifiers on the whole frame. The last value says whether every detector
+/// looked at crops only (false where a plan or a cut object took it to the whole frame).
+pub fn infer_frame_where(
+    models: &mut [Model],
+    frame: Frame,
+    wanted: Option<&[BoundingBox]>,
+) -> (InferredFrame, Vec<(ModelId, InferError)>, bool) {
     let mut results = Vec::with_capacity(models.len());
     let mut failures = Vec::new();
     let image: Arc<image::RgbImage> = frame.image.clone();
+    let size = image.dimensions();
+    let mut by_region = wanted.is_some();
     for model in models.iter_mut() {
-        match run_catching_panics(model, &image) {
+        let crops = match (model.task(), wanted) {
+            (Task::Detect, Some(wanted)) => {
+                let (height, width) = model.manifest().input_size();
+                let input = (u32::try_from(width).unwrap_or(u32::MAX), u32::try_from(height).unwrap_or(u32::MAX));
+                match regions::plan(size, input, wanted) {
+                    regions::Plan::Crops(crops) => Some(crops),
+                    regions::Plan::Whole => None,
+                }
+            }
+            _ => None,
+        };
+        let outcome = match crops {
+            Some(crops) => match run_on_crops(model, &image, &crops) {
+                Ok(Some(merged)) => Ok(merged),
+                // An object reaches beyond a crop: the whole frame finds it whole, once.
+                Ok(None) => {
+                    by_region = false;
+                    run_catching_panics(model, &image)
+                }
+                Err(e) => Err(e),
+            },
+            None => {
+                by_region &= model.task() != Task::Detect;
+                run_catching_panics(model, &image)
+            }
+        };
+        match outcome {
             Ok(result) => results.push(result),
             Err(e) => failures.push((model.id().clone(), e)),
         }
     }
-    (InferredFrame { frame, results }, failures)
+    (InferredFrame { frame, results }, failures, by_region)
+}
+
+/// A detector on each crop of a frame, the boxes back in frame pixels; None when a box touches
+/// a crop's edge inside the frame.
+fn run_on_crops(
+    model: &mut Model,
+    image: &image::RgbImage,
+    crops: &[regions::Crop],
+) -> Result<Option<ModelResult>, InferError> {
+    let mut parts = Vec::with_capacity(crops.len());
+    for crop in crops {
+        let part = image::imageops::crop_imm(image, crop.x, crop.y, crop.width, crop.height).to_image();
+        parts.push((*crop, run_catching_panics(model, &part)?));
+    }
+    Ok(regions::merge(parts, image.dimensions()))
 }
 
 #[cfg(test)]

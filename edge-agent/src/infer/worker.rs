@@ -7,14 +7,16 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 
 use super::control::{ModelTestRequest, ModelTestRun, WorkerControls};
-use super::{infer_frame, InferredFrame, Model};
+use super::regions::CameraRegions;
+use super::{infer_frame, infer_frame_where, InferredFrame, Model};
 use crate::base::blocking::off_the_workers;
 use crate::base::liveness::Heartbeat;
 use crate::base::shutdown::Shutdown;
 use crate::source::CameraFeed;
 
 /// Takes the newest frame of each camera in turn (round robin, so one busy camera cannot starve
-/// another), runs every model on it off the async workers, and passes it on.
+/// another), runs every model on it off the async workers (on a camera with motion, where
+/// something moved: [`super::regions`]), and passes it on.
 pub async fn run_inference(
     mut models: Vec<Model>,
     mut feeds: Vec<CameraFeed>,
@@ -25,6 +27,7 @@ pub async fn run_inference(
     mut controls: WorkerControls,
 ) {
     let mut next_camera = 0;
+    let mut regions: Vec<CameraRegions> = feeds.iter().map(|_| CameraRegions::default()).collect();
     loop {
         if shutdown.is_triggered() {
             return;
@@ -61,9 +64,10 @@ pub async fn run_inference(
         heartbeat.beat();
         next_camera = (index + 1) % count;
         controls.runs.frame_started();
-        let worked = off_the_workers(models, move |models| infer_frame(models, frame)).await;
+        let wanted = regions[index].wanted(&frame);
+        let worked = off_the_workers(models, move |models| infer_frame_where(models, frame, wanted.as_deref())).await;
         controls.runs.frame_ended();
-        let (returned_models, (inferred, failures)) = match worked {
+        let (returned_models, (inferred, failures, by_region)) = match worked {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!("inference task failed: {e}; stopping inference");
@@ -79,6 +83,10 @@ pub async fn run_inference(
             tracing::error!(model = %model.name, camera = %feeds[index].id, "{error}");
         }
         feeds[index].health.frames_inferred.fetch_add(1, Ordering::Relaxed);
+        if by_region {
+            feeds[index].health.frames_by_region.fetch_add(1, Ordering::Relaxed);
+        }
+        regions[index].found(&inferred.frame, &inferred.results, !by_region);
         if output.send(inferred).await.is_err() {
             return;
         }
@@ -161,6 +169,7 @@ mod tests {
                         captured_at: Utc::now(),
                         image: image.clone(),
                         video: None,
+                        motion: None,
                     };
                     sender.send_replace(Some(frame));
                     new_frame.notify_one();
@@ -232,6 +241,7 @@ mod tests {
             captured_at: Utc::now(),
             image: Arc::new(dog),
             video: None,
+            motion: None,
         }));
         new_frame.notify_one();
         assert!(inferred.recv().await.is_some(), "the camera's own frame goes on");

@@ -87,7 +87,14 @@ pub fn detect(image: &RgbImage) -> Vec<Detection> {
 /// once per picture and reused: the detector is deterministic).
 pub fn inferred(camera: &str, image: &Arc<RgbImage>, results: &[ModelResult], secs: f64) -> InferredFrame {
     InferredFrame {
-        frame: Frame { camera: camera.into(), sequence: 1, captured_at: at(secs), image: image.clone(), video: None },
+        frame: Frame {
+            camera: camera.into(),
+            sequence: 1,
+            captured_at: at(secs),
+            image: image.clone(),
+            video: None,
+            motion: None,
+        },
         results: results.to_vec(),
     }
 }

@@ -103,8 +103,14 @@ pub async fn set_reference(
             Ok(Err(error)) => return Err(error.into()),
         };
         sequence += 1;
-        let frame =
-            Frame { camera: camera_id.into(), sequence, captured_at: Utc::now(), image: Arc::new(image), video: None };
+        let frame = Frame {
+            camera: camera_id.into(),
+            sequence,
+            captured_at: Utc::now(),
+            image: Arc::new(image),
+            video: None,
+            motion: None,
+        };
         if let Some(learnt) = watch.observe(&frame).learnt {
             break (learnt, frame.image);
         }

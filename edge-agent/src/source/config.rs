@@ -16,7 +16,8 @@ use crate::base::section::{absolutise, is_valid_topic_level, Invalid};
 pub struct CameraConfig {
     pub id: String,
     pub source: SourceConfig,
-    /// Skip inference on frames that have not changed (off unless given).
+    /// Inference where something moved: on by default for live cameras (RTSP, USB), off for
+    /// picture folders and video files; `motion = { enabled = false }` infers every frame whole.
     #[serde(default)]
     pub motion: Option<MotionConfig>,
     /// A disabled camera is not opened; the `set` command switches it at run time.
@@ -114,8 +115,9 @@ impl VideoDecoder {
     }
 }
 
-/// Frigate-style motion gating: a frame goes to inference only when its downscaled grey picture
-/// differs enough from the last frame that did.
+/// Frigate-style motion: a frame goes to inference only when its downscaled grey picture differs
+/// enough from a slowly adapting background, and then (with `regions`) only where it differs,
+/// plus the objects found lately; the whole frame every `max_still_secs` all the same.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MotionConfig {
@@ -127,9 +129,15 @@ pub struct MotionConfig {
     /// Share of the downscaled frame (0–1) that must change for the frame to go to inference.
     #[serde(default = "default_min_changed_area")]
     pub min_changed_area: f64,
-    /// Infer at least this often even when nothing moves, so results and the page stay current.
+    /// The whole frame is inferred at least this often even when nothing moves: still objects
+    /// (litter, a bag left behind) are found, and their time to clear runs. Below the judge's
+    /// `max_lost_secs` and `end_after_secs` (5 s), so an object that stays keeps its event.
     #[serde(default = "default_max_still_secs")]
     pub max_still_secs: f64,
+    /// Infer on the regions where something moved (and around the objects found lately) rather
+    /// than on the whole frame of a frame with motion.
+    #[serde(default = "default_true")]
+    pub regions: bool,
 }
 
 impl Default for MotionConfig {
@@ -139,6 +147,7 @@ impl Default for MotionConfig {
             pixel_threshold: default_pixel_threshold(),
             min_changed_area: default_min_changed_area(),
             max_still_secs: default_max_still_secs(),
+            regions: true,
         }
     }
 }
@@ -297,7 +306,7 @@ fn default_min_changed_area() -> f64 {
 }
 
 fn default_max_still_secs() -> f64 {
-    60.0
+    4.0
 }
 
 /// The demo camera: a replay of the sample images shipped with the models.
@@ -376,6 +385,29 @@ fn check_fps(key: &str, fps: f64) -> Result<(), Invalid> {
 }
 
 impl CameraConfig {
+    /// The motion settings in force: as configured, else on (defaults) for a live camera, where
+    /// the periodic whole frame keeps every event of a still scene, and off for picture folders
+    /// and video files (recorded material, played for calibration and tests).
+    pub fn motion_settings(&self) -> Option<MotionConfig> {
+        match (&self.motion, &self.source) {
+            (Some(motion), _) => Some(motion.clone()).filter(|m| m.enabled),
+            (None, SourceConfig::Rtsp { .. } | SourceConfig::V4l2 { .. }) => Some(MotionConfig::default()),
+            (None, SourceConfig::Replay { .. } | SourceConfig::File { .. }) => None,
+        }
+    }
+
+    /// What inference looks at on this camera, in the installer's words (`check`, the page).
+    pub fn inference_plan(&self) -> String {
+        match self.motion_settings() {
+            None => "every frame, whole".into(),
+            Some(motion) if motion.regions => format!(
+                "where something moved (motion regions and the objects found lately), whole frame every {} s",
+                motion.max_still_secs
+            ),
+            Some(motion) => format!("frames with motion, whole; whole frame every {} s", motion.max_still_secs),
+        }
+    }
+
     pub fn resolve_paths(&mut self, base: &Path) {
         match &mut self.source {
             SourceConfig::Replay { path, .. } | SourceConfig::File { path, .. } => absolutise(path, base),
@@ -513,7 +545,9 @@ mod tests {
             &config.cameras[3].source,
             SourceConfig::V4l2 { device: V4l2Device::Index(2), pixel_format: PixelFormat::Yuyv, fps: Some(15), .. }
         ));
-        assert!(config.cameras.iter().all(|c| c.motion.is_none()), "motion gating is off unless asked for");
+        assert!(config.cameras.iter().all(|c| c.motion.is_none()));
+        let inferred: Vec<bool> = config.cameras.iter().map(|c| c.motion_settings().is_some()).collect();
+        assert_eq!(inferred, [false, true, true, true], "motion on by default for live cameras only");
     }
 
     #[test]

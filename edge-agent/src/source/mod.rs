@@ -27,7 +27,7 @@ use crate::base::backoff::Backoff;
 use crate::base::liveness::{Heartbeat, Liveness};
 use crate::base::shutdown::Shutdown;
 use config::{CameraConfig, SourceConfig};
-use motion::MotionGate;
+use motion::{Look, Motion, MotionDetector};
 use video_tap::VideoTap;
 
 /// One captured picture: the message from source to infer.
@@ -40,6 +40,8 @@ pub struct Frame {
     pub image: Arc<RgbImage>,
     /// The camera's recent encoded video (the pre-roll of event clips), when its source keeps it.
     pub video: Option<Arc<VideoTap>>,
+    /// Where something moved, on a camera with motion on (None: infer the whole frame).
+    pub motion: Option<Arc<Motion>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +66,12 @@ pub struct CameraHealth {
     pub frames_captured: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub frames_inferred: AtomicU64,
-    /// Frames the motion gate kept from inference because nothing had changed.
+    /// Frames kept from inference because nothing had moved.
     pub frames_still: AtomicU64,
+    /// Frames inferred on motion regions rather than whole (a part of `frames_inferred`).
+    pub frames_by_region: AtomicU64,
+    /// What inference looks at on this camera, in words (`CameraConfig::inference_plan`).
+    pub inference_plan: String,
     pub errors: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     /// The video decoder making the pictures (`openh264 (software)`, `avdec_h265 (software,
@@ -162,7 +168,11 @@ pub fn start_cameras(
                 .map(|keep| Arc::new(VideoTap::new(keep + VIDEO_TAP_SLACK, VIDEO_TAP_MAX_BYTES)));
             // The main stream of a camera with two is opened only to keep it for clips.
             let record = camera.source.record_only_url().and(tap.as_ref()).map(|_| Arc::default());
-            let health = Arc::new(CameraHealth { record: record.clone(), ..CameraHealth::default() });
+            let health = Arc::new(CameraHealth {
+                record: record.clone(),
+                inference_plan: camera.inference_plan(),
+                ..CameraHealth::default()
+            });
             health.disabled.store(!camera.enabled, Ordering::Relaxed);
             #[cfg(feature = "gstreamer")]
             if let (Some(url), Some(tap), Some(stream)) = (camera.source.record_only_url(), &tap, &record) {
@@ -338,7 +348,7 @@ impl CameraTask {
         let cap = self.camera.source.reopen_backoff_cap();
         let mut backoff = Backoff::new(Duration::from_millis(500).min(cap), cap);
         let mut sequence = 0u64;
-        let mut gate = self.camera.motion.clone().map(MotionGate::new);
+        let mut detector = self.camera.motion_settings().map(MotionDetector::new);
         loop {
             if self.wait_while_disabled(&mut shutdown).await {
                 return;
@@ -387,27 +397,29 @@ impl CameraTask {
                             }
                         }
                         self.health.frames_captured.fetch_add(1, Ordering::Relaxed);
-                        let (image, admitted) = match gate.take() {
-                            None => (image, true),
-                            Some(mut motion_gate) => {
+                        let (image, motion) = match detector.take() {
+                            None => (image, None),
+                            Some(mut looking) => {
                                 // A pass over every pixel: keep it off the async workers.
-                                let judged = tokio::task::spawn_blocking(move || {
-                                    let admitted = motion_gate.admit(&image, Instant::now());
-                                    (motion_gate, image, admitted)
+                                let looked = tokio::task::spawn_blocking(move || {
+                                    let look = looking.look(&image, Instant::now());
+                                    (looking, image, look)
                                 })
                                 .await;
-                                let Ok((motion_gate, image, admitted)) = judged else {
-                                    tracing::error!(camera = %self.id, "motion check failed; gating off");
+                                let Ok((looking, image, look)) = looked else {
+                                    tracing::error!(camera = %self.id, "motion check failed; motion off");
                                     continue;
                                 };
-                                gate = Some(motion_gate);
-                                (image, admitted)
+                                detector = Some(looking);
+                                match look {
+                                    Look::Moved(motion) | Look::Due(motion) => (image, Some(Arc::new(motion))),
+                                    Look::Still => {
+                                        self.health.frames_still.fetch_add(1, Ordering::Relaxed);
+                                        continue;
+                                    }
+                                }
                             }
                         };
-                        if !admitted {
-                            self.health.frames_still.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
                         sequence += 1;
                         if let Some(tap) = &self.tap {
                             self.health.video_buffered_bytes.store(tap.bytes() as u64, Ordering::Relaxed);
@@ -419,7 +431,8 @@ impl CameraTask {
                             Some(record) => self.tap.clone().filter(|_| record.is_online()),
                             None => self.tap.clone().filter(|_| source.feeds_tap()),
                         };
-                        let frame = Frame { camera: self.id.clone(), sequence, captured_at: Utc::now(), image, video };
+                        let frame =
+                            Frame { camera: self.id.clone(), sequence, captured_at: Utc::now(), image, video, motion };
                         self.sender.send_replace(Some(frame));
                         self.new_frame.notify_one();
                     }
@@ -542,6 +555,7 @@ mod tests {
             captured_at: Utc::now(),
             image: Arc::new(RgbImage::new(1, 1)),
             video: None,
+            motion: None,
         };
         assert!(feed.take_new().is_none());
         sender.send_replace(Some(frame(1)));

@@ -410,6 +410,8 @@ pub async fn cameras(State(state): State<Arc<WebState>>, session: Session, lang:
                     }
                     p.stats.streams #{"camera-streams-" (i)} data-refresh="periodic" {
                         @if let Some(decoder) = &camera.decoder { span { (t(T::Decoder)) " " b { (decoder) } } }
+                        span { (t(T::InferenceLooksAt)) " " b { (camera.inference_plan) }
+                            " (" (camera.frames_by_region) " / " (camera.frames_inferred) ")" }
                         @if let Some(record) = &camera.record_stream {
                             span { (t(T::MainStreamKept)) " " b { (record.state) } " (" (record.pictures_kept) ")" }
                             @if let Some(error) = &record.last_error { span.error { (error) } }

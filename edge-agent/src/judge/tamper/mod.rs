@@ -536,6 +536,7 @@ mod tests {
                     captured_at: at(self.secs),
                     image: pictures[i % pictures.len()].clone(),
                     video: None,
+                    motion: None,
                 };
                 let outcome = self.watch.observe(&frame);
                 self.transitions.extend(outcome.transitions.into_iter().map(|t| (self.secs, t)));
@@ -811,6 +812,7 @@ mod tests {
             captured_at: at(secs),
             image: Arc::new(uniform(768, 576, 0)),
             video: None,
+            motion: None,
         };
         for (sequence, secs) in [(1, 0.0), (1, 0.0), (2, 0.4), (3, 0.6), (4, 0.9)] {
             watch.observe(&frame(sequence, secs));

@@ -59,8 +59,13 @@ pub async fn check_camera(index: usize, camera: &CameraConfig, name: &ConfigName
         }
         Ok(Ok(image)) => image,
     };
-    let mut seen =
-        format!("{source}: frame {}×{} in {:.1} s", image.width(), image.height(), started.elapsed().as_secs_f64());
+    let mut seen = format!(
+        "{source}: frame {}×{} in {:.1} s; inference: {}",
+        image.width(),
+        image.height(),
+        started.elapsed().as_secs_f64(),
+        camera.inference_plan()
+    );
     let frame = GrabbedFrame { camera: camera.id.clone(), image, people: None };
     if let Some(url) = camera.source.record_only_url() {
         match record_stream(camera, url, timeout).await {
