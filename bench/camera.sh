@@ -9,10 +9,15 @@
 #   bash bench/camera.sh            # release build; about 10 minutes
 #   bash bench/camera.sh --smoke    # debug build, 640×360, 1 camera, 10 fps, a few seconds: checks that
 #                                   # every figure is produced (scripts/test.sh runs it); writes no results
+#   bash bench/camera.sh --substream           # cameras per box (issue 31): 1080p main stream and
+#                                               # 640×360 substream, 1/4/8/16 cameras, motion; ~25 min
+#   bash bench/camera.sh --substream --smoke   # its smoke run (scripts/test.sh runs it)
 # EDGE_AGENT_BIN=path uses that binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+driver=bench/camera_bench.py
+if [ "${1:-}" = "--substream" ]; then driver=bench/camera_substream.py; shift; fi
 smoke=()
 if [ "${1:-}" = "--smoke" ]; then smoke=(--smoke); shift; fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-agent/target}"
@@ -43,5 +48,5 @@ if [ ${#smoke[@]} -gt 0 ]; then
   results="$(mktemp --suffix=-camera-smoke.md)"
   trap 'rm -f "$results"' EXIT
 fi
-"$BENCH_PYTHON" bench/camera_bench.py --agent "$agent" --python "$BENCH_PYTHON" \
+"$BENCH_PYTHON" "$driver" --agent "$agent" --python "$BENCH_PYTHON" \
   --cache "${BENCH_CACHE:-$HOME/.cache/edge-agent/camera-bench}" --results "$results" "${smoke[@]}" "$@"

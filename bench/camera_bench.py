@@ -224,13 +224,13 @@ class EventFeed:
             self.error = str(e)
 
 
-def agent_config(args, work, name, port, urls, both_models, detector):
+def agent_config(args, work, name, port, urls, both_models, detector, cameras_toml=None):
     # The Python peer's one model; with both, the classifier on whole frames too (not the default).
     models = f'[[models]]\nmanifest = "{REPO / detector}"\n'
     if both_models:
         models += f'[[models]]\nmanifest = "{REPO / "models/efficientnet_lite0.toml"}"\n'
 
-    cameras = "".join(
+    cameras = cameras_toml or "".join(
         f'[[cameras]]\nid = "cam{i}"\nsource = {{ kind = "rtsp", url = "{url}" }}\n' for i, url in enumerate(urls)
     )
     config = work / f"{name}.toml"
@@ -283,9 +283,11 @@ def finish_profile(profiler):
     print(f"   profile: {summary}", flush=True)
 
 
-def run_agent(args, work, name, urls, both_models=False, detector=FP32):
+def run_agent(args, work, name, urls, both_models=False, detector=FP32, cameras_toml=None):
+    """`cameras_toml`: the `[[cameras]]` tables to run, one per URL of `urls` (default: one RTSP
+    camera per URL, as configured out of the box)."""
     port = free_port()
-    config = agent_config(args, work, name, port, urls, both_models, detector)
+    config = agent_config(args, work, name, port, urls, both_models, detector, cameras_toml)
     env = dict(os.environ, NO_COLOR="1", RUST_LOG="info")
     agent = Process([str(args.agent), "run", "--config", str(config)], work / f"{name}.log", env)
     try:
@@ -319,6 +321,10 @@ def run_agent(args, work, name, urls, both_models=False, detector=FP32):
     captured = sum(c["frames_captured"] for c in after["cameras"]) - sum(
         c["frames_captured"] for c in before["cameras"]
     )
+
+    def counted(field):
+        return sum(c.get(field, 0) for c in after["cameras"]) - sum(c.get(field, 0) for c in before["cameras"])
+
     runs = {m: after["model_latency"][m]["count"] - before["model_latency"].get(m, {}).get("count", 0)
             for m in after["model_latency"]}  # fmt: skip
     seconds_in = {
@@ -354,6 +360,12 @@ def run_agent(args, work, name, urls, both_models=False, detector=FP32):
         "cpu_s": cpu_after - cpu_before,
         "frames_inferred": inferred,
         "frames_captured": captured,
+        # Motion (issue 31): frames that went no further, frames replaced before inference took
+        # them (only frames with motion reach that slot), frames inferred on regions.
+        "frames_still": counted("frames_still"),
+        "frames_dropped": counted("frames_dropped"),
+        "frames_by_region": counted("frames_by_region"),
+        "inference_plans": sorted({c.get("inference_plan") or "?" for c in after["cameras"]}),
         "inference_ms": inference_ms if runs and any(runs.values()) else None,
         "latencies_ms": latencies,
         "event_states": states,

@@ -9,6 +9,11 @@ about once a second (a busy station, not a quiet one). Frames are drawn with Ope
 (gst-launch-1.0 reads them raw on its standard input).
 
     camera_clip.py --out clip.mp4 --width 1920 --height 1080 --fps 10 --seconds 12
+
+With --still-secs S, a quiet scene instead (issue 31's cameras-per-box benchmark): each cycle is the
+same 3 s of vehicles, then S seconds of person.jpg standing still (nothing moves: a quiet yard), so
+with S = 27 something moves 10 % of the time. The same arguments at another size and rate give the
+camera's substream, picture for picture the same scene.
 """
 
 import argparse
@@ -47,7 +52,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=12.0, help="length of the loop (whole cycles)")
     parser.add_argument("--bitrate-kbps", type=int, default=4000)
     parser.add_argument("--samples", type=pathlib.Path, default=pathlib.Path("models/samples"))
+    parser.add_argument("--still-secs", type=float, help="a quiet scene: this long still after the vehicles")
     args = parser.parse_args()
+    cycle_secs = VEHICLES_SECS + args.still_secs if args.still_secs else CYCLE_SECS
 
     photos = {}
     for name in ("dog.jpg", "person.jpg"):
@@ -55,8 +62,8 @@ def main():
         if photo is None:
             sys.exit(f"cannot read {args.samples / name}; expected a JPEG photo")
         photos[name] = photo
-    cycles = max(1, round(args.seconds / CYCLE_SECS))
-    frames = int(cycles * CYCLE_SECS * args.fps)
+    cycles = max(1, round(args.seconds / cycle_secs))
+    frames = int(cycles * cycle_secs * args.fps)
     keyframe_every = 2 * args.fps
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".partial.mp4")
@@ -73,13 +80,18 @@ def main():
         ],
         stdin=subprocess.PIPE,
     )  # fmt: skip
+    still = None
     for n in range(frames):
-        t = (n / args.fps) % CYCLE_SECS
-        cycle = int(n / args.fps / CYCLE_SECS)
+        t = (n / args.fps) % cycle_secs
+        cycle = int(n / args.fps / cycle_secs)
         # Alternate the direction of zoom and pan from cycle to cycle, so no two cycles are alike.
         direction = 1.0 if cycle % 2 == 0 else -1.0
         if t < VEHICLES_SECS:
             frame = scene(photos["dog.jpg"], args.width, args.height, t / VEHICLES_SECS, 1.15, (0.04 * direction, 0.02))
+        elif args.still_secs:
+            if still is None:
+                still = scene(photos["person.jpg"], args.width, args.height, 0.0, 1.0, (0.0, 0.0))
+            frame = still
         else:
             progress = (t - VEHICLES_SECS) / (CYCLE_SECS - VEHICLES_SECS)
             frame = scene(photos["person.jpg"], args.width, args.height, progress, 1.1, (-0.03 * direction, 0.0))
@@ -91,7 +103,7 @@ def main():
     if encoder.wait() != 0:
         sys.exit(f"gst-launch-1.0 (x264enc) failed making {args.out}; is gstreamer1.0-plugins-ugly installed?")
     partial.replace(args.out)
-    print(f"{args.out}: {args.width}×{args.height}, {args.fps} frames/s, {frames} frames ({cycles} cycles of {CYCLE_SECS:g} s)")
+    print(f"{args.out}: {args.width}×{args.height}, {args.fps} frames/s, {frames} frames ({cycles} cycles of {cycle_secs:g} s)")
 
 
 if __name__ == "__main__":

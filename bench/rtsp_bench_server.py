@@ -2,7 +2,10 @@
 """The camera benchmark's RTSP cameras: Debian's GStreamer RTSP server on loopback, serving an H.264
 MP4 clip looped forever, without re-encoding, on N mount points.
 
-    rtsp_bench_server.py --port PORT --file clip.mp4 --fps 10 --cameras 4
+    rtsp_bench_server.py --port PORT --file clip.mp4 --fps 10 --cameras 4 [--sub-file sub.mp4 --sub-fps 5]
+
+With --sub-file, each camera also serves that clip (the same scene, smaller) as its substream at
+rtsp://127.0.0.1:PORT/camK-sub, starting at the same point of the scene as its main stream.
 
 The clip's access units are read once into memory; each client of rtsp://127.0.0.1:PORT/camK gets
 its own stream that starts K/N of the way into the clip (so the cameras do not move in step) and
@@ -82,14 +85,27 @@ def main():
     parser.add_argument("--file", required=True, help="H.264 MP4 clip (no B-frames)")
     parser.add_argument("--fps", type=int, required=True)
     parser.add_argument("--cameras", type=int, default=1)
+    parser.add_argument("--sub-file", help="H.264 MP4 clip served as each camera's substream")
+    parser.add_argument("--sub-fps", type=int, default=5)
     args = parser.parse_args()
 
     Gst.init(None)
-    units = read_access_units(args.file)
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
-    for camera in range(args.cameras):
+    mount(server, read_access_units(args.file), args.fps, args.cameras, "")
+    if args.sub_file:
+        mount(server, read_access_units(args.sub_file), args.sub_fps, args.cameras, "-sub")
+    if server.attach(None) == 0:
+        print(f"cannot listen on 127.0.0.1:{args.port}", file=sys.stderr)
+        sys.exit(1)
+    print("ready", flush=True)
+    GLib.MainLoop().run()
+
+
+def mount(server, units, fps, cameras, suffix):
+    """/cam0{suffix} … /cam{cameras-1}{suffix}: camera K starts K/N of the way into the clip."""
+    for camera in range(cameras):
         factory = GstRtspServer.RTSPMediaFactory()
         # is-live: frames leave at the pace of their timestamps, as from a camera; none are queued
         # for a client that connects late.
@@ -98,19 +114,14 @@ def main():
             "! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
         )
         factory.set_shared(False)
-        start = camera * len(units) // args.cameras
+        start = camera * len(units) // cameras
 
         def configure(_factory, media, start=start):
             appsrc = media.get_element().get_by_name("src")
-            appsrc.connect("need-data", LoopingCamera(units, args.fps, start).need_data)
+            appsrc.connect("need-data", LoopingCamera(units, fps, start).need_data)
 
         factory.connect("media-configure", configure)
-        server.get_mount_points().add_factory(f"/cam{camera}", factory)
-    if server.attach(None) == 0:
-        print(f"cannot listen on 127.0.0.1:{args.port}", file=sys.stderr)
-        sys.exit(1)
-    print("ready", flush=True)
-    GLib.MainLoop().run()
+        server.get_mount_points().add_factory(f"/cam{camera}{suffix}", factory)
 
 
 if __name__ == "__main__":
