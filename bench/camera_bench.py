@@ -155,12 +155,14 @@ class Process:
 
 
 class RtspServer:
-    def __init__(self, clip, fps, cameras, work):
+    """bench/rtsp_bench_server.py on a free port; `extra`: more of its arguments (a substream)."""
+
+    def __init__(self, clip, fps, cameras, work, extra=()):
         self.port = free_port()
         self.process = Process(
             [
                 "/usr/bin/python3", str(REPO / "bench/rtsp_bench_server.py"), "--port", str(self.port),
-                "--file", str(clip), "--fps", str(fps), "--cameras", str(cameras),
+                "--file", str(clip), "--fps", str(fps), "--cameras", str(cameras), *extra,
             ],
             work / f"rtsp-{fps}.log",
         )  # fmt: skip
@@ -175,6 +177,10 @@ class RtspServer:
 
     def url(self, camera):
         return f"rtsp://127.0.0.1:{self.port}/cam{camera}"
+
+    def sub_url(self, camera):
+        """Camera K's substream, when the server serves one (`--sub-file`)."""
+        return f"rtsp://127.0.0.1:{self.port}/cam{camera}-sub"
 
 
 def make_clip(args, fps):

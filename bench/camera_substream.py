@@ -33,7 +33,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import camera_bench as bench  # noqa: E402  (the camera benchmark's processes, agent runs and figures)
@@ -62,35 +61,6 @@ def make_clip(args, width, height, fps):
             check=True,
         )  # fmt: skip
     return clip
-
-
-class Server(bench.RtspServer):
-    """The RTSP server with each camera's main stream and substream."""
-
-    def __init__(self, main, sub, args, cameras, work):
-        self.port = bench.free_port()
-        self.process = bench.Process(
-            [
-                "/usr/bin/python3", str(bench.REPO / "bench/rtsp_bench_server.py"), "--port", str(self.port),
-                "--file", str(main), "--fps", str(args.fps), "--cameras", str(cameras),
-                "--sub-file", str(sub), "--sub-fps", str(args.sub_fps),
-            ],
-            work / "rtsp.log",
-        )  # fmt: skip
-        self.wait_ready()
-
-    def wait_ready(self):
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if "ready" in self.process.tail():
-                return
-            if not self.process.alive():
-                break
-            time.sleep(0.2)
-        bench.fail(f"the RTSP server did not start:\n{self.process.tail()}")
-
-    def sub_url(self, camera):
-        return f"rtsp://127.0.0.1:{self.port}/cam{camera}-sub"
 
 
 def two_stream_cameras(server, cameras):
@@ -241,7 +211,8 @@ def main():
     work = args.cache / "last-substream-run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    server = Server(main_clip, sub_clip, args, max(args.cameras + args.contender_cameras), work)
+    substream = ["--sub-file", str(sub_clip), "--sub-fps", str(args.sub_fps)]
+    server = bench.RtspServer(main_clip, args.fps, max(args.cameras + args.contender_cameras), work, substream)
     two, one, python = {}, {}, {}
     try:
         for cameras in args.cameras:

@@ -162,7 +162,10 @@ fn check_without_a_broker_skips_it_blurs_people_and_reports_json() {
     let dir = tempfile::tempdir().unwrap();
     let frames = frames_folder(dir.path(), "bins", "person.jpg", 1);
     let cameras = [ReplayCamera { id: "bins", frames: &frames, fps: 2.0, looping: false }];
-    let (config, _) = write_agent_config(dir.path(), "quiet-box", "", &cameras, "");
+    let video = repo_root().join("tests/data/samples.mp4");
+    let extra =
+        format!("[[cameras]]\nid = \"video\"\nsource = {{ kind = \"file\", path = \"{}\" }}\n", video.display());
+    let (config, _) = write_agent_config(dir.path(), "quiet-box", "", &cameras, &extra);
     let output = check(&config, dir.path(), &["--json"]);
     let stdout = text(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{}", text(&output.stderr));
@@ -178,4 +181,11 @@ fn check_without_a_broker_skips_it_blurs_people_and_reports_json() {
     let detail = camera["detail"].as_str().unwrap();
     assert!(detail.contains("state/check/bins.jpg") && detail.contains("blurred)"), "{detail}");
     assert!(dir.path().join("state/check/bins.jpg").is_file());
+    // A video camera: the decoder that made its picture (hardware or software, by name), and what
+    // inference looks at.
+    let video = checks.iter().find(|c| c["check"] == "camera video").unwrap();
+    let detail = video["detail"].as_str().unwrap();
+    assert_eq!(video["result"], "pass", "{video}");
+    assert!(detail.contains("decoded by ") && (detail.contains("software") || detail.contains("hardware")), "{detail}");
+    assert!(detail.contains("inference: every frame, whole"), "{detail}");
 }

@@ -48,7 +48,7 @@ pub async fn check_camera(index: usize, camera: &CameraConfig, name: &ConfigName
     let source = describe_source(&camera.source);
     let fix = source_fix(&camera.source, &key, name);
     let started = Instant::now();
-    let image = match tokio::time::timeout(timeout, grab_first_frame(camera)).await {
+    let (image, decoder) = match tokio::time::timeout(timeout, grab_first_frame(camera)).await {
         Err(_) => {
             let detail = format!("no frame from {source} within {} s", timeout.as_secs_f64());
             return CameraOutcome { finding: Finding::fail(check, detail, fix), frame: None };
@@ -57,10 +57,11 @@ pub async fn check_camera(index: usize, camera: &CameraConfig, name: &ConfigName
             let detail = without_camera_prefix(&error.to_string(), &camera.id);
             return CameraOutcome { finding: Finding::fail(check, detail, fix), frame: None };
         }
-        Ok(Ok(image)) => image,
+        Ok(Ok(grabbed)) => grabbed,
     };
+    let decoded_by = decoder.map(|d| format!(", decoded by {d}")).unwrap_or_default();
     let mut seen = format!(
-        "{source}: frame {}×{} in {:.1} s; inference: {}",
+        "{source}: frame {}×{} in {:.1} s{decoded_by}; inference: {}",
         image.width(),
         image.height(),
         started.elapsed().as_secs_f64(),
@@ -178,12 +179,13 @@ pub fn keep_frame(config: &Config, outcome: &mut CameraOutcome, frames_dir: &Pat
 }
 
 /// Opens the source and reads until a frame decodes.
-async fn grab_first_frame(camera: &CameraConfig) -> Result<RgbImage, SourceError> {
+/// The camera's first picture, and the decoder that made it (hardware or software, by name).
+async fn grab_first_frame(camera: &CameraConfig) -> Result<(RgbImage, Option<String>), SourceError> {
     let mut source = OpenSource::open(camera, None).await?;
     let mut last_error = None;
     for _ in 0..MAX_DECODE_ERRORS {
         match source.next_image().await {
-            Ok(image) => return Ok(image),
+            Ok(image) => return Ok((image, source.decoder())),
             Err(error @ SourceError::Decode { .. }) => last_error = Some(error),
             Err(error) => return Err(error),
         }
