@@ -139,14 +139,15 @@ mod pipeline {
             pipeline
                 .set_state(gst::State::Playing)
                 .map_err(|_| open_error(format!("GStreamer cannot play {shown}")))?;
-            let opened = Self { camera: camera.to_string(), shown, pipeline, stall_timeout, parsed };
-            if let Some(problem) = opened.bus_problem() {
-                return Err(match problem {
-                    SourceError::Lost { message, .. } => open_error(message),
-                    other => other,
-                });
+            // Only an error is a failed open. A stream that already ended (a short file) opened
+            // and delivered: its end stays on the bus for `run` to report.
+            let error = pipeline.bus().and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]));
+            if let Some(gst::MessageView::Error(error)) = error.as_ref().map(|m| m.view()) {
+                let from = error.src().map(|s| s.name().to_string()).unwrap_or_default();
+                let message = format!("record stream {shown}: {} (from {from})", error.error());
+                return Err(open_error(redact_userinfo(&message)));
             }
-            Ok(opened)
+            Ok(Self { camera: camera.to_string(), shown, pipeline, stall_timeout, parsed })
         }
 
         /// Keeps the stream until it fails (an error, its end, nothing for `stall_timeout`),
