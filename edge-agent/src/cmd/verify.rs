@@ -90,8 +90,8 @@ fn verify_messages(file: &Path, snapshots: Option<&Path>, key: &str, json: bool)
         println!("messages {} ({} lines)", file.display(), report.lines);
         println!("  signed by   {key}");
         println!(
-            "  records     {} event messages, {} other chain records, {} duplicates",
-            report.event_messages, report.chain_records, report.duplicates
+            "  records     {} event messages, {} other chain records, {} duplicates, {} late (out of order, links hold)",
+            report.event_messages, report.chain_records, report.duplicates, report.late
         );
         if let (Some(first), Some(last)) = (report.first_seq, report.last_seq) {
             println!("  sequence    {first} to {last}");

@@ -451,7 +451,8 @@ pub fn verify(evidence_dir: &Path, expected_key: Option<&str>) -> Result<VerifyR
                 broken = Some(Found::at(&report, line_no, seq, described(why, seq.unwrap_or_default())));
                 continue;
             }
-            (Outcome::Duplicate, _) => {
+            // A whole chain is never read late (ChainVerifier::whole_chain): a record going back is a jump.
+            (Outcome::Duplicate | Outcome::Late { .. }, _) => {
                 broken = Some(Found::at(&report, line_no, seq, jumped(seq.unwrap_or_default())));
                 continue;
             }
@@ -584,6 +585,9 @@ fn described(broken: Break, seq: u64) -> String {
         }
         Break::Unlinked { prev_sha256, expected, .. } => {
             format!("does not link to the previous record: prev_sha256 {prev_sha256} ≠ {expected}")
+        }
+        Break::NotLinkedFrom { next, linked, actual } => {
+            format!("is not the record {next} links to: its sha256 is {actual}, record {next} names {linked}")
         }
     }
 }

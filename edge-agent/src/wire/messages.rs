@@ -23,6 +23,9 @@ pub struct MessagesReport {
     pub chain_records: u64,
     /// The same record received twice (MQTT delivers at least once): counted, not a problem.
     pub duplicates: u64,
+    /// Records that came after later ones and filled their place (a broker delivers what it
+    /// queued after newer messages): counted, not a problem when their links hold.
+    pub late: u64,
     pub snapshots_checked: u64,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
@@ -172,6 +175,8 @@ pub fn verify_messages(
             Outcome::AfterGap { first_seq, last_seq } => {
                 report.gaps.push(Gap { first_seq, last_seq, pruned_by_policy: None })
             }
+            // Out of order on the way, and its links hold: counted, and the gap it was in narrows.
+            Outcome::Late { .. } => report.late += 1,
             Outcome::Duplicate => {
                 report.duplicates += 1;
                 continue;
@@ -181,8 +186,10 @@ pub fn verify_messages(
                 return Ok(report);
             }
         }
-        report.first_seq.get_or_insert(proof.seq);
-        report.last_seq = Some(proof.seq);
+        if !matches!(checked.outcome, Outcome::Late { .. }) {
+            report.first_seq.get_or_insert(proof.seq);
+            report.last_seq = Some(proof.seq);
+        }
         match &event {
             Some(event) => {
                 report.event_messages += 1;
@@ -284,6 +291,7 @@ pub fn described(seq: u64, broken: &Break) -> (&'static str, String) {
             ("forged", format!("does not link to record {previous} before it"))
         }
         Break::Unlinked { previous: None, .. } => ("forged", "does not link to the start of the chain".to_string()),
+        Break::NotLinkedFrom { next, .. } => ("forged", format!("is not the record {next} after it links to")),
         // Only a whole chain's first record names its key; messages are checked under the enrolled one.
         Break::NoKeyRecord | Break::WrongKey { .. } => ("forged", "the record does not name the enrolled key".into()),
     }

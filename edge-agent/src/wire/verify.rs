@@ -2,8 +2,12 @@
 //! device key (following key rotations), its link to the record before, and which missing records
 //! retention says it deleted. Fed whole by the chain files (`evidence::chain::verify`) or the
 //! captured messages ([`super::messages`]), or one record at a time by a live consumer.
+//!
+//! Messages may come out of order: a broker delivers what it queued for a returning subscriber
+//! after newer messages (Debian's mosquitto 2.0 does). So records captured from anywhere may fill
+//! a gap late, when their hash, signature and links to both neighbours hold; a chain's files may not.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -34,7 +38,11 @@ pub enum Outcome {
     /// chain, also the records before its first); [`ChainVerifier::gaps`] says which retention
     /// deleted.
     AfterGap { first_seq: u64, last_seq: u64 },
-    /// The last record again (MQTT delivers at least once).
+    /// It arrived late and fills a place in the gap `first_seq..=last_seq` (as it was before this
+    /// record): its hash and signature hold, and it links to the records on both sides that are
+    /// here. [`split_gap`] says what is still missing.
+    Late { first_seq: u64, last_seq: u64 },
+    /// The last record again, or a late one again (MQTT delivers at least once).
     Duplicate,
     /// It is not part of the chain; the verifier goes on from the last record that was.
     Broken(Break),
@@ -57,6 +65,8 @@ pub enum Break {
     Reordered { after: u64 },
     /// Its `prev_sha256` is not the hash of the record before (`previous`; None: the chain's start).
     Unlinked { previous: Option<u64>, prev_sha256: String, expected: String },
+    /// A late record that is not the one the record after it (`next`) links to.
+    NotLinkedFrom { next: u64, linked: String, actual: String },
 }
 
 /// A record checked.
@@ -76,6 +86,36 @@ pub struct Gap {
     pub last_seq: u64,
     /// The box's own record that it deleted them by policy (chain retention), if it made one.
     pub pruned_by_policy: Option<String>,
+}
+
+/// Late records remembered to tell one sent again (a duplicate) from a different one.
+const LATE_REMEMBERED: usize = 4096;
+
+/// Records missing so far, with what their neighbours say about them: a late record must link
+/// to both.
+#[derive(Debug, Clone)]
+struct OpenGap {
+    first_seq: u64,
+    last_seq: u64,
+    /// The hash of record `first_seq - 1`; None at the start of what was captured.
+    before_sha256: Option<String>,
+    /// The `prev_sha256` of record `last_seq + 1`: the hash record `last_seq` must have.
+    after_links_to: String,
+    /// The key that signed record `last_seq + 1`, which signed the records missing too (a key
+    /// rotation among them would have made that record fail).
+    key: String,
+}
+
+/// What is still missing of the gap `first_seq..=last_seq` once record `seq` in it has arrived.
+pub fn split_gap(first_seq: u64, last_seq: u64, seq: u64) -> Vec<(u64, u64)> {
+    let mut pieces = Vec::new();
+    if seq > first_seq {
+        pieces.push((first_seq, seq - 1));
+    }
+    if seq < last_seq {
+        pieces.push((seq + 1, last_seq));
+    }
+    pieces
 }
 
 /// Where the records start.
@@ -99,7 +139,9 @@ pub struct ChainVerifier {
     /// The last record taken into the chain: its sequence number and hash.
     last: Option<(u64, String)>,
     first_seq: Option<u64>,
-    gaps: Vec<(u64, u64)>,
+    gaps: Vec<OpenGap>,
+    /// Late records taken in (seq → sha256), to tell one sent again from a different one.
+    late: HashMap<u64, String>,
     /// Retention's `chain_pruned` records: (first, last, why).
     pruned_ranges: Vec<(u64, u64, String)>,
     /// Evidence files retention's `pruned` records name.
@@ -127,6 +169,7 @@ impl ChainVerifier {
             last: None,
             first_seq: None,
             gaps: Vec::new(),
+            late: HashMap::new(),
             pruned_ranges: Vec::new(),
             pruned_files: HashSet::new(),
         }
@@ -161,23 +204,73 @@ impl ChainVerifier {
                 None => self.chain_key = Some(public_key.clone()),
             }
         }
-        let key = self.rotated_to.as_deref().or(self.chain_key.as_deref()).unwrap_or_default();
-        if let Err(why) = verify_hex(key, record.body.as_bytes(), record.signature) {
+        // A late record was signed by the key that signed the record after its gap.
+        let late_gap = match seq {
+            Some(seq) if self.start == Start::Anywhere => {
+                self.gaps.iter().position(|g| (g.first_seq..=g.last_seq).contains(&seq))
+            }
+            _ => None,
+        };
+        let current_key = self.rotated_to.as_deref().or(self.chain_key.as_deref()).unwrap_or_default().to_string();
+        let key = late_gap.map(|at| self.gaps[at].key.clone()).unwrap_or_else(|| current_key.clone());
+        if let Err(why) = verify_hex(&key, record.body.as_bytes(), record.signature) {
             return broken(Break::Forged(why));
         }
         let body = match parsed {
             Ok(body) => body,
             Err(e) => return broken(Break::Unreadable(e)),
         };
-        let outcome = self.link(&body, actual);
-        if matches!(outcome, Outcome::Linked | Outcome::AfterGap { .. }) {
-            self.take_in(&body);
+        let outcome = match late_gap {
+            Some(at) => self.fill(at, &body, actual),
+            None => self.link(&body, actual, &current_key),
+        };
+        match outcome {
+            Outcome::Linked | Outcome::AfterGap { .. } => self.take_in(&body),
+            // Only what retention deleted: a key rotation among missing records cannot be (see OpenGap::key).
+            Outcome::Late { .. } if !matches!(body.content, RecordContent::KeyRotated { .. }) => self.take_in(&body),
+            _ => {}
         }
         Checked { seq, record: Some(body), outcome }
     }
 
+    /// A late record in the gap at `at`: taken in when it links to its neighbours that are here.
+    fn fill(&mut self, at: usize, body: &RecordBody, sha256: String) -> Outcome {
+        let gap = self.gaps[at].clone();
+        if body.seq == gap.first_seq {
+            if let Some(before) = gap.before_sha256.as_ref().filter(|before| **before != body.prev_sha256) {
+                return Outcome::Broken(Break::Unlinked {
+                    previous: Some(body.seq - 1),
+                    prev_sha256: body.prev_sha256.clone(),
+                    expected: before.clone(),
+                });
+            }
+        }
+        if body.seq == gap.last_seq && sha256 != gap.after_links_to {
+            return Outcome::Broken(Break::NotLinkedFrom {
+                next: body.seq + 1,
+                linked: gap.after_links_to.clone(),
+                actual: sha256,
+            });
+        }
+        let mut pieces = Vec::new();
+        if body.seq > gap.first_seq {
+            pieces.push(OpenGap { last_seq: body.seq - 1, after_links_to: body.prev_sha256.clone(), ..gap.clone() });
+        }
+        if body.seq < gap.last_seq {
+            pieces.push(OpenGap { first_seq: body.seq + 1, before_sha256: Some(sha256.clone()), ..gap.clone() });
+        }
+        self.gaps.splice(at..=at, pieces);
+        self.late.insert(body.seq, sha256);
+        if self.late.len() > LATE_REMEMBERED {
+            let oldest_kept =
+                self.late.keys().copied().max().unwrap_or_default().saturating_sub(LATE_REMEMBERED as u64);
+            self.late.retain(|seq, _| *seq >= oldest_kept);
+        }
+        Outcome::Late { first_seq: gap.first_seq, last_seq: gap.last_seq }
+    }
+
     /// The record's place after the last one; moves the chain on when it holds.
-    fn link(&mut self, body: &RecordBody, sha256: String) -> Outcome {
+    fn link(&mut self, body: &RecordBody, sha256: String, key: &str) -> Outcome {
         let outcome = match &self.last {
             None if body.seq <= 1 && body.prev_sha256 != NO_PREVIOUS => {
                 return Outcome::Broken(Break::Unlinked {
@@ -192,6 +285,7 @@ impl ChainVerifier {
             // Captured from some point on: the first record's link is to one not captured.
             None => Outcome::Linked,
             Some((last_seq, last_sha)) if body.seq == *last_seq && sha256 == *last_sha => return Outcome::Duplicate,
+            Some(_) if self.late.get(&body.seq) == Some(&sha256) => return Outcome::Duplicate,
             Some((last_seq, _)) if body.seq <= *last_seq => {
                 return Outcome::Broken(Break::Reordered { after: *last_seq })
             }
@@ -209,7 +303,14 @@ impl ChainVerifier {
             Some((last_seq, _)) => Outcome::AfterGap { first_seq: last_seq + 1, last_seq: body.seq - 1 },
         };
         if let Outcome::AfterGap { first_seq, last_seq } = outcome {
-            self.gaps.push((first_seq, last_seq));
+            let before_sha256 = self.last.as_ref().map(|(_, sha)| sha.clone());
+            self.gaps.push(OpenGap {
+                first_seq,
+                last_seq,
+                before_sha256,
+                after_links_to: body.prev_sha256.clone(),
+                key: key.to_string(),
+            });
         }
         self.last = Some((body.seq, sha256));
         self.first_seq.get_or_insert(body.seq);
@@ -252,7 +353,7 @@ impl ChainVerifier {
     pub fn gaps(&self) -> Vec<Gap> {
         self.gaps
             .iter()
-            .map(|&(first_seq, last_seq)| {
+            .map(|&OpenGap { first_seq, last_seq, .. }| {
                 let within: Vec<&(u64, u64, String)> = self
                     .pruned_ranges
                     .iter()
@@ -340,10 +441,12 @@ mod tests {
         assert_eq!(outcome(&mut live, &genesis), Outcome::Linked);
         assert_eq!(outcome(&mut live, &records[0]), Outcome::Linked);
         assert_eq!(outcome(&mut live, &records[0]), Outcome::Duplicate, "MQTT delivers at least once");
-        // Records 3 and 4 never arrive; 4 comes late, after 5.
+        // Records 3 and 4 are missing when 5 comes; 4 comes late, after 5; 3 never.
         assert_eq!(outcome(&mut live, &records[3]), Outcome::AfterGap { first_seq: 3, last_seq: 4 });
-        assert_eq!(outcome(&mut live, &records[2]), Outcome::Broken(Break::Reordered { after: 5 }));
-        assert_eq!(live.gaps(), vec![Gap { first_seq: 3, last_seq: 4, pruned_by_policy: None }]);
+        assert_eq!(outcome(&mut live, &records[2]), Outcome::Late { first_seq: 3, last_seq: 4 });
+        assert_eq!(outcome(&mut live, &records[2]), Outcome::Duplicate, "a late record again");
+        assert_eq!(outcome(&mut live, &records[0]), Outcome::Broken(Break::Reordered { after: 5 }));
+        assert_eq!(live.gaps(), vec![Gap { first_seq: 3, last_seq: 3, pruned_by_policy: None }]);
         let pruned = device.append(RecordContent::ChainPruned {
             segments: vec!["0000000001.jsonl".into()],
             first_seq: 1,
@@ -353,6 +456,51 @@ mod tests {
         assert_eq!(outcome(&mut live, &pruned), Outcome::Linked);
         assert_eq!(live.gaps()[0].pruned_by_policy.as_deref(), Some("max_age_days (record 6)"));
         assert_eq!((live.first_seq(), live.last_seq()), (Some(1), Some(6)));
+    }
+
+    #[test]
+    fn late_records_fill_their_gap_only_when_signed_and_linked_to_both_sides() {
+        let mut device = Device::new(5);
+        let records: Vec<ChainProof> = (1..=8).map(|i| device.event(&format!("e{i}"))).collect();
+        let mut live = ChainVerifier::from_anywhere(&device.public());
+        assert_eq!(outcome(&mut live, &records[0]), Outcome::Linked);
+        // The broker hands 7 over first, then what it had queued: 2 to 6.
+        assert_eq!(outcome(&mut live, &records[6]), Outcome::AfterGap { first_seq: 2, last_seq: 6 });
+        // A record 4 made by someone else: signed by another key, or signed right but not the one 5 links to.
+        let mut stranger =
+            Device { key: SigningKey::from_seed(&[6; 32]), next_seq: 4, last_sha256: records[2].sha256.clone() };
+        assert!(matches!(outcome(&mut live, &stranger.event("e4")), Outcome::Broken(Break::Forged(_))));
+        assert_eq!(outcome(&mut live, &records[3]), Outcome::Late { first_seq: 2, last_seq: 6 });
+        let mut twin =
+            Device { key: SigningKey::from_seed(&[5; 32]), next_seq: 2, last_sha256: records[0].sha256.clone() };
+        let _two = twin.event("other 2");
+        let other_three = twin.event("other 3");
+        assert!(
+            matches!(outcome(&mut live, &other_three), Outcome::Broken(Break::NotLinkedFrom { next: 4, .. })),
+            "signed by the box's key, but record 4 links to another 3"
+        );
+        let wrong_five = Device { next_seq: 5, last_sha256: "0".repeat(64), ..twin }.event("e5");
+        assert!(matches!(outcome(&mut live, &wrong_five), Outcome::Broken(Break::Unlinked { previous: Some(4), .. })));
+        for (record, gap) in [(4, (5, 6)), (1, (2, 3)), (2, (3, 3)), (5, (6, 6))] {
+            assert_eq!(
+                outcome(&mut live, &records[record]),
+                Outcome::Late { first_seq: gap.0, last_seq: gap.1 },
+                "record {}",
+                record + 1
+            );
+        }
+        assert!(live.gaps().is_empty(), "{:?}", live.gaps());
+        assert_eq!(outcome(&mut live, &records[7]), Outcome::Linked, "the chain goes on from 7");
+        assert_eq!(split_gap(2, 6, 4), vec![(2, 3), (5, 6)]);
+        assert_eq!(split_gap(6, 6, 6), vec![]);
+        // A whole chain's files are never read late: going back is out of order there.
+        let mut files = ChainVerifier::whole_chain(None);
+        let mut chain = Device::new(7);
+        let genesis = chain.append(RecordContent::Genesis { public_key: chain.public() });
+        let (one, two) = (chain.event("a"), chain.event("b"));
+        assert_eq!(outcome(&mut files, &genesis), Outcome::Linked);
+        assert_eq!(outcome(&mut files, &two), Outcome::AfterGap { first_seq: 2, last_seq: 2 });
+        assert_eq!(outcome(&mut files, &one), Outcome::Broken(Break::Reordered { after: 3 }));
     }
 
     #[test]

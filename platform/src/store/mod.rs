@@ -113,6 +113,15 @@ pub enum Write {
         first_seq: u64,
         last_seq: u64,
     },
+    /// Record `seq` of the gap `first_seq..=last_seq` arrived late: the gap shrinks or splits
+    /// around it, or goes.
+    GapFilled {
+        device: String,
+        epoch: i64,
+        first_seq: u64,
+        last_seq: u64,
+        seq: u64,
+    },
     /// A retention record of the box covers these records: the gaps within are by policy.
     PrunedByPolicy {
         device: String,
@@ -161,6 +170,19 @@ pub enum Write {
         bytes: u64,
         checked: String,
     },
+    /// A picture that came before the event message naming it: that message has come.
+    SnapshotConfirmed {
+        device: String,
+        id: String,
+        sha256: String,
+    },
+    /// A picture held while records were missing that its event's messages do not name: it goes
+    /// to `rejected`.
+    SnapshotWithdrawn {
+        device: String,
+        id: String,
+        sha256: String,
+    },
     Ack {
         device: String,
         command: String,
@@ -172,10 +194,13 @@ pub enum Write {
 }
 
 impl Write {
-    /// The statement and its parameters; `received_at` is when `watch` took the message.
-    pub fn statement(&self, received_at: &str) -> (&'static str, Vec<Val>) {
+    /// The statements and their parameters; `received_at` is when `watch` took the message.
+    pub fn statements(&self, received_at: &str) -> Vec<(&'static str, Vec<Val>)> {
         let t = |s: &str| Val::from(s);
-        match self {
+        let one = match self {
+            Write::GapFilled { device, epoch, first_seq, last_seq, seq } => {
+                return gap_filled(device, *epoch, *first_seq, *last_seq, *seq)
+            }
             Write::Box(b) => (
                 "INSERT INTO boxes (device, public_key, key_source, pinned_at, epoch, resume_record, resume_key, \
                  last_seq, first_seen, last_seen, state, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
@@ -277,13 +302,47 @@ impl Write {
                  ON CONFLICT DO NOTHING",
                 vec![t(device), t(id), t(sha256), (*bytes).into(), t(checked), t(received_at)],
             ),
+            Write::SnapshotConfirmed { device, id, sha256 } => (
+                "UPDATE snapshots SET checked = 'matches its event' WHERE device = ? AND id = ? AND sha256 = ?",
+                vec![t(device), t(id), t(sha256)],
+            ),
+            Write::SnapshotWithdrawn { device, id, sha256 } => (
+                "DELETE FROM snapshots WHERE device = ? AND id = ? AND sha256 = ?",
+                vec![t(device), t(id), t(sha256)],
+            ),
             Write::Ack { device, command, correlation_id, time, ok, message } => (
                 "INSERT INTO acks (device, command, correlation_id, time, ok, message) VALUES (?, ?, ?, ?, ?, ?) \
                  ON CONFLICT DO NOTHING",
                 vec![t(device), t(command), t(correlation_id), t(time), i64::from(*ok).into(), t(message)],
             ),
-        }
+        };
+        vec![one]
     }
+}
+
+/// Record `seq` of the gap `first_seq..=last_seq` has come: the part after it becomes a gap of its
+/// own (found when the whole was), the part before keeps the row, or the row goes.
+fn gap_filled(device: &str, epoch: i64, first_seq: u64, last_seq: u64, seq: u64) -> Vec<(&'static str, Vec<Val>)> {
+    let row = || vec![Val::from(device), epoch.into(), first_seq.into()];
+    let mut statements = Vec::new();
+    if seq < last_seq {
+        let mut params = vec![(seq + 1).into()];
+        params.extend(row());
+        statements.push((
+            "INSERT INTO gaps (device, epoch, first_seq, last_seq, pruned_by_policy, found_at) \
+             SELECT device, epoch, ?, last_seq, pruned_by_policy, found_at FROM gaps \
+             WHERE device = ? AND epoch = ? AND first_seq = ? ON CONFLICT DO NOTHING",
+            params,
+        ));
+    }
+    if seq > first_seq {
+        let mut params = vec![(seq - 1).into()];
+        params.extend(row());
+        statements.push(("UPDATE gaps SET last_seq = ? WHERE device = ? AND epoch = ? AND first_seq = ?", params));
+    } else {
+        statements.push(("DELETE FROM gaps WHERE device = ? AND epoch = ? AND first_seq = ?", row()));
+    }
+    statements
 }
 
 /// A store of either kind.
@@ -299,7 +358,7 @@ pub trait Store: Send {
 impl dyn Store {
     /// Writes a batch in one transaction.
     pub fn write(&mut self, batch: &[Write], received_at: &str) -> Result<()> {
-        let statements: Vec<(&'static str, Vec<Val>)> = batch.iter().map(|w| w.statement(received_at)).collect();
+        let statements: Vec<(&'static str, Vec<Val>)> = batch.iter().flat_map(|w| w.statements(received_at)).collect();
         self.execute(&statements)
     }
 
@@ -401,5 +460,24 @@ mod tests {
             let cut = sql.lines().find(|l| l.trim().starts_with("--") && l.contains(';'));
             assert_eq!(cut, None, "migration {version}");
         }
+    }
+
+    #[test]
+    fn a_gap_filled_late_splits_around_the_record_and_keeps_when_it_was_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&format!("sqlite://{}", dir.path().join("store.db").display())).unwrap();
+        let gap = |first_seq, last_seq| Write::Gap { device: "b".into(), epoch: 0, first_seq, last_seq };
+        let filled =
+            |first_seq, last_seq, seq| Write::GapFilled { device: "b".into(), epoch: 0, first_seq, last_seq, seq };
+        store.write(&[gap(3, 9), gap(20, 20)], "found").unwrap();
+        store.write(&[filled(3, 9, 5)], "later").unwrap();
+        store.write(&[filled(3, 4, 3), filled(6, 9, 9), filled(20, 20, 20)], "later").unwrap();
+        let rows: Vec<(i64, i64, String)> = store
+            .query("SELECT first_seq, last_seq, found_at FROM gaps ORDER BY first_seq", &[])
+            .unwrap()
+            .into_iter()
+            .map(|r| (r[0].int().unwrap(), r[1].int().unwrap(), r[2].text().unwrap().to_string()))
+            .collect();
+        assert_eq!(rows, vec![(4, 4, "found".to_string()), (6, 8, "found".to_string())]);
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use edge_agent::wire::chain::{sha256_hex, ChainHead, ChainProof, RecordContent};
 use edge_agent::wire::messages::{described, differs_from_record, received, Received};
-use edge_agent::wire::verify::{verify_hex, Break, Outcome, SignedRecord};
+use edge_agent::wire::verify::{split_gap, verify_hex, Break, Outcome, SignedRecord};
 use edge_agent::wire::ChainVerifier;
 use serde_json::Value;
 
@@ -61,6 +61,11 @@ pub struct BoxState {
     /// Event id → sha256 of the pictures its messages named and that have not arrived.
     expected_snapshots: HashMap<String, Vec<String>>,
     expected_order: VecDeque<String>,
+    /// Pictures no event message named when they came: event id → (sha256, whether a message
+    /// named another picture then). A late message may still name one; one that contradicts its
+    /// messages is judged once no record is missing.
+    unconfirmed_snapshots: HashMap<String, Vec<(String, bool)>>,
+    unconfirmed_order: VecDeque<String>,
     /// A key the box announces that its chain has not rotated to.
     announced_key: Option<String>,
     pub online: Option<bool>,
@@ -96,6 +101,8 @@ impl BoxState {
             pending: Vec::new(),
             expected_snapshots: HashMap::new(),
             expected_order: VecDeque::new(),
+            unconfirmed_snapshots: HashMap::new(),
+            unconfirmed_order: VecDeque::new(),
             announced_key: None,
             online: None,
             last_presence: None,
@@ -143,6 +150,24 @@ impl BoxState {
                 self.expected_snapshots.remove(&old);
             }
         }
+    }
+
+    fn unconfirmed_snapshot(&mut self, event_id: &str, sha256: &str, contradicts: bool) {
+        let pictures = self.unconfirmed_snapshots.entry(event_id.to_string()).or_default();
+        if pictures.is_empty() {
+            self.unconfirmed_order.push_back(event_id.to_string());
+        }
+        pictures.push((sha256.to_string(), contradicts));
+        while self.unconfirmed_order.len() > EXPECTED_SNAPSHOTS {
+            if let Some(old) = self.unconfirmed_order.pop_front() {
+                self.unconfirmed_snapshots.remove(&old);
+            }
+        }
+    }
+
+    /// Records missing that no retention record explains (this run): messages may still bring them.
+    fn records_missing(&self) -> bool {
+        self.gaps.iter().any(|g| g.2.is_none())
     }
 
     /// Starts the verifier under `key`, from nothing.
@@ -546,16 +571,49 @@ impl Fleet {
             let refusal = Refusal { seq: Some(proof.seq), problem, detail, alarm: true };
             return keep_apart(state, device, topic, payload, refusal, now, decision);
         }
-        // Hash and signature hold and the record is in order: take it in, whatever its message says.
+        // Hash and signature hold and the record is in order, or fills its place late: take it in,
+        // whatever its message says.
         let epoch = state.row.epoch;
-        if let Outcome::AfterGap { first_seq, last_seq } = checked.outcome {
-            state.gaps.push((first_seq, last_seq, None));
-            decision.writes.push(Write::Gap { device: device.into(), epoch, first_seq, last_seq });
-            decision.notes.push(Note {
-                device: device.into(),
-                alarm: true,
-                text: format!("records {first_seq}..={last_seq} never arrived (gap before record {})", record.seq),
-            });
+        let late = matches!(checked.outcome, Outcome::Late { .. });
+        match checked.outcome {
+            Outcome::AfterGap { first_seq, last_seq } => {
+                state.gaps.push((first_seq, last_seq, None));
+                decision.writes.push(Write::Gap { device: device.into(), epoch, first_seq, last_seq });
+                decision.notes.push(Note {
+                    device: device.into(),
+                    alarm: true,
+                    text: format!(
+                        "records {first_seq}..={last_seq} have not arrived (gap before record {})",
+                        record.seq
+                    ),
+                });
+            }
+            Outcome::Late { first_seq, last_seq } => {
+                if let Some(at) = state.gaps.iter().position(|g| g.0 == first_seq && g.1 == last_seq) {
+                    let why = state.gaps[at].2.clone();
+                    let pieces =
+                        split_gap(first_seq, last_seq, record.seq).into_iter().map(|(f, l)| (f, l, why.clone()));
+                    state.gaps.splice(at..=at, pieces);
+                }
+                decision.writes.push(Write::GapFilled {
+                    device: device.into(),
+                    epoch,
+                    first_seq,
+                    last_seq,
+                    seq: record.seq,
+                });
+                let head = state.row.last_seq.unwrap_or_default();
+                let still = if state.records_missing() { "" } else { "; no record is missing now" };
+                decision.notes.push(Note {
+                    device: device.into(),
+                    alarm: false,
+                    text: format!(
+                        "record {} arrived late, after record {head} (out of order on the way); it links to its neighbours: taken in{still}",
+                        record.seq
+                    ),
+                });
+            }
+            _ => {}
         }
         decision.writes.push(Write::Record {
             device: device.into(),
@@ -570,9 +628,11 @@ impl Fleet {
         });
         state.records += 1;
         state.remember(record.seq, &actual);
-        state.row.last_seq = Some(record.seq);
-        state.row.resume_record = serde_json::to_string(&proof).ok();
-        state.row.resume_key = Some(signing_key);
+        if !late {
+            state.row.last_seq = Some(record.seq);
+            state.row.resume_record = serde_json::to_string(&proof).ok();
+            state.row.resume_key = Some(signing_key);
+        }
         match &record.content {
             RecordContent::KeyRotated { public_key } => {
                 state.current_key = Some(public_key.clone());
@@ -609,6 +669,9 @@ impl Fleet {
         if let Some(event) = &event {
             store_event(state, device, event, Some(record.seq), decision);
         }
+        if late && !state.records_missing() {
+            judge_held_snapshots(state, device, decision);
+        }
     }
 }
 
@@ -616,6 +679,14 @@ fn store_event(state: &mut BoxState, device: &str, event: &Value, chain_seq: Opt
     let text = |field: &str| event[field].as_str().unwrap_or_default().to_string();
     let time = event["time"].as_str().and_then(time::normalized).unwrap_or_default();
     if let (Some(id), Some(sha)) = (event["event_id"].as_str(), event["snapshot_sha256"].as_str()) {
+        let came_before = state.unconfirmed_snapshots.get_mut(id).and_then(|pictures| {
+            let at = pictures.iter().position(|(picture, _)| picture == sha)?;
+            Some(pictures.remove(at))
+        });
+        if came_before.is_some() {
+            state.snapshots_checked += 1;
+            decision.writes.push(Write::SnapshotConfirmed { device: device.into(), id: id.into(), sha256: sha.into() });
+        }
         state.expect_snapshot(id, sha);
     }
     state.events += 1;
@@ -643,37 +714,28 @@ fn unsigned_event(state: &mut BoxState, device: &str, message: &Value, decision:
 
 fn snapshot(state: &mut BoxState, device: &str, id: &str, payload: &[u8], decision: &mut Decision) {
     let sha = sha256_hex(payload);
-    let checked = match state.expected_snapshots.get_mut(id) {
+    let checked = match state.expected_snapshots.get(id) {
         // Kept after a match: a box sends at least once, and a picture resent after a restart
         // is the same picture (the store keeps it once).
         Some(hashes) if hashes.contains(&sha) => {
             state.snapshots_checked += 1;
-            "matches its event"
+            MATCHES_ITS_EVENT
         }
-        Some(hashes) => {
+        Some(hashes) if !state.records_missing() => {
             let named = hashes.join(", ");
-            let detail = format!("the picture of event {id} has sha256 {sha}; its event message names {named}");
-            state.rejected += 1;
-            state.alarms += 1;
-            state.last_problem = Some(format!("snapshot of {id}: altered"));
-            decision.notes.push(Note {
-                device: device.into(),
-                alarm: true,
-                text: format!("snapshot altered: {detail}"),
-            });
-            decision.writes.push(Write::Rejected {
-                device: device.into(),
-                topic: format!("snapshots/{id}"),
-                seq: None,
-                problem: "snapshot".into(),
-                detail,
-                payload_sha256: sha,
-                payload: String::new(),
-            });
-            return;
+            return altered_snapshot(state, device, id, &sha, &named, decision);
         }
-        // A command's picture, or one whose event message never came.
-        None => "no event message names it",
+        // Messages are missing that may name it (a broker delivers what it queued after newer
+        // messages): judged when they have come.
+        Some(_) => {
+            state.unconfirmed_snapshot(id, &sha, true);
+            "not named by the messages so far; records are missing"
+        }
+        // A command's picture, or one whose event message has not come.
+        None => {
+            state.unconfirmed_snapshot(id, &sha, false);
+            "no event message names it"
+        }
     };
     decision.writes.push(Write::Snapshot {
         device: device.into(),
@@ -682,6 +744,45 @@ fn snapshot(state: &mut BoxState, device: &str, id: &str, payload: &[u8], decisi
         bytes: payload.len() as u64,
         checked: checked.into(),
     });
+}
+
+const MATCHES_ITS_EVENT: &str = "matches its event";
+
+/// A picture whose event's messages name others: kept apart, an alarm.
+fn altered_snapshot(state: &mut BoxState, device: &str, id: &str, sha: &str, named: &str, decision: &mut Decision) {
+    let detail = format!("the picture of event {id} has sha256 {sha}; its event message names {named}");
+    state.rejected += 1;
+    state.alarms += 1;
+    state.last_problem = Some(format!("snapshot of {id}: altered"));
+    decision.notes.push(Note { device: device.into(), alarm: true, text: format!("snapshot altered: {detail}") });
+    decision.writes.push(Write::Rejected {
+        device: device.into(),
+        topic: format!("snapshots/{id}"),
+        seq: None,
+        problem: "snapshot".into(),
+        detail,
+        payload_sha256: sha.into(),
+        payload: String::new(),
+    });
+}
+
+/// The pictures held while records were missing, now that none is: one its messages still do not
+/// name is altered, and leaves the snapshots table for the rejected one.
+fn judge_held_snapshots(state: &mut BoxState, device: &str, decision: &mut Decision) {
+    let mut contradicting = Vec::new();
+    for (id, pictures) in state.unconfirmed_snapshots.iter_mut() {
+        pictures.retain(|(sha, contradicts)| {
+            if *contradicts {
+                contradicting.push((id.clone(), sha.clone()));
+            }
+            !*contradicts
+        });
+    }
+    for (id, sha) in contradicting {
+        let named = state.expected_snapshots.get(&id).map(|hashes| hashes.join(", ")).unwrap_or_default();
+        decision.writes.push(Write::SnapshotWithdrawn { device: device.into(), id: id.clone(), sha256: sha.clone() });
+        altered_snapshot(state, device, &id, &sha, &named, decision);
+    }
 }
 
 /// A chain head the box announces; one that contradicts a record received is an alarm.
@@ -808,10 +909,15 @@ mod tests {
         /// An event message with its record, as delivery sends it; `snapshot`: its picture's bytes.
         fn event(&mut self, snapshot: Option<&[u8]>) -> Vec<u8> {
             self.events += 1;
+            self.revision(self.events, 0, snapshot)
+        }
+
+        /// A revision of event number `n` (its id `0190-000n`), with another picture perhaps.
+        fn revision(&mut self, n: u64, revision: i64, snapshot: Option<&[u8]>) -> Vec<u8> {
             let event = json!({
                 "schema_version": 2,
-                "event_id": format!("0190-{:04}", self.events),
-                "revision": 0,
+                "event_id": format!("0190-{n:04}"),
+                "revision": revision,
                 "state": "start",
                 "device": "box-1",
                 "camera": "gate",
@@ -899,13 +1005,31 @@ mod tests {
         assert_eq!(events_written(&decision), 0, "a changed event is kept apart");
         // The real one comes after all: stored, as it was signed.
         assert_eq!(events_written(&feed(&mut fleet, "events", &events[1])), 1);
-        // Record 5 goes missing, record 4 comes after 6.
-        feed(&mut fleet, "events", &events[4]);
+        // Records 4 and 5 are missing when 6 comes; then 4 comes, late, and is taken in.
+        let gap = feed(&mut fleet, "events", &events[4]);
+        assert!(alarms(&gap).iter().any(|a| a.contains("records 4..=5 have not arrived")), "{:?}", gap.notes);
         let late = feed(&mut fleet, "events", &events[2]);
-        assert!(alarms(&late).iter().any(|a| a.contains("record 4") && a.contains("reordered")), "{:?}", late.notes);
+        assert!(alarms(&late).is_empty(), "{:?}", late.notes);
+        assert!(
+            late.notes.iter().any(|n| n.text.contains("record 4 arrived late, after record 6")),
+            "{:?}",
+            late.notes
+        );
+        assert_eq!(events_written(&late), 1);
+        assert!(late.writes.contains(&Write::GapFilled {
+            device: "box-1".into(),
+            epoch: 0,
+            first_seq: 4,
+            last_seq: 5,
+            seq: 4
+        }));
         let state = &fleet.boxes["box-1"];
-        assert_eq!(state.gaps, vec![(4, 5, None)]);
-        assert_eq!(state.rejected, 2);
+        assert_eq!(state.gaps, vec![(5, 5, None)]);
+        assert_eq!((state.rejected, state.row.last_seq), (1, Some(6)), "the head stays at 6");
+        // An older record than any gap, again but changed, is out of order.
+        let replayed = String::from_utf8(events[0].clone()).unwrap().replacen("\"bottle\"", "\"nothing\"", 1);
+        let decision = feed(&mut fleet, "events", replayed.as_bytes());
+        assert_eq!(alarms(&decision).len(), 1, "{:?}", decision.notes);
         // A byte changed inside the signed record itself.
         let forged = String::from_utf8(events[3].clone()).unwrap().replacen("bottle\\\"", "bottlE\\\"", 1);
         assert_ne!(forged.as_bytes(), &events[3][..]);
@@ -1018,6 +1142,40 @@ mod tests {
             fleet.receive("box-1", "status", &status("offline", "2026-12-06T08:00:59Z"), "2026-12-06T08:01:02.000000Z");
         assert_eq!(presence(&will), vec![("2026-12-06T08:01:02.000000Z".to_string(), "offline".to_string())]);
         assert_eq!(fleet.boxes["box-1"].online, Some(false));
+    }
+
+    #[test]
+    fn a_picture_before_its_late_message_waits_for_it_and_one_no_message_names_is_altered_once_none_is_missing() {
+        let mut device = TestBox::new();
+        let mut fleet = Fleet::new(Trust::FirstUse);
+        device.introduce(&mut fleet);
+        let (first, better, other, altered) =
+            (b"\xff\xd8 1".to_vec(), b"\xff\xd8 2".to_vec(), b"\xff\xd8 3".to_vec(), b"\xff\xd8 4".to_vec());
+        feed(&mut fleet, "events", &device.event(Some(&first)));
+        // The event's second revision names a better picture; the broker hands over the next
+        // event, then the better picture, and only then the revision it had queued.
+        let revision = device.revision(1, 1, Some(&better));
+        feed(&mut fleet, "events", &device.event(Some(&other)));
+        let early = feed(&mut fleet, "snapshots/0190-0001", &better);
+        assert!(alarms(&early).is_empty(), "records are missing: the picture waits, {:?}", early.notes);
+        let late = feed(&mut fleet, "events", &revision);
+        assert!(alarms(&late).is_empty(), "{:?}", late.notes);
+        assert!(late.writes.iter().any(|w| matches!(w, Write::SnapshotConfirmed { id, .. } if id == "0190-0001")));
+        assert_eq!(fleet.boxes["box-1"].snapshots_checked, 1);
+        // A picture its messages never name: judged when no record is missing any more.
+        let missing = device.event(None);
+        feed(&mut fleet, "events", &device.event(None));
+        let held = feed(&mut fleet, "snapshots/0190-0002", &altered);
+        assert!(alarms(&held).is_empty(), "{:?}", held.notes);
+        let judged = feed(&mut fleet, "events", &missing);
+        assert!(
+            alarms(&judged).iter().any(|a| a.contains("snapshot altered") && a.contains("0190-0002")),
+            "{:?}",
+            judged.notes
+        );
+        assert!(judged.writes.iter().any(|w| matches!(w, Write::SnapshotWithdrawn { id, .. } if id == "0190-0002")));
+        assert!(judged.writes.iter().any(|w| matches!(w, Write::Rejected { problem, .. } if problem == "snapshot")));
+        assert!(fleet.boxes["box-1"].gaps.is_empty());
     }
 
     #[test]
