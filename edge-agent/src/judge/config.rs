@@ -137,6 +137,9 @@ pub struct TrackingConfig {
     pub score_window: usize,
     /// An active event sends an `update` (better snapshot, zone change) at most this often.
     pub update_interval_secs: f64,
+    /// Labels a detector gives one vehicle by turns (a pickup is a car and a truck): overlapping
+    /// boxes of these are one object, one track, one event, its label the one with the most score.
+    pub vehicle_labels: Vec<String>,
 }
 
 impl Default for TrackingConfig {
@@ -148,6 +151,7 @@ impl Default for TrackingConfig {
             stationary_iou: 0.6,
             score_window: 5,
             update_interval_secs: 10.0,
+            vehicle_labels: ["car", "truck", "bus"].map(String::from).to_vec(),
         }
     }
 }
@@ -907,7 +911,10 @@ impl JudgeSections<'_> {
         if !(0.0..=1.0).contains(&self.privacy.person_min_score) {
             return Err(Invalid::new("privacy.person_min_score", "is out of range; expected a score from 0 to 1"));
         }
-        let t = self.tracking;
+        let t = &self.tracking;
+        if t.vehicle_labels.iter().any(|l| l.trim().is_empty()) {
+            return Err(Invalid::new("tracking.vehicle_labels", "holds an empty label; expected detector labels"));
+        }
         check_unit("tracking.match_iou", t.match_iou)?;
         check_unit("tracking.stationary_iou", t.stationary_iou)?;
         check_secs("tracking.max_lost_secs", t.max_lost_secs)?;

@@ -1,8 +1,12 @@
 //! Follows objects from frame to frame and gives each a track id. IoU matching with ByteTrack's two
 //! passes (confident detections first, then weak ones may only continue existing tracks), class
-//! aware. A lost track is remembered for a while, so an object that comes back in the same place
-//! (a parked truck the detector missed for a few frames) keeps its id and does not trigger again.
-//! Pure: times come from the frames, so tests replay any duration instantly.
+//! aware, except among the labels one object may be given (`tracking.vehicle_labels`: a detector
+//! calls one pickup both a car and a truck, in one frame or from frame to frame): those overlapping
+//! in a frame are one candidate, they continue each other's tracks, and a track's label is the one
+//! with the most score over its sightings. A lost track is remembered for a while, so an object
+//! that comes back in the same place (a parked truck the detector missed for a few frames) keeps its
+//! id and does not trigger again. Pure: times come from the frames, so tests replay any duration
+//! instantly.
 
 use chrono::{DateTime, Utc};
 
@@ -42,10 +46,17 @@ impl From<&crate::infer::Detection> for Candidate {
     }
 }
 
+/// Boxes of labels one object may be given that overlap this much in a frame are one object (the
+/// detector's per-class suppression leaves both).
+const ONE_OBJECT_IOU: f32 = 0.7;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Track {
     pub id: u64,
+    /// The label with the most score over the track's sightings.
     pub label: String,
+    /// Each label's summed score over the track's sightings.
+    votes: Vec<(String, f32)>,
     pub bbox: BoundingBox,
     /// Where the object was first seen: how far it moved tells whether it is leaving.
     pub first_bbox: BoundingBox,
@@ -71,9 +82,23 @@ pub fn seconds_between(earlier: DateTime<Utc>, later: DateTime<Utc>) -> f64 {
     (later - earlier).num_milliseconds() as f64 / 1000.0
 }
 
+impl Track {
+    fn vote(&mut self, label: &str, score: f32) {
+        match self.votes.iter_mut().find(|(l, _)| l == label) {
+            Some((_, total)) => *total += score,
+            None => self.votes.push((label.to_string(), score)),
+        }
+        if let Some((best, _)) = self.votes.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+            self.label.clone_from(best);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Tracker {
     settings: TrackerSettings,
+    /// Labels one object may be given (vehicles): matched across each other.
+    one_object_labels: Vec<String>,
     tracks: Vec<Track>,
     /// Lost tracks kept for `stationary_memory_secs`.
     dormant: Vec<Track>,
@@ -81,7 +106,38 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(settings: TrackerSettings) -> Self {
-        Self { settings, tracks: Vec::new(), dormant: Vec::new() }
+        Self { settings, one_object_labels: Vec::new(), tracks: Vec::new(), dormant: Vec::new() }
+    }
+
+    /// Tracks of these labels take each other's detections (`tracking.vehicle_labels`).
+    pub fn with_one_object_labels(mut self, labels: &[String]) -> Self {
+        self.one_object_labels = labels.to_vec();
+        self
+    }
+
+    /// Whether a detection labelled `b` may be the object tracked as `a`.
+    fn same_object(&self, a: &str, b: &str) -> bool {
+        a == b || (self.one_object_labels.iter().any(|l| l == a) && self.one_object_labels.iter().any(|l| l == b))
+    }
+
+    /// For each candidate, the one that stands for its object in this frame: itself, or a better
+    /// scored candidate of a label the same object may have whose box overlaps it almost wholly.
+    fn representatives(&self, candidates: &[Candidate]) -> Vec<usize> {
+        let mut by_score: Vec<usize> = (0..candidates.len()).collect();
+        by_score.sort_by(|&a, &b| candidates[b].score.total_cmp(&candidates[a].score));
+        let mut standing_for = (0..candidates.len()).collect::<Vec<usize>>();
+        for (rank, &c) in by_score.iter().enumerate() {
+            let better = by_score[..rank].iter().copied().find(|&r| {
+                standing_for[r] == r
+                    && candidates[r].label != candidates[c].label
+                    && self.same_object(&candidates[r].label, &candidates[c].label)
+                    && iou(&candidates[r].bbox, &candidates[c].bbox) >= ONE_OBJECT_IOU
+            });
+            if let Some(r) = better {
+                standing_for[c] = r;
+            }
+        }
+        standing_for
     }
 
     pub fn tracks(&self) -> &[Track] {
@@ -104,14 +160,15 @@ impl Tracker {
         self.forget_lost(now);
         let mut assigned: Vec<Option<u64>> = vec![None; candidates.len()];
         let mut track_taken = vec![false; self.tracks.len()];
+        let standing_for = self.representatives(candidates);
         let (strong, weak): (Vec<usize>, Vec<usize>) =
-            (0..candidates.len()).partition(|&i| candidates[i].score >= confident);
+            (0..candidates.len()).filter(|&i| standing_for[i] == i).partition(|&i| candidates[i].score >= confident);
         for pass in [strong.as_slice(), weak.as_slice()] {
             // Greedy by overlap: the best pairs first.
             let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
             for &c in pass {
                 for (t, track) in self.tracks.iter().enumerate() {
-                    if track_taken[t] || track.label != candidates[c].label {
+                    if track_taken[t] || !self.same_object(&track.label, &candidates[c].label) {
                         continue;
                     }
                     let overlap = iou(&track.bbox, &candidates[c].bbox);
@@ -130,6 +187,7 @@ impl Tracker {
                 track.bbox = candidates[c].bbox;
                 track.score = candidates[c].score;
                 track.last_seen = now;
+                track.vote(&candidates[c].label, candidates[c].score);
                 assigned[c] = Some(track.id);
             }
         }
@@ -142,7 +200,7 @@ impl Tracker {
                 .dormant
                 .iter()
                 .enumerate()
-                .filter(|(_, d)| d.label == candidate.label)
+                .filter(|(_, d)| self.same_object(&d.label, &candidate.label))
                 .map(|(i, d)| (i, iou(&d.bbox, &candidate.bbox)))
                 .filter(|&(_, overlap)| overlap >= self.settings.stationary_iou)
                 .max_by(|a, b| a.1.total_cmp(&b.1))
@@ -153,11 +211,13 @@ impl Tracker {
                     track.bbox = candidate.bbox;
                     track.score = candidate.score;
                     track.last_seen = now;
+                    track.vote(&candidate.label, candidate.score);
                     track
                 }
                 None => Track {
                     id: ids.next_id(),
                     label: candidate.label.clone(),
+                    votes: vec![(candidate.label.clone(), candidate.score)],
                     bbox: candidate.bbox,
                     first_bbox: candidate.bbox,
                     score: candidate.score,
@@ -167,6 +227,15 @@ impl Tracker {
             };
             assigned[c] = Some(track.id);
             self.tracks.push(track);
+        }
+        // The other labels of an object tracked this frame count towards its track's label.
+        for (c, &r) in standing_for.iter().enumerate() {
+            if r == c {
+                continue;
+            }
+            if let Some(track) = assigned[r].and_then(|id| self.tracks.iter_mut().find(|t| t.id == id)) {
+                track.vote(&candidates[c].label, candidates[c].score);
+            }
         }
         assigned
     }
@@ -223,6 +292,29 @@ mod tests {
         assert_eq!(first, vec![Some(1), Some(2), Some(3)]);
         let again = tracker.update(at(0.5), &frame, 0.3, &mut ids);
         assert_eq!(again, first);
+    }
+
+    #[test]
+    fn one_vehicle_called_a_car_and_a_truck_is_one_track_labelled_by_the_most_score() {
+        let vehicles = ["car", "truck", "bus"].map(String::from);
+        let mut tracker = Tracker::new(settings()).with_one_object_labels(&vehicles);
+        let mut ids = TrackIds::default();
+        // The demo's pickup: a car at 0.35 and a truck at 0.36 on almost the same box.
+        let pickup = [candidate("car", 100.0, 0.35), candidate("truck", 102.0, 0.36)];
+        assert_eq!(tracker.update(at(0.0), &pickup, 0.3, &mut ids), vec![None, Some(1)]);
+        assert_eq!(tracker.track(1).unwrap().label, "truck");
+        // Then seen as a car alone for a while, moving: the same track, and the car's score wins.
+        for (i, x) in [110.0, 120.0, 130.0].into_iter().enumerate() {
+            let seen = tracker.update(at(0.5 * (i + 1) as f64), &[candidate("car", x, 0.5)], 0.3, &mut ids);
+            assert_eq!(seen, vec![Some(1)]);
+        }
+        assert_eq!(tracker.track(1).unwrap().label, "car");
+        // Other labels never mix, and two vehicles side by side stay two.
+        let frame = [candidate("car", 130.0, 0.5), candidate("cup", 131.0, 0.9), candidate("truck", 600.0, 0.6)];
+        assert_eq!(tracker.update(at(2.5), &frame, 0.3, &mut ids), vec![Some(1), Some(2), Some(3)]);
+        // Without the setting, a car and a truck are two tracks as before.
+        let mut plain = Tracker::new(settings());
+        assert_eq!(plain.update(at(0.0), &pickup, 0.3, &mut TrackIds::default()), vec![Some(1), Some(2)]);
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl TrackedRule {
         let mut tracker_settings = TrackerSettings::from(tracking);
         tracker_settings.max_lost_secs = end_after_secs;
         Self {
-            tracker: Tracker::new(tracker_settings),
+            tracker: Tracker::new(tracker_settings).with_one_object_labels(&tracking.vehicle_labels),
             lifecycles: Lifecycles::new(LifecycleSettings {
                 min_score,
                 min_duration_secs,
@@ -154,6 +154,11 @@ impl TrackedRule {
             .enumerate()
             .filter_map(|(i, id)| id.map(|id| (i, id)))
             .collect()
+    }
+
+    /// The label of a track: the one with the most score over its sightings.
+    pub fn label_of(&self, track_id: u64) -> Option<&str> {
+        self.tracker.track(track_id).map(|t| t.label.as_str())
     }
 
     pub fn observe(&mut self, now: DateTime<Utc>, sightings: Vec<Sighting<Finding>>) -> Vec<Transition<Finding>> {

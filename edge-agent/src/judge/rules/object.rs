@@ -54,7 +54,7 @@ impl ObjectRule {
                 details: Finding {
                     track_id: Some(track_id),
                     model: Some(f.model.clone()),
-                    ..Finding::new(&f.detection.label, f.detection.bbox)
+                    ..Finding::new(self.tracked.label_of(track_id).unwrap_or(&f.detection.label), f.detection.bbox)
                 },
             });
         }

@@ -113,7 +113,7 @@ impl TruckExitRule {
                     model: Some(f.model.clone()),
                     classifier,
                     uncovered,
-                    ..Finding::new(&f.detection.label, b)
+                    ..Finding::new(self.tracked.label_of(track_id).unwrap_or(&f.detection.label), b)
                 },
             });
         }
