@@ -117,7 +117,7 @@ fn a_two_stream_camera_detects_on_its_substream_and_clips_its_main_stream() {
     let platform = Subscriber::connect(broker.port, "edge/streams-box/#");
     let agent = Agent::start(&config, &dir.path().join("agent.log"));
 
-    let truck = platform.wait_for("/events", Duration::from_secs(90), |e| e["label"] == "truck");
+    let truck = platform.wait_for("/events", Duration::from_secs(90), is_the_pickup);
     let truck = truck.unwrap_or_else(|| panic!("no truck from the substream; log:\n{}", agent.log_text()));
     assert_eq!((truck["frame_width"].as_u64(), truck["frame_height"].as_u64()), (Some(384), Some(288)));
     let b = &truck["box"];

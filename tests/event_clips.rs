@@ -108,8 +108,7 @@ async fn a_truck_on_a_road_camera_gets_a_clip_that_verifies_and_plays_on_its_pag
     let station_platform = Subscriber::connect(broker.port, "edge/clip-box/#");
     let agent = Agent::start(&config, &dir.path().join("agent.log"));
 
-    let truck =
-        platform.wait_for("/events", Duration::from_secs(90), |e| e["label"] == "truck" && e["camera"] == "road");
+    let truck = platform.wait_for("/events", Duration::from_secs(90), |e| is_the_pickup(e) && e["camera"] == "road");
     let truck = truck.unwrap_or_else(|| panic!("no truck on the road camera; log:\n{}", agent.log_text()));
     let event_id = truck["event_id"].as_str().unwrap().to_string();
 
@@ -217,8 +216,7 @@ async fn a_long_gop_h265_camera_gets_clips_while_running_and_a_stop_cuts_them_sh
     let station_platform = Subscriber::connect(broker.port, "edge/clip-box/#");
     let mut agent = Agent::start(&config, &dir.path().join("agent.log"));
 
-    let truck =
-        platform.wait_for("/events", Duration::from_secs(90), |e| e["label"] == "truck" && e["camera"] == "road");
+    let truck = platform.wait_for("/events", Duration::from_secs(90), |e| is_the_pickup(e) && e["camera"] == "road");
     let truck = truck.unwrap_or_else(|| panic!("no truck on the road camera; log:\n{}", agent.log_text()));
     let seen_at = std::time::Instant::now();
     let event_id = truck["event_id"].as_str().unwrap().to_string();
@@ -232,8 +230,8 @@ async fn a_long_gop_h265_camera_gets_clips_while_running_and_a_stop_cuts_them_sh
     let (codec, width, pictures) = ffprobe(&path);
     assert_eq!((codec.as_str(), width), ("hevc", 768), "the road camera's video as it came");
     assert!(pictures >= 10, "{pictures} pictures");
-    let station = station_platform
-        .wait_for("/events", Duration::from_secs(60), |e| e["camera"] == "station" && e["label"] == "truck");
+    let station =
+        station_platform.wait_for("/events", Duration::from_secs(60), |e| e["camera"] == "station" && is_the_pickup(e));
     let station_id = station.expect("an event on the station camera")["event_id"].as_str().unwrap().to_string();
     let record = clip_record(&station_platform, &station_id)
         .unwrap_or_else(|| panic!("no masked clip for {station_id}; log:\n{}", agent.log_text()));

@@ -240,6 +240,7 @@ async fn spawn(
             liveness.register("inference"),
             shutdown.clone(),
             worker_controls,
+            plate_work(&config, judge_settings.subscribe()).await,
         )),
         tokio::spawn(judge::run_judge(
             judge,
@@ -391,4 +392,41 @@ async fn wait_for_first_camera_attempts(cameras: &[Arc<CameraHealth>], shutdown:
             return;
         }
     }
+}
+
+/// The plate stage, when `[plates]` is on and its models load (otherwise the agent runs without it,
+/// and says why); where it reads follows the zones as `set` and `reload` change them.
+async fn plate_work(
+    config: &Config,
+    judge_settings: watch::Receiver<Arc<crate::judge::config::JudgeSettings>>,
+) -> Option<infer::worker::PlateWork> {
+    if !config.plates.enabled {
+        return None;
+    }
+    let (settings, inference) = (config.plates.clone(), config.inference.clone());
+    let loaded = tokio::task::spawn_blocking(move || infer::plates::PlateReader::load(&settings, &inference)).await;
+    let reader = match loaded {
+        Ok(Ok(reader)) => reader,
+        Ok(Err(e)) => {
+            tracing::error!("{e}; plates are not read");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!("loading the plate models failed: {e}; plates are not read");
+            return None;
+        }
+    };
+    tracing::info!(backend = reader.backend(), labels = ?config.plates.labels, "plate stage on");
+    let (areas_tx, areas) = watch::channel(Arc::new(crate::judge::plate_areas(&judge_settings.borrow())));
+    let mut judge_settings = judge_settings;
+    tokio::spawn(async move {
+        while judge_settings.changed().await.is_ok() {
+            let areas = crate::judge::plate_areas(&judge_settings.borrow_and_update());
+            if areas_tx.send(Arc::new(areas)).is_err() {
+                return;
+            }
+        }
+    });
+    let stage = infer::plates::stage::PlateStage::new(reader, config.plates.labels.clone());
+    Some(infer::worker::PlateWork { stage, areas })
 }

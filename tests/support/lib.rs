@@ -916,3 +916,13 @@ pub fn stand_in_site(dir: &Path, keep: impl Fn(&str) -> bool) -> std::path::Path
     std::fs::write(&site, "site = \"station-7\"\n[samples]\nfolder = \"samples\"\nlabels = \"labels.csv\"\n").unwrap();
     site
 }
+
+/// The labels nanodet gives dog.jpg's pickup: a truck (0.36) and a car (0.35) on one box. One
+/// vehicle is one track and one event (`tracking.vehicle_labels`), labelled with whichever scores
+/// more over its sightings: a still picture says truck, a video's compression can tip it to car.
+pub const PICKUP_LABELS: [&str; 2] = ["truck", "car"];
+
+/// Whether an event is dog.jpg's pickup (see [`PICKUP_LABELS`]).
+pub fn is_the_pickup(event: &serde_json::Value) -> bool {
+    PICKUP_LABELS.iter().any(|label| event["label"] == *label)
+}

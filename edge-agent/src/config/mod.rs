@@ -96,6 +96,9 @@ pub struct Config {
     pub model_update: ModelUpdateConfig,
     #[serde(default)]
     pub commands: CommandsConfig,
+    /// `[plates]`: the plate reader's models and settings, and which vehicles' plates the flow reads.
+    #[serde(default)]
+    pub plates: crate::infer::plates::PlateSettings,
     /// The file this configuration was read from (none for the embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -258,6 +261,7 @@ impl Config {
         self.outbox.validate()?;
         self.model_update.validate()?;
         self.commands.validate()?;
+        self.plates.validate()?;
         self.evidence.validate()?;
         self.stats.validate()?;
         self.judge_sections().validate(&ids)
@@ -291,6 +295,7 @@ impl Config {
             tamper: self.tamper.clone(),
             tamper_dir: self.state_dir.join(crate::judge::tamper::reference::TAMPER_DIR),
             privacy: self.privacy.clone(),
+            plates: self.plates.clone(),
         }
     }
 

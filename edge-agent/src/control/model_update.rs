@@ -583,6 +583,7 @@ mod tests {
             liveness.register("inference"),
             shutdown.clone(),
             controls,
+            None,
         ));
         tokio::spawn(async move { while inferred_rx.recv().await.is_some() {} });
         let settings = crate::control::settings::LiveSettings::new(

@@ -264,6 +264,8 @@ fn serialize_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S
 pub struct InferredFrame {
     pub frame: Frame,
     pub results: Vec<ModelResult>,
+    /// The plates read on the vehicles the site wants read ([`plates::stage`]); empty without.
+    pub plates: Vec<plates::stage::VehiclePlate>,
 }
 
 /// What the status page and MQTT status say about a loaded model.
@@ -599,7 +601,7 @@ pub fn infer_frame_where(
             Err(e) => failures.push((model.id().clone(), e)),
         }
     }
-    (InferredFrame { frame, results }, failures, by_region)
+    (InferredFrame { frame, results, plates: Vec::new() }, failures, by_region)
 }
 
 /// A detector on each crop of a frame, the boxes back in frame pixels; None when a box touches

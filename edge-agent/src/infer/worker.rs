@@ -1,18 +1,27 @@
 //! The infer stage's loop: takes the newest frame of each camera in turn and runs every model on it
-//! off the async workers, then hands the [`InferredFrame`] to the judge stage.
+//! off the async workers (and the plate stage, where a site reads plates), then hands the
+//! [`InferredFrame`] to the judge stage.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::control::{ModelTestRequest, ModelTestRun, WorkerControls};
+use super::plates::stage::{PlateAreas, PlateStage};
 use super::regions::CameraRegions;
 use super::{infer_frame, infer_frame_where, InferredFrame, Model};
 use crate::base::blocking::off_the_workers;
 use crate::base::liveness::Heartbeat;
 use crate::base::shutdown::Shutdown;
 use crate::source::CameraFeed;
+
+/// The plate stage and where it reads, per camera; the areas follow the zones as `set` and `reload`
+/// change them.
+pub struct PlateWork {
+    pub stage: PlateStage,
+    pub areas: watch::Receiver<Arc<PlateAreas>>,
+}
 
 /// Takes the newest frame of each camera in turn (round robin, so one busy camera cannot starve
 /// another), runs every model on it off the async workers (on a camera with motion, where
@@ -25,7 +34,12 @@ pub async fn run_inference(
     heartbeat: Arc<Heartbeat>,
     mut shutdown: Shutdown,
     mut controls: WorkerControls,
+    plates: Option<PlateWork>,
 ) {
+    let (mut plate_stage, plate_areas) = match plates {
+        Some(PlateWork { stage, areas }) => (Some(stage), Some(areas)),
+        None => (None, None),
+    };
     let mut next_camera = 0;
     let mut regions: Vec<CameraRegions> = feeds.iter().map(|_| CameraRegions::default()).collect();
     loop {
@@ -65,9 +79,22 @@ pub async fn run_inference(
         next_camera = (index + 1) % count;
         controls.runs.frame_started();
         let wanted = regions[index].wanted(&frame);
-        let worked = off_the_workers(models, move |models| infer_frame_where(models, frame, wanted.as_deref())).await;
+        let area = plate_areas.as_ref().and_then(|areas| areas.borrow().get(&*frame.camera).cloned());
+        let worked = off_the_workers((models, plate_stage), move |(models, plate_stage)| {
+            let (mut inferred, failures, by_region) = infer_frame_where(models, frame, wanted.as_deref());
+            let plate_failures = match plate_stage {
+                Some(stage) => {
+                    let (plates, errors) = stage.read_vehicles(&inferred.frame.image, &inferred.results, area.as_ref());
+                    inferred.plates = plates;
+                    errors
+                }
+                None => Vec::new(),
+            };
+            (inferred, failures, by_region, plate_failures)
+        })
+        .await;
         controls.runs.frame_ended();
-        let (returned_models, (inferred, failures, by_region)) = match worked {
+        let ((returned_models, returned_plates), (inferred, failures, by_region, plate_failures)) = match worked {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!("inference task failed: {e}; stopping inference");
@@ -75,6 +102,10 @@ pub async fn run_inference(
             }
         };
         models = returned_models;
+        plate_stage = returned_plates;
+        for error in plate_failures {
+            tracing::warn!(camera = %feeds[index].id, "plate not read: {error}");
+        }
         for result in &inferred.results {
             controls.runs.record(&result.model.name, true);
         }
@@ -188,6 +219,7 @@ mod tests {
             heartbeat,
             shutdown,
             crate::infer::control::WorkerControls::channel().2,
+            None,
         ));
         let mut order = Vec::new();
         while order.len() < 12 {
@@ -223,7 +255,7 @@ mod tests {
         let (control, _runs, controls) = crate::infer::control::WorkerControls::channel();
         let heartbeat = crate::base::liveness::Liveness::default().register("inference");
         let worker =
-            tokio::spawn(run_inference(models, feeds, new_frame.clone(), output, heartbeat, shutdown, controls));
+            tokio::spawn(run_inference(models, feeds, new_frame.clone(), output, heartbeat, shutdown, controls, None));
 
         let ask = |camera: &str| {
             let (reply, answer) = tokio::sync::oneshot::channel();

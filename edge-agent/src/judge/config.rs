@@ -708,6 +708,8 @@ pub struct JudgeSettings {
     /// when it opens.
     pub tamper_dir: PathBuf,
     pub privacy: PrivacyConfig,
+    /// `[plates]`: how many reads make a track's plate (the reading itself is the infer stage's).
+    pub plates: crate::infer::plates::PlateSettings,
 }
 
 fn check_unit(key: &str, value: f32) -> Result<(), Invalid> {

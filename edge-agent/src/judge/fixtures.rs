@@ -87,6 +87,7 @@ pub fn detect(image: &RgbImage) -> Vec<Detection> {
 /// once per picture and reused: the detector is deterministic).
 pub fn inferred(camera: &str, image: &Arc<RgbImage>, results: &[ModelResult], secs: f64) -> InferredFrame {
     InferredFrame {
+        plates: Vec::new(),
         frame: Frame {
             camera: camera.into(),
             sequence: 1,
@@ -164,6 +165,7 @@ pub fn test_event(kind: EventKind, state: LifecycleState, time: DateTime<Utc>) -
         snapshot_sha256: None,
         evidence: None,
         chain: None,
+        plate: None,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod control;
 #[cfg(test)]
 pub mod fixtures;
 pub mod lifecycle;
+pub mod plate_votes;
 pub mod rules;
 pub mod tamper;
 pub mod taxonomy;
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::base::blocking::off_the_workers;
 use crate::base::liveness::Heartbeat;
 use crate::infer::control::ModelRuns;
+use crate::infer::plates::stage::{PlateArea, PlateAreas, VehiclePlate};
 use crate::infer::{BoundingBox, Findings, InferError, InferredFrame, ModelResult};
 use crate::source::Frame;
 use crate::wire::{Event, EventKind, LifecycleState, EVENT_SCHEMA_VERSION};
@@ -143,7 +145,7 @@ impl CameraJudge {
             litter,
             overflow,
             road_debris,
-            truck_exit: TruckExitRule::new(&rules.truck_exit, tracking),
+            truck_exit: TruckExitRule::new(&rules.truck_exit, tracking).with_plate_votes((&settings.plates).into()),
             tamper: tamper_watch(camera, settings, tamper_reference),
         }
     }
@@ -306,12 +308,12 @@ impl Judge {
 
     /// Decides one frame: what must stay private, what each rule saw, and the events that follow.
     pub fn judge(&mut self, inferred: InferredFrame) -> Judgement {
-        let InferredFrame { frame, results } = inferred;
+        let InferredFrame { frame, results, plates } = inferred;
         let camera = frame.camera.to_string();
         let scene = self.scenes.get(&camera).unwrap_or(&self.default_scene);
         let privacy = PrivacyMask::from_results(scene, &results);
         let zones = scene.zones.clone();
-        let mut transitions = self.run_rules(&camera, &frame, &results);
+        let mut transitions = self.run_rules(&camera, &frame, &results, &plates);
         let tamper_reference = self.watch_tamper(&camera, &frame, &mut transitions);
         let (width, height) = frame.image.dimensions();
         let events = transitions
@@ -336,7 +338,13 @@ impl Judge {
     }
 
     /// Runs every rule of the camera on the frame's findings (and its background model).
-    fn run_rules(&mut self, camera: &str, frame: &Frame, results: &[ModelResult]) -> Transitions {
+    fn run_rules(
+        &mut self,
+        camera: &str,
+        frame: &Frame,
+        results: &[ModelResult],
+        plates: &[VehiclePlate],
+    ) -> Transitions {
         let now = frame.captured_at;
         let scene = self.scenes.get(camera).unwrap_or(&self.default_scene);
         let (width, height) = frame.image.dimensions();
@@ -381,7 +389,7 @@ impl Judge {
         );
         transitions.extend(
             cam.truck_exit
-                .judge(&view, &mut cam.ids, self.cover_classifier.as_mut())
+                .judge(&view, &mut cam.ids, self.cover_classifier.as_mut(), plates)
                 .into_iter()
                 .map(tag(EventKind::TruckExit)),
         );
@@ -440,6 +448,7 @@ impl Judge {
             snapshot_sha256: None,
             evidence: None,
             chain: None,
+            plate: d.plate.clone(),
         }
     }
 
@@ -494,6 +503,30 @@ fn check_debris_model(rules: &RulesConfig, model_names: &[String]) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Where each camera's plates are read (`[plates]`): vehicles reaching into one of its zones named
+/// in `plates.zones`, or its site-exit zones when none is named. A camera without such a zone has
+/// none read.
+pub fn plate_areas(settings: &JudgeSettings) -> PlateAreas {
+    let mut areas = PlateAreas::new();
+    for (camera, config) in &settings.scenes {
+        let scene = Scene::from_config(camera, config, settings.privacy.blur_people);
+        let named = &settings.plates.zones;
+        let zones: Vec<zones::Zone> = scene
+            .zones
+            .into_iter()
+            .filter(|z| if named.is_empty() { z.role == ZoneRole::SiteExit } else { named.contains(&z.id) })
+            .collect();
+        if zones.is_empty() {
+            continue;
+        }
+        let area: PlateArea = Arc::new(move |vehicle: &BoundingBox, width: u32, height: u32| {
+            zones.iter().any(|z| z.share_of_box_inside(vehicle, width, height) > 0.0)
+        });
+        areas.insert(camera.clone(), area);
+    }
+    areas
 }
 
 /// The taxonomy, each configured camera's scene, and the scene of cameras without one.

@@ -582,6 +582,9 @@ pub async fn event_detail(
                         @if let Some(category) = view.category() { div { dt { (t(T::Category)) } dd { (category) } } }
                         @if let Some(zone) = view.zone() { div { dt { (t(T::Zone)) } dd { (zone) } } }
                         @if let Some(track) = view.track_id() { div { dt { (t(T::Track)) } dd { (track) } } }
+                        @if let Some(plate) = &event.plate {
+                            div { dt { (t(T::Plate)) } dd #event-plate { (plate.text) " · " (plate.colour) " · " (plate.reads) "/" (plate.of_reads) } }
+                        }
                         div { dt { (t(T::Score)) } dd { (format!("{:.2}", view.score())) } }
                         div { dt { (t(T::Box)) } dd { (format!("{}, {} – {}, {}", event.bbox.x1, event.bbox.y1, event.bbox.x2, event.bbox.y2)) } }
                         @if let Some(model) = &event.model {

@@ -76,6 +76,26 @@ pub struct Event {
     /// the record itself, which holds the event without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<ChainProof>,
+    /// `truck_exit` with the plate stage on: the plate the truck's track reads agree on; absent
+    /// until they do (a later message of the event carries it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plate: Option<EventPlate>,
+}
+
+/// A vehicle's plate as its track's reads agree on it (`judge::plate_votes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventPlate {
+    /// Province character first; a double-row plate's top row first.
+    pub text: String,
+    /// `blue`, `green`, `yellow` or `white`: the colour most of the agreeing reads saw.
+    pub colour: String,
+    /// 1, or 2 for a double-row plate.
+    pub rows: u8,
+    /// The mean score of the agreeing reads.
+    pub score: f32,
+    /// How many reads agree, of how many valid reads the track had.
+    pub reads: u32,
+    pub of_reads: u32,
 }
 
 impl Event {

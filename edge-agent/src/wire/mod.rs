@@ -10,7 +10,7 @@ pub mod messages;
 pub mod verify;
 
 pub use chain::{ChainHead, ChainProof, EvidenceFile, EvidenceRef, RecordBody, RecordContent};
-pub use event::{Event, EventBox, EventKind, LifecycleState, ModelId, UpdateReason, EVENT_SCHEMA_VERSION};
+pub use event::{Event, EventBox, EventKind, EventPlate, LifecycleState, ModelId, UpdateReason, EVENT_SCHEMA_VERSION};
 pub use verify::ChainVerifier;
 
 /// The JSON Schema of event messages (`edge/{device}/events`), from the repository's root.
@@ -112,6 +112,14 @@ mod tests {
                 files: vec![EvidenceFile { file: "2025-05-01/x-frame.jpg".into(), sha256: "f".repeat(64), bytes: 9 }],
             }),
             chain: Some(proof()),
+            plate: Some(EventPlate {
+                text: "浙EA3262".into(),
+                colour: "yellow".into(),
+                rows: 1,
+                score: 0.97,
+                reads: 5,
+                of_reads: 6,
+            }),
         }
     }
 

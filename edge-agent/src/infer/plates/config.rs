@@ -1,5 +1,7 @@
-//! The plate reader's settings: where its models are and how it decides. A `[plates]` config
-//! section will deserialise into [`PlateSettings`]; the commands fill it from their options.
+//! The plate reader's settings: where its models are and how it decides, and the flow's plate
+//! stage: which vehicles have their plate read, where, and how many reads make a track's plate.
+//! The `[plates]` config section deserialises into [`PlateSettings`]; the commands fill the
+//! reader's part from their options.
 
 use std::path::PathBuf;
 
@@ -79,6 +81,21 @@ pub struct PlateSettings {
     /// At most this many plates per picture, best first.
     #[serde(default = "default_max_plates")]
     pub max_plates: usize,
+    /// The flow reads plates (the models must be in `models`); off by default.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The detector labels whose plate is read: only these vehicles' plates ever become text.
+    #[serde(default = "default_labels")]
+    pub labels: Vec<String>,
+    /// The zones (ids, per camera's scene) where plates are read; empty: the site-exit zones.
+    #[serde(default)]
+    pub zones: Vec<String>,
+    /// A track's plate is confirmed after this many reads of the same text...
+    #[serde(default = "default_min_reads")]
+    pub min_reads: u32,
+    /// ...when at least this share of the track's valid reads say it.
+    #[serde(default = "default_min_agreement")]
+    pub min_agreement: f32,
 }
 
 fn default_models() -> PathBuf {
@@ -99,6 +116,15 @@ fn default_min_char_probability() -> f32 {
 fn default_max_plates() -> usize {
     8
 }
+fn default_labels() -> Vec<String> {
+    vec!["truck".into()]
+}
+fn default_min_reads() -> u32 {
+    3
+}
+fn default_min_agreement() -> f32 {
+    0.6
+}
 
 impl Default for PlateSettings {
     fn default() -> Self {
@@ -110,6 +136,11 @@ impl Default for PlateSettings {
             refine: default_refine(),
             min_char_probability: default_min_char_probability(),
             max_plates: default_max_plates(),
+            enabled: false,
+            labels: default_labels(),
+            zones: Vec::new(),
+            min_reads: default_min_reads(),
+            min_agreement: default_min_agreement(),
         }
     }
 }
@@ -130,6 +161,16 @@ impl PlateSettings {
         unit("objectness", self.objectness)?;
         unit("nms_iou", self.nms_iou)?;
         unit("min_char_probability", self.min_char_probability)?;
+        unit("min_agreement", self.min_agreement)?;
+        if self.min_reads == 0 {
+            return Err(Invalid::new("plates.min_reads", "is 0; expected at least 1 read"));
+        }
+        if self.enabled && self.labels.is_empty() {
+            return Err(Invalid::new(
+                "plates.labels",
+                "is empty with plates enabled; expected the vehicle labels to read",
+            ));
+        }
         if self.max_plates == 0 {
             return Err(Invalid::new("plates.max_plates", "is 0; expected at least 1"));
         }

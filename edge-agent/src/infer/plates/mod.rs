@@ -1,7 +1,7 @@
 //! Licence plates: find each plate in a picture (y5fu detector, found again in a window around it
 //! for sharper corners), straighten it by its four corners, read it (PP-OCRv4, double-row plates row
 //! by row, CTC decoded under the plate syntax) and tell its colour. `edge-agent plates` runs it on
-//! pictures; the flow's plate stage will run it on vehicles.
+//! pictures; the flow's plate stage ([`stage`]) runs it on vehicles.
 
 pub mod colour;
 pub mod config;
@@ -10,6 +10,7 @@ pub mod detector;
 pub mod eval;
 pub mod model;
 pub mod recogniser;
+pub mod stage;
 pub mod syntax;
 pub mod warp;
 

@@ -100,6 +100,8 @@ pub struct Finding {
     /// For `truck_exit`: is the load uncovered? None when no cover classifier is configured or it
     /// was not sure.
     pub uncovered: Option<bool>,
+    /// For `truck_exit`: the plate its track's reads agree on, once they do.
+    pub plate: Option<crate::wire::EventPlate>,
 }
 
 impl Finding {
@@ -117,6 +119,7 @@ impl Finding {
             area_m2: None,
             coverage: None,
             uncovered: None,
+            plate: None,
         }
     }
 }

@@ -2,14 +2,18 @@
 //! inside the zone), with `uncovered: true|false|null` from an optional second-stage classifier on
 //! the truck's crop (null when none is configured or it is not sure). With `leaving_direction`, the
 //! truck must also have moved that way by `min_travel` of the frame, so a truck coming in through
-//! the exit, or parked in it, is not leaving.
+//! the exit, or parked in it, is not leaving. With the plate stage on, the plates read on a truck's
+//! detections vote over its track, and its events carry the plate once the reads agree.
 
 use std::collections::HashMap;
 
 use super::{track_key, Finding, Found, FrameView, SecondStage, TrackedRule};
+use crate::infer::detect::iou;
+use crate::infer::plates::stage::VehiclePlate;
 use crate::infer::ModelId;
 use crate::judge::config::{CoverClassifierConfig, Direction, TrackingConfig, TruckExitRuleConfig, ZoneRole};
 use crate::judge::lifecycle::{Sighting, Transition};
+use crate::judge::plate_votes::{PlateVotes, VoteSettings};
 use crate::judge::tracker::{Candidate, Track, TrackIds};
 
 /// The second-stage classifier that tells a covered load from an uncovered one.
@@ -44,10 +48,15 @@ struct CoverState {
     detection_score: f32,
 }
 
+/// A plate was read on a truck's detection when its vehicle box is (nearly) the detection's.
+const PLATE_ON_DETECTION_IOU: f32 = 0.7;
+
 pub struct TruckExitRule {
     config: TruckExitRuleConfig,
     tracked: TrackedRule,
     covers: HashMap<u64, CoverState>,
+    plate_votes: HashMap<u64, PlateVotes>,
+    vote_settings: VoteSettings,
 }
 
 impl TruckExitRule {
@@ -56,7 +65,15 @@ impl TruckExitRule {
             config: config.clone(),
             tracked: TrackedRule::new(tracking, config.min_score, config.min_duration_secs, tracking.max_lost_secs),
             covers: HashMap::new(),
+            plate_votes: HashMap::new(),
+            vote_settings: VoteSettings::default(),
         }
+    }
+
+    /// How many agreeing reads make a track's plate (`[plates]`).
+    pub fn with_plate_votes(mut self, settings: VoteSettings) -> Self {
+        self.vote_settings = settings;
+        self
     }
 
     pub fn judge(
@@ -64,6 +81,7 @@ impl TruckExitRule {
         view: &FrameView,
         ids: &mut TrackIds,
         mut cover: Option<&mut CoverClassifier>,
+        plates: &[VehiclePlate],
     ) -> Vec<Transition<Finding>> {
         if !self.config.enabled || !view.scene.has_role(ZoneRole::SiteExit) {
             return Vec::new();
@@ -76,6 +94,10 @@ impl TruckExitRule {
         for (i, track_id) in self.tracked.track(view.time, &candidates, ids) {
             let f = found[i];
             let b = f.detection.bbox;
+            // Every read on the truck counts, before and inside the exit.
+            for plate in plates.iter().filter(|p| iou(&p.vehicle, &b) >= PLATE_ON_DETECTION_IOU) {
+                self.plate_votes.entry(track_id).or_default().add(plate);
+            }
             let wheels = ((b.x1 + b.x2) / 2.0, b.y2);
             let Some(exit) = view
                 .scene
@@ -113,12 +135,14 @@ impl TruckExitRule {
                     model: Some(f.model.clone()),
                     classifier,
                     uncovered,
+                    plate: self.plate_votes.get(&track_id).and_then(|v| v.confirmed(&self.vote_settings)),
                     ..Finding::new(self.tracked.label_of(track_id).unwrap_or(&f.detection.label), b)
                 },
             });
         }
         let live: std::collections::HashSet<u64> = self.tracked.tracker.tracks().iter().map(|t| t.id).collect();
         self.covers.retain(|id, _| live.contains(id));
+        self.plate_votes.retain(|id, _| live.contains(id));
         self.tracked.observe(view.time, sightings)
     }
 }
@@ -138,7 +162,7 @@ fn travel(track: &Track, direction: Direction, width: u32, height: u32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::ModelResult;
+    use crate::infer::{BoundingBox, ModelResult};
     use crate::judge::fixtures::{at, detector_result, dog_jpg_truck, models_dir, paste, sample, zone};
     use crate::judge::rules::detections_of;
     use crate::judge::zones::Scene;
@@ -161,7 +185,7 @@ mod tests {
             let found = detections_of(results, &scene, image.width(), image.height(), None);
             let view =
                 FrameView { camera: "gate", time: at(*t), image, found: &found, scene: &scene, foreground: None };
-            all.extend(rule.judge(&view, &mut ids, cover.as_deref_mut()));
+            all.extend(rule.judge(&view, &mut ids, cover.as_deref_mut(), &[]));
         }
         all
     }
@@ -181,6 +205,76 @@ mod tests {
         assert_eq!(all[0].zone.as_deref(), Some("gate-out"));
         assert_eq!(all[0].details.uncovered, None);
         assert_eq!(all[0].details.classifier, None);
+    }
+
+    #[test]
+    fn the_plates_read_on_a_truck_vote_and_its_event_carries_the_one_they_agree_on() {
+        let (dog, other) = (sample("dog.jpg"), sample("person.jpg"));
+        let (dog_results, other_results) = (vec![detector_result(&dog)], vec![detector_result(&other)]);
+        let scene = exit_scene();
+        let truck = detections_of(&dog_results, &scene, dog.width(), dog.height(), None)
+            .into_iter()
+            .find(|f| f.detection.label == "truck")
+            .expect("dog.jpg has a truck")
+            .detection
+            .bbox;
+        let read = |text: &str, vehicle: BoundingBox| VehiclePlate {
+            vehicle,
+            plate: vehicle,
+            text: text.into(),
+            score: 0.9,
+            valid: true,
+            colour: crate::infer::plates::PlateColour::Yellow,
+            rows: 1,
+        };
+        let elsewhere = BoundingBox { x1: 0.0, y1: 0.0, x2: 50.0, y2: 50.0 };
+        let mut rule = TruckExitRule::new(&TruckExitRuleConfig::default(), &TrackingConfig::default());
+        let mut ids = TrackIds::default();
+        let mut all = Vec::new();
+        for i in 0..40 {
+            let (image, results) = if i < 20 { (&dog, &dog_results) } else { (&other, &other_results) };
+            // The first read is wrong; a car's plate elsewhere in the frame is not the truck's.
+            let plates = match i {
+                0 => vec![read("京A12346", truck)],
+                1..=19 => vec![read("京A12345", truck), read("沪B99999", elsewhere)],
+                _ => Vec::new(),
+            };
+            let found = detections_of(results, &scene, image.width(), image.height(), None);
+            let view = FrameView {
+                camera: "gate",
+                time: at(i as f64 * 0.5),
+                image,
+                found: &found,
+                scene: &scene,
+                foreground: None,
+            };
+            all.extend(rule.judge(&view, &mut ids, None, &plates));
+        }
+        let end = all.iter().find(|t| t.state == LifecycleState::End).expect("the truck left");
+        let plate = end.details.plate.as_ref().expect("the end carries the plate");
+        assert_eq!(
+            (plate.text.as_str(), plate.colour.as_str(), plate.reads, plate.of_reads),
+            ("京A12345", "yellow", 19, 20)
+        );
+        assert!(all.iter().all(|t| t.details.plate.as_ref().is_none_or(|p| p.text == "京A12345")), "{all:?}");
+        // Fewer agreeing reads than asked for: no plate.
+        let strict = VoteSettings { min_reads: 30, min_agreement: 0.6 };
+        let mut rule =
+            TruckExitRule::new(&TruckExitRuleConfig::default(), &TrackingConfig::default()).with_plate_votes(strict);
+        let mut ids = TrackIds::default();
+        let found = detections_of(&dog_results, &scene, dog.width(), dog.height(), None);
+        for i in 0..20 {
+            let view = FrameView {
+                camera: "gate",
+                time: at(i as f64 * 0.5),
+                image: &dog,
+                found: &found,
+                scene: &scene,
+                foreground: None,
+            };
+            let transitions = rule.judge(&view, &mut ids, None, &[read("京A12345", truck)]);
+            assert!(transitions.iter().all(|t| t.details.plate.is_none()));
+        }
     }
 
     /// The real classifier on the real truck crop; its top label is mapped to covered or uncovered
@@ -243,7 +337,7 @@ mod tests {
                     scene: &scene,
                     foreground: None,
                 };
-                all.extend(rule.judge(&view, &mut ids, None));
+                all.extend(rule.judge(&view, &mut ids, None, &[]));
             }
             assert_eq!(all.len(), usize::from(expect_event), "{direction:?}: {all:?}");
         }

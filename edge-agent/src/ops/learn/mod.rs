@@ -700,7 +700,7 @@ mod tests {
                     scene: &scene,
                     foreground: None,
                 };
-                all.extend(rule.judge(&view, &mut ids, Some(&mut cover)));
+                all.extend(rule.judge(&view, &mut ids, Some(&mut cover), &[]));
             }
             assert_eq!(all.len(), 1, "one truck leaving: {all:?}");
             assert_eq!(all[0].details.uncovered, Some(uncovered), "{:?}", all[0].details);
