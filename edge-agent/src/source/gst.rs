@@ -358,15 +358,19 @@ impl GstSource {
 
 impl Drop for GstSource {
     fn drop(&mut self) {
-        // Stopping waits for GStreamer's threads (an RTSP teardown may wait for the camera): never
-        // on the async workers that also serve the page.
-        let pipeline = self.pipeline.clone();
-        let stopping = std::thread::Builder::new()
-            .name("gst-stop".into())
-            .spawn(move || pipeline.set_state(gst::State::Null).map(|_| ()));
-        if stopping.is_err() {
-            let _ = self.pipeline.set_state(gst::State::Null);
-        }
+        stop_off_the_workers(&self.pipeline);
+    }
+}
+
+/// Stops a pipeline on a thread of its own: stopping waits for GStreamer's threads (an RTSP
+/// teardown may wait for the camera), never on the async workers that also serve the page.
+pub(super) fn stop_off_the_workers(pipeline: &gst::Pipeline) {
+    let stopping_pipeline = pipeline.clone();
+    let stopping = std::thread::Builder::new()
+        .name("gst-stop".into())
+        .spawn(move || stopping_pipeline.set_state(gst::State::Null).map(|_| ()));
+    if stopping.is_err() {
+        let _ = pipeline.set_state(gst::State::Null);
     }
 }
 

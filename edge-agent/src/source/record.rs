@@ -143,9 +143,7 @@ mod pipeline {
             // and delivered: its end stays on the bus for `run` to report.
             let error = pipeline.bus().and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]));
             if let Some(gst::MessageView::Error(error)) = error.as_ref().map(|m| m.view()) {
-                let from = error.src().map(|s| s.name().to_string()).unwrap_or_default();
-                let message = format!("record stream {shown}: {} (from {from})", error.error());
-                return Err(open_error(redact_userinfo(&message)));
+                return Err(open_error(redact_userinfo(&format!("record stream {shown}: {}", error_text(error)))));
             }
             Ok(Self { camera: camera.to_string(), shown, pipeline, stall_timeout, parsed })
         }
@@ -190,10 +188,7 @@ mod pipeline {
                     gst::MessageView::Latency(_) => {
                         let _ = self.pipeline.recalculate_latency();
                     }
-                    gst::MessageView::Error(error) => {
-                        let from = error.src().map(|s| s.name().to_string()).unwrap_or_default();
-                        return Some(lost(format!("{} (from {from})", error.error())));
-                    }
+                    gst::MessageView::Error(error) => return Some(lost(error_text(error))),
                     gst::MessageView::Eos(_) => return Some(lost("the server ended the stream".into())),
                     _ => {}
                 }
@@ -217,16 +212,15 @@ mod pipeline {
         }
     }
 
+    /// A GStreamer error as the agent says it: what went wrong, and which element said so.
+    fn error_text(error: &gst::message::Error) -> String {
+        let from = error.src().map(|s| s.name().to_string()).unwrap_or_default();
+        format!("{} (from {from})", error.error())
+    }
+
     impl Drop for RecordStream {
         fn drop(&mut self) {
-            // As the detect stream's: stopping waits for GStreamer's threads, never on the workers.
-            let pipeline = self.pipeline.clone();
-            let stopping = std::thread::Builder::new()
-                .name("gst-stop".into())
-                .spawn(move || pipeline.set_state(gst::State::Null).map(|_| ()));
-            if stopping.is_err() {
-                let _ = self.pipeline.set_state(gst::State::Null);
-            }
+            crate::source::gst::stop_off_the_workers(&self.pipeline);
         }
     }
 }
