@@ -4,20 +4,10 @@
 //! folder named; the evaluation's tables on a sample of the set (every 25th picture: a debug build
 //! reads a picture in about a second).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use edge_agent_tests::*;
-
-fn lpr_dir() -> Option<PathBuf> {
-    let dir =
-        std::env::var_os("EDGE_AGENT_LPR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared/lpr"));
-    if dir.join("labels.csv").is_file() {
-        return Some(dir);
-    }
-    missing_real_part("the licence-plate set (../shared/lpr)", "set EDGE_AGENT_LPR to its folder");
-    None
-}
 
 fn plates(args: &[&str], extra: &[&Path]) -> Output {
     Command::new(agent_binary())

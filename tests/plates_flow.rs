@@ -3,7 +3,8 @@
 //! moving across the frame), then a bus. nanodet finds the vehicles (the truck, in its first frame,
 //! as a car, a truck and a bus on one box), the plate models read the truck's plate on its crop,
 //! the reads vote over its track, and the one `truck_exit` event, through a real mosquitto, carries
-//! the plate. The bus, a label the site did not ask for, never has its plate read. A corrupt plate
+//! the plate; its plate is not among the site's registered trucks, so an `unregistered_truck` event
+//! follows it. The bus, a label the site did not ask for, never has its plate read. A corrupt plate
 //! model is named in the log, and the agent still reports the truck, without a plate.
 
 use std::path::{Path, PathBuf};
@@ -15,16 +16,6 @@ use serde_json::Value;
 /// The truck (a yellow single-row plate at a toll gate) and the bus of the set.
 const TRUCK: (&str, &str) = ("scene_hlprbad2_085.png", "浙EA3262");
 const BUS: (&str, &str) = ("scene_hlprbad2_005.png", "沪BE3658");
-
-fn lpr_dir() -> Option<PathBuf> {
-    let dir =
-        std::env::var_os("EDGE_AGENT_LPR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared/lpr"));
-    if dir.join("labels.csv").is_file() {
-        return Some(dir);
-    }
-    missing_real_part("the licence-plate set (../shared/lpr)", "set EDGE_AGENT_LPR to its folder");
-    None
-}
 
 /// A camera's frames: each vehicle picture moving left to right across an empty grey road in
 /// `steps` frames, then `gap` frames of the empty road.
@@ -50,7 +41,7 @@ fn drive_through(folder: &Path, vehicles: &[PathBuf], steps: u32, gap: u32) {
     }
 }
 
-fn site_config(dir: &Path, broker: &Mosquitto, models: &Path) -> PathBuf {
+fn site_config(dir: &Path, broker: &Mosquitto, models: &Path, plates: &str) -> PathBuf {
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
@@ -82,6 +73,7 @@ polygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
 [plates]
 enabled = true
 models = "{models}"
+{plates}
 "#,
             url = broker.url(),
             nanodet = repo_root().join("models").display(),
@@ -120,7 +112,8 @@ fn a_truck_driving_out_is_one_event_carrying_its_plate_and_a_bus_is_never_read()
     let dir = tempfile::tempdir().unwrap();
     let images = lpr.join("images");
     drive_through(&dir.path().join("frames"), &[images.join(TRUCK.0), images.join(BUS.0)], 12, 8);
-    let config = site_config(dir.path(), &broker, &lpr.join("models"));
+    // The site's one registered truck is the bus (its plate must not matter: it is never read).
+    let config = site_config(dir.path(), &broker, &lpr.join("models"), &format!("registered = [\"{}\"]", BUS.1));
     let subscriber = Subscriber::connect(broker.port, "edge/plate-site/events");
     let log = dir.path().join("agent.log");
     let agent = Agent::start(&config, &log);
@@ -145,6 +138,15 @@ fn a_truck_driving_out_is_one_event_carrying_its_plate_and_a_bus_is_never_read()
     assert!(plate["reads"].as_u64().unwrap() >= 3 && plate["reads"].as_u64() <= plate["of_reads"].as_u64(), "{end:#}");
     // Before the reads agreed a message has no plate; none ever carries another.
     assert!(exits.iter().all(|e| e["plate"].is_null() || e["plate"]["text"] == TRUCK.1), "{exits:#?}");
+    // Not a registered truck: an event of its own, from its plate to the truck's end.
+    let unregistered = of_kind(&later, "unregistered_truck");
+    let states: Vec<&str> = unregistered.iter().filter_map(|e| e["state"].as_str()).collect();
+    assert_eq!(states, ["start", "end"], "{unregistered:#?}");
+    assert!(
+        unregistered.iter().all(|e| e["plate"]["text"] == TRUCK.1 && e["label"] == end["label"]),
+        "{unregistered:#?}"
+    );
+    assert_ne!(unregistered[0]["event_id"], end["event_id"]);
     // The object rule saw one vehicle too, not a car, a truck and a bus (the bus comes later).
     let truck_events: std::collections::BTreeSet<&str> = of_kind(&later, "object")
         .iter()
@@ -154,14 +156,10 @@ fn a_truck_driving_out_is_one_event_carrying_its_plate_and_a_bus_is_never_read()
     assert_eq!(truck_events.len(), 1, "{later:#?}");
     // The bus was seen (an object event), its plate never read.
     assert!(later.iter().any(|e| e["label"] == "bus"), "the bus was seen: {later:#?}");
-    assert!(later.iter().all(|e| e.get("plate").is_none() || e["kind"] == "truck_exit"), "{later:#?}");
+    assert!(later.iter().all(|e| e.get("plate").is_none() || e["plate"]["text"] == TRUCK.1), "{later:#?}");
     assert!(!text.contains(BUS.1) && !serde_json::to_string(&later).unwrap().contains(BUS.1));
     // Each message, the plate's included, is what docs/schemas/event.schema.json says.
-    let python = std::env::var_os("EDGE_AGENT_SCHEMA_PYTHON").map(PathBuf::from).filter(|p| p.is_file());
-    let Some(python) = python else {
-        missing_real_part("Python with jsonschema (EDGE_AGENT_SCHEMA_PYTHON)", "run scripts/test.sh");
-        return;
-    };
+    let Some(python) = schema_python() else { return };
     let messages = dir.path().join("messages.jsonl");
     let lines: Vec<String> = later
         .iter()
@@ -194,7 +192,7 @@ fn a_corrupt_plate_model_is_named_and_the_truck_is_still_reported_without_a_plat
     }
     std::fs::write(models.join("ch_PP-OCRv4_rec_infer.onnx"), b"not an ONNX model").unwrap();
     drive_through(&dir.path().join("frames"), &[lpr.join("images").join(TRUCK.0)], 8, 8);
-    let config = site_config(dir.path(), &broker, &models);
+    let config = site_config(dir.path(), &broker, &models, "registered = [\"京A12345\"]");
     let subscriber = Subscriber::connect(broker.port, "edge/plate-site/events");
     let log = dir.path().join("agent.log");
     let agent = Agent::start(&config, &log);
@@ -208,4 +206,5 @@ fn a_corrupt_plate_model_is_named_and_the_truck_is_still_reported_without_a_plat
     let exits = of_kind(&events, "truck_exit");
     assert!(exits.iter().any(|e| e["state"] == "end"), "{events:#?}\n{text}");
     assert!(exits.iter().all(|e| e.get("plate").is_none()), "{exits:#?}");
+    assert!(of_kind(&events, "unregistered_truck").is_empty(), "no plate, no judgement of it: {events:#?}");
 }

@@ -5,25 +5,12 @@
 //! scripts/test.sh creates).
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use edge_agent_tests::*;
 use serde_json::{json, Value};
 
 const DEVICE: &str = "schema-box";
-
-/// The Python that has jsonschema, from $EDGE_AGENT_SCHEMA_PYTHON (set by scripts/test.sh).
-fn schema_python() -> Option<PathBuf> {
-    let python = std::env::var_os("EDGE_AGENT_SCHEMA_PYTHON").map(PathBuf::from).filter(|p| p.is_file());
-    if python.is_none() {
-        missing_real_part(
-            "Python with jsonschema (EDGE_AGENT_SCHEMA_PYTHON)",
-            "run scripts/test.sh, which creates the venv and sets EDGE_AGENT_SCHEMA_PYTHON",
-        );
-    }
-    python
-}
 
 fn line(topic: &str, payload: &[u8]) -> String {
     let json: Option<Value> = serde_json::from_slice(payload).ok();

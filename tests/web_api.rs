@@ -357,3 +357,34 @@ fn https_serves_a_self_signed_certificate_made_once_and_kept() {
     let answer = https_get(port, &certificate, "/healthz");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[test]
+fn an_admin_sets_the_registered_trucks_and_a_text_that_is_not_a_plate_is_refused_by_its_index() {
+    let web = WebAgent::start("");
+    let admin = HttpSession::login(&web.base, ADMIN.0, ADMIN.1).unwrap_or_else(|r| panic!("login: {}", r.body));
+    let viewer = HttpSession::login(&web.base, VIEWER.0, VIEWER.1).unwrap_or_else(|r| panic!("login: {}", r.body));
+    let set = |session: &HttpSession, values: serde_json::Value| {
+        session.send_json("post", "/api/v1/settings", &serde_json::json!({ "values": values }), Some(&session.csrf))
+    };
+    let hostile = "<script>alert(1)</script>";
+    let refused = set(&admin, serde_json::json!({ "plates.registered": ["浙EA3262", hostile] }));
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("plates.registered") && !refused.body.contains("script"), "{}", refused.body);
+    // Which plates are read stays the config file's.
+    let reading = set(&admin, serde_json::json!({ "plates.labels": ["car"] }));
+    assert_eq!(reading.status, 403, "{}", reading.body);
+    assert!(reading.body.contains("local_only") && reading.body.contains("plates.labels"), "{}", reading.body);
+    assert_eq!(set(&viewer, serde_json::json!({ "plates.registered": ["浙EA3262"] })).status, 403);
+    let text = std::fs::read_to_string(web.dir.path().join("agent.toml")).unwrap();
+    assert!(!text.contains("plates"), "nothing was written: {text}");
+
+    let saved = set(&admin, serde_json::json!({ "plates.registered": ["浙EA3262", "京A·12345"] }));
+    assert_eq!(saved.status, 200, "{}", saved.body);
+    let text = std::fs::read_to_string(web.dir.path().join("agent.toml")).unwrap();
+    assert!(text.contains("浙EA3262") && text.contains("京A·12345"), "{text}");
+    // The installer page lists them; a viewer sees them without a way to change them.
+    let page = admin.get("/installer?camera=yard").body;
+    assert!(page.contains("id=\"registered-plates\"") && page.contains("浙EA3262\n京A·12345"), "{page}");
+    let seen = viewer.get("/installer?camera=yard").body;
+    assert!(seen.contains("浙EA3262") && seen.contains("id=\"save-registered\" type=\"submit\" disabled"), "{seen}");
+}

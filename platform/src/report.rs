@@ -109,9 +109,11 @@ pub fn build(store: &mut dyn Store, day: NaiveDate) -> Result<Report> {
             cameras.entry((device, camera.clone())).or_insert_with(|| CameraReport { camera, ..Default::default() });
         entry.events.insert(text(&row[2]), KindCount { incidents: count(&row[3]), messages: count(&row[4]) });
     }
-    // Plates (issue 28): read from the messages as stored, so events that carry one count.
+    // Plates (issue 28): read from the messages as stored, so events that carry one count; a truck
+    // is its truck_exit event (an unregistered_truck event follows the same truck).
     let rows = store.query(
-        "SELECT device, camera, event_id, message FROM events WHERE time >= ? AND time < ? AND message LIKE ?",
+        "SELECT device, camera, event_id, message FROM events WHERE time >= ? AND time < ? AND kind = 'truck_exit' \
+         AND message LIKE ?",
         &[window[0].clone(), window[1].clone(), Val::from("%\"plate\"%")],
     )?;
     let mut plates: BTreeMap<(String, String), BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
@@ -256,4 +258,56 @@ pub fn render(report: &Report) -> String {
         .collect();
     text.push_str(&render_table(&["box", "gaps", "offline", "kept apart", "alarms"], &rows));
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Write;
+
+    fn event(device: &str, id: &str, revision: i64, kind: &str, plate: Option<&str>) -> Write {
+        let mut message = serde_json::json!({ "event_id": id, "revision": revision, "kind": kind });
+        if let Some(text) = plate {
+            message["plate"] = serde_json::json!({ "text": text });
+        }
+        Write::Event {
+            device: device.into(),
+            event_id: id.into(),
+            revision,
+            state: if revision == 0 { "start" } else { "end" }.into(),
+            kind: kind.into(),
+            camera: "gate".into(),
+            time: "2026-12-07T08:00:00.000000Z".into(),
+            epoch: 0,
+            chain_seq: None,
+            message: message.to_string(),
+        }
+    }
+
+    #[test]
+    fn trucks_are_counted_per_plate_once_each_whatever_follows_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store::open(&format!("sqlite://{}", dir.path().join("store.db").display())).unwrap();
+        store
+            .write(
+                &[
+                    // One truck: its exit without a plate at first, with it at its end, and the
+                    // unregistered_truck event that follows it.
+                    event("b", "e1", 0, "truck_exit", None),
+                    event("b", "e1", 1, "truck_exit", Some("浙EA3262")),
+                    event("b", "u1", 0, "unregistered_truck", Some("浙EA3262")),
+                    // The same truck again later, and another.
+                    event("b", "e2", 0, "truck_exit", Some("浙EA3262")),
+                    event("b", "e3", 1, "truck_exit", Some("沪B14292")),
+                ],
+                "2026-12-07T08:00:01.000000Z",
+            )
+            .unwrap();
+        let report = build(store.as_mut(), NaiveDate::from_ymd_opt(2026, 12, 7).unwrap()).unwrap();
+        let gate = &report.boxes.iter().find(|b| b.device == "b").unwrap().cameras[0];
+        assert_eq!(
+            gate.plates.iter().map(|(p, n)| (p.as_str(), *n)).collect::<Vec<_>>(),
+            [("沪B14292", 1), ("浙EA3262", 2)]
+        );
+    }
 }

@@ -926,3 +926,27 @@ pub const PICKUP_LABELS: [&str; 2] = ["truck", "car"];
 pub fn is_the_pickup(event: &serde_json::Value) -> bool {
     PICKUP_LABELS.iter().any(|label| event["label"] == *label)
 }
+
+/// The licence-plate set beside the checkout (`../shared/lpr`, or $EDGE_AGENT_LPR): its pictures,
+/// labels and plate models. Required in CI.
+pub fn lpr_dir() -> Option<PathBuf> {
+    let dir =
+        std::env::var_os("EDGE_AGENT_LPR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared/lpr"));
+    if dir.join("labels.csv").is_file() {
+        return Some(dir);
+    }
+    missing_real_part("the licence-plate set (../shared/lpr)", "set EDGE_AGENT_LPR to its folder");
+    None
+}
+
+/// The Python that has jsonschema, from $EDGE_AGENT_SCHEMA_PYTHON (set by scripts/test.sh).
+pub fn schema_python() -> Option<PathBuf> {
+    let python = std::env::var_os("EDGE_AGENT_SCHEMA_PYTHON").map(PathBuf::from).filter(|p| p.is_file());
+    if python.is_none() {
+        missing_real_part(
+            "Python with jsonschema (EDGE_AGENT_SCHEMA_PYTHON)",
+            "run scripts/test.sh, which creates the venv and sets EDGE_AGENT_SCHEMA_PYTHON",
+        );
+    }
+    python
+}

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::config_store::ChangeError;
 use crate::config::Config;
+use crate::infer::plates::config::{is_plate_text, MAX_REGISTERED};
 use crate::judge::config::{ZoneConfig, ZoneRole};
 use crate::judge::zones::Polygon;
 
@@ -59,6 +60,8 @@ pub enum Shape {
     Homography,
     /// `{ "program": <a file of the actions folder>, "min_interval_secs": <seconds> }`, or null.
     Action,
+    /// A list of at most [`MAX_REGISTERED`] licence-plate texts, each written as a plate.
+    Plates,
     /// Set in the config file only: file paths, privacy, anything that runs or unblurs.
     ConfigFileOnly,
 }
@@ -77,6 +80,7 @@ impl Shape {
             Shape::Zones => "a list of zones {id, role, category, polygon}; privacy zones may only grow",
             Shape::Homography => "a 3×3 list of finite numbers, or null",
             Shape::Action => "{\"program\": a file in the actions folder, \"min_interval_secs\": seconds}, or null",
+            Shape::Plates => return format!("a list of at most {MAX_REGISTERED} plate texts (京A12345), or null"),
             Shape::ConfigFileOnly => "set in the config file only",
         }
         .to_string()
@@ -182,6 +186,8 @@ pub const TABLE: &[Row] = &[
         "events only: people are blurred by `privacy.person_min_score`",
     ),
     row("privacy.*", false, false, Shape::ConfigFileOnly, "decides what the pictures show of people"),
+    row("plates.registered", true, true, Shape::Plates, "the site's registered trucks"),
+    row("plates.*", false, false, Shape::ConfigFileOnly, "decides whose plates are read"),
 ];
 
 /// Checks one requested change against the table and the running config: the key is in the table,
@@ -233,6 +239,7 @@ pub fn check(
             },
         },
         Shape::Names => names(value).map_err(refuse),
+        Shape::Plates => plates(value).map_err(refuse),
         Shape::Direction => match value {
             Value::Null => Ok(()),
             Value::String(s) if ["up", "down", "left", "right"].contains(&s.as_str()) => Ok(()),
@@ -354,15 +361,29 @@ fn is_name(text: &str) -> bool {
 }
 
 fn names(value: &Value) -> Result<(), Misfit> {
+    list_of(value, MAX_NAMES, is_name, "holds something that is not a name", "is not a list of names")
+}
+
+fn plates(value: &Value) -> Result<(), Misfit> {
+    let not_a_plate = "holds something that is not written as a plate";
+    list_of(value, MAX_REGISTERED, is_plate_text, not_a_plate, "is not a list of plate texts")
+}
+
+/// Null, or a list of at most `max` texts that each pass `accept`.
+fn list_of(
+    value: &Value,
+    max: usize,
+    accept: fn(&str) -> bool,
+    not_one: &'static str,
+    not_a_list: &'static str,
+) -> Result<(), Misfit> {
     match value {
         Value::Null => Ok(()),
-        Value::Array(items) if items.len() <= MAX_NAMES => items
-            .iter()
-            .all(|item| item.as_str().is_some_and(is_name))
-            .then_some(())
-            .ok_or(Misfit::OutOfBounds("holds something that is not a name")),
+        Value::Array(items) if items.len() <= max => {
+            items.iter().all(|item| item.as_str().is_some_and(accept)).then_some(()).ok_or(Misfit::OutOfBounds(not_one))
+        }
         Value::Array(_) => Err(Misfit::OutOfBounds("is too long a list")),
-        _ => Err(Misfit::WrongType("is not a list of names")),
+        _ => Err(Misfit::WrongType(not_a_list)),
     }
 }
 
@@ -793,6 +814,11 @@ polygon = [[0.5, 0.5], [0.9, 0.5], [0.9, 0.9], [0.5, 0.9]]
             Shape::Names => prop::collection::vec(prop::sample::select(vec!["person", "truck", "window", "cup"]), 0..3)
                 .prop_map(|v| json!(v))
                 .boxed(),
+            Shape::Plates => {
+                prop::collection::vec(prop::sample::select(vec!["浙EA3262", "京A12345", "A1", "/etc"]), 0..3)
+                    .prop_map(|v| json!(v))
+                    .boxed()
+            }
             Shape::Direction => prop::sample::select(vec!["up", "down", "sideways"]).prop_map(Value::from).boxed(),
             Shape::ModelName => prop::sample::select(vec!["nanodet", "other"]).prop_map(Value::from).boxed(),
             Shape::Zones => prop::collection::vec(zone(), 0..4).prop_map(Value::Array).boxed(),

@@ -1,7 +1,8 @@
 //! Daily statistics per station: events counted by kind and category when they start, and the time
 //! to clear (整改 time: from first sighting to the end) of those that ended, mean and max by kind.
 //! Published as the MQTT `stats` message at most every `stats.publish_interval_secs` when something
-//! changed, and once more, final, when the day is over. Pure; days begin at a fixed UTC offset.
+//! changed, and once more, final, when the day is over. Trucks that left are also counted per plate
+//! (a `truck_exit` that ended with one). Pure; days begin at a fixed UTC offset.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,9 @@ pub struct DailyStats {
     pub updated_at: DateTime<Utc>,
     pub counts: BTreeMap<EventKind, KindCounts>,
     pub time_to_clear: BTreeMap<EventKind, TimeToClear>,
+    /// Plate → trucks that left with it today (`truck_exit` events that ended with a plate).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plates: BTreeMap<String, u64>,
 }
 
 impl DailyStats {
@@ -59,6 +63,7 @@ impl DailyStats {
             updated_at: Utc::now(),
             counts: BTreeMap::new(),
             time_to_clear: BTreeMap::new(),
+            plates: BTreeMap::new(),
         }
     }
 
@@ -98,6 +103,7 @@ impl StatsBook {
     pub fn resume(&mut self, saved: DailyStats) {
         if saved.day == self.today.day && saved.station_id == self.today.station_id {
             self.today.counts = saved.counts;
+            self.today.plates = saved.plates;
             self.today.time_to_clear = saved.time_to_clear;
         }
     }
@@ -125,6 +131,9 @@ impl StatsBook {
                 clear.total_secs += secs;
                 clear.max_secs = clear.max_secs.max(secs);
                 clear.mean_secs = clear.total_secs / clear.cleared as f64;
+                if let (EventKind::TruckExit, Some(plate)) = (event.kind, &event.plate) {
+                    *self.today.plates.entry(plate.text.clone()).or_default() += 1;
+                }
                 self.changed = true;
             }
             LifecycleState::Update => {}
@@ -273,6 +282,36 @@ mod tests {
         stats.record(&litter);
         assert!(stats.due(at(400.0)).is_none(), "within the interval");
         assert_eq!(stats.due(at(700.0)).unwrap().counts[&EventKind::Litter].events, 2);
+    }
+
+    #[test]
+    fn trucks_that_left_are_counted_per_plate_once_each_at_their_end() {
+        let mut stats = book(at(0.0));
+        let plate = |text: &str| crate::wire::EventPlate {
+            text: text.into(),
+            colour: "yellow".into(),
+            rows: 1,
+            score: 0.9,
+            reads: 3,
+            of_reads: 4,
+        };
+        for (kind, state, text) in [
+            (EventKind::TruckExit, LifecycleState::Start, Some("浙EA3262")),
+            (EventKind::TruckExit, LifecycleState::End, Some("浙EA3262")),
+            (EventKind::TruckExit, LifecycleState::End, Some("浙EA3262")),
+            (EventKind::TruckExit, LifecycleState::End, Some("沪B14292")),
+            (EventKind::TruckExit, LifecycleState::End, None),
+            (EventKind::UnregisteredTruck, LifecycleState::End, Some("沪B14292")),
+        ] {
+            let mut event = test_event(kind, state, at(60.0));
+            event.plate = text.map(plate);
+            stats.record(&event);
+        }
+        let published = stats.due(at(300.0)).expect("changed");
+        assert_eq!(
+            published.plates.into_iter().collect::<Vec<_>>(),
+            vec![("沪B14292".into(), 1), ("浙EA3262".into(), 2)]
+        );
     }
 
     #[test]

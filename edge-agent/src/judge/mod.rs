@@ -41,6 +41,7 @@ use rules::object::ObjectRule;
 use rules::overflow::{OverflowRule, StateClassifier};
 use rules::road_debris::RoadDebrisRule;
 use rules::truck_exit::{CoverClassifier, TruckExitRule};
+use rules::unregistered_truck::UnregisteredTruckRule;
 use rules::wrong_bin::{Categoriser, WrongBinRule};
 use rules::{detections_of, Finding, FrameView, SecondStage};
 use tamper::reference::Reference;
@@ -125,6 +126,7 @@ struct CameraJudge {
     overflow: OverflowRule,
     road_debris: RoadDebrisRule,
     truck_exit: TruckExitRule,
+    unregistered_truck: UnregisteredTruckRule,
     /// None when tamper detection is off for the camera.
     tamper: Option<TamperWatch>,
 }
@@ -146,6 +148,7 @@ impl CameraJudge {
             overflow,
             road_debris,
             truck_exit: TruckExitRule::new(&rules.truck_exit, tracking).with_plate_votes((&settings.plates).into()),
+            unregistered_truck: UnregisteredTruckRule::new(&settings.plates.registered),
             tamper: tamper_watch(camera, settings, tamper_reference),
         }
     }
@@ -387,12 +390,10 @@ impl Judge {
         transitions.extend(
             cam.road_debris.judge(&view, &debris_found, &mut cam.ids).into_iter().map(tag(EventKind::RoadDebris)),
         );
-        transitions.extend(
-            cam.truck_exit
-                .judge(&view, &mut cam.ids, self.cover_classifier.as_mut(), plates)
-                .into_iter()
-                .map(tag(EventKind::TruckExit)),
-        );
+        let exits = cam.truck_exit.judge(&view, &mut cam.ids, self.cover_classifier.as_mut(), plates);
+        let unregistered = cam.unregistered_truck.follow(&exits);
+        transitions.extend(exits.into_iter().map(tag(EventKind::TruckExit)));
+        transitions.extend(unregistered.into_iter().map(tag(EventKind::UnregisteredTruck)));
         transitions
     }
 
@@ -480,10 +481,14 @@ impl Judge {
             EventKind::Overflow => &rules.overflow.action,
             EventKind::RoadDebris => &rules.road_debris.action,
             EventKind::TruckExit => &rules.truck_exit.action,
+            // No action of its own yet: the event goes to the platform.
+            EventKind::UnregisteredTruck => &NO_ACTION,
             EventKind::Tamper => &self.settings.tamper.action,
         }
     }
 }
+
+static NO_ACTION: Option<ActionConfig> = None;
 
 /// Every detection of every detector, also those in `ignore` zones.
 fn all_detections(results: &[ModelResult]) -> impl Iterator<Item = &crate::infer::Detection> {
@@ -638,6 +643,47 @@ mod tests {
 
     fn names() -> Vec<String> {
         vec!["nanodet".into(), "efficientnet_lite0".into()]
+    }
+
+    #[test]
+    fn plates_are_read_only_where_a_camera_has_the_zones_plates_asks_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let zones = r#"
+[[scenes.station.zones]]
+id = "exit"
+role = "site_exit"
+polygon = [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]
+[[scenes.station.zones]]
+id = "weighbridge"
+role = "road"
+polygon = [[0.0, 0.0], [0.2, 0.0], [0.2, 0.2], [0.0, 0.2]]
+[[scenes.yard.zones]]
+id = "road"
+role = "road"
+polygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+"#;
+        let vehicle = |x1: f32, x2: f32| BoundingBox { x1, y1: 100.0, x2, y2: 200.0 };
+        let areas = plate_areas(&config(dir.path(), zones).judge_settings());
+        assert_eq!(areas.keys().collect::<Vec<_>>(), ["station"], "the site-exit zones by default");
+        let exit = &areas["station"];
+        assert!(exit(&vehicle(700.0, 900.0), 1000, 500), "inside the exit");
+        assert!(exit(&vehicle(400.0, 600.0), 1000, 500), "reaching into it");
+        assert!(!exit(&vehicle(100.0, 300.0), 1000, 500), "outside");
+        // Named zones instead: the weighbridge only (top left corner).
+        let named = config(
+            dir.path(),
+            &format!(
+                "{zones}
+[plates]
+zones = [\"weighbridge\"]
+"
+            ),
+        );
+        let areas = plate_areas(&named.judge_settings());
+        let weighbridge = &areas["station"];
+        assert!(weighbridge(&BoundingBox { x1: 10.0, y1: 10.0, x2: 90.0, y2: 60.0 }, 1000, 500));
+        assert!(!weighbridge(&vehicle(700.0, 900.0), 1000, 500), "the exit is not named");
+        assert!(!areas.contains_key("yard"));
     }
 
     #[test]

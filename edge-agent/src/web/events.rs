@@ -64,6 +64,11 @@ impl EventView {
         self.text("category")
     }
 
+    /// The plate the event carries (`truck_exit`, `unregistered_truck`).
+    pub fn plate_text(&self) -> Option<&str> {
+        self.json.get("plate").and_then(|p| p.get("text")).and_then(|t| t.as_str())
+    }
+
     pub fn zone(&self) -> Option<&str> {
         self.text("zone")
     }

@@ -489,11 +489,34 @@ pub async fn page(
                 }
             }
         }
+        (registered_trucks_card(&config, editable, lang))
         (actions_card(&config, lang))
         (learning_card(admin, lang))
         script src="/assets/installer.js" defer {}
     };
     page.render(t(T::Installer), content)
+}
+
+/// The site's registered trucks (`plates.registered`): shown to everyone, edited by an admin one
+/// plate a line (`assets/installer.js` sends them as a `plates.registered` change, which the table
+/// of settable keys checks: each must be written as a plate).
+fn registered_trucks_card(config: &Config, editable: bool, lang: Lang) -> Markup {
+    let t = |text: T| text.in_lang(lang);
+    html! {
+        section.card #registered-trucks-card {
+            h2 { (t(T::RegisteredTrucks)) }
+            p.muted { (t(T::RegisteredTrucksNote)) }
+            form #registered-trucks data-editable=(editable) data-msg-saved=(t(T::SavedTo)) data-msg-not-saved=(t(T::NotSaved)) {
+                textarea #registered-plates rows="5" spellcheck="false" disabled[!editable] {
+                    (config.plates.registered.join("\n"))
+                }
+                div.save-row {
+                    button #save-registered type="submit" disabled[!editable] { (t(T::SaveRegistered)) }
+                    span #registered-message.message role="status" {}
+                }
+            }
+        }
+    }
 }
 
 /// The programs an on-site action may name (the actions folder's), and which rule runs which: an

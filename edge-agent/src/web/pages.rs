@@ -840,7 +840,7 @@ pub async fn statistics(
             summary { (t(T::Date)) " · " (t(T::Count)) }
             div.scroll {
                 table #stats-table {
-                    thead { tr { th { (t(T::Date)) } th { (t(T::Count)) } th { (t(T::Kind)) } th { (t(T::TimeToClear)) " (" (t(T::Mean)) " / " (t(T::Max)) ")" } } }
+                    thead { tr { th { (t(T::Date)) } th { (t(T::Count)) } th { (t(T::Kind)) } th { (t(T::TimeToClear)) " (" (t(T::Mean)) " / " (t(T::Max)) ")" } th { (t(T::TrucksByPlate)) } } }
                     tbody {
                         @for day in days.iter().rev() {
                             tr {
@@ -853,6 +853,7 @@ pub async fn statistics(
                                         _ => { "–" }
                                     }
                                 }
+                                td.plates { (day.trucks_by_plate.iter().map(|(p, n)| format!("{p} ×{n}")).collect::<Vec<_>>().join(", ")) }
                             }
                         }
                     }

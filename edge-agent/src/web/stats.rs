@@ -1,5 +1,6 @@
 //! Daily statistics for the page and `GET /api/v1/stats`: events per day by kind and by category,
-//! and time to clear, counted from the events the board holds (days in the box's local time).
+//! time to clear, and the trucks that left per plate, counted from the events the board holds (days
+//! in the box's local time).
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,8 @@ pub struct DayStats {
     pub cleared: u64,
     pub mean_time_to_clear_secs: Option<f64>,
     pub max_time_to_clear_secs: Option<f64>,
+    /// Plate → trucks that left with it (`truck_exit` events that ended with a plate).
+    pub trucks_by_plate: BTreeMap<String, u64>,
 }
 
 /// The last `days` days up to `today`, oldest first, every day present even when empty.
@@ -42,6 +45,11 @@ pub fn daily(events: &[EventView], days: u32, today: NaiveDate) -> Vec<DayStats>
             day.total += 1;
             *day.by_kind.entry(event.kind().to_string()).or_default() += 1;
             *day.by_category.entry(event.category().unwrap_or(NO_CATEGORY).to_string()).or_default() += 1;
+        }
+        if event.kind() == "truck_exit" && event.state() == Some("end") {
+            if let Some(plate) = event.plate_text() {
+                *day.trucks_by_plate.entry(plate.to_string()).or_default() += 1;
+            }
         }
         if let Some(secs) = event.time_to_clear_secs() {
             day.cleared += 1;
@@ -119,13 +127,35 @@ mod tests {
             ),
             view((2024, 5, 1, 8), serde_json::json!({})),
             view((2024, 4, 1, 8), serde_json::json!({})),
+            // Two trucks left with one plate, one with another; a start and an unplated end do not count.
+            view(
+                (2024, 5, 1, 9),
+                serde_json::json!({"kind": "truck_exit", "state": "end", "plate": {"text": "浙EA3262"}}),
+            ),
+            view(
+                (2024, 5, 1, 10),
+                serde_json::json!({"kind": "truck_exit", "state": "end", "plate": {"text": "浙EA3262"}}),
+            ),
+            view(
+                (2024, 5, 1, 11),
+                serde_json::json!({"kind": "truck_exit", "state": "end", "plate": {"text": "沪B14292"}}),
+            ),
+            view(
+                (2024, 5, 1, 12),
+                serde_json::json!({"kind": "truck_exit", "state": "start", "plate": {"text": "沪B14292"}}),
+            ),
+            view((2024, 5, 1, 13), serde_json::json!({"kind": "truck_exit", "state": "end"})),
         ];
         let days = daily(&events, 3, today);
         assert_eq!(
             days.iter().map(|d| d.date.to_string()).collect::<Vec<_>>(),
             ["2024-05-01", "2024-05-02", "2024-05-03"]
         );
-        assert_eq!(days[0].total, 1);
+        assert_eq!(days[0].total, 2, "a plain event and one truck_exit start");
+        assert_eq!(
+            days[0].trucks_by_plate.iter().map(|(p, n)| (p.as_str(), *n)).collect::<Vec<_>>(),
+            [("沪B14292", 1), ("浙EA3262", 2)]
+        );
         assert_eq!(days[1].total, 0);
         let may3 = &days[2];
         assert_eq!(may3.total, 2, "the end messages are the same problems");
@@ -135,6 +165,6 @@ mod tests {
         assert_eq!(may3.cleared, 2);
         assert_eq!(may3.mean_time_to_clear_secs, Some(90.0));
         assert_eq!(may3.max_time_to_clear_secs, Some(120.0));
-        assert_eq!(series_names(&days, |d| &d.by_kind), ["litter", "object"]);
+        assert_eq!(series_names(&days, |d| &d.by_kind), ["litter", "object", "truck_exit"]);
     }
 }

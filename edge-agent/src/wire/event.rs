@@ -125,6 +125,8 @@ pub enum EventKind {
     Overflow,
     RoadDebris,
     TruckExit,
+    /// A leaving truck whose plate is not among the site's registered trucks (`plates.registered`).
+    UnregisteredTruck,
     /// The camera's view is no longer what the installer set up; `label` is the condition.
     Tamper,
 }
@@ -138,6 +140,7 @@ impl EventKind {
             EventKind::Overflow => "overflow",
             EventKind::RoadDebris => "road_debris",
             EventKind::TruckExit => "truck_exit",
+            EventKind::UnregisteredTruck => "unregistered_truck",
             EventKind::Tamper => "tamper",
         }
     }

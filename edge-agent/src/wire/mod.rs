@@ -141,11 +141,11 @@ mod tests {
     #[test]
     fn every_kind_state_and_reason_is_one_the_event_schema_names() {
         use EventKind::*;
-        let kinds = [Object, WrongBin, Litter, Overflow, RoadDebris, TruckExit, Tamper];
+        let kinds = [Object, WrongBin, Litter, Overflow, RoadDebris, TruckExit, UnregisteredTruck, Tamper];
         for kind in kinds {
             // Does not compile when a kind is added without being listed above.
             match kind {
-                Object | WrongBin | Litter | Overflow | RoadDebris | TruckExit | Tamper => {}
+                Object | WrongBin | Litter | Overflow | RoadDebris | TruckExit | UnregisteredTruck | Tamper => {}
             }
         }
         let schema: Value = serde_json::from_str(&schema_text(EVENT_SCHEMA)).unwrap();

@@ -96,6 +96,18 @@ pub struct PlateSettings {
     /// ...when at least this share of the track's valid reads say it.
     #[serde(default = "default_min_agreement")]
     pub min_agreement: f32,
+    /// The site's registered trucks (plate texts, `京A12345`): a leaving truck whose plate is not
+    /// among them is an `unregistered_truck` event. Empty: no such events.
+    #[serde(default)]
+    pub registered: Vec<String>,
+}
+
+/// Most registered plates a site may list.
+pub const MAX_REGISTERED: usize = 4096;
+
+/// Whether `text` is written as a plate (the separator dot and spaces allowed).
+pub fn is_plate_text(text: &str) -> bool {
+    text.chars().count() <= 16 && super::syntax::check(&super::syntax::normalise(text)).is_some()
 }
 
 fn default_models() -> PathBuf {
@@ -141,6 +153,7 @@ impl Default for PlateSettings {
             zones: Vec::new(),
             min_reads: default_min_reads(),
             min_agreement: default_min_agreement(),
+            registered: Vec::new(),
         }
     }
 }
@@ -164,6 +177,18 @@ impl PlateSettings {
         unit("min_agreement", self.min_agreement)?;
         if self.min_reads == 0 {
             return Err(Invalid::new("plates.min_reads", "is 0; expected at least 1 read"));
+        }
+        if self.registered.len() > MAX_REGISTERED {
+            return Err(Invalid::new(
+                "plates.registered",
+                format!("lists {} plates; expected at most {MAX_REGISTERED}", self.registered.len()),
+            ));
+        }
+        if let Some(at) = self.registered.iter().position(|p| !is_plate_text(p)) {
+            return Err(Invalid::new(
+                format!("plates.registered[{at}]"),
+                "is not written as a plate; expected a province character, a letter and 5 or 6 characters (京A12345)",
+            ));
         }
         if self.enabled && self.labels.is_empty() {
             return Err(Invalid::new(
@@ -194,5 +219,13 @@ mod tests {
         assert!(toml::from_str::<PlateSettings>("threshold = 0.3\n").is_err());
         let bad = PlateSettings { min_char_probability: 1.5, ..PlateSettings::default() };
         assert_eq!(bad.validate().unwrap_err().key, "plates.min_char_probability");
+        let registered = PlateSettings {
+            registered: vec!["浙EA3262".into(), "京A·12345".into(), "rm -rf /".into()],
+            ..PlateSettings::default()
+        };
+        let refused = registered.validate().unwrap_err();
+        assert_eq!(refused.key, "plates.registered[2]");
+        assert!(!refused.problem.contains("rm"), "no error quotes input: {}", refused.problem);
+        assert!(PlateSettings { registered: vec!["浙EA3262".into()], ..PlateSettings::default() }.validate().is_ok());
     }
 }

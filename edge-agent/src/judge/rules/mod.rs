@@ -9,6 +9,7 @@ pub mod object;
 pub mod overflow;
 pub mod road_debris;
 pub mod truck_exit;
+pub mod unregistered_truck;
 pub mod wrong_bin;
 
 use std::sync::Arc;

@@ -326,6 +326,24 @@
     });
   }
 
+  // ---- Registered trucks ---------------------------------------------------------------------
+  const registered = document.getElementById('registered-trucks');
+  if (registered) {
+    const message = document.getElementById('registered-message');
+    registered.addEventListener('submit', async function (event) {
+      event.preventDefault();
+      if (registered.dataset.editable !== 'true') return;
+      const plates = document.getElementById('registered-plates').value
+        .split('\n').map(function (line) { return line.trim(); }).filter(function (line) { return line !== ''; });
+      const answer = await send('POST', '/api/v1/settings', { values: { 'plates.registered': plates } });
+      if (answer.ok) {
+        say(message, registered.dataset.msgSaved + ' ' + (answer.data.written || []).join(', '), true);
+      } else {
+        say(message, registered.dataset.msgNotSaved + ' ' + (answer.data.message || answer.status), false);
+      }
+    });
+  }
+
   // ---- Model test --------------------------------------------------------------------------
   const test = document.getElementById('model-test');
   if (test) {
