@@ -136,6 +136,13 @@ fn a_truck_driving_out_is_one_event_carrying_its_plate_and_a_bus_is_never_read()
     assert_eq!(plate["text"], TRUCK.1, "{end:#}");
     assert_eq!((plate["colour"].as_str(), plate["rows"].as_u64()), (Some("yellow"), Some(1)), "{end:#}");
     assert!(plate["reads"].as_u64().unwrap() >= 3 && plate["reads"].as_u64() <= plate["of_reads"].as_u64(), "{end:#}");
+    // A start before the reads agreed has none; an update says the plate as soon as they do.
+    if exits[0]["plate"].is_null() {
+        assert!(
+            exits.iter().any(|e| e["reason"] == "plate_read" && e["plate"]["text"] == TRUCK.1),
+            "an update with the plate: {exits:#?}"
+        );
+    }
     // Before the reads agreed a message has no plate; none ever carries another.
     assert!(exits.iter().all(|e| e["plate"].is_null() || e["plate"]["text"] == TRUCK.1), "{exits:#?}");
     // Not a registered truck: an event of its own, from its plate to the truck's end.

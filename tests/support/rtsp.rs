@@ -71,56 +71,28 @@ impl RtspServer {
 
     fn set_stream(&mut self, stream: Stream<'_>, credentials: Option<(&str, &str)>) {
         let mut args = vec![script().display().to_string(), "--port".into(), self.port.to_string()];
+        // A picture served as video: its file and rate, then what the variant adds.
+        let picture = |args: &mut Vec<String>, path: &Path, fps: u32, more: &[String]| {
+            args.extend(["--image".into(), path.display().to_string(), "--fps".into(), fps.to_string()]);
+            args.extend_from_slice(more);
+        };
+        let size = |(width, height): (u32, u32)| format!("{width}x{height}");
         match stream {
-            Stream::Picture { path, fps } => {
-                args.extend(["--image".into(), path.display().to_string(), "--fps".into(), fps.to_string()])
-            }
-            Stream::PictureH265 { path, fps } => args.extend([
-                "--image".into(),
-                path.display().to_string(),
-                "--fps".into(),
-                fps.to_string(),
-                "--codec".into(),
-                "h265".into(),
-            ]),
-            Stream::PictureAt { path, fps, size } => args.extend([
-                "--image".into(),
-                path.display().to_string(),
-                "--fps".into(),
-                fps.to_string(),
-                "--size".into(),
-                format!("{}x{}", size.0, size.1),
-            ]),
+            Stream::Picture { path, fps } => picture(&mut args, path, fps, &[]),
+            Stream::PictureH265 { path, fps } => picture(&mut args, path, fps, &["--codec".into(), "h265".into()]),
+            Stream::PictureAt { path, fps, size: at } => picture(&mut args, path, fps, &["--size".into(), size(at)]),
             Stream::TwoStreams { path, fps, substream, main_h265 } => {
-                args.extend([
-                    "--image".into(),
-                    path.display().to_string(),
-                    "--fps".into(),
-                    fps.to_string(),
-                    "--substream".into(),
-                    format!("{}x{}", substream.0, substream.1),
-                ]);
+                picture(&mut args, path, fps, &["--substream".into(), size(substream)]);
                 if main_h265 {
                     args.extend(["--codec".into(), "h265".into()]);
                 }
             }
-            Stream::LongGopH265 { path, fps } => args.extend([
-                "--image".into(),
-                path.display().to_string(),
-                "--fps".into(),
-                fps.to_string(),
-                "--codec".into(),
-                "h265".into(),
-                "--long-gop".into(),
-            ]),
-            Stream::NoisyPicture { path, fps, size } => args.extend([
-                "--image".into(),
-                path.display().to_string(),
-                "--fps".into(),
-                fps.to_string(),
-                "--noise".into(),
-                format!("{}x{}", size.0, size.1),
-            ]),
+            Stream::LongGopH265 { path, fps } => {
+                picture(&mut args, path, fps, &["--codec".into(), "h265".into(), "--long-gop".into()])
+            }
+            Stream::NoisyPicture { path, fps, size: at } => {
+                picture(&mut args, path, fps, &["--noise".into(), size(at)])
+            }
             Stream::File(path) => args.extend(["--file".into(), path.display().to_string()]),
         }
         if let Some((user, password)) = credentials {

@@ -38,6 +38,9 @@ pub struct Sighting<T> {
     pub score: f32,
     pub zone: Option<String>,
     pub details: T,
+    /// Something the rule learnt that the event's platform must hear now (a truck's plate read):
+    /// an update at once, whatever the update interval.
+    pub news: Option<UpdateReason>,
 }
 
 /// A message-worthy change of an event.
@@ -152,14 +155,17 @@ impl<T: Clone> Lifecycles<T> {
                     }
                 }
                 Some(active) => {
-                    let reason = if active.zone != subject.zone {
+                    let reason = if sighting.news.is_some() {
+                        sighting.news
+                    } else if active.zone != subject.zone {
                         Some(UpdateReason::ZoneChange)
                     } else if sighting.score >= active.snapshot_score + BETTER_SNAPSHOT_GAIN {
                         Some(UpdateReason::BetterSnapshot)
                     } else {
                         None
                     };
-                    let due = seconds_between(active.last_message, now) >= settings.update_interval_secs;
+                    let due = sighting.news.is_some()
+                        || seconds_between(active.last_message, now) >= settings.update_interval_secs;
                     match (reason, due) {
                         (Some(reason), true) => {
                             active.revision += 1;
@@ -239,7 +245,7 @@ mod tests {
     }
 
     fn seen(key: &str, score: f32, zone: &str) -> Sighting<&'static str> {
-        Sighting { key: key.into(), score, zone: Some(zone.into()), details: "truck" }
+        Sighting { key: key.into(), score, zone: Some(zone.into()), news: None, details: "truck" }
     }
 
     fn states<T>(transitions: &[Transition<T>]) -> Vec<LifecycleState> {

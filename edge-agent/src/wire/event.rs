@@ -160,6 +160,8 @@ pub enum LifecycleState {
 pub enum UpdateReason {
     BetterSnapshot,
     ZoneChange,
+    /// `truck_exit`: the reads over the truck's track now agree on its plate (or on another one).
+    PlateRead,
 }
 
 /// A box rounded to whole pixels for the wire.

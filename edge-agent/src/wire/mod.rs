@@ -158,7 +158,7 @@ mod tests {
             .map(|s| serde_json::to_value(s).unwrap())
             .collect();
         assert_eq!(states, named("state"));
-        let mut reasons: Vec<Value> = [UpdateReason::BetterSnapshot, UpdateReason::ZoneChange]
+        let mut reasons: Vec<Value> = [UpdateReason::BetterSnapshot, UpdateReason::ZoneChange, UpdateReason::PlateRead]
             .iter()
             .map(|r| serde_json::to_value(r).unwrap())
             .collect();

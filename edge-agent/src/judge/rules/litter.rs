@@ -85,7 +85,13 @@ impl LitterRule {
             };
             let score =
                 best_item.map(|i| i.detection.score).into_iter().chain(best_blob.map(|b| b.score)).fold(0.0, f32::max);
-            sightings.push(Sighting { key: zone_key(&area.id), score, zone: Some(area.id.clone()), details });
+            sightings.push(Sighting {
+                key: zone_key(&area.id),
+                score,
+                news: None,
+                zone: Some(area.id.clone()),
+                details,
+            });
         }
         self.lifecycles.observe(view.time, sightings)
     }

@@ -48,6 +48,7 @@ impl ObjectRule {
                 }
             };
             sightings.push(Sighting {
+                news: None,
                 key: track_key(track_id),
                 score: f.detection.score,
                 zone: zone.map(String::from),

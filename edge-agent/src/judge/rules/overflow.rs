@@ -87,6 +87,7 @@ impl OverflowRule {
                 (None, None) => continue,
             };
             sightings.push(Sighting {
+                news: None,
                 key: zone_key(&bin.id),
                 score,
                 zone: Some(bin.id.clone()),

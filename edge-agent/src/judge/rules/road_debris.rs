@@ -95,6 +95,7 @@ impl RoadDebrisRule {
             let (candidate, extra) = (&candidates[i], &extras[i]);
             let (cx, cy) = centre(&candidate.bbox);
             sightings.push(Sighting {
+                news: None,
                 key: track_key(track_id),
                 score: candidate.score,
                 zone: road_at(cx, cy),

@@ -15,6 +15,7 @@ use crate::judge::config::{CoverClassifierConfig, Direction, TrackingConfig, Tru
 use crate::judge::lifecycle::{Sighting, Transition};
 use crate::judge::plate_votes::{PlateVotes, VoteSettings};
 use crate::judge::tracker::{Candidate, Track, TrackIds};
+use crate::wire::UpdateReason;
 
 /// The second-stage classifier that tells a covered load from an uncovered one.
 pub struct CoverClassifier {
@@ -57,6 +58,8 @@ pub struct TruckExitRule {
     covers: HashMap<u64, CoverState>,
     plate_votes: HashMap<u64, PlateVotes>,
     vote_settings: VoteSettings,
+    /// The plate each track's events last said.
+    plates_said: HashMap<u64, String>,
 }
 
 impl TruckExitRule {
@@ -67,6 +70,7 @@ impl TruckExitRule {
             covers: HashMap::new(),
             plate_votes: HashMap::new(),
             vote_settings: VoteSettings::default(),
+            plates_said: HashMap::new(),
         }
     }
 
@@ -126,16 +130,27 @@ impl TruckExitRule {
             }
             let (uncovered, classifier) =
                 self.covers.get(&track_id).map(|c| (c.uncovered, c.classifier.clone())).unwrap_or((None, None));
+            let plate = self.plate_votes.get(&track_id).and_then(|v| v.confirmed(&self.vote_settings));
+            // A plate newly agreed on is news for the platform: an update at once (a start that
+            // comes with it carries it anyway).
+            let news = match &plate {
+                Some(p) if self.plates_said.get(&track_id) != Some(&p.text) => {
+                    self.plates_said.insert(track_id, p.text.clone());
+                    Some(UpdateReason::PlateRead)
+                }
+                _ => None,
+            };
             sightings.push(Sighting {
                 key: track_key(track_id),
                 score: f.detection.score,
                 zone: Some(exit.id.clone()),
+                news,
                 details: Finding {
                     track_id: Some(track_id),
                     model: Some(f.model.clone()),
                     classifier,
                     uncovered,
-                    plate: self.plate_votes.get(&track_id).and_then(|v| v.confirmed(&self.vote_settings)),
+                    plate,
                     ..Finding::new(self.tracked.label_of(track_id).unwrap_or(&f.detection.label), b)
                 },
             });
@@ -143,6 +158,7 @@ impl TruckExitRule {
         let live: std::collections::HashSet<u64> = self.tracked.tracker.tracks().iter().map(|t| t.id).collect();
         self.covers.retain(|id, _| live.contains(id));
         self.plate_votes.retain(|id, _| live.contains(id));
+        self.plates_said.retain(|id, _| live.contains(id));
         self.tracked.observe(view.time, sightings)
     }
 }
@@ -250,6 +266,15 @@ mod tests {
             };
             all.extend(rule.judge(&view, &mut ids, None, &plates));
         }
+        // The start came before three reads agreed; an update says the plate at once.
+        assert_eq!(all[0].state, LifecycleState::Start);
+        assert_eq!(all[0].details.plate, None, "{all:?}");
+        let said = all
+            .iter()
+            .find(|t| t.reason == Some(UpdateReason::PlateRead))
+            .unwrap_or_else(|| panic!("an update with the plate: {all:?}"));
+        assert_eq!((said.state, said.details.plate.as_ref().map(|p| p.reads)), (LifecycleState::Update, Some(3)));
+        assert_eq!(all.iter().filter(|t| t.reason == Some(UpdateReason::PlateRead)).count(), 1, "said once");
         let end = all.iter().find(|t| t.state == LifecycleState::End).expect("the truck left");
         let plate = end.details.plate.as_ref().expect("the end carries the plate");
         assert_eq!(

@@ -101,6 +101,7 @@ impl WrongBinRule {
                 continue;
             }
             sightings.push(Sighting {
+                news: None,
                 key: track_key(track_id),
                 score: f.detection.score,
                 zone: Some(bin.id.clone()),
