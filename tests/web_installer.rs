@@ -160,6 +160,33 @@ async fn an_installer_draws_a_zone_tests_the_models_and_labels_an_event() {
     .await;
     assert!(std::fs::read_to_string(&config_file).unwrap().contains("min_score = 0.33"));
 
+    // Registered trucks, one plate a line: a line that is not a plate is refused by its index,
+    // without being quoted; then the list is saved and the running agent has it.
+    let set_plates = |text: &'static str| {
+        browser.execute("document.getElementById('registered-plates').value = arguments[0];", vec![json!(text)])
+    };
+    set_plates("浙EA3262\nnot a plate").await.unwrap();
+    browser.find(Locator::Css("#save-registered")).await.unwrap().click().await.unwrap();
+    let refused = wait_until(
+        &browser,
+        "document.getElementById('registered-message').classList.contains('error') && document.getElementById('registered-message').textContent",
+        "the plates refused",
+    )
+    .await;
+    assert!(
+        refused.as_str().is_some_and(|s| s.contains("plates.registered") && !s.contains("not a plate")),
+        "{refused}"
+    );
+    assert!(!std::fs::read_to_string(&config_file).unwrap().contains("浙EA3262"), "a refused list is not written");
+    set_plates("  浙EA3262\n\n京A·12345 ").await.unwrap();
+    browser.find(Locator::Css("#save-registered")).await.unwrap().click().await.unwrap();
+    wait_until(&browser, "document.getElementById('registered-message').classList.contains('ok')", "the plates saved")
+        .await;
+    let written = std::fs::read_to_string(&config_file).unwrap();
+    assert!(written.contains("[plates]") && written.contains("京A·12345"), "{written}");
+    let config: Value = serde_json::from_str(&admin.get("/api/v1/config").body).unwrap();
+    assert_eq!(config["config"]["plates"]["registered"], json!(["浙EA3262", "京A·12345"]));
+
     // The models on the current frame: boxes drawn, findings listed, no event made of them.
     browser.find(Locator::Css("#run-test")).await.unwrap().click().await.unwrap();
     wait_until(&browser, "document.querySelectorAll('#test-results tr.finding').length > 0", "the test's findings")
