@@ -538,16 +538,17 @@ pub fn load_models(configs: &[ModelConfig], inference: &InferenceConfig) -> Resu
 fn run_catching_panics(model: &mut Model, image: &image::RgbImage) -> Result<ModelResult, InferError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(image))) {
         Ok(outcome) => outcome,
-        Err(payload) => {
-            let backend = model.info().backend;
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".into());
-            Err(InferError::Panicked { backend, message })
-        }
+        Err(payload) => Err(InferError::Panicked { backend: model.info().backend, message: panic_message(&*payload) }),
     }
+}
+
+/// What a caught panic said, for [`InferError::Panicked`].
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 /// Runs every model on the whole of a frame: the infer stage's unit of work.

@@ -53,10 +53,6 @@ impl PlateStage {
         Self { reader, labels }
     }
 
-    pub fn reader(&self) -> &PlateReader {
-        &self.reader
-    }
-
     /// The plate of each vehicle of the wanted labels inside `area`, best detection first; a
     /// vehicle whose reading fails is left out, with the error.
     pub fn read_vehicles(
@@ -89,11 +85,7 @@ impl PlateStage {
             // A backend that panics on one crop must not take the infer stage down with it.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reader.read(&crop)))
                 .unwrap_or_else(|payload| {
-                    let message = payload
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "no message".into());
+                    let message = crate::infer::panic_message(&*payload);
                     Err(PlateError::Infer(InferError::Panicked { backend: self.reader.backend(), message }))
                 });
             match outcome {
