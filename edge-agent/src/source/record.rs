@@ -71,6 +71,8 @@ mod pipeline {
         pipeline: gst::Pipeline,
         stall_timeout: Duration,
         parsed: Arc<FirstKeyframe>,
+        /// The stream had already ended when it opened (a short file, under load): `run` says so.
+        ended_at_open: bool,
     }
 
     impl RecordStream {
@@ -140,12 +142,15 @@ mod pipeline {
                 .set_state(gst::State::Playing)
                 .map_err(|_| open_error(format!("GStreamer cannot play {shown}")))?;
             // Only an error is a failed open. A stream that already ended (a short file) opened
-            // and delivered: its end stays on the bus for `run` to report.
-            let error = pipeline.bus().and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]));
-            if let Some(gst::MessageView::Error(error)) = error.as_ref().map(|m| m.view()) {
+            // and delivered: `run` reports its end. (Popping takes the end off the bus, and
+            // GStreamer drops what it pops past, so the end is remembered, not looked for again.)
+            let early =
+                pipeline.bus().and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos]));
+            if let Some(gst::MessageView::Error(error)) = early.as_ref().map(|m| m.view()) {
                 return Err(open_error(redact_userinfo(&format!("record stream {shown}: {}", error_text(error)))));
             }
-            Ok(Self { camera: camera.to_string(), shown, pipeline, stall_timeout, parsed })
+            let ended_at_open = matches!(early.as_ref().map(|m| m.view()), Some(gst::MessageView::Eos(_)));
+            Ok(Self { camera: camera.to_string(), shown, pipeline, stall_timeout, parsed, ended_at_open })
         }
 
         /// Keeps the stream until it fails (an error, its end, nothing for `stall_timeout`),
@@ -183,6 +188,9 @@ mod pipeline {
                 camera: self.camera.clone(),
                 message: redact_userinfo(&format!("record stream {}: {message}", self.shown)),
             };
+            if self.ended_at_open {
+                return Some(lost("the server ended the stream".into()));
+            }
             while let Some(message) = bus.timed_pop(gst::ClockTime::ZERO) {
                 match message.view() {
                     gst::MessageView::Latency(_) => {
