@@ -4,8 +4,10 @@
 //! as a car, a truck and a bus on one box), the plate models read the truck's plate on its crop,
 //! the reads vote over its track, and the one `truck_exit` event, through a real mosquitto, carries
 //! the plate; its plate is not among the site's registered trucks, so an `unregistered_truck` event
-//! follows it. The bus, a label the site did not ask for, never has its plate read. A corrupt plate
-//! model is named in the log, and the agent still reports the truck, without a plate.
+//! follows it. The bus, a label the site did not ask for, never has its plate read. The plate's
+//! picture is kept as evidence and shown on the event's page. A corrupt plate model is named in the
+//! log, and the agent still reports the truck, without a plate. With `privacy.blur_plates` and no
+//! plates read, no kept picture shows a plate that can be read.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,16 +43,19 @@ fn drive_through(folder: &Path, vehicles: &[PathBuf], steps: u32, gap: u32) {
     }
 }
 
-fn site_config(dir: &Path, broker: &Mosquitto, models: &Path, plates: &str) -> PathBuf {
+/// The site's config: `web` is its `[web]` section's body, `plates` what `[plates]` adds, `top`
+/// keys before the sections.
+fn site_config(dir: &Path, broker: &Mosquitto, models: &Path, web: &str, plates: &str, top: &str) -> PathBuf {
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         format!(
             r#"device_id = "plate-site"
-state_dir = "state"
+state_dir = "{state}"
+{top}
 
 [web]
-enabled = false
+{web}
 
 [mqtt]
 url = "{url}"
@@ -76,6 +81,7 @@ models = "{models}"
 {plates}
 "#,
             url = broker.url(),
+            state = dir.join("state").display(),
             nanodet = repo_root().join("models").display(),
             models = models.display(),
         ),
@@ -105,6 +111,40 @@ fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == kind).collect()
 }
 
+/// The texts `edge-agent plates read` finds in each picture (`--crops`: each read as a plate
+/// already cut out), as the acceptance checks call it.
+fn plates_read(lpr: &Path, pictures: &[PathBuf], crops: bool) -> Vec<Vec<String>> {
+    let mut command = std::process::Command::new(agent_binary());
+    command.args(["plates", "read", "--json", "--backend", "tract", "--models"]).arg(lpr.join("models"));
+    if crops {
+        command.arg("--crops");
+    }
+    let output = command.args(pictures).output().expect("run edge-agent plates read");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let read: Value = serde_json::from_str(line).expect("a JSON line");
+            let plates = read["plates"].as_array().cloned().unwrap_or_default();
+            plates.iter().filter_map(|p| p["text"].as_str().map(String::from)).collect()
+        })
+        .collect()
+}
+
+/// The evidence pictures the agent kept whose names end with `suffix`.
+fn kept_pictures(state: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for day in std::fs::read_dir(state.join("evidence")).into_iter().flatten().flatten() {
+        for file in std::fs::read_dir(day.path()).into_iter().flatten().flatten() {
+            if file.file_name().to_string_lossy().ends_with(suffix) {
+                found.push(file.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 #[test]
 fn a_truck_driving_out_is_one_event_carrying_its_plate_and_a_bus_is_never_read() {
     let Some(lpr) = lpr_dir() else { return };
@@ -113,7 +153,15 @@ fn a_truck_driving_out_is_one_event_carrying_its_plate_and_a_bus_is_never_read()
     let images = lpr.join("images");
     drive_through(&dir.path().join("frames"), &[images.join(TRUCK.0), images.join(BUS.0)], 12, 8);
     // The site's one registered truck is the bus (its plate must not matter: it is never read).
-    let config = site_config(dir.path(), &broker, &lpr.join("models"), &format!("registered = [\"{}\"]", BUS.1));
+    let web_port = free_port();
+    let config = site_config(
+        dir.path(),
+        &broker,
+        &lpr.join("models"),
+        &format!("listen = \"127.0.0.1:{web_port}\""),
+        &format!("registered = [\"{}\"]", BUS.1),
+        "",
+    );
     let subscriber = Subscriber::connect(broker.port, "edge/plate-site/events");
     let log = dir.path().join("agent.log");
     let agent = Agent::start(&config, &log);
@@ -123,6 +171,10 @@ fn a_truck_driving_out_is_one_event_carrying_its_plate_and_a_bus_is_never_read()
     later.extend(
         subscriber.collect_for(Duration::from_secs(25)).iter().filter_map(|m| serde_json::from_slice(&m.payload).ok()),
     );
+    // The event's page shows the plate and its picture, served from the evidence.
+    let exit_id = of_kind(&events, "truck_exit").first().and_then(|e| e["event_id"].as_str()).unwrap_or("").to_string();
+    let page = http_get(&format!("http://127.0.0.1:{web_port}/events/{exit_id}"));
+    let picture = http_get_bytes(&format!("http://127.0.0.1:{web_port}/api/v1/events/{exit_id}/plate.jpg"));
     drop(agent);
     let text = plain_log(&std::fs::read_to_string(&log).unwrap_or_default());
     assert!(text.contains("plate stage on"), "{text}");
@@ -165,6 +217,20 @@ fn a_truck_driving_out_is_one_event_carrying_its_plate_and_a_bus_is_never_read()
     assert!(later.iter().any(|e| e["label"] == "bus"), "the bus was seen: {later:#?}");
     assert!(later.iter().all(|e| e.get("plate").is_none() || e["plate"]["text"] == TRUCK.1), "{later:#?}");
     assert!(!text.contains(BUS.1) && !serde_json::to_string(&later).unwrap().contains(BUS.1));
+    // The plate's picture: in the evidence of the messages that say the plate (here the newest,
+    // which the page shows), hashed in its record, and a picture of that plate (read again as a crop).
+    let said = exits.iter().rev().find(|e| e["plate"]["text"] == TRUCK.1 && e["evidence"].is_object()).expect("kept");
+    let files = said["evidence"]["files"].as_array().unwrap();
+    let plate_file = files.iter().find(|f| f["file"].as_str().unwrap().ends_with("-plate.jpg"));
+    let plate_file = plate_file.unwrap_or_else(|| panic!("a plate picture among {files:#?}"));
+    let kept = dir.path().join("state/evidence").join(plate_file["file"].as_str().unwrap());
+    let kept_bytes = std::fs::read(&kept).unwrap();
+    assert_eq!(plate_file["sha256"].as_str(), Some(sha256_hex(&kept_bytes).as_str()));
+    assert_eq!(plates_read(&lpr, &[kept], true), [vec![TRUCK.1.to_string()]]);
+    let (status, html) = page.expect("the event page");
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains(TRUCK.1) && html.contains("event-plate-picture"), "{html}");
+    assert_eq!(picture, Ok((200, kept_bytes)), "the page serves the kept picture");
     // Each message, the plate's included, is what docs/schemas/event.schema.json says.
     let Some(python) = schema_python() else { return };
     let messages = dir.path().join("messages.jsonl");
@@ -199,7 +265,7 @@ fn a_corrupt_plate_model_is_named_and_the_truck_is_still_reported_without_a_plat
     }
     std::fs::write(models.join("ch_PP-OCRv4_rec_infer.onnx"), b"not an ONNX model").unwrap();
     drive_through(&dir.path().join("frames"), &[lpr.join("images").join(TRUCK.0)], 8, 8);
-    let config = site_config(dir.path(), &broker, &models, "registered = [\"京A12345\"]");
+    let config = site_config(dir.path(), &broker, &models, "enabled = false", "registered = [\"京A12345\"]", "");
     let subscriber = Subscriber::connect(broker.port, "edge/plate-site/events");
     let log = dir.path().join("agent.log");
     let agent = Agent::start(&config, &log);
@@ -214,4 +280,45 @@ fn a_corrupt_plate_model_is_named_and_the_truck_is_still_reported_without_a_plat
     assert!(exits.iter().any(|e| e["state"] == "end"), "{events:#?}\n{text}");
     assert!(exits.iter().all(|e| e.get("plate").is_none()), "{exits:#?}");
     assert!(of_kind(&events, "unregistered_truck").is_empty(), "no plate, no judgement of it: {events:#?}");
+}
+
+#[test]
+fn with_blur_plates_and_no_plates_read_no_kept_picture_shows_a_readable_plate() {
+    let Some(lpr) = lpr_dir() else { return };
+    let Some(broker) = Mosquitto::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    drive_through(&frames, &[lpr.join("images").join(TRUCK.0)], 8, 6);
+    // The control: the frames as the camera sends them show the plate well enough to read.
+    let sent: Vec<PathBuf> = (2..6).map(|n| frames.join(format!("{n:04}.png"))).collect();
+    let read_in_sent = plates_read(&lpr, &sent, false);
+    assert!(read_in_sent.iter().filter(|texts| texts.contains(&TRUCK.1.to_string())).count() >= 3, "{read_in_sent:?}");
+    // Every vehicle's plate blurred; no plate read (the reader's switch off).
+    let blur = "[privacy]\nblur_plates = true";
+    let config = site_config(dir.path(), &broker, &lpr.join("models"), "enabled = false", "", blur);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let reading_off = text.replace("[plates]\nenabled = true", "[plates]\nenabled = false");
+    assert_ne!(reading_off, text);
+    std::fs::write(&config, reading_off).unwrap();
+    let subscriber = Subscriber::connect(broker.port, "edge/plate-site/events");
+    let log = dir.path().join("agent.log");
+    let agent = Agent::start(&config, &log);
+    let events = events_until_the_exit_ends(&subscriber, Duration::from_secs(120));
+    drop(agent);
+    let text = plain_log(&std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(text.contains("plate stage on") && text.contains("blur_plates=true"), "{text}");
+    let exits = of_kind(&events, "truck_exit");
+    assert!(exits.iter().any(|e| e["state"] == "end"), "the truck is still reported: {events:#?}\n{text}");
+    assert!(events.iter().all(|e| e.get("plate").is_none()), "nothing read: {events:#?}");
+    let kept: Vec<PathBuf> = ["-frame.jpg", "-crop.jpg"]
+        .iter()
+        .flat_map(|suffix| kept_pictures(&dir.path().join("state"), suffix))
+        .collect();
+    assert!(kept.len() >= 2, "pictures kept: {kept:?}");
+    assert!(kept_pictures(&dir.path().join("state"), "-plate.jpg").is_empty());
+    let read_in_kept = plates_read(&lpr, &kept, false);
+    assert!(
+        read_in_kept.iter().flatten().all(|text| text != TRUCK.1),
+        "a kept picture shows the plate: {read_in_kept:?}"
+    );
 }

@@ -394,29 +394,70 @@ async fn wait_for_first_camera_attempts(cameras: &[Arc<CameraHealth>], shutdown:
     }
 }
 
-/// The plate stage, when `[plates]` is on and its models load (otherwise the agent runs without it,
-/// and says why); where it reads follows the zones as `set` and `reload` change them.
+/// The plate stage, when `[plates]` is on or `privacy.blur_plates` asks for it; where it reads follows
+/// the zones as `set` and `reload` change them. Plate models that do not load leave the agent
+/// running: without plates read (and says why), and with every vehicle blurred whole where plates
+/// are to be blurred.
 async fn plate_work(
     config: &Config,
     judge_settings: watch::Receiver<Arc<crate::judge::config::JudgeSettings>>,
 ) -> Option<infer::worker::PlateWork> {
-    if !config.plates.enabled {
+    let (reading, blurring) = (config.plates.enabled, config.privacy.blur_plates);
+    if !reading && !blurring {
         return None;
     }
     let (settings, inference) = (config.plates.clone(), config.inference.clone());
-    let loaded = tokio::task::spawn_blocking(move || infer::plates::PlateReader::load(&settings, &inference)).await;
-    let reader = match loaded {
-        Ok(Ok(reader)) => reader,
-        Ok(Err(e)) => {
-            tracing::error!("{e}; plates are not read");
-            return None;
+    let reader = if reading {
+        let loaded = tokio::task::spawn_blocking(move || infer::plates::PlateReader::load(&settings, &inference)).await;
+        match loaded.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+            Ok(reader) => Some(reader),
+            Err(e) => {
+                tracing::error!("{e}; plates are not read");
+                None
+            }
         }
-        Err(e) => {
-            tracing::error!("loading the plate models failed: {e}; plates are not read");
-            return None;
-        }
+    } else {
+        None
     };
-    tracing::info!(backend = reader.backend(), labels = ?config.plates.labels, "plate stage on");
+    let blurring = if blurring {
+        // The reader lends its own detector; without one, the detector alone.
+        let finder = match &reader {
+            Some(_) => None,
+            None => {
+                let (settings, inference) = (config.plates.clone(), config.inference.clone());
+                let loaded =
+                    tokio::task::spawn_blocking(move || infer::plates::PlateFinder::load(&settings, &inference)).await;
+                match loaded.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                    Ok(finder) => Some(finder),
+                    Err(e) => {
+                        tracing::error!("{e}; `privacy.blur_plates` blurs every vehicle whole");
+                        None
+                    }
+                }
+            }
+        };
+        Some(infer::plates::stage::PlateBlurring { labels: config.privacy.vehicle_labels.clone(), finder })
+    } else {
+        None
+    };
+    let stage = match (reader, blurring) {
+        (Some(reader), blurring) => {
+            let stage = infer::plates::stage::PlateStage::new(reader, config.plates.labels.clone());
+            match blurring {
+                Some(blurring) => stage.with_blurring(blurring),
+                None => stage,
+            }
+        }
+        (None, Some(blurring)) => infer::plates::stage::PlateStage::blurring_only(blurring),
+        (None, None) => return None,
+    };
+    tracing::info!(
+        backend = stage.backend(),
+        read_labels = ?config.plates.labels,
+        reads = stage.reads(),
+        blur_plates = config.privacy.blur_plates,
+        "plate stage on"
+    );
     let (areas_tx, areas) = watch::channel(Arc::new(crate::judge::plate_areas(&judge_settings.borrow())));
     let mut judge_settings = judge_settings;
     tokio::spawn(async move {
@@ -427,6 +468,5 @@ async fn plate_work(
             }
         }
     });
-    let stage = infer::plates::stage::PlateStage::new(reader, config.plates.labels.clone());
     Some(infer::worker::PlateWork { stage, areas })
 }

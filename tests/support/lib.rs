@@ -381,6 +381,13 @@ impl Drop for Subscriber {
 
 /// GET over plain HTTP; returns status and body.
 pub fn http_get(url: &str) -> Result<(u16, String), String> {
+    let (status, body) = http_get_bytes(url)?;
+    let body = String::from_utf8(body).map_err(|_| format!("GET {url}: the body is not UTF-8"))?;
+    Ok((status, body))
+}
+
+/// GET over plain HTTP; returns status and the body's bytes (a picture).
+pub fn http_get_bytes(url: &str) -> Result<(u16, Vec<u8>), String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -388,7 +395,8 @@ pub fn http_get(url: &str) -> Result<(u16, String), String> {
         .into();
     let mut response = agent.get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
     let status = response.status().as_u16();
-    let body = response.body_mut().read_to_string().map_err(|e| format!("GET {url}: {e}"))?;
+    let body =
+        response.body_mut().with_config().limit(64 << 20).read_to_vec().map_err(|e| format!("GET {url}: {e}"))?;
     Ok((status, body))
 }
 

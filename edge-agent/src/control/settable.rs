@@ -185,7 +185,13 @@ pub const TABLE: &[Row] = &[
         Shape::Fraction,
         "events only: people are blurred by `privacy.person_min_score`",
     ),
-    row("privacy.*", false, false, Shape::ConfigFileOnly, "decides what the pictures show of people"),
+    row(
+        "privacy.*",
+        false,
+        false,
+        Shape::ConfigFileOnly,
+        "decides what the pictures show of people and plates (`blur_plates`)",
+    ),
     row("plates.registered", true, true, Shape::Plates, "the site's registered trucks"),
     row("plates.*", false, false, Shape::ConfigFileOnly, "decides whose plates are read"),
 ];

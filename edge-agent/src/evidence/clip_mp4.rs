@@ -488,7 +488,7 @@ mod tests {
         let evidence = dir.path().join("evidence");
         let settings = ClipsConfig { pre_roll_secs: 0.0, post_roll_secs: 0.0, ..Default::default() };
         let mut clips = ClipRecorder::new(settings, &evidence, &dir.path().join("raw"), mp4_sink(), masked_reencoder());
-        let open = PrivacyMask { people: vec![], blur_people: false, zones: vec![] };
+        let open = PrivacyMask { people: vec![], blur_people: false, zones: vec![], ..PrivacyMask::default() };
         let mut event = test_event(EventKind::Object, LifecycleState::Start, frames[30].captured_at);
         event.camera = "gate".into();
         clips.observe(&frames[30], [event.clone()].iter(), &open);
@@ -547,7 +547,7 @@ mod tests {
             .iter()
             .map(|b| crate::infer::BoundingBox { x1: b.x1 * 2.0, y1: b.y1 * 2.0, x2: b.x2 * 2.0, y2: b.y2 * 2.0 })
             .collect();
-        let masked = PrivacyMask { people: on_camera, blur_people: true, zones: vec![] };
+        let masked = PrivacyMask { people: on_camera, blur_people: true, zones: vec![], ..PrivacyMask::default() };
 
         let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(60), 16 << 20));
         let mut source =

@@ -38,11 +38,12 @@ pub const RAW_CLIPS_DIR: &str = "clips-raw";
 /// A picture of a masked clip is masked with the people of the camera's frames this near in time.
 const MASK_NEAR_MS: i64 = 1000;
 
-/// The people the judge found in one frame of a camera.
+/// The people (and plates to blur) the judge found in one frame of a camera.
 #[derive(Debug, Clone)]
 struct MaskSample {
     at: DateTime<Utc>,
     people: Vec<BoundingBox>,
+    plates: Vec<BoundingBox>,
     /// The frame's size, which the boxes are in.
     frame: (u32, u32),
 }
@@ -53,24 +54,28 @@ pub struct MaskTrack {
     samples: VecDeque<MaskSample>,
     zones: Vec<Zone>,
     blur_people: bool,
+    blur_plates: bool,
 }
 
 impl MaskTrack {
     fn note(&mut self, at: DateTime<Utc>, privacy: &PrivacyMask, frame: (u32, u32), keep: chrono::Duration) {
         self.blur_people = privacy.blur_people;
+        self.blur_plates = privacy.blur_plates;
         self.zones = privacy.zones.clone();
-        self.samples.push_back(MaskSample { at, people: privacy.people.clone(), frame });
+        let (people, plates) = (privacy.people.clone(), privacy.plates.clone());
+        self.samples.push_back(MaskSample { at, people, plates, frame });
         while self.samples.front().is_some_and(|s| s.at < at - keep) {
             self.samples.pop_front();
         }
     }
 
-    /// Masks a clip picture shown at `at`, of any size: privacy zones black; with people-blurring,
-    /// every person the judge found within a second of it blurred (boxes of all those frames, as
-    /// a person moves between them), or the whole picture when the judge saw no frame that near.
+    /// Masks a clip picture shown at `at`, of any size: privacy zones black; with people-blurring
+    /// (or plate-blurring), every person (plate) the judge found within a second of it blurred
+    /// (boxes of all those frames, as a person moves between them), or the whole picture when the
+    /// judge saw no frame that near.
     pub fn apply(&self, at: DateTime<Utc>, picture: &mut RgbImage) {
         let (width, height) = picture.dimensions();
-        if self.blur_people {
+        if self.blur_people || self.blur_plates {
             let near: Vec<&MaskSample> =
                 self.samples.iter().filter(|s| (s.at - at).num_milliseconds().abs() <= MASK_NEAR_MS).collect();
             if near.is_empty() {
@@ -82,10 +87,15 @@ impl MaskTrack {
             for sample in near {
                 let (sx, sy) =
                     (width as f32 / sample.frame.0.max(1) as f32, height as f32 / sample.frame.1.max(1) as f32);
-                for person in &sample.people {
-                    let scaled =
-                        BoundingBox { x1: person.x1 * sx, y1: person.y1 * sy, x2: person.x2 * sx, y2: person.y2 * sy };
-                    super::privacy::blur_box(picture, &scaled);
+                let scaled =
+                    |b: &BoundingBox| BoundingBox { x1: b.x1 * sx, y1: b.y1 * sy, x2: b.x2 * sx, y2: b.y2 * sy };
+                if self.blur_people {
+                    for person in &sample.people {
+                        super::privacy::blur_box(picture, &scaled(person));
+                    }
+                }
+                for plate in &sample.plates {
+                    super::privacy::blur_plate(picture, &scaled(plate));
                 }
             }
         }
@@ -93,6 +103,12 @@ impl MaskTrack {
             super::privacy::black_out(picture, zone);
         }
     }
+}
+
+/// Whether a camera's clips must be re-encoded masked: its pictures blur people or plates, or
+/// black out zones.
+fn masks(privacy: &PrivacyMask) -> bool {
+    privacy.blur_people || privacy.blur_plates || !privacy.zones.is_empty()
 }
 
 /// When the clips' work must be over: set when the agent stops (systemd waits `TimeoutStopSec`
@@ -321,7 +337,7 @@ impl ClipRecorder {
     /// Starts a clip for each event that starts on this frame (and has pictures), plans the end of
     /// each that ends.
     pub fn observe<'a>(&mut self, frame: &Frame, events: impl Iterator<Item = &'a Event>, privacy: &PrivacyMask) {
-        if frame.video.is_some() && (privacy.blur_people || !privacy.zones.is_empty()) {
+        if frame.video.is_some() && masks(privacy) {
             let keep = self.mask_memory();
             let size = frame.image.dimensions();
             self.masks.entry(frame.camera.to_string()).or_default().note(frame.captured_at, privacy, size, keep);
@@ -343,7 +359,7 @@ impl ClipRecorder {
 
     fn start(&mut self, frame: &Frame, event: &Event, privacy: &PrivacyMask) {
         let Some(tap) = &frame.video else { return };
-        let masked = privacy.blur_people || !privacy.zones.is_empty();
+        let masked = masks(privacy);
         // One clip per camera at a time: an event that starts while it records joins it (the
         // same video, cut and encoded once).
         if let Some(recording) = self.recordings.iter_mut().find(|r| r.camera == event.camera) {
@@ -702,7 +718,7 @@ mod tests {
     }
 
     fn open_privacy() -> PrivacyMask {
-        PrivacyMask { people: vec![], blur_people: false, zones: vec![] }
+        PrivacyMask { people: vec![], blur_people: false, zones: vec![], ..PrivacyMask::default() }
     }
 
     #[test]
@@ -740,7 +756,7 @@ mod tests {
         let girl = BoundingBox { x1: 175.0, y1: 92.0, x2: 267.0, y2: 368.0 };
         let horse = [400, 140, 590, 330];
         let mut track = MaskTrack::default();
-        let privacy = PrivacyMask { people: vec![girl], blur_people: true, zones: vec![] };
+        let privacy = PrivacyMask { people: vec![girl], blur_people: true, zones: vec![], ..PrivacyMask::default() };
         // Judged on the camera's 1280×848 frames at 0 s and 2 s: boxes twice as large.
         let on_camera = PrivacyMask {
             people: vec![BoundingBox { x1: girl.x1 * 2.0, y1: girl.y1 * 2.0, x2: girl.x2 * 2.0, y2: girl.y2 * 2.0 }],
@@ -760,6 +776,25 @@ mod tests {
         let mut between = original.clone();
         track.apply(at(3.5), &mut between);
         assert!(detail(&between, horse) * 4 < detail(&original, horse), "no judged frame near: all blurred");
+    }
+
+    #[test]
+    fn a_camera_blurring_plates_masks_its_clip_with_the_plates_of_frames_near_it() {
+        let original = crate::judge::fixtures::sample("person.jpg"); // 640×424
+        let plate = BoundingBox { x1: 420.0, y1: 250.0, x2: 500.0, y2: 280.0 };
+        let (plate_box, girl_box) = ([420, 250, 500, 280], [175, 92, 267, 368]);
+        // People left sharp on this camera; plates blurred.
+        let privacy = PrivacyMask { plates: vec![plate], blur_plates: true, ..PrivacyMask::default() };
+        assert!(masks(&privacy) && !masks(&PrivacyMask::default()));
+        let mut track = MaskTrack::default();
+        track.note(at(0.0), &privacy, (640, 424), chrono::Duration::seconds(60));
+        let mut near = original.clone();
+        track.apply(at(0.5), &mut near);
+        assert!(detail(&near, plate_box) * 4 < detail(&original, plate_box), "the plate is blurred");
+        assert_eq!(detail(&near, girl_box), detail(&original, girl_box), "the girl is not");
+        let mut far = original.clone();
+        track.apply(at(5.0), &mut far);
+        assert!(detail(&far, girl_box) * 4 < detail(&original, girl_box), "no judged frame near: all blurred");
     }
 
     #[test]
@@ -843,7 +878,7 @@ mod tests {
         masked_frame.camera = "station".into();
         let mut masked_event = event(masked_id, LifecycleState::Start);
         masked_event.camera = "station".into();
-        let masked = PrivacyMask { people: vec![], blur_people: true, zones: vec![] };
+        let masked = PrivacyMask { people: vec![], blur_people: true, zones: vec![], ..PrivacyMask::default() };
         clips.observe(&masked_frame, [masked_event].iter(), &masked);
         assert_eq!(clips.recording(), 2);
         feed(&tap, 12.0, 15.0);
@@ -879,7 +914,7 @@ mod tests {
         let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(10), 1 << 20));
         tap.set_format("video/x-h264");
         feed(&tap, 0.0, 12.0);
-        let masked = PrivacyMask { people: vec![], blur_people: true, zones: vec![] };
+        let masked = PrivacyMask { people: vec![], blur_people: true, zones: vec![], ..PrivacyMask::default() };
         let id = Uuid::now_v7();
         clips.observe(&frame(&tap, 12.0), [event(id, LifecycleState::Start)].iter(), &masked);
         clips.observe(&frame(&tap, 12.0), [event(id, LifecycleState::End)].iter(), &masked);

@@ -143,7 +143,7 @@ impl EvidenceStage {
         let mut actions = Vec::new();
         let mut pictured = Vec::new();
         let pictures = pictures_of_events(self.jpeg_quality, &private, &zones, &results, &judged);
-        for (JudgedEvent { mut event, with_pictures, caption: _, action }, (frame_jpeg, crop_jpeg)) in
+        for (JudgedEvent { mut event, with_pictures, caption: _, action, plate_picture }, (frame_jpeg, crop_jpeg)) in
             judged.into_iter().zip(pictures)
         {
             pictured.push(with_pictures);
@@ -154,7 +154,16 @@ impl EvidenceStage {
             let reference_jpeg = (with_pictures && event.kind == EventKind::Tamper)
                 .then(|| self.tamper_reference_picture(&event.camera))
                 .flatten();
-            self.keep(&mut event, now, frame_jpeg.as_deref(), crop_jpeg.as_deref(), reference_jpeg.as_deref());
+            let plate_jpeg = plate_picture
+                .filter(|_| with_pictures && self.store.is_some())
+                .and_then(|picture| self.private_plate_picture(&picture, &privacy, &event));
+            let kept = KeptPictures {
+                frame: frame_jpeg.as_deref(),
+                crop: crop_jpeg.as_deref(),
+                reference: reference_jpeg.as_deref(),
+                plate: plate_jpeg.as_deref(),
+            };
+            self.keep(&mut event, now, kept);
             if let Some(jpeg) = frame_jpeg {
                 snapshots.push(Snapshot { event_id: event.event_id, jpeg: Arc::new(jpeg) });
             }
@@ -297,26 +306,39 @@ impl EvidenceStage {
         }
     }
 
+    /// The picture of an event's plate as JPEG, masked as its frame was: the camera's privacy
+    /// zones black, the people of that frame blurred where the camera blurs people.
+    fn private_plate_picture(
+        &self,
+        picture: &crate::infer::plates::stage::PlatePicture,
+        mask: &crate::judge::PrivacyMask,
+        event: &Event,
+    ) -> Option<Vec<u8>> {
+        let mut image = (*picture.image).clone();
+        let at_its_frame = crate::judge::PrivacyMask {
+            people: picture.people.clone(),
+            blur_people: mask.blur_people,
+            zones: mask.zones.clone(),
+            // Other vehicles' plates are this frame's, not the plate picture's.
+            plates: Vec::new(),
+            blur_plates: mask.blur_plates,
+        };
+        privacy::apply_to_part(&mut image, picture.origin, picture.frame, &at_its_frame);
+        match draw::encode_jpeg(&image, self.jpeg_quality) {
+            Ok(jpeg) => Some(jpeg),
+            Err(e) => {
+                tracing::error!(event_id = %event.event_id, "cannot encode the plate's picture: {e}");
+                None
+            }
+        }
+    }
+
     /// Records the event message (with its pictures, if any) in the chain.
-    fn keep(
-        &mut self,
-        event: &mut Event,
-        now: DateTime<Utc>,
-        frame: Option<&[u8]>,
-        crop: Option<&[u8]>,
-        reference: Option<&[u8]>,
-    ) {
+    fn keep(&mut self, event: &mut Event, now: DateTime<Utc>, kept: KeptPictures) {
         let Some(store) = self.store.as_mut() else { return };
-        let mut pictures = Vec::new();
-        if let Some(jpeg) = frame {
-            pictures.push(Picture { role: "frame", jpeg });
-        }
-        if let Some(jpeg) = crop {
-            pictures.push(Picture { role: "crop", jpeg });
-        }
-        if let Some(jpeg) = reference {
-            pictures.push(Picture { role: "reference", jpeg });
-        }
+        let roles = [("frame", kept.frame), ("crop", kept.crop), ("reference", kept.reference), ("plate", kept.plate)];
+        let pictures: Vec<Picture> =
+            roles.into_iter().filter_map(|(role, jpeg)| jpeg.map(|jpeg| Picture { role, jpeg })).collect();
         let name = format!("{}-r{}", event.event_id, event.revision);
         let recorded = store.keep(now, &name, &pictures, |files, seq| {
             event.evidence = Some(EvidenceRef { chain_seq: seq, files: files.to_vec() });
@@ -416,6 +438,16 @@ fn pictures_of_events(
     pictures
 }
 
+/// The JPEG pictures of one event message, each kept as `<event_id>-r<revision>-<role>.jpg`.
+struct KeptPictures<'a> {
+    frame: Option<&'a [u8]>,
+    crop: Option<&'a [u8]>,
+    /// A tamper event's reference picture of the camera.
+    reference: Option<&'a [u8]>,
+    /// The picture of the event's plate.
+    plate: Option<&'a [u8]>,
+}
+
 /// An event's evidence pictures: the frame (JPEG) and, for a start or update, a crop around it.
 type EventPictures = (Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -493,7 +525,13 @@ mod tests {
                 let mut event = crate::judge::fixtures::test_event(EventKind::Object, state, chrono::Utc::now());
                 let x = 40 + 100 * i;
                 event.bbox = crate::wire::EventBox { x1: x, y1: 50, x2: x + 90, y2: 200 };
-                JudgedEvent { event, with_pictures: i != 2, caption: format!("event {i}"), action: None }
+                JudgedEvent {
+                    event,
+                    with_pictures: i != 2,
+                    caption: format!("event {i}"),
+                    action: None,
+                    plate_picture: None,
+                }
             })
             .collect();
         let drawn = pictures_of_events(90, &dog, &[], &results, &judged);
@@ -510,6 +548,77 @@ mod tests {
         }
         let frames: std::collections::HashSet<_> = drawn.iter().filter_map(|(frame, _)| frame.clone()).collect();
         assert_eq!(frames.len(), 4, "four different pictures");
+    }
+
+    /// A truck's plate picture (cut from an earlier frame by the plate stage) is kept beside the
+    /// frame and the crop, in the chain, masked at its place in its frame: here a privacy zone
+    /// covers its left half.
+    #[test]
+    fn an_event_with_a_plate_keeps_its_plate_picture_masked_and_covered_by_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stage = EvidenceStage::open(dir.path(), &config(dir.path(), "").evidence, "box-1").unwrap();
+        let dog = Arc::new(sample("dog.jpg")); // 768×576
+                                               // A picture of 100×40 pixels cut at (400, 300); the zone covers x < 0.586 of the frame (450 px).
+        let part = image::imageops::crop_imm(&*dog, 400, 300, 100, 40).to_image();
+        let picture = crate::infer::plates::stage::PlatePicture {
+            image: Arc::new(part.clone()),
+            origin: (400, 300),
+            frame: (768, 576),
+            people: vec![],
+        };
+        let zone = Zone {
+            id: "yard".into(),
+            role: crate::judge::config::ZoneRole::Privacy,
+            category: None,
+            polygon: crate::judge::zones::Polygon::new(&[[0.0, 0.0], [0.586, 0.0], [0.586, 1.0], [0.0, 1.0]]).unwrap(),
+        };
+        let mut event = crate::judge::fixtures::test_event(EventKind::TruckExit, LifecycleState::Start, Utc::now());
+        event.plate = Some(crate::wire::EventPlate {
+            text: "浙EA3262".into(),
+            colour: "yellow".into(),
+            rows: 1,
+            score: 0.9,
+            reads: 3,
+            of_reads: 3,
+        });
+        let judged = |event: Event, plate_picture| JudgedEvent {
+            event,
+            with_pictures: true,
+            caption: "truck_exit truck".into(),
+            action: None,
+            plate_picture,
+        };
+        let frame = crate::judge::fixtures::inferred("gate", &dog, &[], 0.0).frame;
+        let privacy = crate::judge::PrivacyMask { zones: vec![zone], ..Default::default() };
+        let without = crate::judge::fixtures::test_event(EventKind::TruckExit, LifecycleState::Start, Utc::now());
+        let judgement = Judgement {
+            frame,
+            results: vec![],
+            events: vec![judged(event, Some(picture)), judged(without, None)],
+            privacy,
+            zones: vec![],
+            tamper_reference: None,
+        };
+        let evidenced = stage.process(judgement);
+        let files = &evidenced.events[0].evidence.as_ref().expect("evidence kept").files;
+        let roles: Vec<&str> = files.iter().map(|f| f.file.rsplit('-').next().unwrap()).collect();
+        assert_eq!(roles, ["frame.jpg", "crop.jpg", "plate.jpg"]);
+        let plate_file = &files[2];
+        let bytes = std::fs::read(stage.dir().unwrap().join(&plate_file.file)).unwrap();
+        assert_eq!(plate_file.sha256, sha256_hex(&bytes));
+        let kept = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        assert_eq!(kept.dimensions(), (100, 40));
+        let brightness = |image: &RgbImage, xs: std::ops::Range<u32>| {
+            let pixels: Vec<u32> =
+                xs.flat_map(|x| (0..40).map(move |y| (x, y))).map(|(x, y)| image.get_pixel(x, y).0[1] as u32).collect();
+            pixels.iter().sum::<u32>() / pixels.len() as u32
+        };
+        assert!(brightness(&kept, 0..45) < 8, "the zone's part is black: {}", brightness(&kept, 0..45));
+        assert!(brightness(&kept, 55..100).abs_diff(brightness(&part, 55..100)) < 12, "the rest is the picture");
+        // The event without a plate keeps no plate picture; the chain holds both, unbroken.
+        assert_eq!(evidenced.events[1].evidence.as_ref().unwrap().files.len(), 2);
+        let report = chain::verify(stage.dir().unwrap(), None).unwrap();
+        assert_eq!((&report.first_broken_link, report.events), (&None, 2), "{report:?}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Privacy by default: people found by the detector are blurred and privacy zones blacked out in
 //! every image that is stored or sent (evidence, snapshots, the live page). Blurring can be turned
-//! off per camera where the law allows it. Nothing here, or anywhere in the agent, recognises faces.
+//! off per camera where the law allows it. With `privacy.blur_plates`, the plates of the vehicles
+//! whose plates are not read are blurred too. Nothing here, or anywhere in the agent, recognises
+//! faces.
 
 use image::{Rgb, RgbImage};
 
@@ -10,29 +12,56 @@ use crate::judge::PrivacyMask;
 
 /// A blurred person keeps about this many pixels across its narrower side: a shape, not a face.
 const BLUR_CELLS_ACROSS: f32 = 6.0;
+/// A blurred plate keeps this many across its height: its characters are about as tall as the
+/// plate, so no character keeps a shape.
+const PLATE_CELLS_ACROSS: f32 = 2.0;
 /// Boxes grow by this share on each side, since detector boxes often cut off hair or hands.
 const BOX_MARGIN: f32 = 0.1;
 
-/// Whether applying `mask` would change no pixel: nobody to blur and no privacy zone.
+/// Whether applying `mask` would change no pixel: nobody to blur, no plate, no privacy zone.
 pub fn hides_nothing(mask: &PrivacyMask) -> bool {
-    (!mask.blur_people || mask.people.is_empty()) && mask.zones.is_empty()
+    (!mask.blur_people || mask.people.is_empty()) && mask.zones.is_empty() && mask.plates.is_empty()
 }
 
-/// Applies the judge's mask in place: blurs the people (when the camera blurs them) and blacks
-/// out the privacy zones. Every picture that is stored or leaves the box goes through here.
+/// Applies the judge's mask in place: blurs the people (when the camera blurs them) and the plates
+/// not read, and blacks out the privacy zones. Every picture that is stored or leaves the box goes
+/// through here.
 pub fn apply(image: &mut RgbImage, mask: &PrivacyMask) {
+    let frame = image.dimensions();
+    apply_to_part(image, (0, 0), frame, mask);
+}
+
+/// Applies the mask of a `frame`-sized picture to `part` of it, cut from it at `origin` (a read
+/// plate's picture): what the mask hides there is hidden in the part too.
+pub fn apply_to_part(part: &mut RgbImage, origin: (u32, u32), frame: (u32, u32), mask: &PrivacyMask) {
+    let (ox, oy) = (origin.0 as f32, origin.1 as f32);
+    let shifted = |b: &BoundingBox| BoundingBox { x1: b.x1 - ox, y1: b.y1 - oy, x2: b.x2 - ox, y2: b.y2 - oy };
     if mask.blur_people {
         for person in &mask.people {
-            blur_box(image, person);
+            blur_box(part, &shifted(person));
         }
     }
+    for plate in &mask.plates {
+        blur_plate(part, &shifted(plate));
+    }
     for zone in &mask.zones {
-        black_out(image, zone);
+        black_out_part(part, origin, frame, zone);
     }
 }
 
-/// Smooths a box away: scaled down to a few pixels, then back up.
+/// Smooths a person's box away: scaled down to a few pixels, then back up.
 pub fn blur_box(image: &mut RgbImage, b: &BoundingBox) {
+    blur_into_cells(image, b, BLUR_CELLS_ACROSS);
+}
+
+/// Smooths a plate away, harder than a person: no character keeps a shape.
+pub fn blur_plate(image: &mut RgbImage, b: &BoundingBox) {
+    blur_into_cells(image, b, PLATE_CELLS_ACROSS);
+}
+
+/// Scales the box (grown by its margin) down to `cells_across` pixels across its narrower side,
+/// then back up.
+fn blur_into_cells(image: &mut RgbImage, b: &BoundingBox, cells_across: f32) {
     let (w, h) = image.dimensions();
     let (mx, my) = (b.width() * BOX_MARGIN, b.height() * BOX_MARGIN);
     let x1 = (b.x1 - mx).floor().clamp(0.0, w as f32) as u32;
@@ -43,7 +72,7 @@ pub fn blur_box(image: &mut RgbImage, b: &BoundingBox) {
         return;
     }
     let (bw, bh) = (x2 - x1, y2 - y1);
-    let cell = (bw.min(bh) as f32 / BLUR_CELLS_ACROSS).max(1.0);
+    let cell = (bw.min(bh) as f32 / cells_across).max(1.0);
     let small_w = ((bw as f32 / cell).round() as u32).max(1);
     let small_h = ((bh as f32 / cell).round() as u32).max(1);
     let region = image::imageops::crop_imm(image, x1, y1, bw, bh).to_image();
@@ -54,16 +83,26 @@ pub fn blur_box(image: &mut RgbImage, b: &BoundingBox) {
 
 /// Paints every pixel inside the zone black.
 pub fn black_out(image: &mut RgbImage, zone: &Zone) {
-    let (w, h) = image.dimensions();
+    let frame = image.dimensions();
+    black_out_part(image, (0, 0), frame, zone);
+}
+
+/// Paints black every pixel of `part` (cut at `origin` from a `frame`-sized picture) that lies in
+/// the zone.
+fn black_out_part(part: &mut RgbImage, origin: (u32, u32), frame: (u32, u32), zone: &Zone) {
+    let (w, h) = frame;
     let corners = zone.pixel_corners(w, h);
-    let min_x = corners.iter().map(|c| c.0).fold(f32::MAX, f32::min).floor().max(0.0) as u32;
-    let max_x = corners.iter().map(|c| c.0).fold(0.0, f32::max).ceil().min(w as f32) as u32;
-    let min_y = corners.iter().map(|c| c.1).fold(f32::MAX, f32::min).floor().max(0.0) as u32;
-    let max_y = corners.iter().map(|c| c.1).fold(0.0, f32::max).ceil().min(h as f32) as u32;
+    // The zone's bounds in the part's pixels, kept inside the part.
+    let (ox, oy) = (origin.0 as f32, origin.1 as f32);
+    let (pw, ph) = (part.width() as f32, part.height() as f32);
+    let min_x = (corners.iter().map(|c| c.0).fold(f32::MAX, f32::min).floor() - ox).clamp(0.0, pw) as u32;
+    let max_x = (corners.iter().map(|c| c.0).fold(0.0, f32::max).ceil() - ox).clamp(0.0, pw) as u32;
+    let min_y = (corners.iter().map(|c| c.1).fold(f32::MAX, f32::min).floor() - oy).clamp(0.0, ph) as u32;
+    let max_y = (corners.iter().map(|c| c.1).fold(0.0, f32::max).ceil() - oy).clamp(0.0, ph) as u32;
     for y in min_y..max_y {
         for x in min_x..max_x {
-            if zone.contains_pixel(x as f32 + 0.5, y as f32 + 0.5, w, h) {
-                image.put_pixel(x, y, Rgb([0, 0, 0]));
+            if zone.contains_pixel(x as f32 + ox + 0.5, y as f32 + oy + 0.5, w, h) {
+                part.put_pixel(x, y, Rgb([0, 0, 0]));
             }
         }
     }
@@ -83,7 +122,10 @@ mod tests {
             detect(&original).into_iter().filter(|d| d.label == "person").map(|d| d.bbox).collect();
         assert_eq!(people.len(), 1, "the detector finds the girl");
         let mut private = original.clone();
-        apply(&mut private, &PrivacyMask { people: people.clone(), blur_people: true, zones: vec![] });
+        apply(
+            &mut private,
+            &PrivacyMask { people: people.clone(), blur_people: true, zones: vec![], ..PrivacyMask::default() },
+        );
         let person = people[0];
         let before = detail(&original, pixels(&person));
         let after = detail(&private, pixels(&person));
@@ -97,7 +139,7 @@ mod tests {
     #[test]
     fn only_a_mask_with_someone_to_blur_or_a_zone_to_black_out_changes_pixels() {
         let person = BoundingBox { x1: 175.0, y1: 92.0, x2: 267.0, y2: 368.0 };
-        let empty = PrivacyMask { people: vec![], blur_people: true, zones: vec![] };
+        let empty = PrivacyMask { people: vec![], blur_people: true, zones: vec![], ..PrivacyMask::default() };
         assert!(hides_nothing(&empty));
         assert!(hides_nothing(&PrivacyMask { people: vec![person], blur_people: false, ..empty.clone() }));
         assert!(!hides_nothing(&PrivacyMask { people: vec![person], ..empty.clone() }));
@@ -111,6 +153,52 @@ mod tests {
     }
 
     #[test]
+    fn a_part_of_a_frame_is_masked_as_the_frame_is_at_its_place() {
+        let original = sample("person.jpg");
+        let person = BoundingBox { x1: 175.0, y1: 92.0, x2: 267.0, y2: 368.0 };
+        let window = Zone {
+            id: "w".into(),
+            role: ZoneRole::Privacy,
+            category: None,
+            polygon: Polygon::new(&[[0.7, 0.0], [1.0, 0.0], [1.0, 0.3], [0.7, 0.3]]).unwrap(),
+        };
+        let plate = BoundingBox { x1: 420.0, y1: 250.0, x2: 500.0, y2: 280.0 };
+        let mask = PrivacyMask {
+            people: vec![person],
+            blur_people: true,
+            zones: vec![window],
+            plates: vec![plate],
+            blur_plates: true,
+        };
+        let mut whole = original.clone();
+        apply(&mut whole, &mask);
+        // Parts across the person, the zone's corner and the plate, masked on their own, are the
+        // masked frame's pixels there (blurring inside a part's edge differs: compare the zone's
+        // black exactly, and the blur by detail).
+        let (x, y, w, h) = (380, 20, 200, 120);
+        let mut part = image::imageops::crop_imm(&original, x, y, w, h).to_image();
+        apply_to_part(&mut part, (x, y), original.dimensions(), &mask);
+        let expected = image::imageops::crop_imm(&whole, x, y, w, h).to_image();
+        for (px, py, pixel) in part.enumerate_pixels() {
+            if *expected.get_pixel(px, py) == Rgb([0, 0, 0]) {
+                assert_eq!(*pixel, Rgb([0, 0, 0]), "({px}, {py}) is in the zone");
+            }
+        }
+        assert!(part.pixels().any(|p| *p == Rgb([0, 0, 0])) && part.pixels().any(|p| *p != Rgb([0, 0, 0])));
+        let (x, y) = (400, 240);
+        let mut at_plate = image::imageops::crop_imm(&original, x, y, 120, 50).to_image();
+        let before = detail(&at_plate, [20, 10, 100, 40]);
+        apply_to_part(&mut at_plate, (x, y), original.dimensions(), &mask);
+        assert!(detail(&at_plate, [20, 10, 100, 40]) * 4 < before, "the plate is blurred in the part");
+        let (x, y) = (150, 80);
+        let mut at_person = image::imageops::crop_imm(&original, x, y, 140, 300).to_image();
+        let before = detail(&at_person, [25, 12, 117, 288]);
+        apply_to_part(&mut at_person, (x, y), original.dimensions(), &mask);
+        assert!(detail(&at_person, [25, 12, 117, 288]) * 4 < before, "the person is blurred in the part");
+        assert!(!hides_nothing(&PrivacyMask { plates: vec![plate], ..PrivacyMask::default() }));
+    }
+
+    #[test]
     fn blurring_switched_off_leaves_people_but_privacy_zones_stay_black() {
         let original = sample("person.jpg");
         let person = BoundingBox { x1: 175.0, y1: 92.0, x2: 267.0, y2: 368.0 };
@@ -121,7 +209,10 @@ mod tests {
             polygon: Polygon::new(&[[0.7, 0.0], [1.0, 0.0], [1.0, 0.3], [0.7, 0.3]]).unwrap(),
         };
         let mut image = original.clone();
-        apply(&mut image, &PrivacyMask { people: vec![person], blur_people: false, zones: vec![window] });
+        apply(
+            &mut image,
+            &PrivacyMask { people: vec![person], blur_people: false, zones: vec![window], ..PrivacyMask::default() },
+        );
         assert_eq!(detail(&image, pixels(&person)), detail(&original, pixels(&person)));
         let (w, h) = image.dimensions();
         for y in 0..(h as f32 * 0.3) as u32 - 1 {

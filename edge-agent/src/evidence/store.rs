@@ -29,7 +29,7 @@ pub enum EvidenceError {
 
 /// A picture to keep for an event message.
 pub struct Picture<'a> {
-    /// `frame` or `crop`.
+    /// `frame`, `crop`, `reference` (a tamper event's) or `plate`: the file ends `-<role>.jpg`.
     pub role: &'static str,
     pub jpeg: &'a [u8],
 }

@@ -108,6 +108,27 @@ impl BoundingBox {
     }
 }
 
+/// The box grown by `margin` of its size on each side, clipped to the image; None if empty.
+pub fn crop_with_margin(image: &image::RgbImage, b: &BoundingBox, margin: f32) -> Option<image::RgbImage> {
+    let (x1, y1, x2, y2) = crop_rect(image.width(), image.height(), b, margin)?;
+    Some(image::imageops::crop_imm(image, x1, y1, x2 - x1, y2 - y1).to_image())
+}
+
+/// The pixels (x1, y1, x2, y2) that [`crop_with_margin`] cuts from a `width`×`height` image: the
+/// box grown by `margin` of its size on each side, kept inside the image; None when too small.
+pub fn crop_rect(width: u32, height: u32, b: &BoundingBox, margin: f32) -> Option<(u32, u32, u32, u32)> {
+    let (w, h) = (width as f32, height as f32);
+    let (mx, my) = (b.width() * margin, b.height() * margin);
+    let x1 = (b.x1 - mx).floor().clamp(0.0, w);
+    let y1 = (b.y1 - my).floor().clamp(0.0, h);
+    let x2 = (b.x2 + mx).ceil().clamp(0.0, w);
+    let y2 = (b.y2 + my).ceil().clamp(0.0, h);
+    if x2 - x1 < 2.0 || y2 - y1 < 2.0 {
+        return None;
+    }
+    Some((x1 as u32, y1 as u32, x2 as u32, y2 as u32))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Detection {
     pub class_id: usize,
@@ -266,6 +287,9 @@ pub struct InferredFrame {
     pub results: Vec<ModelResult>,
     /// The plates read on the vehicles the site wants read ([`plates::stage`]); empty without.
     pub plates: Vec<plates::stage::VehiclePlate>,
+    /// With `privacy.blur_plates`: the plates of the other vehicles (or whole vehicles), in frame
+    /// pixels, for the evidence stage to blur.
+    pub plates_to_blur: Vec<BoundingBox>,
 }
 
 /// What the status page and MQTT status say about a loaded model.
@@ -602,7 +626,7 @@ pub fn infer_frame_where(
             Err(e) => failures.push((model.id().clone(), e)),
         }
     }
-    (InferredFrame { frame, results, plates: Vec::new() }, failures, by_region)
+    (InferredFrame { frame, results, plates: Vec::new(), plates_to_blur: Vec::new() }, failures, by_region)
 }
 
 /// A detector on each crop of a frame, the boxes back in frame pixels; None when a box touches

@@ -84,9 +84,10 @@ pub async fn run_inference(
             let (mut inferred, failures, by_region) = infer_frame_where(models, frame, wanted.as_deref());
             let plate_failures = match plate_stage {
                 Some(stage) => {
-                    let (plates, errors) = stage.read_vehicles(&inferred.frame.image, &inferred.results, area.as_ref());
-                    inferred.plates = plates;
-                    errors
+                    let found = stage.run(&inferred.frame.image, &inferred.results, area.as_ref());
+                    inferred.plates = found.read;
+                    inferred.plates_to_blur = found.to_blur;
+                    found.errors
                 }
                 None => Vec::new(),
             };
@@ -104,7 +105,7 @@ pub async fn run_inference(
         models = returned_models;
         plate_stage = returned_plates;
         for error in plate_failures {
-            tracing::warn!(camera = %feeds[index].id, "plate not read: {error}");
+            tracing::warn!(camera = %feeds[index].id, "plate not read or looked for: {error}");
         }
         for result in &inferred.results {
             controls.runs.record(&result.model.name, true);

@@ -658,6 +658,11 @@ pub struct PrivacyConfig {
     /// A detection of a person label from this score up is blurred, whatever threshold decides
     /// events: low, so a box that may be a person is blurred. Set in this file only.
     pub person_min_score: f32,
+    /// Blur the plates of every vehicle whose plate is not read (`plates.labels` in `plates.zones`):
+    /// the plate detector of `plates.models` finds them (a vehicle it cannot search is blurred whole).
+    pub blur_plates: bool,
+    /// Detector labels that are vehicles with plates, for `blur_plates`.
+    pub vehicle_labels: Vec<String>,
 }
 
 impl PrivacyConfig {
@@ -673,6 +678,8 @@ impl Default for PrivacyConfig {
             blur_people: true,
             person_labels: vec!["person".into()],
             person_min_score: crate::infer::DEFAULT_PERSON_MIN_SCORE,
+            blur_plates: false,
+            vehicle_labels: ["car", "truck", "bus", "motorcycle"].map(String::from).to_vec(),
         }
     }
 }

@@ -88,6 +88,7 @@ pub fn detect(image: &RgbImage) -> Vec<Detection> {
 pub fn inferred(camera: &str, image: &Arc<RgbImage>, results: &[ModelResult], secs: f64) -> InferredFrame {
     InferredFrame {
         plates: Vec::new(),
+        plates_to_blur: Vec::new(),
         frame: Frame {
             camera: camera.into(),
             sequence: 1,

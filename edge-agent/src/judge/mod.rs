@@ -61,6 +61,8 @@ pub struct JudgedEvent {
     pub caption: String,
     /// The on-site action of the event's rule, on `start` messages only (from the local config).
     pub action: Option<ActionConfig>,
+    /// The picture of the event's plate (`plate`), kept as evidence beside the frame; not yet private.
+    pub plate_picture: Option<crate::infer::plates::stage::PlatePicture>,
 }
 
 /// What must not be seen in any picture of a frame: decided here, applied by the evidence stage
@@ -72,6 +74,11 @@ pub struct PrivacyMask {
     pub blur_people: bool,
     /// The camera's privacy zones: always black.
     pub zones: Vec<Zone>,
+    /// With `privacy.blur_plates`: the plates of the vehicles whose plates are not read (or whole
+    /// vehicles whose plates could not be looked for), always blurred.
+    pub plates: Vec<BoundingBox>,
+    /// `privacy.blur_plates`: a clip of this camera is masked too (between judged frames, as for people).
+    pub blur_plates: bool,
 }
 
 impl PrivacyMask {
@@ -87,6 +94,8 @@ impl PrivacyMask {
             people,
             blur_people: scene.blur_people,
             zones: scene.zones_with_role(ZoneRole::Privacy).cloned().collect(),
+            plates: Vec::new(),
+            blur_plates: false,
         }
     }
 }
@@ -311,10 +320,14 @@ impl Judge {
 
     /// Decides one frame: what must stay private, what each rule saw, and the events that follow.
     pub fn judge(&mut self, inferred: InferredFrame) -> Judgement {
-        let InferredFrame { frame, results, plates } = inferred;
+        let InferredFrame { frame, results, plates, plates_to_blur } = inferred;
         let camera = frame.camera.to_string();
         let scene = self.scenes.get(&camera).unwrap_or(&self.default_scene);
-        let privacy = PrivacyMask::from_results(scene, &results);
+        let privacy = PrivacyMask {
+            plates: plates_to_blur,
+            blur_plates: self.settings.privacy.blur_plates,
+            ..PrivacyMask::from_results(scene, &results)
+        };
         let zones = scene.zones.clone();
         let mut transitions = self.run_rules(&camera, &frame, &results, &plates);
         let tamper_reference = self.watch_tamper(&camera, &frame, &mut transitions);
@@ -324,7 +337,14 @@ impl Judge {
             .map(|(kind, transition)| {
                 let event = self.event_from(kind, &camera, frame.captured_at, (width, height), &transition);
                 let action = (event.state == LifecycleState::Start).then(|| self.action_of(kind).clone()).flatten();
-                JudgedEvent { caption: self.caption(&event), with_pictures: transition.snapshot, action, event }
+                let plate_picture = transition.details.plate_picture.filter(|_| event.plate.is_some());
+                JudgedEvent {
+                    caption: self.caption(&event),
+                    with_pictures: transition.snapshot,
+                    action,
+                    plate_picture,
+                    event,
+                }
             })
             .collect();
         Judgement { frame, results, events, privacy, zones, tamper_reference }

@@ -3,9 +3,10 @@
 //! A text is confirmed after `min_reads` reads when at least `min_agreement` of the track's valid
 //! reads say it (Frigate 0.17 confirms its classifiers' labels after 3 attempts with 60 % agreement);
 //! until then the track has no plate. Reads whose text is not written as a plate's do not vote.
+//! The picture of the surest read of each text is kept, for the event's evidence.
 //! Pure: reads in, the confirmed plate out.
 
-use crate::infer::plates::stage::VehiclePlate;
+use crate::infer::plates::stage::{PlatePicture, VehiclePlate};
 use crate::infer::plates::{PlateColour, PlateSettings};
 pub use crate::wire::EventPlate as ConfirmedPlate;
 
@@ -36,6 +37,8 @@ struct Tally {
     score_sum: f32,
     /// (colour, rows) → reads.
     looks: Vec<((PlateColour, u8), u32)>,
+    /// The picture of the read with the highest score, and that score.
+    best_picture: Option<(f32, PlatePicture)>,
 }
 
 /// The votes of one track.
@@ -62,11 +65,22 @@ impl PlateVotes {
         };
         tally.reads += 1;
         tally.score_sum += sighting.score;
+        if let Some(picture) = &sighting.picture {
+            if tally.best_picture.as_ref().is_none_or(|(best, _)| sighting.score > *best) {
+                tally.best_picture = Some((sighting.score, picture.clone()));
+            }
+        }
         let look = (sighting.colour, sighting.rows);
         match tally.looks.iter_mut().find(|(l, _)| *l == look) {
             Some((_, n)) => *n += 1,
             None => tally.looks.push((look, 1)),
         }
+    }
+
+    /// The picture of the surest read of `text`.
+    pub fn best_picture(&self, text: &str) -> Option<&PlatePicture> {
+        let (_, tally) = self.texts.iter().find(|(t, _)| t == text)?;
+        tally.best_picture.as_ref().map(|(_, picture)| picture)
     }
 
     /// The plate the reads agree on, once they do.
@@ -105,7 +119,29 @@ mod tests {
             valid: true,
             colour: PlateColour::Yellow,
             rows: 1,
+            picture: None,
         }
+    }
+
+    fn pictured(text: &str, score: f32, shade: u8) -> VehiclePlate {
+        let image = image::RgbImage::from_pixel(40, 12, image::Rgb([shade; 3]));
+        let picture =
+            PlatePicture { image: std::sync::Arc::new(image), origin: (0, 0), frame: (640, 480), people: vec![] };
+        VehiclePlate { picture: Some(picture), ..read(text, score) }
+    }
+
+    #[test]
+    fn the_plate_keeps_the_picture_of_its_surest_read() {
+        let mut votes = PlateVotes::default();
+        votes.add(&pictured("京A12345", 0.7, 10));
+        votes.add(&pictured("京A12346", 0.99, 20));
+        votes.add(&pictured("京A12345", 0.9, 30));
+        votes.add(&read("京A12345", 0.95));
+        votes.add(&pictured("京A12345", 0.8, 40));
+        let shade = |text: &str| votes.best_picture(text).map(|p| p.image.get_pixel(0, 0).0[0]);
+        assert_eq!(shade("京A12345"), Some(30), "the 0.9 read's; a read without a picture keeps none");
+        assert_eq!(shade("京A12346"), Some(20));
+        assert_eq!(shade("京B00000"), None);
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub fn routes() -> Vec<ApiRoute> {
         route(Method::GET, "/api/v1/events/stream", get(super::sse::event_stream)),
         route(Method::GET, "/api/v1/events/{event_id}", get(event)),
         route(Method::GET, "/api/v1/events/{event_id}/evidence.jpg", get(evidence)),
+        route(Method::GET, "/api/v1/events/{event_id}/plate.jpg", get(plate_picture)),
         route(Method::GET, "/api/v1/events/{event_id}/clip.mp4", get(clip)),
         route(Method::POST, "/api/v1/events/{event_id}/acknowledge", post(acknowledge)),
         route(Method::GET, "/api/v1/events/{event_id}/label", get(labels::get_label)),
@@ -258,6 +259,30 @@ async fn evidence(
         None => {
             error(StatusCode::NOT_FOUND, "no_evidence", format!("no evidence image is kept for event {}", view.id()))
         }
+    }
+}
+
+/// The picture of the event's plate, kept as evidence: of the revision asked for, else the newest
+/// one kept.
+async fn plate_picture(
+    State(state): State<Arc<WebState>>,
+    Path(event_id): Path<String>,
+    Query(query): Query<RevisionQuery>,
+) -> Response {
+    let view = match find(&state, &event_id) {
+        Ok(view) => view,
+        Err(response) => return response,
+    };
+    let evidence_dir = state.state_dir.join("evidence");
+    let id = view.record.event.event_id;
+    let read = match events::plate_picture_path(&evidence_dir, &state.board, id, query.revision) {
+        Some(path) => tokio::fs::read(path).await.ok(),
+        None => None,
+    };
+    match read {
+        Some(jpeg) => ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "private, max-age=3600")], jpeg)
+            .into_response(),
+        None => error(StatusCode::NOT_FOUND, "no_plate_picture", format!("no plate picture is kept for event {id}")),
     }
 }
 

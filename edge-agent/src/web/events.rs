@@ -119,6 +119,12 @@ impl EventView {
         self.evidence_frame().and_then(|e| e.get("file")).and_then(Value::as_str)
     }
 
+    /// The picture of the event's plate this message kept (`…-plate.jpg` in `evidence.files`).
+    pub fn plate_file(&self) -> Option<&str> {
+        let files = self.json.get("evidence")?.get("files")?.as_array()?;
+        files.iter().filter_map(|f| f.get("file").and_then(Value::as_str)).find(|f| f.ends_with("-plate.jpg"))
+    }
+
     pub fn record_hash(&self) -> Option<&str> {
         self.text("hash")
     }
@@ -314,6 +320,24 @@ pub fn clip_path(evidence_dir: &Path, view: &EventView) -> Option<PathBuf> {
         .map(|time| time.format("%Y-%m-%d").to_string())
         .collect();
     days.iter().find_map(|day| evidence_file_path(evidence_dir, &format!("{day}/{}-clip.mp4", view.id())))
+}
+
+/// The picture of an event's plate: of `revision`'s message when one is asked for, else of the
+/// newest message that kept one (an `end` keeps none; the update that said the plate does).
+pub fn plate_picture_path(
+    evidence_dir: &Path,
+    board: &crate::delivery::board::StatusBoard,
+    event_id: Uuid,
+    revision: Option<u32>,
+) -> Option<PathBuf> {
+    let records = match revision {
+        Some(_) => board.event_revision(event_id, revision).into_iter().collect(),
+        None => board.event_revisions(event_id),
+    };
+    records.into_iter().find_map(|record| {
+        let view = EventView::new(record);
+        view.plate_file().and_then(|name| evidence_file_path(evidence_dir, name))
+    })
 }
 
 /// The evidence picture of an event: its evidence file when it names one, else its kept frame.

@@ -187,6 +187,7 @@ pub enum T {
     Zone,
     Track,
     Plate,
+    PlatePicture,
     TrucksByPlate,
     RegisteredTrucks,
     RegisteredTrucksNote,
@@ -409,6 +410,7 @@ impl T {
             T::Zone => ("Zone", "区域"),
             T::Track => ("Track", "跟踪编号"),
             T::Plate => ("Plate", "车牌"),
+            T::PlatePicture => ("Plate picture", "车牌图像"),
             T::TrucksByPlate => ("Trucks by plate", "出场车辆（按车牌）"),
             T::RegisteredTrucks => ("Registered trucks", "登记车辆"),
             T::RegisteredTrucksNote => (

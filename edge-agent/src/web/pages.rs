@@ -530,6 +530,8 @@ pub async fn event_detail(
         Err(response) => return response,
     };
     let image = events::evidence_image(&state.state_dir, &view).await;
+    let evidence_dir = state.state_dir.join("evidence");
+    let plate_picture = events::plate_picture_path(&evidence_dir, &state.board, view.record.event.event_id, None);
     // The clip's hash as kept now, to compare with its `clip` record in the chain: computed from
     // the file at each view (never remembered: a file changed behind the page must show), in pieces.
     let clip_hash = match events::clip_path(&state.state_dir.join("evidence"), &view) {
@@ -584,6 +586,11 @@ pub async fn event_detail(
                         @if let Some(track) = view.track_id() { div { dt { (t(T::Track)) } dd { (track) } } }
                         @if let Some(plate) = &event.plate {
                             div { dt { (t(T::Plate)) } dd #event-plate { (plate.text) " · " (plate.colour) " · " (plate.reads) "/" (plate.of_reads) } }
+                            @if plate_picture.is_some() {
+                                div.plate-picture { dt { (t(T::PlatePicture)) } dd {
+                                    img #event-plate-picture src={"/api/v1/events/" (view.id()) "/plate.jpg"} alt={(t(T::Plate)) ": " (plate.text)};
+                                } }
+                            }
                         }
                         div { dt { (t(T::Score)) } dd { (format!("{:.2}", view.score())) } }
                         div { dt { (t(T::Box)) } dd { (format!("{}, {} – {}, {}", event.bbox.x1, event.bbox.y1, event.bbox.x2, event.bbox.y2)) } }

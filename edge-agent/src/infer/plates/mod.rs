@@ -1,7 +1,8 @@
 //! Licence plates: find each plate in a picture (y5fu detector, found again in a window around it
 //! for sharper corners), straighten it by its four corners, read it (PP-OCRv4, double-row plates row
 //! by row, CTC decoded under the plate syntax) and tell its colour. `edge-agent plates` runs it on
-//! pictures; the flow's plate stage ([`stage`]) runs it on vehicles.
+//! pictures; the flow's plate stage ([`stage`]) runs it on vehicles, and finds (never reads) the
+//! plates of other vehicles with [`PlateFinder`] to blur them (`privacy.blur_plates`).
 
 pub mod colour;
 pub mod config;
@@ -142,6 +143,11 @@ impl PlateReader {
         &self.settings
     }
 
+    /// Where the plates in `picture` are (the 320 detector), best first; nothing is read.
+    pub fn find(&mut self, picture: &RgbImage) -> Result<Vec<BoundingBox>, PlateError> {
+        find_with(&mut self.window_detector, &self.settings, picture)
+    }
+
     /// Every plate in `picture` with some text read, best detection first.
     pub fn read(&mut self, picture: &RgbImage) -> Result<Vec<PlateRead>, PlateError> {
         let s = &self.settings;
@@ -268,6 +274,43 @@ impl PlateReader {
             detection_score: plate.score,
         }))
     }
+}
+
+/// The plate detector alone, for blurring the plates of vehicles whose plates are not read: where
+/// plates are, never what they say. Loaded when `privacy.blur_plates` is on and the plate reader
+/// is not (the reader finds them with its own detector).
+pub struct PlateFinder {
+    detector: Detector,
+    settings: PlateSettings,
+}
+
+impl PlateFinder {
+    pub fn load(settings: &PlateSettings, inference: &InferenceConfig) -> Result<Self, PlateError> {
+        let path = settings.models.join(config::DETECTOR_320);
+        if !path.is_file() {
+            return Err(PlateError::MissingModel {
+                path,
+                folder: settings.models.clone(),
+                files: config::DETECTOR_320.to_string(),
+            });
+        }
+        let detector = Detector::load(&path, 320, inference)?;
+        Ok(Self { detector, settings: settings.clone() })
+    }
+
+    pub fn find(&mut self, picture: &RgbImage) -> Result<Vec<BoundingBox>, PlateError> {
+        find_with(&mut self.detector, &self.settings, picture)
+    }
+
+    /// "tract" or "ort" (after any fallback).
+    pub fn backend(&self) -> &'static str {
+        self.detector.model.backend_name()
+    }
+}
+
+/// The boxes of the plates `detector` finds in `picture`, best first, at most `max_plates`.
+fn find_with(detector: &mut Detector, s: &PlateSettings, picture: &RgbImage) -> Result<Vec<BoundingBox>, PlateError> {
+    Ok(detector.detect(picture, s.objectness, s.nms_iou, s.max_plates)?.into_iter().map(|f| f.bbox).collect())
 }
 
 /// A double-row plate's reading: its rows one after the other; a plate when both rows are.

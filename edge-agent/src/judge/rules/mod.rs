@@ -19,6 +19,7 @@ use image::RgbImage;
 
 use crate::infer::config::{BackendKind, ModelConfig};
 use crate::infer::control::ModelRuns;
+pub use crate::infer::{crop_rect, crop_with_margin};
 use crate::infer::{BoundingBox, Classification, Detection, Findings, InferError, Model, ModelId};
 use crate::judge::background::StaticForeground;
 use crate::judge::config::TrackingConfig;
@@ -103,6 +104,8 @@ pub struct Finding {
     pub uncovered: Option<bool>,
     /// For `truck_exit`: the plate its track's reads agree on, once they do.
     pub plate: Option<crate::wire::EventPlate>,
+    /// The picture of that plate's surest read, for the evidence.
+    pub plate_picture: Option<crate::infer::plates::stage::PlatePicture>,
 }
 
 impl Finding {
@@ -121,6 +124,7 @@ impl Finding {
             coverage: None,
             uncovered: None,
             plate: None,
+            plate_picture: None,
         }
     }
 }
@@ -261,25 +265,4 @@ impl SecondStage {
             None
         })
     }
-}
-
-/// The box grown by `margin` of its size on each side, clipped to the image; None if empty.
-pub fn crop_with_margin(image: &RgbImage, b: &BoundingBox, margin: f32) -> Option<RgbImage> {
-    let (x1, y1, x2, y2) = crop_rect(image.width(), image.height(), b, margin)?;
-    Some(image::imageops::crop_imm(image, x1, y1, x2 - x1, y2 - y1).to_image())
-}
-
-/// The pixels (x1, y1, x2, y2) that [`crop_with_margin`] cuts from a `width`×`height` image: the
-/// box grown by `margin` of its size on each side, kept inside the image; None when too small.
-pub fn crop_rect(width: u32, height: u32, b: &BoundingBox, margin: f32) -> Option<(u32, u32, u32, u32)> {
-    let (w, h) = (width as f32, height as f32);
-    let (mx, my) = (b.width() * margin, b.height() * margin);
-    let x1 = (b.x1 - mx).floor().clamp(0.0, w);
-    let y1 = (b.y1 - my).floor().clamp(0.0, h);
-    let x2 = (b.x2 + mx).ceil().clamp(0.0, w);
-    let y2 = (b.y2 + my).ceil().clamp(0.0, h);
-    if x2 - x1 < 2.0 || y2 - y1 < 2.0 {
-        return None;
-    }
-    Some((x1 as u32, y1 as u32, x2 as u32, y2 as u32))
 }

@@ -130,7 +130,9 @@ impl TruckExitRule {
             }
             let (uncovered, classifier) =
                 self.covers.get(&track_id).map(|c| (c.uncovered, c.classifier.clone())).unwrap_or((None, None));
-            let plate = self.plate_votes.get(&track_id).and_then(|v| v.confirmed(&self.vote_settings));
+            let votes = self.plate_votes.get(&track_id);
+            let plate = votes.and_then(|v| v.confirmed(&self.vote_settings));
+            let plate_picture = plate.as_ref().and_then(|p| votes?.best_picture(&p.text)).cloned();
             // A plate newly agreed on is news for the platform: an update at once (a start that
             // comes with it carries it anyway).
             let news = match &plate {
@@ -151,6 +153,7 @@ impl TruckExitRule {
                     classifier,
                     uncovered,
                     plate,
+                    plate_picture,
                     ..Finding::new(self.tracked.label_of(track_id).unwrap_or(&f.detection.label), b)
                 },
             });
@@ -242,6 +245,7 @@ mod tests {
             valid: true,
             colour: crate::infer::plates::PlateColour::Yellow,
             rows: 1,
+            picture: None,
         };
         let elsewhere = BoundingBox { x1: 0.0, y1: 0.0, x2: 50.0, y2: 50.0 };
         let mut rule = TruckExitRule::new(&TruckExitRuleConfig::default(), &TrackingConfig::default());
