@@ -54,6 +54,10 @@ const PLATE_ON_DETECTION_IOU: f32 = 0.7;
 
 pub struct TruckExitRule {
     config: TruckExitRuleConfig,
+    /// The labels whose detections the tracker follows: the rule's, and the other vehicle labels
+    /// one of them may be given on a frame (`tracking.vehicle_labels`: a truck that looks like a
+    /// car on a blurred frame keeps its track). A track is a truck by its labels' vote.
+    followed: Vec<String>,
     tracked: TrackedRule,
     covers: HashMap<u64, CoverState>,
     plate_votes: HashMap<u64, PlateVotes>,
@@ -64,8 +68,13 @@ pub struct TruckExitRule {
 
 impl TruckExitRule {
     pub fn new(config: &TruckExitRuleConfig, tracking: &TrackingConfig) -> Self {
+        let mut followed = config.labels.clone();
+        if config.labels.iter().any(|l| tracking.vehicle_labels.contains(l)) {
+            followed.extend(tracking.vehicle_labels.iter().filter(|l| !config.labels.contains(l)).cloned());
+        }
         Self {
             config: config.clone(),
+            followed,
             tracked: TrackedRule::new(tracking, config.min_score, config.min_duration_secs, tracking.max_lost_secs),
             covers: HashMap::new(),
             plate_votes: HashMap::new(),
@@ -91,8 +100,7 @@ impl TruckExitRule {
             return Vec::new();
         }
         let (width, height) = (view.width(), view.height());
-        let found: Vec<&Found> =
-            view.found.iter().filter(|f| self.config.labels.contains(&f.detection.label)).collect();
+        let found: Vec<&Found> = view.found.iter().filter(|f| self.followed.contains(&f.detection.label)).collect();
         let candidates: Vec<Candidate> = found.iter().map(|f| Candidate::from(&f.detection)).collect();
         let mut sightings = Vec::new();
         for (i, track_id) in self.tracked.track(view.time, &candidates, ids) {
@@ -101,6 +109,10 @@ impl TruckExitRule {
             // Every read on the truck counts, before and inside the exit.
             for plate in plates.iter().filter(|p| iou(&p.vehicle, &b) >= PLATE_ON_DETECTION_IOU) {
                 self.plate_votes.entry(track_id).or_default().add(plate);
+            }
+            let label = self.tracked.label_of(track_id).unwrap_or(&f.detection.label);
+            if !self.config.labels.iter().any(|l| l == label) {
+                continue;
             }
             let wheels = ((b.x1 + b.x2) / 2.0, b.y2);
             let Some(exit) = view
@@ -207,6 +219,51 @@ mod tests {
             all.extend(rule.judge(&view, &mut ids, cover.as_deref_mut(), &[]));
         }
         all
+    }
+
+    /// dog.jpg's results with the truck's detection given another label and moved `dx` pixels.
+    fn truck_labelled(results: &[ModelResult], label: &str, dx: f32) -> Vec<ModelResult> {
+        let mut results = results.to_vec();
+        if let crate::infer::Findings::Detect { detections } = &mut results[0].findings {
+            // The car nanodet also sees on the pickup goes: one box, one label a frame.
+            let truck = detections.iter().find(|d| d.label == "truck").map(|d| d.bbox);
+            detections.retain(|d| d.label == "truck" || truck.is_none_or(|t| iou(&t, &d.bbox) < 0.5));
+            for d in detections.iter_mut().filter(|d| d.label == "truck") {
+                d.label = label.to_string();
+                d.bbox = BoundingBox { x1: d.bbox.x1 + dx, x2: d.bbox.x2 + dx, ..d.bbox };
+            }
+        }
+        results
+    }
+
+    #[test]
+    fn a_truck_called_a_car_on_some_frames_is_one_exit_and_a_car_is_none() {
+        let dog = sample("dog.jpg");
+        let found = vec![detector_result(&dog)];
+        // Driving through the exit, 6 px a frame; on blurred frames, for 6 s (longer than a track
+        // is kept without a sighting, and far enough not to be the same still object), it is a car.
+        let results: Vec<Vec<ModelResult>> = (0..40)
+            .map(|i| {
+                let label = if (14..26).contains(&i) { "car" } else { "truck" };
+                truck_labelled(&found, label, -100.0 + 6.0 * i as f32)
+            })
+            .collect();
+        let frames: Vec<(f64, &image::RgbImage, &[ModelResult])> =
+            results.iter().enumerate().map(|(i, r)| (i as f64 * 0.5, &dog, r.as_slice())).collect();
+        let mut rule = TruckExitRule::new(&TruckExitRuleConfig::default(), &TrackingConfig::default());
+        let all = play(&mut rule, &frames, None);
+        let ids: std::collections::HashSet<_> = all.iter().map(|t| t.event_id).collect();
+        assert_eq!(ids.len(), 1, "one truck, one exit: {all:?}");
+        assert!(all.iter().all(|t| t.details.label == "truck"), "{all:?}");
+        // A car (called a car on every frame but one) is not a truck.
+        let results: Vec<Vec<ModelResult>> = (0..30)
+            .map(|i| truck_labelled(&found, if i == 4 { "truck" } else { "car" }, -100.0 + 6.0 * i as f32))
+            .collect();
+        let frames: Vec<(f64, &image::RgbImage, &[ModelResult])> =
+            results.iter().enumerate().map(|(i, r)| (i as f64 * 0.5, &dog, r.as_slice())).collect();
+        let mut rule = TruckExitRule::new(&TruckExitRuleConfig::default(), &TrackingConfig::default());
+        let all = play(&mut rule, &frames, None);
+        assert!(all.is_empty(), "{all:?}");
     }
 
     #[test]
