@@ -101,7 +101,7 @@ cargo test --workspace --locked --features "$features" "$@"
 if [ "${SKIP_BENCH_SMOKE:-}" = 1 ] && [ "${CI:-}" != true ] && [ "${CI:-}" != 1 ]; then
   echo "== SKIPPED: benchmark smoke runs (SKIP_BENCH_SMOKE=1; CI never skips them)"
 else
-  echo "== benchmark smoke runs (bench/camera.sh --smoke and --substream --smoke, bench/compare.sh --smoke, bench/decoders.sh --smoke, bench/plates.sh --smoke, models/quantize.sh --smoke, platform_watch --smoke)"
+  echo "== benchmark smoke runs (bench/camera.sh --smoke and --substream --smoke, bench/compare.sh --smoke, bench/decoders.sh --smoke, bench/plates.sh --smoke, bench/plates_flow.sh --smoke, models/quantize.sh --smoke, platform_watch --smoke)"
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/camera.sh --smoke
   # Cameras per box: a two-stream camera with motion against one stream every frame and Python.
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/camera.sh --substream --smoke
@@ -109,6 +109,8 @@ else
   bash bench/decoders.sh --smoke
   # The plate reader against the reference pipeline on a sample of ../shared/lpr.
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/plates.sh --smoke
+  # The plate stage in the running agent: plates off and on, ort and tract, on two vehicles.
+  EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/plates_flow.sh --smoke
   # Rebuilds the int8 models and checks they are the committed ones, then times them against fp32.
   bash models/quantize.sh --smoke
   # `edge-platform watch` on 12 boxes with signed chains into SQLite and PostgreSQL (benches/platform_watch.rs).
