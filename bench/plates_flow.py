@@ -133,7 +133,7 @@ def cpu_secs(pid):
 
 def exits(port):
     """The plates of the truck_exit events, oldest first (None for an event without one)."""
-    url = f"http://127.0.0.1:{port}/api/v1/events?kind=truck_exit&limit=500"
+    url = f"http://127.0.0.1:{port}/api/v1/events?kind=truck_exit&limit=200"
     with urllib.request.urlopen(url, timeout=10) as reply:
         listed = json.load(reply)["events"]
     events = sorted((e["event"] for e in listed), key=lambda e: e["start_time"])

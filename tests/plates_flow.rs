@@ -11,11 +11,15 @@
 //! blurred frames is misread on some of them (another province, nothing): its event carries the
 //! plate its reads agree on.
 
+mod web_support;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use edge_agent_tests::*;
 use serde_json::Value;
+use web_support::browser::{open_browser, screenshot, wait_until};
+use web_support::{screenshot_dir, ChromeDriver};
 
 /// The truck (a yellow single-row plate at a toll gate) and the bus of the set.
 const TRUCK: (&str, &str) = ("scene_hlprbad2_085.png", "浙EA3262");
@@ -158,6 +162,32 @@ fn plates_read(lpr: &Path, pictures: &[PathBuf], crops: bool) -> Vec<Vec<String>
         .collect()
 }
 
+/// In a real browser (Debian's chromium): the event's page shows the plate's text and its picture,
+/// and the statistics page counts the truck by its plate. The page is open on loopback (no users).
+async fn the_page_shows_the_plate(web_port: u16, event_id: &str) {
+    let Some((driver, chromium)) = ChromeDriver::start() else { return };
+    let profile = tempfile::tempdir().unwrap();
+    let browser = open_browser(&driver, &chromium, profile.path(), false, "en-US,en").await;
+    let base = format!("http://127.0.0.1:{web_port}");
+    let shots = screenshot_dir("plates");
+    browser.goto(&format!("{base}/events/{event_id}")).await.expect("the event page");
+    let picture_shown = format!(
+        "(() => {{ const i = document.getElementById('event-plate-picture'); const t = document.getElementById('event-plate');
+           return i && i.complete && i.naturalWidth > 20 && t && t.textContent.includes('{}'); }})()",
+        TRUCK.1
+    );
+    wait_until(&browser, &picture_shown, "the plate's text and picture on the event page").await;
+    screenshot(&browser, &shots, "event-plate").await;
+    browser.goto(&format!("{base}/stats")).await.expect("the statistics page");
+    let counted = format!(
+        "[...document.querySelectorAll('#stats-table td.plates')].some(td => td.textContent.includes('{} ×1'))",
+        TRUCK.1
+    );
+    wait_until(&browser, &counted, "the truck counted by its plate on the statistics page").await;
+    screenshot(&browser, &shots, "stats-plates").await;
+    let _ = browser.close().await;
+}
+
 /// The evidence pictures the agent kept whose names end with `suffix`.
 fn kept_pictures(state: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -202,6 +232,7 @@ fn a_truck_driving_out_is_one_event_carrying_its_plate_and_a_bus_is_never_read()
     let exit_id = of_kind(&events, "truck_exit").first().and_then(|e| e["event_id"].as_str()).unwrap_or("").to_string();
     let page = http_get(&format!("http://127.0.0.1:{web_port}/events/{exit_id}"));
     let picture = http_get_bytes(&format!("http://127.0.0.1:{web_port}/api/v1/events/{exit_id}/plate.jpg"));
+    tokio::runtime::Runtime::new().unwrap().block_on(the_page_shows_the_plate(web_port, &exit_id));
     drop(agent);
     let text = plain_log(&std::fs::read_to_string(&log).unwrap_or_default());
     assert!(text.contains("plate stage on"), "{text}");
