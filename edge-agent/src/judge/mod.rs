@@ -407,10 +407,16 @@ impl Judge {
         transitions.extend(
             cam.overflow.judge(&view, self.overflow_classifier.as_mut()).into_iter().map(tag(EventKind::Overflow)),
         );
-        transitions.extend(
-            cam.road_debris.judge(&view, &debris_found, &mut cam.ids).into_iter().map(tag(EventKind::RoadDebris)),
-        );
+        // Trucks first: debris on a spot a truck just covered carries its plate.
         let exits = cam.truck_exit.judge(&view, &mut cam.ids, self.cover_classifier.as_mut(), plates);
+        let truck_exit = &cam.truck_exit;
+        let truck_on_spot = |spot: &BoundingBox| truck_exit.plate_that_passed(spot);
+        transitions.extend(
+            cam.road_debris
+                .judge(&view, &debris_found, &mut cam.ids, &truck_on_spot)
+                .into_iter()
+                .map(tag(EventKind::RoadDebris)),
+        );
         let unregistered = cam.unregistered_truck.follow(&exits);
         transitions.extend(exits.into_iter().map(tag(EventKind::TruckExit)));
         transitions.extend(unregistered.into_iter().map(tag(EventKind::UnregisteredTruck)));

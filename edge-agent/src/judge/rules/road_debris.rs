@@ -2,13 +2,20 @@
 //! `after_secs`. Found by the city's debris detector when `rules.road_debris.model` names one;
 //! without it, by the background model: static foreground that is not a detected vehicle or person.
 //! The area is reported in frame pixels and, when the camera has a ground homography, in m².
+//! Debris found where a truck with a read plate drove lately carries that truck's plate (the truck
+//! the track links it to: [`super::truck_exit::TruckExitRule::plate_that_passed`]).
+
+use std::collections::HashMap;
 
 use super::{centre, track_key, Finding, Found, FrameView, TrackedRule};
+use crate::infer::plates::stage::PlatePicture;
+use crate::infer::BoundingBox;
 use crate::infer::ModelId;
 use crate::judge::config::{RoadDebrisRuleConfig, TrackingConfig, ZoneRole};
 use crate::judge::lifecycle::{Sighting, Transition};
 use crate::judge::tracker::{Candidate, TrackIds};
 use crate::judge::zones::Scene;
+use crate::wire::{EventPlate, UpdateReason};
 
 /// Label of debris found by the background model, which has no classes.
 pub const DEBRIS_LABEL: &str = "debris";
@@ -16,7 +23,12 @@ pub const DEBRIS_LABEL: &str = "debris";
 pub struct RoadDebrisRule {
     config: RoadDebrisRuleConfig,
     tracked: TrackedRule,
+    /// The plate of the truck each debris track is linked to, once found.
+    linked: HashMap<u64, (EventPlate, Option<PlatePicture>)>,
 }
+
+/// The plate of the truck that lately covered a spot (frame pixels), if any.
+pub type TruckOnSpot<'a> = &'a dyn Fn(&BoundingBox) -> Option<(EventPlate, Option<PlatePicture>)>;
 
 /// One candidate's extra facts, kept beside the tracker's candidate list.
 struct Extra {
@@ -30,6 +42,7 @@ impl RoadDebrisRule {
         Self {
             config: config.clone(),
             tracked: TrackedRule::new(tracking, config.min_score, config.after_secs, config.clear_secs),
+            linked: HashMap::new(),
         }
     }
 
@@ -42,8 +55,15 @@ impl RoadDebrisRule {
         self.config.enabled && self.config.model.is_none() && scene.has_role(ZoneRole::Road)
     }
 
-    /// `debris_found`: the debris model's detections (empty without one).
-    pub fn judge(&mut self, view: &FrameView, debris_found: &[Found], ids: &mut TrackIds) -> Vec<Transition<Finding>> {
+    /// `debris_found`: the debris model's detections (empty without one); `truck_on_spot`: the
+    /// plate of the truck that lately drove where a piece of debris lies.
+    pub fn judge(
+        &mut self,
+        view: &FrameView,
+        debris_found: &[Found],
+        ids: &mut TrackIds,
+        truck_on_spot: TruckOnSpot,
+    ) -> Vec<Transition<Finding>> {
         if !self.config.enabled || !view.scene.has_role(ZoneRole::Road) {
             return Vec::new();
         }
@@ -94,8 +114,17 @@ impl RoadDebrisRule {
         for (i, track_id) in self.tracked.track(view.time, &candidates, ids) {
             let (candidate, extra) = (&candidates[i], &extras[i]);
             let (cx, cy) = centre(&candidate.bbox);
+            // Linked once, for the debris track's life; a link found after its start is news.
+            let mut news = None;
+            if !self.linked.contains_key(&track_id) {
+                if let Some(truck) = truck_on_spot(&candidate.bbox) {
+                    self.linked.insert(track_id, truck);
+                    news = Some(UpdateReason::PlateRead);
+                }
+            }
+            let (plate, plate_picture) = self.linked.get(&track_id).cloned().unzip();
             sightings.push(Sighting {
-                news: None,
+                news,
                 key: track_key(track_id),
                 score: candidate.score,
                 zone: road_at(cx, cy),
@@ -104,10 +133,14 @@ impl RoadDebrisRule {
                     model: extra.model.clone(),
                     area_px: Some(extra.area_px),
                     area_m2: extra.area_m2,
+                    plate,
+                    plate_picture: plate_picture.flatten(),
                     ..Finding::new(&candidate.label, candidate.bbox)
                 },
             });
         }
+        let live: std::collections::HashSet<u64> = self.tracked.tracker.tracks().iter().map(|t| t.id).collect();
+        self.linked.retain(|id, _| live.contains(id));
         self.tracked.observe(view.time, sightings)
     }
 }
@@ -160,7 +193,7 @@ mod tests {
             let fg = background.update(image, at(t), &exclude);
             let view =
                 FrameView { camera: "road", time: at(t), image, found: &found, scene: &scene, foreground: Some(&fg) };
-            all.extend(rule.judge(&view, &[], &mut ids));
+            all.extend(rule.judge(&view, &[], &mut ids, &|_| None));
         }
         all
     }
@@ -229,11 +262,76 @@ mod tests {
                 scene: &scene,
                 foreground: None,
             };
-            all.extend(rule.judge(&view, &debris, &mut ids));
+            all.extend(rule.judge(&view, &debris, &mut ids, &|_| None));
         }
         assert_eq!(all.len(), 1, "{all:?}");
         assert_eq!(all[0].details.label, "cup");
         assert_eq!(all[0].details.model.as_ref().map(|m| m.name.as_str()), Some("nanodet"));
         assert!(all[0].details.area_m2.is_some_and(|a| a > 0.5), "{:?}", all[0].details.area_m2);
+        assert_eq!(all[0].details.plate, None, "no truck drove there");
+    }
+
+    /// A truck whose plate was read drove over the spot: the debris carries its plate, from the
+    /// sighting the link is found on to the end; debris elsewhere does not.
+    #[test]
+    fn debris_where_a_truck_with_a_plate_drove_carries_its_plate() {
+        let spilled = cup_on_pavement();
+        let results = vec![detector_result(&spilled)];
+        let scene = road();
+        let config = RoadDebrisRuleConfig {
+            model: Some("nanodet".into()),
+            labels: vec!["cup".into()],
+            after_secs: 5.0,
+            clear_secs: 2.0,
+            ..RoadDebrisRuleConfig::default()
+        };
+        let debris = detections_of(&results, &scene, 768, 576, None);
+        let cup = debris.iter().find(|f| f.detection.label == "cup").expect("the cup").detection.bbox;
+        let plate = EventPlate {
+            text: "浙EA3262".into(),
+            colour: "yellow".into(),
+            rows: 1,
+            score: 0.97,
+            reads: 3,
+            of_reads: 4,
+        };
+        let run = |truck_spot: BoundingBox, link_from: usize| {
+            let mut rule = RoadDebrisRule::new(&config, &TrackingConfig::default());
+            let mut ids = TrackIds::default();
+            let mut all = Vec::new();
+            for i in 0..30 {
+                // The plate is agreed on only from frame `link_from` (the truck is still leaving).
+                let known = |spot: &BoundingBox| {
+                    let (x, y) = centre(spot);
+                    let covered = truck_spot.x1 <= x && x <= truck_spot.x2 && truck_spot.y1 <= y && y <= truck_spot.y2;
+                    (covered && i >= link_from).then(|| (plate.clone(), None))
+                };
+                let found = if i < 24 { debris.as_slice() } else { &[] };
+                let view = FrameView {
+                    camera: "road",
+                    time: at(i as f64 * 0.5),
+                    image: &spilled,
+                    found: &[],
+                    scene: &scene,
+                    foreground: None,
+                };
+                all.extend(rule.judge(&view, found, &mut ids, &known));
+            }
+            all
+        };
+        let over_the_cup = BoundingBox { x1: cup.x1 - 50.0, y1: cup.y1 - 80.0, x2: cup.x2 + 50.0, y2: cup.y2 + 5.0 };
+        let all = run(over_the_cup, 0);
+        let states: Vec<LifecycleState> = all.iter().map(|t| t.state).collect();
+        assert_eq!(states, [LifecycleState::Start, LifecycleState::End], "{all:?}");
+        assert!(all.iter().all(|t| t.details.plate.as_ref() == Some(&plate)), "{all:?}");
+        // Linked after the event started: an update says it at once.
+        let all = run(over_the_cup, 14);
+        assert_eq!(all[0].details.plate, None);
+        let linked = all.iter().find(|t| t.reason == Some(UpdateReason::PlateRead)).expect("an update with the plate");
+        assert_eq!(linked.details.plate.as_ref(), Some(&plate));
+        assert_eq!(all.last().and_then(|t| t.details.plate.as_ref()), Some(&plate), "{all:?}");
+        // A truck that drove elsewhere: no plate.
+        let beside = BoundingBox { x1: 0.0, y1: 0.0, x2: 100.0, y2: 100.0 };
+        assert!(run(beside, 0).iter().all(|t| t.details.plate.is_none()));
     }
 }

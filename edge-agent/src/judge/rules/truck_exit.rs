@@ -3,17 +3,22 @@
 //! the truck's crop (null when none is configured or it is not sure). With `leaving_direction`, the
 //! truck must also have moved that way by `min_travel` of the frame, so a truck coming in through
 //! the exit, or parked in it, is not leaving. With the plate stage on, the plates read on a truck's
-//! detections vote over its track, and its events carry the plate once the reads agree.
+//! detections vote over its track, and its events carry the plate once the reads agree. It also
+//! remembers where trucks with a plate went lately ([`TruckExitRule::plate_that_passed`]): debris
+//! found where a truck just drove carries that truck's plate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
 
 use super::{track_key, Finding, Found, FrameView, SecondStage, TrackedRule};
 use crate::infer::detect::iou;
+use crate::infer::plates::stage::PlatePicture;
 use crate::infer::plates::stage::VehiclePlate;
 use crate::infer::ModelId;
 use crate::judge::config::{CoverClassifierConfig, Direction, TrackingConfig, TruckExitRuleConfig, ZoneRole};
 use crate::judge::lifecycle::{Sighting, Transition};
-use crate::judge::plate_votes::{PlateVotes, VoteSettings};
+use crate::judge::plate_votes::{ConfirmedPlate, PlateVotes, VoteSettings};
 use crate::judge::tracker::{Candidate, Track, TrackIds};
 use crate::wire::UpdateReason;
 
@@ -52,6 +57,18 @@ struct CoverState {
 /// A plate was read on a truck's detection when its vehicle box is (nearly) the detection's.
 const PLATE_ON_DETECTION_IOU: f32 = 0.7;
 
+/// Where trucks went is remembered this long: debris found on a spot a truck covered within it
+/// carries the truck's plate (spilled muck is found as soon as it lies still; the debris event
+/// starts `after_secs` later).
+pub const TRUCK_TRAIL_SECS: f64 = 120.0;
+
+/// A truck's box on one frame.
+struct Passage {
+    at: DateTime<Utc>,
+    bbox: crate::infer::BoundingBox,
+    track_id: u64,
+}
+
 pub struct TruckExitRule {
     config: TruckExitRuleConfig,
     /// The labels whose detections the tracker follows: the rule's, and the other vehicle labels
@@ -64,6 +81,10 @@ pub struct TruckExitRule {
     vote_settings: VoteSettings,
     /// The plate each track's events last said.
     plates_said: HashMap<u64, String>,
+    /// Where the trucks were in the last [`TRUCK_TRAIL_SECS`], oldest first.
+    trail: VecDeque<Passage>,
+    /// The plates of the trucks on the trail (their tracks may have ended), with the plate's picture.
+    trail_plates: HashMap<u64, (ConfirmedPlate, Option<PlatePicture>)>,
 }
 
 impl TruckExitRule {
@@ -80,7 +101,23 @@ impl TruckExitRule {
             plate_votes: HashMap::new(),
             vote_settings: VoteSettings::default(),
             plates_said: HashMap::new(),
+            trail: VecDeque::new(),
+            trail_plates: HashMap::new(),
         }
+    }
+
+    /// The plate of the truck that most recently covered the middle of `spot` (frame pixels) in the
+    /// last [`TRUCK_TRAIL_SECS`], when its reads agreed on one.
+    pub fn plate_that_passed(
+        &self,
+        spot: &crate::infer::BoundingBox,
+    ) -> Option<(ConfirmedPlate, Option<PlatePicture>)> {
+        let (x, y) = ((spot.x1 + spot.x2) / 2.0, (spot.y1 + spot.y2) / 2.0);
+        self.trail
+            .iter()
+            .rev()
+            .filter(|p| p.bbox.x1 <= x && x <= p.bbox.x2 && p.bbox.y1 <= y && y <= p.bbox.y2)
+            .find_map(|p| self.trail_plates.get(&p.track_id).cloned())
     }
 
     /// How many agreeing reads make a track's plate (`[plates]`).
@@ -113,6 +150,12 @@ impl TruckExitRule {
             let label = self.tracked.label_of(track_id).unwrap_or(&f.detection.label);
             if !self.config.labels.iter().any(|l| l == label) {
                 continue;
+            }
+            self.trail.push_back(Passage { at: view.time, bbox: b, track_id });
+            let votes = self.plate_votes.get(&track_id);
+            if let Some(plate) = votes.and_then(|v| v.confirmed(&self.vote_settings)) {
+                let picture = votes.and_then(|v| v.best_picture(&plate.text)).cloned();
+                self.trail_plates.insert(track_id, (plate, picture));
             }
             let wheels = ((b.x1 + b.x2) / 2.0, b.y2);
             let Some(exit) = view
@@ -173,6 +216,12 @@ impl TruckExitRule {
         let live: std::collections::HashSet<u64> = self.tracked.tracker.tracks().iter().map(|t| t.id).collect();
         self.covers.retain(|id, _| live.contains(id));
         self.plate_votes.retain(|id, _| live.contains(id));
+        let horizon = view.time - chrono::Duration::milliseconds((TRUCK_TRAIL_SECS * 1000.0) as i64);
+        while self.trail.front().is_some_and(|p| p.at < horizon) {
+            self.trail.pop_front();
+        }
+        let on_trail: std::collections::HashSet<u64> = self.trail.iter().map(|p| p.track_id).collect();
+        self.trail_plates.retain(|id, _| on_trail.contains(id));
         self.plates_said.retain(|id, _| live.contains(id));
         self.tracked.observe(view.time, sightings)
     }
@@ -343,6 +392,24 @@ mod tests {
             ("京A12345", "yellow", 19, 20)
         );
         assert!(all.iter().all(|t| t.details.plate.as_ref().is_none_or(|p| p.text == "京A12345")), "{all:?}");
+        // The truck's trail: a spot it covered has its plate (its track has ended); a spot it
+        // never covered has none, and neither has any once the trail is older than it keeps.
+        let under_the_truck =
+            BoundingBox { x1: truck.x1 + 20.0, y1: truck.y2 - 10.0, x2: truck.x1 + 60.0, y2: truck.y2 };
+        let passed = rule.plate_that_passed(&under_the_truck).map(|(plate, _)| plate.text);
+        assert_eq!(passed.as_deref(), Some("京A12345"));
+        assert_eq!(rule.plate_that_passed(&elsewhere), None);
+        let found = detections_of(&other_results, &scene, other.width(), other.height(), None);
+        let later = FrameView {
+            camera: "gate",
+            time: at(20.0 + TRUCK_TRAIL_SECS),
+            image: &other,
+            found: &found,
+            scene: &scene,
+            foreground: None,
+        };
+        rule.judge(&later, &mut ids, None, &[]);
+        assert_eq!(rule.plate_that_passed(&under_the_truck), None, "forgotten after {TRUCK_TRAIL_SECS} s");
         // Fewer agreeing reads than asked for: no plate.
         let strict = VoteSettings { min_reads: 30, min_agreement: 0.6 };
         let mut rule =
