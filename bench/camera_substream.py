@@ -202,8 +202,8 @@ def main():
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--perf", type=pathlib.Path, help="folder: `perf record` each contender in its window")
     args = parser.parse_args()
-    args.perf = None
     if args.smoke:
         args.cameras, args.contender_cameras = [1], [1]
         args.width, args.height, args.sub_width, args.sub_height = 640, 360, 320, 180

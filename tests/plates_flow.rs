@@ -138,6 +138,18 @@ fn events_until_the_exit_ends(subscriber: &Subscriber, timeout: Duration) -> Vec
     events
 }
 
+/// Runs the agent of `config` until the `truck_exit` event has ended, and `after` more: the event
+/// messages it sent and its log (plain text).
+fn watch_the_site(broker: &Mosquitto, config: &Path, timeout: Duration, after: Duration) -> (Vec<Value>, String) {
+    let subscriber = Subscriber::connect(broker.port, "edge/plate-site/events");
+    let log = config.with_file_name("agent.log");
+    let agent = Agent::start(config, &log);
+    let mut events = events_until_the_exit_ends(&subscriber, timeout);
+    events.extend(subscriber.collect_for(after).iter().filter_map(|m| serde_json::from_slice(&m.payload).ok()));
+    drop(agent);
+    (events, plain_log(&std::fs::read_to_string(&log).unwrap_or_default()))
+}
+
 fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == kind).collect()
 }
@@ -324,12 +336,7 @@ fn a_corrupt_plate_model_is_named_and_the_truck_is_still_reported_without_a_plat
     std::fs::write(models.join("ch_PP-OCRv4_rec_infer.onnx"), b"not an ONNX model").unwrap();
     drive_through(&dir.path().join("frames"), &[lpr.join("images").join(TRUCK.0)], 8, 8);
     let config = site_config(dir.path(), &broker, &models, "enabled = false", "registered = [\"京A12345\"]", "");
-    let subscriber = Subscriber::connect(broker.port, "edge/plate-site/events");
-    let log = dir.path().join("agent.log");
-    let agent = Agent::start(&config, &log);
-    let events = events_until_the_exit_ends(&subscriber, Duration::from_secs(120));
-    drop(agent);
-    let text = plain_log(&std::fs::read_to_string(&log).unwrap_or_default());
+    let (events, text) = watch_the_site(&broker, &config, Duration::from_secs(120), Duration::ZERO);
     assert!(
         text.contains("ch_PP-OCRv4_rec_infer.onnx") && text.contains("plates are not read"),
         "the broken model is named: {text}"
@@ -358,12 +365,7 @@ fn with_blur_plates_and_no_plates_read_no_kept_picture_shows_a_readable_plate() 
     let reading_off = text.replace("[plates]\nenabled = true", "[plates]\nenabled = false");
     assert_ne!(reading_off, text);
     std::fs::write(&config, reading_off).unwrap();
-    let subscriber = Subscriber::connect(broker.port, "edge/plate-site/events");
-    let log = dir.path().join("agent.log");
-    let agent = Agent::start(&config, &log);
-    let events = events_until_the_exit_ends(&subscriber, Duration::from_secs(120));
-    drop(agent);
-    let text = plain_log(&std::fs::read_to_string(&log).unwrap_or_default());
+    let (events, text) = watch_the_site(&broker, &config, Duration::from_secs(120), Duration::ZERO);
     assert!(text.contains("plate stage on") && text.contains("blur_plates=true"), "{text}");
     let exits = of_kind(&events, "truck_exit");
     assert!(exits.iter().any(|e| e["state"] == "end"), "the truck is still reported: {events:#?}\n{text}");
@@ -389,15 +391,8 @@ fn a_truck_misread_on_some_frames_gets_the_plate_its_reads_agree_on() {
     let frames = dir.path().join("frames");
     approach(&frames, &lpr.join("images").join(TRUCK.0), 16, (0.3, 0.75), 1.6);
     let config = site_config(dir.path(), &broker, &lpr.join("models"), "enabled = false", "", "");
-    let subscriber = Subscriber::connect(broker.port, "edge/plate-site/events");
-    let log = dir.path().join("agent.log");
-    let agent = Agent::start(&config, &log);
-    let mut events = events_until_the_exit_ends(&subscriber, Duration::from_secs(150));
-    events.extend(
-        subscriber.collect_for(Duration::from_secs(20)).iter().filter_map(|m| serde_json::from_slice(&m.payload).ok()),
-    );
-    drop(agent);
-    let text = plain_log(&std::fs::read_to_string(&log).unwrap_or_default());
+    // The frames after the first end: a second track of the same truck would show there.
+    let (events, text) = watch_the_site(&broker, &config, Duration::from_secs(150), Duration::from_secs(20));
     let exits = of_kind(&events, "truck_exit");
     let end = exits.iter().find(|e| e["state"] == "end").unwrap_or_else(|| panic!("{events:#?}\n{text}"));
     let plate = &end["plate"];

@@ -361,7 +361,7 @@ fn https_serves_a_self_signed_certificate_made_once_and_kept() {
 }
 
 #[test]
-fn an_admin_sets_the_registered_trucks_and_a_text_that_is_not_a_plate_is_refused_by_its_index() {
+fn an_admin_sets_the_registered_trucks_and_a_text_that_is_not_a_plate_is_refused_naming_the_key() {
     let web = WebAgent::start("");
     let admin = HttpSession::login(&web.base, ADMIN.0, ADMIN.1).unwrap_or_else(|r| panic!("login: {}", r.body));
     let viewer = HttpSession::login(&web.base, VIEWER.0, VIEWER.1).unwrap_or_else(|r| panic!("login: {}", r.body));

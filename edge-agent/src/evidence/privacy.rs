@@ -189,6 +189,16 @@ mod tests {
     use crate::judge::fixtures::{detail, detect, pixels, sample};
     use crate::judge::zones::Polygon;
 
+    /// A privacy zone over the top right of the picture: x from 0.7, y to 0.3.
+    fn top_right_window(id: &str) -> Zone {
+        Zone {
+            id: id.into(),
+            role: ZoneRole::Privacy,
+            category: None,
+            polygon: Polygon::new(&[[0.7, 0.0], [1.0, 0.0], [1.0, 0.3], [0.7, 0.3]]).unwrap(),
+        }
+    }
+
     #[test]
     fn the_person_found_in_person_jpg_is_blurred_and_the_rest_untouched() {
         let original = sample("person.jpg");
@@ -217,12 +227,7 @@ mod tests {
         assert!(hides_nothing(&empty));
         assert!(hides_nothing(&PrivacyMask { people: vec![person], blur_people: false, ..empty.clone() }));
         assert!(!hides_nothing(&PrivacyMask { people: vec![person], ..empty.clone() }));
-        let window = Zone {
-            id: "w".into(),
-            role: ZoneRole::Privacy,
-            category: None,
-            polygon: Polygon::new(&[[0.7, 0.0], [1.0, 0.0], [1.0, 0.3], [0.7, 0.3]]).unwrap(),
-        };
+        let window = top_right_window("w");
         assert!(!hides_nothing(&PrivacyMask { zones: vec![window], ..empty }));
     }
 
@@ -230,12 +235,7 @@ mod tests {
     fn a_part_of_a_frame_is_masked_as_the_frame_is_at_its_place() {
         let original = sample("person.jpg");
         let person = BoundingBox { x1: 175.0, y1: 92.0, x2: 267.0, y2: 368.0 };
-        let window = Zone {
-            id: "w".into(),
-            role: ZoneRole::Privacy,
-            category: None,
-            polygon: Polygon::new(&[[0.7, 0.0], [1.0, 0.0], [1.0, 0.3], [0.7, 0.3]]).unwrap(),
-        };
+        let window = top_right_window("w");
         let plate = BoundingBox { x1: 420.0, y1: 250.0, x2: 500.0, y2: 280.0 };
         let mask = PrivacyMask {
             people: vec![person],
@@ -276,12 +276,7 @@ mod tests {
     fn blurring_switched_off_leaves_people_but_privacy_zones_stay_black() {
         let original = sample("person.jpg");
         let person = BoundingBox { x1: 175.0, y1: 92.0, x2: 267.0, y2: 368.0 };
-        let window = Zone {
-            id: "neighbour-window".into(),
-            role: ZoneRole::Privacy,
-            category: None,
-            polygon: Polygon::new(&[[0.7, 0.0], [1.0, 0.0], [1.0, 0.3], [0.7, 0.3]]).unwrap(),
-        };
+        let window = top_right_window("neighbour-window");
         let mut image = original.clone();
         apply(
             &mut image,

@@ -237,18 +237,24 @@ mod tests {
         crate::judge::fixtures::detect(image).into_iter().map(|d| d.label).collect()
     }
 
-    #[test]
-    fn a_configured_debris_model_replaces_the_background_model() {
-        // nanodet stands in for a city's debris model here: its `cup` is the debris class.
+    /// The cup put down on the pavement, and a rule that takes nanodet for a city's debris model:
+    /// its `cup` is the debris class.
+    fn cup_as_debris() -> (image::RgbImage, Vec<ModelResult>, RoadDebrisRuleConfig) {
         let spilled = cup_on_pavement();
         let results = vec![detector_result(&spilled)];
-        let scene = road();
         let config = RoadDebrisRuleConfig {
             model: Some("nanodet".into()),
             labels: vec!["cup".into()],
             after_secs: 5.0,
             ..RoadDebrisRuleConfig::default()
         };
+        (spilled, results, config)
+    }
+
+    #[test]
+    fn a_configured_debris_model_replaces_the_background_model() {
+        let (spilled, results, config) = cup_as_debris();
+        let scene = road();
         let mut rule = RoadDebrisRule::new(&config, &TrackingConfig::default());
         let debris = detections_of(&results, &scene, 768, 576, None);
         let mut ids = TrackIds::default();
@@ -275,16 +281,9 @@ mod tests {
     /// sighting the link is found on to the end; debris elsewhere does not.
     #[test]
     fn debris_where_a_truck_with_a_plate_drove_carries_its_plate() {
-        let spilled = cup_on_pavement();
-        let results = vec![detector_result(&spilled)];
+        let (spilled, results, config) = cup_as_debris();
+        let config = RoadDebrisRuleConfig { clear_secs: 2.0, ..config };
         let scene = road();
-        let config = RoadDebrisRuleConfig {
-            model: Some("nanodet".into()),
-            labels: vec!["cup".into()],
-            after_secs: 5.0,
-            clear_secs: 2.0,
-            ..RoadDebrisRuleConfig::default()
-        };
         let debris = detections_of(&results, &scene, 768, 576, None);
         let cup = debris.iter().find(|f| f.detection.label == "cup").expect("the cup").detection.bbox;
         let plate = EventPlate {
