@@ -251,11 +251,7 @@ async fn evidence(
         None => view,
     };
     match events::evidence_image(&state.state_dir, &view).await {
-        Some(jpeg) => (
-            [(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "private, max-age=3600")],
-            jpeg.as_ref().clone(),
-        )
-            .into_response(),
+        Some(jpeg) => kept_jpeg(jpeg.as_ref().clone()),
         None => {
             error(StatusCode::NOT_FOUND, "no_evidence", format!("no evidence image is kept for event {}", view.id()))
         }
@@ -280,10 +276,14 @@ async fn plate_picture(
         None => None,
     };
     match read {
-        Some(jpeg) => ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "private, max-age=3600")], jpeg)
-            .into_response(),
+        Some(jpeg) => kept_jpeg(jpeg),
         None => error(StatusCode::NOT_FOUND, "no_plate_picture", format!("no plate picture is kept for event {id}")),
     }
+}
+
+/// A kept evidence picture: it never changes, so the browser may keep it for an hour.
+fn kept_jpeg(jpeg: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "private, max-age=3600")], jpeg).into_response()
 }
 
 /// The event's video clip (fragmented MP4), streamed from the evidence folder; a clip still being

@@ -151,11 +151,13 @@ impl TruckExitRule {
             if !self.config.labels.iter().any(|l| l == label) {
                 continue;
             }
-            self.trail.push_back(Passage { at: view.time, bbox: b, track_id });
+            // The track's plate once its reads agree: for its trail, and its exit's messages below.
             let votes = self.plate_votes.get(&track_id);
-            if let Some(plate) = votes.and_then(|v| v.confirmed(&self.vote_settings)) {
-                let picture = votes.and_then(|v| v.best_picture(&plate.text)).cloned();
-                self.trail_plates.insert(track_id, (plate, picture));
+            let plate = votes.and_then(|v| v.confirmed(&self.vote_settings));
+            let plate_picture = plate.as_ref().and_then(|p| votes?.best_picture(&p.text)).cloned();
+            self.trail.push_back(Passage { at: view.time, bbox: b, track_id });
+            if let Some(plate) = &plate {
+                self.trail_plates.insert(track_id, (plate.clone(), plate_picture.clone()));
             }
             let wheels = ((b.x1 + b.x2) / 2.0, b.y2);
             let Some(exit) = view
@@ -185,9 +187,6 @@ impl TruckExitRule {
             }
             let (uncovered, classifier) =
                 self.covers.get(&track_id).map(|c| (c.uncovered, c.classifier.clone())).unwrap_or((None, None));
-            let votes = self.plate_votes.get(&track_id);
-            let plate = votes.and_then(|v| v.confirmed(&self.vote_settings));
-            let plate_picture = plate.as_ref().and_then(|p| votes?.best_picture(&p.text)).cloned();
             // A plate newly agreed on is news for the platform: an update at once (a start that
             // comes with it carries it anyway).
             let news = match &plate {
