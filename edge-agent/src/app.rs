@@ -394,6 +394,23 @@ async fn wait_for_first_camera_attempts(cameras: &[Arc<CameraHealth>], shutdown:
     }
 }
 
+/// Loads a plate model (`load` reads files and builds sessions: seconds) on a blocking thread; its
+/// error, or the thread's, in words.
+async fn load_plate_model<T, E>(
+    config: &Config,
+    load: fn(&infer::plates::PlateSettings, &infer::config::InferenceConfig) -> Result<T, E>,
+) -> Result<T, String>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let (settings, inference) = (config.plates.clone(), config.inference.clone());
+    match tokio::task::spawn_blocking(move || load(&settings, &inference)).await {
+        Ok(loaded) => loaded.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The plate stage, when `[plates]` is on or `privacy.blur_plates` asks for it; where it reads follows
 /// the zones as `set` and `reload` change them. Plate models that do not load leave the agent
 /// running: without plates read (and says why), and with every vehicle blurred whole where plates
@@ -406,16 +423,11 @@ async fn plate_work(
     if !reading && !blurring {
         return None;
     }
-    let (settings, inference) = (config.plates.clone(), config.inference.clone());
     let reader = if reading {
-        let loaded = tokio::task::spawn_blocking(move || infer::plates::PlateReader::load(&settings, &inference)).await;
-        match loaded.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
-            Ok(reader) => Some(reader),
-            Err(e) => {
-                tracing::error!("{e}; plates are not read");
-                None
-            }
-        }
+        load_plate_model(config, infer::plates::PlateReader::load)
+            .await
+            .inspect_err(|e| tracing::error!("{e}; plates are not read"))
+            .ok()
     } else {
         None
     };
@@ -423,18 +435,10 @@ async fn plate_work(
         // The reader lends its own detector; without one, the detector alone.
         let finder = match &reader {
             Some(_) => None,
-            None => {
-                let (settings, inference) = (config.plates.clone(), config.inference.clone());
-                let loaded =
-                    tokio::task::spawn_blocking(move || infer::plates::PlateFinder::load(&settings, &inference)).await;
-                match loaded.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
-                    Ok(finder) => Some(finder),
-                    Err(e) => {
-                        tracing::error!("{e}; `privacy.blur_plates` blurs every vehicle whole");
-                        None
-                    }
-                }
-            }
+            None => load_plate_model(config, infer::plates::PlateFinder::load)
+                .await
+                .inspect_err(|e| tracing::error!("{e}; `privacy.blur_plates` blurs every vehicle whole"))
+                .ok(),
         };
         Some(infer::plates::stage::PlateBlurring { labels: config.privacy.vehicle_labels.clone(), finder })
     } else {

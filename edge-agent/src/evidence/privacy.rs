@@ -101,24 +101,20 @@ fn blur_into_cells(image: &mut RgbImage, b: &BoundingBox, cells_across: f32) {
             sum.map(|channel| channel as f32 / count)
         })
         .collect();
-    // Pass 2: every pixel from the four cell centres around it.
-    let mut line = vec![[0f32; 3]; bw as usize];
+    // Pass 2: every pixel from the four cell centres around it, separably: the row's cell means
+    // blended down once (one value per cell column), then each pixel blended across from two.
+    let mut blended = vec![[0f32; 3]; columns];
     for y in 0..bh {
         let (r0, r1, wy) = down.taps[y as usize];
-        for (x, value) in line.iter_mut().enumerate() {
-            let (c0, c1, wx) = across.taps[x];
-            let (a, b) = (&means[r0 * columns + c0], &means[r0 * columns + c1]);
-            let (c, d) = (&means[r1 * columns + c0], &means[r1 * columns + c1]);
-            *value = std::array::from_fn(|ch| {
-                let top = a[ch] + (b[ch] - a[ch]) * wx;
-                let bottom = c[ch] + (d[ch] - c[ch]) * wx;
-                top + (bottom - top) * wy
-            });
+        let (above, below) = (&means[r0 * columns..(r0 + 1) * columns], &means[r1 * columns..(r1 + 1) * columns]);
+        for ((value, a), b) in blended.iter_mut().zip(above).zip(below) {
+            *value = std::array::from_fn(|ch| a[ch] + (b[ch] - a[ch]) * wy);
         }
-        for (pixel, value) in pixels[line_at(y1 + y)].chunks_exact_mut(3).zip(&line) {
-            pixel[0] = (value[0] + 0.5) as u8;
-            pixel[1] = (value[1] + 0.5) as u8;
-            pixel[2] = (value[2] + 0.5) as u8;
+        for (pixel, &(c0, c1, wx)) in pixels[line_at(y1 + y)].chunks_exact_mut(3).zip(&across.taps) {
+            let (left, right) = (&blended[c0], &blended[c1]);
+            for ch in 0..3 {
+                pixel[ch] = (left[ch] + (right[ch] - left[ch]) * wx + 0.5) as u8;
+            }
         }
     }
 }

@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::RtspUrl;
-use super::frame_pool::FramePool;
 use super::video_tap::{ArrivingUnit, VideoTap};
 use super::SourceError;
+use crate::base::frame_pool::FramePool;
 use crate::base::redact::redact_userinfo;
 
 /// What a GStreamer source reads.

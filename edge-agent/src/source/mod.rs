@@ -4,7 +4,6 @@
 
 pub mod config;
 pub mod file;
-pub mod frame_pool;
 #[cfg(feature = "gstreamer")]
 pub mod gst;
 pub mod h264;
@@ -292,7 +291,7 @@ impl OpenSource {
     }
 
     /// A picture given out as a frame: a GStreamer source fills its buffer again once the stages
-    /// are done with it (`frame_pool`).
+    /// are done with it (`base::frame_pool`).
     #[cfg_attr(not(feature = "gstreamer"), allow(unused_variables))]
     pub fn track(&self, frame: &Arc<RgbImage>) {
         match self {

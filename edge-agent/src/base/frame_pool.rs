@@ -1,6 +1,7 @@
 //! Picture buffers handed back for the next frame: frames get their own mappings
-//! (`infer/allocator.rs`), so a fresh 1280×720 frame is 2.8 MB of new pages to fault in. A camera's
-//! pool refills a buffer no stage holds any more, and keeps at most one idle (one frame of memory).
+//! (`infer/allocator.rs`), so a fresh 1280×720 frame is 2.8 MB of new pages to fault in. A pool (a
+//! camera's decoded pictures, the evidence stage's masked copies) refills a buffer no stage holds
+//! any more, and keeps at most one idle (one frame of memory).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
