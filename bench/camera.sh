@@ -12,12 +12,23 @@
 #   bash bench/camera.sh --substream           # cameras per box (issue 31): 1080p main stream and
 #                                               # 640×360 substream, 1/4/8/16 cameras, motion; ~25 min
 #   bash bench/camera.sh --substream --smoke   # its smoke run (scripts/test.sh runs it)
+#   bash bench/camera.sh --ab OLD NEW          # two agent builds (binaries) and Python taking turns,
+#                                               # one 1080p camera every frame: CPU per frame, page
+#                                               # faults, ratios; prints, writes no results; ~8 min
+#   bash bench/camera.sh --ab OLD NEW --smoke  # its smoke run (scripts/test.sh runs it)
 # EDGE_AGENT_BIN=path uses that binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 driver=bench/camera_bench.py
+ab=()
 if [ "${1:-}" = "--substream" ]; then driver=bench/camera_substream.py; shift; fi
+if [ "${1:-}" = "--ab" ]; then
+  driver=bench/camera_ab.py
+  ab=(--old "$2" --new "$3")
+  export EDGE_AGENT_BIN="${EDGE_AGENT_BIN:-$3}" # nothing to build: the two builds are given
+  shift 3
+fi
 smoke=()
 if [ "${1:-}" = "--smoke" ]; then smoke=(--smoke); shift; fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edge-agent/target}"
@@ -48,5 +59,9 @@ if [ ${#smoke[@]} -gt 0 ]; then
   results="$(mktemp --suffix=-camera-smoke.md)"
   trap 'rm -f "$results"' EXIT
 fi
+cache="${BENCH_CACHE:-$HOME/.cache/edge-agent/camera-bench}"
+if [ ${#ab[@]} -gt 0 ]; then
+  exec "$BENCH_PYTHON" "$driver" "${ab[@]}" --python "$BENCH_PYTHON" --cache "$cache" "${smoke[@]}" "$@"
+fi
 "$BENCH_PYTHON" "$driver" --agent "$agent" --python "$BENCH_PYTHON" \
-  --cache "${BENCH_CACHE:-$HOME/.cache/edge-agent/camera-bench}" --results "$results" "${smoke[@]}" "$@"
+  --cache "$cache" --results "$results" "${smoke[@]}" "$@"

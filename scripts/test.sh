@@ -101,10 +101,13 @@ cargo test --workspace --locked --features "$features" "$@"
 if [ "${SKIP_BENCH_SMOKE:-}" = 1 ] && [ "${CI:-}" != true ] && [ "${CI:-}" != 1 ]; then
   echo "== SKIPPED: benchmark smoke runs (SKIP_BENCH_SMOKE=1; CI never skips them)"
 else
-  echo "== benchmark smoke runs (bench/camera.sh --smoke and --substream --smoke, bench/compare.sh --smoke, bench/decoders.sh --smoke, bench/plates.sh --smoke, bench/plates_flow.sh --smoke, models/quantize.sh --smoke, platform_watch --smoke)"
+  echo "== benchmark smoke runs (bench/camera.sh --smoke, --substream --smoke and --ab --smoke, bench/compare.sh --smoke, bench/decoders.sh --smoke, bench/plates.sh --smoke, bench/plates_flow.sh --smoke, models/quantize.sh --smoke, platform_watch --smoke)"
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/camera.sh --smoke
   # Cameras per box: a two-stream camera with motion against one stream every frame and Python.
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/camera.sh --substream --smoke
+  # Two agent builds taking turns with Python (here the same binary twice: the harness must run).
+  EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/camera.sh --ab \
+    "$CARGO_TARGET_DIR/debug/edge-agent" "$CARGO_TARGET_DIR/debug/edge-agent" --smoke
   EDGE_AGENT_BIN="$CARGO_TARGET_DIR/debug/edge-agent" bash bench/compare.sh --smoke
   bash bench/decoders.sh --smoke
   # The plate reader against the reference pipeline on a sample of ../shared/lpr.
