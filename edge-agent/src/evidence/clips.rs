@@ -84,19 +84,23 @@ impl MaskTrack {
                     &BoundingBox { x1: 0.0, y1: 0.0, x2: width as f32, y2: height as f32 },
                 );
             }
+            let (mut people, mut plates) = (Vec::new(), Vec::new());
             for sample in near {
                 let (sx, sy) =
                     (width as f32 / sample.frame.0.max(1) as f32, height as f32 / sample.frame.1.max(1) as f32);
                 let scaled =
                     |b: &BoundingBox| BoundingBox { x1: b.x1 * sx, y1: b.y1 * sy, x2: b.x2 * sx, y2: b.y2 * sy };
                 if self.blur_people {
-                    for person in &sample.people {
-                        super::privacy::blur_box(picture, &scaled(person));
-                    }
+                    people.extend(sample.people.iter().map(scaled));
                 }
-                for plate in &sample.plates {
-                    super::privacy::blur_plate(picture, &scaled(plate));
-                }
+                plates.extend(sample.plates.iter().map(scaled));
+            }
+            // The same person on the twenty frames around the picture is blurred once.
+            for person in super::privacy::merged_boxes(people) {
+                super::privacy::blur_box(picture, &person);
+            }
+            for plate in super::privacy::merged_boxes(plates) {
+                super::privacy::blur_plate(picture, &plate);
             }
         }
         for zone in &self.zones {
@@ -776,6 +780,30 @@ mod tests {
         let mut between = original.clone();
         track.apply(at(3.5), &mut between);
         assert!(detail(&between, horse) * 4 < detail(&original, horse), "no judged frame near: all blurred");
+    }
+
+    #[test]
+    fn a_still_person_judged_on_every_frame_near_a_picture_is_blurred_once_over_their_boxes() {
+        let original = crate::judge::fixtures::sample("person.jpg"); // 640×424
+        let mut track = MaskTrack::default();
+        // Twenty-one frames a second around the picture, the detector's box moving a pixel or two.
+        let boxes: Vec<BoundingBox> = (0..21)
+            .map(|i| {
+                let jitter = (i % 3) as f32;
+                BoundingBox { x1: 175.0 + jitter, y1: 92.0 - jitter, x2: 267.0 + jitter, y2: 368.0 + jitter }
+            })
+            .collect();
+        for (i, girl) in boxes.iter().enumerate() {
+            let privacy = PrivacyMask { people: vec![*girl], blur_people: true, ..PrivacyMask::default() };
+            track.note(at(i as f64 / 10.0), &privacy, (640, 424), chrono::Duration::seconds(60));
+        }
+        let mut masked = original.clone();
+        track.apply(at(1.0), &mut masked);
+        let hull = crate::judge::rules::union(boxes.iter().copied()).unwrap();
+        let mut once = original.clone();
+        crate::evidence::privacy::blur_box(&mut once, &hull);
+        assert!(masked == once, "one blur over the boxes' hull, not one a frame");
+        assert!(detail(&masked, [175, 92, 267, 368]) * 4 < detail(&original, [175, 92, 267, 368]), "blurred");
     }
 
     #[test]

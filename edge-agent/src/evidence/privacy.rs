@@ -54,6 +54,27 @@ pub fn blur_box(image: &mut RgbImage, b: &BoundingBox) {
     blur_into_cells(image, b, BLUR_CELLS_ACROSS);
 }
 
+/// Boxes of one thing seen on several frames overlap at least this much (intersection over union).
+const SAME_THING_IOU: f32 = 0.5;
+
+/// The boxes of several frames, each set of overlapping ones (the same person standing or moving
+/// a little between frames) merged into the box holding them all, so that a picture masked with
+/// the boxes of the frames around it blurs each place once, not once a frame: a still person judged
+/// on twenty frames near a clip's picture was blurred twenty times. Every input box lies inside
+/// an output box, so nothing blurred before is left sharp.
+pub fn merged_boxes(boxes: impl IntoIterator<Item = BoundingBox>) -> Vec<BoundingBox> {
+    let mut merged: Vec<BoundingBox> = Vec::new();
+    for b in boxes {
+        match merged.iter_mut().find(|m| crate::infer::detect::iou(m, &b) >= SAME_THING_IOU) {
+            Some(m) => {
+                *m = BoundingBox { x1: m.x1.min(b.x1), y1: m.y1.min(b.y1), x2: m.x2.max(b.x2), y2: m.y2.max(b.y2) };
+            }
+            None => merged.push(b),
+        }
+    }
+    merged
+}
+
 /// Smooths a plate away, harder than a person: no character keeps a shape.
 pub fn blur_plate(image: &mut RgbImage, b: &BoundingBox) {
     blur_into_cells(image, b, PLATE_CELLS_ACROSS);
@@ -193,6 +214,25 @@ mod tests {
             category: None,
             polygon: Polygon::new(&[[0.7, 0.0], [1.0, 0.0], [1.0, 0.3], [0.7, 0.3]]).unwrap(),
         }
+    }
+
+    #[test]
+    fn boxes_of_one_thing_merge_and_boxes_of_two_things_do_not() {
+        let b = |x1: f32, y1: f32, x2: f32, y2: f32| BoundingBox { x1, y1, x2, y2 };
+        let boxes = [b(10.0, 10.0, 50.0, 90.0), b(300.0, 10.0, 340.0, 90.0), b(12.0, 8.0, 52.0, 91.0)];
+        let merged = merged_boxes(boxes);
+        assert_eq!(merged.len(), 2, "{merged:?}");
+        assert_eq!(merged[0], b(10.0, 8.0, 52.0, 91.0), "the first and third, one thing");
+        assert_eq!(merged[1], boxes[1], "the other apart");
+        for input in boxes {
+            assert!(
+                merged.iter().any(|m| m.x1 <= input.x1 && m.y1 <= input.y1 && m.x2 >= input.x2 && m.y2 >= input.y2),
+                "{input:?} lies inside a merged box"
+            );
+        }
+        // Two people side by side, touching, are two boxes: neither's blur grows over the space
+        // beside them.
+        assert_eq!(merged_boxes([b(0.0, 0.0, 40.0, 80.0), b(35.0, 0.0, 75.0, 80.0)]).len(), 2);
     }
 
     #[test]
