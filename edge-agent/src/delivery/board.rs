@@ -18,6 +18,7 @@ use crate::delivery::history::EventHistory;
 use crate::delivery::outbox::OutboxStats;
 use crate::delivery::stats::DailyStats;
 use crate::evidence::store::EvidenceUsage;
+use crate::evidence::PrivatePicture;
 use crate::infer::{ModelInfo, ModelResult};
 use crate::source::CameraHealth;
 use crate::wire::ChainHead;
@@ -236,7 +237,7 @@ pub struct SampleLabel {
 /// frame cost more CPU than the models: it is made when the page, the API or a `snapshot` asks, at
 /// most once per frame, and for frames that carry events (their picture on the page).
 pub struct LiveFrame {
-    pub image: Arc<RgbImage>,
+    pub image: PrivatePicture,
     pub results: Vec<ModelResult>,
     pub event_boxes: Vec<crate::infer::BoundingBox>,
     pub zones: Vec<crate::judge::zones::Zone>,
@@ -248,7 +249,7 @@ const LIVE_FRAME_JPEG_QUALITY: u8 = 75;
 
 impl LiveFrame {
     pub fn new(
-        image: Arc<RgbImage>,
+        image: PrivatePicture,
         results: Vec<ModelResult>,
         event_boxes: Vec<crate::infer::BoundingBox>,
         zones: Vec<crate::judge::zones::Zone>,
@@ -260,7 +261,8 @@ impl LiveFrame {
     pub fn jpeg(&self) -> Option<Arc<Vec<u8>>> {
         self.jpeg
             .get_or_init(|| {
-                let mut annotated = crate::evidence::draw::annotate(&self.image, &self.results, &self.event_boxes);
+                let mut annotated =
+                    crate::evidence::draw::annotate(&self.image.image(), &self.results, &self.event_boxes);
                 crate::evidence::draw::draw_zones(&mut annotated, &self.zones);
                 match crate::evidence::draw::encode_jpeg(&annotated, LIVE_FRAME_JPEG_QUALITY) {
                     Ok(jpeg) => Some(Arc::new(jpeg)),
@@ -284,7 +286,7 @@ struct CameraView {
     live: Option<Arc<LiveFrame>>,
     /// The newest judged frame without drawings (privacy applied), for drawing zones on; encoded
     /// only when someone asks.
-    latest_scene: Option<Arc<RgbImage>>,
+    latest_scene: Option<PrivatePicture>,
     /// Ids of the zones the judge used on the newest frame.
     zones_in_use: Vec<String>,
     latest_results: Vec<ModelResult>,
@@ -444,7 +446,7 @@ impl StatusBoard {
     }
 
     /// The judged frame without drawings (privacy applied) and the zones the judge used on it.
-    pub fn record_scene(&self, camera: &str, image: Arc<RgbImage>, zones_in_use: Vec<String>) {
+    pub fn record_scene(&self, camera: &str, image: PrivatePicture, zones_in_use: Vec<String>) {
         if let Some(view) = self.lock().cameras.get_mut(camera) {
             view.latest_scene = Some(image);
             view.zones_in_use = zones_in_use;
@@ -453,7 +455,9 @@ impl StatusBoard {
 
     /// The newest judged frame of a camera without drawings (privacy applied).
     pub fn latest_scene(&self, camera: &str) -> Option<Arc<RgbImage>> {
-        self.lock().cameras.get(camera).and_then(|c| c.latest_scene.clone())
+        // Masked (when first asked) outside the board's lock.
+        let scene = self.lock().cameras.get(camera).and_then(|c| c.latest_scene.clone());
+        scene.map(|picture| picture.image())
     }
 
     /// Ids of the zones the judge used on the camera's newest frame; None for an unknown camera.
@@ -749,7 +753,12 @@ mod tests {
         });
         let without = test_event(EventKind::Object, LifecycleState::Update, time);
         board.record_events(&[with_file.clone(), without.clone()]);
-        let frame = LiveFrame::new(Arc::new(RgbImage::new(64, 48)), Vec::new(), Vec::new(), Vec::new());
+        let frame = LiveFrame::new(
+            PrivatePicture::hiding_nothing(Arc::new(RgbImage::new(64, 48))),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         board.record_frame(&without.camera, time, frame, true);
         assert!(board.event_record(with_file.event_id).unwrap().frame_jpeg.is_none());
         let kept = board.event_record(without.event_id).unwrap().frame_jpeg.expect("the frame is its picture");

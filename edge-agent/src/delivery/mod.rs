@@ -103,8 +103,8 @@ impl Delivery {
         let outbox = self.outbox.clone();
         let boxes: Vec<BoundingBox> = events.iter().map(|e| BoundingBox::from(e.bbox)).collect();
         let zones_in_use: Vec<String> = zones.iter().map(|z| z.id.clone()).collect();
-        // `frame.image` is private already (people blurred, privacy zones black).
-        let live = LiveFrame::new(frame.image.clone(), results, boxes, zones);
+        // `frame.picture` is private (people blurred, privacy zones black) when looked at.
+        let live = LiveFrame::new(frame.picture.clone(), results, boxes, zones);
         // An event's picture on the page is its evidence file; the frame is encoded for the page
         // only for events that have none (evidence off, or a message without new pictures).
         let needs_page_picture = events.iter().any(|event| !board::has_evidence_picture(event));
@@ -139,7 +139,7 @@ impl Delivery {
         }
         // Events were put on the board above; their frame's picture (encoded above) goes with them.
         self.board.record_frame(&frame.camera, frame.captured_at, live, needs_page_picture);
-        self.board.record_scene(&frame.camera, frame.image.clone(), zones_in_use);
+        self.board.record_scene(&frame.camera, frame.picture.clone(), zones_in_use);
     }
 
     /// Offers the held messages to the outbox again (no frame came to carry them).

@@ -40,6 +40,7 @@ use crate::wire::chain::sha256_hex;
 use crate::wire::{ChainHead, ChainProof, Event, EventKind, EvidenceRef, LifecycleState};
 use clips::ClipRecorder;
 use config::EvidenceConfig;
+pub use privacy::PrivatePicture;
 use store::{EvidenceError, EvidenceStore, Picture};
 
 /// Retention also runs this often when no event brings new evidence, so old pictures still go.
@@ -56,12 +57,20 @@ pub struct Snapshot {
     pub jpeg: Arc<Vec<u8>>,
 }
 
+/// What of a frame goes on past the evidence stage: whose it is, when, and its picture, private.
+#[derive(Debug, Clone)]
+pub struct ShownFrame {
+    pub camera: Arc<str>,
+    pub captured_at: DateTime<Utc>,
+    pub picture: PrivatePicture,
+}
+
 /// A frame with its events and their evidence: the message from evidence to delivery. Everything
 /// in it is private already and may be shown or sent.
 #[derive(Debug, Clone)]
 pub struct EvidencedFrame {
-    /// The frame with privacy applied.
-    pub frame: Frame,
+    /// The frame, its picture masked when looked at.
+    pub frame: ShownFrame,
     pub results: Vec<ModelResult>,
     /// Each with its snapshot hash and its place in the chain, when evidence is kept.
     pub events: Vec<Event>,
@@ -97,10 +106,9 @@ pub struct EvidenceStage {
     /// Event clips, when evidence and clips are on.
     clips: Option<ClipRecorder>,
     /// The last frame sent on, for the message that carries the clips finished at shutdown.
-    last_frame: Option<Frame>,
-    /// Buffers of masked frames no stage holds any more: a masked copy is made of every frame with
-    /// someone in view, and a fresh one is 2.8 MB of new pages at 720p (`base::frame_pool`).
-    masked_frames: FramePool,
+    last_frame: Option<ShownFrame>,
+    /// Buffers of masked copies of frames no one holds any more (`PrivatePicture`).
+    masked_frames: Arc<FramePool>,
 }
 
 impl EvidenceStage {
@@ -118,7 +126,7 @@ impl EvidenceStage {
             tamper_dir: state_dir.join(TAMPER_DIR),
             clips,
             last_frame: None,
-            masked_frames: FramePool::default(),
+            masked_frames: Arc::default(),
         })
     }
 
@@ -131,26 +139,11 @@ impl EvidenceStage {
     pub fn process(&mut self, judgement: Judgement) -> EvidencedFrame {
         let Judgement { frame, results, events: judged, privacy, zones, tamper_reference } = judgement;
         let now = frame.captured_at;
-        // A frame with nothing to hide (no person to blur, no privacy zone) is shared as it is: no
-        // copy of the whole picture on every frame.
-        let private: Arc<RgbImage> = if privacy::hides_nothing(&privacy) {
-            frame.image.clone()
-        } else {
-            let (width, height) = frame.image.dimensions();
-            let mut masked = match self.masked_frames.idle(width, height) {
-                Some(mut buffer) => {
-                    buffer.copy_from_slice(frame.image.as_raw());
-                    buffer
-                }
-                None => (*frame.image).clone(),
-            };
-            privacy::apply(&mut masked, &privacy);
-            let masked = Arc::new(masked);
-            self.masked_frames.track(&masked);
-            masked
-        };
+        // Masked here only where this frame's events or a tamper reference need the picture; the
+        // rest when someone looks at it.
+        let private = PrivatePicture::new(frame.image.clone(), privacy.clone(), self.masked_frames.clone());
         if let Some(reference) = tamper_reference {
-            self.keep_tamper_reference(&reference, &private);
+            self.keep_tamper_reference(&reference, &private.image());
         }
         let mut events = Vec::with_capacity(judged.len());
         let mut snapshots = Vec::new();
@@ -191,7 +184,7 @@ impl EvidenceStage {
         // A finished clip's record goes out with this frame's other chain records.
         self.keep_finished_clips(now, None);
         self.retention_if_due(now);
-        let frame = Frame { image: private, ..frame };
+        let frame = ShownFrame { camera: frame.camera.clone(), captured_at: now, picture: private };
         self.last_frame = Some(frame.clone());
         self.evidenced(frame, results, events, snapshots, zones, actions)
     }
@@ -207,7 +200,7 @@ impl EvidenceStage {
 
     fn evidenced(
         &mut self,
-        frame: Frame,
+        frame: ShownFrame,
         results: Vec<ModelResult>,
         events: Vec<Event>,
         snapshots: Vec<Snapshot>,
@@ -420,14 +413,18 @@ pub async fn run_evidence(
 /// by messages per frame).
 fn pictures_of_events(
     quality: u8,
-    private: &RgbImage,
+    private: &PrivatePicture,
     zones: &[Zone],
     results: &[ModelResult],
     judged: &[JudgedEvent],
 ) -> Vec<EventPictures> {
-    let draw = |judged: &JudgedEvent| event_pictures(quality, private, zones, results, &judged.event, &judged.caption);
     let wanted: Vec<usize> = (0..judged.len()).filter(|&i| judged[i].with_pictures).collect();
     let mut pictures: Vec<EventPictures> = judged.iter().map(|_| (None, None)).collect();
+    if wanted.is_empty() {
+        return pictures;
+    }
+    let private = private.image();
+    let draw = |judged: &JudgedEvent| event_pictures(quality, &private, zones, results, &judged.event, &judged.caption);
     if wanted.len() < 2 {
         for i in wanted {
             pictures[i] = draw(&judged[i]);
@@ -548,7 +545,8 @@ mod tests {
                 }
             })
             .collect();
-        let drawn = pictures_of_events(90, &dog, &[], &results, &judged);
+        let drawn =
+            pictures_of_events(90, &PrivatePicture::hiding_nothing(Arc::new(dog.clone())), &[], &results, &judged);
         assert_eq!(drawn.len(), judged.len());
         for (i, (judged, (frame, crop))) in judged.iter().zip(&drawn).enumerate() {
             if !judged.with_pictures {
@@ -748,7 +746,7 @@ polygon = [[0.0, 0.0], [0.2, 0.0], [0.2, 0.15], [0.0, 0.15]]
         assert_eq!(wrong.classifier.as_ref().map(|m| m.name.as_str()), Some("efficientnet_lite0"));
 
         // Privacy: the live frame and the evidence picture show the girl blurred and the window black.
-        let live = &judgements[0].frame.image;
+        let live = &judgements[0].frame.picture.image();
         assert!(detail(live, girl_box) * 3 < detail(&frame, girl_box), "live frame blurs the girl");
         assert_eq!(*live.get_pixel(120, 70), image::Rgb([0, 0, 0]));
         let judgement = judgements.iter().find(|j| j.events.iter().any(|e| e.event_id == wrong.event_id)).unwrap();
@@ -863,9 +861,9 @@ polygon = [[0.0, 0.0], [0.2, 0.0], [0.2, 0.15], [0.0, 0.15]]
         let picture = Arc::new(sample("person.jpg"));
         let results = vec![detector_result(&picture)];
         let judgement = stage.process(judge.judge(inferred("yard", &picture, &results, 0.0)));
-        assert_eq!(judgement.frame.image.as_ref(), picture.as_ref(), "nothing blurred");
+        assert_eq!(judgement.frame.picture.image().as_ref(), picture.as_ref(), "nothing blurred");
         let blurred = stage.process(judge.judge(inferred("other", &picture, &results, 0.0)));
-        assert_ne!(blurred.frame.image.as_ref(), picture.as_ref(), "other cameras keep the default");
+        assert_ne!(blurred.frame.picture.image().as_ref(), picture.as_ref(), "other cameras keep the default");
         assert!(stage.dir().is_none());
     }
 }

@@ -4,8 +4,11 @@
 //! whose plates are not read are blurred too. Nothing here, or anywhere in the agent, recognises
 //! faces.
 
+use std::sync::{Arc, OnceLock};
+
 use image::{Rgb, RgbImage};
 
+use crate::base::frame_pool::FramePool;
 use crate::infer::BoundingBox;
 use crate::judge::zones::Zone;
 use crate::judge::PrivacyMask;
@@ -17,6 +20,73 @@ const BLUR_CELLS_ACROSS: f32 = 6.0;
 const PLATE_CELLS_ACROSS: f32 = 2.0;
 /// Boxes grow by this share on each side, since detector boxes often cut off hair or hands.
 const BOX_MARGIN: f32 = 0.1;
+
+/// A frame's picture as it may be stored, shown or sent: the camera's picture with the judge's
+/// privacy mask applied. The mask is applied on the first look (an event's pictures, the page's
+/// live frame, the installer's scene), not on every frame: most frames no one looks at, and a
+/// masked copy with its blurs was about 2 ms of a 1080p camera's frame (bench/RESULTS.md, issue
+/// 31). The camera's picture itself cannot be had from it.
+#[derive(Clone)]
+pub struct PrivatePicture(Arc<Unmasked>);
+
+/// What a `PrivatePicture` holds until it is looked at: private to this module.
+struct Unmasked {
+    camera_picture: Arc<RgbImage>,
+    mask: PrivacyMask,
+    masked: OnceLock<Arc<RgbImage>>,
+    /// Buffers of masked copies no one holds any more (a fresh one is 2.8 MB of new pages at 720p).
+    pool: Arc<FramePool>,
+}
+
+impl PrivatePicture {
+    /// `camera_picture` as the judge saw it, to be masked with `mask` when first looked at.
+    pub fn new(camera_picture: Arc<RgbImage>, mask: PrivacyMask, pool: Arc<FramePool>) -> Self {
+        Self(Arc::new(Unmasked { camera_picture, mask, masked: OnceLock::new(), pool }))
+    }
+
+    /// A picture with nothing to hide (a test's, a blank one).
+    pub fn hiding_nothing(picture: Arc<RgbImage>) -> Self {
+        Self::new(picture, PrivacyMask::default(), Arc::default())
+    }
+
+    /// The picture, masked (the first call masks it; later ones share that copy). A picture with
+    /// nothing to hide is the camera's own, not a copy.
+    pub fn image(&self) -> Arc<RgbImage> {
+        let unmasked = &self.0;
+        if hides_nothing(&unmasked.mask) {
+            return unmasked.camera_picture.clone();
+        }
+        unmasked
+            .masked
+            .get_or_init(|| {
+                let picture = &unmasked.camera_picture;
+                let mut masked = match unmasked.pool.idle(picture.width(), picture.height()) {
+                    Some(mut buffer) => {
+                        buffer.copy_from_slice(picture.as_raw());
+                        buffer
+                    }
+                    None => (**picture).clone(),
+                };
+                apply(&mut masked, &unmasked.mask);
+                let masked = Arc::new(masked);
+                unmasked.pool.track(&masked);
+                masked
+            })
+            .clone()
+    }
+
+    pub fn dimensions(&self) -> (u32, u32) {
+        self.0.camera_picture.dimensions()
+    }
+}
+
+impl std::fmt::Debug for PrivatePicture {
+    /// Its size only: never a pixel of the camera's picture in a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (width, height) = self.dimensions();
+        write!(f, "PrivatePicture({width}×{height}, masked: {})", self.0.masked.get().is_some())
+    }
+}
 
 /// Whether applying `mask` would change no pixel: nobody to blur, no plate, no privacy zone.
 pub fn hides_nothing(mask: &PrivacyMask) -> bool {
@@ -233,6 +303,40 @@ mod tests {
         // Two people side by side, touching, are two boxes: neither's blur grows over the space
         // beside them.
         assert_eq!(merged_boxes([b(0.0, 0.0, 40.0, 80.0), b(35.0, 0.0, 75.0, 80.0)]).len(), 2);
+    }
+
+    #[test]
+    fn a_private_picture_is_masked_once_when_first_looked_at_and_never_shows_the_camera_picture() {
+        let original = Arc::new(sample("person.jpg")); // 640×424
+        let girl = BoundingBox { x1: 175.0, y1: 92.0, x2: 267.0, y2: 368.0 };
+        let mask = PrivacyMask {
+            people: vec![girl],
+            blur_people: true,
+            zones: vec![top_right_window("window")],
+            ..PrivacyMask::default()
+        };
+        let pool = Arc::new(FramePool::default());
+        let picture = PrivatePicture::new(original.clone(), mask.clone(), pool.clone());
+        assert_eq!(format!("{picture:?}"), "PrivatePicture(640×424, masked: false)", "no pixel in a log");
+
+        let first = picture.image();
+        let mut expected = (*original).clone();
+        apply(&mut expected, &mask);
+        assert!(*first == expected, "masked as `apply` masks");
+        assert!(*first != *original, "not the camera's picture");
+        assert!(Arc::ptr_eq(&first, &picture.image()), "masked once, then shared");
+        assert!(Arc::ptr_eq(&first, &picture.clone().image()), "by its clones too");
+        assert_eq!(format!("{picture:?}"), "PrivatePicture(640×424, masked: true)");
+
+        // Once no one holds it, the next frame's masked copy reuses its memory.
+        let pixels = first.as_raw().as_ptr();
+        drop((first, picture));
+        let next = PrivatePicture::new(original.clone(), mask, pool);
+        assert_eq!(next.image().as_raw().as_ptr(), pixels, "the pool's buffer, not fresh pages");
+        assert!(*next.image() == expected);
+
+        // With nothing to hide it is the camera's picture itself: no copy.
+        assert!(Arc::ptr_eq(&PrivatePicture::hiding_nothing(original.clone()).image(), &original));
     }
 
     #[test]
