@@ -184,7 +184,7 @@ impl EvidenceStage {
         // A finished clip's record goes out with this frame's other chain records.
         self.keep_finished_clips(now, None);
         self.retention_if_due(now);
-        let frame = ShownFrame { camera: frame.camera.clone(), captured_at: now, picture: private };
+        let frame = ShownFrame { camera: frame.camera, captured_at: now, picture: private };
         self.last_frame = Some(frame.clone());
         self.evidenced(frame, results, events, snapshots, zones, actions)
     }

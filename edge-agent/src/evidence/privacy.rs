@@ -136,9 +136,7 @@ pub fn merged_boxes(boxes: impl IntoIterator<Item = BoundingBox>) -> Vec<Boundin
     let mut merged: Vec<BoundingBox> = Vec::new();
     for b in boxes {
         match merged.iter_mut().find(|m| crate::infer::detect::iou(m, &b) >= SAME_THING_IOU) {
-            Some(m) => {
-                *m = BoundingBox { x1: m.x1.min(b.x1), y1: m.y1.min(b.y1), x2: m.x2.max(b.x2), y2: m.y2.max(b.y2) };
-            }
+            Some(m) => *m = crate::judge::rules::union([*m, b]).unwrap_or(b),
             None => merged.push(b),
         }
     }
