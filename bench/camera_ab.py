@@ -4,7 +4,7 @@ the 1080p main stream with motion off, every frame decoded and inferred; Python 
 Runtime on the same stream), with each agent build and Python taking turns for --rounds rounds, so
 a change is measured against the build before it in one run on one machine, whose speed changes
 from session to session and minute to minute. Per run: CPU ms per inferred frame, frames inferred
-per second, page faults (minor) per inferred frame, p99 frame-to-event latency; then the ratios
+per second, page faults (minor) per inferred frame, p99 frame-to-event latency, peak RSS; then the ratios
 per round and their mean. Prints the table (with lscpu); writes nothing into bench/RESULTS.md.
 Exits non-zero when a figure is missing.
 """
@@ -90,12 +90,15 @@ def main():
     cpu = report_file.lscpu()
     print(f"\n{width}×{height} at 10 frames/s, one camera, every frame; {args.seconds:g} s windows after {warmup:g} s warm-up")
     print(f"CPU: {cpu.get('Model name', '?')}; flags: {cpu.get('Flags', '?')}\n")
-    print("| round | contender | CPU ms per inferred frame | frames inferred/s | page faults per frame | latency p99 ms |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| round | contender | CPU ms per inferred frame | frames inferred/s | page faults per frame | latency p99 ms "
+        "| peak RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for round_index, name, f, faults in rows:
         print(
             f"| {round_index + 1} | {name} | {bench.fmt(f['cpu_ms_per_frame'], 1)} | {bench.fmt(f['frames_per_second'], 1)} | "
-            f"{bench.fmt(faults, 0)} | {bench.fmt(f['latency_p99_ms'], 0)} |"
+            f"{bench.fmt(faults, 0)} | {bench.fmt(f['latency_p99_ms'], 0)} | {bench.fmt(f['peak_rss_mb'], 0)} |"
         )
     for name in ("old", "new"):
         if ratios[name]:

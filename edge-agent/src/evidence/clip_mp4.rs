@@ -340,12 +340,51 @@ impl MaskedEncoder {
         Ok(true)
     }
 
+    /// Hands a picture to the encoder if it has room now; false (the picture left out) when it
+    /// has not: the caller is the evidence stage, which must not wait for x264.
+    fn offer(&self, picture: image::RgbImage, pts: u64) -> Result<bool, String> {
+        if let Some(error) = pipeline_error(&self.pipeline) {
+            return Err(format!("encoding the masked clip failed: {error}"));
+        }
+        if self.input.current_level_bytes() >= self.most_queued {
+            return Ok(false);
+        }
+        let mut buffer = gst::Buffer::from_mut_slice(picture.into_raw());
+        if let Some(buffer) = buffer.get_mut() {
+            buffer.set_pts(gst::ClockTime::from_nseconds(pts));
+        }
+        self.input.push_buffer(buffer).map_err(|e| format!("the encoder stopped: {e:?}"))?;
+        Ok(true)
+    }
+
     /// Ends the file: the encoder's last pictures and the last fragment, until `by` at most.
     fn finish(self, by: Instant) -> Result<(), String> {
         let _ = self.input.end_of_stream();
         let ended = wait_for_end(&self.pipeline, by);
         let _ = self.pipeline.set_state(gst::State::Null);
         ended.map_err(|e| format!("encoding the masked clip: {e}"))
+    }
+}
+
+/// A masked clip written picture by picture as the camera's frames are judged (a camera whose
+/// frames are decoded from the stream its clips are cut from): the pictures come masked, at the
+/// clip's size, so nothing is decoded a second time.
+pub struct MaskedClipWriter(MaskedEncoder);
+
+impl MaskedClipWriter {
+    pub fn create(out: &Path, (width, height): (u32, u32), fps: u32) -> Result<Self, String> {
+        gst::init().map_err(|e| format!("cannot start GStreamer: {e}"))?;
+        MaskedEncoder::start(out, width, height, fps).map(Self)
+    }
+}
+
+impl super::clips::PictureSink for MaskedClipWriter {
+    fn write(&mut self, picture: image::RgbImage, since_start: Duration) -> Result<bool, String> {
+        self.0.offer(picture, u64::try_from(since_start.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn finish(self: Box<Self>, by: Instant) -> Result<(), String> {
+        self.0.finish(by)
     }
 }
 
@@ -405,7 +444,7 @@ fn masked_encoder(out: &Path, width: u32, height: u32, fps: u32) -> Result<(gst:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::clips::{masked_reencoder, mp4_sink, ClipRecorder};
+    use crate::evidence::clips::{masked_reencoder, masked_writer, mp4_sink, ClipRecorder};
     use crate::evidence::config::ClipsConfig;
     use crate::judge::fixtures::{detail, pixels, test_event};
     use crate::judge::PrivacyMask;
@@ -528,6 +567,23 @@ mod tests {
     /// raw video left behind.
     #[tokio::test]
     async fn a_masked_camera_clip_is_reencoded_with_every_person_blurred() {
+        masked_clip_of_the_girl(MaskedFrom::RawClip).await;
+    }
+
+    /// The same camera with one stream (its frames decoded from the stream its clips are cut
+    /// from): the masked clip is made of its judged frames as they come, with the same standard.
+    #[tokio::test]
+    async fn a_one_stream_camera_masked_clip_is_made_of_its_frames_with_every_person_blurred() {
+        masked_clip_of_the_girl(MaskedFrom::Frames).await;
+    }
+
+    #[derive(PartialEq)]
+    enum MaskedFrom {
+        RawClip,
+        Frames,
+    }
+
+    async fn masked_clip_of_the_girl(from: MaskedFrom) {
         let dir = tempfile::tempdir().unwrap();
         if gst::init().is_err() || gst::ElementFactory::find("x264enc").is_none() {
             assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "GStreamer's x264enc is missing");
@@ -538,7 +594,7 @@ mod tests {
         let video = dir.path().join("person.mp4");
         let line = format!(
             "filesrc location={} ! jpegdec ! videoconvert ! videoscale ! video/x-raw,width=1280,height=848 ! \
-             imagefreeze num-buffers=40 ! video/x-raw,framerate=10/1 ! videoconvert ! x264enc key-int-max=10 ! \
+             imagefreeze num-buffers=60 ! video/x-raw,framerate=10/1 ! videoconvert ! x264enc key-int-max=10 ! \
              h264parse ! mp4mux ! filesink location={}",
             person_jpg.display(),
             video.display()
@@ -559,14 +615,16 @@ mod tests {
             .collect();
         let masked = PrivacyMask { people: on_camera, blur_people: true, zones: vec![], ..PrivacyMask::default() };
 
-        let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(60), 16 << 20));
+        let tap = VideoTap::new(std::time::Duration::from_secs(60), 16 << 20);
+        let tap = Arc::new(if from == MaskedFrom::Frames { tap.with_frames_decoded_from_it() } else { tap });
         let mut source =
             GstSource::open("station", GstInput::File { path: &video, looping: false }, FULL_SIZE, Some(tap.clone()))
                 .unwrap();
         let evidence = dir.path().join("evidence");
         let raw = dir.path().join("raw");
         let settings = ClipsConfig { pre_roll_secs: 0.0, post_roll_secs: 0.0, ..Default::default() };
-        let mut clips = ClipRecorder::new(settings, &evidence, &raw, mp4_sink(), masked_reencoder());
+        let mut clips = ClipRecorder::new(settings, &evidence, &raw, mp4_sink(), masked_reencoder())
+            .masking_frames_into(masked_writer());
         let mut event = test_event(EventKind::Object, LifecycleState::Start, chrono::Utc::now());
         event.camera = "station".into();
         let mut sequence = 0;
@@ -585,7 +643,8 @@ mod tests {
                 video: Some(tap.clone()),
                 motion: None,
             };
-            let starting = (sequence == 5).then(|| event.clone());
+            // After 2.5 s: a camera's frames must have come at the clip's rate for 2 s to be used for it.
+            let starting = (sequence == 25).then(|| event.clone());
             clips.observe(&frame, starting.iter(), &masked);
             clips.pump(frame.captured_at);
         }
@@ -593,6 +652,9 @@ mod tests {
             .finish_all(chrono::Utc::now() + chrono::Duration::seconds(30), Instant::now() + Duration::from_secs(60));
         assert_eq!(done.len(), 1, "one masked clip");
         assert_eq!(std::fs::read_dir(&raw).map(|d| d.count()).unwrap_or(0), 0, "the raw clip is gone");
+        if from == MaskedFrom::Frames {
+            assert!(!raw.exists(), "a clip made of the frames writes no raw clip");
+        }
         let path = evidence.join(&done[0].file);
 
         let mut reading =

@@ -13,6 +13,11 @@
 //! at `masked_width` and `masked_fps` with every picture masked ([`MaskTrack`]: the people the judge
 //! found in the camera's frames within a second of it, blurred; the whole picture blurred where
 //! the judge saw no frame that near; privacy zones black), and only that goes into the evidence.
+//! A camera whose frames are decoded from the stream its clips are cut from (one stream per
+//! camera) needs no second decoder: its masked clip is made of its judged frames as they come
+//! ([`PictureSink`]), each shrunk to `masked_width` at `masked_fps` and masked a second after it
+//! (when the frames around it are judged), with the pre-roll from the camera's last pictures
+//! kept in memory ([`RecentPictures`]); no raw clip is written.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -176,6 +181,125 @@ pub fn masked_reencoder() -> Reencode {
     })
 }
 
+/// Where the pictures of a masked clip made from the camera's frames go, as they come.
+pub trait PictureSink: Send {
+    /// Hands the encoder a masked picture shown `since_start` after the clip's first; false when
+    /// the encoder has no room for it now (the picture is left out: the evidence stage does not
+    /// wait).
+    fn write(&mut self, picture: RgbImage, since_start: Duration) -> Result<bool, String>;
+    /// Ends the file, waiting until `by` at most (what was written stays playable).
+    fn finish(self: Box<Self>, by: Instant) -> Result<(), String>;
+}
+
+/// Opens the writer of a masked clip made from the camera's frames: its file, picture size and
+/// pictures a second.
+pub type OpenPictureSink = Box<dyn Fn(&Path, (u32, u32), u32) -> Result<Box<dyn PictureSink>, String> + Send>;
+
+/// The masked clip writer of this build: H.264 in fragmented MP4 through GStreamer, or none.
+pub fn masked_writer() -> OpenPictureSink {
+    Box::new(|path, size, fps| {
+        #[cfg(feature = "gstreamer")]
+        {
+            super::clip_mp4::MaskedClipWriter::create(path, size, fps).map(|w| Box::new(w) as Box<dyn PictureSink>)
+        }
+        #[cfg(not(feature = "gstreamer"))]
+        {
+            let _ = (path, size, fps);
+            Err("this build writes no clips (built without the `gstreamer` feature)".to_string())
+        }
+    })
+}
+
+/// A masked camera's last pictures, shrunk to the masked clips' size and rate, unmasked and in
+/// memory only (never served): the pre-roll of its next clip made from its frames, and the
+/// pictures of the last second, which wait for the masks of the frames after them. Kept only
+/// while its judged frames come at the masked clips' rate: a camera read at fewer frames a
+/// second (its `fps`), or an overloaded box, would give a choppier clip than its raw video
+/// re-encoded, so its clips are made that way instead.
+#[derive(Default)]
+struct RecentPictures {
+    pictures: VecDeque<(DateTime<Utc>, RgbImage)>,
+    /// The camera's newest frame: pictures a second older than it have all their masks.
+    newest: Option<DateTime<Utc>>,
+    /// The times of its frames of the last `RATE_WINDOW`.
+    frames: VecDeque<DateTime<Utc>>,
+}
+
+/// Over how long a camera's judged frames must come at the masked clips' rate (at least
+/// `KEEPING_UP` of it) for its clips to be made of them.
+const RATE_WINDOW_MS: i64 = 2000;
+const KEEPING_UP: f64 = 0.8;
+
+impl RecentPictures {
+    /// Notes a frame; false when it is not newer than the last.
+    fn note(&mut self, at: DateTime<Utc>) -> bool {
+        if self.newest.is_some_and(|newest| at <= newest) {
+            return false;
+        }
+        self.newest = Some(at);
+        self.frames.push_back(at);
+        while self.frames.front().is_some_and(|t| *t <= at - chrono::Duration::milliseconds(RATE_WINDOW_MS)) {
+            self.frames.pop_front();
+        }
+        true
+    }
+
+    /// Whether the camera's frames came at `fps` (at least `KEEPING_UP` of it) over the whole of
+    /// the last `RATE_WINDOW_MS`.
+    fn keeps_up(&self, fps: u32) -> bool {
+        let (Some(oldest), Some(newest)) = (self.frames.front(), self.newest) else { return false };
+        let window = chrono::Duration::milliseconds(RATE_WINDOW_MS);
+        let full_window = *oldest <= newest - window * 9 / 10;
+        let wanted = RATE_WINDOW_MS as f64 / 1000.0 * f64::from(fps) * KEEPING_UP;
+        full_window && self.frames.len() as f64 >= wanted
+    }
+}
+
+/// Shrinks frames to a masked clip's width (area average; `fast_image_resize`, whose SIMD
+/// makes a 1280×720 frame 640×360 in about 1 ms, ten times less than `image`'s thumbnail).
+#[derive(Default)]
+struct Shrinker(fast_image_resize::Resizer);
+
+impl Shrinker {
+    /// `picture` at most `width` wide (and even sides), keeping its shape; or exactly `size`.
+    fn shrink(&mut self, picture: &RgbImage, width: u32, size: Option<(u32, u32)>) -> Result<RgbImage, String> {
+        let (from_width, from_height) = picture.dimensions();
+        let (to_width, to_height) = size.unwrap_or_else(|| {
+            if from_width <= width || from_width == 0 {
+                (from_width, from_height)
+            } else {
+                let height = (f64::from(from_height) * f64::from(width) / f64::from(from_width)).round() as u32;
+                (width & !1, (height & !1).max(2))
+            }
+        });
+        if (to_width, to_height) == (from_width, from_height) {
+            return Ok(picture.clone());
+        }
+        use fast_image_resize::{images, FilterType, PixelType, ResizeAlg, ResizeOptions};
+        let source = images::ImageRef::new(from_width, from_height, picture.as_raw(), PixelType::U8x3)
+            .map_err(|e| format!("a {from_width}×{from_height} picture: {e}"))?;
+        let mut shrunk = images::Image::new(to_width.max(1), to_height.max(1), PixelType::U8x3);
+        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
+        self.0.resize(&source, &mut shrunk, &options).map_err(|e| format!("shrinking a picture: {e}"))?;
+        RgbImage::from_raw(shrunk.width(), shrunk.height(), shrunk.into_vec())
+            .ok_or_else(|| "a shrunk picture of the wrong size".to_string())
+    }
+}
+
+/// A masked clip made from the camera's frames as they come.
+#[derive(Default)]
+struct FromFrames {
+    /// Opened at the first picture (its size is the clip's).
+    sink: Option<Box<dyn PictureSink>>,
+    size: Option<(u32, u32)>,
+    /// The clip's pictures start here (its pre-roll).
+    from: DateTime<Utc>,
+    /// The last picture handed on.
+    written_until: Option<DateTime<Utc>>,
+    /// The writer failed (the clip is cut short there): nothing more is written.
+    failed: bool,
+}
+
 /// Where a clip's pictures go.
 pub trait ClipSink: Send {
     fn write(&mut self, unit: &EncodedUnit) -> Result<(), String>;
@@ -214,7 +338,8 @@ pub struct FinishedClip {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub pictures: u64,
-    /// Pictures lost between the camera and the clip (the evidence stage fell behind the tap).
+    /// Pictures lost between the camera and the clip (the evidence stage fell behind the tap; or,
+    /// made from the frames, the encoder had no room).
     pub missed: u64,
     /// Why it ended before its planned end, if it did (the stream's format changed, an error).
     pub cut_short: Option<String>,
@@ -233,6 +358,8 @@ struct Recording {
     path: PathBuf,
     /// A masked camera's clip goes through re-encoding with its masks.
     masked: bool,
+    /// A masked clip made from the camera's frames instead (nothing cut from the tap).
+    from_frames: Option<FromFrames>,
     tap: Arc<VideoTap>,
     /// The last unit taken from the tap.
     cursor: u64,
@@ -295,6 +422,12 @@ pub struct ClipRecorder {
     worker: Option<ReencodeWorker>,
     /// The masks of each masked camera's recent frames.
     masks: BTreeMap<String, MaskTrack>,
+    /// Where masked clips made from the cameras' frames are written; none: every masked clip is
+    /// its raw clip re-encoded.
+    open_picture_sink: Option<OpenPictureSink>,
+    /// Each such camera's last pictures.
+    recent: BTreeMap<String, RecentPictures>,
+    shrinker: Shrinker,
     /// Set when the agent stops.
     stop: StopDeadline,
 }
@@ -324,8 +457,18 @@ impl ClipRecorder {
             reencoding: Vec::new(),
             worker: None,
             masks: BTreeMap::new(),
+            open_picture_sink: None,
+            recent: BTreeMap::new(),
+            shrinker: Shrinker::default(),
             stop: StopDeadline::default(),
         }
+    }
+
+    /// Makes the masked clips of cameras whose frames are decoded from their clips' stream from
+    /// those frames, written by `open`.
+    pub fn masking_frames_into(mut self, open: OpenPictureSink) -> Self {
+        self.open_picture_sink = Some(open);
+        self
     }
 
     /// Clips being written or re-encoded now.
@@ -346,6 +489,15 @@ impl ClipRecorder {
             let size = frame.image.dimensions();
             self.masks.entry(frame.camera.to_string()).or_default().note(frame.captured_at, privacy, size, keep);
         }
+        // The pictures the camera's clip made from its frames has yet to get are kept whatever
+        // their age (frames may come slower than a picture's second of waiting for its masks).
+        let unwritten = self.recordings.iter().filter(|r| *r.camera == *frame.camera).find_map(|r| {
+            let frames = r.from_frames.as_ref()?;
+            Some(frames.written_until.map_or(frames.from, |last| last + chrono::Duration::nanoseconds(1)))
+        });
+        if unwritten.is_some() || (masks(privacy) && self.can_mask_frames(frame)) {
+            self.keep_picture(frame, unwritten);
+        }
         for event in events {
             match event.state {
                 LifecycleState::Start => self.start(frame, event, privacy),
@@ -359,6 +511,61 @@ impl ClipRecorder {
                 _ => {}
             }
         }
+        self.write_from_frames(&frame.camera, None);
+    }
+
+    /// Whether this camera's pictures may be kept for masked clips made of its frames.
+    fn can_mask_frames(&self, frame: &Frame) -> bool {
+        self.open_picture_sink.is_some() && frame.video.as_ref().is_some_and(|tap| tap.frames_are_decoded_from_it())
+    }
+
+    /// Whether this camera's next masked clip is made of its frames: they may be, and they come
+    /// at the clip's rate.
+    fn masks_frames_now(&self, frame: &Frame) -> bool {
+        self.can_mask_frames(frame)
+            && self.recent.get(&*frame.camera).is_some_and(|recent| recent.keeps_up(self.settings.masked_fps))
+    }
+
+    /// Keeps the frame's picture, shrunk, when the masked clip's rate is due one; forgets those
+    /// older than a pre-roll, except those from `unwritten` on (a clip still needs them).
+    fn keep_picture(&mut self, frame: &Frame, unwritten: Option<DateTime<Utc>>) {
+        let interval = chrono::Duration::milliseconds(1000 / i64::from(self.settings.masked_fps.max(1)));
+        let keep = seconds(self.settings.pre_roll_secs.max(MASK_NEAR_MS as f64 / 1000.0)) + interval;
+        let recent = self.recent.entry(frame.camera.to_string()).or_default();
+        if !recent.note(frame.captured_at) {
+            return;
+        }
+        if unwritten.is_none() && !recent.keeps_up(self.settings.masked_fps) {
+            recent.pictures.clear();
+            return;
+        }
+        // A little early is on time: frames come with some jitter.
+        let due = recent.pictures.back().is_none_or(|(at, _)| frame.captured_at - *at >= interval * 9 / 10);
+        if due {
+            match self.shrinker.shrink(&frame.image, self.settings.masked_width, None) {
+                Ok(picture) => recent.pictures.push_back((frame.captured_at, picture)),
+                Err(e) => tracing::warn!(camera = %frame.camera, "a picture for the masked clip: {e}"),
+            }
+        }
+        let needed = |at: &DateTime<Utc>| unwritten.is_some_and(|from| *at >= from);
+        while recent.pictures.front().is_some_and(|(at, _)| *at < frame.captured_at - keep && !needed(at)) {
+            recent.pictures.pop_front();
+        }
+    }
+
+    /// Masks and hands on the pictures of the camera's clip made from its frames whose masks are
+    /// complete (a second old); with `to_end`, every picture up to the clip's end (it ends now).
+    fn write_from_frames(&mut self, camera: &str, to_end: Option<DateTime<Utc>>) {
+        let Some(recording) = self.recordings.iter_mut().find(|r| r.from_frames.is_some() && r.camera == camera) else {
+            return;
+        };
+        write_pictures(
+            recording,
+            self.recent.get(camera),
+            self.masks.get(camera),
+            to_end,
+            (&self.open_picture_sink, &mut self.shrinker, self.settings.masked_fps),
+        );
     }
 
     fn start(&mut self, frame: &Frame, event: &Event, privacy: &PrivacyMask) {
@@ -383,8 +590,13 @@ impl ClipRecorder {
         });
         let day = frame.captured_at.format("%Y-%m-%d").to_string();
         let file = format!("{day}/{}-clip.mp4", event.event_id);
-        let path =
-            if masked { self.raw_dir.join(format!("{}.mp4", event.event_id)) } else { self.evidence_dir.join(&file) };
+        let from_frames =
+            (masked && self.masks_frames_now(frame)).then(|| FromFrames { from, ..FromFrames::default() });
+        let path = if masked && from_frames.is_none() {
+            self.raw_dir.join(format!("{}.mp4", event.event_id))
+        } else {
+            self.evidence_dir.join(&file)
+        };
         self.recordings.push(Recording {
             event_id: event.event_id,
             also: Vec::new(),
@@ -392,6 +604,7 @@ impl ClipRecorder {
             camera: event.camera.clone(),
             path,
             masked,
+            from_frames,
             file,
             tap: tap.clone(),
             cursor,
@@ -525,6 +738,16 @@ impl ClipRecorder {
         let open_sink = &self.open_sink;
         let recording = &mut self.recordings[index];
         let end = recording.planned_end();
+        if recording.from_frames.is_some() {
+            // Its pictures come with the frames (`observe`); it is complete once the frames have
+            // passed its end and the second after it (the last pictures' masks), or the camera
+            // went quiet.
+            let newest = self.recent.get(&recording.camera).and_then(|r| r.newest);
+            let masked_to_end = newest.is_some_and(|n| n > end + chrono::Duration::milliseconds(MASK_NEAR_MS));
+            return recording.from_frames.as_ref().is_some_and(|f| f.failed)
+                || masked_to_end
+                || now > end + chrono::Duration::seconds(QUIET_TAP_SECS);
+        }
         let since = recording.tap.since(recording.cursor);
         recording.missed += since.missed;
         for unit in &since.units {
@@ -570,7 +793,24 @@ impl ClipRecorder {
 
     /// Ends a clip's writing: an open camera's clip is complete; a masked camera's raw clip goes
     /// to re-encoding (and comes back from [`Self::collect_reencoded`]).
-    fn finish(&mut self, recording: Recording) -> Option<FinishedClip> {
+    fn finish(&mut self, mut recording: Recording) -> Option<FinishedClip> {
+        if recording.from_frames.is_some() {
+            let (end, camera) = (recording.planned_end(), recording.camera.clone());
+            write_pictures(
+                &mut recording,
+                self.recent.get(&camera),
+                self.masks.get(&camera),
+                Some(end),
+                (&self.open_picture_sink, &mut self.shrinker, self.settings.masked_fps),
+            );
+            // Its pictures are masked already: the clip is evidence as it is written.
+            recording.masked = false;
+            recording.sink = recording
+                .from_frames
+                .take()
+                .and_then(|f| f.sink)
+                .map(|sink| Box::new(PictureSinkEnd(sink)) as Box<dyn ClipSink>);
+        }
         let Recording {
             event_id,
             also,
@@ -594,10 +834,10 @@ impl ClipRecorder {
             tracing::warn!(%camera, %event_id, "the event clip ended early: {why}");
         }
         if missed > 0 {
-            tracing::warn!(%camera, %event_id, missed, "the event clip lacks pictures the evidence stage read too late");
+            tracing::warn!(%camera, %event_id, missed, "the event clip lacks pictures: the evidence stage read them too late, or their encoder had no room");
         }
         // An empty or unreadable file is no evidence.
-        if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
+        if pictures == 0 || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
             tracing::error!(%camera, %event_id, file = %path.display(), "the event clip is empty");
             let _ = std::fs::remove_file(&path);
             return None;
@@ -630,6 +870,93 @@ impl ClipRecorder {
             }
         }
         None
+    }
+}
+
+/// Hands a clip made from the camera's frames its pictures: those after the last it got, from
+/// its pre-roll, up to a second before the camera's newest frame (their masks are complete), or
+/// with `to_end` up to that time (the clip ends now). A picture the encoder has no room for is
+/// left out and counted as missed; an error ends the clip.
+fn write_pictures(
+    recording: &mut Recording,
+    recent: Option<&RecentPictures>,
+    masks: Option<&MaskTrack>,
+    to_end: Option<DateTime<Utc>>,
+    (open, shrinker, fps): (&Option<OpenPictureSink>, &mut Shrinker, u32),
+) {
+    let (Some(recent), Some(open)) = (recent, open) else { return };
+    let Some(newest) = recent.newest else { return };
+    let until =
+        to_end.unwrap_or_else(|| (newest - chrono::Duration::milliseconds(MASK_NEAR_MS)).min(recording.planned_end()));
+    let Some(frames) = recording.from_frames.as_mut().filter(|f| !f.failed) else { return };
+    let (from, after) = (frames.from, frames.written_until);
+    let waiting =
+        recent.pictures.iter().filter(|(at, _)| *at >= from && *at <= until && after.is_none_or(|after| *at > after));
+    for (at, picture) in waiting {
+        frames.written_until = Some(*at);
+        let mut picture = match frames.size {
+            Some(size) if picture.dimensions() != size => match shrinker.shrink(picture, size.0, Some(size)) {
+                Ok(shrunk) => shrunk,
+                Err(e) => {
+                    frames.failed = true;
+                    recording.cut_short = Some(e);
+                    return;
+                }
+            },
+            _ => picture.clone(),
+        };
+        match masks {
+            Some(masks) => masks.apply(*at, &mut picture),
+            // No mask noted for the camera: nothing of its pictures may be shown.
+            None => MaskTrack { blur_people: true, ..MaskTrack::default() }.apply(*at, &mut picture),
+        }
+        if frames.sink.is_none() {
+            let size = picture.dimensions();
+            let opened = match recording.path.parent().map(std::fs::create_dir_all) {
+                Some(Err(e)) => Err(format!("cannot make the clip's folder: {e}")),
+                _ => open(&recording.path, size, fps),
+            };
+            match opened {
+                Ok(sink) => {
+                    frames.sink = Some(sink);
+                    frames.size = Some(size);
+                }
+                Err(e) => {
+                    tracing::error!(camera = %recording.camera, event_id = %recording.event_id, "no masked clip: {e}");
+                    frames.failed = true;
+                    recording.cut_short = Some(e);
+                    return;
+                }
+            }
+        }
+        let Some(sink) = frames.sink.as_mut() else { return };
+        let first = recording.first.unwrap_or(*at);
+        match sink.write(picture, (*at - first).to_std().unwrap_or_default()) {
+            Ok(true) => {
+                recording.first = Some(first);
+                recording.last = Some(*at);
+                recording.pictures += 1;
+            }
+            Ok(false) => recording.missed += 1,
+            Err(e) => {
+                frames.failed = true;
+                recording.cut_short = Some(e);
+                return;
+            }
+        }
+    }
+}
+
+/// A clip made from the camera's frames, ended as a clip cut from the tap is.
+struct PictureSinkEnd(Box<dyn PictureSink>);
+
+impl ClipSink for PictureSinkEnd {
+    fn write(&mut self, _unit: &EncodedUnit) -> Result<(), String> {
+        Err("a clip made from the camera's frames takes no encoded video".into())
+    }
+
+    fn finish(self: Box<Self>, by: Instant) -> Result<(), String> {
+        self.0.finish(by)
     }
 }
 
@@ -992,5 +1319,143 @@ mod tests {
         let done = clips.pump(at(28.0));
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].from, at(7.0));
+    }
+
+    /// The pictures a masked clip made of the frames got: when (from its start) and what.
+    #[derive(Clone, Default)]
+    struct Pictures(Arc<Mutex<Vec<(Duration, RgbImage)>>>);
+
+    struct PictureList(Pictures, PathBuf);
+
+    impl PictureSink for PictureList {
+        fn write(&mut self, picture: RgbImage, since_start: Duration) -> Result<bool, String> {
+            self.0 .0.lock().unwrap().push((since_start, picture));
+            Ok(true)
+        }
+
+        fn finish(self: Box<Self>, _by: Instant) -> Result<(), String> {
+            std::fs::create_dir_all(self.1.parent().unwrap()).map_err(|e| e.to_string())?;
+            std::fs::write(&self.1, b"masked").map_err(|e| e.to_string())
+        }
+    }
+
+    /// A one-stream camera with people-blurring (its frames are decoded from the stream its clip
+    /// would be cut from): the masked clip is made of its frames, from the pre-roll to the
+    /// post-roll at `masked_fps` and `masked_width`; in every picture the girl is blurred (on the
+    /// frames where the detector missed her too, as she was found within a second of them) and
+    /// the horse is as it was; no raw clip is written and nothing is re-encoded.
+    #[test]
+    fn a_one_stream_masked_camera_makes_its_clip_of_its_judged_frames_each_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pictures = Pictures::default();
+        let open: OpenPictureSink = {
+            let pictures = pictures.clone();
+            Box::new(move |path, _, fps| {
+                assert_eq!(fps, 5);
+                Ok(Box::new(PictureList(pictures.clone(), path.to_owned())))
+            })
+        };
+        let mut clips = recorder(dir.path(), &Written::default()).masking_frames_into(open);
+        let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(10), 1 << 20).with_frames_decoded_from_it());
+        tap.set_format("video/x-h264");
+        let original = crate::judge::fixtures::sample("person.jpg"); // 640×424
+        let camera = Arc::new(image::imageops::resize(&original, 1280, 848, image::imageops::FilterType::Triangle));
+        let girl = BoundingBox { x1: 350.0, y1: 184.0, x2: 534.0, y2: 736.0 }; // on the camera's frames
+        let id = Uuid::now_v7();
+        for tenth in 0..=200 {
+            let seconds = f64::from(tenth) / 10.0;
+            let mut frame = frame(&tap, seconds);
+            frame.image = camera.clone();
+            // The detector misses her for 1.4 s up to the event's first frames: the picture at
+            // 10 s has her only in the frames after it, which come after the event started.
+            let missed = (9.0..10.4).contains(&seconds);
+            let people = if missed { vec![] } else { vec![girl] };
+            let privacy = PrivacyMask { people, blur_people: true, ..PrivacyMask::default() };
+            let happening = match tenth {
+                100 => Some(event(id, LifecycleState::Start)),
+                120 => Some(event(id, LifecycleState::End)),
+                _ => None,
+            };
+            clips.observe(&frame, happening.iter(), &privacy);
+            let done = clips.pump(at(seconds));
+            if seconds <= 18.0 {
+                assert!(done.is_empty(), "{seconds} s: the clip ends a second after its post-roll");
+                continue;
+            }
+            assert_eq!(done.len(), 1, "{seconds} s");
+            let clip = &done[0];
+            assert_eq!((clip.from, clip.to), (at(5.0), at(17.0)), "5 s of pre-roll and of post-roll");
+            assert_eq!(clip.pictures, 61, "5 pictures a second");
+            assert!(dir.path().join(&clip.file).is_file());
+            break;
+        }
+        assert!(!dir.path().join("raw").exists(), "no raw clip");
+        let pictures = pictures.0.lock().unwrap();
+        assert_eq!(pictures.len(), 61);
+        let reference = Shrinker::default().shrink(&camera, 640, None).unwrap();
+        let (girl_box, horse_box) = ([175, 92, 267, 368], [400, 140, 590, 330]);
+        for (index, (since_start, picture)) in pictures.iter().enumerate() {
+            assert_eq!(*since_start, Duration::from_millis(200 * index as u64));
+            assert_eq!(picture.dimensions(), (640, 424));
+            let (girl_after, girl_before) = (detail(picture, girl_box), detail(&reference, girl_box));
+            assert!(girl_after * 3 < girl_before, "picture {index}: the girl shows: {girl_before} → {girl_after}");
+            assert_eq!(detail(picture, horse_box), detail(&reference, horse_box), "picture {index}: the horse changed");
+        }
+    }
+
+    /// The same camera read at 2 frames a second (below the masked clip's 5): a clip made of its
+    /// frames would be choppier than its video, so its raw clip is re-encoded, as for a camera
+    /// with two streams, and no picture is kept for it.
+    #[test]
+    fn a_masked_camera_whose_frames_come_slower_than_the_clip_rate_has_its_raw_clip_reencoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = Arc::new(Mutex::new(0));
+        let open: OpenPictureSink = {
+            let opened = opened.clone();
+            Box::new(move |path, _, _| {
+                *opened.lock().unwrap() += 1;
+                Ok(Box::new(PictureList(Pictures::default(), path.to_owned())))
+            })
+        };
+        let reencoded = Arc::new(Mutex::new(Vec::new()));
+        let reencode: Reencode = {
+            let reencoded = reencoded.clone();
+            Arc::new(move |raw, out, _, _, _, _| {
+                reencoded.lock().unwrap().push(raw.to_owned());
+                std::fs::write(out, b"masked").map_err(|e| e.to_string())?;
+                Ok(Reencoded { pictures: 10, shown: chrono::Duration::seconds(2), stopped: false })
+            })
+        };
+        let written = Written::default();
+        let sink: OpenSink = {
+            let written = written.clone();
+            Box::new(move |path, _| {
+                std::fs::write(path, b"raw").map_err(|e| e.to_string())?;
+                Ok(Box::new(ListSink(written.clone(), path.to_owned())))
+            })
+        };
+        let mut clips = ClipRecorder::new(ClipsConfig::default(), dir.path(), &dir.path().join("raw"), sink, reencode)
+            .masking_frames_into(open);
+        let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(10), 1 << 20).with_frames_decoded_from_it());
+        tap.set_format("video/x-h264");
+        feed(&tap, 0.0, 30.0);
+        let masked = PrivacyMask { people: vec![], blur_people: true, ..PrivacyMask::default() };
+        let id = Uuid::now_v7();
+        let mut done = Vec::new();
+        for half in 0..=60 {
+            let seconds = f64::from(half) / 2.0;
+            let happening = match half {
+                20 => Some(event(id, LifecycleState::Start)),
+                24 => Some(event(id, LifecycleState::End)),
+                _ => None,
+            };
+            clips.observe(&frame(&tap, seconds), happening.iter(), &masked);
+            assert!(clips.recent.get("gate").is_none_or(|r| r.pictures.is_empty()), "{seconds} s: a picture kept");
+            done.extend(clips.pump(at(seconds)));
+        }
+        done.extend(clips.finish_all(at(30.0), Instant::now() + Duration::from_secs(5)));
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(*opened.lock().unwrap(), 0, "no clip made of the frames");
+        assert_eq!(reencoded.lock().unwrap().len(), 1, "the raw clip is re-encoded");
     }
 }

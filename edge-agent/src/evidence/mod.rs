@@ -118,6 +118,7 @@ impl EvidenceStage {
         let clips = store.as_ref().filter(|_| config.clips.enabled).map(|store| {
             let raw_dir = state_dir.join(clips::RAW_CLIPS_DIR);
             ClipRecorder::new(config.clips.clone(), store.dir(), &raw_dir, clips::mp4_sink(), clips::masked_reencoder())
+                .masking_frames_into(clips::masked_writer())
         });
         Ok(Self {
             store,

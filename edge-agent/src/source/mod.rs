@@ -162,11 +162,14 @@ pub fn start_cameras(
         .map(|camera| {
             let (sender, receiver) = watch::channel(None);
             let id: Arc<str> = Arc::from(camera.id.as_str());
-            let tap = video_pre_roll
-                .filter(|_| camera.source.may_feed_video_tap())
-                .map(|keep| Arc::new(VideoTap::new(keep + VIDEO_TAP_SLACK, VIDEO_TAP_MAX_BYTES)));
-            // The main stream of a camera with two is opened only to keep it for clips.
-            let record = camera.source.record_only_url().and(tap.as_ref()).map(|_| Arc::default());
+            // The main stream of a camera with two is opened only to keep it for clips; a camera
+            // with one keeps the stream its frames are decoded from.
+            let record_only = camera.source.record_only_url().is_some();
+            let tap = video_pre_roll.filter(|_| camera.source.may_feed_video_tap()).map(|keep| {
+                let tap = VideoTap::new(keep + VIDEO_TAP_SLACK, VIDEO_TAP_MAX_BYTES);
+                Arc::new(if record_only { tap } else { tap.with_frames_decoded_from_it() })
+            });
+            let record = tap.as_ref().filter(|_| record_only).map(|_| Arc::default());
             let health = Arc::new(CameraHealth {
                 record: record.clone(),
                 inference_plan: camera.inference_plan(),

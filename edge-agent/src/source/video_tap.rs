@@ -61,6 +61,9 @@ const REORDER_WINDOW_NS: u64 = 2_000_000_000;
 pub struct VideoTap {
     keep: chrono::Duration,
     max_bytes: usize,
+    /// The camera's frames are decoded from this stream (one stream per camera), so they show
+    /// the pictures its clips hold; not so for a main stream kept only for clips.
+    frames_decoded_from_it: bool,
     state: Mutex<TapState>,
 }
 
@@ -91,7 +94,23 @@ impl VideoTap {
     /// A tap that keeps at least `keep` of video (from a key frame) and at most `max_bytes`.
     pub fn new(keep: Duration, max_bytes: usize) -> Self {
         let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::seconds(5));
-        Self { keep, max_bytes, state: Mutex::new(TapState { last_step_ns: JOIN_STEP_NS, ..Default::default() }) }
+        Self {
+            keep,
+            max_bytes,
+            frames_decoded_from_it: false,
+            state: Mutex::new(TapState { last_step_ns: JOIN_STEP_NS, ..Default::default() }),
+        }
+    }
+
+    /// The tap of the stream the camera's frames are decoded from.
+    pub fn with_frames_decoded_from_it(self) -> Self {
+        Self { frames_decoded_from_it: true, ..self }
+    }
+
+    /// Whether the camera's frames are decoded from this stream: then a masked clip can be made
+    /// of them instead of decoding the stream again.
+    pub fn frames_are_decoded_from_it(&self) -> bool {
+        self.frames_decoded_from_it
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, TapState> {
