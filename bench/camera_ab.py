@@ -43,10 +43,14 @@ def main():
     parser.add_argument("--new", type=pathlib.Path, required=True, help="the agent binary with it")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--warmup", type=float, default=8.0,
+        help="seconds before the window; past the first clip (about 12 s) for the steady state of clips",
+    )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="640×360, one short round")
     args = parser.parse_args()
     width, height = (640, 360) if args.smoke else (1920, 1080)
-    still_secs, warmup = (3.0, 3.0) if args.smoke else (substream.STILL_SECS, 8.0)
+    still_secs, warmup = (3.0, 3.0) if args.smoke else (substream.STILL_SECS, args.warmup)
     if args.smoke:
         args.rounds, args.seconds = 1, 6.0
     for binary in (args.old, args.new):

@@ -279,7 +279,7 @@ pub fn reencode_masked(
             }
         }
         let Some(encoding) = &encoder else { break Err("no encoder".into()) };
-        match encoding.push(picture, pts, stop) {
+        match encoding.push(picture, pts, || stop.passed()) {
             Ok(true) => {
                 made.pictures += 1;
                 made.shown = offset;
@@ -315,39 +315,22 @@ impl MaskedEncoder {
         Ok(Self { pipeline, input, most_queued: QUEUED_PICTURES * u64::from(width) * u64::from(height) * 3 })
     }
 
-    /// Hands a picture to the encoder once it has room for it; false when the stop deadline came
-    /// first (the picture is not written).
-    fn push(&self, picture: image::RgbImage, pts: u64, stop: &StopDeadline) -> Result<bool, String> {
-        // The input does not block: a pipeline that stopped on an error would hold the masking
-        // thread for ever. Wait here instead, watching for errors and the deadline.
-        while self.input.current_level_bytes() >= self.most_queued {
+    /// Hands a picture to the encoder once it has room for it; false (the picture not written)
+    /// when `give_up` says so first: the stop deadline came, or the caller cannot wait.
+    fn push(&self, picture: image::RgbImage, pts: u64, give_up: impl Fn() -> bool) -> Result<bool, String> {
+        // The input does not block: a pipeline that stopped on an error would hold the caller for
+        // ever. Wait here instead, watching for errors and `give_up`.
+        loop {
             if let Some(error) = pipeline_error(&self.pipeline) {
                 return Err(format!("encoding the masked clip failed: {error}"));
             }
-            if stop.passed() {
+            if self.input.current_level_bytes() < self.most_queued {
+                break;
+            }
+            if give_up() {
                 return Ok(false);
             }
             std::thread::sleep(Duration::from_millis(5));
-        }
-        if let Some(error) = pipeline_error(&self.pipeline) {
-            return Err(format!("encoding the masked clip failed: {error}"));
-        }
-        let mut buffer = gst::Buffer::from_mut_slice(picture.into_raw());
-        if let Some(buffer) = buffer.get_mut() {
-            buffer.set_pts(gst::ClockTime::from_nseconds(pts));
-        }
-        self.input.push_buffer(buffer).map_err(|e| format!("the encoder stopped: {e:?}"))?;
-        Ok(true)
-    }
-
-    /// Hands a picture to the encoder if it has room now; false (the picture left out) when it
-    /// has not: the caller is the evidence stage, which must not wait for x264.
-    fn offer(&self, picture: image::RgbImage, pts: u64) -> Result<bool, String> {
-        if let Some(error) = pipeline_error(&self.pipeline) {
-            return Err(format!("encoding the masked clip failed: {error}"));
-        }
-        if self.input.current_level_bytes() >= self.most_queued {
-            return Ok(false);
         }
         let mut buffer = gst::Buffer::from_mut_slice(picture.into_raw());
         if let Some(buffer) = buffer.get_mut() {
@@ -379,8 +362,14 @@ impl MaskedClipWriter {
 }
 
 impl super::clips::PictureSink for MaskedClipWriter {
-    fn write(&mut self, picture: image::RgbImage, since_start: Duration) -> Result<bool, String> {
-        self.0.offer(picture, u64::try_from(since_start.as_nanos()).unwrap_or(u64::MAX))
+    fn write(
+        &mut self,
+        picture: image::RgbImage,
+        since_start: Duration,
+        wait_by: Option<Instant>,
+    ) -> Result<bool, String> {
+        let pts = u64::try_from(since_start.as_nanos()).unwrap_or(u64::MAX);
+        self.0.push(picture, pts, || wait_by.is_none_or(|by| Instant::now() >= by))
     }
 
     fn finish(self: Box<Self>, by: Instant) -> Result<(), String> {
@@ -654,6 +643,9 @@ mod tests {
         assert_eq!(std::fs::read_dir(&raw).map(|d| d.count()).unwrap_or(0), 0, "the raw clip is gone");
         if from == MaskedFrom::Frames {
             assert!(!raw.exists(), "a clip made of the frames writes no raw clip");
+            // Its last second of pictures (waiting for their masks) goes to the encoder at once
+            // when it ends: none is left out for want of room.
+            assert_eq!(done[0].missed, 0, "pictures left out at the end");
         }
         let path = evidence.join(&done[0].file);
 

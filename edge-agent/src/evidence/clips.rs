@@ -184,9 +184,9 @@ pub fn masked_reencoder() -> Reencode {
 /// Where the pictures of a masked clip made from the camera's frames go, as they come.
 pub trait PictureSink: Send {
     /// Hands the encoder a masked picture shown `since_start` after the clip's first; false when
-    /// the encoder has no room for it now (the picture is left out: the evidence stage does not
-    /// wait).
-    fn write(&mut self, picture: RgbImage, since_start: Duration) -> Result<bool, String>;
+    /// the encoder has no room for it (the picture is left out): now, or by `wait_by` when the
+    /// clip is ending (while frames come, the evidence stage does not wait).
+    fn write(&mut self, picture: RgbImage, since_start: Duration, wait_by: Option<Instant>) -> Result<bool, String>;
     /// Ends the file, waiting until `by` at most (what was written stays playable).
     fn finish(self: Box<Self>, by: Instant) -> Result<(), String>;
 }
@@ -221,7 +221,7 @@ struct RecentPictures {
     pictures: VecDeque<(DateTime<Utc>, RgbImage)>,
     /// The camera's newest frame: pictures a second older than it have all their masks.
     newest: Option<DateTime<Utc>>,
-    /// The times of its frames of the last `RATE_WINDOW`.
+    /// The times of its frames of the last `RATE_WINDOW_MS`.
     frames: VecDeque<DateTime<Utc>>,
 }
 
@@ -511,7 +511,7 @@ impl ClipRecorder {
                 _ => {}
             }
         }
-        self.write_from_frames(&frame.camera, None);
+        self.write_from_frames(&frame.camera);
     }
 
     /// Whether this camera's pictures may be kept for masked clips made of its frames.
@@ -554,8 +554,8 @@ impl ClipRecorder {
     }
 
     /// Masks and hands on the pictures of the camera's clip made from its frames whose masks are
-    /// complete (a second old); with `to_end`, every picture up to the clip's end (it ends now).
-    fn write_from_frames(&mut self, camera: &str, to_end: Option<DateTime<Utc>>) {
+    /// complete (a second old).
+    fn write_from_frames(&mut self, camera: &str) {
         let Some(recording) = self.recordings.iter_mut().find(|r| r.from_frames.is_some() && r.camera == camera) else {
             return;
         };
@@ -563,7 +563,7 @@ impl ClipRecorder {
             recording,
             self.recent.get(camera),
             self.masks.get(camera),
-            to_end,
+            None,
             (&self.open_picture_sink, &mut self.shrinker, self.settings.masked_fps),
         );
     }
@@ -800,7 +800,7 @@ impl ClipRecorder {
                 &mut recording,
                 self.recent.get(&camera),
                 self.masks.get(&camera),
-                Some(end),
+                Some((end, self.stop.within(FINISH_LIMIT))),
                 (&self.open_picture_sink, &mut self.shrinker, self.settings.masked_fps),
             );
             // Its pictures are masked already: the clip is evidence as it is written.
@@ -875,19 +875,23 @@ impl ClipRecorder {
 
 /// Hands a clip made from the camera's frames its pictures: those after the last it got, from
 /// its pre-roll, up to a second before the camera's newest frame (their masks are complete), or
-/// with `to_end` up to that time (the clip ends now). A picture the encoder has no room for is
-/// left out and counted as missed; an error ends the clip.
+/// with `to_end` up to its time (the clip ends now; the encoder's room is waited for until its
+/// instant). A picture the encoder has no room for is left out and counted as missed; an error
+/// ends the clip.
 fn write_pictures(
     recording: &mut Recording,
     recent: Option<&RecentPictures>,
     masks: Option<&MaskTrack>,
-    to_end: Option<DateTime<Utc>>,
+    to_end: Option<(DateTime<Utc>, Instant)>,
     (open, shrinker, fps): (&Option<OpenPictureSink>, &mut Shrinker, u32),
 ) {
     let (Some(recent), Some(open)) = (recent, open) else { return };
     let Some(newest) = recent.newest else { return };
-    let until =
-        to_end.unwrap_or_else(|| (newest - chrono::Duration::milliseconds(MASK_NEAR_MS)).min(recording.planned_end()));
+    let until = to_end.map_or_else(
+        || (newest - chrono::Duration::milliseconds(MASK_NEAR_MS)).min(recording.planned_end()),
+        |(end, _)| end,
+    );
+    let wait_by = to_end.map(|(_, by)| by);
     let Some(frames) = recording.from_frames.as_mut().filter(|f| !f.failed) else { return };
     let (from, after) = (frames.from, frames.written_until);
     let waiting =
@@ -931,7 +935,7 @@ fn write_pictures(
         }
         let Some(sink) = frames.sink.as_mut() else { return };
         let first = recording.first.unwrap_or(*at);
-        match sink.write(picture, (*at - first).to_std().unwrap_or_default()) {
+        match sink.write(picture, (*at - first).to_std().unwrap_or_default(), wait_by) {
             Ok(true) => {
                 recording.first = Some(first);
                 recording.last = Some(*at);
@@ -1323,13 +1327,19 @@ mod tests {
 
     /// The pictures a masked clip made of the frames got: when (from its start) and what.
     #[derive(Clone, Default)]
-    struct Pictures(Arc<Mutex<Vec<(Duration, RgbImage)>>>);
+    struct Pictures(Arc<Mutex<Vec<(Duration, RgbImage)>>>, Arc<Mutex<Vec<Option<Instant>>>>);
 
     struct PictureList(Pictures, PathBuf);
 
     impl PictureSink for PictureList {
-        fn write(&mut self, picture: RgbImage, since_start: Duration) -> Result<bool, String> {
+        fn write(
+            &mut self,
+            picture: RgbImage,
+            since_start: Duration,
+            wait_by: Option<Instant>,
+        ) -> Result<bool, String> {
             self.0 .0.lock().unwrap().push((since_start, picture));
+            self.0 .1.lock().unwrap().push(wait_by);
             Ok(true)
         }
 
@@ -1457,5 +1467,39 @@ mod tests {
         assert_eq!(done.len(), 1, "{done:?}");
         assert_eq!(*opened.lock().unwrap(), 0, "no clip made of the frames");
         assert_eq!(reencoded.lock().unwrap().len(), 1, "the raw clip is re-encoded");
+    }
+
+    /// The agent stops while a one-stream masked camera's clip is made of its frames: the last
+    /// second of pictures, which waited for their masks, goes to the encoder then, waiting for its
+    /// room until the stop's deadline (while frames come, nothing waits), and the clip says it
+    /// was cut short.
+    #[test]
+    fn a_stop_hands_a_clip_made_of_frames_its_last_second_waiting_for_the_encoder() {
+        let dir = tempfile::tempdir().unwrap();
+        let pictures = Pictures::default();
+        let open: OpenPictureSink = {
+            let pictures = pictures.clone();
+            Box::new(move |path, _, _| Ok(Box::new(PictureList(pictures.clone(), path.to_owned()))))
+        };
+        let mut clips = recorder(dir.path(), &Written::default()).masking_frames_into(open);
+        let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(10), 1 << 20).with_frames_decoded_from_it());
+        tap.set_format("video/x-h264");
+        let masked = PrivacyMask { people: vec![], blur_people: true, ..PrivacyMask::default() };
+        let id = Uuid::now_v7();
+        for tenth in 0..=120 {
+            let happening = (tenth == 100).then(|| event(id, LifecycleState::Start));
+            clips.observe(&frame(&tap, f64::from(tenth) / 10.0), happening.iter(), &masked);
+            assert!(clips.pump(at(f64::from(tenth) / 10.0)).is_empty());
+        }
+        let while_frames_came = pictures.1.lock().unwrap().len();
+        assert!(pictures.1.lock().unwrap().iter().all(Option::is_none), "a picture waited while frames came");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let done = clips.finish_all(at(12.0), deadline);
+        assert_eq!(done.len(), 1);
+        assert!(done[0].cut_short.as_deref().unwrap_or_default().contains("stopped"), "{:?}", done[0].cut_short);
+        assert_eq!(done[0].to, at(12.0), "up to the last frame");
+        let waits = pictures.1.lock().unwrap();
+        assert_eq!(waits.len() - while_frames_came, 5, "the last second of pictures at the stop");
+        assert!(waits[while_frames_came..].iter().all(|by| by.is_some_and(|by| by <= deadline)), "{waits:?}");
     }
 }
