@@ -892,63 +892,62 @@ fn write_pictures(
         |(end, _)| end,
     );
     let wait_by = to_end.map(|(_, by)| by);
-    let Some(frames) = recording.from_frames.as_mut().filter(|f| !f.failed) else { return };
+    let Some(frames) = recording.from_frames.as_ref().filter(|f| !f.failed) else { return };
     let (from, after) = (frames.from, frames.written_until);
     let waiting =
         recent.pictures.iter().filter(|(at, _)| *at >= from && *at <= until && after.is_none_or(|after| *at > after));
     for (at, picture) in waiting {
-        frames.written_until = Some(*at);
-        let mut picture = match frames.size {
-            Some(size) if picture.dimensions() != size => match shrinker.shrink(picture, size.0, Some(size)) {
-                Ok(shrunk) => shrunk,
-                Err(e) => {
-                    frames.failed = true;
-                    recording.cut_short = Some(e);
-                    return;
-                }
-            },
-            _ => picture.clone(),
-        };
-        match masks {
-            Some(masks) => masks.apply(*at, &mut picture),
-            // No mask noted for the camera: nothing of its pictures may be shown.
-            None => MaskTrack { blur_people: true, ..MaskTrack::default() }.apply(*at, &mut picture),
-        }
-        if frames.sink.is_none() {
-            let size = picture.dimensions();
-            let opened = match recording.path.parent().map(std::fs::create_dir_all) {
-                Some(Err(e)) => Err(format!("cannot make the clip's folder: {e}")),
-                _ => open(&recording.path, size, fps),
-            };
-            match opened {
-                Ok(sink) => {
-                    frames.sink = Some(sink);
-                    frames.size = Some(size);
-                }
-                Err(e) => {
-                    tracing::error!(camera = %recording.camera, event_id = %recording.event_id, "no masked clip: {e}");
-                    frames.failed = true;
-                    recording.cut_short = Some(e);
-                    return;
-                }
-            }
-        }
-        let Some(sink) = frames.sink.as_mut() else { return };
-        let first = recording.first.unwrap_or(*at);
-        match sink.write(picture, (*at - first).to_std().unwrap_or_default(), wait_by) {
-            Ok(true) => {
-                recording.first = Some(first);
-                recording.last = Some(*at);
-                recording.pictures += 1;
-            }
-            Ok(false) => recording.missed += 1,
-            Err(e) => {
+        if let Err(e) = write_picture(recording, *at, picture, masks, wait_by, (open, shrinker, fps)) {
+            tracing::error!(camera = %recording.camera, event_id = %recording.event_id, "the masked clip ends here: {e}");
+            if let Some(frames) = recording.from_frames.as_mut() {
                 frames.failed = true;
-                recording.cut_short = Some(e);
-                return;
             }
+            recording.cut_short = Some(e);
+            return;
         }
     }
+}
+
+/// One picture of a clip made from the camera's frames: at the clip's size, masked, to its
+/// writer (opened at the first); counted as written or missed.
+fn write_picture(
+    recording: &mut Recording,
+    at: DateTime<Utc>,
+    picture: &RgbImage,
+    masks: Option<&MaskTrack>,
+    wait_by: Option<Instant>,
+    (open, shrinker, fps): (&OpenPictureSink, &mut Shrinker, u32),
+) -> Result<(), String> {
+    let Some(frames) = recording.from_frames.as_mut() else { return Ok(()) };
+    frames.written_until = Some(at);
+    let mut picture = match frames.size {
+        Some(size) if picture.dimensions() != size => shrinker.shrink(picture, size.0, Some(size))?,
+        _ => picture.clone(),
+    };
+    match masks {
+        Some(masks) => masks.apply(at, &mut picture),
+        // No mask noted for the camera: nothing of its pictures may be shown.
+        None => MaskTrack { blur_people: true, ..MaskTrack::default() }.apply(at, &mut picture),
+    }
+    let sink = match &mut frames.sink {
+        Some(sink) => sink,
+        empty => {
+            if let Some(folder) = recording.path.parent() {
+                std::fs::create_dir_all(folder).map_err(|e| format!("cannot make the clip's folder: {e}"))?;
+            }
+            frames.size = Some(picture.dimensions());
+            empty.insert(open(&recording.path, picture.dimensions(), fps)?)
+        }
+    };
+    let first = recording.first.unwrap_or(at);
+    if sink.write(picture, (at - first).to_std().unwrap_or_default(), wait_by)? {
+        recording.first = Some(first);
+        recording.last = Some(at);
+        recording.pictures += 1;
+    } else {
+        recording.missed += 1;
+    }
+    Ok(())
 }
 
 /// A clip made from the camera's frames, ended as a clip cut from the tap is.
