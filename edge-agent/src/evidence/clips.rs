@@ -264,14 +264,8 @@ impl Shrinker {
     /// `picture` at most `width` wide (and even sides), keeping its shape; or exactly `size`.
     fn shrink(&mut self, picture: &RgbImage, width: u32, size: Option<(u32, u32)>) -> Result<RgbImage, String> {
         let (from_width, from_height) = picture.dimensions();
-        let (to_width, to_height) = size.unwrap_or_else(|| {
-            if from_width <= width || from_width == 0 {
-                (from_width, from_height)
-            } else {
-                let height = (f64::from(from_height) * f64::from(width) / f64::from(from_width)).round() as u32;
-                (width & !1, (height & !1).max(2))
-            }
-        });
+        let (to_width, to_height) =
+            size.unwrap_or_else(|| crate::source::scaled_size(from_width, from_height, width));
         if (to_width, to_height) == (from_width, from_height) {
             return Ok(picture.clone());
         }
@@ -805,12 +799,13 @@ impl ClipRecorder {
             );
             // Its pictures are masked already: the clip is evidence as it is written.
             recording.masked = false;
-            recording.sink = recording
-                .from_frames
-                .take()
-                .and_then(|f| f.sink)
-                .map(|sink| Box::new(PictureSinkEnd(sink)) as Box<dyn ClipSink>);
         }
+        // The writer that was opened (none: no picture came), ended.
+        let by = self.stop.within(FINISH_LIMIT);
+        let ended = match recording.from_frames.take() {
+            Some(frames) => frames.sink.map(|sink| sink.finish(by)),
+            None => recording.sink.take().map(|sink| sink.finish(by)),
+        }?;
         let Recording {
             event_id,
             also,
@@ -818,7 +813,6 @@ impl ClipRecorder {
             file,
             path,
             masked,
-            sink,
             first,
             last,
             pictures,
@@ -826,8 +820,7 @@ impl ClipRecorder {
             mut cut_short,
             ..
         } = recording;
-        let sink = sink?;
-        if let Err(e) = sink.finish(self.stop.within(FINISH_LIMIT)) {
+        if let Err(e) = ended {
             cut_short = Some(e);
         }
         if let Some(why) = &cut_short {
@@ -948,19 +941,6 @@ fn write_picture(
         recording.missed += 1;
     }
     Ok(())
-}
-
-/// A clip made from the camera's frames, ended as a clip cut from the tap is.
-struct PictureSinkEnd(Box<dyn PictureSink>);
-
-impl ClipSink for PictureSinkEnd {
-    fn write(&mut self, _unit: &EncodedUnit) -> Result<(), String> {
-        Err("a clip made from the camera's frames takes no encoded video".into())
-    }
-
-    fn finish(self: Box<Self>, by: Instant) -> Result<(), String> {
-        self.0.finish(by)
-    }
 }
 
 impl Recording {

@@ -35,16 +35,6 @@ pub struct Output {
     pub max_width: u32,
 }
 
-/// The size a `width`×`height` picture is given: at most `max_width` wide (0: no limit), the same
-/// shape, even sides (what YUV to RGB conversion wants).
-pub fn scaled_size(width: u32, height: u32, max_width: u32) -> (u32, u32) {
-    if max_width == 0 || width <= max_width || width == 0 {
-        return (width, height);
-    }
-    let scaled_height = (f64::from(height) * f64::from(max_width) / f64::from(width)).round() as u32;
-    (max_width & !1, (scaled_height & !1).max(2))
-}
-
 /// A file that has not produced a picture for this long is broken, not slow.
 const FILE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -200,7 +190,7 @@ impl GstSource {
                 let size = structure.and_then(|s| Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?)));
                 if let Some((width, height)) = size {
                     let (width, height) = (u32::try_from(width).unwrap_or(0), u32::try_from(height).unwrap_or(0));
-                    let (to_width, to_height) = scaled_size(width, height, max_width);
+                    let (to_width, to_height) = super::scaled_size(width, height, max_width);
                     if (to_width, to_height) != (width, height) {
                         let mut sized = caps.clone();
                         if let Some(structure) = sized.make_mut().structure_mut(0) {
@@ -583,15 +573,6 @@ mod tests {
     use super::*;
 
     const FULL_SIZE: Output = Output { fps: None, max_width: 0 };
-
-    #[test]
-    fn pictures_wider_than_max_width_keep_their_shape_with_even_sides() {
-        assert_eq!(scaled_size(1920, 1080, 1280), (1280, 720));
-        assert_eq!(scaled_size(3840, 2160, 1280), (1280, 720));
-        assert_eq!(scaled_size(2560, 1440, 1000), (1000, 562));
-        assert_eq!(scaled_size(768, 576, 1280), (768, 576), "never scaled up");
-        assert_eq!(scaled_size(1920, 1080, 0), (1920, 1080), "0: the camera's size");
-    }
 
     /// One picture of `line` (ending in an appsink named `out`).
     fn one_sample(line: &str) -> gst::Sample {

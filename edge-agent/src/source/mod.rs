@@ -147,6 +147,16 @@ pub const VIDEO_TAP_MAX_BYTES: usize = 24 << 20;
 /// its frame was captured, and the clip starts from that frame's time.
 const VIDEO_TAP_SLACK: Duration = Duration::from_secs(5);
 
+/// The size a `width`×`height` picture is given: at most `max_width` wide (0: no limit), the same
+/// shape, even sides (what YUV to RGB conversion wants).
+pub fn scaled_size(width: u32, height: u32, max_width: u32) -> (u32, u32) {
+    if max_width == 0 || width <= max_width || width == 0 {
+        return (width, height);
+    }
+    let scaled_height = (f64::from(height) * f64::from(max_width) / f64::from(width)).round() as u32;
+    (max_width & !1, (scaled_height & !1).max(2))
+}
+
 /// Starts one task per camera; returns the feeds inference reads and a `Notify` that fires on
 /// every new frame of any camera. With a `video_pre_roll`, cameras whose source can (GStreamer)
 /// keep that much of their encoded video for event clips.
@@ -545,6 +555,15 @@ impl CameraTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pictures_wider_than_max_width_keep_their_shape_with_even_sides() {
+        assert_eq!(scaled_size(1920, 1080, 1280), (1280, 720));
+        assert_eq!(scaled_size(3840, 2160, 1280), (1280, 720));
+        assert_eq!(scaled_size(2560, 1440, 1000), (1000, 562));
+        assert_eq!(scaled_size(768, 576, 1280), (768, 576), "never scaled up");
+        assert_eq!(scaled_size(1920, 1080, 0), (1920, 1080), "0: the camera's size");
+    }
 
     #[test]
     fn frames_replaced_before_inference_takes_them_count_as_dropped() {
