@@ -264,8 +264,7 @@ impl Shrinker {
     /// `picture` at most `width` wide (and even sides), keeping its shape; or exactly `size`.
     fn shrink(&mut self, picture: &RgbImage, width: u32, size: Option<(u32, u32)>) -> Result<RgbImage, String> {
         let (from_width, from_height) = picture.dimensions();
-        let (to_width, to_height) =
-            size.unwrap_or_else(|| crate::source::scaled_size(from_width, from_height, width));
+        let (to_width, to_height) = size.unwrap_or_else(|| crate::source::scaled_size(from_width, from_height, width));
         if (to_width, to_height) == (from_width, from_height) {
             return Ok(picture.clone());
         }
@@ -807,18 +806,7 @@ impl ClipRecorder {
             None => recording.sink.take().map(|sink| sink.finish(by)),
         }?;
         let Recording {
-            event_id,
-            also,
-            camera,
-            file,
-            path,
-            masked,
-            first,
-            last,
-            pictures,
-            missed,
-            mut cut_short,
-            ..
+            event_id, also, camera, file, path, masked, first, last, pictures, missed, mut cut_short, ..
         } = recording;
         if let Err(e) = ended {
             cut_short = Some(e);
