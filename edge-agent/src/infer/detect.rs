@@ -45,6 +45,10 @@ pub fn decode_nanodet(
         strides_found += 1;
         for cell in 0..anchors {
             let row_scores = &scores.data[cell * num_classes..(cell + 1) * num_classes];
+            // Nearly every cell of a frame scores below the threshold: passed over on a quick look.
+            if !(highest(row_scores) >= score_threshold) {
+                continue;
+            }
             let (class, &score) = row_scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap_or((0, &0.0));
             if score < score_threshold {
                 continue;
@@ -77,6 +81,21 @@ pub fn decode_nanodet(
         });
     }
     Ok(detections)
+}
+
+/// The highest of `scores`, NaN never counting: taken lane by lane so that the compiler uses SIMD
+/// (a detector's 3,500 cells × 80 classes a frame).
+fn highest(scores: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = scores.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &score) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(score);
+        }
+    }
+    lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |high, &score| high.max(score))
 }
 
 /// The single `[1, a, b]` output of a YOLO export, or an error naming what was found.
@@ -259,6 +278,20 @@ mod tests {
 
     fn det(class_id: usize, score: f32, x1: f32, y1: f32, x2: f32, y2: f32) -> Detection {
         Detection { class_id, label: format!("c{class_id}"), score, bbox: BoundingBox { x1, y1, x2, y2 } }
+    }
+
+    #[test]
+    fn the_quick_look_at_a_cell_finds_its_highest_score_wherever_it_lies_and_never_a_nan() {
+        for len in [1, 7, 8, 9, 80, 81] {
+            for at in 0..len {
+                let mut scores: Vec<f32> = (0..len).map(|i| -(i as f32) / 100.0).collect();
+                scores[at] = 0.75;
+                assert_eq!(highest(&scores), 0.75, "{len} classes, the highest at {at}");
+            }
+        }
+        assert_eq!(highest(&[f32::NAN, 0.2, f32::NAN, 0.1]), 0.2);
+        assert_eq!(highest(&[f32::NAN; 9]), f32::NEG_INFINITY, "NaN scores never pass a threshold");
+        assert_eq!(highest(&[]), f32::NEG_INFINITY);
     }
 
     #[test]

@@ -140,27 +140,34 @@ impl Preprocessor {
             }
             fill_row(buffer, layout, plane, out_w, y, 0..pad_x, pad_value);
             fill_row(buffer, layout, plane, out_w, y, pad_x + content_w..out_w, pad_value);
-            let (above, below) = (&upper[..], &lower[..]);
-            let down = |x: usize, c: usize| {
+            // One content pixel: its two blended rows' values mixed down, normalised, in channel order.
+            let down = |top: &[f32], bottom: &[f32], c: usize| {
                 let ch = order[c];
-                let top = above[x * 3 + ch];
-                let p = top + (below[x * 3 + ch] - top) * tap.weight;
+                let p = top[ch] + (bottom[ch] - top[ch]) * tap.weight;
                 p * a[c] + b[c]
             };
+            let pixels = upper.chunks_exact(3).zip(lower.chunks_exact(3));
             match layout {
                 Layout::Nchw => {
-                    for c in 0..3 {
-                        let start = c * plane + y * out_w + pad_x;
-                        for (x, value) in buffer[start..start + content_w].iter_mut().enumerate() {
-                            *value = down(x, c);
-                        }
+                    // The three planes' rows written together, each pixel read once.
+                    let start = y * out_w + pad_x;
+                    let (first, rest) = buffer.split_at_mut(plane);
+                    let (second, third) = rest.split_at_mut(plane);
+                    let rows = first[start..start + content_w]
+                        .iter_mut()
+                        .zip(&mut second[start..start + content_w])
+                        .zip(&mut third[start..start + content_w]);
+                    for (((top, bottom), ((c0, c1), c2))) in pixels.zip(rows) {
+                        *c0 = down(top, bottom, 0);
+                        *c1 = down(top, bottom, 1);
+                        *c2 = down(top, bottom, 2);
                     }
                 }
                 Layout::Nhwc => {
                     let start = (y * out_w + pad_x) * 3;
-                    for (x, pixel) in buffer[start..start + content_w * 3].chunks_exact_mut(3).enumerate() {
+                    for ((top, bottom), pixel) in pixels.zip(buffer[start..start + content_w * 3].chunks_exact_mut(3)) {
                         for (c, value) in pixel.iter_mut().enumerate() {
-                            *value = down(x, c);
+                            *value = down(top, bottom, c);
                         }
                     }
                 }
@@ -197,7 +204,11 @@ impl Preprocessor {
 fn blend_across(source_row: &[u8], column_taps: &[Tap], out: &mut [f32]) {
     for (blended, tap) in out.chunks_exact_mut(3).zip(column_taps) {
         let (low, high) = (tap.low as usize * 3, tap.high as usize * 3);
-        let (left, right) = (&source_row[low..low + 3], &source_row[high..high + 3]);
+        // Whole pixels: one bounds check each instead of one a channel.
+        let (Some(left), Some(right)) = (source_row[low..].first_chunk::<3>(), source_row[high..].first_chunk::<3>())
+        else {
+            continue;
+        };
         for ch in 0..3 {
             let from = f32::from(left[ch]);
             blended[ch] = from + (f32::from(right[ch]) - from) * tap.weight;
