@@ -46,7 +46,7 @@ pub fn decode_nanodet(
         for cell in 0..anchors {
             let row_scores = &scores.data[cell * num_classes..(cell + 1) * num_classes];
             // Nearly every cell of a frame scores below the threshold: passed over on a quick look.
-            if !(highest(row_scores) >= score_threshold) {
+            if highest(row_scores) < score_threshold {
                 continue;
             }
             let (class, &score) = row_scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap_or((0, &0.0));

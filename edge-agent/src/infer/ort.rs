@@ -125,7 +125,6 @@ impl OrtBackend {
     pub fn load_graph(path: &Path, bytes: &[u8], inference: &InferenceConfig) -> Result<Self, InferError> {
         let runtime = runtime(inference)?;
         let load_error = |message: String| InferError::Load { path: path.to_owned(), backend: "ort", message };
-        // Threads come from the environment's pool, shared by every model (see `runtime`).
         // Threads come from the environment's pool, shared by every model (see `runtime`). No memory
         // pattern: it keeps a block for every intermediate tensor of the last run, about 20 MB more
         // resident for the two default models, and on this machine made no measurable difference in speed.

@@ -157,7 +157,7 @@ impl Preprocessor {
                         .iter_mut()
                         .zip(&mut second[start..start + content_w])
                         .zip(&mut third[start..start + content_w]);
-                    for (((top, bottom), ((c0, c1), c2))) in pixels.zip(rows) {
+                    for ((top, bottom), ((c0, c1), c2)) in pixels.zip(rows) {
                         *c0 = down(top, bottom, 0);
                         *c1 = down(top, bottom, 1);
                         *c2 = down(top, bottom, 2);
