@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::config::RtspUrl;
 use super::video_tap::{ArrivingUnit, VideoTap};
-use super::SourceError;
+use super::{scale, SourceError};
 use crate::base::frame_pool::FramePool;
 use crate::base::redact::redact_userinfo;
 
@@ -192,10 +192,24 @@ impl GstSource {
                     let (width, height) = (u32::try_from(width).unwrap_or(0), u32::try_from(height).unwrap_or(0));
                     let (to_width, to_height) = super::scaled_size(width, height, max_width);
                     if (to_width, to_height) != (width, height) {
-                        let mut sized = caps.clone();
-                        if let Some(structure) = sized.make_mut().structure_mut(0) {
-                            structure.set("width", i32::try_from(to_width).unwrap_or(i32::MAX));
-                            structure.set("height", i32::try_from(to_height).unwrap_or(i32::MAX));
+                        let sized_to = |(width, height): (u32, u32)| {
+                            let mut sized = caps.clone();
+                            if let Some(structure) = sized.make_mut().structure_mut(0) {
+                                structure.set("width", i32::try_from(width).unwrap_or(i32::MAX));
+                                structure.set("height", i32::try_from(height).unwrap_or(i32::MAX));
+                            }
+                            sized
+                        };
+                        let mut sized = sized_to((to_width, to_height));
+                        // Two thirds (1080p to 720p): the decoder's I420 at its own size first,
+                        // shrunk here (`rgb_picture_into`); anything else scaled by videoscale.
+                        if scale::is_two_thirds((width, height), (to_width, to_height)) {
+                            let mut whole = sized_to((width, height));
+                            if let Some(structure) = whole.make_mut().structure_mut(0) {
+                                structure.set("format", "I420");
+                            }
+                            whole.make_mut().append(sized);
+                            sized = whole;
                         }
                         sized_sink.set_caps(Some(&sized));
                     }
@@ -235,11 +249,12 @@ impl GstSource {
         let camera_name = camera.to_string();
         let pool = Arc::new(FramePool::default());
         let idle = pool.clone();
+        let mut shrinking = Shrinking { max_width, ..Shrinking::default() };
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    match rgb_picture_into(&sample, |width, height| idle.idle(width, height)) {
+                    match rgb_picture_into(&sample, &mut shrinking, |width, height| idle.idle(width, height)) {
                         Ok(picture) => {
                             // Full: the camera task is behind; the newest picture waits for it.
                             let _ = sender.try_send(picture);
@@ -491,19 +506,30 @@ fn is_hardware_decoder(name: &str) -> bool {
 
 /// The RGB picture of a sample, rows copied out of GStreamer's (possibly padded) buffer.
 pub(crate) fn rgb_picture(sample: &gst::Sample) -> Result<RgbImage, String> {
-    rgb_picture_into(sample, |_, _| None)
+    rgb_picture_into(sample, &mut Shrinking::default(), |_, _| None)
 }
 
-/// [`rgb_picture`], into a buffer `spare(width, height)` gives when it has one of that size.
+/// The pictures' widest (0: as they come) and the working space for shrinking I420 pictures
+/// by two thirds on their way to RGB ([`scale::two_thirds`]), kept from picture to picture.
+#[derive(Default)]
+struct Shrinking {
+    max_width: u32,
+    planes: [Vec<u8>; 3],
+    row: Vec<u16>,
+}
+
+/// [`rgb_picture`], into a buffer `spare(width, height)` gives when it has one of that size; an
+/// I420 picture two thirds of whose size is `shrinking.max_width` wide is shrunk to it first.
 fn rgb_picture_into(
     sample: &gst::Sample,
+    shrinking: &mut Shrinking,
     spare: impl FnOnce(u32, u32) -> Option<RgbImage>,
 ) -> Result<RgbImage, String> {
     let caps = sample.caps().ok_or("a picture without caps")?;
     let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| format!("unreadable caps: {e}"))?;
     let buffer = sample.buffer().ok_or("a sample without a buffer")?;
     if info.format() == gst_video::VideoFormat::I420 {
-        return i420_to_rgb(buffer, &info, spare);
+        return i420_to_rgb(buffer, &info, shrinking, spare);
     }
     let map = buffer.map_readable().map_err(|e| format!("cannot read the picture: {e}"))?;
     let (width, height) = (info.width(), info.height());
@@ -531,17 +557,18 @@ fn rgb_picture_into(
 fn i420_to_rgb(
     buffer: &gst::BufferRef,
     info: &gst_video::VideoInfo,
+    shrinking: &mut Shrinking,
     spare: impl FnOnce(u32, u32) -> Option<RgbImage>,
 ) -> Result<RgbImage, String> {
     use yuvutils_rs::{yuv420_to_rgb, YuvPlanarImage, YuvRange, YuvStandardMatrix};
     let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info)
         .map_err(|e| format!("cannot read the picture: {e}"))?;
-    let (width, height) = (info.width(), info.height());
+    let (mut width, mut height) = (info.width(), info.height());
     let plane = |i: u32| frame.plane_data(i).map_err(|e| format!("cannot read plane {i} of the picture: {e}"));
     let stride = |i: usize| {
         info.stride().get(i).and_then(|s| u32::try_from(*s).ok()).ok_or_else(|| format!("no stride for plane {i}"))
     };
-    let image = YuvPlanarImage {
+    let mut image = YuvPlanarImage {
         y_plane: plane(0)?,
         y_stride: stride(0)?,
         u_plane: plane(1)?,
@@ -551,6 +578,25 @@ fn i420_to_rgb(
         width,
         height,
     };
+    let to = super::scaled_size(width, height, shrinking.max_width);
+    if scale::is_two_thirds((width, height), to) {
+        let Shrinking { planes: [y, u, v], row, .. } = shrinking;
+        let (luma, chroma) = ((width as usize, height as usize), (width as usize / 2, height as usize / 2));
+        scale::two_thirds(image.y_plane, image.y_stride as usize, luma, y, row)?;
+        scale::two_thirds(image.u_plane, image.u_stride as usize, chroma, u, row)?;
+        scale::two_thirds(image.v_plane, image.v_stride as usize, chroma, v, row)?;
+        (width, height) = to;
+        image = YuvPlanarImage {
+            y_plane: y,
+            y_stride: width,
+            u_plane: u,
+            u_stride: width / 2,
+            v_plane: v,
+            v_stride: width / 2,
+            width,
+            height,
+        };
+    }
     let colorimetry = info.colorimetry();
     let range = match colorimetry.range() {
         gst_video::VideoColorRange::Range0_255 => YuvRange::Full,
@@ -617,6 +663,39 @@ mod tests {
         }
     }
 
+    /// A 1080p I420 picture with `max_width = 1280` is shrunk by two thirds on its way to RGB:
+    /// the same picture as GStreamer's own videoscale makes of it (then made RGB the same way),
+    /// within rounding.
+    #[test]
+    fn a_1080p_picture_shrunk_here_is_the_picture_videoscale_makes_of_it() {
+        if init().is_err() {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "GStreamer is missing");
+            return;
+        }
+        let source = "videotestsrc num-buffers=1 pattern=smpte ! video/x-raw,format=I420,width=1920,height=1080";
+        let mut shrinking = Shrinking { max_width: 1280, ..Shrinking::default() };
+        let ours = rgb_picture_into(&one_sample(&format!("{source} ! appsink name=out")), &mut shrinking, |_, _| None)
+            .unwrap();
+        let theirs = rgb_picture(&one_sample(&format!(
+            "{source} ! videoscale ! video/x-raw,format=I420,width=1280,height=720 ! appsink name=out"
+        )))
+        .unwrap();
+        assert_eq!(ours.dimensions(), (1280, 720));
+        let differences: Vec<u32> =
+            ours.as_raw().iter().zip(theirs.as_raw()).map(|(a, b)| u32::from(a.abs_diff(*b))).collect();
+        let mean = differences.iter().sum::<u32>() as f64 / differences.len() as f64;
+        // The bars' edges fall between pixels; both mix their neighbours, with other roundings.
+        assert!(mean < 1.0, "mean difference {mean}");
+        let far = differences.iter().filter(|d| **d > 24).count();
+        assert!(far * 100 < differences.len(), "{far} of {} values differ by more than 24", differences.len());
+        // Other sizes pass as they come: the pipeline has scaled them already.
+        let mut shrinking = Shrinking { max_width: 1000, ..Shrinking::default() };
+        let unscaled =
+            rgb_picture_into(&one_sample(&format!("{source} ! appsink name=out")), &mut shrinking, |_, _| None)
+                .unwrap();
+        assert_eq!(unscaled.dimensions(), (1920, 1080));
+    }
+
     #[test]
     fn hardware_decoders_are_named_by_their_elements() {
         assert!(is_hardware_decoder("nvv4l2decoder"));
@@ -653,6 +732,37 @@ mod tests {
         let (left, right) = (picture.get_pixel(10, 10), picture.get_pixel(310, 10));
         assert!(left[0] > 150 && left[1] > 150 && left[2] > 150, "{left:?}");
         assert!(right[2] > 150 && right[0] < 100, "{right:?}");
+    }
+
+    /// A 1080p H.264 camera read with `max_width = 1280`: the decoder's pictures reach the
+    /// appsink at their own size (videoscale passes them through) and come out 1280×720, the
+    /// bars in their places.
+    #[tokio::test]
+    async fn a_1080p_camera_is_shrunk_by_two_thirds_after_the_pipeline() {
+        if init().is_err() || gst::ElementFactory::find("x264enc").is_none() {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "GStreamer's x264enc is missing");
+            eprintln!("skipped: GStreamer's x264enc is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bars.mp4");
+        run_to_end(&format!(
+            "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,width=1920,height=1080,framerate=10/1 ! \
+             x264enc speed-preset=ultrafast ! h264parse ! mp4mux ! filesink location={}",
+            path.display()
+        ));
+        let scaled = Output { fps: None, max_width: 1280 };
+        let mut source = GstSource::open("bars", GstInput::File { path: &path, looping: false }, scaled, None).unwrap();
+        let picture = source.next_image().await.unwrap();
+        assert_eq!(picture.dimensions(), (1280, 720));
+        let (left, right) = (picture.get_pixel(20, 20), picture.get_pixel(1260, 20));
+        assert!(left[0] > 150 && left[1] > 150 && left[2] > 150, "{left:?}");
+        assert!(right[2] > 150 && right[0] < 100, "{right:?}");
+        let appsink = source.pipeline.iterate_sinks().into_iter().flatten().next().unwrap();
+        let negotiated = appsink.static_pad("sink").and_then(|pad| pad.current_caps()).unwrap();
+        let structure = negotiated.structure(0).unwrap();
+        assert_eq!(structure.get::<&str>("format").unwrap(), "I420", "{negotiated}");
+        assert_eq!(structure.get::<i32>("width").unwrap(), 1920, "not scaled in the pipeline: {negotiated}");
     }
 
     /// A real pipeline: an H.265 file made by GStreamer's own encoder from a test pattern, read

@@ -11,6 +11,7 @@ pub mod motion;
 pub mod record;
 pub mod replay;
 pub mod rtsp;
+pub mod scale;
 pub mod v4l2;
 pub mod video_tap;
 
