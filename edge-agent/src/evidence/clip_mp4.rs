@@ -317,6 +317,11 @@ impl MaskedEncoder {
 
     /// Hands a picture to the encoder once it has room for it; false (the picture not written)
     /// when `give_up` says so first: the stop deadline came, or the caller cannot wait.
+    /// Whether the input holds fewer than `QUEUED_PICTURES` pictures' bytes.
+    fn has_room(&self) -> bool {
+        self.input.current_level_bytes() < self.most_queued
+    }
+
     fn push(&self, picture: image::RgbImage, pts: u64, give_up: impl Fn() -> bool) -> Result<bool, String> {
         // The input does not block: a pipeline that stopped on an error would hold the caller for
         // ever. Wait here instead, watching for errors and `give_up`.
@@ -324,7 +329,7 @@ impl MaskedEncoder {
             if let Some(error) = pipeline_error(&self.pipeline) {
                 return Err(format!("encoding the masked clip failed: {error}"));
             }
-            if self.input.current_level_bytes() < self.most_queued {
+            if self.has_room() {
                 break;
             }
             if give_up() {
@@ -370,6 +375,10 @@ impl super::clips::PictureSink for MaskedClipWriter {
     ) -> Result<bool, String> {
         let pts = u64::try_from(since_start.as_nanos()).unwrap_or(u64::MAX);
         self.0.push(picture, pts, || wait_by.is_none_or(|by| Instant::now() >= by))
+    }
+
+    fn has_room(&self) -> bool {
+        self.0.has_room()
     }
 
     fn finish(self: Box<Self>, by: Instant) -> Result<(), String> {

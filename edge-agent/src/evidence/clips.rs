@@ -43,6 +43,11 @@ pub const RAW_CLIPS_DIR: &str = "clips-raw";
 /// A picture of a masked clip is masked with the people of the camera's frames this near in time.
 const MASK_NEAR_MS: i64 = 1000;
 
+/// How long past a pre-roll and its masks' second a picture of a clip made of the frames may wait
+/// for room in its encoder (which holds a few pictures) before it is left out: x264 takes a
+/// whole pre-roll (25 pictures at 640×360) in about a tenth of a second.
+const ENCODER_GRACE_MS: i64 = 2000;
+
 /// The people (and plates to blur) the judge found in one frame of a camera.
 #[derive(Debug, Clone)]
 struct MaskSample {
@@ -187,6 +192,9 @@ pub trait PictureSink: Send {
     /// the encoder has no room for it (the picture is left out): now, or by `wait_by` when the
     /// clip is ending (while frames come, the evidence stage does not wait).
     fn write(&mut self, picture: RgbImage, since_start: Duration, wait_by: Option<Instant>) -> Result<bool, String>;
+    /// Whether the encoder has room for a picture now (while frames come, one it has no room
+    /// for waits in memory for the next frame).
+    fn has_room(&self) -> bool;
     /// Ends the file, waiting until `by` at most (what was written stays playable).
     fn finish(self: Box<Self>, by: Instant) -> Result<(), String>;
 }
@@ -549,6 +557,7 @@ impl ClipRecorder {
     /// Masks and hands on the pictures of the camera's clip made from its frames whose masks are
     /// complete (a second old).
     fn write_from_frames(&mut self, camera: &str) {
+        let patience = self.encoder_patience();
         let Some(recording) = self.recordings.iter_mut().find(|r| r.from_frames.is_some() && r.camera == camera) else {
             return;
         };
@@ -557,8 +566,15 @@ impl ClipRecorder {
             self.recent.get(camera),
             self.masks.get(camera),
             None,
+            patience,
             (&self.open_picture_sink, &mut self.shrinker, self.settings.masked_fps),
         );
+    }
+
+    /// How old a picture of a clip made of frames may grow waiting for room in its encoder: a
+    /// whole pre-roll, its second of waiting for masks, and `ENCODER_GRACE_MS` more.
+    fn encoder_patience(&self) -> chrono::Duration {
+        seconds(self.settings.pre_roll_secs) + chrono::Duration::milliseconds(MASK_NEAR_MS + ENCODER_GRACE_MS)
     }
 
     fn start(&mut self, frame: &Frame, event: &Event, privacy: &PrivacyMask) {
@@ -794,6 +810,7 @@ impl ClipRecorder {
                 self.recent.get(&camera),
                 self.masks.get(&camera),
                 Some((end, self.stop.within(FINISH_LIMIT))),
+                self.encoder_patience(),
                 (&self.open_picture_sink, &mut self.shrinker, self.settings.masked_fps),
             );
             // Its pictures are masked already: the clip is evidence as it is written.
@@ -857,13 +874,16 @@ impl ClipRecorder {
 /// Hands a clip made from the camera's frames its pictures: those after the last it got, from
 /// its pre-roll, up to a second before the camera's newest frame (their masks are complete), or
 /// with `to_end` up to its time (the clip ends now; the encoder's room is waited for until its
-/// instant). A picture the encoder has no room for is left out and counted as missed; an error
-/// ends the clip.
+/// instant). While frames come, the pictures the encoder has no room for wait for the next
+/// frame (a clip's pre-roll comes all at once, the encoder holds a few); one that waited until
+/// it is `patience` older than the newest frame is left out and counted as missed, so that a
+/// stuck encoder cannot make the camera's pictures pile up. An error ends the clip.
 fn write_pictures(
     recording: &mut Recording,
     recent: Option<&RecentPictures>,
     masks: Option<&MaskTrack>,
     to_end: Option<(DateTime<Utc>, Instant)>,
+    patience: chrono::Duration,
     (open, shrinker, fps): (&Option<OpenPictureSink>, &mut Shrinker, u32),
 ) {
     let (Some(recent), Some(open)) = (recent, open) else { return };
@@ -878,6 +898,10 @@ fn write_pictures(
     let waiting =
         recent.pictures.iter().filter(|(at, _)| *at >= from && *at <= until && after.is_none_or(|after| *at > after));
     for (at, picture) in waiting {
+        let no_room = recording.from_frames.as_ref().and_then(|f| f.sink.as_ref()).is_some_and(|sink| !sink.has_room());
+        if no_room && to_end.is_none() && newest - *at <= patience {
+            break;
+        }
         if let Err(e) = write_picture(recording, *at, picture, masks, wait_by, (open, shrinker, fps)) {
             tracing::error!(camera = %recording.camera, event_id = %recording.event_id, "the masked clip ends here: {e}");
             if let Some(frames) = recording.from_frames.as_mut() {
@@ -1292,9 +1316,10 @@ mod tests {
         assert_eq!(done[0].from, at(7.0));
     }
 
-    /// The pictures a masked clip made of the frames got: when (from its start) and what.
+    /// The pictures a masked clip made of the frames got: when (from its start) and what; the
+    /// deadline each was handed with; the room its encoder has left (None: always room).
     #[derive(Clone, Default)]
-    struct Pictures(Arc<Mutex<Vec<(Duration, RgbImage)>>>, Arc<Mutex<Vec<Option<Instant>>>>);
+    struct Pictures(Arc<Mutex<Vec<(Duration, RgbImage)>>>, Arc<Mutex<Vec<Option<Instant>>>>, Arc<Mutex<Option<usize>>>);
 
     struct PictureList(Pictures, PathBuf);
 
@@ -1305,9 +1330,18 @@ mod tests {
             since_start: Duration,
             wait_by: Option<Instant>,
         ) -> Result<bool, String> {
+            let mut room = self.0 .2.lock().unwrap();
+            if *room == Some(0) {
+                return Ok(false);
+            }
+            *room = room.map(|room| room - 1);
             self.0 .0.lock().unwrap().push((since_start, picture));
             self.0 .1.lock().unwrap().push(wait_by);
             Ok(true)
+        }
+
+        fn has_room(&self) -> bool {
+            *self.0 .2.lock().unwrap() != Some(0)
         }
 
         fn finish(self: Box<Self>, _by: Instant) -> Result<(), String> {
@@ -1377,6 +1411,61 @@ mod tests {
             let (girl_after, girl_before) = (detail(picture, girl_box), detail(&reference, girl_box));
             assert!(girl_after * 3 < girl_before, "picture {index}: the girl shows: {girl_before} → {girl_after}");
             assert_eq!(detail(picture, horse_box), detail(&reference, horse_box), "picture {index}: the horse changed");
+        }
+    }
+
+    /// A one-stream masked camera whose encoder holds 4 pictures and takes them at 20 a second
+    /// (2 between two frames): the clip's 5 s of pre-roll (25 pictures) come due at once, the
+    /// encoder has room for 4; the rest wait in memory for the next frames, and the clip has
+    /// every picture, none missed. An encoder that stops taking pictures has them left out once
+    /// they are a pre-roll and 3 s old, and the pictures kept do not pile up.
+    #[test]
+    fn a_clip_made_of_frames_waits_for_its_encoders_room_but_not_for_ever() {
+        for encoder_takes_pictures in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let pictures = Pictures::default();
+            *pictures.2.lock().unwrap() = Some(4);
+            let open: OpenPictureSink = {
+                let pictures = pictures.clone();
+                Box::new(move |path, _, _| Ok(Box::new(PictureList(pictures.clone(), path.to_owned()))))
+            };
+            let mut clips = recorder(dir.path(), &Written::default()).masking_frames_into(open);
+            let tap =
+                Arc::new(VideoTap::new(std::time::Duration::from_secs(10), 1 << 20).with_frames_decoded_from_it());
+            tap.set_format("video/x-h264");
+            let masked = PrivacyMask { people: vec![], blur_people: true, ..PrivacyMask::default() };
+            let id = Uuid::now_v7();
+            let mut done = Vec::new();
+            let mut most_kept = 0;
+            for tenth in 0..=300 {
+                let seconds = f64::from(tenth) / 10.0;
+                let happening = match tenth {
+                    100 => Some(event(id, LifecycleState::Start)),
+                    120 => Some(event(id, LifecycleState::End)),
+                    _ => None,
+                };
+                clips.observe(&frame(&tap, seconds), happening.iter(), &masked);
+                done.extend(clips.pump(at(seconds)));
+                most_kept = most_kept.max(clips.recent.get("gate").map_or(0, |r| r.pictures.len()));
+                if encoder_takes_pictures {
+                    let mut room = pictures.2.lock().unwrap();
+                    *room = room.map(|room| (room + 2).min(4));
+                }
+            }
+            assert_eq!(done.len(), 1, "{done:?}");
+            let clip = &done[0];
+            if encoder_takes_pictures {
+                assert_eq!((clip.pictures, clip.missed), (61, 0), "every picture from the pre-roll to the post-roll");
+                let handed = pictures.0.lock().unwrap();
+                let times: Vec<_> = handed.iter().map(|(since_start, _)| *since_start).collect();
+                let expected: Vec<_> = (0..61).map(|i| Duration::from_millis(200 * i)).collect();
+                assert_eq!(times, expected, "in order, none twice");
+            } else {
+                assert_eq!(clip.pictures, 4, "what the encoder took");
+                assert_eq!(clip.missed, 57, "the rest, left out");
+            }
+            // The pre-roll (5 s), the masks' second and the encoder's 2 s at 5 a second, and one.
+            assert!(most_kept <= 41, "{most_kept} pictures kept at once");
         }
     }
 
