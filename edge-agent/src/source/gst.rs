@@ -706,32 +706,37 @@ mod tests {
         assert!(!is_hardware_decoder("libde265dec"));
     }
 
+    /// The first picture of a short H.264 file of SMPTE bars `width`×`height`, read through a
+    /// source with `max_width`, and the source; None where x264enc is missing (a failure in CI).
+    async fn first_picture_of_bars(width: u32, height: u32, max_width: u32) -> Option<(RgbImage, GstSource)> {
+        if init().is_err() || gst::ElementFactory::find("x264enc").is_none() {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "GStreamer's x264enc is missing");
+            eprintln!("skipped: GStreamer's x264enc is not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bars.mp4");
+        run_to_end(&format!(
+            "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,width={width},height={height},framerate=10/1 ! \
+             x264enc speed-preset=ultrafast ! h264parse ! mp4mux ! filesink location={}",
+            path.display()
+        ));
+        let scaled = Output { fps: None, max_width };
+        let mut source = GstSource::open("bars", GstInput::File { path: &path, looping: false }, scaled, None).unwrap();
+        let picture = source.next_image().await.unwrap();
+        // Light grey bar on the left, blue on the right of the top row, as in the full picture.
+        let (left, right) = (picture.get_pixel(10, 10), picture.get_pixel(picture.width() - 10, 10));
+        assert!(left[0] > 150 && left[1] > 150 && left[2] > 150, "{left:?}");
+        assert!(right[2] > 150 && right[0] < 100, "{right:?}");
+        Some((picture, source))
+    }
+
     /// A 640×480 H.264 file read with `max_width = 320`: the pipeline hands over 320×240 pictures
     /// of the same scene (the SMPTE bars in the same places).
     #[tokio::test]
     async fn pictures_are_scaled_in_the_pipeline_to_max_width() {
-        if init().is_err() || gst::ElementFactory::find("x264enc").is_none() {
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "GStreamer's x264enc is missing");
-            eprintln!("skipped: GStreamer's x264enc is not installed");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bars.mp4");
-        let line = format!(
-            "videotestsrc num-buffers=10 pattern=smpte ! video/x-raw,width=640,height=480,framerate=10/1 ! \
-             x264enc ! h264parse ! mp4mux ! filesink location={}",
-            path.display()
-        );
-        run_to_end(&line);
-
-        let scaled = Output { fps: None, max_width: 320 };
-        let mut source = GstSource::open("bars", GstInput::File { path: &path, looping: false }, scaled, None).unwrap();
-        let picture = source.next_image().await.unwrap();
+        let Some((picture, _)) = first_picture_of_bars(640, 480, 320).await else { return };
         assert_eq!(picture.dimensions(), (320, 240));
-        // Light grey bar on the left, blue on the right of the top row, as in the full picture.
-        let (left, right) = (picture.get_pixel(10, 10), picture.get_pixel(310, 10));
-        assert!(left[0] > 150 && left[1] > 150 && left[2] > 150, "{left:?}");
-        assert!(right[2] > 150 && right[0] < 100, "{right:?}");
     }
 
     /// A 1080p H.264 camera read with `max_width = 1280`: the decoder's pictures reach the
@@ -739,25 +744,8 @@ mod tests {
     /// bars in their places.
     #[tokio::test]
     async fn a_1080p_camera_is_shrunk_by_two_thirds_after_the_pipeline() {
-        if init().is_err() || gst::ElementFactory::find("x264enc").is_none() {
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "GStreamer's x264enc is missing");
-            eprintln!("skipped: GStreamer's x264enc is not installed");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bars.mp4");
-        run_to_end(&format!(
-            "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,width=1920,height=1080,framerate=10/1 ! \
-             x264enc speed-preset=ultrafast ! h264parse ! mp4mux ! filesink location={}",
-            path.display()
-        ));
-        let scaled = Output { fps: None, max_width: 1280 };
-        let mut source = GstSource::open("bars", GstInput::File { path: &path, looping: false }, scaled, None).unwrap();
-        let picture = source.next_image().await.unwrap();
+        let Some((picture, source)) = first_picture_of_bars(1920, 1080, 1280).await else { return };
         assert_eq!(picture.dimensions(), (1280, 720));
-        let (left, right) = (picture.get_pixel(20, 20), picture.get_pixel(1260, 20));
-        assert!(left[0] > 150 && left[1] > 150 && left[2] > 150, "{left:?}");
-        assert!(right[2] > 150 && right[0] < 100, "{right:?}");
         let appsink = source.pipeline.iterate_sinks().into_iter().flatten().next().unwrap();
         let negotiated = appsink.static_pad("sink").and_then(|pad| pad.current_caps()).unwrap();
         let structure = negotiated.structure(0).unwrap();
