@@ -1323,6 +1323,19 @@ mod tests {
 
     struct PictureList(Pictures, PathBuf);
 
+    /// A recorder whose masked clips of a one-stream camera are made of its frames into
+    /// `pictures`, and that camera's tap (H.264, its frames decoded from it).
+    fn clips_made_of_frames(dir: &Path, pictures: &Pictures) -> (ClipRecorder, Arc<VideoTap>) {
+        let open: OpenPictureSink = {
+            let pictures = pictures.clone();
+            Box::new(move |path, _, _| Ok(Box::new(PictureList(pictures.clone(), path.to_owned()))))
+        };
+        let clips = recorder(dir, &Written::default()).masking_frames_into(open);
+        let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(10), 1 << 20).with_frames_decoded_from_it());
+        tap.set_format("video/x-h264");
+        (clips, tap)
+    }
+
     impl PictureSink for PictureList {
         fn write(
             &mut self,
@@ -1425,14 +1438,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let pictures = Pictures::default();
             *pictures.2.lock().unwrap() = Some(4);
-            let open: OpenPictureSink = {
-                let pictures = pictures.clone();
-                Box::new(move |path, _, _| Ok(Box::new(PictureList(pictures.clone(), path.to_owned()))))
-            };
-            let mut clips = recorder(dir.path(), &Written::default()).masking_frames_into(open);
-            let tap =
-                Arc::new(VideoTap::new(std::time::Duration::from_secs(10), 1 << 20).with_frames_decoded_from_it());
-            tap.set_format("video/x-h264");
+            let (mut clips, tap) = clips_made_of_frames(dir.path(), &pictures);
             let masked = PrivacyMask { people: vec![], blur_people: true, ..PrivacyMask::default() };
             let id = Uuid::now_v7();
             let mut done = Vec::new();
@@ -1533,13 +1539,7 @@ mod tests {
     fn a_stop_hands_a_clip_made_of_frames_its_last_second_waiting_for_the_encoder() {
         let dir = tempfile::tempdir().unwrap();
         let pictures = Pictures::default();
-        let open: OpenPictureSink = {
-            let pictures = pictures.clone();
-            Box::new(move |path, _, _| Ok(Box::new(PictureList(pictures.clone(), path.to_owned()))))
-        };
-        let mut clips = recorder(dir.path(), &Written::default()).masking_frames_into(open);
-        let tap = Arc::new(VideoTap::new(std::time::Duration::from_secs(10), 1 << 20).with_frames_decoded_from_it());
-        tap.set_format("video/x-h264");
+        let (mut clips, tap) = clips_made_of_frames(dir.path(), &pictures);
         let masked = PrivacyMask { people: vec![], blur_people: true, ..PrivacyMask::default() };
         let id = Uuid::now_v7();
         for tenth in 0..=120 {
